@@ -1,0 +1,115 @@
+"""Backends: one module per device kind, each implementing `Backend`.
+
+A backend renders the linear IR (lazygrad.codegen.ir) to its language, compiles it (cached),
+allocates memory, copies to and from the host, and launches kernels. Adding a backend is one new
+module here plus one line in `REGISTRY`; no core file changes.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Protocol
+
+from lazygrad import config
+
+# name -> module path; the module exposes `create() -> Backend` and `describe_unavailable() -> str`
+REGISTRY = {
+    "opencl": "lazygrad.backends.opencl",
+    "llvm": "lazygrad.backends.llvm",
+}
+
+
+class CompiledKernel(Protocol):
+    name: str
+    source: str
+
+    def __call__(self, buffers: list, wait: bool = False) -> float | None:
+        """Launch on device buffers (output first); with wait, return the kernel's seconds."""
+
+
+class Backend(Protocol):
+    name: str  # registry name, also the device string tensors carry
+    device_name: str  # what the hardware calls itself
+    is_gpu: bool
+
+    def allocate(self, nbytes: int): ...
+
+    def free(self, handle, nbytes: int) -> None: ...
+
+    def copy_in(self, handle, array) -> None: ...
+
+    def copy_out(self, handle, array) -> None: ...
+
+    def compile(self, program) -> CompiledKernel: ...
+
+    def synchronize(self) -> None: ...
+
+
+class BackendUnavailable(RuntimeError):
+    pass
+
+
+_instances: dict = {}
+_failures: dict = {}
+
+
+def get(name: str) -> Backend:
+    """The backend instance for a device name ('llvm', 'opencl', 'opencl:1' picks a device index)."""
+    key = name.lower()
+    if key in _instances:
+        return _instances[key]
+    kind = key.split(":")[0]
+    if kind not in REGISTRY:
+        raise BackendUnavailable(f"unknown backend {name!r}; lazygrad has: {_listing()}")
+    if key in _failures:
+        raise BackendUnavailable(f"backend {name!r} is not available: {_failures[key]}\navailable backends: {_listing()}")
+    try:
+        module = importlib.import_module(REGISTRY[kind])
+        backend = module.create(key)
+    except Exception as e:  # any failure to start: missing package, no device, driver error
+        _failures[key] = f"{type(e).__name__}: {e}"
+        raise BackendUnavailable(f"backend {name!r} could not start: {e}\navailable backends: {_listing()}") from e
+    _instances[key] = backend
+    return backend
+
+
+def available() -> dict:
+    """{name: (True, device description) or (False, reason)} for every registered backend."""
+    out = {}
+    for name in REGISTRY:
+        try:
+            b = get(name)
+            out[name] = (True, b.device_name)
+        except BackendUnavailable:
+            out[name] = (False, _failures.get(name, "unknown reason"))
+    return out
+
+
+def _listing() -> str:
+    parts = []
+    for name in REGISTRY:
+        if name in _instances:
+            parts.append(f"{name} (available: {_instances[name].device_name})")
+        elif name in _failures:
+            parts.append(f"{name} (unavailable: {_failures[name]})")
+        else:
+            parts.append(name)
+    return ", ".join(parts)
+
+
+def default_device() -> str:
+    """LAZYGRAD_BACKEND if set; otherwise OpenCL when it has a GPU, else LLVM."""
+    if config.BACKEND:
+        if config.BACKEND.split(":")[0] not in REGISTRY:
+            raise BackendUnavailable(
+                f"LAZYGRAD_BACKEND={config.BACKEND!r} is not a backend; choose one of: {', '.join(REGISTRY)}"
+            )
+        get(config.BACKEND)
+        return config.BACKEND
+    try:
+        if get("opencl").is_gpu:
+            return "opencl"
+    except BackendUnavailable:
+        pass
+    get("llvm")
+    return "llvm"

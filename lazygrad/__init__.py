@@ -1,0 +1,80 @@
+"""lazygrad: a lazy tensor compiler with PyTorch's API.
+
+Operations build a graph; nothing runs until a value is needed. Then the graph is fused into
+kernels, compiled to OpenCL C or LLVM IR, cached and run.
+"""
+
+from lazygrad import dtype as dtypes
+from lazygrad.autograd import enable_grad, is_grad_enabled, no_grad
+from lazygrad.device import Device
+from lazygrad.dtype import (
+    DType,
+    bool_,
+    float16,
+    float32,
+    float64,
+    int8,
+    int16,
+    int32,
+    int64,
+    uint8,
+)
+from lazygrad.runtime import profile
+from lazygrad.tensor import Tensor, manual_seed, realize
+
+bool = bool_  # noqa: A001 (torch.bool)
+float = float32  # noqa: A001
+half = float16
+double = float64
+int = int32  # noqa: A001
+long = int64
+
+tensor = Tensor
+from_numpy = Tensor
+zeros, ones, full, empty = Tensor.zeros, Tensor.ones, Tensor.full, Tensor.empty
+arange, linspace, eye = Tensor.arange, Tensor.linspace, Tensor.eye
+rand, randn, randint = Tensor.rand, Tensor.randn, Tensor.randint
+zeros_like, ones_like, full_like, empty_like = Tensor.zeros_like, Tensor.ones_like, Tensor.full_like, Tensor.empty_like
+rand_like, randn_like = Tensor.rand_like, Tensor.randn_like
+cat, stack = Tensor.cat, Tensor.stack
+where = lambda cond, x, y: cond.where(x, y)  # noqa: E731
+maximum, minimum = Tensor.maximum, Tensor.minimum
+matmul = Tensor.matmul
+
+
+def grad(outputs, inputs, grad_outputs=None, create_graph: bool = False, retain_graph=None):
+    """d(outputs)/d(inputs) as new tensors, leaving every .grad untouched (torch.autograd.grad)."""
+    from lazygrad import autograd
+
+    single = isinstance(inputs, Tensor)
+    inputs = [inputs] if single else list(inputs)
+    out = outputs if isinstance(outputs, Tensor) else outputs[0]
+    g = grad_outputs if grad_outputs is not None else Tensor.ones_like(out)
+    if not out.requires_grad:
+        raise RuntimeError("element 0 of tensors does not require grad and does not have a grad_fn")
+    keep = create_graph if retain_graph is None else retain_graph
+    found = autograd.backward(out, g, retain_graph=keep, create_graph=create_graph, inputs=inputs)
+    result = []
+    for t in inputs:
+        if id(t) not in found:
+            raise RuntimeError("One of the differentiated Tensors appears to not have been used in the graph.")
+        result.append(found[id(t)])
+    return tuple(result)
+
+
+def _lazy_attr(name):
+    import importlib
+
+    return importlib.import_module(f"lazygrad.{name}")
+
+
+def __getattr__(name):
+    if name in ("nn", "optim", "models", "serialization", "hub", "backends"):
+        return _lazy_attr(name)
+    if name in ("load", "save"):
+        return getattr(_lazy_attr("serialization"), name)
+    raise AttributeError(f"module 'lazygrad' has no attribute {name!r}")
+
+
+__all__ = ["Tensor", "Device", "DType", "dtypes", "no_grad", "enable_grad", "is_grad_enabled", "profile", "realize",
+           "manual_seed", "grad", "bool_", "float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8"]

@@ -1,0 +1,230 @@
+"""Symbolic autograd: one gradient rule per primitive, written with Tensor ops.
+
+Each rule takes the saved context of one primitive application and the gradient of its output,
+and returns the gradients of its inputs (None where an input gets none). Rules build graph; they
+run nothing. Because they are written with Tensor operations, a gradient is itself a
+differentiable graph, and gradients of gradients work (`create_graph=True`).
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import ContextDecorator
+from dataclasses import dataclass
+
+_grad_enabled = [True]
+
+
+def is_grad_enabled() -> bool:
+    return _grad_enabled[-1]
+
+
+class _GradMode(ContextDecorator):
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+
+    def __enter__(self):
+        _grad_enabled.append(self.enabled)
+        return self
+
+    def __exit__(self, *exc):
+        _grad_enabled.pop()
+        return False
+
+
+def no_grad() -> _GradMode:
+    """Context manager and decorator: operations inside record no gradient graph."""
+    return _GradMode(False)
+
+
+def enable_grad() -> _GradMode:
+    return _GradMode(True)
+
+
+@dataclass
+class Context:
+    """What backward needs of one primitive application."""
+
+    op: str
+    inputs: tuple  # Tensors
+    arg: object
+    out_shape: tuple
+
+
+# --- the rules ----------------------------------------------------------------------------------
+# unary
+def _exp2(c, g):
+    (x,) = c.inputs
+    return (g * x.exp2() * math.log(2),)
+
+
+def _log2(c, g):
+    (x,) = c.inputs
+    return (g / (x * math.log(2)),)
+
+
+def _sin(c, g):
+    (x,) = c.inputs
+    return (g * x.cos(),)
+
+
+def _sqrt(c, g):
+    (x,) = c.inputs
+    return (g / (x.sqrt() * 2),)
+
+
+def _recip(c, g):
+    (x,) = c.inputs
+    return (-g * x.reciprocal() * x.reciprocal(),)
+
+
+def _neg(c, g):
+    return (-g,)
+
+
+def _cast(c, g):
+    (x,) = c.inputs
+    return (g.cast(x.dtype) if x.dtype.is_float else None,)
+
+
+# binary
+def _add(c, g):
+    return g, g
+
+
+def _mul(c, g):
+    a, b = c.inputs
+    return g * b, g * a
+
+
+def _max(c, g):
+    # ties split the gradient evenly, as torch.maximum does
+    a, b = c.inputs
+    a_wins = (a > b).cast(g.dtype) + (a == b).cast(g.dtype) * 0.5
+    return g * a_wins, g * (1 - a_wins)
+
+
+# ternary
+def _where(c, g):
+    cond, _, _ = c.inputs
+    zero = g.zeros_like()
+    return None, cond.where(g, zero), cond.where(zero, g)
+
+
+# reduce
+def _sum(c, g):
+    (x,) = c.inputs
+    return (g.expand(x.shape),)
+
+
+def _rmax(c, g):
+    # the gradient is shared evenly by the elements equal to the maximum, as torch.amax does
+    (x,) = c.inputs
+    axes = c.arg
+    out = x._primitive("rmax", arg=axes).detach()
+    hit = (x == out.expand(x.shape)).cast(g.dtype)
+    count = hit._primitive("sum", arg=axes)
+    return ((hit / count.expand(x.shape)) * g.expand(x.shape),)
+
+
+# movement
+def _reshape(c, g):
+    (x,) = c.inputs
+    return (g._movement("reshape", x.shape),)
+
+
+def _permute(c, g):
+    order = c.arg
+    inverse = tuple(sorted(range(len(order)), key=lambda i: order[i]))
+    return (g._movement("permute", inverse),)
+
+
+def _expand(c, g):
+    (x,) = c.inputs
+    axes = tuple(i for i, (a, b) in enumerate(zip(x.shape, c.out_shape)) if a != b)
+    return (g._primitive("sum", arg=axes) if axes else g,)
+
+
+def _pad(c, g):
+    (x,) = c.inputs
+    return (g._movement("shrink", tuple((a, a + s) for (a, _), s in zip(c.arg, x.shape))),)
+
+
+def _shrink(c, g):
+    (x,) = c.inputs
+    return (g._movement("pad", tuple((a, s - b) for (a, b), s in zip(c.arg, x.shape))),)
+
+
+def _flip(c, g):
+    return (g._movement("flip", c.arg),)
+
+
+# effects
+def _identity(c, g):
+    return (g,)
+
+
+def _copy(c, g):
+    (x,) = c.inputs
+    return (g.to(x.device),)
+
+
+RULES = {
+    "exp2": _exp2, "log2": _log2, "sin": _sin, "sqrt": _sqrt, "recip": _recip, "neg": _neg, "cast": _cast,
+    "add": _add, "mul": _mul, "max": _max, "where": _where,
+    "sum": _sum, "rmax": _rmax,
+    "reshape": _reshape, "permute": _permute, "expand": _expand, "pad": _pad, "shrink": _shrink, "flip": _flip,
+    "contiguous": _identity, "copy": _copy,
+}
+# no gradient: comparisons, integer and bitwise ops, bitcast
+
+
+def backward(root, gradient, retain_graph: bool = False, create_graph: bool = False, inputs=None):
+    """Accumulate d(root)/d(leaf) into the .grad of leaves (or return them for `inputs`)."""
+    order = _topological(root)
+    grads = {id(root): gradient}
+    wanted = None if inputs is None else {id(t): t for t in inputs}
+    results = {}
+    with _GradMode(create_graph):
+        for t in reversed(order):
+            g = grads.pop(id(t), None)
+            if g is None:
+                continue
+            if wanted is not None and id(t) in wanted:
+                results[id(t)] = g
+            if t._ctx is None:
+                if wanted is None and t.requires_grad:
+                    t._accumulate_grad(g)
+                continue
+            if wanted is None and t._retains_grad:
+                t._accumulate_grad(g)
+            ctx = t._ctx
+            input_grads = RULES[ctx.op](ctx, g)
+            for inp, ig in zip(ctx.inputs, input_grads):
+                if ig is None or not inp.requires_grad:
+                    continue
+                assert ig.shape == inp.shape, f"gradient of {ctx.op}: {ig.shape} for input {inp.shape}"
+                prev = grads.get(id(inp))
+                grads[id(inp)] = ig if prev is None else prev + ig
+            if not retain_graph:
+                t._ctx = None
+    return results
+
+
+def _topological(root) -> list:
+    order, seen = [], set()
+    stack = [(root, False)]
+    while stack:
+        t, done = stack.pop()
+        if done:
+            order.append(t)
+            continue
+        if id(t) in seen:
+            continue
+        seen.add(id(t))
+        stack.append((t, True))
+        if t._ctx is not None:
+            for inp in t._ctx.inputs:
+                if inp.requires_grad and id(inp) not in seen:
+                    stack.append((inp, False))
+    return order

@@ -1,0 +1,54 @@
+"""The linear low-level IR that every backend renders.
+
+A kernel becomes a flat list of `UOp`s in program order. Loops are explicit (`range` ...
+`endrange`); accumulators are mutable variables (`acc`, `acc_update`); everything else is SSA:
+each UOp's `srcs` refer to earlier UOps. Indexes are int32.
+
+| op         | srcs                      | arg                               |
+| ---------- | ------------------------- | --------------------------------- |
+| param      | -                         | (buffer index, is_output)          |
+| const      | -                         | Python value                      |
+| range      | -                         | (name, size, kind)  kind: "global" (parallel; the first one is split across threads/work-items) or "loop" |
+| endrange   | (range,)                  | -                                 |
+| acc        | -                         | initial value (a variable)        |
+| acc_update | (acc, value)              | -  (acc = value)                  |
+| load       | (param, index[, valid])   | -  (valid false -> reads 0)       |
+| store      | (param, index, value)     | -                                 |
+| alu ops    | operands                  | cast/bitcast: source dtype         |
+
+alu ops: exp2 log2 sin sqrt recip neg cast bitcast add mul max cmplt cmpne idiv mod and or xor
+shl shr where. A `range` UOp is also the loop variable's value; an `acc` UOp read as an operand is
+the accumulator's current value.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from lazygrad.dtype import DType
+
+
+@dataclass(eq=False)
+class UOp:
+    op: str
+    dtype: DType | None
+    srcs: tuple = ()
+    arg: object = None
+    id: int = field(default=-1)
+
+    def __repr__(self):
+        srcs = ",".join(f"%{s.id}" for s in self.srcs)
+        return f"%{self.id} = {self.op} {self.dtype.name if self.dtype else ''} ({srcs}) {self.arg!r}"
+
+
+@dataclass
+class Program:
+    """A linearized kernel: what a backend needs to render and launch it."""
+
+    name: str
+    uops: list
+    buffer_dtypes: tuple  # per buffer index, output first
+    global_size: tuple  # sizes of the global ranges, outermost first
+
+    def dump(self) -> str:
+        return "\n".join(repr(u) for u in self.uops)

@@ -1,0 +1,45 @@
+"""The kernel AST: what the scheduler hands to the code generator.
+
+One kernel stores one buffer. Its AST is a tree of `KernelOp`s whose leaves read buffers through
+ShapeTrackers (by position in the kernel's buffer list, so that two kernels that differ only in
+which buffers they touch are one compiled program) and whose root is a store. A kernel holds at
+most one reduce; ops above it (the epilogue) work in the reduced shape.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lazygrad.dtype import DType
+
+
+@dataclass(frozen=True)
+class KernelOp:
+    op: str  # "load", "const", "valid", "reduce", "store", or an elementwise primitive
+    srcs: tuple = ()
+    arg: object = None  # load/store: (buffer index, ShapeTracker); const: (value, ShapeTracker);
+    # valid: ShapeTracker; reduce: (op, axes); cast/bitcast: the target DType
+    dtype: DType | None = None
+
+    def walk(self):
+        """Every node once, sources before users."""
+        seen, order = set(), []
+
+        def visit(node):
+            if id(node) in seen:
+                return
+            seen.add(id(node))
+            for s in node.srcs:
+                visit(s)
+            order.append(node)
+
+        visit(self)
+        return order
+
+    def describe(self, depth=0) -> str:
+        pad = "  " * depth
+        arg = self.arg
+        if self.op in ("load", "store"):
+            arg = (arg[0], [(v.shape, v.strides, v.offset, v.mask) for v in arg[1].views])
+        head = f"{pad}{self.op} {self.dtype.name if self.dtype else ''} {arg if arg is not None else ''}"
+        return "\n".join([head] + [s.describe(depth + 1) for s in self.srcs])

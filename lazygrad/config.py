@@ -1,0 +1,30 @@
+"""Every environment variable lazygrad reads, read here and nowhere else."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def _int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "")
+    try:
+        return int(raw) if raw else default
+    except ValueError as e:
+        raise ValueError(f"{name}={raw!r} is not an integer") from e
+
+
+# opencl | llvm; empty: OpenCL when it finds a GPU, else LLVM
+BACKEND = os.environ.get("LAZYGRAD_BACKEND", "").strip().lower()
+# 1: kernels and times, 2: + the schedule with fusion reasons, 3: + generated source, 4: + linear IR
+DEBUG = _int("LAZYGRAD_DEBUG", 0)
+# compiled kernels on disk; LAZYGRAD_CACHE_DIR=off disables the disk cache
+CACHE_DIR = os.environ.get("LAZYGRAD_CACHE_DIR") or str(
+    Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lazygrad"
+)
+# threads for LLVM kernels (default: all cores)
+THREADS = _int("LAZYGRAD_THREADS", os.cpu_count() or 1)
+# OpenCL device: an index into the list of devices, or a substring of the device name
+OPENCL_DEVICE = os.environ.get("LAZYGRAD_OPENCL_DEVICE", "")
+# 0 disables the heuristic kernel optimizations (upcast/unroll), for debugging the code generator
+OPTIMIZE = _int("LAZYGRAD_OPTIMIZE", 1)

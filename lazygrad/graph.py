@@ -1,0 +1,174 @@
+"""The lazy graph: immutable nodes of a small primitive op set.
+
+A `LazyBuffer` is either a *base* (an op over other LazyBuffers, producing a contiguous result of
+its shape) or a *view* of a base (a ShapeTracker over the base's contiguous layout, plus the
+movement ops that made it, so that views compose by replaying them). Movement ops never copy.
+
+Bases are hash-consed: building the same op over the same sources twice gives the same node, so
+common subexpressions are computed once. Realized bases hold a device `Buffer` and drop their
+sources, which releases the graph behind them.
+"""
+
+from __future__ import annotations
+
+import weakref
+
+from lazygrad.dtype import DType
+from lazygrad.shape import ShapeTracker, prod
+
+# --- the primitive ops -----------------------------------------------------------------------
+UNARY = {"exp2", "log2", "sin", "sqrt", "recip", "cast", "bitcast", "neg"}
+BINARY = {"add", "mul", "max", "cmplt", "cmpne", "idiv", "mod", "and", "or", "xor", "shl", "shr"}
+TERNARY = {"where"}
+ELEMENTWISE = UNARY | BINARY | TERNARY
+REDUCE = {"sum", "rmax"}
+MOVEMENT = {"reshape", "permute", "expand", "pad", "shrink", "flip"}
+SOURCES = {"buffer", "const", "host"}  # host: data waiting on the host to be copied in at realize
+EFFECTS = {"assign", "contiguous", "copy"}
+COMPARISONS = {"cmplt", "cmpne"}
+
+
+class LazyBuffer:
+    _cache: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+
+    def __init__(self, device: str, st: ShapeTracker, dtype: DType, op: str, srcs: tuple = (), arg=None,
+                 base: LazyBuffer | None = None, movement: tuple = ()):
+        self.device, self.st, self.dtype = device, st, dtype
+        self.op, self.srcs, self.arg = op, srcs, arg
+        self._base = base  # None for a base
+        self.movement = movement  # movement ops from the base's shape to this view's shape
+        self.buffer = None  # the device Buffer once realized (bases only)
+        self.forced = False  # a consumer asked for this base to be its own buffer
+
+    # --- identity ------------------------------------------------------------------------------
+    @property
+    def base(self) -> LazyBuffer:
+        return self if self._base is None else self._base
+
+    @property
+    def is_view(self) -> bool:
+        return self._base is not None
+
+    @property
+    def shape(self) -> tuple:
+        return self.st.shape
+
+    @property
+    def size(self) -> int:
+        return prod(self.shape)
+
+    @property
+    def realized(self) -> bool:
+        return self.base.buffer is not None
+
+    def __repr__(self):
+        kind = f"view of {self.base.op}" if self.is_view else self.op
+        return f"<LazyBuffer {kind} {self.shape} {self.dtype.name} {self.device}{' realized' if self.realized else ''}>"
+
+    # --- constructors ----------------------------------------------------------------------------
+    @staticmethod
+    def new_base(device, shape, dtype, op, srcs=(), arg=None) -> LazyBuffer:
+        """A base node, shared with an existing identical one (hash-consing)."""
+        cacheable = op in ELEMENTWISE or op in REDUCE or op == "const"
+        key = None
+        if cacheable:
+            try:
+                key = (device, tuple(shape), dtype, op, tuple(id(s) for s in srcs), arg)
+                hash(key)
+            except TypeError:
+                key = None
+        if key is not None and (hit := LazyBuffer._cache.get(key)) is not None and hit.srcs == srcs:
+            return hit
+        node = LazyBuffer(device, ShapeTracker.contiguous(shape), dtype, op, srcs, arg)
+        if key is not None:
+            LazyBuffer._cache[key] = node
+        return node
+
+    @staticmethod
+    def const(value, shape, dtype, device) -> LazyBuffer:
+        scalar = LazyBuffer.new_base(device, (), dtype, "const", (), _normalize_const(value, dtype))
+        return scalar.reshape((1,) * len(shape)).expand(tuple(shape)) if shape else scalar
+
+    @staticmethod
+    def from_host(array, device) -> LazyBuffer:
+        from lazygrad.dtype import from_numpy_dtype
+
+        return LazyBuffer(device, ShapeTracker.contiguous(array.shape), from_numpy_dtype(array.dtype), "host", (), array)
+
+    @staticmethod
+    def from_buffer(buffer, shape, dtype, device) -> LazyBuffer:
+        node = LazyBuffer(device, ShapeTracker.contiguous(shape), dtype, "buffer")
+        node.buffer = buffer
+        return node
+
+    # --- ops -------------------------------------------------------------------------------------
+    def alu(self, op: str, *others: LazyBuffer, arg=None, dtype: DType | None = None) -> LazyBuffer:
+        srcs = (self, *others)
+        for s in srcs:
+            assert s.shape == self.shape, f"{op}: shapes {[x.shape for x in srcs]} (broadcast before the primitive)"
+        if dtype is None:
+            dtype = srcs[-1].dtype if op == "where" else self.dtype
+            if op in COMPARISONS:
+                from lazygrad.dtype import bool_
+
+                dtype = bool_
+        return LazyBuffer.new_base(self.device, self.shape, dtype, op, srcs, arg)
+
+    def reduce(self, op: str, axes: tuple) -> LazyBuffer:
+        axes = tuple(sorted(a for a in axes if self.shape[a] != 1))
+        if not axes:
+            return self
+        new_shape = tuple(1 if i in axes else s for i, s in enumerate(self.shape))
+        return LazyBuffer.new_base(self.device, new_shape, self.dtype, op, (self,), axes)
+
+    def _view(self, op: str, arg) -> LazyBuffer:
+        new_st = getattr(self.st, op)(arg)
+        if new_st == self.st and op != "reshape":
+            return self
+        if new_st.shape == self.base.shape and new_st.contiguous_view and self.base.st.contiguous_view:
+            return self.base
+        return LazyBuffer(self.device, new_st, self.dtype, "view", base=self.base, movement=self.movement + ((op, arg),))
+
+    def reshape(self, shape):
+        return self if tuple(shape) == self.shape else self._view("reshape", tuple(shape))
+
+    def permute(self, order):
+        return self if tuple(order) == tuple(range(len(order))) else self._view("permute", tuple(order))
+
+    def expand(self, shape):
+        return self if tuple(shape) == self.shape else self._view("expand", tuple(shape))
+
+    def pad(self, arg):
+        return self if all(a == (0, 0) for a in arg) else self._view("pad", tuple(arg))
+
+    def shrink(self, arg):
+        return self if all(a == (0, s) for a, s in zip(arg, self.shape)) else self._view("shrink", tuple(arg))
+
+    def flip(self, axes):
+        axes = tuple(a for a in axes if self.shape[a] > 1)
+        return self if not axes else self._view("flip", axes)
+
+    def contiguous(self) -> LazyBuffer:
+        """A base of its own with this view's values laid out in order."""
+        if not self.is_view and self.op not in ("const",):
+            return self
+        return LazyBuffer(self.device, ShapeTracker.contiguous(self.shape), self.dtype, "contiguous", (self,))
+
+    def copy_to(self, device: str) -> LazyBuffer:
+        if device == self.device:
+            return self
+        src = self if not self.is_view else self.contiguous()
+        return LazyBuffer(device, ShapeTracker.contiguous(self.shape), self.dtype, "copy", (src,))
+
+    def assign(self, value: LazyBuffer) -> LazyBuffer:
+        """The result of writing `value` into this (realized) base's memory."""
+        assert not self.is_view and value.shape == self.shape and value.dtype == self.dtype
+        return LazyBuffer(self.device, ShapeTracker.contiguous(self.shape), self.dtype, "assign", (value,), self)
+
+
+def _normalize_const(value, dtype: DType):
+    if dtype.kind == "b":
+        return bool(value)
+    if dtype.is_int:
+        return int(value)
+    return float(value)

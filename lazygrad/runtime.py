@@ -1,0 +1,285 @@
+"""Runs schedules: device buffers and their pool, the compiled-kernel cache, profiling.
+
+`realize(lazybuffers)` schedules the graph behind them, compiles what is new (once per distinct
+kernel AST and device), allocates outputs from a per-device pool, launches, and then releases the
+graph behind every realized node.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import weakref
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from lazygrad import config
+from lazygrad.codegen.lowering import KernelOptions, lower
+from lazygrad.graph import LazyBuffer
+from lazygrad.schedule import ScheduleItem, create_schedule
+from lazygrad.shape import prod
+
+
+def backend_for(device: str):
+    from lazygrad import backends
+
+    return backends.get(device)
+
+
+# --- memory --------------------------------------------------------------------------------------
+class _Pool:
+    """Freed device allocations kept by size for reuse; emptied once when an allocation fails."""
+
+    def __init__(self):
+        self.free: dict = {}  # (device, nbytes) -> [handle]
+        self.bytes_held = 0
+
+    def take(self, device: str, nbytes: int):
+        handles = self.free.get((device, nbytes))
+        if handles:
+            self.bytes_held -= nbytes
+            return handles.pop()
+        backend = backend_for(device)
+        try:
+            return backend.allocate(nbytes)
+        except MemoryError:
+            self.release_all()
+        except Exception as e:  # a device's own out-of-memory error
+            if "memory" not in str(e).lower() and "MEM" not in str(e):
+                raise
+            self.release_all()
+        try:
+            return backend.allocate(nbytes)
+        except Exception as e:
+            raise MemoryError(f"out of memory on {device}: could not allocate {nbytes} bytes "
+                              f"(after freeing the buffer pool): {e}") from e
+
+    def give_back(self, device: str, nbytes: int, handle):
+        self.free.setdefault((device, nbytes), []).append(handle)
+        self.bytes_held += nbytes
+
+    def release_all(self):
+        for (device, nbytes), handles in self.free.items():
+            backend = backend_for(device)
+            for h in handles:
+                backend.free(h, nbytes)
+        self.free.clear()
+        self.bytes_held = 0
+
+
+POOL = _Pool()
+
+
+class Buffer:
+    """Device memory for one realized base; returns to the pool when unreferenced."""
+
+    live_bytes = 0
+
+    def __init__(self, device: str, size: int, dtype):
+        self.device, self.size, self.dtype = device, size, dtype
+        self.nbytes = size * dtype.itemsize
+        self.handle = POOL.take(device, self.nbytes)
+        Buffer.live_bytes += self.nbytes
+        weakref.finalize(self, Buffer._release, device, self.nbytes, self.handle)
+
+    @staticmethod
+    def _release(device, nbytes, handle):
+        Buffer.live_bytes -= nbytes
+        POOL.give_back(device, nbytes, handle)
+
+    def copy_in(self, array: np.ndarray):
+        backend_for(self.device).copy_in(self.handle, array)
+
+    def to_numpy(self) -> np.ndarray:
+        out = np.empty(self.size, dtype=self.dtype.np)
+        backend_for(self.device).copy_out(self.handle, out)
+        return out
+
+
+# --- profiling ---------------------------------------------------------------------------------
+@dataclass
+class KernelLaunch:
+    name: str
+    seconds: float
+    flops: int = 0
+    bytes: int = 0
+
+
+@dataclass
+class Profile:
+    kernels: int = 0
+    copies: int = 0
+    compiled: int = 0
+    compile_seconds: float = 0.0
+    launches: list = field(default_factory=list)
+    timed: bool = True
+
+    def __str__(self) -> str:
+        rows = [f"{'kernel':<40} {'ms':>9} {'GFLOP/s':>9} {'GB/s':>8}"]
+        for k in sorted(self.launches, key=lambda k: -k.seconds):
+            gflops = k.flops / k.seconds / 1e9 if k.seconds else 0
+            gbs = k.bytes / k.seconds / 1e9 if k.seconds else 0
+            rows.append(f"{k.name:<40} {k.seconds * 1e3:9.3f} {gflops:9.2f} {gbs:8.2f}")
+        total = sum(k.seconds for k in self.launches)
+        rows.append(f"{self.kernels} kernels ({total * 1e3:.2f} ms), {self.copies} copies, "
+                    f"{self.compiled} compiled ({self.compile_seconds:.2f} s)")
+        return "\n".join(rows)
+
+
+_profiles: list = []
+
+
+class profile:
+    """`with lazygrad.profile() as p:` counts and times the kernels launched inside."""
+
+    def __init__(self, timed: bool = True):
+        self.p = Profile(timed=timed)
+
+    def __enter__(self) -> Profile:
+        _profiles.append(self.p)
+        return self.p
+
+    def __exit__(self, *exc):
+        _profiles.remove(self.p)
+        return False
+
+
+def _timing_wanted() -> bool:
+    return config.DEBUG >= 1 or any(p.timed for p in _profiles)
+
+
+# --- compiled kernels ----------------------------------------------------------------------------
+@dataclass
+class CompiledEntry:
+    kernel: object
+    flops: int
+    bytes: int
+
+
+_kernel_cache: dict = {}
+
+
+def kernel_name(ast, program_shape) -> str:
+    digest = hashlib.sha256(repr(ast).encode()).hexdigest()[:10]
+    prefix = "r" if any(n.op == "reduce" for n in ast.walk()) else "e"
+    return f"{prefix}_{'_'.join(str(s) for s in program_shape) or 'scalar'}_{digest}"
+
+
+def _estimate_cost(ast, buffer_dtypes, sizes, iterations: int) -> tuple:
+    """(flops, bytes) of a kernel: its ALU ops times its iteration space; the bytes of its buffers."""
+    from lazygrad.graph import ELEMENTWISE
+
+    n_alu = sum(1 for n in ast.walk() if n.op in ELEMENTWISE | {"reduce"} and n.op != "cast")
+    return n_alu * iterations, sum(d.itemsize * s for d, s in zip(buffer_dtypes, sizes))
+
+
+def get_kernel(ast, buffer_dtypes: tuple, device: str, sizes: tuple) -> CompiledEntry:
+    key = (ast, buffer_dtypes, device)
+    entry = _kernel_cache.get(key)
+    if entry is not None:
+        return entry
+    backend = backend_for(device)
+    t0 = time.perf_counter()
+    from lazygrad.codegen.lowering import build_loop_nest
+
+    nest_shape = build_loop_nest(ast).shape
+    name = kernel_name(ast, nest_shape)
+    options = None if config.OPTIMIZE else KernelOptions()
+    program = lower(ast, buffer_dtypes, name, options)
+    if config.DEBUG >= 4:
+        print(f"--- linear IR of {name}\n{program.dump()}")
+    kernel = backend.compile(program)
+    if config.DEBUG >= 3:
+        print(f"--- source of {name}\n{kernel.source}")
+    seconds = time.perf_counter() - t0
+    for p in _profiles:
+        p.compiled += 1
+        p.compile_seconds += seconds
+    flops, nbytes = _estimate_cost(ast, buffer_dtypes, sizes, prod(nest_shape))
+    entry = CompiledEntry(kernel, flops, nbytes)
+    _kernel_cache[key] = entry
+    return entry
+
+
+# --- running a schedule --------------------------------------------------------------------------
+def run_schedule(items: list) -> None:
+    if config.DEBUG >= 2:
+        print(f"--- schedule: {len(items)} items")
+        for item in items:
+            print(f"  {item.kind:6} {item.output.op:10} {str(item.output.shape):24} {item.reason}")
+    for item in items:
+        _run_item(item)
+        _release_graph(item.output)
+
+
+def _run_item(item: ScheduleItem):
+    node = item.output
+    if item.kind == "host":
+        node.buffer = Buffer(node.device, node.size, node.dtype)
+        node.buffer.copy_in(np.ascontiguousarray(node.arg))
+        _count_copy()
+        return
+    if item.kind == "copy":
+        data = item.inputs[0].buffer.to_numpy()
+        node.buffer = Buffer(node.device, node.size, node.dtype)
+        node.buffer.copy_in(data)
+        _count_copy()
+        return
+    if node.size == 0:
+        node.buffer = Buffer(node.device, 0, node.dtype)
+        return
+    out = node.arg.buffer if node.op == "assign" else Buffer(node.device, node.size, node.dtype)
+    buffers = [out] + [b.buffer for b in item.inputs]
+    for b in item.inputs:
+        if b.device != node.device:
+            raise RuntimeError(f"kernel on {node.device} reads a buffer on {b.device}; copy it with .to() first")
+    dtypes = tuple(b.dtype for b in buffers)
+    sizes = tuple(b.size for b in buffers)
+    entry = get_kernel(item.ast, dtypes, node.device, sizes)
+    timed = _timing_wanted()
+    seconds = entry.kernel([b.handle for b in buffers], wait=timed)
+    node.buffer = out
+    if timed:
+        launch = KernelLaunch(entry.kernel.name, seconds or 0.0, entry.flops, entry.bytes)
+        for p in _profiles:
+            p.kernels += 1
+            p.launches.append(launch)
+        if config.DEBUG >= 1:
+            print(f"  {launch.name:<44} {launch.seconds * 1e3:8.3f} ms  {str(node.shape):>20} {node.device}")
+    else:
+        for p in _profiles:
+            p.kernels += 1
+
+
+def _count_copy():
+    for p in _profiles:
+        p.copies += 1
+
+
+def _release_graph(node: LazyBuffer):
+    """A realized base no longer needs what it was computed from."""
+    node.srcs = ()
+    if node.op not in ("buffer",):
+        node.arg = None if node.op != "const" else node.arg
+        node.op = "buffer"
+
+
+def realize(lazybuffers: list) -> None:
+    pending = [lb for lb in lazybuffers if not lb.realized]
+    if not pending:
+        return
+    run_schedule(create_schedule(pending))
+
+
+def to_numpy(lb: LazyBuffer) -> np.ndarray:
+    """The values of a LazyBuffer (any view) as a numpy array; counts as a copy."""
+    if lb.is_view and not (lb.st.contiguous_view and lb.size == lb.base.size):
+        lb = lb.contiguous()
+    realize([lb])
+    base = lb.base
+    if base.size == 0:
+        return np.zeros(lb.shape, dtype=lb.dtype.np)
+    data = base.buffer.to_numpy()
+    _count_copy()
+    return data.reshape(lb.shape)

@@ -1,0 +1,223 @@
+"""The scheduler: which lazy nodes become buffers, and the kernels that compute them.
+
+Every unrealized base reachable from the requested outputs is either *realized* (it gets its own
+buffer and kernel) or *fused* (inlined into each kernel that reads it). The reasons a base is
+realized are recorded, and LAZYGRAD_DEBUG=2 prints them:
+
+- "output": the caller asked for it
+- "effect": copies, host uploads, assigns and explicit `contiguous()` always write memory
+- "shared": more than one consumer reads it (fusing would compute it twice)
+- "reduce-in-view": it holds a reduce and is read through a view (a reduce cannot be inlined
+  into another kernel's loops), or by another reduce
+- "second-reduce": a kernel holds at most one reduce
+- "assign-hazard": an assign would overwrite memory that this value reads through another view
+
+Everything else is fused: an elementwise chain is one kernel, elementwise work before a reduce
+joins its loop, and elementwise work after a reduce on the reduced shape joins as its epilogue.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from lazygrad.codegen.kernel_ast import KernelOp
+from lazygrad.graph import ELEMENTWISE, REDUCE, LazyBuffer
+from lazygrad.shape import ShapeTracker
+
+
+@dataclass
+class ScheduleItem:
+    kind: str  # "kernel", "host" (upload), "copy" (between devices)
+    output: LazyBuffer  # the base this item realizes
+    inputs: list = field(default_factory=list)  # realized bases read, in kernel buffer order after the output
+    ast: KernelOp | None = None
+    reason: str = ""
+
+
+class Scheduler:
+    def __init__(self, targets: list):
+        self.targets = [t.base for t in targets]
+        self.nodes: list = []  # unrealized bases, sources first
+        self.consumers: dict = {}  # id(base) -> set of consumer ids
+        self.realize: dict = {}  # id(base) -> reason
+        self._collect()
+
+    # --- graph walk -------------------------------------------------------------------------------
+    def _collect(self):
+        seen = set()
+        stack = [(t, False) for t in reversed(self.targets)]
+        while stack:
+            node, done = stack.pop()
+            if done:
+                self.nodes.append(node)
+                continue
+            if id(node) in seen or node.buffer is not None:
+                continue
+            seen.add(id(node))
+            stack.append((node, True))
+            for src in node.srcs:
+                base = src.base
+                self.consumers.setdefault(id(base), set()).add(id(node))
+                if base.buffer is None and id(base) not in seen:
+                    stack.append((base, False))
+
+    # --- what gets a buffer ----------------------------------------------------------------------
+    def decide(self):
+        for t in self.targets:
+            if t.buffer is None:
+                self.realize[id(t)] = "output"
+        holds_reduce: dict = {}
+        for node in self.nodes:
+            if node.op in ("host", "copy", "assign", "contiguous"):
+                self.realize.setdefault(id(node), "effect")
+            elif node.op != "const" and len(self.consumers.get(id(node), ())) > 1:
+                self.realize.setdefault(id(node), "shared")
+            if node.op == "const":
+                continue
+            # which reduce nodes would be inlined into this node's kernel
+            reduces = set()
+            for src in node.srcs:
+                b = src.base
+                if b.buffer is not None or id(b) in self.realize:
+                    continue
+                inner = holds_reduce.get(id(b), set())
+                if inner and (_not_a_reshape(src) or node.op in REDUCE):
+                    self.realize[id(b)] = "reduce-in-view"
+                    continue
+                if inner and reduces and inner != reduces:
+                    self.realize[id(b)] = "second-reduce"
+                    continue
+                reduces |= inner
+            if node.op in REDUCE:
+                reduces = {id(node)}
+            holds_reduce[id(node)] = reduces if node.op in ELEMENTWISE | REDUCE else set()
+
+    # --- kernel ASTs -----------------------------------------------------------------------------
+    def _ast(self, node: LazyBuffer, movement: tuple, inputs: list, root: LazyBuffer) -> KernelOp:
+        """The AST computing `node` (a base) seen through `movement` ops."""
+        if node.op == "const":
+            st = ShapeTracker.contiguous(node.shape).apply(movement)
+            return KernelOp("const", (), (node.arg, st), node.dtype)
+        if node is not root and (node.buffer is not None or id(node) in self.realize):
+            if node not in inputs:
+                inputs.append(node)
+            st = ShapeTracker.contiguous(node.shape).apply(movement)
+            return KernelOp("load", (), (1 + inputs.index(node), st), node.dtype)
+        if node.op == "contiguous" or node.op == "assign":
+            src = node.srcs[0]
+            return self._ast(src.base, src.movement + movement, inputs, None)
+        if node.op not in REDUCE:
+            srcs = tuple(self._ast(s.base, s.movement + movement, inputs, None) for s in node.srcs)
+        if node.op in REDUCE:
+            # the consumer reads the reduce through a plain reshape at most (see decide); the
+            # epilogue trackers are moved into the reduce's output shape in _kernel
+            srcs = tuple(self._ast(s.base, s.movement, inputs, None) for s in node.srcs)
+            self._reduce_shape = node.shape
+            return KernelOp("reduce", srcs, (node.op, node.arg), node.dtype)
+        out = KernelOp(node.op, srcs, node.arg if node.op in ("cast", "bitcast") else None, node.dtype)
+        # a pad of a fused value must read 0 outside, whatever the math gives there
+        st = ShapeTracker.contiguous(node.shape).apply(movement)
+        if any(v.mask is not None for v in st.views):
+            zero = KernelOp("const", (), (_zero_of(node.dtype), ShapeTracker.contiguous(st.shape)), node.dtype)
+            out = KernelOp("where", (KernelOp("valid", (), st, None), out, zero), None, node.dtype)
+        return out
+
+    def _kernel(self, node: LazyBuffer) -> ScheduleItem:
+        inputs: list = []
+        self._reduce_shape = None
+        value = self._ast(node, (), inputs, node)
+        store_st = ShapeTracker.contiguous(node.shape)
+        if self._reduce_shape is not None and self._reduce_shape != node.shape:
+            value = _reshape_epilogue(value, self._reduce_shape)
+            store_st = store_st.reshape(self._reduce_shape)
+        target = node.arg if node.op == "assign" else node
+        if node.op == "assign" and self._assign_hazard(value, inputs, target):
+            src_base = node.srcs[0].base
+            self.realize[id(src_base)] = "assign-hazard"
+            raise _Reschedule()
+        store = KernelOp("store", (value,), (0, store_st), node.dtype)
+        return ScheduleItem("kernel", node, inputs, store, self.realize.get(id(node), ""))
+
+    @staticmethod
+    def _assign_hazard(value: KernelOp, inputs: list, target: LazyBuffer) -> bool:
+        if target not in inputs:
+            return False
+        index = 1 + inputs.index(target)
+        return any(n.op == "load" and n.arg[0] == index and not n.arg[1].contiguous_view for n in value.walk())
+
+    def schedule(self) -> list:
+        while True:
+            self.decide()
+            try:
+                return self._ordered_items()
+            except _Reschedule:
+                continue
+
+    def _ordered_items(self) -> list:
+        items = []
+        for node in self.nodes:
+            if id(node) not in self.realize:
+                continue
+            if node.op == "host":
+                items.append(ScheduleItem("host", node, [], None, "effect"))
+            elif node.op == "copy":
+                items.append(ScheduleItem("copy", node, [node.srcs[0].base], None, "effect"))
+            else:
+                items.append(self._kernel(node))
+        return _order_assigns(items)
+
+
+class _Reschedule(Exception):
+    pass
+
+
+def _order_assigns(items: list) -> list:
+    """Topological order of the items, where a kernel that reads a buffer also runs before the
+    assign that overwrites it."""
+    producer = {id(item.output): i for i, item in enumerate(items)}
+    deps = [{producer[id(b)] for b in item.inputs if id(b) in producer} for item in items]
+    for a, item in enumerate(items):
+        if item.output.op == "assign":
+            target = item.output.arg
+            for r, other in enumerate(items):
+                if r != a and other.output.op != "assign" and target in other.inputs:
+                    deps[a].add(r)
+    order, state = [], [0] * len(items)  # 0 new, 1 visiting, 2 done
+
+    def visit(i):
+        if state[i] == 2:
+            return
+        if state[i] == 1:
+            raise RuntimeError("schedule has a cycle: a value reads a buffer that an assign in the same step overwrites")
+        state[i] = 1
+        for j in sorted(deps[i]):
+            visit(j)
+        state[i] = 2
+        order.append(items[i])
+
+    for i in range(len(items)):
+        visit(i)
+    return order
+
+
+def _not_a_reshape(src: LazyBuffer) -> bool:
+    return src.is_view and not (src.st.contiguous_view and src.size == src.base.size)
+
+
+def _reshape_epilogue(node: KernelOp, shape: tuple) -> KernelOp:
+    """The epilogue (everything above the reduce) re-expressed in the reduce's output shape."""
+    if node.op == "reduce":
+        return node
+    if node.op in ("load", "const"):
+        return KernelOp(node.op, (), (node.arg[0], node.arg[1].reshape(shape)), node.dtype)
+    if node.op == "valid":
+        return KernelOp("valid", (), node.arg.reshape(shape), node.dtype)
+    return KernelOp(node.op, tuple(_reshape_epilogue(s, shape) for s in node.srcs), node.arg, node.dtype)
+
+
+def _zero_of(dtype):
+    return False if dtype.kind == "b" else (0.0 if dtype.is_float else 0)
+
+
+def create_schedule(targets: list) -> list:
+    return Scheduler(targets).schedule()

@@ -1,0 +1,1537 @@
+"""Tensor: the user's API, with PyTorch's names and semantics.
+
+Every method is composed of the primitives of lazygrad.graph through two doors: `_primitive`
+(elementwise and reduce ops, recorded for autograd) and `_movement` (views). Nothing computes
+until `numpy()`, `item()`, `tolist()` or `realize()`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import namedtuple
+from typing import Sequence
+
+import numpy as np
+
+from lazygrad import autograd, runtime
+from lazygrad import dtype as dt
+from lazygrad.device import Device, canonical_device
+from lazygrad.dtype import DType
+from lazygrad.graph import LazyBuffer
+from lazygrad.shape import prod
+
+MaxMin = namedtuple("MaxMin", ["values", "indices"])
+
+_rng = [np.random.default_rng(0)]
+
+
+def manual_seed(seed: int) -> None:
+    _rng[0] = np.random.default_rng(seed)
+
+
+def _flatten_shape(shape) -> tuple:
+    if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+        shape = tuple(shape[0])
+    shape = tuple(int(s) for s in shape)
+    if any(s < 0 for s in shape):
+        raise RuntimeError(f"negative dimension in shape {shape}")
+    return shape
+
+
+def _broadcast_shape(*shapes) -> tuple:
+    ndim = max(len(s) for s in shapes)
+    padded = [(1,) * (ndim - len(s)) + tuple(s) for s in shapes]
+    out = []
+    for d in range(ndim):
+        sizes = {p[d] for p in padded if p[d] != 1}
+        if len(sizes) > 1:
+            a, b = sorted(sizes)[:2]
+            raise RuntimeError(
+                f"The size of tensor a ({padded[0][d]}) must match the size of tensor b ({padded[1][d]}) at "
+                f"non-singleton dimension {d}: shapes {tuple(shapes[0])} and {tuple(shapes[1])} do not broadcast"
+            )
+        out.append(sizes.pop() if sizes else 1)
+    return tuple(out)
+
+
+class Tensor:
+    __slots__ = ("lazydata", "requires_grad", "grad", "_ctx", "_retains_grad", "__weakref__", "__dict__")
+    __array_priority__ = 1000  # numpy defers to our reflected operators
+
+    def __init__(self, data, dtype=None, device=None, requires_grad: bool = False):
+        dtype = dt.to_dtype(dtype) if dtype is not None else None
+        device = canonical_device(device)
+        if isinstance(data, LazyBuffer):
+            lb = data if dtype is None or data.dtype == dtype else data.alu("cast", dtype=dtype, arg=dtype)
+        elif isinstance(data, Tensor):
+            lb = data.lazydata
+            if dtype is not None and lb.dtype != dtype:
+                lb = lb.alu("cast", dtype=dtype, arg=dtype)
+            if device != lb.device:
+                lb = lb.copy_to(device)
+        else:
+            if isinstance(data, (bool, int, float)) and not isinstance(data, np.generic):
+                d = dtype or dt.python_type_dtype(data)
+                lb = LazyBuffer.const(data, (), d, device)
+            else:
+                if not isinstance(data, np.ndarray):
+                    data = _to_numpy_nested(data, dtype)
+                if dtype is not None:
+                    data = data.astype(dtype.np)
+                elif data.dtype == np.float64:
+                    data = data.astype(np.float32)  # PyTorch's default float, as torch.tensor does
+                data = np.ascontiguousarray(data)
+                lb = LazyBuffer.from_host(data, device)
+        self.lazydata: LazyBuffer = lb
+        self.grad: Tensor | None = None
+        self._ctx: autograd.Context | None = None
+        self._retains_grad = False
+        self.requires_grad = False
+        if requires_grad:
+            self.requires_grad_(True)
+
+    # --- the two doors to the graph --------------------------------------------------------------
+    def _primitive(self, op: str, *others: Tensor, arg=None, dtype: DType | None = None) -> Tensor:
+        srcs = (self, *others)
+        devices = {t.device for t in srcs}
+        if len(devices) > 1:
+            raise RuntimeError(f"Expected all tensors to be on the same device, but found {sorted(devices)} ({op})")
+        if op in ("sum", "rmax"):
+            lb = self.lazydata.reduce(op, arg)
+        else:
+            lb = self.lazydata.alu(op, *(t.lazydata for t in others), arg=arg, dtype=dtype)
+        return self._record(Tensor(lb), op, srcs, arg)
+
+    def _movement(self, op: str, arg) -> Tensor:
+        lb = getattr(self.lazydata, op)(arg)
+        if lb is self.lazydata:
+            return self
+        return self._record(Tensor(lb), op, (self,), arg)
+
+    @staticmethod
+    def _record(out: Tensor, op: str, inputs: tuple, arg) -> Tensor:
+        if autograd.is_grad_enabled() and any(t.requires_grad for t in inputs) and op in autograd.RULES:
+            if op != "cast" or out.dtype.is_float:
+                out.requires_grad = True
+                out._ctx = autograd.Context(op, inputs, arg, out.shape)
+        return out
+
+    # --- properties --------------------------------------------------------------------------------
+    @property
+    def shape(self) -> tuple:
+        return self.lazydata.shape
+
+    @property
+    def dtype(self) -> DType:
+        return self.lazydata.dtype
+
+    @property
+    def device(self) -> str:
+        return self.lazydata.device
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def dim(self) -> int:
+        return self.ndim
+
+    def numel(self) -> int:
+        return prod(self.shape)
+
+    def size(self, dim: int | None = None):
+        return self.shape if dim is None else self.shape[self._dim(dim)]
+
+    def element_size(self) -> int:
+        return self.dtype.itemsize
+
+    @property
+    def is_leaf(self) -> bool:
+        return self._ctx is None
+
+    @property
+    def T(self) -> Tensor:
+        return self.permute(*reversed(range(self.ndim)))
+
+    @property
+    def mT(self) -> Tensor:
+        return self.transpose(-2, -1)
+
+    def __repr__(self):
+        if self.lazydata.realized and not self.lazydata.is_view:
+            body = np.array2string(runtime.to_numpy(self.lazydata), separator=", ", threshold=50)
+        else:
+            body = f"<lazy {self.lazydata.base.op if self.lazydata.is_view else self.lazydata.op}>"
+        grad = ", requires_grad=True" if self.requires_grad else ""
+        return f"tensor({body}, shape={self.shape}, dtype={self.dtype.name}, device='{self.device}'{grad})"
+
+    def __hash__(self):
+        return id(self)
+
+    def __len__(self):
+        if not self.shape:
+            raise TypeError("len() of a 0-d tensor")
+        return self.shape[0]
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+    def __bool__(self):
+        if self.numel() != 1:
+            raise RuntimeError(f"Boolean value of Tensor with {self.numel()} values is ambiguous")
+        return bool(self.item())
+
+    def __float__(self):
+        return float(self.item())
+
+    def __int__(self):
+        return int(self.item())
+
+    def __index__(self):
+        if self.dtype.is_float or self.numel() != 1:
+            raise TypeError("only integer tensors of a single element can be converted to an index")
+        return int(self.item())
+
+    # --- getting values ----------------------------------------------------------------------------
+    def realize(self) -> Tensor:
+        runtime.realize([self.lazydata])
+        return self
+
+    def numpy(self) -> np.ndarray:
+        if self.requires_grad and autograd.is_grad_enabled() and False:
+            pass
+        return runtime.to_numpy(self.lazydata)
+
+    def item(self):
+        if self.numel() != 1:
+            raise RuntimeError(f"a Tensor with {self.numel()} elements cannot be converted to Scalar")
+        return self.numpy().reshape(()).item()
+
+    def tolist(self):
+        return self.numpy().tolist()
+
+    def __array__(self, dtype=None, copy=None):
+        out = self.numpy()
+        return out.astype(dtype) if dtype is not None else out
+
+    # --- autograd surface -------------------------------------------------------------------------
+    def requires_grad_(self, requires_grad: bool = True) -> Tensor:
+        if requires_grad and not (self.dtype.is_float):
+            raise RuntimeError(f"only Tensors of floating point dtype can require gradients (got {self.dtype.name})")
+        if not requires_grad and self._ctx is not None:
+            raise RuntimeError("you can only change requires_grad flags of leaf variables")
+        self.requires_grad = requires_grad
+        return self
+
+    def detach(self) -> Tensor:
+        return Tensor(self.lazydata)
+
+    def detach_(self) -> Tensor:
+        self._ctx, self.requires_grad = None, False
+        return self
+
+    def retain_grad(self) -> None:
+        if not self.requires_grad:
+            raise RuntimeError("can't retain_grad on Tensor that has requires_grad=False")
+        self._retains_grad = True
+
+    def _accumulate_grad(self, g: Tensor):
+        g = g if autograd.is_grad_enabled() else g.detach()
+        self.grad = g if self.grad is None else self.grad + g
+
+    def backward(self, gradient: Tensor | None = None, retain_graph: bool = False, create_graph: bool = False,
+                 inputs=None) -> None:
+        """Adds the gradient graph and accumulates into the .grad of leaves; runs nothing."""
+        if not self.requires_grad:
+            raise RuntimeError("element 0 of tensors does not require grad and does not have a grad_fn")
+        if gradient is None:
+            if self.numel() != 1:
+                raise RuntimeError(f"grad can be implicitly created only for scalar outputs (got shape {self.shape})")
+            gradient = Tensor.ones_like(self)
+        elif gradient.shape != self.shape:
+            raise RuntimeError(f"gradient of shape {gradient.shape} does not match the output's shape {self.shape}")
+        if inputs is not None:
+            for t, g in autograd.backward(self, gradient, retain_graph or create_graph, create_graph,
+                                          inputs).items():
+                next(x for x in inputs if id(x) == t)._accumulate_grad(g)
+            return
+        autograd.backward(self, gradient, retain_graph or create_graph, create_graph)
+
+    # --- creation ----------------------------------------------------------------------------------
+    @staticmethod
+    def full(shape, fill_value, dtype=None, device=None, requires_grad=False) -> Tensor:
+        shape = _flatten_shape(shape if isinstance(shape, (tuple, list)) else (shape,))
+        dtype = dt.to_dtype(dtype) if dtype is not None else dt.python_type_dtype(fill_value)
+        t = Tensor(LazyBuffer.const(fill_value, shape, dtype, canonical_device(device)))
+        return t.requires_grad_() if requires_grad else t
+
+    @staticmethod
+    def zeros(*shape, dtype=None, device=None, requires_grad=False) -> Tensor:
+        return Tensor.full(_flatten_shape(shape), 0.0, dtype or dt.default_float, device, requires_grad)
+
+    @staticmethod
+    def ones(*shape, dtype=None, device=None, requires_grad=False) -> Tensor:
+        return Tensor.full(_flatten_shape(shape), 1.0, dtype or dt.default_float, device, requires_grad)
+
+    @staticmethod
+    def empty(*shape, dtype=None, device=None, requires_grad=False) -> Tensor:
+        return Tensor.zeros(*shape, dtype=dtype, device=device, requires_grad=requires_grad)
+
+    @staticmethod
+    def _from_numpy_random(array, dtype, device, requires_grad):
+        dtype = dt.to_dtype(dtype) if dtype is not None else dt.default_float
+        t = Tensor(array.astype(dtype.np), device=device)
+        return t.requires_grad_() if requires_grad else t
+
+    @staticmethod
+    def rand(*shape, dtype=None, device=None, requires_grad=False) -> Tensor:
+        return Tensor._from_numpy_random(_rng[0].random(_flatten_shape(shape), dtype=np.float32), dtype, device,
+                                         requires_grad)
+
+    @staticmethod
+    def randn(*shape, dtype=None, device=None, requires_grad=False) -> Tensor:
+        return Tensor._from_numpy_random(_rng[0].standard_normal(_flatten_shape(shape), dtype=np.float32), dtype,
+                                         device, requires_grad)
+
+    @staticmethod
+    def randint(low, high=None, size=(), dtype=None, device=None) -> Tensor:
+        if high is None:
+            low, high = 0, low
+        data = _rng[0].integers(low, high, size=_flatten_shape(size if isinstance(size, (tuple, list)) else (size,)))
+        return Tensor(data.astype((dt.to_dtype(dtype) if dtype else dt.int64).np), device=device)
+
+    @staticmethod
+    def uniform(*shape, low=0.0, high=1.0, dtype=None, device=None, requires_grad=False) -> Tensor:
+        data = _rng[0].uniform(low, high, _flatten_shape(shape)).astype(np.float32)
+        return Tensor._from_numpy_random(data, dtype, device, requires_grad)
+
+    @staticmethod
+    def normal(*shape, mean=0.0, std=1.0, dtype=None, device=None, requires_grad=False) -> Tensor:
+        data = _rng[0].normal(mean, std, _flatten_shape(shape)).astype(np.float32)
+        return Tensor._from_numpy_random(data, dtype, device, requires_grad)
+
+    @staticmethod
+    def arange(start, end=None, step=1, dtype=None, device=None, requires_grad=False) -> Tensor:
+        if end is None:
+            start, end = 0, start
+        is_float = any(isinstance(v, float) for v in (start, end, step))
+        dtype = dt.to_dtype(dtype) if dtype is not None else (dt.default_float if is_float else dt.int64)
+        t = Tensor(np.arange(start, end, step).astype(dtype.np), device=device)
+        return t.requires_grad_() if requires_grad else t
+
+    @staticmethod
+    def linspace(start, end, steps: int, dtype=None, device=None) -> Tensor:
+        dtype = dt.to_dtype(dtype) if dtype is not None else dt.default_float
+        return Tensor(np.linspace(start, end, steps).astype(dtype.np), device=device)
+
+    @staticmethod
+    def eye(n: int, m: int | None = None, dtype=None, device=None) -> Tensor:
+        dtype = dt.to_dtype(dtype) if dtype is not None else dt.default_float
+        return Tensor(np.eye(n, m if m is not None else n).astype(dtype.np), device=device)
+
+    def full_like(self, fill_value, dtype=None, device=None, requires_grad=False) -> Tensor:
+        return Tensor.full(self.shape, fill_value, dtype or self.dtype, device or self.device, requires_grad)
+
+    def zeros_like(self, dtype=None, device=None, requires_grad=False) -> Tensor:
+        return self.full_like(0, dtype, device, requires_grad)
+
+    def ones_like(self, dtype=None, device=None, requires_grad=False) -> Tensor:
+        return self.full_like(1, dtype, device, requires_grad)
+
+    def empty_like(self, dtype=None, device=None, requires_grad=False) -> Tensor:
+        return self.zeros_like(dtype, device, requires_grad)
+
+    def rand_like(self, dtype=None, device=None, requires_grad=False) -> Tensor:
+        return Tensor.rand(*self.shape, dtype=dtype or self.dtype, device=device or self.device,
+                           requires_grad=requires_grad)
+
+    def randn_like(self, dtype=None, device=None, requires_grad=False) -> Tensor:
+        return Tensor.randn(*self.shape, dtype=dtype or self.dtype, device=device or self.device,
+                            requires_grad=requires_grad)
+
+    # --- dtype and device --------------------------------------------------------------------------
+    def cast(self, dtype) -> Tensor:
+        dtype = dt.to_dtype(dtype)
+        return self if dtype == self.dtype else self._primitive("cast", arg=dtype, dtype=dtype)
+
+    def bitcast(self, dtype) -> Tensor:
+        dtype = dt.to_dtype(dtype)
+        if dtype.itemsize != self.dtype.itemsize:
+            raise RuntimeError(f"bitcast needs dtypes of the same size: {self.dtype.name} -> {dtype.name}")
+        return self if dtype == self.dtype else self._primitive("bitcast", arg=self.dtype, dtype=dtype)
+
+    def to(self, *args, dtype=None, device=None) -> Tensor:
+        for a in args:
+            if isinstance(a, Tensor):
+                dtype, device = a.dtype, a.device
+            elif isinstance(a, DType) or (isinstance(a, str) and a.split(":")[0] not in ("llvm", "opencl", "cpu")):
+                dtype = a
+            elif isinstance(a, str):
+                device = a
+            else:
+                dtype = a
+        out = self
+        if dtype is not None:
+            out = out.cast(dtype)
+        if device is not None:
+            device = canonical_device(device)
+            if device != out.device:
+                out = Tensor._record(Tensor(out.lazydata.copy_to(device)), "copy", (out,), None)
+        return out
+
+    def float(self) -> Tensor:
+        return self.cast(dt.float32)
+
+    def half(self) -> Tensor:
+        return self.cast(dt.float16)
+
+    def double(self) -> Tensor:
+        return self.cast(dt.float64)
+
+    def int(self) -> Tensor:
+        return self.cast(dt.int32)
+
+    def long(self) -> Tensor:
+        return self.cast(dt.int64)
+
+    def bool(self) -> Tensor:
+        return self.cast(dt.bool_)
+
+    def byte(self) -> Tensor:
+        return self.cast(dt.uint8)
+
+    def type(self, dtype) -> Tensor:
+        return self.cast(dtype)
+
+    def contiguous(self) -> Tensor:
+        lb = self.lazydata.contiguous()
+        return self if lb is self.lazydata else self._record(Tensor(lb), "contiguous", (self,), None)
+
+    def clone(self) -> Tensor:
+        return self.contiguous() if self.lazydata.is_view else self * 1 if self.dtype != dt.bool_ else self | False
+
+    # --- broadcasting and operands ------------------------------------------------------------
+    def _operand(self, other, reverse=False) -> tuple:
+        """Both operands as tensors of one dtype and one shape (PyTorch promotion and broadcasting)."""
+        if isinstance(other, Tensor):
+            d = dt.promote(self.dtype, other.dtype)
+            if not self.shape and other.shape and self._is_wrapped_number() is False:
+                pass
+            x, y = self.cast(d), other.cast(d)
+        else:
+            if isinstance(other, np.ndarray):
+                return self._operand(Tensor(other, device=self.device), reverse)
+            if not isinstance(other, (bool, int, float)):
+                raise TypeError(f"unsupported operand type {type(other).__name__} for a Tensor op")
+            d = dt.scalar_dtype(other, self.dtype)
+            x, y = self.cast(d), Tensor.full((), other, d, self.device)
+        if x.shape != y.shape:
+            shape = _broadcast_shape(x.shape, y.shape)
+            x, y = x.broadcast_to(shape), y.broadcast_to(shape)
+        return (y, x) if reverse else (x, y)
+
+    def _is_wrapped_number(self):
+        return False
+
+    def broadcast_to(self, shape) -> Tensor:
+        shape = tuple(shape)
+        if self.shape == shape:
+            return self
+        if len(shape) < self.ndim:
+            raise RuntimeError(f"cannot broadcast shape {self.shape} to {shape}: fewer dimensions")
+        x = self.reshape((1,) * (len(shape) - self.ndim) + self.shape) if len(shape) != self.ndim else self
+        for s, n in zip(x.shape, shape):
+            if s != n and s != 1:
+                raise RuntimeError(f"The expanded size of the tensor ({n}) must match the existing size ({s}) at a "
+                                   f"non-singleton dimension: cannot broadcast {self.shape} to {shape}")
+        return x._movement("expand", shape)
+
+    # --- elementwise ----------------------------------------------------------------------------
+    def add(self, other, alpha=1) -> Tensor:
+        if alpha != 1:
+            other = other * alpha
+        x, y = self._operand(other)
+        if x.dtype == dt.bool_:
+            return x | y
+        return x._primitive("add", y)
+
+    def sub(self, other, alpha=1) -> Tensor:
+        if self.dtype == dt.bool_ and (isinstance(other, bool) or (isinstance(other, Tensor) and other.dtype == dt.bool_)):
+            raise RuntimeError("Subtraction, the `-` operator, with two bool tensors is not supported")
+        x, y = self._operand(other)
+        return x.add(-y if alpha == 1 else -(y * alpha))
+
+    def mul(self, other) -> Tensor:
+        x, y = self._operand(other)
+        if x.dtype == dt.bool_:
+            return x & y
+        return x._primitive("mul", y)
+
+    def div(self, other, rounding_mode: str | None = None) -> Tensor:
+        x, y = self._operand(other)
+        if rounding_mode == "floor":
+            return x.floor_divide(y)
+        if rounding_mode == "trunc":
+            return x._primitive("idiv", y) if x.dtype.is_int else (x / y).trunc()
+        if not x.dtype.is_float:
+            x, y = x.cast(dt.default_float), y.cast(dt.default_float)
+        return x._primitive("mul", y._primitive("recip"))
+
+    def floor_divide(self, other) -> Tensor:
+        x, y = self._operand(other)
+        if x.dtype.is_float:
+            return (x / y).floor()
+        q = x._primitive("idiv", y)
+        # C division truncates; Python/PyTorch floor when the signs differ and it is inexact
+        inexact = x._primitive("mod", y)._primitive("cmpne", y.zeros_like())
+        signs_differ = (x < 0) ^ (y < 0)
+        return q - (inexact & signs_differ).cast(q.dtype)
+
+    def remainder(self, other) -> Tensor:
+        x, y = self._operand(other)
+        if x.dtype.is_float:
+            return x - (x / y).floor() * y
+        r = x._primitive("mod", y)
+        fix = r._primitive("cmpne", r.zeros_like()) & ((r < 0) ^ (y < 0))
+        return r + fix.cast(r.dtype) * y
+
+    def fmod(self, other) -> Tensor:
+        x, y = self._operand(other)
+        return x._primitive("mod", y) if x.dtype.is_int else x - (x / y).trunc() * y
+
+    def pow(self, exponent) -> Tensor:
+        if not isinstance(exponent, Tensor):
+            if exponent == 2:
+                return self * self
+            if exponent == 1:
+                return self * 1
+            if exponent == 0.5:
+                return self.sqrt()
+            if exponent == -1:
+                return self.reciprocal()
+            if exponent == 0:
+                return self.ones_like(dtype=dt.scalar_dtype(exponent, self.dtype))
+            if isinstance(exponent, int) and 0 < exponent <= 8:
+                out = self
+                for _ in range(exponent - 1):
+                    out = out * self
+                return out
+        x, y = self._operand(exponent)
+        if not x.dtype.is_float:
+            x, y = x.cast(dt.default_float), y.cast(dt.default_float)
+            return x.pow(y).round().cast(dt.promote(self.dtype, y.dtype) if isinstance(exponent, Tensor) else self.dtype)
+        # |x|**y, then the sign for negative bases with odd integer exponents; NaN for non-integers
+        magnitude = (y * x.abs().log2()).exp2()
+        y_int = y == y.trunc()
+        y_odd = y_int & ((y / 2).trunc() * 2 != y)
+        negative = x < 0
+        signed = negative.where(y_odd.where(-magnitude, y_int.where(magnitude, magnitude * float("nan"))), magnitude)
+        return (y == 0).where(x.ones_like(), signed)
+
+    def neg(self) -> Tensor:
+        if self.dtype == dt.bool_:
+            raise RuntimeError("Negation, the `-` operator, on a bool tensor is not supported; use ~ or logical_not")
+        return self._primitive("neg")
+
+    def reciprocal(self) -> Tensor:
+        x = self if self.dtype.is_float else self.cast(dt.default_float)
+        return x._primitive("recip")
+
+    def exp2(self) -> Tensor:
+        return self._float()._primitive("exp2")
+
+    def log2(self) -> Tensor:
+        return self._float()._primitive("log2")
+
+    def exp(self) -> Tensor:
+        return (self._float() * (1 / math.log(2))).exp2()
+
+    def log(self) -> Tensor:
+        return self.log2() * math.log(2)
+
+    def log10(self) -> Tensor:
+        return self.log2() * math.log10(2)
+
+    def log1p(self) -> Tensor:
+        return (self + 1).log()
+
+    def expm1(self) -> Tensor:
+        return self.exp() - 1
+
+    def sqrt(self) -> Tensor:
+        return self._float()._primitive("sqrt")
+
+    def rsqrt(self) -> Tensor:
+        return self.sqrt().reciprocal()
+
+    def square(self) -> Tensor:
+        return self * self
+
+    def sin(self) -> Tensor:
+        return self._float()._primitive("sin")
+
+    def cos(self) -> Tensor:
+        return (math.pi / 2 - self._float()).sin()
+
+    def tan(self) -> Tensor:
+        return self.sin() / self.cos()
+
+    def _float(self) -> Tensor:
+        return self if self.dtype.is_float else self.cast(dt.default_float)
+
+    def sigmoid(self) -> Tensor:
+        return (1 + (-self._float()).exp()).reciprocal()
+
+    def tanh(self) -> Tensor:
+        return 2 * (2 * self._float()).sigmoid() - 1
+
+    def relu(self) -> Tensor:
+        # where(x <= 0, 0, x) keeps NaN and gives gradient 0 at 0, as PyTorch does
+        return self.le(0).where(self.zeros_like(), self)
+
+    def relu6(self) -> Tensor:
+        return self.clamp(0, 6)
+
+    def leaky_relu(self, negative_slope: float = 0.01) -> Tensor:
+        return (self > 0).where(self, self * negative_slope)
+
+    def elu(self, alpha: float = 1.0) -> Tensor:
+        return (self > 0).where(self, alpha * self.expm1())
+
+    def erf(self) -> Tensor:
+        # Abramowitz & Stegun 7.1.26 refined: |error| < 1.5e-7
+        x = self._float()
+        t = 1 / (1 + 0.3275911 * x.abs())
+        poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
+        return x.sign() * (1 - poly * (-x * x).exp())
+
+    def gelu(self, approximate: str = "none") -> Tensor:
+        if approximate == "tanh":
+            return 0.5 * self * (1 + (math.sqrt(2 / math.pi) * (self + 0.044715 * self * self * self)).tanh())
+        return 0.5 * self * (1 + (self * (1 / math.sqrt(2))).erf())
+
+    def silu(self) -> Tensor:
+        return self * self.sigmoid()
+
+    def softplus(self, beta: float = 1.0, threshold: float = 20.0) -> Tensor:
+        scaled = self * beta
+        return (scaled > threshold).where(self, (1 + scaled.exp()).log() / beta)
+
+    def mish(self) -> Tensor:
+        return self * self.softplus().tanh()
+
+    def hardtanh(self, min_val=-1.0, max_val=1.0) -> Tensor:
+        return self.clamp(min_val, max_val)
+
+    def abs(self) -> Tensor:
+        if self.dtype == dt.bool_:
+            return self
+        return self._primitive("max", self._primitive("neg"))
+
+    def sign(self) -> Tensor:
+        if self.dtype == dt.bool_:
+            return self
+        one = (self > 0).cast(self.dtype) - (self < 0).cast(self.dtype)
+        return (self != self).where(self, one) if self.dtype.is_float else one
+
+    def trunc(self) -> Tensor:
+        if not self.dtype.is_float:
+            return self
+        # values of at least 2**52 are integers already (and would overflow int64 on the way)
+        big = self.abs() >= 2.0**52
+        as_int = self.cast(dt.int64).cast(self.dtype)
+        return big.where(self, as_int).detach() + (self - self.detach()) * 0
+
+    def floor(self) -> Tensor:
+        t = self.trunc()
+        return t - (t > self).cast(self.dtype) if self.dtype.is_float else self
+
+    def ceil(self) -> Tensor:
+        t = self.trunc()
+        return t + (t < self).cast(self.dtype) if self.dtype.is_float else self
+
+    def round(self, decimals: int = 0) -> Tensor:
+        if not self.dtype.is_float:
+            return self
+        if decimals:
+            scale = 10.0**decimals
+            return (self * scale).round() / scale
+        r = (self + 0.5).floor()
+        # halfway cases round to even
+        tie = (r - self) == 0.5
+        odd = (r / 2).floor() * 2 != r
+        return (tie & odd).where(r - 1, r)
+
+    def frac(self) -> Tensor:
+        return self - self.trunc()
+
+    def clamp(self, min=None, max=None) -> Tensor:
+        if min is None and max is None:
+            raise RuntimeError("torch.clamp: At least one of 'min' or 'max' must not be None")
+        out = self
+        if min is not None:
+            lo = min if isinstance(min, Tensor) else Tensor.full((), min, dt.scalar_dtype(min, self.dtype), self.device)
+            out = (out < lo).where(lo.cast(dt.promote(out.dtype, lo.dtype)), out)
+        if max is not None:
+            hi = max if isinstance(max, Tensor) else Tensor.full((), max, dt.scalar_dtype(max, self.dtype), self.device)
+            out = (out > hi).where(hi.cast(dt.promote(out.dtype, hi.dtype)), out)
+        return out
+
+    clip = clamp
+
+    def maximum(self, other) -> Tensor:
+        x, y = self._operand(other)
+        return x._primitive("max", y)
+
+    def minimum(self, other) -> Tensor:
+        x, y = self._operand(other)
+        if x.dtype == dt.bool_:
+            return x & y
+        return x._reverse_order()._primitive("max", y._reverse_order())._reverse_order()
+
+    def _reverse_order(self) -> Tensor:
+        """An order-reversing bijection (for min from max): -x for floats, ~x for integers."""
+        if self.dtype.is_float:
+            return -self
+        if self.dtype == dt.bool_:
+            return self.logical_not()
+        return self ^ -1 if self.dtype.kind == "i" else self ^ ((1 << (8 * self.dtype.itemsize)) - 1)
+
+    def where(self, x, y) -> Tensor:
+        """torch.where(self, x, y): x where self is true."""
+        cond = self if self.dtype == dt.bool_ else self.bool()
+        if not isinstance(x, Tensor) and not isinstance(y, Tensor):
+            d = dt.python_type_dtype(x) if type(x) is type(y) else dt.promote(dt.python_type_dtype(x),
+                                                                              dt.python_type_dtype(y))
+            x = Tensor.full((), x, d, self.device)
+        if isinstance(x, Tensor):
+            x, y = x._operand(y)
+        else:
+            y, x = y._operand(x)
+        shape = _broadcast_shape(cond.shape, x.shape)
+        cond, x, y = cond.broadcast_to(shape), x.broadcast_to(shape), y.broadcast_to(shape)
+        return cond._primitive("where", x, y)
+
+    def masked_fill(self, mask: Tensor, value) -> Tensor:
+        return mask.where(Tensor.full((), value, dt.scalar_dtype(value, self.dtype), self.device).cast(self.dtype), self)
+
+    def lerp(self, end, weight) -> Tensor:
+        return self + (end - self) * weight
+
+    # comparisons (NaN-correct: every comparison with NaN is false except !=)
+    def eq(self, other) -> Tensor:
+        x, y = self._operand(other)
+        return x._primitive("cmpne", y).logical_not()
+
+    def ne(self, other) -> Tensor:
+        x, y = self._operand(other)
+        return x._primitive("cmpne", y)
+
+    def lt(self, other) -> Tensor:
+        x, y = self._operand(other)
+        return x._primitive("cmplt", y)
+
+    def gt(self, other) -> Tensor:
+        x, y = self._operand(other)
+        return y._primitive("cmplt", x)
+
+    def le(self, other) -> Tensor:
+        return self.lt(other) | self.eq(other)
+
+    def ge(self, other) -> Tensor:
+        return self.gt(other) | self.eq(other)
+
+    def isnan(self) -> Tensor:
+        return self != self
+
+    def isinf(self) -> Tensor:
+        return self.abs() == float("inf") if self.dtype.is_float else self.zeros_like(dtype=dt.bool_)
+
+    def isfinite(self) -> Tensor:
+        return (self == self) & ~self.isinf()
+
+    def allclose(self, other, rtol=1e-5, atol=1e-8) -> bool:
+        return bool(((self - other).abs() <= atol + rtol * other.abs()).all().item())
+
+    # logical and bitwise
+    def _bitwise(self, op: str, other) -> Tensor:
+        x, y = self._operand(other)
+        if x.dtype.is_float:
+            raise RuntimeError(f"bitwise {op} is only for integer and bool tensors, got {x.dtype.name}")
+        return x._primitive(op, y)
+
+    def bitwise_and(self, other) -> Tensor:
+        return self._bitwise("and", other)
+
+    def bitwise_or(self, other) -> Tensor:
+        return self._bitwise("or", other)
+
+    def bitwise_xor(self, other) -> Tensor:
+        return self._bitwise("xor", other)
+
+    def bitwise_not(self) -> Tensor:
+        if self.dtype.is_float:
+            raise RuntimeError(f"bitwise_not is only for integer and bool tensors, got {self.dtype.name}")
+        return self ^ (True if self.dtype == dt.bool_ else -1)
+
+    def bitwise_left_shift(self, other) -> Tensor:
+        return self._bitwise("shl", other)
+
+    def bitwise_right_shift(self, other) -> Tensor:
+        return self._bitwise("shr", other)
+
+    def logical_not(self) -> Tensor:
+        return self.bool()._primitive("xor", Tensor.full(self.shape, True, dt.bool_, self.device))
+
+    def logical_and(self, other) -> Tensor:
+        return self.bool() & (other.bool() if isinstance(other, Tensor) else bool(other))
+
+    def logical_or(self, other) -> Tensor:
+        return self.bool() | (other.bool() if isinstance(other, Tensor) else bool(other))
+
+    def logical_xor(self, other) -> Tensor:
+        return self.bool() ^ (other.bool() if isinstance(other, Tensor) else bool(other))
+
+    # operators
+    __add__ = add
+    __sub__ = sub
+    __mul__ = mul
+    __truediv__ = div
+    __floordiv__ = floor_divide
+    __mod__ = remainder
+    __pow__ = pow
+    __matmul__ = lambda self, other: self.matmul(other)  # noqa: E731
+    __neg__ = neg
+    __abs__ = abs
+    __invert__ = bitwise_not
+    __and__ = bitwise_and
+    __or__ = bitwise_or
+    __xor__ = bitwise_xor
+    __lshift__ = bitwise_left_shift
+    __rshift__ = bitwise_right_shift
+    __lt__ = lt
+    __gt__ = gt
+    __le__ = le
+    __ge__ = ge
+    __eq__ = eq  # type: ignore[assignment]
+    __ne__ = ne  # type: ignore[assignment]
+
+    def __radd__(self, other):
+        x, y = self._operand(other, reverse=True)
+        return x.add(y)
+
+    def __rsub__(self, other):
+        x, y = self._operand(other, reverse=True)
+        return x.sub(y)
+
+    def __rmul__(self, other):
+        x, y = self._operand(other, reverse=True)
+        return x.mul(y)
+
+    def __rtruediv__(self, other):
+        x, y = self._operand(other, reverse=True)
+        return x.div(y)
+
+    def __rfloordiv__(self, other):
+        x, y = self._operand(other, reverse=True)
+        return x.floor_divide(y)
+
+    def __rmod__(self, other):
+        x, y = self._operand(other, reverse=True)
+        return x.remainder(y)
+
+    def __rpow__(self, other):
+        x, y = self._operand(other, reverse=True)
+        return x.pow(y)
+
+    def __rand__(self, other):
+        return self.bitwise_and(other)
+
+    def __ror__(self, other):
+        return self.bitwise_or(other)
+
+    def __rxor__(self, other):
+        return self.bitwise_xor(other)
+
+    def __rmatmul__(self, other):
+        return Tensor(other, device=self.device).matmul(self)
+
+    # in-place forms: compute out of place, then assign
+    def assign(self, value) -> Tensor:
+        """Writes value into this tensor's memory (lazily). The optimizer's and BatchNorm's way to update."""
+        if not isinstance(value, Tensor):
+            value = Tensor.full(self.shape, value, self.dtype, self.device)
+        if value.device != self.device:
+            value = value.to(self.device)
+        if value.shape != self.shape:
+            value = value.broadcast_to(self.shape)
+        if value.dtype != self.dtype:
+            value = value.cast(self.dtype)
+        if value.lazydata is self.lazydata:
+            return self
+        target = self.lazydata
+        if target.realized and not target.is_view and target.op == "buffer":
+            self.lazydata = target.assign(value.lazydata.base if not value.lazydata.is_view else value.lazydata)
+            if value.lazydata.is_view:
+                self.lazydata = target.assign(value.lazydata.contiguous())
+        else:
+            self.lazydata = value.lazydata
+        return self
+
+    def _inplace(self, result: Tensor) -> Tensor:
+        if self.requires_grad and self.is_leaf and autograd.is_grad_enabled():
+            raise RuntimeError("a leaf Variable that requires grad is being used in an in-place operation.")
+        if result.shape != self.shape:
+            raise RuntimeError(f"output with shape {self.shape} doesn't match the broadcast shape {result.shape}")
+        if autograd.is_grad_enabled() and result.requires_grad:
+            self.lazydata, self._ctx, self.requires_grad = result.lazydata, result._ctx, True
+            return self
+        return self.assign(result.cast(self.dtype))
+
+    def add_(self, other, alpha=1):
+        return self._inplace(self.add(other, alpha=alpha))
+
+    def sub_(self, other, alpha=1):
+        return self._inplace(self.sub(other, alpha=alpha))
+
+    def mul_(self, other):
+        return self._inplace(self.mul(other))
+
+    def div_(self, other):
+        return self._inplace(self.div(other))
+
+    def pow_(self, other):
+        return self._inplace(self.pow(other))
+
+    def clamp_(self, min=None, max=None):
+        return self._inplace(self.clamp(min, max))
+
+    def relu_(self):
+        return self._inplace(self.relu())
+
+    def neg_(self):
+        return self._inplace(self.neg())
+
+    def sqrt_(self):
+        return self._inplace(self.sqrt())
+
+    def exp_(self):
+        return self._inplace(self.exp())
+
+    def abs_(self):
+        return self._inplace(self.abs())
+
+    def zero_(self):
+        return self._inplace(self.zeros_like())
+
+    def fill_(self, value):
+        return self._inplace(self.full_like(value))
+
+    def copy_(self, src):
+        src = src if isinstance(src, Tensor) else Tensor(src)
+        return self._inplace(src.to(self.device).cast(self.dtype).broadcast_to(self.shape))
+
+    def uniform_(self, a=0.0, b=1.0):
+        return self._inplace(Tensor.uniform(*self.shape, low=a, high=b, dtype=self.dtype, device=self.device))
+
+    def normal_(self, mean=0.0, std=1.0):
+        return self._inplace(Tensor.normal(*self.shape, mean=mean, std=std, dtype=self.dtype, device=self.device))
+
+    def masked_fill_(self, mask, value):
+        return self._inplace(self.masked_fill(mask, value))
+
+    __iadd__ = add_
+    __isub__ = sub_
+    __imul__ = mul_
+    __itruediv__ = div_
+
+    # --- reductions -----------------------------------------------------------------------------
+    def _dim(self, d: int, ndim: int | None = None) -> int:
+        n = self.ndim if ndim is None else ndim
+        lo, hi = (-n, n - 1) if n > 0 else (-1, 0)
+        if not lo <= d <= hi:
+            raise IndexError(f"Dimension out of range (expected to be in range of [{lo}, {hi}], but got {d})")
+        return d % n if n > 0 else 0
+
+    def _axes(self, dim) -> tuple:
+        if dim is None:
+            return tuple(range(self.ndim))
+        dims = dim if isinstance(dim, (tuple, list)) else (dim,)
+        return tuple(sorted({self._dim(d) for d in dims}))
+
+    def _reduce(self, op: str, dim, keepdim: bool) -> Tensor:
+        axes = self._axes(dim)
+        for a in axes:
+            if self.shape[a] == 0 and op == "rmax":
+                raise IndexError(f"max(): Expected reduction dim {a} to have non-zero size (shape {self.shape})")
+        out = self._primitive(op, arg=axes) if any(self.shape[a] != 1 for a in axes) else self
+        if keepdim or not self.shape:
+            return out
+        return out.reshape(tuple(s for i, s in enumerate(self.shape) if i not in axes))
+
+    def sum(self, dim=None, keepdim: bool = False, dtype=None) -> Tensor:
+        x = self
+        if dtype is not None:
+            x = x.cast(dtype)
+        elif not x.dtype.is_float:
+            x = x.cast(dt.int64)
+        return x._reduce("sum", dim, keepdim)
+
+    def mean(self, dim=None, keepdim: bool = False, dtype=None) -> Tensor:
+        if dtype is not None:
+            return self.cast(dtype).mean(dim, keepdim)
+        if not self.dtype.is_float:
+            raise RuntimeError(f"mean(): could not infer output dtype. Input dtype must be floating point, got "
+                               f"{self.dtype.name}")
+        count = prod(self.shape[a] for a in self._axes(dim))
+        return self.sum(dim, keepdim) * (1 / count if count else float("nan"))
+
+    def _max_reduce(self, dim, keepdim) -> Tensor:
+        if self.dtype == dt.bool_:
+            return self.cast(dt.uint8)._reduce("rmax", dim, keepdim).cast(dt.bool_)
+        return self._reduce("rmax", dim, keepdim)
+
+    def amax(self, dim=None, keepdim: bool = False) -> Tensor:
+        return self._max_reduce(() if dim == () else dim, keepdim)
+
+    def amin(self, dim=None, keepdim: bool = False) -> Tensor:
+        return self._reverse_order().amax(dim, keepdim)._reverse_order()
+
+    def max(self, dim=None, keepdim: bool = False):
+        if isinstance(dim, Tensor):
+            return self.maximum(dim)
+        if dim is None:
+            return self._max_reduce(None, False)
+        return MaxMin(self._max_reduce(dim, keepdim), self.argmax(dim, keepdim))
+
+    def min(self, dim=None, keepdim: bool = False):
+        if isinstance(dim, Tensor):
+            return self.minimum(dim)
+        if dim is None:
+            return self.amin()
+        return MaxMin(self.amin(dim, keepdim), self.argmin(dim, keepdim))
+
+    def argmax(self, dim=None, keepdim: bool = False) -> Tensor:
+        if dim is None:
+            return self.reshape(-1).argmax(0)
+        d = self._dim(dim)
+        n = self.shape[d]
+        hit = self == self.amax(d, keepdim=True)
+        if self.dtype.is_float:
+            hit = hit | (self != self)  # NaN is the maximum, as in PyTorch
+        # the first index that holds the maximum: largest of (n - index) over hits
+        countdown = Tensor.arange(n, 0, -1, dtype=dt.int64, device=self.device).reshape(
+            [n if i == d else 1 for i in range(self.ndim)])
+        return (n - (hit.cast(dt.int64) * countdown).amax(d, keepdim)).cast(dt.int64)
+
+    def argmin(self, dim=None, keepdim: bool = False) -> Tensor:
+        return self._reverse_order().argmax(dim, keepdim)
+
+    def prod(self, dim=None, keepdim: bool = False, dtype=None) -> Tensor:
+        x = self.cast(dtype) if dtype is not None else (self if self.dtype.is_float else self.cast(dt.int64))
+        if dim is None:
+            out = x.reshape(-1).prod(0)
+            return out.reshape((1,) * self.ndim) if keepdim else out
+        d = x._dim(dim)
+        # a tree of multiplications: exact for integers, differentiable for floats
+        x = x.transpose(d, -1) if x.ndim else x.reshape(1)
+        while x.shape[-1] > 1:
+            n = x.shape[-1]
+            if n % 2:
+                x = x.pad((0, 1), value=1)
+            x = x.reshape(*x.shape[:-1], (n + 1) // 2, 2)
+            x = x[..., 0] * x[..., 1]
+        if x.shape[-1] == 0:
+            x = x.pad((0, 1), value=1)
+        x = x.transpose(d, -1) if self.ndim else x.reshape(())
+        return x if keepdim or not self.ndim else x.squeeze(d)
+
+    def var(self, dim=None, keepdim: bool = False, correction=None, unbiased=None) -> Tensor:
+        if correction is None:
+            correction = 1 if unbiased is None or unbiased else 0
+        n = prod(self.shape[a] for a in self._axes(dim))
+        centered = self - self.mean(dim, keepdim=True)
+        return (centered * centered).sum(dim, keepdim) / max(n - correction, 0)
+
+    def std(self, dim=None, keepdim: bool = False, correction=None, unbiased=None) -> Tensor:
+        return self.var(dim, keepdim, correction, unbiased).sqrt()
+
+    def var_mean(self, dim=None, keepdim=False, correction=None, unbiased=None):
+        return self.var(dim, keepdim, correction, unbiased), self.mean(dim, keepdim)
+
+    def any(self, dim=None, keepdim: bool = False) -> Tensor:
+        return self.bool()._max_reduce(dim, keepdim)
+
+    def all(self, dim=None, keepdim: bool = False) -> Tensor:
+        return self.bool().logical_not()._max_reduce(dim, keepdim).logical_not()
+
+    def logsumexp(self, dim=None, keepdim: bool = False) -> Tensor:
+        m = self.amax(dim, keepdim=True).detach()
+        m = (m.abs() == float("inf")).where(m.zeros_like(), m)  # all -inf rows stay -inf, without NaN
+        out = (self - m).exp().sum(dim, keepdim=True).log() + m
+        return out if keepdim else out.squeeze(self._axes(dim)) if self.ndim else out
+
+    def softmax(self, dim: int = -1, dtype=None) -> Tensor:
+        x = self.cast(dtype) if dtype is not None else self._float()
+        e = (x - x.amax(dim, keepdim=True).detach()).exp()
+        return e / e.sum(dim, keepdim=True)
+
+    def log_softmax(self, dim: int = -1, dtype=None) -> Tensor:
+        x = self.cast(dtype) if dtype is not None else self._float()
+        shifted = x - x.amax(dim, keepdim=True).detach()
+        return shifted - shifted.exp().sum(dim, keepdim=True).log()
+
+    def cumsum(self, dim: int = 0) -> Tensor:
+        d = self._dim(dim)
+        n = self.shape[d]
+        x = self.transpose(d, -1)
+        # row i sums the first i+1 elements: a padded sliding window, reduced
+        padded = x.pad((n - 1, 0))
+        windows = padded.unsqueeze(-2).expand(*x.shape[:-1], n, 2 * n - 1)
+        windows = windows.reshape(*x.shape[:-1], n * (2 * n - 1)).pad((0, n))
+        windows = windows.reshape(*x.shape[:-1], n, 2 * n)[..., n:]
+        return windows.sum(-1).transpose(d, -1)
+
+    # --- movement -------------------------------------------------------------------------------
+    def reshape(self, *shape) -> Tensor:
+        shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
+        shape = [int(s) for s in shape]
+        if shape.count(-1) > 1:
+            raise RuntimeError("only one dimension can be inferred")
+        if -1 in shape:
+            known = prod(s for s in shape if s != -1)
+            if known == 0 or self.numel() % known:
+                raise RuntimeError(f"shape '{list(shape)}' is invalid for input of size {self.numel()}")
+            shape[shape.index(-1)] = self.numel() // known
+        if prod(shape) != self.numel() or any(s < 0 for s in shape):
+            raise RuntimeError(f"shape '{list(shape)}' is invalid for input of size {self.numel()}")
+        return self._movement("reshape", tuple(shape))
+
+    def view(self, *shape) -> Tensor:
+        if len(shape) == 1 and isinstance(shape[0], (DType, str)) or (len(shape) == 1 and not isinstance(
+                shape[0], (int, tuple, list))):
+            return self.bitcast(shape[0])
+        return self.reshape(*shape)
+
+    def flatten(self, start_dim: int = 0, end_dim: int = -1) -> Tensor:
+        if self.ndim == 0:
+            return self.reshape(1)
+        s, e = self._dim(start_dim), self._dim(end_dim)
+        return self.reshape(self.shape[:s] + (prod(self.shape[s : e + 1]),) + self.shape[e + 1 :])
+
+    def unflatten(self, dim: int, sizes) -> Tensor:
+        d = self._dim(dim)
+        return self.reshape(self.shape[:d] + tuple(sizes) + self.shape[d + 1 :])
+
+    def squeeze(self, dim=None) -> Tensor:
+        if dim is None:
+            return self.reshape(tuple(s for s in self.shape if s != 1))
+        axes = self._axes(dim) if self.ndim else ()
+        return self.reshape(tuple(s for i, s in enumerate(self.shape) if not (i in axes and s == 1)))
+
+    def unsqueeze(self, dim: int) -> Tensor:
+        d = self._dim(dim, self.ndim + 1)
+        return self.reshape(self.shape[:d] + (1,) + self.shape[d:])
+
+    def permute(self, *dims) -> Tensor:
+        dims = dims[0] if len(dims) == 1 and isinstance(dims[0], (tuple, list)) else dims
+        order = tuple(self._dim(d) for d in dims)
+        if sorted(order) != list(range(self.ndim)):
+            raise RuntimeError(f"permute(sparse_coo): number of dimensions in the tensor input does not match the "
+                               f"length of the desired ordering of dimensions: dims {tuple(dims)} for shape {self.shape}")
+        return self._movement("permute", order)
+
+    def transpose(self, dim0: int, dim1: int) -> Tensor:
+        if self.ndim < 2 and dim0 in (0, -1) and dim1 in (0, -1):
+            return self
+        order = list(range(self.ndim))
+        a, b = self._dim(dim0), self._dim(dim1)
+        order[a], order[b] = order[b], order[a]
+        return self.permute(order)
+
+    def t(self) -> Tensor:
+        if self.ndim > 2:
+            raise RuntimeError(f"t() expects a tensor with <= 2 dimensions, but self is {self.ndim}D")
+        return self.transpose(0, 1) if self.ndim == 2 else self
+
+    swapaxes = transpose
+
+    def expand(self, *sizes) -> Tensor:
+        sizes = sizes[0] if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)) else sizes
+        if len(sizes) < self.ndim:
+            raise RuntimeError(f"expand: the number of sizes provided ({len(sizes)}) must be greater or equal to the "
+                               f"number of dimensions in the tensor ({self.ndim})")
+        lead = len(sizes) - self.ndim
+        shape = tuple(s if s != -1 else self.shape[i - lead] for i, s in enumerate(sizes))
+        return self.broadcast_to(shape)
+
+    def expand_as(self, other: Tensor) -> Tensor:
+        return self.expand(other.shape)
+
+    def flip(self, *dims) -> Tensor:
+        dims = dims[0] if len(dims) == 1 and isinstance(dims[0], (tuple, list)) else dims
+        return self._movement("flip", tuple(self._dim(d) for d in dims))
+
+    def shrink(self, arg) -> Tensor:
+        return self._movement("shrink", tuple(arg))
+
+    def pad(self, pad, mode: str = "constant", value=0.0) -> Tensor:
+        """torch.nn.functional.pad: pairs (left, right) from the last dim backwards; negative pads crop."""
+        if mode != "constant":
+            raise NotImplementedError(f"pad mode {mode!r}: only 'constant' is supported")
+        if len(pad) % 2 or len(pad) // 2 > self.ndim:
+            raise RuntimeError(f"Padding length must be divisible by 2 and at most 2*ndim, got {len(pad)} for "
+                               f"shape {self.shape}")
+        pairs = [(0, 0)] * (self.ndim - len(pad) // 2) + [(pad[i], pad[i + 1]) for i in range(len(pad) - 2, -1, -2)]
+        x = self
+        crop = [(max(0, -a), s - max(0, -b)) for (a, b), s in zip(pairs, self.shape)]
+        x = x.shrink(crop) if any(c != (0, s) for c, s in zip(crop, self.shape)) else x
+        grow = tuple((max(0, a), max(0, b)) for a, b in pairs)
+        if all(g == (0, 0) for g in grow):
+            return x
+        out = x._movement("pad", grow)
+        if value != 0:
+            mask = Tensor.full(x.shape, True, dt.bool_, self.device)._movement("pad", grow)
+            out = mask.where(out, Tensor.full((), value, dt.scalar_dtype(value, out.dtype), self.device))
+        return out
+
+    def __getitem__(self, index) -> Tensor:
+        if isinstance(index, Tensor) or (isinstance(index, (list, np.ndarray))):
+            return self._gather_index(index)
+        index = index if isinstance(index, tuple) else (index,)
+        if any(isinstance(i, (Tensor, list, np.ndarray)) for i in index):
+            raise NotImplementedError("indexing with several tensor indices is not supported; use one tensor index")
+        n_real = sum(1 for i in index if i is not None and i is not Ellipsis)
+        if n_real > self.ndim:
+            raise IndexError(f"too many indices for tensor of dimension {self.ndim}")
+        if sum(1 for i in index if i is Ellipsis) > 1:
+            raise IndexError("an index can only have a single ellipsis ('...')")
+        if Ellipsis in index:
+            at = index.index(Ellipsis)
+            index = index[:at] + (slice(None),) * (self.ndim - n_real) + index[at + 1 :]
+        else:
+            index = index + (slice(None),) * (self.ndim - n_real)
+        x, dim, new_shape_ops = self, 0, []
+        shrink, flips, strides, squeeze, unsqueeze = [], [], [], [], []
+        out_dim = 0
+        for i in index:
+            if i is None:
+                unsqueeze.append(out_dim)
+                out_dim += 1
+                continue
+            size = self.shape[dim]
+            if isinstance(i, (int, np.integer)) and not isinstance(i, bool):
+                j = int(i)
+                if not -size <= j < size:
+                    raise IndexError(f"index {j} is out of bounds for dimension {dim} with size {size}")
+                j %= size
+                shrink.append((j, j + 1))
+                strides.append(1)
+                squeeze.append(dim)
+            elif isinstance(i, slice):
+                start, stop, step = i.indices(size)
+                if step == 0:
+                    raise ValueError("slice step cannot be zero")
+                if step > 0:
+                    n = max(0, (stop - start + step - 1) // step)
+                    shrink.append((start, start + max(0, (n - 1) * step + 1) if n else start))
+                else:
+                    n = max(0, (start - stop - step - 1) // -step)
+                    lo = start - (n - 1) * -step if n else start
+                    shrink.append((lo, start + 1) if n else (start, start))
+                    flips.append(dim)
+                strides.append(abs(step))
+                out_dim += 1
+            else:
+                raise IndexError(f"unsupported index {i!r} of type {type(i).__name__}")
+            dim += 1
+        del new_shape_ops
+        x = x.shrink(shrink) if any(s != (0, n) for s, n in zip(shrink, self.shape)) else x
+        if flips:
+            x = x.flip(flips)
+        if any(s != 1 for s in strides):
+            # every step-th element: pad to a multiple of step, split the dim, keep the first of each group
+            for d, s in enumerate(strides):
+                if s == 1:
+                    continue
+                n = x.shape[d]
+                padded = math.ceil(n / s) * s
+                x = x.pad([0, 0] * (x.ndim - d - 1) + [0, padded - n]) if padded != n else x
+                x = x.reshape(x.shape[:d] + (padded // s, s) + x.shape[d + 1 :])
+                x = x.shrink([(0, k) if j != d + 1 else (0, 1) for j, k in enumerate(x.shape)])
+                x = x.reshape(x.shape[: d + 1] + x.shape[d + 2 :])
+        if squeeze:
+            x = x.reshape(tuple(s for d, s in enumerate(x.shape) if d not in squeeze))
+        for d in unsqueeze:
+            x = x.unsqueeze(d)
+        return x
+
+    def _gather_index(self, index) -> Tensor:
+        """x[idx] with an integer (or bool mask) tensor on the first dim: a one-hot reduce."""
+        idx = index if isinstance(index, Tensor) else Tensor(np.asarray(index), device=self.device)
+        if idx.dtype == dt.bool_:
+            raise NotImplementedError("boolean-mask indexing has a data-dependent shape; use where() instead")
+        n = self.shape[0]
+        idx = (idx < 0).where(idx + n, idx)
+        one_hot = idx.unsqueeze(-1) == Tensor.arange(n, device=self.device)
+        one_hot = one_hot.reshape(one_hot.shape + (1,) * (self.ndim - 1)).cast(self.dtype)
+        return (one_hot * self).sum(idx.ndim)
+
+    def gather(self, dim: int, index: Tensor) -> Tensor:
+        d = self._dim(dim)
+        n = self.shape[d]
+        x = self.shrink([(0, s) if i == d else (0, index.shape[i]) for i, s in enumerate(self.shape)])
+        one_hot = index.unsqueeze(-1) == Tensor.arange(n, device=self.device)
+        return (one_hot.cast(self.dtype) * x.unsqueeze(d).transpose(d, -1)).sum(-1)
+
+    def one_hot(self, num_classes: int = -1) -> Tensor:
+        n = num_classes if num_classes > 0 else int(self.max().item()) + 1
+        return (self.unsqueeze(-1) == Tensor.arange(n, device=self.device)).cast(dt.int64)
+
+    def split(self, split_size, dim: int = 0) -> tuple:
+        d = self._dim(dim)
+        n = self.shape[d]
+        sizes = [split_size] * (n // split_size) + ([n % split_size] if n % split_size else []) if isinstance(
+            split_size, int) else list(split_size)
+        if sum(sizes) != n:
+            raise RuntimeError(f"split_with_sizes expects split_sizes to sum exactly to {n} (dim {d}), got {sizes}")
+        out, at = [], 0
+        for s in sizes:
+            out.append(self.shrink([(at, at + s) if i == d else (0, k) for i, k in enumerate(self.shape)]))
+            at += s
+        return tuple(out)
+
+    def chunk(self, chunks: int, dim: int = 0) -> tuple:
+        n = self.shape[self._dim(dim)]
+        return self.split(max(1, math.ceil(n / chunks)), dim)
+
+    def unbind(self, dim: int = 0) -> tuple:
+        return tuple(t.squeeze(dim) for t in self.split(1, dim))
+
+    def repeat(self, *sizes) -> Tensor:
+        sizes = sizes[0] if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)) else sizes
+        if len(sizes) < self.ndim:
+            raise RuntimeError("Number of dimensions of repeat dims can not be smaller than number of dimensions of "
+                               "tensor")
+        x = self.reshape((1,) * (len(sizes) - self.ndim) + self.shape)
+        expanded = x.reshape(tuple(v for s in x.shape for v in (1, s)))
+        expanded = expanded.expand(tuple(v for r, s in zip(sizes, x.shape) for v in (r, s)))
+        return expanded.reshape(tuple(r * s for r, s in zip(sizes, x.shape)))
+
+    def repeat_interleave(self, repeats: int, dim=None) -> Tensor:
+        x = self.reshape(-1) if dim is None else self
+        d = 0 if dim is None else x._dim(dim)
+        y = x.unsqueeze(d + 1)
+        y = y.expand(y.shape[: d + 1] + (repeats,) + y.shape[d + 2 :])
+        return y.flatten(d, d + 1)
+
+    @staticmethod
+    def cat(tensors: Sequence[Tensor], dim: int = 0) -> Tensor:
+        tensors = [t for t in tensors if not (t.ndim == 1 and t.shape[0] == 0)] or list(tensors[:1])
+        first = tensors[0]
+        d = first._dim(dim)
+        for t in tensors:
+            if t.ndim != first.ndim or any(a != b for i, (a, b) in enumerate(zip(t.shape, first.shape)) if i != d):
+                raise RuntimeError(f"Sizes of tensors must match except in dimension {d}: got {first.shape} and "
+                                   f"{t.shape}")
+        dtype = first.dtype
+        for t in tensors[1:]:
+            dtype = dt.promote(dtype, t.dtype)
+        total = sum(t.shape[d] for t in tensors)
+        out, at = None, 0
+        for t in tensors:
+            pads = [(0, 0)] * t.ndim
+            pads[d] = (at, total - at - t.shape[d])
+            piece = t.cast(dtype)._movement("pad", tuple(pads))
+            out = piece if out is None else (out | piece if dtype == dt.bool_ else out + piece)
+            at += t.shape[d]
+        return out
+
+    @staticmethod
+    def stack(tensors: Sequence[Tensor], dim: int = 0) -> Tensor:
+        first = tensors[0]
+        for t in tensors:
+            if t.shape != first.shape:
+                raise RuntimeError(f"stack expects each tensor to be equal size, but got {first.shape} and {t.shape}")
+        d = first._dim(dim, first.ndim + 1)
+        return Tensor.cat([t.unsqueeze(d) for t in tensors], d)
+
+    def tril(self, diagonal: int = 0) -> Tensor:
+        r = Tensor.arange(self.shape[-2], device=self.device).unsqueeze(-1)
+        c = Tensor.arange(self.shape[-1], device=self.device).unsqueeze(0)
+        return (c - r <= diagonal).where(self, self.zeros_like())
+
+    def triu(self, diagonal: int = 0) -> Tensor:
+        r = Tensor.arange(self.shape[-2], device=self.device).unsqueeze(-1)
+        c = Tensor.arange(self.shape[-1], device=self.device).unsqueeze(0)
+        return (c - r >= diagonal).where(self, self.zeros_like())
+
+    # --- linear algebra and neural-network ops ------------------------------------------------------
+    def matmul(self, other: Tensor) -> Tensor:
+        a, b = self, other if isinstance(other, Tensor) else Tensor(other, device=self.device)
+        if a.ndim == 0 or b.ndim == 0:
+            raise RuntimeError(f"both arguments to matmul need to be at least 1D, but they are {a.ndim}D and {b.ndim}D")
+        a2 = a.unsqueeze(0) if a.ndim == 1 else a
+        b2 = b.unsqueeze(-1) if b.ndim == 1 else b
+        if a2.shape[-1] != b2.shape[-2]:
+            raise RuntimeError(
+                f"mat1 and mat2 shapes cannot be multiplied ({'x'.join(map(str, a2.shape[-2:]))} and "
+                f"{'x'.join(map(str, b2.shape[-2:]))}): inner dimensions {a2.shape[-1]} and {b2.shape[-2]} differ"
+            )
+        d = dt.promote(a.dtype, b.dtype)
+        a2, b2 = a2.cast(d), b2.cast(d)
+        # (..., n, 1, k) * (..., 1, m, k) summed over k: a view-only product, one reduce kernel
+        prod_ = a2.unsqueeze(-2) * b2.transpose(-1, -2).unsqueeze(-3)
+        out = prod_.sum(-1)
+        if not d.is_float:
+            out = out.cast(d)
+        if a.ndim == 1:
+            out = out.squeeze(-2)
+        if b.ndim == 1:
+            out = out.squeeze(-1)
+        return out
+
+    def mm(self, other):
+        return self.matmul(other)
+
+    def dot(self, other):
+        return (self * other).sum()
+
+    def linear(self, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+        out = self.matmul(weight.T) if weight.ndim == 2 else self * weight
+        return out + bias if bias is not None else out
+
+    def _pool(self, kernel: tuple, stride: tuple, dilation: tuple) -> Tensor:
+        """Sliding windows as a view: (..., *spatial) -> (..., *out_spatial, *kernel). Never a copy."""
+        n_sp = len(kernel)
+        lead, spatial = self.shape[:-n_sp], self.shape[-n_sp:]
+        out = [(i - d * (k - 1) - 1) // s + 1 for i, k, s, d in zip(spatial, kernel, stride, dilation)]
+        if any(o <= 0 for o in out):
+            raise RuntimeError(f"kernel {kernel} with dilation {dilation} is larger than the input {spatial}")
+        nl = len(lead)
+        x = self
+        if any(k > s for k, s in zip(kernel, stride)) or any(d != 1 for d in dilation):
+            # repeat each spatial dim enough times that a reshape lays the windows out as rows
+            reps = [math.ceil(k * (i + d) / i) for k, i, d in zip(kernel, spatial, dilation)]
+            x = x.repeat([1] * nl + reps)
+            x = x.shrink([(0, s) for s in lead] + [(0, k * (i + d)) for k, i, d in zip(kernel, spatial, dilation)])
+            x = x.reshape(lead + tuple(v for k, i, d in zip(kernel, spatial, dilation) for v in (k, i + d)))
+            x = x.shrink([(0, s) for s in lead] + [v for k, o, s in zip(kernel, out, stride) for v in ((0, k), (0, o * s))])
+            x = x.reshape(lead + tuple(v for k, o, s in zip(kernel, out, stride) for v in (k, o, s)))
+            x = x.shrink([(0, s) for s in lead] + [v for k, o in zip(kernel, out) for v in ((0, k), (0, o), (0, 1))])
+            x = x.reshape(lead + tuple(v for k, o in zip(kernel, out) for v in (k, o)))
+            return x.permute(*range(nl), *[nl + 2 * i + 1 for i in range(n_sp)], *[nl + 2 * i for i in range(n_sp)])
+        # kernel <= stride: windows do not overlap, a pad and a reshape suffice
+        x = x.pad(tuple(v for i, o, s in reversed(list(zip(spatial, out, stride))) for v in (0, max(0, o * s - i))))
+        x = x.shrink([(0, s) for s in lead] + [(0, o * s) for o, s in zip(out, stride)])
+        x = x.reshape(lead + tuple(v for o, s in zip(out, stride) for v in (o, s)))
+        x = x.shrink([(0, s) for s in lead] + [v for o, k in zip(out, kernel) for v in ((0, o), (0, k))])
+        return x.permute(*range(nl), *[nl + 2 * i for i in range(n_sp)], *[nl + 2 * i + 1 for i in range(n_sp)])
+
+    def conv2d(self, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0, dilation=1,
+               groups: int = 1) -> Tensor:
+        if self.ndim != 4 or weight.ndim != 4:
+            raise RuntimeError(f"conv2d expects 4D input and weight, got input {self.shape} and weight {weight.shape}")
+        n, cin, h, w = self.shape
+        cout, cin_g, kh, kw = weight.shape
+        if cin != cin_g * groups:
+            raise RuntimeError(f"Given groups={groups}, weight of size {list(weight.shape)}, expected input"
+                               f"{list(self.shape)} to have {cin_g * groups} channels, but got {cin} channels instead")
+        if cout % groups:
+            raise RuntimeError(f"out_channels ({cout}) must be divisible by groups ({groups})")
+        stride, dilation = _pair(stride), _pair(dilation)
+        if isinstance(padding, str):
+            if padding == "valid":
+                padding = (0, 0)
+            elif padding == "same":
+                padding = tuple(d * (k - 1) // 2 for d, k in zip(dilation, (kh, kw)))
+            else:
+                raise ValueError(f"padding {padding!r}: expected 'valid', 'same' or ints")
+        padding = _pair(padding)
+        x = self.pad((padding[1], padding[1], padding[0], padding[0]))
+        windows = x._pool((kh, kw), stride, dilation)  # (n, cin, oh, ow, kh, kw)
+        oh, ow = windows.shape[2:4]
+        g, cout_g = groups, cout // groups
+        windows = windows.reshape(n, g, 1, cin_g, oh, ow, kh, kw)
+        weight = weight.reshape(1, g, cout_g, cin_g, 1, 1, kh, kw)
+        out = (windows * weight).sum((3, 6, 7)).reshape(n, cout, oh, ow)
+        return out + bias.reshape(1, -1, 1, 1) if bias is not None else out
+
+    def conv1d(self, weight, bias=None, stride=1, padding=0, dilation=1, groups=1) -> Tensor:
+        out = self.unsqueeze(-2).conv2d(weight.unsqueeze(-2), bias, (1, stride), (0, padding), (1, dilation), groups)
+        return out.squeeze(-2)
+
+    def max_pool2d(self, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
+                   return_indices=False) -> Tensor:
+        if ceil_mode or return_indices:
+            raise NotImplementedError("max_pool2d: ceil_mode and return_indices are not supported")
+        k = _pair(kernel_size)
+        s = _pair(stride if stride is not None else kernel_size)
+        p = _pair(padding)
+        x = self.pad((p[1], p[1], p[0], p[0]), value=float("-inf")) if any(p) else self
+        return x._pool(k, s, _pair(dilation)).amax((-2, -1))
+
+    def avg_pool2d(self, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+                   divisor_override=None) -> Tensor:
+        if ceil_mode:
+            raise NotImplementedError("avg_pool2d: ceil_mode is not supported")
+        k = _pair(kernel_size)
+        s = _pair(stride if stride is not None else kernel_size)
+        p = _pair(padding)
+        x = self.pad((p[1], p[1], p[0], p[0])) if any(p) else self
+        sums = x._pool(k, s, (1, 1)).sum((-2, -1))
+        if divisor_override:
+            return sums / divisor_override
+        if count_include_pad or not any(p):
+            return sums / (k[0] * k[1])
+        ones = self.ones_like(dtype=self.dtype)[:1, :1].pad((p[1], p[1], p[0], p[0]))
+        counts = ones._pool(k, s, (1, 1)).sum((-2, -1))
+        return sums / counts
+
+    def adaptive_avg_pool2d(self, output_size) -> Tensor:
+        oh, ow = _pair(output_size)
+        h, w = self.shape[-2:]
+        if h % oh or w % ow:
+            raise NotImplementedError(f"adaptive_avg_pool2d from {(h, w)} to {(oh, ow)}: sizes must divide evenly")
+        return self.avg_pool2d((h // oh, w // ow))
+
+    def dropout(self, p: float = 0.5, training: bool = True) -> Tensor:
+        if not training or p == 0:
+            return self
+        if p == 1:
+            return self * 0
+        keep = Tensor.rand(*self.shape, device=self.device) >= p
+        return keep.where(self / (1 - p), self.zeros_like())
+
+    def scaled_dot_product_attention(self, key, value, attn_mask=None, is_causal=False) -> Tensor:
+        scores = self @ key.transpose(-2, -1) / math.sqrt(self.shape[-1])
+        if is_causal:
+            scores = scores.masked_fill(Tensor.ones(scores.shape[-2:], dtype=dt.bool_).triu(1), float("-inf"))
+        if attn_mask is not None:
+            scores = scores + attn_mask if attn_mask.dtype != dt.bool_ else attn_mask.where(scores, float("-inf"))
+        return scores.softmax(-1) @ value
+
+
+def _pair(x) -> tuple:
+    return (x, x) if isinstance(x, int) else tuple(x)
+
+
+def _to_numpy_nested(data, dtype) -> np.ndarray:
+    def flatten(x):
+        if isinstance(x, Tensor):
+            return x.numpy()
+        if isinstance(x, (list, tuple)):
+            return [flatten(y) for y in x]
+        return x
+
+    arr = np.array(flatten(data))
+    if arr.dtype == object:
+        raise TypeError(f"cannot make a tensor from {type(data).__name__} with ragged or non-numeric content")
+    if dtype is None and arr.dtype == np.int64 or arr.dtype == np.int32 and dtype is None:
+        arr = arr.astype(np.int64)
+    return arr
+
+
+def realize(*tensors: Tensor) -> None:
+    """Computes several tensors in one schedule (so their kernels can share work)."""
+    runtime.realize([t.lazydata for t in tensors])
