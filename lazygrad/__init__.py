@@ -19,6 +19,7 @@ from lazygrad.dtype import (
     int64,
     uint8,
 )
+from lazygrad.jit import jit
 from lazygrad.runtime import profile
 from lazygrad.tensor import Tensor, manual_seed, realize
 
@@ -77,4 +78,4 @@ def __getattr__(name):
 
 
 __all__ = ["Tensor", "Device", "DType", "dtypes", "no_grad", "enable_grad", "is_grad_enabled", "profile", "realize",
-           "manual_seed", "grad", "bool_", "float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8"]
+           "manual_seed", "grad", "jit", "bool_", "float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8"]

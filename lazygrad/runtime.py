@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+import warnings
 import weakref
 from dataclasses import dataclass, field
 
@@ -149,6 +150,33 @@ def _timing_wanted() -> bool:
     return config.DEBUG >= 1 or any(p.timed for p in _profiles)
 
 
+def profiling_active() -> bool:
+    return bool(_profiles) or config.DEBUG >= 1
+
+
+def note_launch(entry, seconds: float) -> None:
+    """Count a kernel launched outside a schedule (a JIT replay)."""
+    launch = KernelLaunch(entry.kernel.name, seconds or 0.0, entry.flops, entry.bytes)
+    for p in _profiles:
+        p.kernels += 1
+        p.launches.append(launch)
+    if config.DEBUG >= 1:
+        print(f"  {launch.name:<44} {launch.seconds * 1e3:8.3f} ms  (replay)")
+
+
+# JIT captures in progress (lazygrad.jit): each records the kernels launched while it is active
+CAPTURES: list = []
+
+
+def copy_buffer(dst: Buffer, src: Buffer) -> None:
+    """Device-side copy when the backend has one, else through the host."""
+    backend = backend_for(dst.device)
+    if src.device == dst.device and hasattr(backend, "copy_between"):
+        backend.copy_between(dst.handle, src.handle, dst.nbytes)
+    else:
+        dst.copy_in(src.to_numpy())
+
+
 # --- compiled kernels ----------------------------------------------------------------------------
 @dataclass
 class CompiledEntry:
@@ -221,6 +249,9 @@ def _run_item(item: ScheduleItem):
         _count_copy()
         return
     if item.kind == "copy":
+        if CAPTURES:
+            warnings.warn("lazygrad.jit: a copy between devices inside a jitted function is not replayed",
+                          RuntimeWarning, stacklevel=3)
         data = item.inputs[0].buffer.to_numpy()
         node.buffer = Buffer(node.device, node.size, node.dtype)
         node.buffer.copy_in(data)
@@ -240,13 +271,10 @@ def _run_item(item: ScheduleItem):
     timed = _timing_wanted()
     seconds = entry.kernel([b.handle for b in buffers], wait=timed)
     node.buffer = out
+    for capture in CAPTURES:
+        capture.record(entry, buffers)
     if timed:
-        launch = KernelLaunch(entry.kernel.name, seconds or 0.0, entry.flops, entry.bytes)
-        for p in _profiles:
-            p.kernels += 1
-            p.launches.append(launch)
-        if config.DEBUG >= 1:
-            print(f"  {launch.name:<44} {launch.seconds * 1e3:8.3f} ms  {str(node.shape):>20} {node.device}")
+        note_launch(entry, seconds)
     else:
         for p in _profiles:
             p.kernels += 1

@@ -339,17 +339,19 @@ def div(a: Node, b: int) -> Node:
         return div(a.a, a.b * b)
     if isinstance(a, SumNode) and a.vmin >= 0:
         # split off terms that divide exactly; what remains may be small enough to vanish
-        exact, rest = [], []
+        exact, rest, progress = [], [], False
         for t in a.terms:
             base, c = _coefficient(t)
-            if c % b == 0:
-                exact.append(mul(base, c // b))
-            elif isinstance(t, Num):
+            if isinstance(t, Num):
                 exact.append(Num(t.value // b))
                 rest.append(Num(t.value % b))
+                progress |= t.value // b != 0
+            elif c % b == 0:
+                exact.append(mul(base, c // b))
+                progress = True
             else:
                 rest.append(t)
-        if exact and all(t.vmin >= 0 for t in rest):
+        if progress and all(t.vmin >= 0 for t in rest):
             rest_node = sum_of(rest)
             return sum_of(exact + [div(rest_node, b)])
         # common factor of all coefficients: (g*x + g*y) // (g*k) -> (x + y) // k
