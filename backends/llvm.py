@@ -30,8 +30,19 @@ _REG_TYPE = dict(_MEM_TYPE, bool="i1")
 _INTRINSIC_SUFFIX = {"half": "f16", "float": "f32", "double": "f64"}
 
 
-def _ty(d: dt.DType) -> str:
-    return _REG_TYPE[d.name]
+def _ty(d: dt.DType, vec: int = 1) -> str:
+    return _REG_TYPE[d.name] if vec == 1 else f"<{vec} x {_REG_TYPE[d.name]}>"
+
+
+def _mem_ty(d: dt.DType, vec: int = 1) -> str:
+    return _MEM_TYPE[d.name] if vec == 1 else f"<{vec} x {_MEM_TYPE[d.name]}>"
+
+
+def _suffix(d: dt.DType, vec: int = 1, memory: bool = False) -> str:
+    """Intrinsic name suffix: f32, v16f32, i32, v16i1, ..."""
+    t = (_MEM_TYPE if memory else _REG_TYPE)[d.name]
+    base = _INTRINSIC_SUFFIX.get(t, t)
+    return base if vec == 1 else f"v{vec}{base}"
 
 
 def _float_literal(value: float, d: dt.DType) -> str:
@@ -74,15 +85,34 @@ class _Renderer:
             return _const(u.arg, u.dtype)
         if u.op == "acc":  # read the accumulator's current value
             name = self.fresh("a")
-            self.emit(f"{name} = load {_ty(u.dtype)}, ptr {self.names[u.id]}")
+            self.emit(f"{name} = load {_ty(u.dtype, u.vec)}, ptr {self.names[u.id]}")
             return name
         return self.names[u.id]
 
-    def intrinsic(self, name: str, d: dt.DType, nargs: int) -> str:
-        t = _ty(d)
-        fn = f"@llvm.{name}.{_INTRINSIC_SUFFIX[t]}"
+    def intrinsic(self, name: str, d: dt.DType, nargs: int, vec: int = 1) -> str:
+        t = _ty(d, vec)
+        fn = f"@llvm.{name}.{_suffix(d, vec)}"
         self.declares.add(f"declare {t} {fn}({', '.join([t] * nargs)})")
         return fn
+
+    def declare(self, text: str):
+        self.declares.add(text)
+
+    def splat(self, value: str, d: dt.DType, vec: int) -> str:
+        if value[0] != "%":  # a literal
+            return "<" + ", ".join(f"{_ty(d)} {value}" for _ in range(vec)) + ">"
+        one, out = self.fresh("ins"), self.fresh("spl")
+        self.emit(f"{one} = insertelement <{vec} x {_ty(d)}> poison, {_ty(d)} {value}, i32 0")
+        self.emit(f"{out} = shufflevector <{vec} x {_ty(d)}> {one}, <{vec} x {_ty(d)}> poison, "
+                  f"<{vec} x i32> zeroinitializer")
+        return out
+
+    def lane_mask(self, valid, vec: int) -> str:
+        """An <vec x i1> mask from a valid UOp (scalar or vector), or all lanes on."""
+        if valid is None:
+            return self.splat("true", dt.bool_, vec)
+        v = self.val(valid)
+        return v if valid.vec == vec else self.splat(v, dt.bool_, vec)
 
     def render(self) -> str:
         p = self.p
@@ -122,16 +152,32 @@ class _Renderer:
                 self.block = exit_label
             elif op == "acc":
                 slot = f"%acc{u.id}"
-                self.entry.append(f"  {slot} = alloca {_ty(u.dtype)}")
+                t = _ty(u.dtype, u.vec)
+                self.entry.append(f"  {slot} = alloca {t}")
                 self.names[u.id] = slot
-                self.emit(f"store {_ty(u.dtype)} {_const(u.arg, u.dtype)}, ptr {slot}")
+                init = _const(u.arg, u.dtype)
+                self.emit(f"store {t} {init if u.vec == 1 else self.splat(init, u.dtype, u.vec)}, ptr {slot}")
             elif op == "acc_update":
                 acc, value = u.srcs
-                self.emit(f"store {_ty(acc.dtype)} {self.val(value)}, ptr {self.names[acc.id]}")
+                self.emit(f"store {_ty(acc.dtype, acc.vec)} {self.val(value)}, ptr {self.names[acc.id]}")
+            elif op == "load" and u.vec > 1:
+                self.render_vector_load(u)
             elif op == "load":
                 self.render_load(u)
+            elif op == "gather":
+                self.render_gather(u)
+            elif op == "store" and u.srcs[2].vec > 1:
+                self.render_vector_store(u)
             elif op == "store":
                 self.render_store(u)
+            elif op == "scatter":
+                self.render_scatter(u)
+            elif op == "lanes":
+                self.names[u.id] = "<" + ", ".join(f"i32 {i}" for i in range(u.vec)) + ">"
+            elif op == "broadcast":
+                self.names[u.id] = self.splat(self.val(u.srcs[0]), u.dtype, u.vec)
+            elif op == "hreduce":
+                self.names[u.id] = self.render_hreduce(u)
             else:
                 self.names[u.id] = self.render_alu(u)
         body = "\n".join(self.lines)
@@ -167,6 +213,91 @@ class _Renderer:
             value = out
         self.names[u.id] = value
 
+    def _from_memory(self, raw: str, d: dt.DType, vec: int) -> str:
+        if d != dt.bool_:
+            return raw
+        out = self.fresh("b")
+        self.emit(f"{out} = icmp ne {_mem_ty(d, vec)} {raw}, zeroinitializer")
+        return out
+
+    def _to_memory(self, value: str, d: dt.DType, vec: int) -> str:
+        if d != dt.bool_:
+            return value
+        out = self.fresh("z")
+        self.emit(f"{out} = zext {_ty(d, vec)} {value} to {_mem_ty(d, vec)}")
+        return out
+
+    def render_vector_load(self, u):
+        """vec consecutive elements from the lane-0 index; masked lanes touch no memory."""
+        buf, index = u.srcs[0], u.srcs[1]
+        valid = u.srcs[2] if len(u.srcs) > 2 else None
+        mt, vt, align = _mem_ty(u.dtype, u.vec), _mem_ty(u.dtype), u.dtype.itemsize
+        ptr, raw = self.fresh("p"), self.fresh("v")
+        self.emit(f"{ptr} = getelementptr {vt}, ptr {self.names[buf.id]}, i32 {self.val(index)}")
+        if valid is None:
+            self.emit(f"{raw} = load {mt}, ptr {ptr}, align {align}")
+        else:
+            fn = f"@llvm.masked.load.{_suffix(u.dtype, u.vec, memory=True)}.p0"
+            self.declare(f"declare {mt} {fn}(ptr, i32, <{u.vec} x i1>, {mt})")
+            mask = self.lane_mask(valid, u.vec)
+            self.emit(f"{raw} = call {mt} {fn}(ptr {ptr}, i32 {align}, <{u.vec} x i1> {mask}, {mt} zeroinitializer)")
+        self.names[u.id] = self._from_memory(raw, u.dtype, u.vec)
+
+    def _pointers(self, buf, index) -> str:
+        ptrs = self.fresh("ps")
+        self.emit(f"{ptrs} = getelementptr {_mem_ty(buf.dtype)}, ptr {self.names[buf.id]}, "
+                  f"<{index.vec} x i32> {self.val(index)}")
+        return ptrs
+
+    def render_gather(self, u):
+        buf, index = u.srcs[0], u.srcs[1]
+        valid = u.srcs[2] if len(u.srcs) > 2 else None
+        mt, vec = _mem_ty(u.dtype, u.vec), u.vec
+        fn = f"@llvm.masked.gather.{_suffix(u.dtype, vec, memory=True)}.v{vec}p0"
+        self.declare(f"declare {mt} {fn}(<{vec} x ptr>, i32, <{vec} x i1>, {mt})")
+        ptrs, raw = self._pointers(buf, index), self.fresh("g")
+        mask = self.lane_mask(valid, vec)
+        self.emit(f"{raw} = call {mt} {fn}(<{vec} x ptr> {ptrs}, i32 {u.dtype.itemsize}, <{vec} x i1> {mask}, "
+                  f"{mt} zeroinitializer)")
+        self.names[u.id] = self._from_memory(raw, u.dtype, vec)
+
+    def render_vector_store(self, u):
+        buf, index, value = u.srcs
+        ptr = self.fresh("p")
+        self.emit(f"{ptr} = getelementptr {_mem_ty(buf.dtype)}, ptr {self.names[buf.id]}, i32 {self.val(index)}")
+        v = self._to_memory(self.val(value), buf.dtype, value.vec)
+        self.emit(f"store {_mem_ty(buf.dtype, value.vec)} {v}, ptr {ptr}, align {buf.dtype.itemsize}")
+
+    def render_scatter(self, u):
+        buf, index, value = u.srcs
+        vec, mt = value.vec, _mem_ty(buf.dtype, value.vec)
+        fn = f"@llvm.masked.scatter.{_suffix(buf.dtype, vec, memory=True)}.v{vec}p0"
+        self.declare(f"declare void {fn}({mt}, <{vec} x ptr>, i32, <{vec} x i1>)")
+        ptrs = self._pointers(buf, index)
+        v = self._to_memory(self.val(value), buf.dtype, vec)
+        self.emit(f"call void {fn}({mt} {v}, <{vec} x ptr> {ptrs}, i32 {buf.dtype.itemsize}, "
+                  f"<{vec} x i1> {self.lane_mask(None, vec)})")
+
+    def render_hreduce(self, u) -> str:
+        (src,) = u.srcs
+        d, vec, out = u.dtype, src.vec, self.fresh("h")
+        vt = _ty(d, vec)
+        if d.is_float and u.arg == "add":
+            fn = f"@llvm.vector.reduce.fadd.{_suffix(d, vec)}"
+            self.declare(f"declare {_ty(d)} {fn}({_ty(d)}, {vt})")
+            self.emit(f"{out} = call reassoc {_ty(d)} {fn}({_ty(d)} {_const(-0.0, d)}, {vt} {self.val(src)})")
+            return out
+        if d.is_float:
+            name = "fmaximum"
+        elif d == dt.bool_:
+            name = "or"
+        else:
+            name = "add" if u.arg == "add" else ("umax" if d.kind == "u" else "smax")
+        fn = f"@llvm.vector.reduce.{name}.{_suffix(d, vec)}"
+        self.declare(f"declare {_ty(d)} {fn}({vt})")
+        self.emit(f"{out} = call {_ty(d)} {fn}({vt} {self.val(src)})")
+        return out
+
     def render_store(self, u):
         buf, index_uop, value = u.srcs
         ptr, mem = self._address(buf, index_uop, None)
@@ -181,7 +312,8 @@ class _Renderer:
         op, d = u.op, u.dtype
         srcs = [self.val(s) for s in u.srcs]
         out = self.fresh("r")
-        t = _ty(d)
+        vec = u.vec
+        t = _ty(d, vec)
         src_d = u.srcs[0].dtype
         is_f = src_d.is_float
         unsigned = src_d.kind in "ub"
@@ -191,15 +323,15 @@ class _Renderer:
             self.emit(f"{out} = {'fmul contract' if is_f else 'mul'} {t} {srcs[0]}, {srcs[1]}")
         elif op == "max":
             if is_f:
-                self.emit(f"{out} = call {t} {self.intrinsic('maximum', d, 2)}({t} {srcs[0]}, {t} {srcs[1]})")
+                self.emit(f"{out} = call {t} {self.intrinsic('maximum', d, 2, vec)}({t} {srcs[0]}, {t} {srcs[1]})")
             elif d == dt.bool_:
-                self.emit(f"{out} = or i1 {srcs[0]}, {srcs[1]}")
+                self.emit(f"{out} = or {t} {srcs[0]}, {srcs[1]}")
             else:
                 cmp = self.fresh("c")
                 self.emit(f"{cmp} = icmp {'ugt' if unsigned else 'sgt'} {t} {srcs[0]}, {srcs[1]}")
-                self.emit(f"{out} = select i1 {cmp}, {t} {srcs[0]}, {t} {srcs[1]}")
+                self.emit(f"{out} = select {_ty(dt.bool_, vec)} {cmp}, {t} {srcs[0]}, {t} {srcs[1]}")
         elif op in ("cmplt", "cmpne"):
-            st = _ty(src_d)
+            st = _ty(src_d, vec)
             if is_f:
                 self.emit(f"{out} = fcmp {'olt' if op == 'cmplt' else 'une'} {st} {srcs[0]}, {srcs[1]}")
             else:
@@ -214,26 +346,27 @@ class _Renderer:
         elif op == "shr":
             self.emit(f"{out} = {'lshr' if unsigned else 'ashr'} {t} {srcs[0]}, {srcs[1]}")
         elif op == "where":
-            self.emit(f"{out} = select i1 {srcs[0]}, {t} {srcs[1]}, {t} {srcs[2]}")
+            self.emit(f"{out} = select {_ty(dt.bool_, vec)} {srcs[0]}, {t} {srcs[1]}, {t} {srcs[2]}")
         elif op == "neg":
-            self.emit(f"{out} = fneg {t} {srcs[0]}" if d.is_float else f"{out} = sub {t} 0, {srcs[0]}")
+            self.emit(f"{out} = fneg {t} {srcs[0]}" if d.is_float else f"{out} = sub {t} zeroinitializer, {srcs[0]}")
         elif op == "recip":
-            self.emit(f"{out} = fdiv {t} {_const(1.0, d)}, {srcs[0]}")
+            one = _const(1.0, d)
+            self.emit(f"{out} = fdiv {t} {one if vec == 1 else self.splat(one, d, vec)}, {srcs[0]}")
         elif op in ("exp2", "log2", "sin", "sqrt"):
-            self.emit(f"{out} = call {t} {self.intrinsic(op, d, 1)}({t} {srcs[0]})")
+            self.emit(f"{out} = call {t} {self.intrinsic(op, d, 1, vec)}({t} {srcs[0]})")
         elif op == "cast":
-            self.emit(f"{out} = {_cast_instruction(u.arg, d, srcs[0])}")
+            self.emit(f"{out} = {_cast_instruction(u.arg, d, srcs[0], vec)}")
         elif op == "bitcast":
-            self.emit(f"{out} = bitcast {_ty(u.arg)} {srcs[0]} to {t}")
+            self.emit(f"{out} = bitcast {_ty(u.arg, vec)} {srcs[0]} to {t}")
         else:
             raise NotImplementedError(f"LLVM renderer: op {op}")
         return out
 
 
-def _cast_instruction(src: dt.DType, dst: dt.DType, value: str) -> str:
-    s, d = _ty(src), _ty(dst)
+def _cast_instruction(src: dt.DType, dst: dt.DType, value: str, vec: int = 1) -> str:
+    s, d = _ty(src, vec), _ty(dst, vec)
     if dst == dt.bool_:
-        return f"fcmp une {s} {value}, {_const(0.0, src)}" if src.is_float else f"icmp ne {s} {value}, 0"
+        return f"fcmp une {s} {value}, zeroinitializer" if src.is_float else f"icmp ne {s} {value}, zeroinitializer"
     if src.is_float and dst.is_float:
         return f"{'fpext' if dst.itemsize > src.itemsize else 'fptrunc'} {s} {value} to {d}"
     if src.is_float:
@@ -337,11 +470,15 @@ class LLVMBackend:
         self.compiler = _LLVMCompiler()
         self.device_name = f"CPU ({self.compiler.cpu}, {config.THREADS} threads)"
         self.threads = max(1, config.THREADS)
+        # float32 lanes per vector register: the code generator vectorizes to this width
+        features = self.compiler.features
+        self.vector_width = 16 if "+avx512f" in features else 8 if "+avx2" in features else 4
         self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="lazygrad-llvm")
 
     # memory is host memory: numpy byte arrays, 64-byte aligned for vector loads
     def allocate(self, nbytes: int):
-        raw = np.empty(max(nbytes, 1) + 64, dtype=np.uint8)
+        # 64-byte aligned, with 64 bytes of slack after the end
+        raw = np.empty(max(nbytes, 1) + 128, dtype=np.uint8)
         offset = (-raw.ctypes.data) % 64
         return raw[offset : offset + max(nbytes, 1)]
 

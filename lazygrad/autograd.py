@@ -8,6 +8,7 @@ differentiable graph, and gradients of gradients work (`create_graph=True`).
 
 from __future__ import annotations
 
+import itertools
 import math
 from contextlib import ContextDecorator
 from dataclasses import dataclass
@@ -159,6 +160,30 @@ def _flip(c, g):
     return (g._movement("flip", c.arg),)
 
 
+def _window(c, g):
+    # each window position k sends its gradient back to x[o*stride + k*dilation]: per kernel offset,
+    # spread g over the input with stride-1 zeros between, shifted by k*dilation, and add up
+    (x,) = c.inputs
+    kernel, stride, dilation = c.arg
+    n = len(kernel)
+    spatial = x.shape[-n:]
+    outs = c.out_shape[-2 * n : -n]
+    total = None
+    for ks in itertools.product(*[range(k) for k in kernel]):
+        piece = g[(Ellipsis, *ks)]
+        for j, (o, s, d, k, size) in enumerate(zip(outs, stride, dilation, ks, spatial)):
+            dim = piece.ndim - n + j
+            if s > 1:  # put s-1 zeros after each element along dim
+                piece = piece.unsqueeze(dim + 1).pad([0, 0] * (piece.ndim - dim - 1) + [0, s - 1])
+                piece = piece.flatten(dim, dim + 1)
+                piece = piece.shrink([(0, m) if i != dim else (0, (o - 1) * s + 1) for i, m in enumerate(piece.shape)])
+            start = k * d
+            end_pad = size - start - ((o - 1) * s + 1)
+            piece = piece.pad([0, 0] * (piece.ndim - dim - 1) + [start, end_pad])
+        total = piece if total is None else total + piece
+    return (total,)
+
+
 # effects
 def _identity(c, g):
     return (g,)
@@ -173,7 +198,7 @@ RULES = {
     "exp2": _exp2, "log2": _log2, "sin": _sin, "sqrt": _sqrt, "recip": _recip, "neg": _neg, "cast": _cast,
     "add": _add, "mul": _mul, "max": _max, "where": _where,
     "sum": _sum, "rmax": _rmax,
-    "reshape": _reshape, "permute": _permute, "expand": _expand, "pad": _pad, "shrink": _shrink, "flip": _flip,
+    "reshape": _reshape, "permute": _permute, "expand": _expand, "pad": _pad, "shrink": _shrink, "flip": _flip, "window": _window,
     "contiguous": _identity, "copy": _copy,
 }
 # no gradient: comparisons, integer and bitwise ops, bitcast

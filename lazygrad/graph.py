@@ -22,7 +22,7 @@ BINARY = {"add", "mul", "max", "cmplt", "cmpne", "idiv", "mod", "and", "or", "xo
 TERNARY = {"where"}
 ELEMENTWISE = UNARY | BINARY | TERNARY
 REDUCE = {"sum", "rmax"}
-MOVEMENT = {"reshape", "permute", "expand", "pad", "shrink", "flip"}
+MOVEMENT = {"reshape", "permute", "expand", "pad", "shrink", "flip", "window"}
 SOURCES = {"buffer", "const", "host"}  # host: data waiting on the host to be copied in at realize
 EFFECTS = {"assign", "contiguous", "copy"}
 COMPARISONS = {"cmplt", "cmpne"}
@@ -147,6 +147,9 @@ class LazyBuffer:
     def flip(self, axes):
         axes = tuple(a for a in axes if self.shape[a] > 1)
         return self if not axes else self._view("flip", axes)
+
+    def window(self, arg):
+        return self._view("window", arg)
 
     def contiguous(self) -> LazyBuffer:
         """A base of its own with this view's values laid out in order."""

@@ -214,7 +214,7 @@ def get_kernel(ast, buffer_dtypes: tuple, device: str, sizes: tuple) -> Compiled
     nest_shape = build_loop_nest(ast).shape
     name = kernel_name(ast, nest_shape)
     options = None if config.OPTIMIZE else KernelOptions()
-    program = lower(ast, buffer_dtypes, name, options)
+    program = lower(ast, buffer_dtypes, name, options, getattr(backend, "vector_width", 1))
     if config.DEBUG >= 4:
         print(f"--- linear IR of {name}\n{program.dump()}")
     kernel = backend.compile(program)

@@ -243,6 +243,26 @@ class ShapeTracker:
     def flip(self, axes):
         return self._with_last(self.views[-1].flip(axes))
 
+    def window(self, arg):
+        """Sliding windows over the last n dims: (..., i) -> (..., o, k) reading x[o*stride + k*dilation].
+        arg: (kernel, stride, dilation), tuples of n ints."""
+        kernel, stride, dilation = arg
+        n = len(kernel)
+        last = self.views[-1]
+        lead = last.shape[:-n]
+        outs = tuple((i - d * (k - 1) - 1) // s + 1 for i, k, s, d in zip(last.shape[-n:], kernel, stride, dilation))
+        if last.mask is None:  # the windows are one more strided view of the same memory
+            views, strides, offset = self.views[:-1], last.strides, last.offset
+        else:  # index the masked view as if contiguous, in a view of its own
+            views, strides, offset = self.views, contiguous_strides(last.shape), 0
+        sp = strides[-n:]
+        new = View.create(
+            lead + outs + tuple(kernel),
+            strides[:-n] + tuple(st * s for st, s in zip(sp, stride)) + tuple(st * d for st, d in zip(sp, dilation)),
+            offset,
+        )
+        return ShapeTracker(views + (new,))
+
     def reshape(self, shape):
         new = self.views[-1].reshape(shape)
         if new is not None:

@@ -1408,25 +1408,7 @@ class Tensor:
         out = [(i - d * (k - 1) - 1) // s + 1 for i, k, s, d in zip(spatial, kernel, stride, dilation)]
         if any(o <= 0 for o in out):
             raise RuntimeError(f"kernel {kernel} with dilation {dilation} is larger than the input {spatial}")
-        nl = len(lead)
-        x = self
-        if any(k > s for k, s in zip(kernel, stride)) or any(d != 1 for d in dilation):
-            # repeat each spatial dim enough times that a reshape lays the windows out as rows
-            reps = [math.ceil(k * (i + d) / i) for k, i, d in zip(kernel, spatial, dilation)]
-            x = x.repeat([1] * nl + reps)
-            x = x.shrink([(0, s) for s in lead] + [(0, k * (i + d)) for k, i, d in zip(kernel, spatial, dilation)])
-            x = x.reshape(lead + tuple(v for k, i, d in zip(kernel, spatial, dilation) for v in (k, i + d)))
-            x = x.shrink([(0, s) for s in lead] + [v for k, o, s in zip(kernel, out, stride) for v in ((0, k), (0, o * s))])
-            x = x.reshape(lead + tuple(v for k, o, s in zip(kernel, out, stride) for v in (k, o, s)))
-            x = x.shrink([(0, s) for s in lead] + [v for k, o in zip(kernel, out) for v in ((0, k), (0, o), (0, 1))])
-            x = x.reshape(lead + tuple(v for k, o in zip(kernel, out) for v in (k, o)))
-            return x.permute(*range(nl), *[nl + 2 * i + 1 for i in range(n_sp)], *[nl + 2 * i for i in range(n_sp)])
-        # kernel <= stride: windows do not overlap, a pad and a reshape suffice
-        x = x.pad(tuple(v for i, o, s in reversed(list(zip(spatial, out, stride))) for v in (0, max(0, o * s - i))))
-        x = x.shrink([(0, s) for s in lead] + [(0, o * s) for o, s in zip(out, stride)])
-        x = x.reshape(lead + tuple(v for o, s in zip(out, stride) for v in (o, s)))
-        x = x.shrink([(0, s) for s in lead] + [v for o, k in zip(out, kernel) for v in ((0, o), (0, k))])
-        return x.permute(*range(nl), *[nl + 2 * i for i in range(n_sp)], *[nl + 2 * i + 1 for i in range(n_sp)])
+        return self._movement("window", (tuple(kernel), tuple(stride), tuple(dilation)))
 
     def conv2d(self, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0, dilation=1,
                groups: int = 1) -> Tensor:

@@ -10,15 +10,25 @@ each UOp's `srcs` refer to earlier UOps. Indexes are int32.
 | const      | -                         | Python value                      |
 | range      | -                         | (name, size, kind)  kind: "global" (parallel; the first one is split across threads/work-items) or "loop" |
 | endrange   | (range,)                  | -                                 |
-| acc        | -                         | initial value (a variable)        |
+| acc        | -                         | initial value (a variable; every lane of a vector acc) |
 | acc_update | (acc, value)              | -  (acc = value)                  |
 | load       | (param, index[, valid])   | -  (valid false -> reads 0)       |
 | store      | (param, index, value)     | -                                 |
+| gather     | (param, index vector[, valid]) | - (a vector load from lane-wise indexes) |
+| scatter    | (param, index vector, value)   | -                                 |
+| lanes      | -                         | - (the int32 vector 0, 1, ..., vec-1)  |
+| broadcast  | (scalar,)                 | - (the scalar in every lane)       |
+| hreduce    | (vector,)                 | "add" or "max": the lanes combined into a scalar |
 | alu ops    | operands                  | cast/bitcast: source dtype         |
 
 alu ops: exp2 log2 sin sqrt recip neg cast bitcast add mul max cmplt cmpne idiv mod and or xor
 shl shr where. A `range` UOp is also the loop variable's value; an `acc` UOp read as an operand is
 the accumulator's current value.
+
+Vectors: a UOp with `vec` > 1 holds that many lanes. A `load`/`store` whose index is a scalar and
+whose value is a vector reads/writes `vec` consecutive elements from that index (lanes whose valid
+is false read 0 and touch no memory). ALU ops take operands of equal `vec`. Backends without vector
+support are lowered with vector width 1 and never see these.
 """
 
 from __future__ import annotations
@@ -35,10 +45,12 @@ class UOp:
     srcs: tuple = ()
     arg: object = None
     id: int = field(default=-1)
+    vec: int = 1  # lanes: 1 is a scalar; n > 1 is a vector of n values of dtype
 
     def __repr__(self):
         srcs = ",".join(f"%{s.id}" for s in self.srcs)
-        return f"%{self.id} = {self.op} {self.dtype.name if self.dtype else ''} ({srcs}) {self.arg!r}"
+        lanes = f"x{self.vec}" if self.vec > 1 else ""
+        return f"%{self.id} = {self.op} {self.dtype.name if self.dtype else ''}{lanes} ({srcs}) {self.arg!r}"
 
 
 @dataclass

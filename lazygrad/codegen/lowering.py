@@ -24,8 +24,9 @@ from lazygrad.symbolic import AndNode, DivNode, GeNode, LtNode, ModNode, MulNode
 
 @dataclass
 class KernelOptions:
-    upcast: list = field(default_factory=list)  # [(dim, factor)] over output dims
+    upcast: list = field(default_factory=list)  # [(dim, factor)] over output dims: a register tile
     unroll: tuple | None = None  # (reduce dim, factor)
+    vector: tuple | None = None  # (dim, width): that dim's innermost `width` indexes are vector lanes
 
 
 @dataclass
@@ -42,9 +43,9 @@ class LoopNest:
 
 
 def _find_reduce(ast: KernelOp) -> KernelOp | None:
-    reduces = [n for n in ast.walk() if n.op == "reduce"]
+    reduces = {n for n in ast.walk() if n.op == "reduce"}  # equal nodes are one reduce, reached twice
     assert len(reduces) <= 1, "a kernel holds at most one reduce"
-    return reduces[0] if reduces else None
+    return reduces.pop() if reduces else None
 
 
 def _tracker(node: KernelOp) -> ShapeTracker:
@@ -85,14 +86,67 @@ def build_loop_nest(ast: KernelOp) -> LoopNest:
     return LoopNest(shape, n_output, trackers)
 
 
-def choose_options(nest: LoopNest, ast: KernelOp) -> KernelOptions:
-    """Heuristics: upcast output dims into a register tile when the kernel reduces (matmul/conv-like),
-    so that each loaded value feeds several accumulators."""
+def _lane_stride(expr, var_name: str):
+    """The coefficient of a variable in an affine index, 0 if absent, None if it sits inside // or %."""
+    terms = expr.terms if isinstance(expr, SumNode) else (expr,)
+    coef = 0
+    for t in terms:
+        if isinstance(t, Var) and t.name == var_name:
+            coef += 1
+        elif isinstance(t, MulNode) and isinstance(t.a, Var) and t.a.name == var_name:
+            coef += t.b
+        elif any(v.name == var_name for v in t.variables()):
+            return None
+    return coef
+
+
+def dim_strides(nest: LoopNest, ast: KernelOp) -> tuple:
+    """Per loop dim: the memory stride of each load and of the store (None when not affine)."""
+    idxs = [Var(f"d{d}", 0, s - 1) for d, s in enumerate(nest.shape)]
+    loads, store = [], None
+    for n in ast.walk():
+        if n.op not in ("load", "store"):
+            continue
+        st = nest.trackers[id(n)]
+        expr, _ = st.index_and_valid([Num(0) if st.shape[d] == 1 else v for d, v in enumerate(idxs)])
+        strides = [_lane_stride(expr, f"d{d}") for d in range(len(nest.shape))]
+        if n.op == "store":
+            store = strides
+        else:
+            loads.append(strides)
+    return loads, store
+
+
+def choose_options(nest: LoopNest, ast: KernelOp, vector_width: int = 1) -> KernelOptions:
+    """Heuristics. Vector lanes go along a dim that memory reads contiguously (an output dim the
+    store writes contiguously, else a reduce dim); then a register tile of output dims, so that
+    each loaded value feeds several accumulators; then a small unroll of the innermost reduce."""
     opts = KernelOptions()
-    if nest.n_output == len(nest.shape) or nest.n_output == 0:
+    if not nest.shape:
         return opts
-    budget = 16
-    for d in reversed(range(nest.n_output)):
+    loads, store = dim_strides(nest, ast)
+    width = vector_width
+    if width > 1:
+        def contiguous_loads(d):
+            return sum(1 for ld in loads if ld[d] == 1)
+
+        out_dims = [d for d in range(nest.n_output) if store[d] == 1 and nest.shape[d] % width == 0
+                    and all(ld[d] is not None for ld in loads)]
+        red_dims = [d for d in nest.reduce_dims if nest.shape[d] % width == 0 and contiguous_loads(d) > 0
+                    and all(ld[d] is not None for ld in loads)]
+        if out_dims:
+            opts.vector = (max(out_dims, key=contiguous_loads), width)
+        elif red_dims:
+            opts.vector = (max(red_dims, key=contiguous_loads), width)
+    if nest.n_output == len(nest.shape) and opts.vector is None:
+        return opts
+    vdim = opts.vector[0] if opts.vector else None
+    reducing = nest.n_output < len(nest.shape)
+    budget = 16 if reducing else 4
+    # prefer tiling dims along which some load does not move (its value is reused across the tile)
+    candidates = sorted((d for d in range(nest.n_output) if d != vdim),
+                        key=lambda d: (-sum(1 for ld in loads if ld[d] == 0), -d))
+    for d in candidates:
         for f in (4, 2):
             if nest.shape[d] % f == 0 and nest.shape[d] > f and budget // f >= 1:
                 opts.upcast.append((d, f))
@@ -101,7 +155,7 @@ def choose_options(nest: LoopNest, ast: KernelOp) -> KernelOptions:
         if len(opts.upcast) == 2 or budget < 2:
             break
     last = len(nest.shape) - 1
-    if nest.shape[last] % 4 == 0 and nest.shape[last] > 4:
+    if reducing and last != vdim and nest.shape[last] % 4 == 0 and nest.shape[last] > 4 and len(opts.upcast) < 2:
         opts.unroll = (last, 4)
     return opts
 
@@ -113,13 +167,13 @@ class _Emitter:
         self.uops: list = []
         self.scopes: list = [{}]
 
-    def emit(self, op, dtype, srcs=(), arg=None, pure=True) -> UOp:
-        key = (op, dtype, tuple(id(s) for s in srcs), arg) if pure else None
+    def emit(self, op, dtype, srcs=(), arg=None, pure=True, vec: int = 1) -> UOp:
+        key = (op, dtype, tuple(id(s) for s in srcs), arg, vec) if pure else None
         if key is not None:
             for scope in reversed(self.scopes):
                 if key in scope:
                     return scope[key]
-        u = UOp(op, dtype, tuple(srcs), arg, len(self.uops))
+        u = UOp(op, dtype, tuple(srcs), arg, len(self.uops), vec)
         self.uops.append(u)
         if key is not None:
             self.scopes[-1][key] = u
@@ -138,46 +192,78 @@ def _compute_dtype(d: dt.DType) -> dt.DType:
 
 
 class Lowerer:
-    def __init__(self, ast: KernelOp, buffer_dtypes: tuple, name: str, options: KernelOptions | None = None):
+    def __init__(self, ast: KernelOp, buffer_dtypes: tuple, name: str, options: KernelOptions | None = None,
+                 vector_width: int = 1):
         self.ast, self.buffer_dtypes, self.name = ast, buffer_dtypes, name
         self.nest = build_loop_nest(ast)
-        self.opts = options if options is not None else choose_options(self.nest, ast)
+        self.opts = options if options is not None else choose_options(self.nest, ast, vector_width)
+        self.width = self.opts.vector[1] if self.opts.vector else 1
         self.e = _Emitter()
         self.reduce = _find_reduce(ast)
 
+    # --- emitting with lanes ---------------------------------------------------------------------
+    def alu(self, op: str, dtype, srcs, arg=None) -> UOp:
+        """An ALU op; scalar operands of a vector op are broadcast to its lanes."""
+        vec = max(s.vec for s in srcs)
+        srcs = tuple(self.broadcast(s, vec) for s in srcs)
+        return self.e.emit(op, dtype, srcs, arg, vec=vec)
+
+    def broadcast(self, u: UOp, vec: int) -> UOp:
+        return u if u.vec == vec else self.e.emit("broadcast", u.dtype, (u,), None, vec=vec)
+
+    def const(self, value, dtype) -> UOp:
+        return self.e.emit("const", dtype, (), value)
+
     # --- index expressions -----------------------------------------------------------------------
     def _node_uop(self, node, vars_uop: dict) -> UOp:
-        e, i32 = self.e, dt.int32
+        i32 = dt.int32
         if isinstance(node, Num):
-            return e.emit("const", i32, (), node.value)
+            return self.const(node.value, i32)
         if isinstance(node, Var):
             return vars_uop[node.name]
         if isinstance(node, MulNode):
-            return e.emit("mul", i32, (self._node_uop(node.a, vars_uop), e.emit("const", i32, (), node.b)))
+            return self.alu("mul", i32, (self._node_uop(node.a, vars_uop), self.const(node.b, i32)))
         if isinstance(node, DivNode):
-            return e.emit("idiv", i32, (self._node_uop(node.a, vars_uop), e.emit("const", i32, (), node.b)))
+            return self.alu("idiv", i32, (self._node_uop(node.a, vars_uop), self.const(node.b, i32)))
         if isinstance(node, ModNode):
-            return e.emit("mod", i32, (self._node_uop(node.a, vars_uop), e.emit("const", i32, (), node.b)))
+            return self.alu("mod", i32, (self._node_uop(node.a, vars_uop), self.const(node.b, i32)))
         if isinstance(node, SumNode):
-            out = self._node_uop(node.terms[0], vars_uop)
-            for t in node.terms[1:]:
-                out = e.emit("add", i32, (out, self._node_uop(t, vars_uop)))
+            # scalar terms first, so that they are shared by every lane and every use
+            terms = sorted(node.terms, key=lambda t: "lane" in {v.name for v in t.variables()})
+            out = self._node_uop(terms[0], vars_uop)
+            for t in terms[1:]:
+                out = self.alu("add", i32, (out, self._node_uop(t, vars_uop)))
             return out
         if isinstance(node, LtNode):
-            return e.emit("cmplt", dt.bool_, (self._node_uop(node.a, vars_uop), e.emit("const", i32, (), node.b)))
+            return self.alu("cmplt", dt.bool_, (self._node_uop(node.a, vars_uop), self.const(node.b, i32)))
         if isinstance(node, GeNode):  # a >= b  <=>  b-1 < a
-            return e.emit("cmplt", dt.bool_, (e.emit("const", i32, (), node.b - 1), self._node_uop(node.a, vars_uop)))
+            return self.alu("cmplt", dt.bool_, (self.const(node.b - 1, i32), self._node_uop(node.a, vars_uop)))
         if isinstance(node, AndNode):
             out = self._as_bool(self._node_uop(node.terms[0], vars_uop))
             for t in node.terms[1:]:
-                out = e.emit("and", dt.bool_, (out, self._as_bool(self._node_uop(t, vars_uop))))
+                out = self.alu("and", dt.bool_, (out, self._as_bool(self._node_uop(t, vars_uop))))
             return out
         raise NotImplementedError(f"index node {type(node).__name__}")
 
     def _as_bool(self, u: UOp) -> UOp:
         if u.dtype == dt.bool_:
             return u
-        return self.e.emit("cmpne", dt.bool_, (u, self.e.emit("const", u.dtype, (), 0)))
+        return self.alu("cmpne", dt.bool_, (u, self.const(0, u.dtype)))
+
+    def _memory_access(self, param: UOp, index, valid, vars_uop) -> tuple:
+        """(op, srcs, vec) for reading or writing `index`: a scalar access, `vec` consecutive lanes
+        from the lane-0 index, or a gather/scatter with one index per lane."""
+        has_lane = any(v.name == "lane" for v in index.variables())
+        valid_srcs = () if isinstance(valid, Num) and valid.value == 1 else (self._node_uop(valid, vars_uop),)
+        if not has_lane:
+            if valid_srcs and valid_srcs[0].vec > 1:  # lanes differ only in validity
+                return "gather", (param, self.broadcast(self._node_uop(index, vars_uop), self.width), *valid_srcs), \
+                    self.width
+            return "load", (param, self._node_uop(index, vars_uop), *valid_srcs), 1
+        if _lane_stride(index, "lane") == 1:
+            base = self._node_uop(index.substitute({"lane": 0}), vars_uop)
+            return "load", (param, base, *valid_srcs), self.width
+        return "gather", (param, self._node_uop(index, vars_uop), *valid_srcs), self.width
 
     # --- values ----------------------------------------------------------------------------------
     def _indexes(self, node: KernelOp, idx_nodes: list):
@@ -196,35 +282,31 @@ class Lowerer:
         elif node.op == "load":
             index, valid = self._indexes(node, idx_nodes)
             if isinstance(valid, Num) and valid.value == 0:
-                out = e.emit("const", cdt, (), _zero(cdt))
+                out = self.const(_zero(cdt), cdt)
             else:
-                srcs = [self.params[node.arg[0]], self._node_uop(index, vars_uop)]
-                if not (isinstance(valid, Num) and valid.value == 1):
-                    srcs.append(self._node_uop(valid, vars_uop))
-                out = e.emit("load", node.dtype, tuple(srcs))
+                op, srcs, vec = self._memory_access(self.params[node.arg[0]], index, valid, vars_uop)
+                out = e.emit(op, node.dtype, srcs, vec=vec)
                 if cdt != node.dtype:
-                    out = e.emit("cast", cdt, (out,), node.dtype)
+                    out = self.alu("cast", cdt, (out,), node.dtype)
         elif node.op == "const":
             value, _ = node.arg
             _, valid = self._indexes(node, idx_nodes)
-            out = e.emit("const", cdt, (), value)
+            out = self.const(value, cdt)
             if not (isinstance(valid, Num) and valid.value == 1):
-                zero = e.emit("const", cdt, (), _zero(cdt))
-                out = zero if isinstance(valid, Num) else e.emit("where", cdt, (self._node_uop(valid, vars_uop), out, zero))
+                zero = self.const(_zero(cdt), cdt)
+                out = zero if isinstance(valid, Num) else self.alu("where", cdt, (self._node_uop(valid, vars_uop), out,
+                                                                                   zero))
         elif node.op == "valid":
             _, valid = self._indexes(node, idx_nodes)
-            out = e.emit("const", dt.bool_, (), bool(valid.value)) if isinstance(valid, Num) else self._as_bool(
+            out = self.const(bool(valid.value), dt.bool_) if isinstance(valid, Num) else self._as_bool(
                 self._node_uop(valid, vars_uop))
         else:
             srcs = tuple(self._value(s, idx_nodes, vars_uop, memo, acc_value) for s in node.srcs)
             if node.op in ("cast", "bitcast"):
                 src_dtype = srcs[0].dtype
-                if node.op == "cast" and src_dtype == cdt:
-                    out = srcs[0]
-                else:
-                    out = e.emit(node.op, cdt, srcs, src_dtype)
+                out = srcs[0] if node.op == "cast" and src_dtype == cdt else self.alu(node.op, cdt, srcs, src_dtype)
             else:
-                out = e.emit(node.op, cdt, srcs)
+                out = self.alu(node.op, cdt, srcs)
         memo[key] = out
         return out
 
@@ -234,62 +316,69 @@ class Lowerer:
         self.params = [e.emit("param", d, (), (i, i == 0), pure=False) for i, d in enumerate(self.buffer_dtypes)]
         upcast = dict(self.opts.upcast)
         unroll_dim, unroll = self.opts.unroll or (None, 1)
-        # global ranges over output dims (an upcast dim loops over its tiles)
-        vars_uop, idx_out = {}, {}
-        global_sizes = []
+        vdim, width = self.opts.vector or (None, 1)
+        vars_uop = {}
+        lane = Var("lane", 0, width - 1)
+        if width > 1:
+            vars_uop["lane"] = e.emit("lanes", dt.int32, (), None, vec=width)
+
+        def split(d, var, factor):
+            """The index of dim d: its loop variable, times the tile, plus a tile offset or the lane."""
+            if d == vdim:
+                return lambda k: var * width + lane
+            return lambda k: var * factor + k if factor > 1 else var
+
+        # global ranges over output dims (an upcast or vector dim loops over its tiles)
+        global_sizes, out_index = [], {}
         for d in range(nest.n_output):
-            size = nest.shape[d] // upcast.get(d, 1)
-            r = e.emit("range", dt.int32, (), (f"g{d}", size, "global"), pure=False)
-            vars_uop[f"g{d}"] = r
+            factor = width if d == vdim else upcast.get(d, 1)
+            size = nest.shape[d] // factor
+            vars_uop[f"g{d}"] = e.emit("range", dt.int32, (), (f"g{d}", size, "global"), pure=False)
             global_sizes.append(size)
-            idx_out[d] = Var(f"g{d}", 0, size - 1)
-        out_combos = list(itertools.product(*[range(upcast[d]) for d in sorted(upcast)]))
+            out_index[d] = split(d, Var(f"g{d}", 0, size - 1), upcast.get(d, 1))
+        tiled = sorted(upcast)
+        out_combos = list(itertools.product(*[range(upcast[d]) for d in tiled]))
 
         def out_idx(combo):
-            idx = []
-            for d in range(nest.n_output):
-                if d in upcast:
-                    idx.append(idx_out[d] * upcast[d] + combo[sorted(upcast).index(d)])
-                else:
-                    idx.append(idx_out[d])
-            return idx
+            return [out_index[d](combo[tiled.index(d)] if d in upcast else 0) for d in range(nest.n_output)]
 
+        acc_vec = width if vdim is not None else 1
         accs = {}
         if self.reduce is not None:
             red_op = self.reduce.arg[0]
             acc_dtype = _compute_dtype(self.reduce.dtype)
             for combo in out_combos:
-                accs[combo] = e.emit("acc", acc_dtype, (), _reduce_identity(red_op, acc_dtype), pure=False)
-            ranges = []
-            red_idx = []
+                accs[combo] = e.emit("acc", acc_dtype, (), _reduce_identity(red_op, acc_dtype), pure=False,
+                                     vec=acc_vec)
+            ranges, red_index = [], {}
             for d in nest.reduce_dims:
-                size = nest.shape[d] // (unroll if d == unroll_dim else 1)
+                factor = width if d == vdim else (unroll if d == unroll_dim else 1)
+                size = nest.shape[d] // factor
                 e.open_scope()
-                r = e.emit("range", dt.int32, (), (f"r{d}", size, "loop"), pure=False)
-                vars_uop[f"r{d}"] = r
-                ranges.append(r)
-                red_idx.append(Var(f"r{d}", 0, size - 1))
+                ranges.append(e.emit("range", dt.int32, (), (f"r{d}", size, "loop"), pure=False))
+                vars_uop[f"r{d}"] = ranges[-1]
+                red_index[d] = split(d, Var(f"r{d}", 0, size - 1), unroll if d == unroll_dim else 1)
+            alu = "add" if red_op == "sum" else "max"
             for combo in out_combos:
                 for k in range(unroll):
-                    idx = out_idx(combo) + [
-                        (v * unroll + k) if d == unroll_dim else v for d, v in zip(nest.reduce_dims, red_idx)
-                    ]
-                    val = self._value(self.reduce.srcs[0], idx, vars_uop, {}, None)
-                    alu = "add" if red_op == "sum" else "max"
-                    new = e.emit(alu, acc_dtype, (accs[combo], val), pure=False)
+                    idx = out_idx(combo) + [red_index[d](k) for d in nest.reduce_dims]
+                    val = self.broadcast(self._value(self.reduce.srcs[0], idx, vars_uop, {}, None), acc_vec)
+                    new = e.emit(alu, acc_dtype, (accs[combo], val), pure=False, vec=acc_vec)
                     e.emit("acc_update", None, (accs[combo], new), pure=False)
             for r in reversed(ranges):
                 e.emit("endrange", None, (r,), pure=False)
                 e.close_scope()
-        store_param = self.params[0]
+            if vdim is not None and vdim >= nest.n_output:  # lanes ran along a reduce dim: combine them
+                accs = {c: e.emit("hreduce", acc_dtype, (a,), alu, pure=False) for c, a in accs.items()}
+        out_dtype = self.buffer_dtypes[0]
         for combo in out_combos:
             idx = out_idx(combo) + [Num(0) for _ in nest.reduce_dims]
             value = self._value(self.ast.srcs[0], idx, vars_uop, {}, accs.get(combo))
-            out_dtype = self.buffer_dtypes[0]
             if value.dtype != out_dtype:
-                value = e.emit("cast", out_dtype, (value,), value.dtype)
+                value = self.alu("cast", out_dtype, (value,), value.dtype)
             index, _ = self._indexes(self.ast, idx)
-            e.emit("store", None, (store_param, self._node_uop(index, vars_uop), value), pure=False)
+            op, srcs, vec = self._memory_access(self.params[0], index, Num(1), vars_uop)
+            e.emit("store" if op == "load" else "scatter", None, (*srcs, self.broadcast(value, vec)), pure=False)
         for u in reversed([u for u in e.uops if u.op == "range" and u.arg[2] == "global"]):
             e.emit("endrange", None, (u,), pure=False)
         return Program(self.name, e.uops, self.buffer_dtypes, tuple(global_sizes))
@@ -310,5 +399,6 @@ def _reduce_identity(op: str, d: dt.DType):
     return 0 if d.kind == "u" else -(2 ** (bits - 1))
 
 
-def lower(ast: KernelOp, buffer_dtypes: tuple, name: str, options: KernelOptions | None = None) -> Program:
-    return Lowerer(ast, buffer_dtypes, name, options).lower()
+def lower(ast: KernelOp, buffer_dtypes: tuple, name: str, options: KernelOptions | None = None,
+          vector_width: int = 1) -> Program:
+    return Lowerer(ast, buffer_dtypes, name, options, vector_width).lower()
