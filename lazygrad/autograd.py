@@ -184,6 +184,12 @@ def _window(c, g):
     return (total,)
 
 
+def _composite(c, g):
+    # an op of several primitives with a gradient of its own (Tensor._composite)
+    _, backward = c.arg
+    return backward(g)
+
+
 # effects
 def _identity(c, g):
     return (g,)
@@ -199,7 +205,7 @@ RULES = {
     "add": _add, "mul": _mul, "max": _max, "where": _where,
     "sum": _sum, "rmax": _rmax,
     "reshape": _reshape, "permute": _permute, "expand": _expand, "pad": _pad, "shrink": _shrink, "flip": _flip, "window": _window,
-    "contiguous": _identity, "copy": _copy,
+    "contiguous": _identity, "copy": _copy, "composite": _composite,
 }
 # no gradient: comparisons, integer and bitwise ops, bitcast
 

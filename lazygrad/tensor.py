@@ -1430,14 +1430,48 @@ class Tensor:
             else:
                 raise ValueError(f"padding {padding!r}: expected 'valid', 'same' or ints")
         padding = _pair(padding)
-        x = self.pad((padding[1], padding[1], padding[0], padding[0]))
-        windows = x._pool((kh, kw), stride, dilation)  # (n, cin, oh, ow, kh, kw)
-        oh, ow = windows.shape[2:4]
         g, cout_g = groups, cout // groups
-        windows = windows.reshape(n, g, 1, cin_g, oh, ow, kh, kw)
-        weight = weight.reshape(1, g, cout_g, cin_g, 1, 1, kh, kw)
-        out = (windows * weight).sum((3, 6, 7)).reshape(n, cout, oh, ow)
+        x_in, w_in = self, weight
+
+        def windows_of(x: Tensor) -> Tensor:  # (n, groups, cin_g, oh, ow, kh, kw), a view of the padded input
+            x = x.pad((padding[1], padding[1], padding[0], padding[0]))
+            win = x._pool((kh, kw), stride, dilation)
+            return win.reshape(n, g, cin_g, *win.shape[2:])
+
+        def forward() -> Tensor:
+            win = windows_of(x_in)
+            oh, ow = win.shape[3:5]
+            wt = w_in
+            if ow % 16 and cout_g % 16 == 0:
+                # feature maps without 16-wide rows give the vector lanes nothing contiguous: lay the weight
+                # out channel-last (a small copy) so that vector lanes run over output channels instead
+                wt = wt.permute(1, 2, 3, 0).contiguous().permute(3, 0, 1, 2)
+            out = (win.unsqueeze(2) * wt.reshape(1, g, cout_g, cin_g, 1, 1, kh, kw)).sum((3, 6, 7))
+            return out.reshape(n, cout, oh, ow)
+
+        def backward(grad: Tensor) -> tuple:
+            # the gradient as two convolutions (what PyTorch does too), rather than the autograd of the
+            # window view: both are ordinary reduce kernels that the code generator vectorizes
+            oh, ow = grad.shape[2:]
+            grad_x = grad_w = None
+            if x_in.requires_grad:
+                grad_x = _conv2d_input_grad(grad, w_in, (h, w), stride, padding, dilation, groups)
+            if w_in.requires_grad:
+                win = windows_of(x_in).unsqueeze(2)  # (n, g, 1, cin_g, oh, ow, kh, kw)
+                gg = grad.reshape(n, g, cout_g, 1, oh, ow, 1, 1)
+                grad_w = (gg * win).sum((0, 4, 5)).reshape(cout, cin_g, kh, kw)
+            return grad_x, grad_w
+
+        out = Tensor._composite("conv2d", (x_in, w_in), forward, backward)
         return out + bias.reshape(1, -1, 1, 1) if bias is not None else out
+
+    @staticmethod
+    def _composite(name: str, inputs: tuple, forward, backward) -> Tensor:
+        """An op built of primitives whose gradient is given by `backward(grad) -> grads of inputs`, written
+        with Tensor ops (so that it is differentiable again), instead of differentiating its primitives."""
+        with autograd.no_grad():
+            out = forward()
+        return Tensor._record(out, "composite", inputs, (name, backward))
 
     def conv1d(self, weight, bias=None, stride=1, padding=0, dilation=1, groups=1) -> Tensor:
         out = self.unsqueeze(-2).conv2d(weight.unsqueeze(-2), bias, (1, stride), (0, padding), (1, dilation), groups)
@@ -1492,6 +1526,29 @@ class Tensor:
         if attn_mask is not None:
             scores = scores + attn_mask if attn_mask.dtype != dt.bool_ else attn_mask.where(scores, float("-inf"))
         return scores.softmax(-1) @ value
+
+
+def _conv2d_input_grad(grad: Tensor, weight: Tensor, input_hw: tuple, stride, padding, dilation, groups) -> Tensor:
+    """d(conv2d)/d(input): the output gradient, spread out by the stride and fully padded, convolved
+    with the spatially flipped weight whose in/out channels are swapped per group."""
+    cout, cin_g, kh, kw = weight.shape
+    g = groups
+    for axis, (s, o) in enumerate(zip(stride, grad.shape[2:])):
+        if s > 1:  # s-1 zeros after each element, none after the last
+            dim = 2 + axis
+            pads = [0, 0] * (grad.ndim - dim - 1) + [0, s - 1]
+            grad = grad.unsqueeze(dim + 1).pad(pads).flatten(dim, dim + 1)
+            grad = grad.shrink([(0, m) if i != dim else (0, (o - 1) * s + 1) for i, m in enumerate(grad.shape)])
+    if any(s > 1 for s in stride):
+        grad = grad.contiguous()  # one small copy, so that the convolution below reads plain rows
+    pads = []
+    for size, k, s, p, d in reversed(list(zip(input_hw, (kh, kw), stride, padding, dilation))):
+        before = (k - 1) * d - p
+        leftover = (size + 2 * p - (k - 1) * d - 1) % s  # input rows the strided windows never reached
+        pads += [before, before + leftover]
+    grad = grad.pad(pads)
+    flipped = weight.reshape(g, cout // g, cin_g, kh, kw).transpose(1, 2).reshape(g * cin_g, cout // g, kh, kw)
+    return grad.conv2d(flipped.flip(2, 3), dilation=dilation, groups=g)
 
 
 def _pair(x) -> tuple:

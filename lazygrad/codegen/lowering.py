@@ -134,8 +134,13 @@ def choose_options(nest: LoopNest, ast: KernelOp, vector_width: int = 1) -> Kern
                     and all(ld[d] is not None for ld in loads)]
         red_dims = [d for d in nest.reduce_dims if nest.shape[d] % width == 0 and contiguous_loads(d) > 0
                     and all(ld[d] is not None for ld in loads)]
+        # an output dim that some input reads contiguously; the store then scatters its lanes
+        scatter_dims = [d for d in range(nest.n_output) if nest.shape[d] % width == 0 and contiguous_loads(d) > 0
+                        and all(ld[d] is not None for ld in loads) and store[d] is not None]
         if out_dims:
             opts.vector = (max(out_dims, key=contiguous_loads), width)
+        elif scatter_dims and nest.n_output < len(nest.shape):
+            opts.vector = (max(scatter_dims, key=contiguous_loads), width)
         elif red_dims:
             opts.vector = (max(red_dims, key=contiguous_loads), width)
     if nest.n_output == len(nest.shape) and opts.vector is None:
