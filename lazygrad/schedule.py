@@ -6,7 +6,8 @@ realized are recorded, and LAZYGRAD_DEBUG=2 prints them:
 
 - "output": the caller asked for it
 - "effect": copies, host uploads, assigns and explicit `contiguous()` always write memory
-- "shared": more than one consumer reads it (fusing would compute it twice)
+- "shared": more than one consumer reads it, and computing it again in each would cost more than a
+  buffer (it holds a reduce, is more than a few ops, or a reduce or a broadcast reads it)
 - "reduce-in-view": it holds a reduce and is read through a view (a reduce cannot be inlined
   into another kernel's loops), or by another reduce
 - "second-reduce": a kernel holds at most one reduce
@@ -41,6 +42,7 @@ class Scheduler:
         self.consumers: dict = {}  # id(base) -> set of consumer ids
         self.realize: dict = {}  # id(base) -> reason
         self._collect()
+        self.by_id = {id(n): n for n in self.nodes}
 
     # --- graph walk -------------------------------------------------------------------------------
     def _collect(self):
@@ -67,11 +69,10 @@ class Scheduler:
             if t.buffer is None:
                 self.realize[id(t)] = "output"
         holds_reduce: dict = {}
+        self._holds_reduce, self._inline_cost = holds_reduce, {}
         for node in self.nodes:
             if node.op in ("host", "copy", "assign", "contiguous"):
                 self.realize.setdefault(id(node), "effect")
-            elif node.op != "const" and len(self.consumers.get(id(node), ())) > 1:
-                self.realize.setdefault(id(node), "shared")
             if node.op == "const":
                 continue
             # which reduce nodes would be inlined into this node's kernel
@@ -91,6 +92,25 @@ class Scheduler:
             if node.op in REDUCE:
                 reduces = {id(node)}
             holds_reduce[id(node)] = reduces if node.op in ELEMENTWISE | REDUCE else set()
+            if len(self.consumers.get(id(node), ())) > 1 and not self._cheap_to_repeat(node):
+                self.realize.setdefault(id(node), "shared")
+
+    def _cheap_to_repeat(self, node: LazyBuffer) -> bool:
+        """A small elementwise value read only by elementwise kernels, at most once per element, is
+        computed again in each of them rather than written to memory and read back."""
+        if node.op not in ELEMENTWISE or self._holds_reduce.get(id(node)):
+            return False
+        cost = 1 + sum(self._inline_cost.get(id(s.base), 0) for s in node.srcs)
+        if cost > 8:
+            return False
+        for consumer_id in self.consumers[id(node)]:
+            consumer = self.by_id[consumer_id]
+            if consumer.op not in ELEMENTWISE and consumer.op not in ("assign", "contiguous"):
+                return False
+            if any(s.base is node and s.size > node.size for s in consumer.srcs):
+                return False
+        self._inline_cost[id(node)] = cost
+        return True
 
     # --- kernel ASTs -----------------------------------------------------------------------------
     def _ast(self, node: LazyBuffer, movement: tuple, inputs: list, root: LazyBuffer) -> KernelOp:
