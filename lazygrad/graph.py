@@ -38,7 +38,10 @@ class LazyBuffer:
         self._base = base  # None for a base
         self.movement = movement  # movement ops from the base's shape to this view's shape
         self.buffer = None  # the device Buffer once realized (bases only)
-        self.forced = False  # a consumer asked for this base to be its own buffer
+        # the live nodes that read this base: an assign into it must first realize those that are still lazy
+        self.readers: weakref.WeakSet = weakref.WeakSet()
+        for src in srcs:
+            src.base.readers.add(self)
 
     # --- identity ------------------------------------------------------------------------------
     @property

@@ -235,10 +235,12 @@ def run_schedule(items: list) -> None:
     if config.DEBUG >= 2:
         print(f"--- schedule: {len(items)} items")
         for item in items:
-            print(f"  {item.kind:6} {item.output.op:10} {str(item.output.shape):24} {item.reason}")
+            outs = f" (+{len(item.outputs) - 1} outputs)" if len(item.outputs) > 1 else ""
+            print(f"  {item.kind:6} {item.output.op:10} {str(item.output.shape):24} {item.reason}{outs}")
     for item in items:
         _run_item(item)
-        _release_graph(item.output)
+        for out in item.outputs:
+            _release_graph(out)
 
 
 def _run_item(item: ScheduleItem):
@@ -258,10 +260,11 @@ def _run_item(item: ScheduleItem):
         _count_copy()
         return
     if node.size == 0:
-        node.buffer = Buffer(node.device, 0, node.dtype)
+        for out in item.outputs:
+            out.buffer = Buffer(out.device, 0, out.dtype)
         return
-    out = node.arg.buffer if node.op == "assign" else Buffer(node.device, node.size, node.dtype)
-    buffers = [out] + [b.buffer for b in item.inputs]
+    outputs = [out.arg.buffer if out.op == "assign" else Buffer(out.device, out.size, out.dtype) for out in item.outputs]
+    buffers = outputs + [b.buffer for b in item.inputs]
     for b in item.inputs:
         if b.device != node.device:
             raise RuntimeError(f"kernel on {node.device} reads a buffer on {b.device}; copy it with .to() first")
@@ -270,7 +273,8 @@ def _run_item(item: ScheduleItem):
     entry = get_kernel(item.ast, dtypes, node.device, sizes)
     timed = _timing_wanted()
     seconds = entry.kernel([b.handle for b in buffers], wait=timed)
-    node.buffer = out
+    for out, buffer in zip(item.outputs, outputs):
+        out.buffer = buffer
     for capture in CAPTURES:
         capture.record(entry, buffers)
     if timed:

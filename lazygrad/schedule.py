@@ -29,19 +29,33 @@ from lazygrad.shape import ShapeTracker
 @dataclass
 class ScheduleItem:
     kind: str  # "kernel", "host" (upload), "copy" (between devices)
-    output: LazyBuffer  # the base this item realizes
-    inputs: list = field(default_factory=list)  # realized bases read, in kernel buffer order after the output
-    ast: KernelOp | None = None
+    output: LazyBuffer  # the base this item realizes (the first, for a kernel with several outputs)
+    inputs: list = field(default_factory=list)  # realized bases read, in kernel buffer order after the outputs
+    ast: KernelOp | None = None  # a "sink" of one store per output
     reason: str = ""
+    outputs: list = field(default_factory=list)  # every base this item realizes
+    fused: set = field(default_factory=set)  # ids of the unrealized bases computed inside the kernel
+
+    def __post_init__(self):
+        if not self.outputs:
+            self.outputs = [self.output]
 
 
 class Scheduler:
     def __init__(self, targets: list):
         self.targets = [t.base for t in targets]
-        self.nodes: list = []  # unrealized bases, sources first
-        self.consumers: dict = {}  # id(base) -> set of consumer ids
         self.realize: dict = {}  # id(base) -> reason
-        self._collect()
+        while True:
+            self.nodes: list = []  # unrealized bases, sources first
+            self.consumers: dict = {}  # id(base) -> set of consumer ids
+            self._collect()
+            # a lazy value that reads a buffer an assign here overwrites must be computed now, from the old data
+            collected = {id(n) for n in self.nodes}
+            stale_readers = [r for n in self.nodes if n.op == "assign" for r in n.arg.readers
+                             if r.buffer is None and id(r) not in collected and not (r.op == "assign" and r.arg is n.arg)]
+            if not stale_readers:
+                break
+            self.targets += stale_readers
         self.by_id = {id(n): n for n in self.nodes}
 
     # --- graph walk -------------------------------------------------------------------------------
@@ -118,11 +132,12 @@ class Scheduler:
         if node.op == "const":
             st = ShapeTracker.contiguous(node.shape).apply(movement)
             return KernelOp("const", (), (node.arg, st), node.dtype)
-        if node is not root and (node.buffer is not None or id(node) in self.realize):
+        if node is not root and (node.buffer is not None or (id(node) in self.realize and id(node) not in self._inline)):
             if node not in inputs:
                 inputs.append(node)
             st = ShapeTracker.contiguous(node.shape).apply(movement)
-            return KernelOp("load", (), (1 + inputs.index(node), st), node.dtype)
+            return KernelOp("load", (), (self._n_outputs + inputs.index(node), st), node.dtype)
+        self._fused.add(id(node))
         if node.op == "contiguous" or node.op == "assign":
             src = node.srcs[0]
             return self._ast(src.base, src.movement + movement, inputs, None)
@@ -142,27 +157,36 @@ class Scheduler:
             out = KernelOp("where", (KernelOp("valid", (), st, None), out, zero), None, node.dtype)
         return out
 
-    def _kernel(self, node: LazyBuffer) -> ScheduleItem:
+    def _kernel(self, node: LazyBuffer, members: tuple = ()) -> ScheduleItem:
+        """The kernel storing `node`, and also each of `members`: bases that node reads elementwise,
+        computed in the same loop and stored from it (a kernel with several outputs)."""
+        outputs = [node, *members]
         inputs: list = []
-        self._reduce_shape = None
-        value = self._ast(node, (), inputs, node)
-        store_st = ShapeTracker.contiguous(node.shape)
-        if self._reduce_shape is not None and self._reduce_shape != node.shape:
-            value = _reshape_epilogue(value, self._reduce_shape)
-            store_st = store_st.reshape(self._reduce_shape)
-        target = node.arg if node.op == "assign" else node
-        if node.op == "assign" and self._assign_hazard(value, inputs, target):
-            src_base = node.srcs[0].base
-            self.realize[id(src_base)] = "assign-hazard"
-            raise _Reschedule()
-        store = KernelOp("store", (value,), (0, store_st), node.dtype)
-        return ScheduleItem("kernel", node, inputs, store, self.realize.get(id(node), ""))
+        self._inline = {id(m) for m in members}
+        self._n_outputs, self._fused = len(outputs), set()
+        values, kernel_shape = [], node.shape
+        for out in outputs:
+            self._reduce_shape = None
+            values.append(self._ast(out, (), inputs, out))
+            if self._reduce_shape is not None:  # with a reduce inside, the epilogue works in its output shape
+                kernel_shape = self._reduce_shape
+        stores = []
+        for index, (out, value) in enumerate(zip(outputs, values)):
+            store_st = ShapeTracker.contiguous(out.shape)
+            if out.shape != kernel_shape:  # every output of a kernel is stored from one loop nest
+                value = _reshape_epilogue(value, kernel_shape)
+                store_st = store_st.reshape(kernel_shape)
+            if out.op == "assign" and self._assign_hazard(value, inputs, out.arg):
+                self.realize[id(out.srcs[0].base)] = "assign-hazard"
+                raise _Reschedule()
+            stores.append(KernelOp("store", (value,), (index, store_st), out.dtype))
+        sink = KernelOp("sink", tuple(stores))
+        return ScheduleItem("kernel", node, inputs, sink, self.realize.get(id(node), ""), outputs, self._fused)
 
-    @staticmethod
-    def _assign_hazard(value: KernelOp, inputs: list, target: LazyBuffer) -> bool:
+    def _assign_hazard(self, value: KernelOp, inputs: list, target: LazyBuffer) -> bool:
         if target not in inputs:
             return False
-        index = 1 + inputs.index(target)
+        index = self._n_outputs + inputs.index(target)
         return any(n.op == "load" and n.arg[0] == index and not n.arg[1].contiguous_view for n in value.walk())
 
     def schedule(self) -> list:
@@ -184,7 +208,47 @@ class Scheduler:
                 items.append(ScheduleItem("copy", node, [node.srcs[0].base], None, "effect"))
             else:
                 items.append(self._kernel(node))
-        return _order_assigns(items)
+        return _order_assigns(self._merge_outputs(items))
+
+    def _merge_outputs(self, items: list) -> list:
+        """Fold a kernel into the kernel that reads it when that reader is its only consumer and reads
+        it element for element: one loop then computes and stores both (fewer launches, one pass)."""
+        by_output = {id(item.output): item for item in items if item.kind == "kernel" and len(item.outputs) == 1}
+        merged_away: set = set()
+        for item in items:
+            if item.kind != "kernel" or id(item) in merged_away:
+                continue
+            while True:
+                candidate = self._mergeable_input(item, by_output, merged_away)
+                if candidate is None:
+                    break
+                members = tuple(item.outputs[1:]) + tuple(candidate.outputs)
+                new = self._kernel(item.output, members)
+                merged_away.add(id(candidate))
+                item.__dict__.update(new.__dict__)
+        return [item for item in items if id(item) not in merged_away]
+
+    def _mergeable_input(self, item: ScheduleItem, by_output: dict, merged_away: set):
+        size = item.output.size
+        group = {id(o) for o in item.outputs}
+        reduces = set().union(*(self._holds_reduce.get(id(o), set()) for o in item.outputs))
+        loads = {n.arg[0]: n.arg[1] for n in item.ast.walk() if n.op == "load"}
+        for position, x in enumerate(item.inputs):
+            producer = by_output.get(id(x))
+            if producer is None or id(producer) in merged_away or producer is item or x.size != size:
+                continue
+            st = loads.get(len(item.outputs) + position)
+            if st is None or not st.contiguous_view:  # read element for element, in any shape
+                continue
+            if not self.consumers.get(id(x), set()) <= item.fused | group:
+                continue
+            if x.op in ("contiguous", "assign") and x.srcs[0].is_view:
+                continue
+            other = set().union(*(self._holds_reduce.get(id(o), set()) for o in producer.outputs))
+            if reduces and other and other != reduces:
+                continue
+            return producer
+        return None
 
 
 class _Reschedule(Exception):
@@ -194,13 +258,14 @@ class _Reschedule(Exception):
 def _order_assigns(items: list) -> list:
     """Topological order of the items, where a kernel that reads a buffer also runs before the
     assign that overwrites it."""
-    producer = {id(item.output): i for i, item in enumerate(items)}
+    producer = {id(out): i for i, item in enumerate(items) for out in item.outputs}
     deps = [{producer[id(b)] for b in item.inputs if id(b) in producer} for item in items]
     for a, item in enumerate(items):
-        if item.output.op == "assign":
-            target = item.output.arg
+        for out in item.outputs:
+            if out.op != "assign":
+                continue
             for r, other in enumerate(items):
-                if r != a and other.output.op != "assign" and target in other.inputs:
+                if r != a and out.arg in other.inputs:
                     deps[a].add(r)
     order, state = [], [0] * len(items)  # 0 new, 1 visiting, 2 done
 

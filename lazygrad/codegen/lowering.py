@@ -52,11 +52,16 @@ def _tracker(node: KernelOp) -> ShapeTracker:
     return node.arg if node.op == "valid" else node.arg[1]
 
 
+def stores_of(ast: KernelOp) -> tuple:
+    """The store nodes of a kernel: the root itself, or each source of a "sink" root."""
+    return ast.srcs if ast.op == "sink" else (ast,)
+
+
 def build_loop_nest(ast: KernelOp) -> LoopNest:
     reduce = _find_reduce(ast)
     below = set() if reduce is None else {id(n) for n in reduce.srcs[0].walk()}
     nodes = [n for n in ast.walk() if n.op in ("load", "const", "valid", "store")]
-    out_shape = _tracker(ast).shape
+    out_shape = _tracker(stores_of(ast)[0]).shape
     if reduce is None:
         full_shape, reduce_axes = out_shape, ()
     else:
@@ -110,8 +115,8 @@ def dim_strides(nest: LoopNest, ast: KernelOp) -> tuple:
         st = nest.trackers[id(n)]
         expr, _ = st.index_and_valid([Num(0) if st.shape[d] == 1 else v for d, v in enumerate(idxs)])
         strides = [_lane_stride(expr, f"d{d}") for d in range(len(nest.shape))]
-        if n.op == "store":
-            store = strides
+        if n.op == "store":  # several stores: a dim counts as contiguous only if it is for all of them
+            store = strides if store is None else [a if a == b else None for a, b in zip(store, strides)]
         else:
             loads.append(strides)
     return loads, store
@@ -318,7 +323,8 @@ class Lowerer:
     # --- the loop nest ---------------------------------------------------------------------------
     def lower(self) -> Program:
         e, nest = self.e, self.nest
-        self.params = [e.emit("param", d, (), (i, i == 0), pure=False) for i, d in enumerate(self.buffer_dtypes)]
+        stores = stores_of(self.ast)
+        self.params = [e.emit("param", d, (), (i, i < len(stores)), pure=False) for i, d in enumerate(self.buffer_dtypes)]
         upcast = dict(self.opts.upcast)
         unroll_dim, unroll = self.opts.unroll or (None, 1)
         vdim, width = self.opts.vector or (None, 1)
@@ -375,15 +381,18 @@ class Lowerer:
                 e.close_scope()
             if vdim is not None and vdim >= nest.n_output:  # lanes ran along a reduce dim: combine them
                 accs = {c: e.emit("hreduce", acc_dtype, (a,), alu, pure=False) for c, a in accs.items()}
-        out_dtype = self.buffer_dtypes[0]
         for combo in out_combos:
             idx = out_idx(combo) + [Num(0) for _ in nest.reduce_dims]
-            value = self._value(self.ast.srcs[0], idx, vars_uop, {}, accs.get(combo))
-            if value.dtype != out_dtype:
-                value = self.alu("cast", out_dtype, (value,), value.dtype)
-            index, _ = self._indexes(self.ast, idx)
-            op, srcs, vec = self._memory_access(self.params[0], index, Num(1), vars_uop)
-            e.emit("store" if op == "load" else "scatter", None, (*srcs, self.broadcast(value, vec)), pure=False)
+            memo: dict = {}  # shared by the stores: a value one output needs is computed once for all
+            for store in stores:
+                buffer_index = store.arg[0]
+                out_dtype = self.buffer_dtypes[buffer_index]
+                value = self._value(store.srcs[0], idx, vars_uop, memo, accs.get(combo))
+                if value.dtype != out_dtype:
+                    value = self.alu("cast", out_dtype, (value,), value.dtype)
+                index, _ = self._indexes(store, idx)
+                op, srcs, vec = self._memory_access(self.params[buffer_index], index, Num(1), vars_uop)
+                e.emit("store" if op == "load" else "scatter", None, (*srcs, self.broadcast(value, vec)), pure=False)
         for u in reversed([u for u in e.uops if u.op == "range" and u.arg[2] == "global"]):
             e.emit("endrange", None, (u,), pure=False)
         return Program(self.name, e.uops, self.buffer_dtypes, tuple(global_sizes))
