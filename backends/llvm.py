@@ -10,7 +10,9 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import math
+import os
 import struct
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -231,16 +233,29 @@ class _Renderer:
         """vec consecutive elements from the lane-0 index; masked lanes touch no memory."""
         buf, index = u.srcs[0], u.srcs[1]
         valid = u.srcs[2] if len(u.srcs) > 2 else None
-        mt, vt, align = _mem_ty(u.dtype, u.vec), _mem_ty(u.dtype), u.dtype.itemsize
+        stride = u.arg or 1  # lane i reads index + i*stride: load stride*vec elements, keep every stride-th
+        wide = u.vec * stride
+        mt, vt, align = _mem_ty(u.dtype, wide), _mem_ty(u.dtype), u.dtype.itemsize
         ptr, raw = self.fresh("p"), self.fresh("v")
         self.emit(f"{ptr} = getelementptr {vt}, ptr {self.names[buf.id]}, i32 {self.val(index)}")
         if valid is None:
             self.emit(f"{raw} = load {mt}, ptr {ptr}, align {align}")
         else:
-            fn = f"@llvm.masked.load.{_suffix(u.dtype, u.vec, memory=True)}.p0"
-            self.declare(f"declare {mt} {fn}(ptr, i32, <{u.vec} x i1>, {mt})")
+            fn = f"@llvm.masked.load.{_suffix(u.dtype, wide, memory=True)}.p0"
+            self.declare(f"declare {mt} {fn}(ptr, i32, <{wide} x i1>, {mt})")
             mask = self.lane_mask(valid, u.vec)
-            self.emit(f"{raw} = call {mt} {fn}(ptr {ptr}, i32 {align}, <{u.vec} x i1> {mask}, {mt} zeroinitializer)")
+            if stride > 1:  # lane i's mask bit at element i*stride; the elements between are not read
+                spread = self.fresh("mask")
+                picks = ", ".join(f"i32 {j // stride if j % stride == 0 else u.vec}" for j in range(wide))
+                self.emit(f"{spread} = shufflevector <{u.vec} x i1> {mask}, <{u.vec} x i1> zeroinitializer, "
+                          f"<{wide} x i32> <{picks}>")
+                mask = spread
+            self.emit(f"{raw} = call {mt} {fn}(ptr {ptr}, i32 {align}, <{wide} x i1> {mask}, {mt} zeroinitializer)")
+        if stride > 1:
+            kept = self.fresh("strided")
+            picks = ", ".join(f"i32 {i * stride}" for i in range(u.vec))
+            self.emit(f"{kept} = shufflevector {mt} {raw}, {mt} poison, <{u.vec} x i32> <{picks}>")
+            raw = kept
         self.names[u.id] = self._from_memory(raw, u.dtype, u.vec)
 
     def _pointers(self, buf, index) -> str:
@@ -389,6 +404,22 @@ class CompileError(RuntimeError):
     pass
 
 
+def _compile_failure(name: str, source: str, error: str, max_lines: int = 12) -> str:
+    """The message for IR that LLVM rejects: the kernel, where its IR was saved, the head of LLVM's error."""
+    path = os.path.join(tempfile.gettempdir(), f"lazygrad-failed-{name}.ll")
+    try:
+        with open(path, "w") as f:
+            f.write(source)
+        saved = f"its LLVM IR is in {path}"
+    except OSError as e:
+        saved = f"its LLVM IR could not be saved to {path} ({e}); LAZYGRAD_DEBUG=3 prints it"
+    lines = [line for line in error.strip().splitlines() if line.strip()]
+    head = "\n".join("  " + line for line in lines[:max_lines])
+    more = f"\n  ... ({len(lines) - max_lines} more lines)" if len(lines) > max_lines else ""
+    return (f"LLVM could not compile kernel {name}; {saved}\n{head}{more}\n"
+            "This is a bug in lazygrad's code generator: please report it with that file.")
+
+
 class _LLVMCompiler:
     def __init__(self):
         llvm.initialize_native_target()
@@ -409,7 +440,7 @@ class _LLVMCompiler:
             module = llvm.parse_assembly(source)
             module.verify()
         except RuntimeError as e:
-            raise CompileError(str(e)) from e
+            raise CompileError(_compile_failure(name, source, str(e))) from e
         pto = llvm.create_pipeline_tuning_options(speed_level=3)
         pb = llvm.create_pass_builder(self.machine, pto)
         pb.getModulePassManager().run(module, pb)

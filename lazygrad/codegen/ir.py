@@ -12,7 +12,7 @@ each UOp's `srcs` refer to earlier UOps. Indexes are int32.
 | endrange   | (range,)                  | -                                 |
 | acc        | -                         | initial value (a variable; every lane of a vector acc) |
 | acc_update | (acc, value)              | -  (acc = value)                  |
-| load       | (param, index[, valid])   | -  (valid false -> reads 0)       |
+| load       | (param, index[, valid])   | -  (valid false -> reads 0); for a vector: None, or a stride s: lane i reads index + i*s |
 | store      | (param, index, value)     | -                                 |
 | gather     | (param, index vector[, valid]) | - (a vector load from lane-wise indexes) |
 | scatter    | (param, index vector, value)   | -                                 |

@@ -164,6 +164,13 @@ def choose_options(nest: LoopNest, ast: KernelOp, vector_width: int = 1) -> Kern
                 break
         if len(opts.upcast) == 2 or budget < 2:
             break
+    if reducing and vdim is not None and vdim < nest.n_output:
+        # spare accumulators go to more vectors along the lane dim
+        for f in (4, 2):
+            if budget // f >= 1 and nest.shape[vdim] % (width * f) == 0:
+                opts.upcast.append((vdim, f))
+                budget //= f
+                break
     last = len(nest.shape) - 1
     if reducing and last != vdim and nest.shape[last] % 4 == 0 and nest.shape[last] > 4 and len(opts.upcast) < 2:
         opts.unroll = (last, 4)
@@ -213,7 +220,13 @@ class Lowerer:
 
     # --- emitting with lanes ---------------------------------------------------------------------
     def alu(self, op: str, dtype, srcs, arg=None) -> UOp:
-        """An ALU op; scalar operands of a vector op are broadcast to its lanes."""
+        """An ALU op; scalar operands of a vector op are broadcast to its lanes. x*1 and x+0 fold away."""
+        if op in ("mul", "add") and len(srcs) == 2:
+            unit = 1 if op == "mul" else 0
+            for keep, other in ((srcs[0], srcs[1]), (srcs[1], srcs[0])):
+                if other.op == "const" and other.arg == unit and other.dtype == dtype and keep.dtype == dtype \
+                        and not (dtype.is_float and op == "add"):  # -0.0 + 0.0 is 0.0: keep float adds
+                    return keep
         vec = max(s.vec for s in srcs)
         srcs = tuple(self.broadcast(s, vec) for s in srcs)
         return self.e.emit(op, dtype, srcs, arg, vec=vec)
@@ -260,7 +273,7 @@ class Lowerer:
             return u
         return self.alu("cmpne", dt.bool_, (u, self.const(0, u.dtype)))
 
-    def _memory_access(self, param: UOp, index, valid, vars_uop) -> tuple:
+    def _memory_access(self, param: UOp, index, valid, vars_uop, is_store: bool = False) -> tuple:
         """(op, srcs, vec) for reading or writing `index`: a scalar access, `vec` consecutive lanes
         from the lane-0 index, or a gather/scatter with one index per lane."""
         has_lane = any(v.name == "lane" for v in index.variables())
@@ -270,9 +283,13 @@ class Lowerer:
                 return "gather", (param, self.broadcast(self._node_uop(index, vars_uop), self.width), *valid_srcs), \
                     self.width
             return "load", (param, self._node_uop(index, vars_uop), *valid_srcs), 1
-        if _lane_stride(index, "lane") == 1:
+        stride = _lane_stride(index, "lane")
+        if stride == 1:
             base = self._node_uop(index.substitute({"lane": 0}), vars_uop)
             return "load", (param, base, *valid_srcs), self.width
+        if stride in (2, 3, 4) and not is_store:  # a wider contiguous load, every stride-th element kept
+            base = self._node_uop(index.substitute({"lane": 0}), vars_uop)
+            return ("load", stride), (param, base, *valid_srcs), self.width
         return "gather", (param, self._node_uop(index, vars_uop), *valid_srcs), self.width
 
     # --- values ----------------------------------------------------------------------------------
@@ -295,7 +312,8 @@ class Lowerer:
                 out = self.const(_zero(cdt), cdt)
             else:
                 op, srcs, vec = self._memory_access(self.params[node.arg[0]], index, valid, vars_uop)
-                out = e.emit(op, node.dtype, srcs, vec=vec)
+                op, arg = op if isinstance(op, tuple) else (op, None)
+                out = e.emit(op, node.dtype, srcs, arg, vec=vec)
                 if cdt != node.dtype:
                     out = self.alu("cast", cdt, (out,), node.dtype)
         elif node.op == "const":
@@ -334,15 +352,15 @@ class Lowerer:
             vars_uop["lane"] = e.emit("lanes", dt.int32, (), None, vec=width)
 
         def split(d, var, factor):
-            """The index of dim d: its loop variable, times the tile, plus a tile offset or the lane."""
+            """The index of dim d: its loop variable, times the tile, plus a tile offset (and the lane)."""
             if d == vdim:
-                return lambda k: var * width + lane
+                return lambda k: var * (width * factor) + k * width + lane
             return lambda k: var * factor + k if factor > 1 else var
 
         # global ranges over output dims (an upcast or vector dim loops over its tiles)
         global_sizes, out_index = [], {}
         for d in range(nest.n_output):
-            factor = width if d == vdim else upcast.get(d, 1)
+            factor = (width if d == vdim else 1) * upcast.get(d, 1)
             size = nest.shape[d] // factor
             vars_uop[f"g{d}"] = e.emit("range", dt.int32, (), (f"g{d}", size, "global"), pure=False)
             global_sizes.append(size)
@@ -391,7 +409,7 @@ class Lowerer:
                 if value.dtype != out_dtype:
                     value = self.alu("cast", out_dtype, (value,), value.dtype)
                 index, _ = self._indexes(store, idx)
-                op, srcs, vec = self._memory_access(self.params[buffer_index], index, Num(1), vars_uop)
+                op, srcs, vec = self._memory_access(self.params[buffer_index], index, Num(1), vars_uop, is_store=True)
                 e.emit("store" if op == "load" else "scatter", None, (*srcs, self.broadcast(value, vec)), pure=False)
         for u in reversed([u for u in e.uops if u.op == "range" and u.arg[2] == "global"]):
             e.emit("endrange", None, (u,), pure=False)
