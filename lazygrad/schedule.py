@@ -208,7 +208,7 @@ class Scheduler:
                 items.append(ScheduleItem("copy", node, [node.srcs[0].base], None, "effect"))
             else:
                 items.append(self._kernel(node))
-        return _order_assigns(self._merge_outputs(items))
+        return _order_assigns(self._merge_siblings(self._merge_outputs(items)))
 
     def _merge_outputs(self, items: list) -> list:
         """Fold a kernel into the kernel that reads it when that reader is its only consumer and reads
@@ -227,6 +227,26 @@ class Scheduler:
                 merged_away.add(id(candidate))
                 item.__dict__.update(new.__dict__)
         return [item for item in items if id(item) not in merged_away]
+
+    def _merge_siblings(self, items: list) -> list:
+        """Put elementwise kernels that nothing else in the schedule reads, with outputs of one size, into
+        one kernel (a BatchNorm's running mean and variance updates, say). Such kernels are independent of
+        each other, and a kernel that nothing reads cannot close a cycle."""
+        needed = set().union(*_dependencies(items)) if items else set()
+        groups: dict = {}  # (device, size) -> item indexes
+        for i, item in enumerate(items):
+            if i in needed or item.kind != "kernel" or any(n.op == "reduce" for n in item.ast.walk()):
+                continue
+            groups.setdefault((item.output.device, item.output.size), []).append(i)
+        merged_away = set()
+        for group in groups.values():
+            if len(group) < 2:
+                continue
+            root = items[group[0]]
+            members = tuple(root.outputs[1:]) + tuple(o for j in group[1:] for o in items[j].outputs)
+            root.__dict__.update(self._kernel(root.output, members).__dict__)
+            merged_away.update(group[1:])
+        return [item for i, item in enumerate(items) if i not in merged_away]
 
     def _mergeable_input(self, item: ScheduleItem, by_output: dict, merged_away: set):
         size = item.output.size
@@ -255,9 +275,9 @@ class _Reschedule(Exception):
     pass
 
 
-def _order_assigns(items: list) -> list:
-    """Topological order of the items, where a kernel that reads a buffer also runs before the
-    assign that overwrites it."""
+def _dependencies(items: list) -> list:
+    """For each item, the items that must run before it: the producers of what it reads, and, for an
+    assign, every other kernel that reads the buffer it overwrites."""
     producer = {id(out): i for i, item in enumerate(items) for out in item.outputs}
     deps = [{producer[id(b)] for b in item.inputs if id(b) in producer} for item in items]
     for a, item in enumerate(items):
@@ -267,21 +287,32 @@ def _order_assigns(items: list) -> list:
             for r, other in enumerate(items):
                 if r != a and out.arg in other.inputs:
                     deps[a].add(r)
+    return deps
+
+
+def _order_assigns(items: list) -> list:
+    """Topological order of the items under `_dependencies`."""
+    deps = _dependencies(items)
     order, state = [], [0] * len(items)  # 0 new, 1 visiting, 2 done
-
-    def visit(i):
-        if state[i] == 2:
-            return
-        if state[i] == 1:
-            raise RuntimeError("schedule has a cycle: a value reads a buffer that an assign in the same step overwrites")
-        state[i] = 1
-        for j in sorted(deps[i]):
-            visit(j)
-        state[i] = 2
-        order.append(items[i])
-
-    for i in range(len(items)):
-        visit(i)
+    for start in range(len(items)):
+        stack = [start]
+        while stack:
+            i = stack[-1]
+            if state[i] == 2:
+                stack.pop()
+                continue
+            state[i] = 1
+            waiting = [j for j in sorted(deps[i]) if state[j] != 2]
+            for j in waiting:
+                if state[j] == 1:
+                    raise RuntimeError(
+                        "schedule has a cycle: a value reads a buffer that an assign in the same step overwrites")
+            if waiting:
+                stack.extend(reversed(waiting))
+                continue
+            state[i] = 2
+            order.append(items[i])
+            stack.pop()
     return order
 
 
