@@ -460,15 +460,16 @@ class LLVMKernel:
         self.fn = ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * nargs), ctypes.c_int32, ctypes.c_int32)(address)
         self.backend = backend
         self.outer = program.global_size[0] if program.global_size else 1
-        inner = math.prod(program.global_size[1:]) if program.global_size else 1
-        self.work = self.outer * inner
+        # loop iterations of the whole kernel: below a few tens of thousands, waking a second thread
+        # costs more than it saves
+        self.work = math.prod(u.arg[1] for u in program.uops if u.op == "range")
 
     def bind(self, buffers: list):
         """A launcher with the arguments fixed: `launch(wait) -> seconds or None` (JIT replays)."""
         ptrs = [b.ctypes.data for b in buffers]
         fn, pool = self.fn, self.backend.pool
         threads = min(self.backend.threads, self.outer)
-        if threads <= 1 or self.work < 4096:
+        if threads <= 1 or self.work < 32768:
             def run():
                 fn(*ptrs, 0, self.outer)
         else:
