@@ -35,6 +35,7 @@ class ScheduleItem:
     reason: str = ""
     outputs: list = field(default_factory=list)  # every base this item realizes
     fused: set = field(default_factory=set)  # ids of the unrealized bases computed inside the kernel
+    reduces: set = field(default_factory=set)  # ids of the reduce nodes among them (at most one)
 
     def __post_init__(self):
         if not self.outputs:
@@ -181,7 +182,8 @@ class Scheduler:
                 raise _Reschedule()
             stores.append(KernelOp("store", (value,), (index, store_st), out.dtype))
         sink = KernelOp("sink", tuple(stores))
-        return ScheduleItem("kernel", node, inputs, sink, self.realize.get(id(node), ""), outputs, self._fused)
+        reduces = {i for i in self._fused if self.by_id[i].op in REDUCE}
+        return ScheduleItem("kernel", node, inputs, sink, self.realize.get(id(node), ""), outputs, self._fused, reduces)
 
     def _assign_hazard(self, value: KernelOp, inputs: list, target: LazyBuffer) -> bool:
         if target not in inputs:
@@ -251,7 +253,7 @@ class Scheduler:
     def _mergeable_input(self, item: ScheduleItem, by_output: dict, merged_away: set):
         size = item.output.size
         group = {id(o) for o in item.outputs}
-        reduces = set().union(*(self._holds_reduce.get(id(o), set()) for o in item.outputs))
+        reduces = item.reduces  # a kernel holds at most one
         loads = {n.arg[0]: n.arg[1] for n in item.ast.walk() if n.op == "load"}
         for position, x in enumerate(item.inputs):
             producer = by_output.get(id(x))
@@ -264,7 +266,7 @@ class Scheduler:
                 continue
             if x.op in ("contiguous", "assign") and x.srcs[0].is_view:
                 continue
-            other = set().union(*(self._holds_reduce.get(id(o), set()) for o in producer.outputs))
+            other = producer.reduces
             if reduces and other and other != reduces:
                 continue
             return producer
