@@ -62,7 +62,9 @@ def get(name: str) -> Backend:
     if kind not in REGISTRY:
         raise BackendUnavailable(f"unknown backend {name!r}; lazygrad has: {_listing()}")
     if key in _failures:
-        raise BackendUnavailable(f"backend {name!r} is not available: {_failures[key]}\navailable backends: {_listing()}")
+        raise BackendUnavailable(
+            f"backend {name!r} is not available: {_failures[key]}\navailable backends: {_listing()}"
+        )
     try:
         module = importlib.import_module(REGISTRY[kind])
         backend = module.create(key)

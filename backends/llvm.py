@@ -26,8 +26,17 @@ from lazygrad import dtype as dt
 from lazygrad.codegen.ir import Program
 
 # --- rendering --------------------------------------------------------------------------------
-_MEM_TYPE = {"bool": "i8", "uint8": "i8", "int8": "i8", "int16": "i16", "int32": "i32", "int64": "i64",
-             "float16": "half", "float32": "float", "float64": "double"}
+_MEM_TYPE = {
+    "bool": "i8",
+    "uint8": "i8",
+    "int8": "i8",
+    "int16": "i16",
+    "int32": "i32",
+    "int64": "i64",
+    "float16": "half",
+    "float32": "float",
+    "float64": "double",
+}
 _REG_TYPE = dict(_MEM_TYPE, bool="i1")
 _INTRINSIC_SUFFIX = {"half": "f16", "float": "f32", "double": "f64"}
 
@@ -105,8 +114,9 @@ class _Renderer:
             return "<" + ", ".join(f"{_ty(d)} {value}" for _ in range(vec)) + ">"
         one, out = self.fresh("ins"), self.fresh("spl")
         self.emit(f"{one} = insertelement <{vec} x {_ty(d)}> poison, {_ty(d)} {value}, i32 0")
-        self.emit(f"{out} = shufflevector <{vec} x {_ty(d)}> {one}, <{vec} x {_ty(d)}> poison, "
-                  f"<{vec} x i32> zeroinitializer")
+        self.emit(
+            f"{out} = shufflevector <{vec} x {_ty(d)}> {one}, <{vec} x {_ty(d)}> poison, <{vec} x i32> zeroinitializer"
+        )
         return out
 
     def lane_mask(self, valid, vec: int) -> str:
@@ -247,8 +257,10 @@ class _Renderer:
             if stride > 1:  # lane i's mask bit at element i*stride; the elements between are not read
                 spread = self.fresh("mask")
                 picks = ", ".join(f"i32 {j // stride if j % stride == 0 else u.vec}" for j in range(wide))
-                self.emit(f"{spread} = shufflevector <{u.vec} x i1> {mask}, <{u.vec} x i1> zeroinitializer, "
-                          f"<{wide} x i32> <{picks}>")
+                self.emit(
+                    f"{spread} = shufflevector <{u.vec} x i1> {mask}, <{u.vec} x i1> zeroinitializer, "
+                    f"<{wide} x i32> <{picks}>"
+                )
                 mask = spread
             self.emit(f"{raw} = call {mt} {fn}(ptr {ptr}, i32 {align}, <{wide} x i1> {mask}, {mt} zeroinitializer)")
         if stride > 1:
@@ -260,8 +272,10 @@ class _Renderer:
 
     def _pointers(self, buf, index) -> str:
         ptrs = self.fresh("ps")
-        self.emit(f"{ptrs} = getelementptr {_mem_ty(buf.dtype)}, ptr {self.names[buf.id]}, "
-                  f"<{index.vec} x i32> {self.val(index)}")
+        self.emit(
+            f"{ptrs} = getelementptr {_mem_ty(buf.dtype)}, ptr {self.names[buf.id]}, "
+            f"<{index.vec} x i32> {self.val(index)}"
+        )
         return ptrs
 
     def render_gather(self, u):
@@ -272,8 +286,10 @@ class _Renderer:
         self.declare(f"declare {mt} {fn}(<{vec} x ptr>, i32, <{vec} x i1>, {mt})")
         ptrs, raw = self._pointers(buf, index), self.fresh("g")
         mask = self.lane_mask(valid, vec)
-        self.emit(f"{raw} = call {mt} {fn}(<{vec} x ptr> {ptrs}, i32 {u.dtype.itemsize}, <{vec} x i1> {mask}, "
-                  f"{mt} zeroinitializer)")
+        self.emit(
+            f"{raw} = call {mt} {fn}(<{vec} x ptr> {ptrs}, i32 {u.dtype.itemsize}, <{vec} x i1> {mask}, "
+            f"{mt} zeroinitializer)"
+        )
         self.names[u.id] = self._from_memory(raw, u.dtype, vec)
 
     def render_vector_store(self, u):
@@ -290,8 +306,10 @@ class _Renderer:
         self.declare(f"declare void {fn}({mt}, <{vec} x ptr>, i32, <{vec} x i1>)")
         ptrs = self._pointers(buf, index)
         v = self._to_memory(self.val(value), buf.dtype, vec)
-        self.emit(f"call void {fn}({mt} {v}, <{vec} x ptr> {ptrs}, i32 {buf.dtype.itemsize}, "
-                  f"<{vec} x i1> {self.lane_mask(None, vec)})")
+        self.emit(
+            f"call void {fn}({mt} {v}, <{vec} x ptr> {ptrs}, i32 {buf.dtype.itemsize}, "
+            f"<{vec} x i1> {self.lane_mask(None, vec)})"
+        )
 
     def render_hreduce(self, u) -> str:
         (src,) = u.srcs
@@ -416,8 +434,10 @@ def _compile_failure(name: str, source: str, error: str, max_lines: int = 12) ->
     lines = [line for line in error.strip().splitlines() if line.strip()]
     head = "\n".join("  " + line for line in lines[:max_lines])
     more = f"\n  ... ({len(lines) - max_lines} more lines)" if len(lines) > max_lines else ""
-    return (f"LLVM could not compile kernel {name}; {saved}\n{head}{more}\n"
-            "This is a bug in lazygrad's code generator: please report it with that file.")
+    return (
+        f"LLVM could not compile kernel {name}; {saved}\n{head}{more}\n"
+        "This is a bug in lazygrad's code generator: please report it with that file."
+    )
 
 
 class _LLVMCompiler:
@@ -470,6 +490,7 @@ class LLVMKernel:
         fn, pool = self.fn, self.backend.pool
         threads = min(self.backend.threads, self.outer)
         if threads <= 1 or self.work < 32768:
+
             def run():
                 fn(*ptrs, 0, self.outer)
         else:

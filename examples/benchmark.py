@@ -195,19 +195,27 @@ def main():
         print(json.dumps(result, indent=2))
         return
     lg_ms = result["lazygrad_ms"]
-    print(f"ResNet-18 training step, {args.batch_size}x3x{args.image_size}x{args.image_size}, "
-          f"lazygrad on {result['backend']}")
-    print(f"  lazygrad (jit)  median {lg_ms['median']:8.1f} ms  (min {lg_ms['min']:.1f}, max {lg_ms['max']:.1f}, "
-          f"n={lg_ms['n']})  {result['lazygrad_gflops']:.1f} GFLOP/s")
+    print(
+        f"ResNet-18 training step, {args.batch_size}x3x{args.image_size}x{args.image_size}, "
+        f"lazygrad on {result['backend']}"
+    )
+    print(
+        f"  lazygrad (jit)  median {lg_ms['median']:8.1f} ms  (min {lg_ms['min']:.1f}, max {lg_ms['max']:.1f}, "
+        f"n={lg_ms['n']})  {result['lazygrad_gflops']:.1f} GFLOP/s"
+    )
     if "torch_ms" in result:
         th = result["torch_ms"]
         print(f"  PyTorch (eager) median {th['median']:8.1f} ms  (min {th['min']:.1f}, max {th['max']:.1f})")
         print(f"  ratio lazygrad/PyTorch: {result['ratio']:.2f}")
-    print(f"  first step {result['first_step_s']:.2f} s ({result['compiled']} kernels compiled in "
-          f"{result['compile_s']:.2f} s); {result['kernels_per_step']} kernels per step")
+    print(
+        f"  first step {result['first_step_s']:.2f} s ({result['compiled']} kernels compiled in "
+        f"{result['compile_s']:.2f} s); {result['kernels_per_step']} kernels per step"
+    )
     if args.first_step:
-        print(f"  new process, empty cache: first step {result['cold_first_step_s']:.2f} s; "
-              f"warm cache: {result['warm_first_step_s']:.2f} s")
+        print(
+            f"  new process, empty cache: first step {result['cold_first_step_s']:.2f} s; "
+            f"warm cache: {result['warm_first_step_s']:.2f} s"
+        )
     np.set_printoptions()
 
 

@@ -77,5 +77,26 @@ def __getattr__(name):
     raise AttributeError(f"module 'lazygrad' has no attribute {name!r}")
 
 
-__all__ = ["Tensor", "Device", "DType", "dtypes", "no_grad", "enable_grad", "is_grad_enabled", "profile", "realize",
-           "manual_seed", "grad", "jit", "bool_", "float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8"]
+__all__ = [
+    "Tensor",
+    "Device",
+    "DType",
+    "dtypes",
+    "no_grad",
+    "enable_grad",
+    "is_grad_enabled",
+    "profile",
+    "realize",
+    "manual_seed",
+    "grad",
+    "jit",
+    "bool_",
+    "float16",
+    "float32",
+    "float64",
+    "int8",
+    "int16",
+    "int32",
+    "int64",
+    "uint8",
+]

@@ -201,11 +201,29 @@ def _copy(c, g):
 
 
 RULES = {
-    "exp2": _exp2, "log2": _log2, "sin": _sin, "sqrt": _sqrt, "recip": _recip, "neg": _neg, "cast": _cast,
-    "add": _add, "mul": _mul, "max": _max, "where": _where,
-    "sum": _sum, "rmax": _rmax,
-    "reshape": _reshape, "permute": _permute, "expand": _expand, "pad": _pad, "shrink": _shrink, "flip": _flip, "window": _window,
-    "contiguous": _identity, "copy": _copy, "composite": _composite,
+    "exp2": _exp2,
+    "log2": _log2,
+    "sin": _sin,
+    "sqrt": _sqrt,
+    "recip": _recip,
+    "neg": _neg,
+    "cast": _cast,
+    "add": _add,
+    "mul": _mul,
+    "max": _max,
+    "where": _where,
+    "sum": _sum,
+    "rmax": _rmax,
+    "reshape": _reshape,
+    "permute": _permute,
+    "expand": _expand,
+    "pad": _pad,
+    "shrink": _shrink,
+    "flip": _flip,
+    "window": _window,
+    "contiguous": _identity,
+    "copy": _copy,
+    "composite": _composite,
 }
 # no gradient: comparisons, integer and bitwise ops, bitcast
 

@@ -35,8 +35,11 @@ def _disable(reason: str):
     global _disabled_reason
     if _disabled_reason is None:
         _disabled_reason = reason
-        warnings.warn(f"lazygrad: disk cache disabled ({reason}); kernels will be compiled in every process",
-                      RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            f"lazygrad: disk cache disabled ({reason}); kernels will be compiled in every process",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
 
 def _path(directory: str, key: str) -> str:
@@ -57,8 +60,9 @@ def get(key: str) -> bytes | None:
         return None
     if len(blob) >= 36 and blob[:4] == _MAGIC and hashlib.sha256(blob[36:]).digest() == blob[4:36]:
         return blob[36:]
-    warnings.warn(f"lazygrad: discarded a corrupted kernel cache entry {path}; rebuilding it", RuntimeWarning,
-                  stacklevel=2)
+    warnings.warn(
+        f"lazygrad: discarded a corrupted kernel cache entry {path}; rebuilding it", RuntimeWarning, stacklevel=2
+    )
     try:
         os.unlink(path)
     except OSError:

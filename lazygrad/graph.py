@@ -31,8 +31,17 @@ COMPARISONS = {"cmplt", "cmpne"}
 class LazyBuffer:
     _cache: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 
-    def __init__(self, device: str, st: ShapeTracker, dtype: DType, op: str, srcs: tuple = (), arg=None,
-                 base: LazyBuffer | None = None, movement: tuple = ()):
+    def __init__(
+        self,
+        device: str,
+        st: ShapeTracker,
+        dtype: DType,
+        op: str,
+        srcs: tuple = (),
+        arg=None,
+        base: LazyBuffer | None = None,
+        movement: tuple = (),
+    ):
         self.device, self.st, self.dtype = device, st, dtype
         self.op, self.srcs, self.arg = op, srcs, arg
         self._base = base  # None for a base
@@ -96,7 +105,9 @@ class LazyBuffer:
     def from_host(array, device) -> LazyBuffer:
         from lazygrad.dtype import from_numpy_dtype
 
-        return LazyBuffer(device, ShapeTracker.contiguous(array.shape), from_numpy_dtype(array.dtype), "host", (), array)
+        return LazyBuffer(
+            device, ShapeTracker.contiguous(array.shape), from_numpy_dtype(array.dtype), "host", (), array
+        )
 
     @staticmethod
     def from_buffer(buffer, shape, dtype, device) -> LazyBuffer:
@@ -130,7 +141,9 @@ class LazyBuffer:
             return self
         if new_st.shape == self.base.shape and new_st.contiguous_view and self.base.st.contiguous_view:
             return self.base
-        return LazyBuffer(self.device, new_st, self.dtype, "view", base=self.base, movement=self.movement + ((op, arg),))
+        return LazyBuffer(
+            self.device, new_st, self.dtype, "view", base=self.base, movement=self.movement + ((op, arg),)
+        )
 
     def reshape(self, shape):
         return self if tuple(shape) == self.shape else self._view("reshape", tuple(shape))

@@ -44,17 +44,22 @@ class _Pool:
         backend = backend_for(device)
         try:
             return backend.allocate(nbytes)
-        except MemoryError:
-            self.release_all()
-        except Exception as e:  # a device's own out-of-memory error
-            if "memory" not in str(e).lower() and "MEM" not in str(e):
-                raise
+        except Exception as e:
+            if not _is_out_of_memory(e):  # a size the device never allocates, a lost device, ...
+                hint = " (more than this device allows in one buffer)" if "INVALID_BUFFER_SIZE" in str(e) else ""
+                raise RuntimeError(
+                    f"{device}: could not allocate a buffer of {_size(nbytes)}{hint}: {type(e).__name__}: {e}"
+                ) from e
             self.release_all()
         try:
             return backend.allocate(nbytes)
         except Exception as e:
-            raise MemoryError(f"out of memory on {device}: could not allocate {nbytes} bytes "
-                              f"(after freeing the buffer pool): {e}") from e
+            raise MemoryError(
+                f"out of memory on {device}: could not allocate {_size(nbytes)}, even after freeing "
+                f"the buffer pool; live tensors hold {_size(Buffer.live_bytes)} on all devices. "
+                f"Free tensors you no longer need or make the batch smaller. "
+                f"({type(e).__name__}: {e})"
+            ) from e
 
     def give_back(self, device: str, nbytes: int, handle):
         self.free.setdefault((device, nbytes), []).append(handle)
@@ -70,6 +75,21 @@ class _Pool:
 
 
 POOL = _Pool()
+
+
+def _is_out_of_memory(error: Exception) -> bool:
+    """Python's MemoryError (numpy), or a device's own (OpenCL: MEM_OBJECT_ALLOCATION_FAILURE, OUT_OF_*)."""
+    text = str(error).upper().replace(" ", "_")
+    return isinstance(error, MemoryError) or any(
+        code in text for code in ("OUT_OF_MEMORY", "MEM_OBJECT_ALLOCATION_FAILURE", "OUT_OF_RESOURCES", "OUT_OF_HOST")
+    )
+
+
+def _size(nbytes: int) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if nbytes >= scale:
+            return f"{nbytes} bytes ({nbytes / scale:.1f} {unit})"
+    return f"{nbytes} bytes"
 
 
 class Buffer:
@@ -123,8 +143,10 @@ class Profile:
             gbs = k.bytes / k.seconds / 1e9 if k.seconds else 0
             rows.append(f"{k.name:<40} {k.seconds * 1e3:9.3f} {gflops:9.2f} {gbs:8.2f}")
         total = sum(k.seconds for k in self.launches)
-        rows.append(f"{self.kernels} kernels ({total * 1e3:.2f} ms), {self.copies} copies, "
-                    f"{self.compiled} compiled ({self.compile_seconds:.2f} s)")
+        rows.append(
+            f"{self.kernels} kernels ({total * 1e3:.2f} ms), {self.copies} copies, "
+            f"{self.compiled} compiled ({self.compile_seconds:.2f} s)"
+        )
         return "\n".join(rows)
 
 
@@ -252,8 +274,11 @@ def _run_item(item: ScheduleItem):
         return
     if item.kind == "copy":
         if CAPTURES:
-            warnings.warn("lazygrad.jit: a copy between devices inside a jitted function is not replayed",
-                          RuntimeWarning, stacklevel=3)
+            warnings.warn(
+                "lazygrad.jit: a copy between devices inside a jitted function is not replayed",
+                RuntimeWarning,
+                stacklevel=3,
+            )
         data = item.inputs[0].buffer.to_numpy()
         node.buffer = Buffer(node.device, node.size, node.dtype)
         node.buffer.copy_in(data)
@@ -263,7 +288,9 @@ def _run_item(item: ScheduleItem):
         for out in item.outputs:
             out.buffer = Buffer(out.device, 0, out.dtype)
         return
-    outputs = [out.arg.buffer if out.op == "assign" else Buffer(out.device, out.size, out.dtype) for out in item.outputs]
+    outputs = [
+        out.arg.buffer if out.op == "assign" else Buffer(out.device, out.size, out.dtype) for out in item.outputs
+    ]
     buffers = outputs + [b.buffer for b in item.inputs]
     for b in item.inputs:
         if b.device != node.device:

@@ -52,8 +52,13 @@ class Scheduler:
             self._collect()
             # a lazy value that reads a buffer an assign here overwrites must be computed now, from the old data
             collected = {id(n) for n in self.nodes}
-            stale_readers = [r for n in self.nodes if n.op == "assign" for r in n.arg.readers
-                             if r.buffer is None and id(r) not in collected and not (r.op == "assign" and r.arg is n.arg)]
+            stale_readers = [
+                r
+                for n in self.nodes
+                if n.op == "assign"
+                for r in n.arg.readers
+                if r.buffer is None and id(r) not in collected and not (r.op == "assign" and r.arg is n.arg)
+            ]
             if not stale_readers:
                 break
             self.targets += stale_readers
@@ -133,7 +138,9 @@ class Scheduler:
         if node.op == "const":
             st = ShapeTracker.contiguous(node.shape).apply(movement)
             return KernelOp("const", (), (node.arg, st), node.dtype)
-        if node is not root and (node.buffer is not None or (id(node) in self.realize and id(node) not in self._inline)):
+        if node is not root and (
+            node.buffer is not None or (id(node) in self.realize and id(node) not in self._inline)
+        ):
             if node not in inputs:
                 inputs.append(node)
             st = ShapeTracker.contiguous(node.shape).apply(movement)
@@ -308,7 +315,8 @@ def _order_assigns(items: list) -> list:
             for j in waiting:
                 if state[j] == 1:
                     raise RuntimeError(
-                        "schedule has a cycle: a value reads a buffer that an assign in the same step overwrites")
+                        "schedule has a cycle: a value reads a buffer that an assign in the same step overwrites"
+                    )
             if waiting:
                 stack.extend(reversed(waiting))
                 continue

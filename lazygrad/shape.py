@@ -37,7 +37,11 @@ class View:
     @staticmethod
     def create(shape, strides=None, offset=0, mask=None) -> View:
         shape = tuple(int(s) for s in shape)
-        strides = contiguous_strides(shape) if strides is None else tuple(0 if s == 1 else st for s, st in zip(shape, strides))
+        strides = (
+            contiguous_strides(shape)
+            if strides is None
+            else tuple(0 if s == 1 else st for s, st in zip(shape, strides))
+        )
         if mask is not None:
             mask = tuple((int(a), int(b)) for a, b in mask)
             if any(b <= a for a, b in mask):  # nothing is real: everything reads 0
@@ -62,9 +66,16 @@ class View:
     def expand(self, new_shape) -> View:
         mask = None
         if self.mask is not None:
-            mask = [m if s == ns else ((0, ns) if m != (0, 0) else (0, 0)) for m, s, ns in zip(self.mask, self.shape, new_shape)]
-        return View.create(new_shape, [st if s == ns else 0 for st, s, ns in zip(self.strides, self.shape, new_shape)],
-                           self.offset, mask)
+            mask = [
+                m if s == ns else ((0, ns) if m != (0, 0) else (0, 0))
+                for m, s, ns in zip(self.mask, self.shape, new_shape)
+            ]
+        return View.create(
+            new_shape,
+            [st if s == ns else 0 for st, s, ns in zip(self.strides, self.shape, new_shape)],
+            self.offset,
+            mask,
+        )
 
     def shrink(self, arg) -> View:
         offset = self.offset + sum(a * st for (a, _), st in zip(arg, self.strides))
@@ -103,7 +114,9 @@ class View:
             return View.create(new_shape)
         # only size-1 dims added or removed: keep strides and mask of the real dims
         if [s for s in self.shape if s != 1] == [s for s in new_shape if s != 1]:
-            real = [(st, m) for s, st, m in zip(self.shape, self.strides, self.mask or [None] * len(self.shape)) if s != 1]
+            real = [
+                (st, m) for s, st, m in zip(self.shape, self.strides, self.mask or [None] * len(self.shape)) if s != 1
+            ]
             if self.mask is not None and any(m != (0, 1) for s, m in zip(self.shape, self.mask) if s == 1):
                 return None
             it = iter(real)
@@ -300,7 +313,9 @@ def merge_dims_plan(shape: tuple, trackers: list, reduce_axes: set = frozenset()
     for d in range(1, len(shape)):
         prev = groups[-1][-1]
         ok = (prev in reduce_axes) == (d in reduce_axes) and all(
-            len(t.views) == 1 and t.views[0].mask is None and t.views[0].strides[prev] == t.views[0].strides[d] * shape[d]
+            len(t.views) == 1
+            and t.views[0].mask is None
+            and t.views[0].strides[prev] == t.views[0].strides[d] * shape[d]
             for t in trackers
         )
         if ok:

@@ -358,8 +358,17 @@ def div(a: Node, b: int) -> Node:
         g = functools.reduce(math.gcd, [_coefficient(t)[1] if not isinstance(t, Num) else t.value for t in a.terms])
         g = math.gcd(g, b)
         if g > 1:
-            return div(sum_of([mul(_coefficient(t)[0], _coefficient(t)[1] // g) if not isinstance(t, Num)
-                               else Num(t.value // g) for t in a.terms]), b // g)
+            return div(
+                sum_of(
+                    [
+                        mul(_coefficient(t)[0], _coefficient(t)[1] // g)
+                        if not isinstance(t, Num)
+                        else Num(t.value // g)
+                        for t in a.terms
+                    ]
+                ),
+                b // g,
+            )
     return DivNode(a, b)
 
 
@@ -397,8 +406,12 @@ def mod(a: Node, b: int) -> Node:
         coefs = [_coefficient(t)[1] if not isinstance(t, Num) else t.value for t in a.terms]
         g = math.gcd(functools.reduce(math.gcd, coefs), b)
         if g > 1:
-            inner = sum_of([mul(_coefficient(t)[0], _coefficient(t)[1] // g) if not isinstance(t, Num)
-                            else Num(t.value // g) for t in a.terms])
+            inner = sum_of(
+                [
+                    mul(_coefficient(t)[0], _coefficient(t)[1] // g) if not isinstance(t, Num) else Num(t.value // g)
+                    for t in a.terms
+                ]
+            )
             return mul(mod(inner, b // g), g)
     return ModNode(a, b)
 

@@ -8,11 +8,11 @@ each UOp's `srcs` refer to earlier UOps. Indexes are int32.
 | ---------- | ------------------------- | --------------------------------- |
 | param      | -                         | (buffer index, is_output)          |
 | const      | -                         | Python value                      |
-| range      | -                         | (name, size, kind)  kind: "global" (parallel; the first one is split across threads/work-items) or "loop" |
+| range      | -                         | (name, size, kind), kind "global" or "loop" (1) |
 | endrange   | (range,)                  | -                                 |
 | acc        | -                         | initial value (a variable; every lane of a vector acc) |
 | acc_update | (acc, value)              | -  (acc = value)                  |
-| load       | (param, index[, valid])   | -  (valid false -> reads 0); for a vector: None, or a stride s: lane i reads index + i*s |
+| load       | (param, index[, valid])   | None; or for a vector a stride s (2) |
 | store      | (param, index, value)     | -                                 |
 | gather     | (param, index vector[, valid]) | - (a vector load from lane-wise indexes) |
 | scatter    | (param, index vector, value)   | -                                 |
@@ -20,6 +20,9 @@ each UOp's `srcs` refer to earlier UOps. Indexes are int32.
 | broadcast  | (scalar,)                 | - (the scalar in every lane)       |
 | hreduce    | (vector,)                 | "add" or "max": the lanes combined into a scalar |
 | alu ops    | operands                  | cast/bitcast: source dtype         |
+
+(1) "global" ranges are parallel (the first is split across threads or work-items); "loop" ranges
+run in order. (2) valid false reads 0; a vector load with stride s reads index + i*s in lane i.
 
 alu ops: exp2 log2 sin sqrt recip neg cast bitcast add mul max cmplt cmpne idiv mod and or xor
 shl shr where. A `range` UOp is also the loop variable's value; an `acc` UOp read as an operand is

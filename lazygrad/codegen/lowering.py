@@ -132,16 +132,29 @@ def choose_options(nest: LoopNest, ast: KernelOp, vector_width: int = 1) -> Kern
     loads, store = dim_strides(nest, ast)
     width = vector_width
     if width > 1:
+
         def contiguous_loads(d):
             return sum(1 for ld in loads if ld[d] == 1)
 
-        out_dims = [d for d in range(nest.n_output) if store[d] == 1 and nest.shape[d] % width == 0
-                    and all(ld[d] is not None for ld in loads)]
-        red_dims = [d for d in nest.reduce_dims if nest.shape[d] % width == 0 and contiguous_loads(d) > 0
-                    and all(ld[d] is not None for ld in loads)]
+        out_dims = [
+            d
+            for d in range(nest.n_output)
+            if store[d] == 1 and nest.shape[d] % width == 0 and all(ld[d] is not None for ld in loads)
+        ]
+        red_dims = [
+            d
+            for d in nest.reduce_dims
+            if nest.shape[d] % width == 0 and contiguous_loads(d) > 0 and all(ld[d] is not None for ld in loads)
+        ]
         # an output dim that some input reads contiguously; the store then scatters its lanes
-        scatter_dims = [d for d in range(nest.n_output) if nest.shape[d] % width == 0 and contiguous_loads(d) > 0
-                        and all(ld[d] is not None for ld in loads) and store[d] is not None]
+        scatter_dims = [
+            d
+            for d in range(nest.n_output)
+            if nest.shape[d] % width == 0
+            and contiguous_loads(d) > 0
+            and all(ld[d] is not None for ld in loads)
+            and store[d] is not None
+        ]
         if out_dims:
             opts.vector = (max(out_dims, key=contiguous_loads), width)
         elif scatter_dims and nest.n_output < len(nest.shape):
@@ -154,8 +167,9 @@ def choose_options(nest: LoopNest, ast: KernelOp, vector_width: int = 1) -> Kern
     reducing = nest.n_output < len(nest.shape)
     budget = 16 if reducing else 4
     # prefer tiling dims along which some load does not move (its value is reused across the tile)
-    candidates = sorted((d for d in range(nest.n_output) if d != vdim),
-                        key=lambda d: (-sum(1 for ld in loads if ld[d] == 0), -d))
+    candidates = sorted(
+        (d for d in range(nest.n_output) if d != vdim), key=lambda d: (-sum(1 for ld in loads if ld[d] == 0), -d)
+    )
     for d in candidates:
         for f in (4, 2):
             if nest.shape[d] % f == 0 and nest.shape[d] > f and budget // f >= 1:
@@ -209,8 +223,14 @@ def _compute_dtype(d: dt.DType) -> dt.DType:
 
 
 class Lowerer:
-    def __init__(self, ast: KernelOp, buffer_dtypes: tuple, name: str, options: KernelOptions | None = None,
-                 vector_width: int = 1):
+    def __init__(
+        self,
+        ast: KernelOp,
+        buffer_dtypes: tuple,
+        name: str,
+        options: KernelOptions | None = None,
+        vector_width: int = 1,
+    ):
         self.ast, self.buffer_dtypes, self.name = ast, buffer_dtypes, name
         self.nest = build_loop_nest(ast)
         self.opts = options if options is not None else choose_options(self.nest, ast, vector_width)
@@ -224,8 +244,13 @@ class Lowerer:
         if op in ("mul", "add") and len(srcs) == 2:
             unit = 1 if op == "mul" else 0
             for keep, other in ((srcs[0], srcs[1]), (srcs[1], srcs[0])):
-                if other.op == "const" and other.arg == unit and other.dtype == dtype and keep.dtype == dtype \
-                        and not (dtype.is_float and op == "add"):  # -0.0 + 0.0 is 0.0: keep float adds
+                if (
+                    other.op == "const"
+                    and other.arg == unit
+                    and other.dtype == dtype
+                    and keep.dtype == dtype
+                    and not (dtype.is_float and op == "add")
+                ):  # -0.0 + 0.0 is 0.0: keep float adds
                     return keep
         vec = max(s.vec for s in srcs)
         srcs = tuple(self.broadcast(s, vec) for s in srcs)
@@ -280,8 +305,11 @@ class Lowerer:
         valid_srcs = () if isinstance(valid, Num) and valid.value == 1 else (self._node_uop(valid, vars_uop),)
         if not has_lane:
             if valid_srcs and valid_srcs[0].vec > 1:  # lanes differ only in validity
-                return "gather", (param, self.broadcast(self._node_uop(index, vars_uop), self.width), *valid_srcs), \
-                    self.width
+                return (
+                    "gather",
+                    (param, self.broadcast(self._node_uop(index, vars_uop), self.width), *valid_srcs),
+                    self.width,
+                )
             return "load", (param, self._node_uop(index, vars_uop), *valid_srcs), 1
         stride = _lane_stride(index, "lane")
         if stride == 1:
@@ -322,12 +350,18 @@ class Lowerer:
             out = self.const(value, cdt)
             if not (isinstance(valid, Num) and valid.value == 1):
                 zero = self.const(_zero(cdt), cdt)
-                out = zero if isinstance(valid, Num) else self.alu("where", cdt, (self._node_uop(valid, vars_uop), out,
-                                                                                   zero))
+                out = (
+                    zero
+                    if isinstance(valid, Num)
+                    else self.alu("where", cdt, (self._node_uop(valid, vars_uop), out, zero))
+                )
         elif node.op == "valid":
             _, valid = self._indexes(node, idx_nodes)
-            out = self.const(bool(valid.value), dt.bool_) if isinstance(valid, Num) else self._as_bool(
-                self._node_uop(valid, vars_uop))
+            out = (
+                self.const(bool(valid.value), dt.bool_)
+                if isinstance(valid, Num)
+                else self._as_bool(self._node_uop(valid, vars_uop))
+            )
         else:
             srcs = tuple(self._value(s, idx_nodes, vars_uop, memo, acc_value) for s in node.srcs)
             if node.op in ("cast", "bitcast"):
@@ -342,7 +376,9 @@ class Lowerer:
     def lower(self) -> Program:
         e, nest = self.e, self.nest
         stores = stores_of(self.ast)
-        self.params = [e.emit("param", d, (), (i, i < len(stores)), pure=False) for i, d in enumerate(self.buffer_dtypes)]
+        self.params = [
+            e.emit("param", d, (), (i, i < len(stores)), pure=False) for i, d in enumerate(self.buffer_dtypes)
+        ]
         upcast = dict(self.opts.upcast)
         unroll_dim, unroll = self.opts.unroll or (None, 1)
         vdim, width = self.opts.vector or (None, 1)
@@ -377,8 +413,7 @@ class Lowerer:
             red_op = self.reduce.arg[0]
             acc_dtype = _compute_dtype(self.reduce.dtype)
             for combo in out_combos:
-                accs[combo] = e.emit("acc", acc_dtype, (), _reduce_identity(red_op, acc_dtype), pure=False,
-                                     vec=acc_vec)
+                accs[combo] = e.emit("acc", acc_dtype, (), _reduce_identity(red_op, acc_dtype), pure=False, vec=acc_vec)
             ranges, red_index = [], {}
             for d in nest.reduce_dims:
                 factor = width if d == vdim else (unroll if d == unroll_dim else 1)
@@ -431,6 +466,7 @@ def _reduce_identity(op: str, d: dt.DType):
     return 0 if d.kind == "u" else -(2 ** (bits - 1))
 
 
-def lower(ast: KernelOp, buffer_dtypes: tuple, name: str, options: KernelOptions | None = None,
-          vector_width: int = 1) -> Program:
+def lower(
+    ast: KernelOp, buffer_dtypes: tuple, name: str, options: KernelOptions | None = None, vector_width: int = 1
+) -> Program:
     return Lowerer(ast, buffer_dtypes, name, options, vector_width).lower()
