@@ -325,7 +325,8 @@ def _release_graph(node: LazyBuffer):
 
 
 def realize(lazybuffers: list) -> None:
-    pending = [lb for lb in lazybuffers if not lb.realized]
+    # a constant needs no memory (kernels inline it), and its node is shared by every equal constant
+    pending = [lb for lb in lazybuffers if not lb.realized and lb.base.op != "const"]
     if not pending:
         return
     run_schedule(create_schedule(pending))
@@ -333,7 +334,7 @@ def realize(lazybuffers: list) -> None:
 
 def to_numpy(lb: LazyBuffer) -> np.ndarray:
     """The values of a LazyBuffer (any view) as a numpy array; counts as a copy."""
-    if lb.is_view and not (lb.st.contiguous_view and lb.size == lb.base.size):
+    if lb.base.op == "const" or (lb.is_view and not (lb.st.contiguous_view and lb.size == lb.base.size)):
         lb = lb.contiguous()
     realize([lb])
     base = lb.base

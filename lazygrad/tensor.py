@@ -57,6 +57,10 @@ def _broadcast_shape(*shapes) -> tuple:
 class Tensor:
     __slots__ = ("lazydata", "requires_grad", "grad", "_ctx", "_retains_grad", "__weakref__", "__dict__")
     __array_priority__ = 1000  # numpy defers to our reflected operators
+    # in-place updates under autograd: the count of them, and the tensor as it was before each (see _inplace)
+    _version = 0
+    _snapshots: dict | None = None
+    _view_of: tuple | None = None  # (source tensor, movement op, arg) of a view made by _movement
 
     def __init__(self, data, dtype=None, device=None, requires_grad: bool = False):
         dtype = dt.to_dtype(dtype) if dtype is not None else None
@@ -80,7 +84,9 @@ class Tensor:
                     data = data.astype(dtype.np)
                 elif data.dtype == np.float64:
                     data = data.astype(np.float32)  # PyTorch's default float, as torch.tensor does
-                data = np.ascontiguousarray(data)
+                # a copy (as torch.tensor): the upload is lazy, so later writes to `data` must not show through;
+                # np.array also keeps 0-d arrays 0-d, where np.ascontiguousarray would make them 1-d
+                data = np.array(data, copy=True, order="C")
                 lb = LazyBuffer.from_host(data, device)
         self.lazydata: LazyBuffer = lb
         self.grad: Tensor | None = None
@@ -106,14 +112,16 @@ class Tensor:
         lb = getattr(self.lazydata, op)(arg)
         if lb is self.lazydata:
             return self
-        return self._record(Tensor(lb), op, (self,), arg)
+        out = self._record(Tensor(lb), op, (self,), arg)
+        out._view_of = (self, op, arg)  # so that an in-place update of the view writes through (_inplace)
+        return out
 
     @staticmethod
     def _record(out: Tensor, op: str, inputs: tuple, arg) -> Tensor:
         if autograd.is_grad_enabled() and any(t.requires_grad for t in inputs) and op in autograd.RULES:
             if op != "cast" or out.dtype.is_float:
                 out.requires_grad = True
-                out._ctx = autograd.Context(op, inputs, arg, out.shape)
+                out._ctx = autograd.Context(op, inputs, arg, out.shape, tuple(t._version for t in inputs))
         return out
 
     # --- properties --------------------------------------------------------------------------------
@@ -194,7 +202,7 @@ class Tensor:
 
     # --- getting values ----------------------------------------------------------------------------
     def realize(self) -> Tensor:
-        runtime.realize([self.lazydata])
+        realize(self)
         return self
 
     def numpy(self) -> np.ndarray:
@@ -234,6 +242,10 @@ class Tensor:
         if not self.requires_grad:
             raise RuntimeError("can't retain_grad on Tensor that has requires_grad=False")
         self._retains_grad = True
+
+    def _as_of(self, version: int) -> Tensor:
+        """This tensor as it was at `version` (itself, or the snapshot an in-place update left)."""
+        return self if version == self._version else self._snapshots[version]
 
     def _accumulate_grad(self, g: Tensor):
         g = g if autograd.is_grad_enabled() else g.detach()
@@ -414,9 +426,7 @@ class Tensor:
     def _operand(self, other, reverse=False) -> tuple:
         """Both operands as tensors of one dtype and one shape (PyTorch promotion and broadcasting)."""
         if isinstance(other, Tensor):
-            d = dt.promote(self.dtype, other.dtype)
-            if not self.shape and other.shape and self._is_wrapped_number() is False:
-                pass
+            d = _result_dtype(self, other)
             x, y = self.cast(d), other.cast(d)
         else:
             if isinstance(other, np.ndarray):
@@ -429,9 +439,6 @@ class Tensor:
             shape = _broadcast_shape(x.shape, y.shape)
             x, y = x.broadcast_to(shape), y.broadcast_to(shape)
         return (y, x) if reverse else (x, y)
-
-    def _is_wrapped_number(self):
-        return False
 
     def broadcast_to(self, shape) -> Tensor:
         shape = tuple(shape)
@@ -510,23 +517,45 @@ class Tensor:
             if exponent == -1:
                 return self.reciprocal()
             if exponent == 0:
-                return self.ones_like(dtype=dt.scalar_dtype(exponent, self.dtype))
+                return self._zero_gradient(self.ones_like(dtype=dt.scalar_dtype(exponent, self.dtype)))
             if isinstance(exponent, int) and 0 < exponent <= 8:
                 out = self
                 for _ in range(exponent - 1):
                     out = out * self
                 return out
+            if isinstance(exponent, int) and exponent > 0 and not self.dtype.is_float:
+                # square and multiply: exact, and wrapping around on overflow as PyTorch's integer pow
+                out, square = None, self
+                while exponent:
+                    if exponent & 1:
+                        out = square if out is None else out * square
+                    exponent >>= 1
+                    square = square * square if exponent else square
+                return out
         x, y = self._operand(exponent)
         if not x.dtype.is_float:
+            out_dtype = x.dtype
             x, y = x.cast(dt.default_float), y.cast(dt.default_float)
-            return x.pow(y).round().cast(dt.promote(self.dtype, y.dtype) if isinstance(exponent, Tensor) else self.dtype)
+            r = x.pow(y)
+            return (r + (r < 0).where(-0.5, 0.5)).cast(out_dtype)  # round half away from zero, then cast
         # |x|**y, then the sign for negative bases with odd integer exponents; NaN for non-integers
-        magnitude = (y * x.abs().log2()).exp2()
         y_int = y == y.trunc()
         y_odd = y_int & ((y / 2).trunc() * 2 != y)
-        negative = x < 0
-        signed = negative.where(y_odd.where(-magnitude, y_int.where(magnitude, magnitude * float("nan"))), magnitude)
-        return (y == 0).where(x.ones_like(), signed)
+        zero = x == 0
+        # log2(0) = -inf would make the gradient 0 * inf = NaN: take the logarithm of a safe base and give
+        # x == 0 its value (0, or inf for negative y) through a where, which carries no gradient but for y == 1
+        safe = zero.where(x.ones_like(), x)
+        magnitude = (y * safe.abs().log2()).exp2()
+        nan = Tensor.full((), float("nan"), x.dtype, x.device)  # a constant: no NaN flows into the gradient
+        fractional = (safe == float("-inf")).where(magnitude, nan)  # (-inf)**2.5 is inf, (-8)**(1/3) is NaN
+        signed = (safe < 0).where(y_odd.where(-magnitude, y_int.where(magnitude, fractional)), magnitude)
+        inf = Tensor.full((), float("inf"), x.dtype, x.device)
+        negative_zero = x.detach().reciprocal() < 0
+        at_zero = (y > 0).where(x.zeros_like().detach(), (y_odd & negative_zero).where(-inf, inf))
+        signed = zero.where((y == 1).where(x, at_zero), signed)
+        # x**0 is 1 for every x; only where the formula fails (0, inf, NaN), so the gradient of y stays log(x)
+        formula_fails = zero | (x != x) | (x.abs() == float("inf"))
+        return ((y == 0) & formula_fails).where(x.ones_like(), signed)
 
     def neg(self) -> Tensor:
         if self.dtype == dt.bool_:
@@ -579,8 +608,18 @@ class Tensor:
     def _float(self) -> Tensor:
         return self if self.dtype.is_float else self.cast(dt.default_float)
 
+    def _exp_of_minus_abs(self) -> tuple:
+        """(x >= 0, exp(-|x|)): an exponential that cannot overflow, so no branch of a where built on it
+        holds an inf whose gradient turns into NaN. -|x| is taken by a where, not abs(), so that its
+        gradient at 0 is -1 (abs() splits the kink into 0)."""
+        x = self._float()
+        positive = x >= 0
+        return positive, positive.where(-x, x).exp()
+
     def sigmoid(self) -> Tensor:
-        return (1 + (-self._float()).exp()).reciprocal()
+        # 1 / (1 + e^-x) for x >= 0, e^x / (1 + e^x) below: stable, in value and in gradient, for any x
+        positive, e = self._exp_of_minus_abs()
+        return positive.where(1.0, e) / (1 + e)
 
     def tanh(self) -> Tensor:
         return 2 * (2 * self._float()).sigmoid() - 1
@@ -614,8 +653,11 @@ class Tensor:
         return self * self.sigmoid()
 
     def softplus(self, beta: float = 1.0, threshold: float = 20.0) -> Tensor:
-        scaled = self * beta
-        return (scaled > threshold).where(self, (1 + scaled.exp()).log() / beta)
+        scaled = self._float() * beta
+        # log(1 + e^s) = max(s, 0) + log(1 + e^-|s|): no overflow in any branch
+        positive, e = scaled._exp_of_minus_abs()
+        stable = (positive.where(scaled, 0.0) + (1 + e).log()) / beta
+        return (scaled > threshold).where(self, stable)
 
     def mish(self) -> Tensor:
         return self * self.softplus().tanh()
@@ -631,16 +673,27 @@ class Tensor:
     def sign(self) -> Tensor:
         if self.dtype == dt.bool_:
             return self
-        one = (self > 0).cast(self.dtype) - (self < 0).cast(self.dtype)
-        return (self != self).where(self, one) if self.dtype.is_float else one
+        # NaN has sign 0, as in PyTorch (neither comparison holds)
+        return self._zero_gradient((self > 0).cast(self.dtype) - (self < 0).cast(self.dtype))
 
     def trunc(self) -> Tensor:
         if not self.dtype.is_float:
             return self
         # values of at least 2**52 are integers already (and would overflow int64 on the way)
-        big = self.abs() >= 2.0**52
+        big = self.abs() >= 2.0**52  # also inf; NaN fails every comparison and goes through the cast
         as_int = self.cast(dt.int64).cast(self.dtype)
-        return big.where(self, as_int).detach() + (self - self.detach()) * 0
+        nan_or_big = big | (self != self)
+        return self._zero_gradient(nan_or_big.where(self, as_int))
+
+    def _zero_gradient(self, value: Tensor) -> Tensor:
+        """`value`, as a function of self whose gradient is zero (as PyTorch's for sign, floor, round...).
+
+        A where that always picks the detached value: its gradient to self is exactly 0, and unlike
+        `value + 0 * self` it cannot turn an inf in self into NaN."""
+        if not self.requires_grad:
+            return value
+        always = Tensor.full(self.shape, True, dt.bool_, self.device)
+        return always._primitive("where", value.detach(), self)
 
     def floor(self) -> Tensor:
         t = self.trunc()
@@ -757,7 +810,8 @@ class Tensor:
     def _bitwise(self, op: str, other) -> Tensor:
         x, y = self._operand(other)
         if x.dtype.is_float:
-            raise RuntimeError(f"bitwise {op} is only for integer and bool tensors, got {x.dtype.name}")
+            # NotImplementedError, as PyTorch's; it is a RuntimeError too
+            raise NotImplementedError(f"bitwise {op} is only for integer and bool tensors, got {x.dtype.name}")
         return x._primitive(op, y)
 
     def bitwise_and(self, other) -> Tensor:
@@ -771,7 +825,7 @@ class Tensor:
 
     def bitwise_not(self) -> Tensor:
         if self.dtype.is_float:
-            raise RuntimeError(f"bitwise_not is only for integer and bool tensors, got {self.dtype.name}")
+            raise TypeError(f"~ (bitwise_not) is only for integer and bool tensors, got {self.dtype.name}")
         return self ^ (True if self.dtype == dt.bool_ else -1)
 
     def bitwise_left_shift(self, other) -> Tensor:
@@ -883,10 +937,45 @@ class Tensor:
             raise RuntimeError("a leaf Variable that requires grad is being used in an in-place operation.")
         if result.shape != self.shape:
             raise RuntimeError(f"output with shape {self.shape} doesn't match the broadcast shape {result.shape}")
+        result = result.cast(self.dtype)
+        if self._view_of is not None:
+            return self._write_through(result)
         if autograd.is_grad_enabled() and result.requires_grad:
+            # Graphs recorded so far (the result's own among them) hold this object as an input, meaning its
+            # value before the update: keep that value as a snapshot they find by version (Tensor._as_of).
+            before = Tensor.__new__(Tensor)
+            before.lazydata, before.grad, before._ctx = self.lazydata, None, self._ctx
+            before.requires_grad, before._retains_grad = self.requires_grad, False
+            self._snapshots = {**(self._snapshots or {}), self._version: before}
+            self._version += 1
             self.lazydata, self._ctx, self.requires_grad = result.lazydata, result._ctx, True
             return self
-        return self.assign(result.cast(self.dtype))
+        return self.assign(result)
+
+    def _write_through(self, result: Tensor) -> Tensor:
+        """An in-place update of a view updates the tensor it views (and so on up), as in PyTorch."""
+        source, op, arg = self._view_of
+        if op == "expand":
+            raise RuntimeError("unsupported operation: more than one element of the written-to tensor refers to a "
+                               f"single memory location (an in-place update of an expanded view of {source.shape})")
+        if op == "shrink":
+            inverse = tuple((lo, size - hi) for (lo, hi), size in zip(arg, source.shape))
+            region = Tensor.full(self.shape, True, dt.bool_, self.device)._movement("pad", inverse)
+            updated = region.where(result._movement("pad", inverse), source)
+        elif op == "pad":
+            updated = result._movement("shrink", tuple((lo, lo + size) for (lo, _), size in zip(arg, source.shape)))
+        elif op == "permute":
+            updated = result._movement("permute", tuple(sorted(range(len(arg)), key=lambda i: arg[i])))
+        elif op == "reshape":
+            updated = result._movement("reshape", source.shape)
+        else:  # flip
+            updated = result._movement(op, arg)
+        source._inplace(updated)
+        if autograd.is_grad_enabled() and result.requires_grad:
+            self._view_of = None  # from now on an intermediate of the graph, like any in-place result
+            return self._inplace(result)
+        self.lazydata = getattr(source.lazydata, op)(arg)  # a view of the updated source again
+        return self
 
     def add_(self, other, alpha=1):
         return self._inplace(self.add(other, alpha=alpha))
@@ -960,11 +1049,15 @@ class Tensor:
         return tuple(sorted({self._dim(d) for d in dims}))
 
     def _reduce(self, op: str, dim, keepdim: bool) -> Tensor:
-        axes = self._axes(dim)
+        axes = self._axes(dim) if self.ndim else ()
         for a in axes:
             if self.shape[a] == 0 and op == "rmax":
                 raise IndexError(f"max(): Expected reduction dim {a} to have non-zero size (shape {self.shape})")
-        out = self._primitive(op, arg=axes) if any(self.shape[a] != 1 for a in axes) else self
+        x = self
+        if op == "sum" and any(self.shape[a] == 0 for a in axes):
+            # a sum over nothing is 0: pad each empty axis with one zero, so no kernel reduces an empty range
+            x = x._movement("pad", tuple((0, 1 if i in axes and s == 0 else 0) for i, s in enumerate(x.shape)))
+        out = x._primitive(op, arg=axes) if any(x.shape[a] != 1 for a in axes) else x
         if keepdim or not self.shape:
             return out
         return out.reshape(tuple(s for i, s in enumerate(self.shape) if i not in axes))
@@ -1002,14 +1095,27 @@ class Tensor:
             return self.maximum(dim)
         if dim is None:
             return self._max_reduce(None, False)
-        return MaxMin(self._max_reduce(dim, keepdim), self.argmax(dim, keepdim))
+        indices = self.argmax(dim, keepdim)
+        return MaxMin(self._value_at(indices, dim, keepdim, self._max_reduce(dim, keepdim)), indices)
+
+    def _value_at(self, indices: Tensor, dim: int, keepdim: bool, values: Tensor) -> Tensor:
+        """`values` (the max or min along dim) such that the gradient goes to the element at `indices` only,
+        as PyTorch's max(dim) and min(dim) do (amax and amin share it among ties instead)."""
+        if not (self.requires_grad and autograd.is_grad_enabled()):
+            return values
+        d = self._dim(dim)
+        n = self.shape[d]
+        idx = indices if keepdim else indices.unsqueeze(d)
+        positions = Tensor.arange(n, device=self.device).reshape([n if i == d else 1 for i in range(self.ndim)])
+        return (idx == positions).where(self, 0.0).sum(d, keepdim)
 
     def min(self, dim=None, keepdim: bool = False):
         if isinstance(dim, Tensor):
             return self.minimum(dim)
         if dim is None:
             return self.amin()
-        return MaxMin(self.amin(dim, keepdim), self.argmin(dim, keepdim))
+        indices = self.argmin(dim, keepdim)
+        return MaxMin(self._value_at(indices, dim, keepdim, self.amin(dim, keepdim)), indices)
 
     def argmax(self, dim=None, keepdim: bool = False) -> Tensor:
         if dim is None:
@@ -1060,10 +1166,13 @@ class Tensor:
         return self.var(dim, keepdim, correction, unbiased), self.mean(dim, keepdim)
 
     def any(self, dim=None, keepdim: bool = False) -> Tensor:
+        if self.ndim and any(self.shape[a] == 0 for a in self._axes(dim)):
+            # nothing is true in an empty range (rmax would refuse it)
+            return self.bool().sum(dim, keepdim) != 0
         return self.bool()._max_reduce(dim, keepdim)
 
     def all(self, dim=None, keepdim: bool = False) -> Tensor:
-        return self.bool().logical_not()._max_reduce(dim, keepdim).logical_not()
+        return self.bool().logical_not().any(dim, keepdim).logical_not()
 
     def logsumexp(self, dim=None, keepdim: bool = False) -> Tensor:
         m = self.amax(dim, keepdim=True).detach()
@@ -1551,6 +1660,19 @@ def _conv2d_input_grad(grad: Tensor, weight: Tensor, input_hw: tuple, stride, pa
     return grad.conv2d(flipped.flip(2, 3), dilation=dilation, groups=g)
 
 
+def _result_dtype(a: Tensor, b: Tensor) -> DType:
+    """PyTorch's promotion of two tensors: a zero-dim tensor beside a dimensioned one counts only when it is of a
+    higher category (bool < integer < float), like a Python scalar, but with its own dtype."""
+    if (a.ndim == 0) == (b.ndim == 0):
+        return dt.promote(a.dtype, b.dtype)
+    dim, zero = (b.dtype, a.dtype) if a.ndim == 0 else (a.dtype, b.dtype)
+    if dim.is_float:
+        return dim
+    if dim == dt.bool_ or zero.is_float:
+        return dt.promote(dim, zero)
+    return dim
+
+
 def _pair(x) -> tuple:
     return (x, x) if isinstance(x, int) else tuple(x)
 
@@ -1573,4 +1695,8 @@ def _to_numpy_nested(data, dtype) -> np.ndarray:
 
 def realize(*tensors: Tensor) -> None:
     """Computes several tensors in one schedule (so their kernels can share work)."""
+    for t in tensors:
+        if t.lazydata.base.op == "const":
+            # a constant is one shared node: the tensor gets memory of its own, which it may later overwrite
+            t.lazydata = t.lazydata.contiguous()
     runtime.realize([t.lazydata for t in tensors])

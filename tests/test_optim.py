@@ -1,0 +1,195 @@
+"""lazygrad.optim against torch.optim: several steps from the same parameters and the same loss give the same
+parameters, for each optimizer and option; plus state_dict round trips and the one-schedule step."""
+
+import numpy as np
+import pytest
+
+import lazygrad
+from lazygrad import nn, optim
+from lazygrad.nn.module import take_pending_buffer_updates
+
+torch = pytest.importorskip("torch")
+
+RTOL, ATOL = 1e-3, 1e-4
+SHAPES = [(3, 4), (5,)]
+
+
+@pytest.fixture(autouse=True)
+def no_pending_batchnorm_updates():
+    """step() also realizes BatchNorm running stats left pending by earlier forwards: start each test without any."""
+    take_pending_buffer_updates()
+
+
+def initial_arrays(seed: int = 0) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    params = [rng.standard_normal(shape).astype(np.float32) for shape in SHAPES]
+    targets = [rng.standard_normal(shape).astype(np.float32) for shape in SHAPES]
+    return params, targets
+
+
+def loss_of(params, targets):
+    """A loss whose gradient 2 (p - t) + 0.3 p^2 changes from step to step; written identically for both libraries."""
+    total = 0
+    for param, target in zip(params, targets):
+        diff = param - target
+        total = total + (diff * diff).sum() + (param * param * param).sum() * 0.1
+    return total
+
+
+def run_torch(make_optimizer, steps: int) -> list[list[np.ndarray]]:
+    arrays, target_arrays = initial_arrays()
+    params = [torch.tensor(a, requires_grad=True) for a in arrays]
+    targets = [torch.tensor(t) for t in target_arrays]
+    optimizer = make_optimizer(params)
+    history = []
+    for _ in range(steps):
+        optimizer.zero_grad()
+        loss_of(params, targets).backward()
+        optimizer.step()
+        history.append([p.detach().numpy().copy() for p in params])
+    return history
+
+
+def run_lazygrad(make_optimizer, steps: int) -> list[list[np.ndarray]]:
+    arrays, target_arrays = initial_arrays()
+    params = [nn.Parameter(lazygrad.tensor(a)) for a in arrays]
+    targets = [lazygrad.tensor(t) for t in target_arrays]
+    optimizer = make_optimizer(params)
+    history = []
+    for _ in range(steps):
+        optimizer.zero_grad()
+        loss_of(params, targets).backward()
+        optimizer.step()
+        history.append([p.numpy().copy() for p in params])
+    return history
+
+
+def assert_same_history(actual, expected) -> None:
+    for step, (actual_params, expected_params) in enumerate(zip(actual, expected)):
+        for index, (a, e) in enumerate(zip(actual_params, expected_params)):
+            np.testing.assert_allclose(a, e, rtol=RTOL, atol=ATOL, err_msg=f"param {index} after step {step + 1}")
+
+
+CASES = {
+    "sgd": ("SGD", dict(lr=0.05)),
+    "sgd-momentum": ("SGD", dict(lr=0.05, momentum=0.9)),
+    "sgd-dampening": ("SGD", dict(lr=0.05, momentum=0.9, dampening=0.3)),
+    "sgd-nesterov-decay": ("SGD", dict(lr=0.05, momentum=0.8, nesterov=True, weight_decay=0.1)),
+    "sgd-maximize": ("SGD", dict(lr=0.01, momentum=0.5, maximize=True)),
+    "adam": ("Adam", dict(lr=0.05)),
+    "adam-betas-decay": ("Adam", dict(lr=0.05, betas=(0.8, 0.95), eps=1e-6, weight_decay=0.1)),
+    "adam-amsgrad": ("Adam", dict(lr=0.05, amsgrad=True)),
+    "adamw": ("AdamW", dict(lr=0.05)),
+    "adamw-decay-amsgrad": ("AdamW", dict(lr=0.05, weight_decay=0.3, amsgrad=True)),
+    "adam-maximize": ("Adam", dict(lr=0.01, maximize=True)),
+}
+
+
+@pytest.mark.parametrize("name, kwargs", CASES.values(), ids=CASES.keys())
+def test_optimizer_steps_match_torch(name, kwargs):
+    steps = 5
+    expected = run_torch(lambda params: getattr(torch.optim, name)(params, **kwargs), steps)
+    actual = run_lazygrad(lambda params: getattr(optim, name)(params, **kwargs), steps)
+    assert_same_history(actual, expected)
+
+
+def test_param_groups_with_their_own_hyperparameters_match_torch():
+    def groups(params):
+        return [{"params": [params[0]], "lr": 0.1}, {"params": [params[1]], "momentum": 0.5}]
+
+    expected = run_torch(lambda params: torch.optim.SGD(groups(params), lr=0.02, momentum=0.9), 3)
+    actual = run_lazygrad(lambda params: optim.SGD(groups(params), lr=0.02, momentum=0.9), 3)
+    assert_same_history(actual, expected)
+
+
+def test_parameters_without_gradient_are_left_alone():
+    used, unused = nn.Parameter(lazygrad.ones(3)), nn.Parameter(lazygrad.ones(3))
+    optimizer = optim.Adam([used, unused], lr=0.1)
+    (used * 2).sum().backward()
+    optimizer.step()
+    np.testing.assert_array_equal(unused.numpy(), np.ones(3, np.float32))
+    assert not np.allclose(used.numpy(), 1.0)
+
+
+def test_zero_grad_sets_gradients_to_none_or_zero():
+    param = nn.Parameter(lazygrad.ones(3))
+    optimizer = optim.SGD([param], lr=0.1)
+    (param * 3).sum().backward()
+    optimizer.zero_grad(set_to_none=False)
+    np.testing.assert_array_equal(param.grad.numpy(), np.zeros(3, np.float32))
+    optimizer.zero_grad()
+    assert param.grad is None
+
+
+def test_gradients_stay_readable_after_the_step():
+    param = nn.Parameter(lazygrad.ones(3))
+    optimizer = optim.SGD([param], lr=0.5)
+    (param * param).sum().backward()
+    optimizer.step()
+    np.testing.assert_allclose(param.grad.numpy(), [2, 2, 2])  # the gradient at the old value, not the new one
+    np.testing.assert_allclose(param.numpy(), [0, 0, 0])
+
+
+@pytest.mark.parametrize(
+    "name, kwargs",
+    [("SGD", dict(lr=0.05, momentum=0.9)), ("Adam", dict(lr=0.05)), ("AdamW", dict(lr=0.05, amsgrad=True))],
+)
+def test_state_dict_round_trip_continues_identically(name, kwargs):
+    """Two steps, save, load into a fresh optimizer over copies of the parameters: the next steps agree."""
+    arrays, target_arrays = initial_arrays()
+    targets = [lazygrad.tensor(t) for t in target_arrays]
+    params = [nn.Parameter(lazygrad.tensor(a)) for a in arrays]
+    optimizer = getattr(optim, name)(params, **kwargs)
+
+    def step(optimizer, params):
+        optimizer.zero_grad()
+        loss_of(params, targets).backward()
+        optimizer.step()
+
+    for _ in range(2):
+        step(optimizer, params)
+    copies = [nn.Parameter(lazygrad.tensor(p.numpy())) for p in params]
+    resumed = getattr(optim, name)(copies, lr=1.0)  # hyperparameters come from the state dict
+    resumed.load_state_dict(optimizer.state_dict())
+    assert resumed.param_groups[0]["lr"] == kwargs["lr"]
+    for _ in range(2):
+        step(optimizer, params)
+        step(resumed, copies)
+    for original, copy in zip(params, copies):
+        np.testing.assert_allclose(copy.numpy(), original.numpy(), rtol=1e-6, atol=1e-7)
+
+
+def test_state_dict_refers_to_parameters_by_index():
+    params = [nn.Parameter(lazygrad.ones(2)), nn.Parameter(lazygrad.ones(3))]
+    optimizer = optim.SGD(params, lr=0.1, momentum=0.9)
+    sum(p.sum() for p in params).backward()
+    optimizer.step()
+    state = optimizer.state_dict()
+    assert state["param_groups"][0]["params"] == [0, 1] and state["param_groups"][0]["momentum"] == 0.9
+    assert sorted(state["state"]) == [0, 1]
+    np.testing.assert_allclose(state["state"][1]["momentum_buffer"].numpy(), np.ones(3))
+
+
+def test_step_realizes_everything_in_one_call(monkeypatch):
+    """The whole update (every parameter and buffer) goes to the scheduler at once, so it can fuse."""
+    params = [nn.Parameter(lazygrad.ones(4)), nn.Parameter(lazygrad.ones(2, 2))]
+    optimizer = optim.Adam(params, lr=0.1)
+    sum((p * p).sum() for p in params).backward()
+    calls = []
+    real_realize = lazygrad.realize
+    monkeypatch.setattr(lazygrad, "realize", lambda *tensors: calls.append(len(tensors)) or real_realize(*tensors))
+    optimizer.step()
+    assert len(calls) == 1
+    assert calls[0] >= 2 + 2 * 2  # params, exp_avg, exp_avg_sq (and grads, beta powers)
+
+
+def test_invalid_arguments_are_rejected():
+    param = nn.Parameter(lazygrad.ones(2))
+    with pytest.raises(ValueError, match="empty"):
+        optim.SGD([], lr=0.1)
+    with pytest.raises(ValueError, match="Nesterov"):
+        optim.SGD([param], lr=0.1, nesterov=True)
+    with pytest.raises(ValueError, match="more than once"):
+        optim.SGD([param, param], lr=0.1)
+    with pytest.raises(ValueError):
+        optim.Adam([param], betas=(0.9, 1.5))
