@@ -49,6 +49,7 @@ class LazyBuffer:
         self.buffer = None  # the device Buffer once realized (bases only)
         # the live nodes that read this base: an assign into it must first realize those that are still lazy
         self.readers: weakref.WeakSet = weakref.WeakSet()
+        self.holders: weakref.WeakSet = weakref.WeakSet()  # the Tensors whose data this base (or a view of it) is
         for src in srcs:
             src.base.readers.add(self)
 
@@ -171,6 +172,11 @@ class LazyBuffer:
         """A base of its own with this view's values laid out in order."""
         if not self.is_view and self.op not in ("const",):
             return self
+        return LazyBuffer(self.device, ShapeTracker.contiguous(self.shape), self.dtype, "contiguous", (self,))
+
+    def own_copy(self) -> LazyBuffer:
+        """A new base with these values that no other node shares (not hash-consed): memory that an owner
+        may later overwrite in place."""
         return LazyBuffer(self.device, ShapeTracker.contiguous(self.shape), self.dtype, "contiguous", (self,))
 
     def copy_to(self, device: str) -> LazyBuffer:

@@ -50,18 +50,10 @@ class Scheduler:
             self.nodes: list = []  # unrealized bases, sources first
             self.consumers: dict = {}  # id(base) -> set of consumer ids
             self._collect()
-            # a lazy value that reads a buffer an assign here overwrites must be computed now, from the old data
-            collected = {id(n) for n in self.nodes}
-            stale_readers = [
-                r
-                for n in self.nodes
-                if n.op == "assign"
-                for r in n.arg.readers
-                if r.buffer is None and id(r) not in collected and not (r.op == "assign" and r.arg is n.arg)
-            ]
-            if not stale_readers:
+            stale = self._stale_readers()
+            if not stale:
                 break
-            self.targets += stale_readers
+            self.targets += stale
         self.by_id = {id(n): n for n in self.nodes}
 
     # --- graph walk -------------------------------------------------------------------------------
@@ -82,6 +74,27 @@ class Scheduler:
                 self.consumers.setdefault(id(base), set()).add(id(node))
                 if base.buffer is None and id(base) not in seen:
                     stack.append((base, False))
+
+    def _stale_readers(self) -> list:
+        """Lazy values that read a buffer an assign here overwrites, and that will still be wanted after
+        this schedule (a tensor holds them, or a node outside the schedule reads them): they are computed
+        now, from the old data. (PyTorch: `before = a + 0; a.add_(1)` leaves `before` as it was.)"""
+        assigns = [n for n in self.nodes if n.op == "assign"]
+        if not assigns:
+            return []
+        collected = {id(n) for n in self.nodes}
+        wanted = {id(t) for t in self.targets}
+        reads_old, stale = {id(n.arg) for n in assigns}, []
+        for node in self.nodes:
+            if node.op == "assign" or not any(id(s.base) in reads_old for s in node.srcs):
+                continue
+            reads_old.add(id(node))
+            if id(node) not in wanted and (len(node.holders) or any(id(r) not in collected for r in node.readers)):
+                stale.append(node)
+        for a in assigns:  # readers of the target itself that this schedule does not reach
+            stale += [r for r in a.arg.readers if r.buffer is None and id(r) not in collected
+                      and not (r.op == "assign" and r.arg is a.arg)]
+        return stale
 
     # --- what gets a buffer ----------------------------------------------------------------------
     def decide(self):

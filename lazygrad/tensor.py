@@ -55,7 +55,18 @@ def _broadcast_shape(*shapes) -> tuple:
 
 
 class Tensor:
-    __slots__ = ("lazydata", "requires_grad", "grad", "_ctx", "_retains_grad", "__weakref__", "__dict__")
+    __slots__ = ("_lazydata", "requires_grad", "grad", "_ctx", "_retains_grad", "__weakref__", "__dict__")
+
+    @property
+    def lazydata(self) -> LazyBuffer:
+        return self._lazydata
+
+    @lazydata.setter
+    def lazydata(self, lb: LazyBuffer) -> None:
+        # the base remembers the tensors that hold it: an assign must not leave them to be computed later
+        # from overwritten memory (see schedule.Scheduler)
+        self._lazydata = lb
+        lb.base.holders.add(self)
     __array_priority__ = 1000  # numpy defers to our reflected operators
     # in-place updates under autograd: the count of them, and the tensor as it was before each (see _inplace)
     _version = 0
@@ -88,7 +99,7 @@ class Tensor:
                 # np.array also keeps 0-d arrays 0-d, where np.ascontiguousarray would make them 1-d
                 data = np.array(data, copy=True, order="C")
                 lb = LazyBuffer.from_host(data, device)
-        self.lazydata: LazyBuffer = lb
+        self.lazydata = lb
         self.grad: Tensor | None = None
         self._ctx: autograd.Context | None = None
         self._retains_grad = False
@@ -925,11 +936,11 @@ class Tensor:
             return self
         target = self.lazydata
         if target.realized and not target.is_view and target.op == "buffer":
-            self.lazydata = target.assign(value.lazydata.base if not value.lazydata.is_view else value.lazydata)
-            if value.lazydata.is_view:
-                self.lazydata = target.assign(value.lazydata.contiguous())
+            self.lazydata = target.assign(value.lazydata.contiguous())
         else:
-            self.lazydata = value.lazydata
+            # no memory of its own yet (lazy, a constant, or a view of another tensor's): it gets a buffer of its
+            # own, which later assigns overwrite in place, so the buffer stays the same from step to step
+            self.lazydata = value.lazydata.own_copy()
         return self
 
     def _inplace(self, result: Tensor) -> Tensor:

@@ -1,0 +1,676 @@
+"""The OpenCL backend: linear IR -> OpenCL C -> a program built by the device's driver, run through pyopencl.
+
+Each kernel is `__kernel void name(__global T* buf0, ...)` launched as a 1-D NDRange with one
+work-item per output element (per upcast tile). A work-item recovers the index of every global
+range from `get_global_id(0)` by div/mod, outermost first; reduce ranges are plain `for` loops.
+
+Storage vs registers: float16 is stored as half and read/written with vload_half/vstore_half (no
+cl_khr_fp16 needed), so a float16 value lives in a `float` register holding an exactly
+representable half. bool is stored as `uchar` and held as `bool`; a vector of bools is a `charN`
+of -1/0, the masks that OpenCL's vector comparisons produce and select() consumes.
+
+Vectors (IR UOps with vec > 1) become OpenCL vector types, vloadN/vstoreN, and lane-by-lane code
+for gathers, scatters and partly masked loads. Only CPU devices (PoCL) ask the code generator
+for them (`vector_width`); GPUs get scalar code.
+"""
+
+from __future__ import annotations
+
+import ctypes.util
+import math
+import os
+import tempfile
+import warnings
+
+import numpy as np
+
+from lazygrad import config, diskcache
+from lazygrad import dtype as dt
+from lazygrad.codegen.ir import Program, UOp
+
+# --- rendering --------------------------------------------------------------------------------
+_REG_TYPE = {
+    "bool": "bool",
+    "uint8": "uchar",
+    "int8": "char",
+    "int16": "short",
+    "int32": "int",
+    "int64": "long",
+    "float16": "float",
+    "float32": "float",
+    "float64": "double",
+}
+_MEM_TYPE = dict(_REG_TYPE, bool="uchar", float16="half")
+# the type whose as_<type>() reinterprets bits; float16 goes through the helpers below instead
+_BITS_TYPE = dict(_REG_TYPE, bool="uchar")
+# OpenCL has no bool vectors: a vector of bools is a charN of -1 (true) and 0, what vector comparisons give
+_VECTOR_ELEMENT = dict(_REG_TYPE, bool="char")
+# the signed integer of each element size: the mask type select() wants for a vector of that element
+_MASK_ELEMENT = {1: "char", 2: "short", 4: "int", 8: "long"}
+_LANE_NAMES = "0123456789abcdef"
+
+
+def _half_helpers(width: int) -> str:
+    """Rounding to half precision through private memory: without cl_khr_fp16 a kernel may not hold `half`
+    values, but vload_half/vstore_half may point at a ushort."""
+    n = "" if width == 1 else str(width)
+    return (
+        f"inline float{n} round_to_half{n}(float{n} x) {{ ushort{n} h; vstore_half{n}(x, 0, (__private half*)&h); "
+        f"return vload_half{n}(0, (__private half*)&h); }}\n"
+    )
+
+
+_HALF_BITS_HELPERS = """\
+inline short half_to_bits(float x) { ushort h; vstore_half(x, 0, (__private half*)&h); return as_short(h); }
+inline float bits_to_half(short b) { ushort h = as_ushort(b); return vload_half(0, (__private half*)&h); }
+"""
+
+_INT_LIMITS_MIN = {"int32": -(2**31), "int64": -(2**63)}
+
+
+def _float_literal(value: float, d: dt.DType) -> str:
+    """An exact C literal: hex floats carry every bit, so no decimal rounding can creep in."""
+    c_type = _REG_TYPE[d.name]
+    if math.isnan(value):
+        return "NAN" if c_type == "float" else "(double)NAN"
+    if math.isinf(value):
+        text = "INFINITY" if c_type == "float" else "(double)INFINITY"
+        return text if value > 0 else f"(-{text})"
+    if d == dt.float16:
+        value = float(np.float16(value))
+    if c_type == "float":
+        value = float(np.float32(value))
+    text = value.hex() + ("f" if c_type == "float" else "")
+    return f"({text})" if text.startswith("-") else text
+
+
+def _int_literal(value: int, d: dt.DType) -> str:
+    suffix = "L" if d == dt.int64 else ""
+    if value == _INT_LIMITS_MIN.get(d.name):  # -2147483648 would parse as -(2147483648), a long
+        return f"({value + 1}{suffix}-1{suffix})"
+    text = f"{value}{suffix}"
+    return f"({text})" if value < 0 else text
+
+
+def _const(value, d: dt.DType) -> str:
+    if d == dt.bool_:
+        return "true" if value else "false"
+    if d.is_float:
+        return _float_literal(float(value), d)
+    return _int_literal(int(value), d)
+
+
+def _zero(d: dt.DType) -> str:
+    return _const(False if d == dt.bool_ else 0, d)
+
+
+def _type(d: dt.DType, vec: int = 1) -> str:
+    """The register type of a value: `float`, `int4`, a bool vector as `char8`."""
+    return _REG_TYPE[d.name] if vec == 1 else f"{_VECTOR_ELEMENT[d.name]}{vec}"
+
+
+def _mask_type(d: dt.DType, vec: int) -> str:
+    return f"{_MASK_ELEMENT[4 if d == dt.float16 else d.itemsize]}{vec}"
+
+
+def _lane(value: str, i: int) -> str:
+    return f"{value}.s{_LANE_NAMES[i]}"
+
+
+def _strides(sizes: tuple) -> list:
+    """Row-major strides of the global ranges inside the flat work-item id."""
+    strides, running = [], 1
+    for size in reversed(sizes):
+        strides.append(running)
+        running *= size
+    return strides[::-1]
+
+
+class _Renderer:
+    def __init__(self, program: Program):
+        self.p = program
+        self.lines: list = []
+        self.depth = 1
+        self.names: dict = {}  # UOp id -> C expression (a variable, a parameter or a literal)
+        self.loop_ranges: set = set()
+        self.global_index = 0
+        self.half_widths: set = set()  # widths of round_to_half helpers used
+        self.uses_half_bits = False
+        self.uses_double = any(d == dt.float64 for d in program.buffer_dtypes)
+        self.store_only_half_casts = self._store_only_half_casts()
+
+    def _store_only_half_casts(self) -> set:
+        """Casts to float16 consumed only by stores: vstore_half rounds, so they need no rounding of their own."""
+        consumers: dict = {}
+        for u in self.p.uops:
+            for s in u.srcs:
+                consumers.setdefault(s.id, []).append(u)
+        return {
+            u.id
+            for u in self.p.uops
+            if u.op == "cast"
+            and u.dtype == dt.float16
+            and all(c.op in ("store", "scatter") and c.srcs[2] is u for c in consumers.get(u.id, []))
+        }
+
+    def emit(self, text: str):
+        self.lines.append("  " * self.depth + text)
+
+    def define(self, u: UOp, expression: str):
+        name = f"v{u.id}"
+        self.emit(f"{_type(u.dtype, u.vec)} {name} = {expression};")
+        self.names[u.id] = name
+
+    def val(self, u: UOp) -> str:
+        return self.names[u.id]
+
+    def render(self) -> str:
+        for u in self.p.uops:
+            if u.dtype == dt.float64:
+                self.uses_double = True
+            self.render_uop(u)
+        written = {u.arg[0] for u in self.p.uops if u.op == "param" and u.arg[1]}
+        written |= {u.srcs[0].arg[0] for u in self.p.uops if u.op in ("store", "scatter")}
+        params = []
+        for i, d in enumerate(self.p.buffer_dtypes):
+            const = "" if i in written else "const "  # read-only buffers may go through a read-only cache
+            params.append(f"__global {const}{_MEM_TYPE[d.name]}* restrict buf{i}")
+        total = math.prod(self.p.global_size)
+        head = [
+            f"__kernel void {self.p.name}({', '.join(params)}) {{",
+            "  int gid = (int)get_global_id(0);",
+            f"  if (gid >= {total}) return;  // the NDRange is rounded up to whole work-groups",
+        ]
+        preamble = ["#pragma OPENCL EXTENSION cl_khr_fp64 : enable"] if self.uses_double else []
+        preamble += [_half_helpers(w) for w in sorted(self.half_widths)]
+        preamble += [_HALF_BITS_HELPERS] if self.uses_half_bits else []
+        return "\n".join(preamble + head + self.lines + ["}"]) + "\n"
+
+    def render_uop(self, u: UOp):
+        op = u.op
+        if op == "param":
+            self.names[u.id] = f"buf{u.arg[0]}"
+        elif op == "const":
+            self.names[u.id] = _const(u.arg, u.dtype)
+        elif op == "range":
+            self.render_range(u)
+        elif op == "endrange":
+            if u.srcs[0].id in self.loop_ranges:
+                self.depth -= 1
+                self.emit("}")
+        elif op == "acc":
+            name = f"acc{u.id}"
+            self.emit(f"{_type(u.dtype, u.vec)} {name} = {self.splat(_const(u.arg, u.dtype), u.dtype, u.vec)};")
+            self.names[u.id] = name
+        elif op == "acc_update":
+            acc, value = u.srcs
+            self.emit(f"{self.val(acc)} = {self.val(value)};")
+        elif op in ("load", "gather"):
+            self.define(u, self.load_expression(u))
+        elif op in ("store", "scatter"):
+            self.render_store(u)
+        elif op == "lanes":
+            self.define(u, f"({_type(u.dtype, u.vec)})({', '.join(str(i) for i in range(u.vec))})")
+        elif op == "broadcast":
+            self.define(u, self.splat(self.val(u.srcs[0]), u.dtype, u.vec))
+        elif op == "hreduce":
+            self.render_hreduce(u)
+        else:
+            self.define(u, self.alu_expression(u))
+
+    def splat(self, scalar: str, d: dt.DType, vec: int) -> str:
+        if vec == 1:
+            return scalar
+        if d == dt.bool_:
+            return f"(({_type(d, vec)})({scalar} ? -1 : 0))"
+        return f"(({_type(d, vec)})({scalar}))"
+
+    def render_range(self, u: UOp):
+        name, size, kind = u.arg
+        var = f"{name}_{u.id}"
+        self.names[u.id] = var
+        if kind == "global":
+            sizes = self.p.global_size
+            stride = _strides(sizes)[self.global_index]
+            value = "gid" if stride == 1 else f"gid / {stride}"
+            if self.global_index > 0:  # the outermost index needs no wrap-around: gid < total
+                value = f"({value}) % {size}"
+            self.global_index += 1
+            self.emit(f"int {var} = {value};")
+        else:
+            self.loop_ranges.add(u.id)
+            self.emit(f"for (int {var} = 0; {var} < {size}; {var}++) {{")
+            self.depth += 1
+
+    # --- memory ---------------------------------------------------------------------------------
+    def element(self, buf: UOp, index: str, lane_of_vector: bool = False) -> str:
+        """One element as a register value (a lane of a bool vector is -1/0, as the vector wants)."""
+        name = self.val(buf)
+        if buf.dtype == dt.float16:
+            return f"vload_half({index}, {name})"
+        if buf.dtype == dt.bool_:
+            return f"({name}[{index}] != 0 ? -1 : 0)" if lane_of_vector else f"({name}[{index}] != 0)"
+        return f"{name}[{index}]"
+
+    def lanewise(self, d: dt.DType, vec: int, lane_values: list) -> str:
+        return f"(({_type(d, vec)})({', '.join(lane_values)}))"
+
+    def load_expression(self, u: UOp) -> str:
+        buf, index = u.srcs[0], u.srcs[1]
+        valid = u.srcs[2] if len(u.srcs) > 2 else None
+        zero = _zero(u.dtype)
+        if u.vec == 1:
+            idx = self.val(index)
+            if valid is None:
+                return self.element(buf, idx)
+            # masked-out elements read index 0, which always exists
+            return f"({self.val(valid)} ? {self.element(buf, f'({self.val(valid)} ? {idx} : 0)')} : {zero})"
+        stride = (u.arg or 1) if u.op == "load" else None  # a vector load's lane i reads index + i*stride
+        if stride == 1 and (valid is None or valid.vec == 1):  # consecutive elements, all valid or none
+            value = self.vector_load(buf, self.val(index), u.vec)
+            return value if valid is None else f"({self.val(valid)} ? {value} : {self.splat(zero, u.dtype, u.vec)})"
+        # one element per lane (a gather, a strided load, lanes that differ in validity); masked lanes touch nothing
+        lanes = []
+        for i in range(u.vec):
+            idx = _lane(self.val(index), i) if u.op == "gather" else f"{self.val(index)} + {i * stride}"
+            value = self.element(buf, idx, lane_of_vector=True)
+            if valid is not None:
+                mask = _lane(self.val(valid), i) if valid.vec > 1 else self.val(valid)
+                value = f"({mask} ? {value} : 0)"
+            lanes.append(value)
+        if stride == 1:  # lanes that differ in validity: a plain vector load where every lane is valid
+            vector = self.vector_load(buf, self.val(index), u.vec)
+            return f"(all({self.val(valid)}) ? {vector} : {self.lanewise(u.dtype, u.vec, lanes)})"
+        return self.lanewise(u.dtype, u.vec, lanes)
+
+    def vector_load(self, buf: UOp, index: str, vec: int) -> str:
+        name = self.val(buf)
+        if buf.dtype == dt.float16:
+            return f"vload_half{vec}(0, {name} + {index})"
+        if buf.dtype == dt.bool_:
+            return f"(vload{vec}(0, {name} + {index}) != (uchar)0)"
+        return f"vload{vec}(0, {name} + {index})"
+
+    def render_store(self, u: UOp):
+        buf, index, value = u.srcs
+        name, idx, v = self.val(buf), self.val(index), self.val(value)
+        if value.vec == 1:
+            self.store_element(buf, idx, v)
+        elif u.op == "store":
+            if buf.dtype == dt.float16:
+                self.emit(f"vstore_half{value.vec}({v}, 0, {name} + {idx});")
+            elif buf.dtype == dt.bool_:
+                self.emit(f"vstore{value.vec}(convert_uchar{value.vec}(-{v}), 0, {name} + {idx});")
+            else:
+                self.emit(f"vstore{value.vec}({v}, 0, {name} + {idx});")
+        else:
+            for i in range(value.vec):
+                lane_value = f"-{_lane(v, i)}" if buf.dtype == dt.bool_ else _lane(v, i)
+                self.store_element(buf, _lane(idx, i), lane_value)
+
+    def store_element(self, buf: UOp, index: str, value: str):
+        name = self.val(buf)
+        if buf.dtype == dt.float16:
+            self.emit(f"vstore_half({value}, {index}, {name});")
+        elif buf.dtype == dt.bool_:
+            self.emit(f"{name}[{index}] = (uchar)({value});")
+        else:
+            self.emit(f"{name}[{index}] = {value};")
+
+    def render_hreduce(self, u: UOp):
+        (src,) = u.srcs
+        v, name = self.val(src), f"v{u.id}"
+        if u.dtype == dt.bool_:  # lanes are -1/0: any lane set
+            self.emit(f"bool {name} = ({' | '.join(_lane(v, i) for i in range(src.vec))}) != 0;")
+        else:
+            self.emit(f"{_type(u.dtype)} {name} = {_lane(v, 0)};")
+            for i in range(1, src.vec):
+                lane = _lane(v, i)
+                combined = f"{name} + {lane}" if u.arg == "add" else _max(name, lane, u.dtype)
+                self.emit(f"{name} = {combined};")
+        self.names[u.id] = name
+
+    # --- arithmetic -----------------------------------------------------------------------------
+    def alu_expression(self, u: UOp) -> str:
+        op, d, vec = u.op, u.dtype, u.vec
+        s = [self.val(x) for x in u.srcs]
+        src_d = u.srcs[0].dtype
+        if op in ("add", "mul", "idiv", "mod", "and", "or", "xor", "shl", "shr"):
+            return _binary(op, s[0], s[1], src_d)
+        if op == "max":
+            return _max(s[0], s[1], d) if vec == 1 else _vector_max(s[0], s[1], d, vec)
+        if op in ("cmplt", "cmpne"):
+            if vec > 1 and src_d == dt.bool_:  # true is -1 in a bool vector: compare as 1/0
+                s = [f"(-{x})" for x in s]
+            compared = f"({s[0]} {'<' if op == 'cmplt' else '!='} {s[1]})"
+            return compared if vec == 1 else f"convert_char{vec}{compared}"
+        if op == "where":
+            if vec == 1:
+                return f"({s[0]} ? {s[1]} : {s[2]})"
+            return f"select({s[2]}, {s[1]}, convert_{_mask_type(d, vec)}({s[0]}))"
+        if op == "neg":
+            if d == dt.bool_:
+                return f"(!{s[0]})" if vec == 1 else f"(~{s[0]})"
+            return f"(-{s[0]})"
+        if op == "recip":
+            return f"({_const(1.0, d)} / {s[0]})"
+        if op in ("exp2", "log2", "sin", "sqrt"):
+            return f"{op}({s[0]})"
+        if op == "cast":
+            return self.cast_expression(u, s[0])
+        if op == "bitcast":
+            return self.bitcast_expression(u, s[0])
+        raise NotImplementedError(f"OpenCL renderer: op {op}")
+
+    def cast_expression(self, u: UOp, value: str) -> str:
+        src, dst, vec = u.arg, u.dtype, u.vec
+        if vec > 1:
+            return self.vector_cast(u, value)
+        if dst == dt.bool_:
+            return f"({value} != {_zero(src)})"
+        if dst == dt.float16:
+            if u.id in self.store_only_half_casts:
+                return f"(float){value}"
+            self.half_widths.add(1)
+            return f"round_to_half((float){value})"
+        return f"({_REG_TYPE[dst.name]}){value}"
+
+    def vector_cast(self, u: UOp, value: str) -> str:
+        src, dst, vec = u.arg, u.dtype, u.vec
+        if src == dt.bool_:
+            if dst == dt.bool_:
+                return value
+            value = f"(-{value})"  # -1/0 lanes to 1/0
+        if dst == dt.bool_:  # the zero as a vector: OpenCL rejects an int literal beside a vector of narrower ints
+            return f"convert_char{vec}({value} != {self.splat(_zero(src), src, vec)})"
+        converted = f"convert_{_type(dst, vec)}({value})"
+        if dst == dt.float16 and u.id not in self.store_only_half_casts:
+            self.half_widths.add(vec)
+            return f"round_to_half{vec}({converted})"
+        return converted
+
+    def bitcast_expression(self, u: UOp, value: str) -> str:
+        src, dst, vec = u.arg, u.dtype, u.vec
+        if src != dt.float16 and dst != dt.float16:
+            return f"as_{_BITS_TYPE[dst.name]}{vec if vec > 1 else ''}({value})"
+        self.uses_half_bits = True
+        if vec > 1:  # lane by lane, through the scalar helpers
+            lanes = [self.half_bitcast(src, dst, _lane(value, i)) for i in range(vec)]
+            return self.lanewise(dst, vec, lanes)
+        return self.half_bitcast(src, dst, value)
+
+    @staticmethod
+    def half_bitcast(src: dt.DType, dst: dt.DType, value: str) -> str:
+        if src == dt.float16:
+            return f"as_{_BITS_TYPE[dst.name]}(half_to_bits({value}))"
+        return f"bits_to_half(as_short({value}))"
+
+
+_C_OPERATOR = {
+    "add": "+",
+    "mul": "*",
+    "idiv": "/",
+    "mod": "%",
+    "and": "&",
+    "or": "|",
+    "xor": "^",
+    "shl": "<<",
+    "shr": ">>",
+}
+
+
+def _binary(op: str, a: str, b: str, d: dt.DType) -> str:
+    if d.is_float and op == "mod":
+        return f"fmod({a}, {b})"
+    if d.is_float and op not in ("add", "mul", "idiv"):
+        raise NotImplementedError(f"OpenCL renderer: {op} on {d.name}")
+    if d.is_float and op == "idiv":
+        return f"trunc({a} / {b})"
+    # C's / and % truncate and >> is arithmetic on signed types, logical on unsigned: as in the IR
+    return f"({a} {_C_OPERATOR[op]} {b})"
+
+
+def _max(a: str, b: str, d: dt.DType) -> str:
+    if d == dt.bool_:
+        return f"({a} || {b})"
+    if d.is_float:  # fmax drops NaN; PyTorch's maximum propagates it
+        return f"((isnan({a}) || {a} > {b}) ? {a} : {b})"
+    return f"({a} > {b} ? {a} : {b})"
+
+
+def _vector_max(a: str, b: str, d: dt.DType, vec: int) -> str:
+    if d == dt.bool_:
+        return f"({a} | {b})"
+    if d.is_float:  # lane-wise (a is NaN or a > b) ? a : b, with the comparisons' -1/0 masks
+        return f"select({b}, {a}, isnan({a}) | ({a} > {b}))"
+    return f"max({a}, {b})"
+
+
+def render_opencl(program: Program) -> str:
+    return _Renderer(program).render()
+
+
+def uses_float64(program: Program) -> bool:
+    return any(d == dt.float64 for d in program.buffer_dtypes) or any(
+        u.dtype == dt.float64 or (u.op in ("cast", "bitcast") and u.arg == dt.float64) for u in program.uops
+    )
+
+
+# --- devices ------------------------------------------------------------------------------------
+class CompileError(RuntimeError):
+    pass
+
+
+_NVIDIA_OPENCL_PATHS = (
+    "/usr/lib/x86_64-linux-gnu/libnvidia-opencl.so.1",
+    "/usr/lib64/libnvidia-opencl.so.1",
+    "/usr/lib/libnvidia-opencl.so.1",
+    "/usr/local/nvidia/lib64/libnvidia-opencl.so.1",
+)
+
+
+def _nvidia_opencl_library() -> str | None:
+    for path in _NVIDIA_OPENCL_PATHS:
+        if os.path.exists(path):
+            return path
+    return ctypes.util.find_library("nvidia-opencl")
+
+
+def _all_devices(cl) -> list:
+    """[(platform, device)] over every platform; a platform that fails to list devices is skipped."""
+    try:
+        platforms = cl.get_platforms()
+    except cl.Error as e:  # the ICD loader found no platform at all
+        raise RuntimeError(f"no OpenCL platform found ({e}); install a driver, e.g. pocl-opencl-icd") from e
+    found = []
+    for platform in platforms:
+        try:
+            found += [(platform, device) for device in platform.get_devices()]
+        except cl.Error:
+            continue
+    if not found:
+        raise RuntimeError("OpenCL platforms exist but list no devices")
+    return found
+
+
+def _describe(devices: list) -> str:
+    return "; ".join(f"{i}: {d.name} ({p.name})" for i, (p, d) in enumerate(devices))
+
+
+def _choose_device(cl, devices: list, request: str):
+    """By request (an index or a substring of the device name); else the first GPU; else the first device."""
+    if request:
+        if request.isdigit():
+            index = int(request)
+            if index >= len(devices):
+                raise RuntimeError(
+                    f"OpenCL device {index} requested, but there are {len(devices)}: {_describe(devices)}"
+                )
+            return devices[index]
+        matches = [(p, d) for p, d in devices if request.lower() in d.name.lower()]
+        if not matches:
+            raise RuntimeError(f"no OpenCL device name contains {request!r}; devices: {_describe(devices)}")
+        return matches[0]
+    gpus = [(p, d) for p, d in devices if d.type & cl.device_type.GPU]
+    if gpus:
+        return gpus[0]
+    nvidia = _nvidia_opencl_library()
+    if nvidia:
+        warnings.warn(
+            f"lazygrad: OpenCL sees no GPU, but NVIDIA's OpenCL driver is installed ({nvidia}); the ICD loader "
+            f"does not list it. Fix: mkdir -p /tmp/icd && echo {nvidia} > /tmp/icd/nvidia.icd && "
+            "export OCL_ICD_VENDORS=/tmp/icd",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return devices[0]
+
+
+# --- compiling and running ----------------------------------------------------------------------
+def _local_size(total: int, max_group: int, is_gpu: bool) -> int:
+    # GPUs want big groups for occupancy; PoCL runs one group per thread, so small groups spread work across cores
+    preferred = 256 if is_gpu else 16
+    return max(1, min(preferred, max_group, total))
+
+
+def _vector_width(device, is_gpu: bool) -> int:
+    """float32 lanes the code generator should vectorize to (the lowering reads `backend.vector_width`).
+
+    On a CPU (PoCL) explicit vectors are what fills the SIMD registers. A GPU runs one lane per work-item and
+    NVIDIA reports a preferred width of 1, so GPUs get scalar code until measurements show that float4 helps."""
+    if is_gpu:
+        return 1
+    width = device.preferred_vector_width_float
+    return width if width in (2, 4, 8, 16) else 1
+
+
+class OpenCLKernel:
+    def __init__(self, backend: OpenCLBackend, program: Program, source: str, built):
+        self.name, self.source, self.program = program.name, source, program
+        self.backend, self.built = backend, built
+        self.kernel = backend.cl.Kernel(built, program.name)
+        total = math.prod(program.global_size)
+        info = backend.cl.kernel_work_group_info.WORK_GROUP_SIZE
+        max_group = self.kernel.get_work_group_info(info, backend.device)
+        self.local_size = _local_size(total, max_group, backend.is_gpu)
+        self.global_size = -(-total // self.local_size) * self.local_size
+
+    def _launch(self, kernel, wait: bool) -> float | None:
+        cl = self.backend.cl
+        event = cl.enqueue_nd_range_kernel(self.backend.queue, kernel, (self.global_size,), (self.local_size,))
+        if not wait:
+            return None
+        event.wait()
+        return (event.profile.end - event.profile.start) * 1e-9
+
+    def __call__(self, buffers: list, wait: bool = False) -> float | None:
+        self.kernel.set_args(*buffers)
+        return self._launch(self.kernel, wait)
+
+    def bind(self, buffers: list):
+        """A launcher with the arguments fixed, `launch(wait) -> seconds or None` (JIT replays). It owns a
+        kernel object of its own, so launchers of one kernel with different buffers do not disturb each other."""
+        kernel = self.backend.cl.Kernel(self.built, self.name)
+        kernel.set_args(*buffers)
+        return lambda wait=False: self._launch(kernel, wait)
+
+
+class OpenCLBackend:
+    name = "opencl"
+
+    def __init__(self, name: str = "opencl"):
+        import pyopencl as cl  # imported here so that a missing pyopencl only disables this backend
+
+        self.cl = cl
+        self.name = name
+        devices = _all_devices(cl)
+        request = name.split(":", 1)[1] if ":" in name else config.OPENCL_DEVICE.strip()
+        self.platform, self.device = _choose_device(cl, devices, request)
+        self.is_gpu = bool(self.device.type & cl.device_type.GPU)
+        self.device_name = f"{self.device.name.strip()} ({self.platform.name.strip()})"
+        self.supports_float64 = "cl_khr_fp64" in self.device.extensions or bool(self.device.double_fp_config)
+        self.vector_width = _vector_width(self.device, self.is_gpu)
+        self.context = cl.Context(devices=[self.device])
+        self.queue = cl.CommandQueue(self.context, self.device, properties=cl.command_queue_properties.PROFILING_ENABLE)
+        self.target_id = "|".join(
+            [self.device.name, self.device.driver_version, self.platform.version, cl.VERSION_TEXT]
+        )
+        self.source_builds = 0  # programs that went through the driver's compiler (not the disk cache)
+
+    def allocate(self, nbytes: int):
+        return self.cl.Buffer(self.context, self.cl.mem_flags.READ_WRITE, size=max(nbytes, 1))
+
+    def free(self, handle, nbytes: int) -> None:
+        handle.release()
+
+    def copy_in(self, handle, array: np.ndarray) -> None:
+        if array.nbytes:  # blocking: the caller may drop the host array as soon as we return
+            self.cl.enqueue_copy(self.queue, handle, np.ascontiguousarray(array), is_blocking=True)
+
+    def copy_out(self, handle, array: np.ndarray) -> None:
+        if array.nbytes:
+            self.cl.enqueue_copy(self.queue, array.reshape(-1), handle, is_blocking=True)
+
+    def copy_between(self, dst, src, nbytes: int) -> None:
+        """A device-side copy (the JIT refreshes its input buffers with this)."""
+        if nbytes:
+            self.cl.enqueue_copy(self.queue, dst, src, byte_count=nbytes)
+
+    def synchronize(self) -> None:
+        self.queue.finish()
+
+    def compile(self, program: Program) -> OpenCLKernel:
+        if uses_float64(program) and not self.supports_float64:
+            raise CompileError(
+                f"kernel {program.name} uses float64, which {self.device_name} does not support "
+                "(no cl_khr_fp64); use float32 tensors on this device"
+            )
+        source = render_opencl(program)
+        key = f"opencl|{self.target_id}|{source}"
+        binary = diskcache.get(key)
+        built = self._load_binary(binary) if binary is not None else None
+        if built is None:
+            built = self._build(source, program.name)
+            diskcache.put(key, built.get_info(self.cl.program_info.BINARIES)[0])
+        return OpenCLKernel(self, program, source, built)
+
+    def _load_binary(self, binary: bytes):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", self.cl.CompilerWarning)
+                return self.cl.Program(self.context, [self.device], [binary]).build()
+        except self.cl.Error:  # a binary the driver no longer accepts: rebuild from source
+            return None
+
+    def _build(self, source: str, name: str):
+        self.source_builds += 1
+        program = self.cl.Program(self.context, source)
+        try:
+            with warnings.catch_warnings():  # pyopencl warns on any compiler output; errors are reported below
+                warnings.simplefilter("ignore", self.cl.CompilerWarning)
+                return program.build(devices=[self.device], cache_dir=False)
+        except self.cl.Error as e:
+            try:
+                log = program.get_build_info(self.device, self.cl.program_build_info.LOG)
+            except Exception:  # the driver kept no log: pyopencl's message has what there is
+                log = str(e)
+            raise CompileError(_compile_failure(name, self.device_name, source, log)) from e
+
+
+def _compile_failure(name: str, device_name: str, source: str, log: str, max_lines: int = 20) -> str:
+    """The message for a kernel the driver rejects: its name, where its source was saved, the build log's head."""
+    path = os.path.join(tempfile.gettempdir(), f"lazygrad-failed-{name}.cl")
+    try:
+        with open(path, "w") as f:
+            f.write(source)
+        saved = f"its OpenCL C is in {path}"
+    except OSError as e:
+        saved = f"its OpenCL C could not be saved to {path} ({e}); LAZYGRAD_DEBUG=3 prints it"
+    lines = [line for line in log.strip().splitlines() if line.strip()]
+    head = "\n".join("  " + line for line in lines[:max_lines])
+    more = f"\n  ... ({len(lines) - max_lines} more lines)" if len(lines) > max_lines else ""
+    return f"OpenCL could not compile kernel {name} on {device_name}; {saved}\n{head}{more}"
+
+
+def create(name: str = "opencl") -> OpenCLBackend:
+    return OpenCLBackend(name)
