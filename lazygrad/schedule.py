@@ -106,6 +106,8 @@ class Scheduler:
         for node in self.nodes:
             if node.op in ("host", "copy", "assign", "contiguous"):
                 self.realize.setdefault(id(node), "effect")
+            if node.op == "copy" and node.srcs[0].base.buffer is None:  # a copy moves memory that must exist
+                self.realize.setdefault(id(node.srcs[0].base), "effect")
             if node.op == "const":
                 continue
             # which reduce nodes would be inlined into this node's kernel

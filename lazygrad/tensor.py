@@ -75,14 +75,14 @@ class Tensor:
 
     def __init__(self, data, dtype=None, device=None, requires_grad: bool = False):
         dtype = dt.to_dtype(dtype) if dtype is not None else None
-        device = canonical_device(device)
+        device_arg, device = device, canonical_device(device)
         if isinstance(data, LazyBuffer):
             lb = data if dtype is None or data.dtype == dtype else data.alu("cast", dtype=dtype, arg=dtype)
         elif isinstance(data, Tensor):
             lb = data.lazydata
             if dtype is not None and lb.dtype != dtype:
                 lb = lb.alu("cast", dtype=dtype, arg=dtype)
-            if device != lb.device:
+            if device_arg is not None and device != lb.device:
                 lb = lb.copy_to(device)
         else:
             if isinstance(data, (bool, int, float)) and not isinstance(data, np.generic):
@@ -387,7 +387,7 @@ class Tensor:
         for a in args:
             if isinstance(a, Tensor):
                 dtype, device = a.dtype, a.device
-            elif isinstance(a, DType) or (isinstance(a, str) and a.split(":")[0] not in ("llvm", "opencl", "cpu")):
+            elif isinstance(a, DType) or (isinstance(a, str) and a.split(":")[0].lower() not in _DEVICE_NAMES):
                 dtype = a
             elif isinstance(a, str):
                 device = a
@@ -1682,6 +1682,9 @@ def _result_dtype(a: Tensor, b: Tensor) -> DType:
     if dim == dt.bool_ or zero.is_float:
         return dt.promote(dim, zero)
     return dim
+
+
+_DEVICE_NAMES = ("llvm", "opencl", "cpu", "gpu", "cuda", "clang")
 
 
 def _pair(x) -> tuple:

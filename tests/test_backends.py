@@ -286,7 +286,6 @@ def test_tensors_move_between_backends():
     np.testing.assert_array_equal(on_llvm.T.to("opencl").numpy(), (x * 2).T)
 
 
-@pytest.mark.xfail(reason="core: the scheduler does not realize an unrealized source of a copy (schedule.py)")
 def test_an_unrealized_tensor_moves_between_backends():
     require("llvm"), require("opencl")
     x = rand(3, 4, seed=17)

@@ -434,49 +434,29 @@ def check_exact(program: Program):
     np.testing.assert_array_equal(got.out, want.out)
 
 
-# --- bugs the fuzzer found and that are still open ---------------------------------------------------
-# Each has a strict xfail test below (it turns red once fixed: then delete the test's xfail and the
-# clause here). The random tests skip the programs that would only rediscover them.
+# --- bugs the fuzzer found (fixed; each keeps its regression test) ----------------------------------
 
 
 def known_bug(program: Program, backend: str, gradients: bool) -> str | None:
-    """Why this program would fail on this backend for a reason already reported, else None."""
-    if backend == "llvm" and gradients and program.has_empty_value:
-        return "LLVM: a reduce over an empty range runs its body once (do-while loops)"
-    if ".half()" in program.source():
-        return "a cast to float16 inside a kernel does not round (float16 is computed as float32)"
+    """Why this program would fail on this backend for a reason already reported, else None (none open)."""
     return None
 
 
-def test_broadcasting_to_an_empty_dim_gives_a_zero_gradient(backend, request):
-    if backend == "llvm":
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="LLVM renders reduce loops as do-while, so a reduce over an empty range adds its body once",
-            )
-        )
+def test_broadcasting_to_an_empty_dim_gives_a_zero_gradient():
+    # was: LLVM renders reduce loops as do-while, so a reduce over an empty range added its body once
     x = lazygrad.tensor(np.ones((3, 1), np.float32), requires_grad=True)
     x.expand(3, 0).sum().backward()
     np.testing.assert_array_equal(x.grad.numpy(), np.zeros((3, 1), np.float32))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="codegen/lowering.py computes float16 as float32 and drops a cast to float16 "
-    "that is not stored, so the value is never rounded to half precision",
-)
 def test_casting_to_half_and_back_rounds_to_half_precision():
+    # was: float16 computed as float32 dropped a cast to float16 that was not stored
     x = lazygrad.tensor(np.array([0.1, 0.3, 1 + 2**-12], np.float32))
     np.testing.assert_array_equal(x.half().float().numpy(), x.numpy().astype(np.float16).astype(np.float32))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="codegen/lowering.py rounds fused float16 arithmetic only when it is stored, "
-    "while torch rounds the result of every op (here 29% of a*b+c differ by an ulp)",
-)
 def test_fused_float16_arithmetic_rounds_every_op_like_torch():
+    # was: fused float16 arithmetic was rounded only when stored (29% of a*b+c differed by an ulp)
     a, b, c = (np.random.default_rng(seed).uniform(-2, 2, 1000).astype(np.float16) for seed in range(3))
     got = (lazygrad.tensor(a) * lazygrad.tensor(b) + lazygrad.tensor(c)).numpy()
     want = (torch.tensor(a) * torch.tensor(b) + torch.tensor(c)).numpy()

@@ -161,12 +161,13 @@ def test_an_allocation_error_that_is_not_about_memory_is_not_called_out_of_memor
     held = fill_the_pool(backend)
     fail_allocations(RuntimeError("create_buffer failed: INVALID_BUFFER_SIZE"))
 
+    size = next(n for n in range(1236, 2000) if (backend, 4 * n) not in runtime.POOL.free)  # not a pool hit
     with pytest.raises(RuntimeError) as info:
-        runtime.Buffer(backend, 1236, dt.float32)
+        runtime.Buffer(backend, size, dt.float32)
 
     assert not isinstance(info.value, MemoryError)
     message = str(info.value)
-    assert "4944 bytes" in message and backend in message and "INVALID_BUFFER_SIZE" in message, message
+    assert f"{4 * size} bytes" in message and backend in message and "INVALID_BUFFER_SIZE" in message, message
     assert runtime.POOL.bytes_held == held, "the pool was emptied for nothing"
 
 
@@ -194,12 +195,6 @@ def test_a_tensor_on_a_backend_that_does_not_exist_fails_naming_the_real_backend
 
 
 @pytest.mark.backend_independent
-@pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason="Tensor.to takes any string other than llvm/opencl/cpu "
-    "for a dtype: to('gpu') raises \"unknown dtype 'gpu'\" though device='gpu' means opencl",
-)
 @pytest.mark.parametrize("alias", ["gpu", "cuda"])
 def test_tensor_to_accepts_the_device_aliases_lazygrad_knows(alias):
     assert lazygrad.tensor([1.0], device="llvm").to(alias).device == "opencl"

@@ -22,18 +22,18 @@ class KernelOp:
     dtype: DType | None = None
 
     def walk(self):
-        """Every node once, sources before users."""
-        seen, order = set(), []
-
-        def visit(node):
+        """Every node once, sources before users (iterative: no recursion limit, no reference cycle)."""
+        seen, order, stack = set(), [], [(self, False)]
+        while stack:
+            node, done = stack.pop()
+            if done:
+                order.append(node)
+                continue
             if id(node) in seen:
-                return
+                continue
             seen.add(id(node))
-            for s in node.srcs:
-                visit(s)
-            order.append(node)
-
-        visit(self)
+            stack.append((node, True))
+            stack.extend((s, False) for s in reversed(node.srcs) if id(s) not in seen)
         return order
 
     def describe(self, depth=0) -> str:

@@ -365,12 +365,29 @@ class Lowerer:
         else:
             srcs = tuple(self._value(s, idx_nodes, vars_uop, memo, acc_value) for s in node.srcs)
             if node.op in ("cast", "bitcast"):
-                src_dtype = srcs[0].dtype
-                out = srcs[0] if node.op == "cast" and src_dtype == cdt else self.alu(node.op, cdt, srcs, src_dtype)
+                out = self._convert(node, srcs[0])
             else:
                 out = self.alu(node.op, cdt, srcs)
+                if node.dtype == dt.float16:  # each float16 op rounds its result to half, as PyTorch's do
+                    out = self.alu("cast", dt.float32, (self.alu("cast", dt.float16, (out,), dt.float32),), dt.float16)
         memo[key] = out
         return out
+
+    def _convert(self, node: KernelOp, src: UOp) -> UOp:
+        """cast/bitcast, with float16 values held as float32: a cast to float16 still rounds to half, and a
+        bitcast from or to float16 goes through a real half value."""
+        f16, f32 = dt.float16, dt.float32
+        if node.op == "bitcast":
+            source = node.arg  # the source dtype (Tensor.bitcast records it)
+            if source == f16:
+                src = self.alu("cast", f16, (src,), f32)
+            out = self.alu("bitcast", node.dtype, (src,), source)
+            return self.alu("cast", f32, (out,), f16) if node.dtype == f16 else out
+        if node.dtype == f16:  # round to half and back, as storing and reloading would
+            half = self.alu("cast", f16, (src,), src.dtype)
+            return self.alu("cast", f32, (half,), f16)
+        cdt = _compute_dtype(node.dtype)
+        return src if src.dtype == cdt else self.alu("cast", cdt, (src,), src.dtype)
 
     # --- the loop nest ---------------------------------------------------------------------------
     def lower(self) -> Program:
@@ -415,7 +432,9 @@ class Lowerer:
             for combo in out_combos:
                 accs[combo] = e.emit("acc", acc_dtype, (), _reduce_identity(red_op, acc_dtype), pure=False, vec=acc_vec)
             ranges, red_index = [], {}
-            for d in nest.reduce_dims:
+            # a reduce over nothing is its identity: no loop at all (loops run at least once)
+            empty = any(nest.shape[d] == 0 for d in nest.reduce_dims)
+            for d in [] if empty else nest.reduce_dims:
                 factor = width if d == vdim else (unroll if d == unroll_dim else 1)
                 size = nest.shape[d] // factor
                 e.open_scope()
@@ -423,7 +442,7 @@ class Lowerer:
                 vars_uop[f"r{d}"] = ranges[-1]
                 red_index[d] = split(d, Var(f"r{d}", 0, size - 1), unroll if d == unroll_dim else 1)
             alu = "add" if red_op == "sum" else "max"
-            for combo in out_combos:
+            for combo in [] if empty else out_combos:
                 for k in range(unroll):
                     idx = out_idx(combo) + [red_index[d](k) for d in nest.reduce_dims]
                     val = self.broadcast(self._value(self.reduce.srcs[0], idx, vars_uop, {}, None), acc_vec)
