@@ -11,6 +11,8 @@ realized are recorded, and LAZYGRAD_DEBUG=2 prints them:
 - "reduce-in-view": it holds a reduce and is read through a view (a reduce cannot be inlined
   into another kernel's loops), or by another reduce
 - "second-reduce": a kernel holds at most one reduce
+- "broadcast-compute": a few ops or more, read through a broadcast at least 4x its size (fused, each
+  element would be computed again for every copy)
 - "assign-hazard": an assign would overwrite memory that this value reads through another view
 
 Everything else is fused: an elementwise chain is one kernel, elementwise work before a reduce
@@ -102,7 +104,7 @@ class Scheduler:
             if t.buffer is None:
                 self.realize[id(t)] = "output"
         holds_reduce: dict = {}
-        self._holds_reduce, self._inline_cost = holds_reduce, {}
+        self._holds_reduce, self._inline_cost, self._op_cost = holds_reduce, {}, {}
         for node in self.nodes:
             if node.op in ("host", "copy", "assign", "contiguous"):
                 self.realize.setdefault(id(node), "effect")
@@ -120,6 +122,10 @@ class Scheduler:
                 if inner and (_not_a_reshape(src) or node.op in REDUCE):
                     self.realize[id(b)] = "reduce-in-view"
                     continue
+                if b.op in ELEMENTWISE and src.size >= 4 * b.size and self._op_cost.get(id(b), 0) >= 4:
+                    # a broadcast would compute every element of it again for each copy read
+                    self.realize[id(b)] = "broadcast-compute"
+                    continue
                 if inner and reduces and inner != reduces:
                     self.realize[id(b)] = "second-reduce"
                     continue
@@ -127,6 +133,9 @@ class Scheduler:
             if node.op in REDUCE:
                 reduces = {id(node)}
             holds_reduce[id(node)] = reduces if node.op in ELEMENTWISE | REDUCE else set()
+            if node.op in ELEMENTWISE:  # ops computed per element when fused (realized sources count as loads)
+                self._op_cost[id(node)] = 1 + sum(self._op_cost.get(id(s.base), 0) for s in node.srcs
+                                                  if s.base.buffer is None and id(s.base) not in self.realize)
             if len(self.consumers.get(id(node), ())) > 1 and not self._cheap_to_repeat(node):
                 self.realize.setdefault(id(node), "shared")
 

@@ -1561,12 +1561,20 @@ class Tensor:
         def forward() -> Tensor:
             win = windows_of(x_in)
             oh, ow = win.shape[3:5]
-            wt = w_in
-            if ow % 16 and cout_g % 16 == 0:
-                # feature maps without 16-wide rows give the vector lanes nothing contiguous: lay the weight
-                # out channel-last (a small copy) so that vector lanes run over output channels instead
-                wt = wt.permute(1, 2, 3, 0).contiguous().permute(3, 0, 1, 2)
-            out = (win.unsqueeze(2) * wt.reshape(1, g, cout_g, cin_g, 1, 1, kh, kw)).sum((3, 6, 7))
+            plain_weight = w_in.lazydata.st.contiguous_view and w_in.lazydata.size == w_in.lazydata.base.size
+            if ow % 16 and plain_weight:
+                # narrow feature maps give vector lanes no contiguous output row. Copy the windows out as
+                # columns (n, g, oh, ow, cin_g*kh*kw), small here, so that the reduce runs along memory that
+                # both the columns and the weight hold contiguously (a matrix product)
+                cols = win.permute(0, 1, 3, 4, 2, 5, 6).contiguous()
+                out = (cols.unsqueeze(2) * w_in.reshape(1, g, cout_g, 1, 1, cin_g, kh, kw)).sum((5, 6, 7))
+            elif ow % 16 and cout_g % 16 == 0:
+                # a weight seen through a view (the flipped one of the input gradient): copy it channel-last,
+                # so that vector lanes run over output channels instead
+                wt = w_in.permute(1, 2, 3, 0).contiguous().permute(3, 0, 1, 2)
+                out = (win.unsqueeze(2) * wt.reshape(1, g, cout_g, cin_g, 1, 1, kh, kw)).sum((3, 6, 7))
+            else:
+                out = (win.unsqueeze(2) * w_in.reshape(1, g, cout_g, cin_g, 1, 1, kh, kw)).sum((3, 6, 7))
             return out.reshape(n, cout, oh, ow)
 
         def backward(grad: Tensor) -> tuple:
