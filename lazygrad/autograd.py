@@ -50,6 +50,7 @@ class Context:
     inputs: tuple  # Tensors
     arg: object
     out_shape: tuple
+    versions: tuple = ()  # each input's in-place version when recorded; () once resolved by _topological
 
 
 # --- the rules ----------------------------------------------------------------------------------
@@ -161,13 +162,17 @@ def _flip(c, g):
 
 
 def _window(c, g):
-    # each window position k sends its gradient back to x[o*stride + k*dilation]: per kernel offset,
-    # spread g over the input with stride-1 zeros between, shifted by k*dilation, and add up
     (x,) = c.inputs
-    kernel, stride, dilation = c.arg
+    return (window_transpose(g, x.shape, *c.arg),)
+
+
+def window_transpose(g, input_shape: tuple, kernel: tuple, stride: tuple, dilation: tuple):
+    """The adjoint of the window view (col2im): each window position k sends its value back to
+    x[o*stride + k*dilation]. Per kernel offset, spread g over the input with stride-1 zeros between,
+    shifted by k*dilation, and add up: one elementwise kernel of K*K masked loads."""
     n = len(kernel)
-    spatial = x.shape[-n:]
-    outs = c.out_shape[-2 * n : -n]
+    spatial = input_shape[-n:]
+    outs = g.shape[-2 * n : -n]
     total = None
     for ks in itertools.product(*[range(k) for k in kernel]):
         piece = g[(Ellipsis, *ks)]
@@ -181,7 +186,7 @@ def _window(c, g):
             end_pad = size - start - ((o - 1) * s + 1)
             piece = piece.pad([0, 0] * (piece.ndim - dim - 1) + [start, end_pad])
         total = piece if total is None else total + piece
-    return (total,)
+    return total
 
 
 def _composite(c, g):
@@ -273,7 +278,15 @@ def _topological(root) -> list:
         seen.add(id(t))
         stack.append((t, True))
         if t._ctx is not None:
+            _resolve_versions(t._ctx)
             for inp in t._ctx.inputs:
                 if inp.requires_grad and id(inp) not in seen:
                     stack.append((inp, False))
     return order
+
+
+def _resolve_versions(ctx: Context) -> None:
+    """Inputs updated in place since the op was recorded are replaced by their values back then."""
+    if ctx.versions:
+        ctx.inputs = tuple(t._as_of(v) for t, v in zip(ctx.inputs, ctx.versions))
+        ctx.versions = ()

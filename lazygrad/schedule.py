@@ -158,7 +158,14 @@ class Scheduler:
 
     # --- kernel ASTs -----------------------------------------------------------------------------
     def _ast(self, node: LazyBuffer, movement: tuple, inputs: list, root: LazyBuffer) -> KernelOp:
-        """The AST computing `node` (a base) seen through `movement` ops."""
+        """The AST computing `node` (a base) seen through `movement` ops; a node reached again by another
+        path is the same KernelOp object (so a DAG is not unfolded into a tree, here or in lowering)."""
+        key = (id(node), movement, node is root)
+        if key not in self._ast_memo:
+            self._ast_memo[key] = self._build_ast(node, movement, inputs, root)
+        return self._ast_memo[key]
+
+    def _build_ast(self, node: LazyBuffer, movement: tuple, inputs: list, root: LazyBuffer) -> KernelOp:
         if node.op == "const":
             st = ShapeTracker.contiguous(node.shape).apply(movement)
             return KernelOp("const", (), (node.arg, st), node.dtype)
@@ -195,7 +202,7 @@ class Scheduler:
         outputs = [node, *members]
         inputs: list = []
         self._inline = {id(m) for m in members}
-        self._n_outputs, self._fused = len(outputs), set()
+        self._n_outputs, self._fused, self._ast_memo = len(outputs), set(), {}
         values, kernel_shape = [], node.shape
         for out in outputs:
             self._reduce_shape = None
@@ -252,7 +259,7 @@ class Scheduler:
             if item.kind != "kernel" or id(item) in merged_away:
                 continue
             while True:
-                candidate = self._mergeable_input(item, by_output, merged_away)
+                candidate = self._mergeable_input(item, by_output, merged_away, items)
                 if candidate is None:
                     break
                 members = tuple(item.outputs[1:]) + tuple(candidate.outputs)
@@ -281,7 +288,7 @@ class Scheduler:
             merged_away.update(group[1:])
         return [item for i, item in enumerate(items) if i not in merged_away]
 
-    def _mergeable_input(self, item: ScheduleItem, by_output: dict, merged_away: set):
+    def _mergeable_input(self, item: ScheduleItem, by_output: dict, merged_away: set, items: list):
         size = item.output.size
         group = {id(o) for o in item.outputs}
         reduces = item.reduces  # a kernel holds at most one
@@ -295,6 +302,8 @@ class Scheduler:
                 continue
             if not self.consumers.get(id(x), set()) <= item.fused | group:
                 continue
+            if any(other is not item and id(other) not in merged_away and x in other.inputs for other in items):
+                continue  # another kernel reads it too (a value fused into both): folding could close a cycle
             if x.op in ("contiguous", "assign") and x.srcs[0].is_view:
                 continue
             other = producer.reduces

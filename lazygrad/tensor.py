@@ -1558,6 +1558,8 @@ class Tensor:
             win = x._pool((kh, kw), stride, dilation)
             return win.reshape(n, g, cin_g, *win.shape[2:])
 
+        columns = []  # the window columns, when forward copies them out; the weight gradient reuses them
+
         def forward() -> Tensor:
             win = windows_of(x_in)
             oh, ow = win.shape[3:5]
@@ -1567,6 +1569,7 @@ class Tensor:
                 # columns (n, g, oh, ow, cin_g*kh*kw), small here, so that the reduce runs along memory that
                 # both the columns and the weight hold contiguously (a matrix product)
                 cols = win.permute(0, 1, 3, 4, 2, 5, 6).contiguous()
+                columns.append(cols)
                 out = (cols.unsqueeze(2) * w_in.reshape(1, g, cout_g, 1, 1, cin_g, kh, kw)).sum((5, 6, 7))
             elif ow % 16 and cout_g % 16 == 0:
                 # a weight seen through a view (the flipped one of the input gradient): copy it channel-last,
@@ -1584,7 +1587,12 @@ class Tensor:
             grad_x = grad_w = None
             if x_in.requires_grad:
                 grad_x = _conv2d_input_grad(grad, w_in, (h, w), stride, padding, dilation, groups)
-            if w_in.requires_grad:
+            if w_in.requires_grad and columns and not autograd.is_grad_enabled():
+                # output lanes along cin_g*kh*kw, contiguous in both (the columns carry no graph: with
+                # create_graph the windows below keep the weight gradient differentiable in x)
+                gg = grad.reshape(n, g, cout_g, oh, ow, 1, 1, 1)
+                grad_w = (gg * columns[0].detach().unsqueeze(2)).sum((0, 3, 4)).reshape(cout, cin_g, kh, kw)
+            elif w_in.requires_grad:
                 win = windows_of(x_in).unsqueeze(2)  # (n, g, 1, cin_g, oh, ow, kh, kw)
                 gg = grad.reshape(n, g, cout_g, 1, oh, ow, 1, 1)
                 grad_w = (gg * win).sum((0, 4, 5)).reshape(cout, cin_g, kh, kw)
@@ -1661,6 +1669,18 @@ def _conv2d_input_grad(grad: Tensor, weight: Tensor, input_hw: tuple, stride, pa
     with the spatially flipped weight whose in/out channels are swapped per group."""
     cout, cin_g, kh, kw = weight.shape
     g = groups
+    plain_weight = weight.lazydata.st.contiguous_view and weight.lazydata.size == weight.lazydata.base.size
+    if groups == 1 and input_hw[1] % 16 and plain_weight:
+        # narrow feature maps: the gradient of the window columns is a matrix product along memory the
+        # weight holds contiguously (output lanes over cin*kh*kw), then the columns go back to their
+        # input positions (col2im, one elementwise kernel)
+        n, _, oh, ow = grad.shape
+        per_pixel = grad.permute(0, 2, 3, 1).reshape(n, oh, ow, cout, 1, 1, 1)
+        cols = (per_pixel * weight.reshape(1, 1, 1, cout, cin_g, kh, kw)).sum(3)  # (n, oh, ow, cin, kh, kw)
+        padded_hw = tuple(size + 2 * p for size, p in zip(input_hw, padding))
+        dx = autograd.window_transpose(cols.permute(0, 3, 1, 2, 4, 5), (n, cin_g, *padded_hw), (kh, kw), stride,
+                                       dilation)
+        return dx.shrink([(0, n), (0, cin_g)] + [(p, p + size) for p, size in zip(padding, input_hw)])
     for axis, (s, o) in enumerate(zip(stride, grad.shape[2:])):
         if s > 1:  # s-1 zeros after each element, none after the last
             dim = 2 + axis

@@ -197,8 +197,9 @@ def test_binary_with_python_scalar(op, scalar):
     if op == "sub" and isinstance(scalar, bool):
         pytest.skip("bool subtraction is an error in torch")
     if op == "maximum":
-        check_forward(lambda a: a.maximum(torch.tensor(scalar) if isinstance(a, torch.Tensor) else Tensor(scalar)),
-                      rand(2, 3))
+        check_forward(
+            lambda a: a.maximum(torch.tensor(scalar) if isinstance(a, torch.Tensor) else Tensor(scalar)), rand(2, 3)
+        )
         return
     check_forward(lambda a: fn(a, scalar), rand(2, 3))
     check_forward(lambda a: fn(a, scalar), rand(2, 3, dtype=np.int32, low=1, high=9))
@@ -265,9 +266,7 @@ def test_uint8_arithmetic_wraps_around():
     check_forward(lambda x: x - 10, np.array([250, 5, 0], dtype=np.uint8))
 
 
-@pytest.mark.parametrize(
-    "exponent", [2, 3, 0, 1, -1, 0.5, -0.5, 2.5, -2, 1.0 / 3], ids=lambda e: f"exp{e}"
-)
+@pytest.mark.parametrize("exponent", [2, 3, 0, 1, -1, 0.5, -0.5, 2.5, -2, 1.0 / 3], ids=lambda e: f"exp{e}")
 def test_pow_with_scalar_exponent_on_positive_base(exponent):
     check_forward(lambda a: a**exponent, positive(3, 4), rtol=1e-5)
 
@@ -291,6 +290,18 @@ def test_pow_of_integers_stays_integer():
     check_forward(lambda a: a**2, np.array([-3, 2, 5], dtype=np.int64))
     check_forward(lambda a: a**3, np.array([-3, 2, 5], dtype=np.int32))
     check_forward(lambda a, b: a**b, np.array([2, 3, -2], dtype=np.int64), np.array([3, 0, 3], dtype=np.int64))
+
+
+@pytest.mark.parametrize("exponent", [9, 13, 31, 40])
+def test_integer_pow_with_large_exponent_is_exact_and_wraps(exponent):
+    check_forward(lambda a: a**exponent, np.array([2, 3, -2, -1, 0, 1, 7], dtype=np.int64))
+    check_forward(lambda a: a**exponent, np.array([2, 3, -2, -1, 0, 1, 7], dtype=np.int32))
+
+
+def test_pow_of_special_values():
+    data = np.array([np.inf, -np.inf, np.nan, -0.0, 0.0, -1.0], dtype=np.float32)
+    for exponent in (2.5, -1.5, 3.0, -3.0, 0.0, 1.0, 0.3):
+        check_forward(lambda a, e=exponent: a**e, data)
 
 
 def test_pow_at_zero():
@@ -349,14 +360,19 @@ def test_unary_float_ops(op):
 def test_unary_on_non_contiguous_input(op):
     fn, torch_fn, make = UNARY[op]
     view = lambda a: a.transpose(0, 1)[::2, 1:]  # noqa: E731
-    check_forward(lambda a: fn(view(a)), make(4, 6), torch_fn=lambda a: (torch_fn or fn)(view(a)),
-                  rtol=2e-5, atol=2e-6)
+    check_forward(lambda a: fn(view(a)), make(4, 6), torch_fn=lambda a: (torch_fn or fn)(view(a)), rtol=2e-5, atol=2e-6)
 
 
 @pytest.mark.parametrize("op", ["exp", "sigmoid", "tanh", "softplus", "sin", "cos", "gelu", "silu"])
 def test_unary_over_a_wide_range(op):
     fn, torch_fn, _ = UNARY[op]
     check_forward(fn, rand(64, low=-30, high=30), torch_fn=torch_fn, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("op", ["floor", "ceil", "trunc", "round", "sign", "abs"])
+def test_rounding_of_special_and_large_values(op):
+    data = np.array([np.inf, -np.inf, np.nan, 1e20, -1e20, 2.0**40 + 0.5, -0.0, 0.0, -2.5], dtype=np.float32)
+    check_forward(lambda a: getattr(a, op)(), data)
 
 
 def test_round_halves_to_even():
@@ -424,23 +440,31 @@ def test_clamp_without_bounds_is_an_error():
 @pytest.mark.parametrize("shapes", [((2, 3), (2, 3), (2, 3)), ((3,), (2, 3), (2, 1)), ((2, 1), (), (3,))], ids=str)
 def test_where_broadcasts(shapes):
     cond = rand(*shapes[0], dtype=np.bool_, seed=3)
-    check_forward(lambda c, x, y: lazygrad.where(c, x, y) if isinstance(c, Tensor) else torch.where(c, x, y),
-                  cond, rand(*shapes[1], seed=1), rand(*shapes[2], seed=2))
+    check_forward(
+        lambda c, x, y: lazygrad.where(c, x, y) if isinstance(c, Tensor) else torch.where(c, x, y),
+        cond,
+        rand(*shapes[1], seed=1),
+        rand(*shapes[2], seed=2),
+    )
 
 
 def test_where_with_scalars():
     cond = rand(5, dtype=np.bool_)
-    check_forward(lambda c, x: lazygrad.where(c, x, 0.0) if isinstance(c, Tensor) else torch.where(c, x, 0.0),
-                  cond, rand(5))
-    check_forward(lambda c: lazygrad.where(c, 1.5, -2.0) if isinstance(c, Tensor) else torch.where(c, 1.5, -2.0),
-                  cond)
+    check_forward(
+        lambda c, x: lazygrad.where(c, x, 0.0) if isinstance(c, Tensor) else torch.where(c, x, 0.0), cond, rand(5)
+    )
+    check_forward(lambda c: lazygrad.where(c, 1.5, -2.0) if isinstance(c, Tensor) else torch.where(c, 1.5, -2.0), cond)
     check_forward(lambda c: lazygrad.where(c, 1, 0) if isinstance(c, Tensor) else torch.where(c, 1, 0), cond)
 
 
 def test_where_promotes_branch_dtypes():
     cond = rand(4, dtype=np.bool_)
-    check_forward(lambda c, x, y: c.where(x, y) if isinstance(c, Tensor) else torch.where(c, x, y),
-                  cond, rand(4, dtype=np.int32, low=0, high=5), rand(4))
+    check_forward(
+        lambda c, x, y: c.where(x, y) if isinstance(c, Tensor) else torch.where(c, x, y),
+        cond,
+        rand(4, dtype=np.int32, low=0, high=5),
+        rand(4),
+    )
 
 
 # ---- logical and bitwise -----------------------------------------------------------------------
@@ -499,6 +523,13 @@ def test_maximum_and_minimum_propagate_nan():
     check_forward(lambda a, b: a.minimum(b), SPECIAL, other)
 
 
+def test_max_with_dim_of_special_values_when_gradients_are_tracked():
+    data = np.array([[1.0, np.inf, 3.0], [-np.inf, -np.inf, -np.inf], [np.nan, 1.0, 2.0]], dtype=np.float32)
+    x, tx = Tensor(data, requires_grad=True), torch.tensor(data, requires_grad=True)
+    assert_same(x.max(1), tx.max(1))
+    assert_same(x.min(1), tx.min(1))
+
+
 def test_max_reduction_propagates_nan():
     data = np.array([[1.0, np.nan, 3.0], [1.0, 2.0, -np.inf]], dtype=np.float32)
     check_forward(lambda a: a.max(), data)
@@ -520,7 +551,7 @@ def test_comparisons_with_nan_and_inf(op):
 
 def test_isnan_isinf_isfinite():
     for name in ("isnan", "isinf", "isfinite"):
-        check_forward(lambda a: getattr(a, name)(), SPECIAL)
+        check_forward(lambda a, name=name: getattr(a, name)(), SPECIAL)
 
 
 def test_clamp_propagates_nan():
@@ -549,8 +580,12 @@ def test_float16_overflow_and_precision():
 
 
 def test_cast_to_float16_rounds_to_nearest():
-    check_forward(lambda x: x.half(), np.array([1.0 + 2**-11, 1.0 + 3 * 2**-11, 65520.0, 1e-8, 0.1], dtype=np.float32),
-                  rtol=0, atol=0)
+    check_forward(
+        lambda x: x.half(),
+        np.array([1.0 + 2**-11, 1.0 + 3 * 2**-11, 65520.0, 1e-8, 0.1], dtype=np.float32),
+        rtol=0,
+        atol=0,
+    )
 
 
 def test_float16_sum_and_exp():
@@ -683,8 +718,10 @@ def test_sum_of_bool_and_int32_gives_int64():
 
 
 def test_sum_with_dtype():
-    check_forward(lambda a: a.sum(dtype=lazygrad.float32) if isinstance(a, Tensor) else a.sum(dtype=torch.float32),
-                  rand(3, 2, dtype=np.int32, low=0, high=9))
+    check_forward(
+        lambda a: a.sum(dtype=lazygrad.float32) if isinstance(a, Tensor) else a.sum(dtype=torch.float32),
+        rand(3, 2, dtype=np.int32, low=0, high=9),
+    )
 
 
 @pytest.mark.parametrize("dim", [0, 1, -1])
@@ -709,8 +746,10 @@ def test_max_with_tensor_argument_is_maximum():
 @pytest.mark.parametrize("name", ["argmax", "argmin"])
 def test_argmax_argmin(name, dim):
     check_forward(lambda a: getattr(a, name)(dim), rand(4, 5))
-    check_forward(lambda a: getattr(a, name)(dim, keepdim=True) if dim is not None else getattr(a, name)(),
-                  rand(4, 5, dtype=np.int32, low=-100, high=100))
+    check_forward(
+        lambda a: getattr(a, name)(dim, keepdim=True) if dim is not None else getattr(a, name)(),
+        rand(4, 5, dtype=np.int32, low=-100, high=100),
+    )
 
 
 def test_argmax_picks_first_of_ties():
@@ -724,8 +763,9 @@ def test_argmax_picks_first_of_ties():
 def test_prod(dim):
     data = rand(3, 5, low=0.5, high=1.5)
     check_forward(lambda a: a.prod() if dim is None else a.prod(dim), data, rtol=1e-5)
-    check_forward(lambda a: a.prod() if dim is None else a.prod(dim, keepdim=True), rand(3, 5, dtype=np.int32, low=-3,
-                                                                                          high=4))
+    check_forward(
+        lambda a: a.prod() if dim is None else a.prod(dim, keepdim=True), rand(3, 5, dtype=np.int32, low=-3, high=4)
+    )
 
 
 @pytest.mark.parametrize("correction", [0, 1, 2])
@@ -882,13 +922,19 @@ def test_pad(pad, value):
 
 
 def test_pad_of_integer_tensor_with_value():
-    check_forward(lambda a: a.pad((1, 2), value=7), rand(2, 3, dtype=np.int32, low=0, high=5),
-                  torch_fn=lambda a: F.pad(a, (1, 2), value=7))
+    check_forward(
+        lambda a: a.pad((1, 2), value=7),
+        rand(2, 3, dtype=np.int32, low=0, high=5),
+        torch_fn=lambda a: F.pad(a, (1, 2), value=7),
+    )
 
 
 def test_pad_with_inf_value():
-    check_forward(lambda a: a.pad((1, 1), value=float("-inf")), rand(2, 2),
-                  torch_fn=lambda a: F.pad(a, (1, 1), value=float("-inf")))
+    check_forward(
+        lambda a: a.pad((1, 1), value=float("-inf")),
+        rand(2, 2),
+        torch_fn=lambda a: F.pad(a, (1, 1), value=float("-inf")),
+    )
 
 
 @pytest.mark.parametrize(
@@ -970,8 +1016,12 @@ def test_indexing_a_zero_size_result():
 
 @pytest.mark.parametrize("dim", [0, 1, -1])
 def test_cat(dim):
-    check_forward(lambda a, b, c: (lazygrad if isinstance(a, Tensor) else torch).cat([a, b, c], dim),
-                  rand(2, 3, seed=1), rand(2, 3, seed=2), rand(2, 3, seed=3))
+    check_forward(
+        lambda a, b, c: (lazygrad if isinstance(a, Tensor) else torch).cat([a, b, c], dim),
+        rand(2, 3, seed=1),
+        rand(2, 3, seed=2),
+        rand(2, 3, seed=3),
+    )
 
 
 def test_cat_different_sizes_and_dtypes():
@@ -989,8 +1039,11 @@ def test_cat_of_views():
 
 @pytest.mark.parametrize("dim", [0, 1, 2, -1])
 def test_stack(dim):
-    check_forward(lambda a, b: (lazygrad if isinstance(a, Tensor) else torch).stack([a, b], dim),
-                  rand(2, 3, seed=1), rand(2, 3, seed=2))
+    check_forward(
+        lambda a, b: (lazygrad if isinstance(a, Tensor) else torch).stack([a, b], dim),
+        rand(2, 3, seed=1),
+        rand(2, 3, seed=2),
+    )
 
 
 @pytest.mark.parametrize("spec", [(2, 0), (3, 1), ([1, 3], 1), (1, -1), (5, 1)], ids=str)
@@ -1042,10 +1095,12 @@ def test_matmul_of_transposed_and_sliced_inputs():
 
 
 def test_matmul_of_integers():
-    check_forward(lambda a, b: a @ b, rand(3, 4, dtype=np.int64, low=-5, high=5),
-                  rand(4, 2, dtype=np.int64, low=-5, high=5))
-    check_forward(lambda a, b: a @ b, rand(3, 4, dtype=np.int32, low=-5, high=5),
-                  rand(4, 2, dtype=np.int32, low=-5, high=5))
+    check_forward(
+        lambda a, b: a @ b, rand(3, 4, dtype=np.int64, low=-5, high=5), rand(4, 2, dtype=np.int64, low=-5, high=5)
+    )
+    check_forward(
+        lambda a, b: a @ b, rand(3, 4, dtype=np.int32, low=-5, high=5), rand(4, 2, dtype=np.int32, low=-5, high=5)
+    )
 
 
 def test_matmul_larger_than_a_tile():
@@ -1056,8 +1111,9 @@ def test_matmul_larger_than_a_tile():
 @pytest.mark.parametrize("input_shape", [(5,), (3, 5), (2, 3, 5)], ids=str)
 def test_linear(input_shape, bias):
     arrays = [rand(*input_shape, seed=1), rand(4, 5, seed=2)] + ([rand(4, seed=3)] if bias else [])
-    check_forward(lambda x, w, *b: x.linear(w, *b), *arrays, torch_fn=lambda x, w, *b: F.linear(x, w, *b),
-                  rtol=1e-5, atol=1e-5)
+    check_forward(
+        lambda x, w, *b: x.linear(w, *b), *arrays, torch_fn=lambda x, w, *b: F.linear(x, w, *b), rtol=1e-5, atol=1e-5
+    )
 
 
 # ---- convolution and pooling ----------------------------------------------------------------------
@@ -1083,14 +1139,24 @@ def test_conv2d(case):
     case = dict(case)
     x, w = rand(*case.pop("x"), seed=1), rand(*case.pop("w"), seed=2)
     arrays = [x, w] + ([rand(w.shape[0], seed=3)] if case.pop("bias", False) else [])
-    check_forward(lambda x, w, *b: x.conv2d(w, *(b or [None]), **case),
-                  *arrays, torch_fn=lambda x, w, *b: F.conv2d(x, w, *(b or [None]), **case), rtol=1e-4, atol=1e-5)
+    check_forward(
+        lambda x, w, *b: x.conv2d(w, *(b or [None]), **case),
+        *arrays,
+        torch_fn=lambda x, w, *b: F.conv2d(x, w, *(b or [None]), **case),
+        rtol=1e-4,
+        atol=1e-5,
+    )
 
 
 def test_conv2d_of_non_contiguous_input():
-    check_forward(lambda x, w: x.permute(0, 3, 1, 2).conv2d(w, padding=1), rand(2, 5, 5, 3, seed=1),
-                  rand(4, 3, 3, 3, seed=2), torch_fn=lambda x, w: F.conv2d(x.permute(0, 3, 1, 2), w, padding=1),
-                  rtol=1e-4, atol=1e-5)
+    check_forward(
+        lambda x, w: x.permute(0, 3, 1, 2).conv2d(w, padding=1),
+        rand(2, 5, 5, 3, seed=1),
+        rand(4, 3, 3, 3, seed=2),
+        torch_fn=lambda x, w: F.conv2d(x.permute(0, 3, 1, 2), w, padding=1),
+        rtol=1e-4,
+        atol=1e-5,
+    )
 
 
 POOL_CASES = [
@@ -1109,21 +1175,29 @@ def test_max_pool2d(case):
 
 
 def test_max_pool2d_with_dilation():
-    check_forward(lambda x: x.max_pool2d(2, 1, dilation=2), rand(1, 2, 6, 6),
-                  torch_fn=lambda x: F.max_pool2d(x, 2, 1, dilation=2))
+    check_forward(
+        lambda x: x.max_pool2d(2, 1, dilation=2), rand(1, 2, 6, 6), torch_fn=lambda x: F.max_pool2d(x, 2, 1, dilation=2)
+    )
 
 
 @pytest.mark.parametrize("count_include_pad", [True, False])
 @pytest.mark.parametrize("case", POOL_CASES, ids=str)
 def test_avg_pool2d(case, count_include_pad):
-    check_forward(lambda x: x.avg_pool2d(**case, count_include_pad=count_include_pad), rand(2, 3, 7, 6),
-                  torch_fn=lambda x: F.avg_pool2d(x, **case, count_include_pad=count_include_pad),
-                  rtol=1e-5, atol=1e-6)
+    check_forward(
+        lambda x: x.avg_pool2d(**case, count_include_pad=count_include_pad),
+        rand(2, 3, 7, 6),
+        torch_fn=lambda x: F.avg_pool2d(x, **case, count_include_pad=count_include_pad),
+        rtol=1e-5,
+        atol=1e-6,
+    )
 
 
 def test_avg_pool2d_divisor_override():
-    check_forward(lambda x: x.avg_pool2d(2, divisor_override=3), rand(1, 1, 4, 4),
-                  torch_fn=lambda x: F.avg_pool2d(x, 2, divisor_override=3))
+    check_forward(
+        lambda x: x.avg_pool2d(2, divisor_override=3),
+        rand(1, 1, 4, 4),
+        torch_fn=lambda x: F.avg_pool2d(x, 2, divisor_override=3),
+    )
 
 
 # ---- dtypes and conversions ---------------------------------------------------------------------
@@ -1147,8 +1221,10 @@ def test_float_to_bool_is_nonzero():
 
 
 def test_int_to_narrower_int_wraps():
-    check_forward(lambda a: a.to(torch.uint8) if isinstance(a, torch.Tensor) else a.to(lazygrad.uint8),
-                  np.array([256, 257, -1, 300], dtype=np.int32))
+    check_forward(
+        lambda a: a.to(torch.uint8) if isinstance(a, torch.Tensor) else a.to(lazygrad.uint8),
+        np.array([256, 257, -1, 300], dtype=np.int32),
+    )
     check_forward(lambda a: a.int(), np.array([2**32 + 5, -(2**31) - 1], dtype=np.int64))
 
 

@@ -13,13 +13,20 @@ from dataclasses import dataclass
 from lazygrad.dtype import DType
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=True)
 class KernelOp:
     op: str  # "load", "const", "valid", "reduce", "store", or an elementwise primitive
     srcs: tuple = ()
     arg: object = None  # load/store: (buffer index, ShapeTracker); const: (value, ShapeTracker);
     # valid: ShapeTracker; reduce: (op, axes); cast/bitcast: the target DType
     dtype: DType | None = None
+
+    def __hash__(self):  # cached: kernels are DAGs, and an uncached hash would unfold them into trees
+        cached = self.__dict__.get("_hash")
+        if cached is None:
+            cached = hash((self.op, self.srcs, self.arg, self.dtype))
+            object.__setattr__(self, "_hash", cached)
+        return cached
 
     def walk(self):
         """Every node once, sources before users (iterative: no recursion limit, no reference cycle)."""
