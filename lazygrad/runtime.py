@@ -8,6 +8,8 @@ graph behind every realized node.
 from __future__ import annotations
 
 import hashlib
+import os
+import pickle
 import time
 import warnings
 import weakref
@@ -15,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from lazygrad import config
+from lazygrad import config, diskcache
 from lazygrad.codegen.lowering import KernelOptions, lower
 from lazygrad.graph import LazyBuffer
 from lazygrad.schedule import ScheduleItem, create_schedule
@@ -211,7 +213,7 @@ _kernel_cache: dict = {}
 
 
 def kernel_name(ast, program_shape) -> str:
-    digest = hashlib.sha256(repr(ast).encode()).hexdigest()[:10]
+    digest = hashlib.sha256(ast.structure().encode()).hexdigest()[:10]
     prefix = "r" if any(n.op == "reduce" for n in ast.walk()) else "e"
     return f"{prefix}_{'_'.join(str(s) for s in program_shape) or 'scalar'}_{digest}"
 
@@ -235,8 +237,7 @@ def get_kernel(ast, buffer_dtypes: tuple, device: str, sizes: tuple) -> Compiled
 
     nest_shape = build_loop_nest(ast).shape
     name = kernel_name(ast, nest_shape)
-    options = None if config.OPTIMIZE else KernelOptions()
-    program = lower(ast, buffer_dtypes, name, options, getattr(backend, "vector_width", 1))
+    program = _lowered(ast, buffer_dtypes, name, getattr(backend, "vector_width", 1))
     if config.DEBUG >= 4:
         print(f"--- linear IR of {name}\n{program.dump()}")
     kernel = backend.compile(program)
@@ -250,6 +251,38 @@ def get_kernel(ast, buffer_dtypes: tuple, device: str, sizes: tuple) -> Compiled
     entry = CompiledEntry(kernel, flops, nbytes)
     _kernel_cache[key] = entry
     return entry
+
+
+def _lowered(ast, buffer_dtypes: tuple, name: str, vector_width: int):
+    """The linear IR of a kernel, from the disk cache when a process lowered the same kernel before
+    (lowering is the slow part of a warm start: the compiled code is cached by the backend)."""
+    key = f"program|{_LOWERING_VERSION}|{config.OPTIMIZE}|{vector_width}|{buffer_dtypes}|{name}|{ast.structure()}"
+    blob = diskcache.get(key)
+    if blob is not None:
+        try:
+            return pickle.loads(blob)
+        except Exception:  # an entry from an incompatible version: lower again
+            pass
+    options = None if config.OPTIMIZE else KernelOptions()
+    program = lower(ast, buffer_dtypes, name, options, vector_width)
+    diskcache.put(key, pickle.dumps(program))
+    return program
+
+
+def _codegen_digest() -> str:
+    """A hash of the code generator's own source: a cached program is reused only by the code that made it."""
+    from lazygrad import codegen, shape, symbolic
+
+    digest = hashlib.sha256()
+    folder = os.path.dirname(codegen.__file__)
+    for path in sorted([*(os.path.join(folder, f) for f in os.listdir(folder) if f.endswith(".py")),
+                        shape.__file__, symbolic.__file__]):
+        with open(path, "rb") as f:
+            digest.update(f.read())
+    return digest.hexdigest()[:16]
+
+
+_LOWERING_VERSION = _codegen_digest()
 
 
 # --- running a schedule --------------------------------------------------------------------------

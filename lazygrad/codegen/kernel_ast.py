@@ -43,6 +43,16 @@ class KernelOp:
             stack.extend((s, False) for s in reversed(node.srcs) if id(s) not in seen)
         return order
 
+    def structure(self) -> str:
+        """A canonical text of the kernel, one line per distinct node (linear in the DAG's size): the key of
+        its compiled program in memory and on disk."""
+        number, lines = {}, []
+        for node in self.walk():
+            number[id(node)] = len(lines)
+            srcs = ",".join(str(number[id(s)]) for s in node.srcs)
+            lines.append(f"{node.op}|{node.dtype.name if node.dtype else ''}|{node.arg!r}|{srcs}")
+        return "\n".join(lines)
+
     def describe(self, depth=0) -> str:
         pad = "  " * depth
         arg = self.arg
