@@ -297,6 +297,8 @@ class Scheduler:
             producer = by_output.get(id(x))
             if producer is None or id(producer) in merged_away or producer is item or x.size != size:
                 continue
+            if self.realize.get(id(x)) == "assign-hazard":  # it has a buffer so that an assign can read it whole
+                continue
             st = loads.get(len(item.outputs) + position)
             if st is None or not st.contiguous_view:  # read element for element, in any shape
                 continue

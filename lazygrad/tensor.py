@@ -943,7 +943,7 @@ class Tensor:
             self.lazydata = value.lazydata.own_copy()
         return self
 
-    def _inplace(self, result: Tensor) -> Tensor:
+    def _inplace(self, result: Tensor, through_view: bool = False) -> Tensor:
         if self.requires_grad and self.is_leaf and autograd.is_grad_enabled():
             raise RuntimeError("a leaf Variable that requires grad is being used in an in-place operation.")
         if result.shape != self.shape:
@@ -960,6 +960,10 @@ class Tensor:
             self._snapshots = {**(self._snapshots or {}), self._version: before}
             self._version += 1
             self.lazydata, self._ctx, self.requires_grad = result.lazydata, result._ctx, True
+            return self
+        if through_view:
+            # the update reads this tensor through a view while writing it: into a new buffer, not this one
+            self.lazydata = result.lazydata
             return self
         return self.assign(result)
 
@@ -981,7 +985,7 @@ class Tensor:
             updated = result._movement("reshape", source.shape)
         else:  # flip
             updated = result._movement(op, arg)
-        source._inplace(updated)
+        source._inplace(updated, through_view=True)
         if autograd.is_grad_enabled() and result.requires_grad:
             self._view_of = None  # from now on an intermediate of the graph, like any in-place result
             return self._inplace(result)
@@ -1225,7 +1229,10 @@ class Tensor:
             shape[shape.index(-1)] = self.numel() // known
         if prod(shape) != self.numel() or any(s < 0 for s in shape):
             raise RuntimeError(f"shape '{list(shape)}' is invalid for input of size {self.numel()}")
-        return self._movement("reshape", tuple(shape))
+        out = self._movement("reshape", tuple(shape))
+        if out is not self and len(out.lazydata.st.views) > len(self.lazydata.st.views):
+            out._view_of = None  # not expressible with strides: PyTorch copies, so an update does not write back
+        return out
 
     def view(self, *shape) -> Tensor:
         if len(shape) == 1 and isinstance(shape[0], (DType, str)) or (len(shape) == 1 and not isinstance(
@@ -1290,7 +1297,7 @@ class Tensor:
 
     def flip(self, *dims) -> Tensor:
         dims = dims[0] if len(dims) == 1 and isinstance(dims[0], (tuple, list)) else dims
-        return self._movement("flip", tuple(self._dim(d) for d in dims))
+        return _not_a_view(self, self._movement("flip", tuple(self._dim(d) for d in dims)))  # torch.flip copies
 
     def shrink(self, arg) -> Tensor:
         return self._movement("shrink", tuple(arg))
@@ -1308,12 +1315,12 @@ class Tensor:
         x = x.shrink(crop) if any(c != (0, s) for c, s in zip(crop, self.shape)) else x
         grow = tuple((max(0, a), max(0, b)) for a, b in pairs)
         if all(g == (0, 0) for g in grow):
-            return x
+            return _not_a_view(self, x)
         out = x._movement("pad", grow)
         if value != 0:
             mask = Tensor.full(x.shape, True, dt.bool_, self.device)._movement("pad", grow)
             out = mask.where(out, Tensor.full((), value, dt.scalar_dtype(value, out.dtype), self.device))
-        return out
+        return _not_a_view(self, out)  # F.pad makes a new tensor
 
     def __getitem__(self, index) -> Tensor:
         if isinstance(index, Tensor) or (isinstance(index, (list, np.ndarray))):
@@ -1368,7 +1375,7 @@ class Tensor:
         del new_shape_ops
         x = x.shrink(shrink) if any(s != (0, n) for s, n in zip(shrink, self.shape)) else x
         if flips:
-            x = x.flip(flips)
+            x = x._movement("flip", tuple(flips))  # a negative step is a view, as in numpy
         if any(s != 1 for s in strides):
             # every step-th element: pad to a multiple of step, split the dim, keep the first of each group
             for d, s in enumerate(strides):
@@ -1376,15 +1383,24 @@ class Tensor:
                     continue
                 n = x.shape[d]
                 padded = math.ceil(n / s) * s
-                x = x.pad([0, 0] * (x.ndim - d - 1) + [0, padded - n]) if padded != n else x
-                x = x.reshape(x.shape[:d] + (padded // s, s) + x.shape[d + 1 :])
+                if padded != n:  # a view (not pad(), which copies): the result of indexing is a view
+                    x = x._movement("pad", tuple((0, padded - n) if i == d else (0, 0) for i in range(x.ndim)))
+                x = x._movement("reshape", x.shape[:d] + (padded // s, s) + x.shape[d + 1 :])
                 x = x.shrink([(0, k) if j != d + 1 else (0, 1) for j, k in enumerate(x.shape)])
-                x = x.reshape(x.shape[: d + 1] + x.shape[d + 2 :])
+                x = x._movement("reshape", x.shape[: d + 1] + x.shape[d + 2 :])
+        # reshapes through _movement: whatever the strides, the result of basic indexing is a view
         if squeeze:
-            x = x.reshape(tuple(s for d, s in enumerate(x.shape) if d not in squeeze))
+            x = x._movement("reshape", tuple(s for d, s in enumerate(x.shape) if d not in squeeze))
         for d in unsqueeze:
-            x = x.unsqueeze(d)
+            x = x._movement("reshape", x.shape[:d] + (1,) + x.shape[d:])
         return x
+
+    def __setitem__(self, index, value) -> None:
+        """x[index] = value: an in-place copy into the view x[index] (basic indexing only)."""
+        parts = index if isinstance(index, tuple) else (index,)
+        if any(isinstance(i, (Tensor, list, np.ndarray)) for i in parts):
+            raise NotImplementedError("assignment through a tensor index is not supported; use where() instead")
+        self[index].copy_(value)
 
     def _gather_index(self, index) -> Tensor:
         """x[idx] with an integer (or bool mask) tensor on the first dim: a one-hot reduce."""
@@ -1436,7 +1452,7 @@ class Tensor:
         x = self.reshape((1,) * (len(sizes) - self.ndim) + self.shape)
         expanded = x.reshape(tuple(v for s in x.shape for v in (1, s)))
         expanded = expanded.expand(tuple(v for r, s in zip(sizes, x.shape) for v in (r, s)))
-        return expanded.reshape(tuple(r * s for r, s in zip(sizes, x.shape)))
+        return _not_a_view(self, expanded.reshape(tuple(r * s for r, s in zip(sizes, x.shape))))
 
     def repeat_interleave(self, repeats: int, dim=None) -> Tensor:
         x = self.reshape(-1) if dim is None else self
@@ -1713,6 +1729,14 @@ def _result_dtype(a: Tensor, b: Tensor) -> DType:
 
 
 _DEVICE_NAMES = ("llvm", "opencl", "cpu", "gpu", "cuda", "clang")
+
+
+def _not_a_view(source: Tensor, out: Tensor) -> Tensor:
+    """`out`, built with movement ops from `source`, as a tensor of its own (an op PyTorch answers with a copy):
+    an in-place update of it does not write back into `source`."""
+    if out is not source:
+        out._view_of = None
+    return out
 
 
 def _pair(x) -> tuple:

@@ -254,6 +254,33 @@ def test_gradient_through_inplace_ops_on_intermediates():
     check_grad(fn, rand(3, 4, seed=1), rand(4, seed=2))
 
 
+def test_gradient_through_inplace_updates_of_views():
+    def fn(a, b):
+        c = a * 1
+        c[0] = b[0] * 2
+        c[1:, ::2].mul_(b[1:, :2])
+        c.T[1].add_(b[:, 3])
+        return c
+
+    check_grad(fn, rand(3, 4, seed=1), rand(3, 4, seed=2))
+
+
+def test_gradient_of_a_value_used_before_an_inplace_update():
+    def fn(a, b):
+        c = a * 2
+        d = c * 3  # uses c before the update: its gradient must not see the update
+        c.mul_(b)
+        return c + d
+
+    check_grad(fn, rand(3, seed=1), rand(3, seed=2))
+
+
+def test_inplace_on_a_view_of_a_leaf_requiring_grad_is_an_error():
+    a = Tensor(rand(3, 4), requires_grad=True)
+    with pytest.raises(RuntimeError, match="leaf"):
+        a[0].add_(1)
+
+
 def test_gradient_of_integer_cast_is_zero_path():
     a = Tensor(rand(3), requires_grad=True)
     out = a.int().float() + a

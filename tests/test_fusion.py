@@ -4,7 +4,6 @@
 is one). Each test states the kernel budget of one pattern and checks the values too.
 """
 
-
 import numpy as np
 import pytest
 from helpers import rand

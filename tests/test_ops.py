@@ -678,6 +678,93 @@ def test_value_read_before_an_inplace_update_keeps_the_old_value():
     np.testing.assert_allclose(before.numpy(), rand(3), rtol=1e-6)
 
 
+VIEW_UPDATES = {
+    "slice_add": lambda a: a[1:].add_(1),
+    "step_slice_mul": lambda a: a[:, ::2].mul_(3),
+    "transpose_row_fill": lambda a: a.T[0].fill_(7),
+    "row_copy": lambda a: a[2].copy_(a[0] * 0 + 5),
+    "view_range_sub": lambda a: a.view(12)[3:5].sub_(2),
+    "column_zero": lambda a: a[:, 1].zero_(),
+    "block_clamp": lambda a: a[1:, 2:].clamp_(0, 0.5),
+    "reshape_row_add": lambda a: a.reshape(2, 6)[1].add_(1),
+    "unsqueeze_index_mul": lambda a: a.unsqueeze(0)[0, 1].mul_(2),
+    "split_add": lambda a: a.split(2, 1)[1].add_(3),
+    "chunk_div": lambda a: a.chunk(3, 0)[1].div_(4),
+    "none_step_add": lambda a: a[None, 1:, :][0, :, ::3].add_(5),
+    "iadd_on_view": lambda a: a[0].__iadd__(1),
+}
+
+
+@pytest.mark.parametrize("update", VIEW_UPDATES)
+def test_inplace_update_of_a_view_writes_through_to_its_base(update):
+    data = rand(3, 4)
+    a, ta = Tensor(data).realize(), torch.tensor(data)
+    VIEW_UPDATES[update](a)
+    VIEW_UPDATES[update](ta)
+    assert_same(a, ta)
+
+
+@pytest.mark.parametrize("update", ["slice_add", "step_slice_mul", "column_zero"])
+def test_inplace_update_of_a_view_of_a_lazy_tensor_writes_through(update):
+    a, ta = Tensor(rand(3, 4)) * 2, torch.tensor(rand(3, 4)) * 2
+    VIEW_UPDATES[update](a)
+    VIEW_UPDATES[update](ta)
+    assert_same(a, ta)
+
+
+@pytest.mark.parametrize(
+    "update",
+    [lambda a: a.flip(0)[0].fill_(9), lambda a: a.repeat(2, 1)[0].fill_(1), lambda a: a.T.reshape(12)[0].fill_(9)],
+    ids=["flip", "repeat", "reshape_of_transpose"],
+)
+def test_inplace_update_of_a_copy_leaves_the_source_alone(update):
+    # torch.flip and repeat copy, and so does a reshape that strides cannot express
+    data = rand(3, 4)
+    a, ta = Tensor(data).realize(), torch.tensor(data)
+    update(a)
+    update(ta)
+    assert_same(a, ta)
+
+
+def test_inplace_update_of_an_expanded_view_is_an_error():
+    with pytest.raises(RuntimeError):
+        torch.zeros(1, 3).expand(2, 3).add_(1)
+    with pytest.raises(RuntimeError):
+        lazygrad.zeros(1, 3).expand(2, 3).add_(1)
+
+
+def test_assign_of_a_value_that_reads_the_target_through_a_view():
+    a = Tensor(np.arange(8, dtype=np.float32).reshape(2, 4)).realize()
+    with lazygrad.no_grad():
+        a.assign(a.flip(1) * 2)
+    np.testing.assert_array_equal(a.numpy(), np.arange(8, dtype=np.float32).reshape(2, 4)[:, ::-1] * 2)
+
+
+def test_setitem_with_basic_indices():
+    data = rand(3, 4)
+    a, ta = Tensor(data).realize(), torch.tensor(data)
+    for x in (a, ta):
+        x[0] = 5
+        x[1, ::2] = x[2, 1:3] * 10
+        x[:, -1] += 100
+        x[..., 1] = x[..., 0]
+        x[...] *= 2
+    assert_same(a, ta)
+
+
+def test_setitem_casts_and_broadcasts_the_value():
+    a, ta = Tensor(np.zeros((2, 3), dtype=np.int32)), torch.zeros(2, 3, dtype=torch.int32)
+    for x, row in ((a, Tensor(np.array([1.9, -2.5, 3.1], dtype=np.float32))), (ta, torch.tensor([1.9, -2.5, 3.1]))):
+        x[1] = row
+        x[0, 1:] = 7
+    assert_same(a, ta)
+
+
+def test_setitem_with_a_tensor_index_is_refused():
+    with pytest.raises(NotImplementedError):
+        Tensor(rand(3))[Tensor(np.array([0, 2]))] = 1.0
+
+
 def test_inplace_result_shape_mismatch_is_an_error():
     with pytest.raises(RuntimeError):
         Tensor(rand(3)).add_(Tensor(rand(2, 3)))

@@ -88,6 +88,19 @@ def build_loop_nest(ast: KernelOp) -> LoopNest:
             target = merged if st.shape == shape else merged[:new_n_output] + (1,) * (len(merged) - new_n_output)
             trackers[k] = st.reshape(target)
         shape, n_output = merged, new_n_output
+    # 3. output loops that walk the biggest inputs go outermost: each such input then streams through
+    # the cache once, while the smaller ones (a weight, say) are re-read from cache by the inner loops
+    loads = [n for n in nodes if n.op == "load"]
+
+    def footprint(d):
+        return sum(prod(trackers[id(n)].views[0].shape) for n in loads
+                   if len(trackers[id(n)].views) > 1 or trackers[id(n)].views[-1].strides[d] != 0)
+
+    out_order = sorted(range(n_output), key=lambda d: -footprint(d))
+    if out_order != list(range(n_output)):
+        perm = tuple(out_order) + tuple(range(n_output, len(shape)))
+        trackers = {k: st.permute(perm) for k, st in trackers.items()}
+        shape = tuple(shape[d] for d in perm)
     return LoopNest(shape, n_output, trackers)
 
 
@@ -122,6 +135,16 @@ def dim_strides(nest: LoopNest, ast: KernelOp) -> tuple:
     return loads, store
 
 
+def _load_lane_cost(stride) -> float:
+    if stride == 1:
+        return 2  # one vector load
+    if stride == 0:
+        return 0  # one scalar load, broadcast
+    if stride in (2, 3, 4):
+        return -0.5  # a wider load and a shuffle
+    return -2  # a gather
+
+
 def choose_options(nest: LoopNest, ast: KernelOp, vector_width: int = 1) -> KernelOptions:
     """Heuristics. Vector lanes go along a dim that memory reads contiguously (an output dim the
     store writes contiguously, else a reduce dim); then a register tile of output dims, so that
@@ -133,34 +156,29 @@ def choose_options(nest: LoopNest, ast: KernelOp, vector_width: int = 1) -> Kern
     width = vector_width
     if width > 1:
 
-        def contiguous_loads(d):
-            return sum(1 for ld in loads if ld[d] == 1)
+        def lane_score(d):
+            """What lanes along d cost per element: a contiguous load is cheap, a gather dear, a broadcast
+            free; a contiguous store is cheap, a scatter dear (once per output); a reduce dim adds a
+            combine of the lanes at the end."""
+            score = sum(_load_lane_cost(ld[d]) for ld in loads)
+            if d < nest.n_output:
+                return score + (1 if store[d] == 1 else 0 if store[d] == 0 else -1)
+            return score - 0.5
 
-        out_dims = [
+        candidates = [
             d
-            for d in range(nest.n_output)
-            if store[d] == 1 and nest.shape[d] % width == 0 and all(ld[d] is not None for ld in loads)
-        ]
-        red_dims = [
-            d
-            for d in nest.reduce_dims
-            if nest.shape[d] % width == 0 and contiguous_loads(d) > 0 and all(ld[d] is not None for ld in loads)
-        ]
-        # an output dim that some input reads contiguously; the store then scatters its lanes
-        scatter_dims = [
-            d
-            for d in range(nest.n_output)
+            for d in range(len(nest.shape))
             if nest.shape[d] % width == 0
-            and contiguous_loads(d) > 0
             and all(ld[d] is not None for ld in loads)
-            and store[d] is not None
+            and (d >= nest.n_output or store[d] is not None)
+            and (any(ld[d] in (1, 2, 3, 4) for ld in loads) or (d < nest.n_output and store[d] == 1))
         ]
-        if out_dims:
-            opts.vector = (max(out_dims, key=contiguous_loads), width)
-        elif scatter_dims and nest.n_output < len(nest.shape):
-            opts.vector = (max(scatter_dims, key=contiguous_loads), width)
-        elif red_dims:
-            opts.vector = (max(red_dims, key=contiguous_loads), width)
+        if nest.n_output == len(nest.shape):  # elementwise: lanes where the store is contiguous, or none
+            candidates = [d for d in candidates if store[d] == 1]
+        if candidates:
+            best = max(candidates, key=lambda d: (lane_score(d), d < nest.n_output))
+            if lane_score(best) > 0:
+                opts.vector = (best, width)
     if nest.n_output == len(nest.shape) and opts.vector is None:
         return opts
     vdim = opts.vector[0] if opts.vector else None
