@@ -275,8 +275,9 @@ def _codegen_digest() -> str:
 
     digest = hashlib.sha256()
     folder = os.path.dirname(codegen.__file__)
-    for path in sorted([*(os.path.join(folder, f) for f in os.listdir(folder) if f.endswith(".py")),
-                        shape.__file__, symbolic.__file__]):
+    for path in sorted(
+        [*(os.path.join(folder, f) for f in os.listdir(folder) if f.endswith(".py")), shape.__file__, symbolic.__file__]
+    ):
         with open(path, "rb") as f:
             digest.update(f.read())
     return digest.hexdigest()[:16]

@@ -94,8 +94,11 @@ class Scheduler:
             if id(node) not in wanted and (len(node.holders) or any(id(r) not in collected for r in node.readers)):
                 stale.append(node)
         for a in assigns:  # readers of the target itself that this schedule does not reach
-            stale += [r for r in a.arg.readers if r.buffer is None and id(r) not in collected
-                      and not (r.op == "assign" and r.arg is a.arg)]
+            stale += [
+                r
+                for r in a.arg.readers
+                if r.buffer is None and id(r) not in collected and not (r.op == "assign" and r.arg is a.arg)
+            ]
         return stale
 
     # --- what gets a buffer ----------------------------------------------------------------------
@@ -134,8 +137,11 @@ class Scheduler:
                 reduces = {id(node)}
             holds_reduce[id(node)] = reduces if node.op in ELEMENTWISE | REDUCE else set()
             if node.op in ELEMENTWISE:  # ops computed per element when fused (realized sources count as loads)
-                self._op_cost[id(node)] = 1 + sum(self._op_cost.get(id(s.base), 0) for s in node.srcs
-                                                  if s.base.buffer is None and id(s.base) not in self.realize)
+                self._op_cost[id(node)] = 1 + sum(
+                    self._op_cost.get(id(s.base), 0)
+                    for s in node.srcs
+                    if s.base.buffer is None and id(s.base) not in self.realize
+                )
             if len(self.consumers.get(id(node), ())) > 1 and not self._cheap_to_repeat(node):
                 self.realize.setdefault(id(node), "shared")
 

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import math
 from collections import namedtuple
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
 from lazygrad import autograd, runtime
 from lazygrad import dtype as dt
-from lazygrad.device import Device, canonical_device
+from lazygrad.device import canonical_device
 from lazygrad.dtype import DType
 from lazygrad.graph import LazyBuffer
 from lazygrad.shape import prod
@@ -67,6 +67,7 @@ class Tensor:
         # from overwritten memory (see schedule.Scheduler)
         self._lazydata = lb
         lb.base.holders.add(self)
+
     __array_priority__ = 1000  # numpy defers to our reflected operators
     # in-place updates under autograd: the count of them, and the tensor as it was before each (see _inplace)
     _version = 0
@@ -262,8 +263,9 @@ class Tensor:
         g = g if autograd.is_grad_enabled() else g.detach()
         self.grad = g if self.grad is None else self.grad + g
 
-    def backward(self, gradient: Tensor | None = None, retain_graph: bool = False, create_graph: bool = False,
-                 inputs=None) -> None:
+    def backward(
+        self, gradient: Tensor | None = None, retain_graph: bool = False, create_graph: bool = False, inputs=None
+    ) -> None:
         """Adds the gradient graph and accumulates into the .grad of leaves; runs nothing."""
         if not self.requires_grad:
             raise RuntimeError("element 0 of tensors does not require grad and does not have a grad_fn")
@@ -274,8 +276,7 @@ class Tensor:
         elif gradient.shape != self.shape:
             raise RuntimeError(f"gradient of shape {gradient.shape} does not match the output's shape {self.shape}")
         if inputs is not None:
-            for t, g in autograd.backward(self, gradient, retain_graph or create_graph, create_graph,
-                                          inputs).items():
+            for t, g in autograd.backward(self, gradient, retain_graph or create_graph, create_graph, inputs).items():
                 next(x for x in inputs if id(x) == t)._accumulate_grad(g)
             return
         autograd.backward(self, gradient, retain_graph or create_graph, create_graph)
@@ -308,13 +309,15 @@ class Tensor:
 
     @staticmethod
     def rand(*shape, dtype=None, device=None, requires_grad=False) -> Tensor:
-        return Tensor._from_numpy_random(_rng[0].random(_flatten_shape(shape), dtype=np.float32), dtype, device,
-                                         requires_grad)
+        return Tensor._from_numpy_random(
+            _rng[0].random(_flatten_shape(shape), dtype=np.float32), dtype, device, requires_grad
+        )
 
     @staticmethod
     def randn(*shape, dtype=None, device=None, requires_grad=False) -> Tensor:
-        return Tensor._from_numpy_random(_rng[0].standard_normal(_flatten_shape(shape), dtype=np.float32), dtype,
-                                         device, requires_grad)
+        return Tensor._from_numpy_random(
+            _rng[0].standard_normal(_flatten_shape(shape), dtype=np.float32), dtype, device, requires_grad
+        )
 
     @staticmethod
     def randint(low, high=None, size=(), dtype=None, device=None) -> Tensor:
@@ -365,12 +368,14 @@ class Tensor:
         return self.zeros_like(dtype, device, requires_grad)
 
     def rand_like(self, dtype=None, device=None, requires_grad=False) -> Tensor:
-        return Tensor.rand(*self.shape, dtype=dtype or self.dtype, device=device or self.device,
-                           requires_grad=requires_grad)
+        return Tensor.rand(
+            *self.shape, dtype=dtype or self.dtype, device=device or self.device, requires_grad=requires_grad
+        )
 
     def randn_like(self, dtype=None, device=None, requires_grad=False) -> Tensor:
-        return Tensor.randn(*self.shape, dtype=dtype or self.dtype, device=device or self.device,
-                            requires_grad=requires_grad)
+        return Tensor.randn(
+            *self.shape, dtype=dtype or self.dtype, device=device or self.device, requires_grad=requires_grad
+        )
 
     # --- dtype and device --------------------------------------------------------------------------
     def cast(self, dtype) -> Tensor:
@@ -460,8 +465,10 @@ class Tensor:
         x = self.reshape((1,) * (len(shape) - self.ndim) + self.shape) if len(shape) != self.ndim else self
         for s, n in zip(x.shape, shape):
             if s != n and s != 1:
-                raise RuntimeError(f"The expanded size of the tensor ({n}) must match the existing size ({s}) at a "
-                                   f"non-singleton dimension: cannot broadcast {self.shape} to {shape}")
+                raise RuntimeError(
+                    f"The expanded size of the tensor ({n}) must match the existing size ({s}) at a "
+                    f"non-singleton dimension: cannot broadcast {self.shape} to {shape}"
+                )
         return x._movement("expand", shape)
 
     # --- elementwise ----------------------------------------------------------------------------
@@ -474,7 +481,9 @@ class Tensor:
         return x._primitive("add", y)
 
     def sub(self, other, alpha=1) -> Tensor:
-        if self.dtype == dt.bool_ and (isinstance(other, bool) or (isinstance(other, Tensor) and other.dtype == dt.bool_)):
+        if self.dtype == dt.bool_ and (
+            isinstance(other, bool) or (isinstance(other, Tensor) and other.dtype == dt.bool_)
+        ):
             raise RuntimeError("Subtraction, the `-` operator, with two bool tensors is not supported")
         x, y = self._operand(other)
         return x.add(-y if alpha == 1 else -(y * alpha))
@@ -765,8 +774,11 @@ class Tensor:
         """torch.where(self, x, y): x where self is true."""
         cond = self if self.dtype == dt.bool_ else self.bool()
         if not isinstance(x, Tensor) and not isinstance(y, Tensor):
-            d = dt.python_type_dtype(x) if type(x) is type(y) else dt.promote(dt.python_type_dtype(x),
-                                                                              dt.python_type_dtype(y))
+            d = (
+                dt.python_type_dtype(x)
+                if type(x) is type(y)
+                else dt.promote(dt.python_type_dtype(x), dt.python_type_dtype(y))
+            )
             x = Tensor.full((), x, d, self.device)
         if isinstance(x, Tensor):
             x, y = x._operand(y)
@@ -777,7 +789,9 @@ class Tensor:
         return cond._primitive("where", x, y)
 
     def masked_fill(self, mask: Tensor, value) -> Tensor:
-        return mask.where(Tensor.full((), value, dt.scalar_dtype(value, self.dtype), self.device).cast(self.dtype), self)
+        return mask.where(
+            Tensor.full((), value, dt.scalar_dtype(value, self.dtype), self.device).cast(self.dtype), self
+        )
 
     def lerp(self, end, weight) -> Tensor:
         return self + (end - self) * weight
@@ -971,8 +985,10 @@ class Tensor:
         """An in-place update of a view updates the tensor it views (and so on up), as in PyTorch."""
         source, op, arg = self._view_of
         if op == "expand":
-            raise RuntimeError("unsupported operation: more than one element of the written-to tensor refers to a "
-                               f"single memory location (an in-place update of an expanded view of {source.shape})")
+            raise RuntimeError(
+                "unsupported operation: more than one element of the written-to tensor refers to a "
+                f"single memory location (an in-place update of an expanded view of {source.shape})"
+            )
         if op == "shrink":
             inverse = tuple((lo, size - hi) for (lo, hi), size in zip(arg, source.shape))
             region = Tensor.full(self.shape, True, dt.bool_, self.device)._movement("pad", inverse)
@@ -1089,8 +1105,9 @@ class Tensor:
         if dtype is not None:
             return self.cast(dtype).mean(dim, keepdim)
         if not self.dtype.is_float:
-            raise RuntimeError(f"mean(): could not infer output dtype. Input dtype must be floating point, got "
-                               f"{self.dtype.name}")
+            raise RuntimeError(
+                f"mean(): could not infer output dtype. Input dtype must be floating point, got {self.dtype.name}"
+            )
         count = prod(self.shape[a] for a in self._axes(dim))
         return self.sum(dim, keepdim) * (1 / count if count else float("nan"))
 
@@ -1142,7 +1159,8 @@ class Tensor:
             hit = hit | (self != self)  # NaN is the maximum, as in PyTorch
         # the first index that holds the maximum: largest of (n - index) over hits
         countdown = Tensor.arange(n, 0, -1, dtype=dt.int64, device=self.device).reshape(
-            [n if i == d else 1 for i in range(self.ndim)])
+            [n if i == d else 1 for i in range(self.ndim)]
+        )
         return (n - (hit.cast(dt.int64) * countdown).amax(d, keepdim)).cast(dt.int64)
 
     def argmin(self, dim=None, keepdim: bool = False) -> Tensor:
@@ -1235,8 +1253,11 @@ class Tensor:
         return out
 
     def view(self, *shape) -> Tensor:
-        if len(shape) == 1 and isinstance(shape[0], (DType, str)) or (len(shape) == 1 and not isinstance(
-                shape[0], (int, tuple, list))):
+        if (
+            len(shape) == 1
+            and isinstance(shape[0], (DType, str))
+            or (len(shape) == 1 and not isinstance(shape[0], (int, tuple, list)))
+        ):
             return self.bitcast(shape[0])
         return self.reshape(*shape)
 
@@ -1264,8 +1285,10 @@ class Tensor:
         dims = dims[0] if len(dims) == 1 and isinstance(dims[0], (tuple, list)) else dims
         order = tuple(self._dim(d) for d in dims)
         if sorted(order) != list(range(self.ndim)):
-            raise RuntimeError(f"permute(sparse_coo): number of dimensions in the tensor input does not match the "
-                               f"length of the desired ordering of dimensions: dims {tuple(dims)} for shape {self.shape}")
+            raise RuntimeError(
+                f"permute(sparse_coo): number of dimensions in the tensor input does not match the "
+                f"length of the desired ordering of dimensions: dims {tuple(dims)} for shape {self.shape}"
+            )
         return self._movement("permute", order)
 
     def transpose(self, dim0: int, dim1: int) -> Tensor:
@@ -1286,8 +1309,10 @@ class Tensor:
     def expand(self, *sizes) -> Tensor:
         sizes = sizes[0] if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)) else sizes
         if len(sizes) < self.ndim:
-            raise RuntimeError(f"expand: the number of sizes provided ({len(sizes)}) must be greater or equal to the "
-                               f"number of dimensions in the tensor ({self.ndim})")
+            raise RuntimeError(
+                f"expand: the number of sizes provided ({len(sizes)}) must be greater or equal to the "
+                f"number of dimensions in the tensor ({self.ndim})"
+            )
         lead = len(sizes) - self.ndim
         shape = tuple(s if s != -1 else self.shape[i - lead] for i, s in enumerate(sizes))
         return self.broadcast_to(shape)
@@ -1307,8 +1332,9 @@ class Tensor:
         if mode != "constant":
             raise NotImplementedError(f"pad mode {mode!r}: only 'constant' is supported")
         if len(pad) % 2 or len(pad) // 2 > self.ndim:
-            raise RuntimeError(f"Padding length must be divisible by 2 and at most 2*ndim, got {len(pad)} for "
-                               f"shape {self.shape}")
+            raise RuntimeError(
+                f"Padding length must be divisible by 2 and at most 2*ndim, got {len(pad)} for shape {self.shape}"
+            )
         pairs = [(0, 0)] * (self.ndim - len(pad) // 2) + [(pad[i], pad[i + 1]) for i in range(len(pad) - 2, -1, -2)]
         x = self
         crop = [(max(0, -a), s - max(0, -b)) for (a, b), s in zip(pairs, self.shape)]
@@ -1427,8 +1453,11 @@ class Tensor:
     def split(self, split_size, dim: int = 0) -> tuple:
         d = self._dim(dim)
         n = self.shape[d]
-        sizes = [split_size] * (n // split_size) + ([n % split_size] if n % split_size else []) if isinstance(
-            split_size, int) else list(split_size)
+        sizes = (
+            [split_size] * (n // split_size) + ([n % split_size] if n % split_size else [])
+            if isinstance(split_size, int)
+            else list(split_size)
+        )
         if sum(sizes) != n:
             raise RuntimeError(f"split_with_sizes expects split_sizes to sum exactly to {n} (dim {d}), got {sizes}")
         out, at = [], 0
@@ -1447,8 +1476,9 @@ class Tensor:
     def repeat(self, *sizes) -> Tensor:
         sizes = sizes[0] if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)) else sizes
         if len(sizes) < self.ndim:
-            raise RuntimeError("Number of dimensions of repeat dims can not be smaller than number of dimensions of "
-                               "tensor")
+            raise RuntimeError(
+                "Number of dimensions of repeat dims can not be smaller than number of dimensions of tensor"
+            )
         x = self.reshape((1,) * (len(sizes) - self.ndim) + self.shape)
         expanded = x.reshape(tuple(v for s in x.shape for v in (1, s)))
         expanded = expanded.expand(tuple(v for r, s in zip(sizes, x.shape) for v in (r, s)))
@@ -1468,8 +1498,9 @@ class Tensor:
         d = first._dim(dim)
         for t in tensors:
             if t.ndim != first.ndim or any(a != b for i, (a, b) in enumerate(zip(t.shape, first.shape)) if i != d):
-                raise RuntimeError(f"Sizes of tensors must match except in dimension {d}: got {first.shape} and "
-                                   f"{t.shape}")
+                raise RuntimeError(
+                    f"Sizes of tensors must match except in dimension {d}: got {first.shape} and {t.shape}"
+                )
         dtype = first.dtype
         for t in tensors[1:]:
             dtype = dt.promote(dtype, t.dtype)
@@ -1540,21 +1571,24 @@ class Tensor:
     def _pool(self, kernel: tuple, stride: tuple, dilation: tuple) -> Tensor:
         """Sliding windows as a view: (..., *spatial) -> (..., *out_spatial, *kernel). Never a copy."""
         n_sp = len(kernel)
-        lead, spatial = self.shape[:-n_sp], self.shape[-n_sp:]
+        spatial = self.shape[-n_sp:]
         out = [(i - d * (k - 1) - 1) // s + 1 for i, k, s, d in zip(spatial, kernel, stride, dilation)]
         if any(o <= 0 for o in out):
             raise RuntimeError(f"kernel {kernel} with dilation {dilation} is larger than the input {spatial}")
         return self._movement("window", (tuple(kernel), tuple(stride), tuple(dilation)))
 
-    def conv2d(self, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0, dilation=1,
-               groups: int = 1) -> Tensor:
+    def conv2d(
+        self, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0, dilation=1, groups: int = 1
+    ) -> Tensor:
         if self.ndim != 4 or weight.ndim != 4:
             raise RuntimeError(f"conv2d expects 4D input and weight, got input {self.shape} and weight {weight.shape}")
         n, cin, h, w = self.shape
         cout, cin_g, kh, kw = weight.shape
         if cin != cin_g * groups:
-            raise RuntimeError(f"Given groups={groups}, weight of size {list(weight.shape)}, expected input"
-                               f"{list(self.shape)} to have {cin_g * groups} channels, but got {cin} channels instead")
+            raise RuntimeError(
+                f"Given groups={groups}, weight of size {list(weight.shape)}, expected input"
+                f"{list(self.shape)} to have {cin_g * groups} channels, but got {cin} channels instead"
+            )
         if cout % groups:
             raise RuntimeError(f"out_channels ({cout}) must be divisible by groups ({groups})")
         stride, dilation = _pair(stride), _pair(dilation)
@@ -1629,8 +1663,9 @@ class Tensor:
         out = self.unsqueeze(-2).conv2d(weight.unsqueeze(-2), bias, (1, stride), (0, padding), (1, dilation), groups)
         return out.squeeze(-2)
 
-    def max_pool2d(self, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
-                   return_indices=False) -> Tensor:
+    def max_pool2d(
+        self, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False
+    ) -> Tensor:
         if ceil_mode or return_indices:
             raise NotImplementedError("max_pool2d: ceil_mode and return_indices are not supported")
         k = _pair(kernel_size)
@@ -1639,8 +1674,9 @@ class Tensor:
         x = self.pad((p[1], p[1], p[0], p[0]), value=float("-inf")) if any(p) else self
         return x._pool(k, s, _pair(dilation)).amax((-2, -1))
 
-    def avg_pool2d(self, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
-                   divisor_override=None) -> Tensor:
+    def avg_pool2d(
+        self, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True, divisor_override=None
+    ) -> Tensor:
         if ceil_mode:
             raise NotImplementedError("avg_pool2d: ceil_mode is not supported")
         k = _pair(kernel_size)
@@ -1694,8 +1730,9 @@ def _conv2d_input_grad(grad: Tensor, weight: Tensor, input_hw: tuple, stride, pa
         per_pixel = grad.permute(0, 2, 3, 1).reshape(n, oh, ow, cout, 1, 1, 1)
         cols = (per_pixel * weight.reshape(1, 1, 1, cout, cin_g, kh, kw)).sum(3)  # (n, oh, ow, cin, kh, kw)
         padded_hw = tuple(size + 2 * p for size, p in zip(input_hw, padding))
-        dx = autograd.window_transpose(cols.permute(0, 3, 1, 2, 4, 5), (n, cin_g, *padded_hw), (kh, kw), stride,
-                                       dilation)
+        dx = autograd.window_transpose(
+            cols.permute(0, 3, 1, 2, 4, 5), (n, cin_g, *padded_hw), (kh, kw), stride, dilation
+        )
         return dx.shrink([(0, n), (0, cin_g)] + [(p, p + size) for p, size in zip(padding, input_hw)])
     for axis, (s, o) in enumerate(zip(stride, grad.shape[2:])):
         if s > 1:  # s-1 zeros after each element, none after the last

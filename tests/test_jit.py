@@ -9,8 +9,9 @@ from lazygrad import nn, optim
 
 def make_model_and_step(jitted: bool):
     lazygrad.manual_seed(3)
-    model = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
-                          nn.Linear(4 * 6 * 6, 3))
+    model = nn.Sequential(
+        nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3)
+    )
     opt = optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
 
     def step(x, y):
@@ -25,8 +26,10 @@ def make_model_and_step(jitted: bool):
 
 def batches(n):
     rng = np.random.default_rng(0)
-    return [(rng.standard_normal((2, 2, 6, 6), dtype=np.float32), rng.standard_normal((2, 3), dtype=np.float32))
-            for _ in range(n)]
+    return [
+        (rng.standard_normal((2, 2, 6, 6), dtype=np.float32), rng.standard_normal((2, 3), dtype=np.float32))
+        for _ in range(n)
+    ]
 
 
 def test_replayed_steps_match_normal_steps():
@@ -44,7 +47,7 @@ def test_replayed_steps_match_normal_steps():
 
 def test_a_replay_launches_the_captured_kernels_and_builds_no_graph():
     _, jitted = make_model_and_step(jitted=True)
-    (x, y), = batches(1)
+    ((x, y),) = batches(1)
     for _ in range(2):
         jitted(lazygrad.tensor(x), lazygrad.tensor(y))
     with lazygrad.profile() as p:

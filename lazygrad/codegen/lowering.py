@@ -93,8 +93,11 @@ def build_loop_nest(ast: KernelOp) -> LoopNest:
     loads = [n for n in nodes if n.op == "load"]
 
     def footprint(d):
-        return sum(prod(trackers[id(n)].views[0].shape) for n in loads
-                   if len(trackers[id(n)].views) > 1 or trackers[id(n)].views[-1].strides[d] != 0)
+        return sum(
+            prod(trackers[id(n)].views[0].shape)
+            for n in loads
+            if len(trackers[id(n)].views) > 1 or trackers[id(n)].views[-1].strides[d] != 0
+        )
 
     out_order = sorted(range(n_output), key=lambda d: -footprint(d))
     if out_order != list(range(n_output)):
