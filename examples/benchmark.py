@@ -129,6 +129,11 @@ def measure(args) -> dict:
     with lazygrad.profile(timed=False) as p:
         lg_step()
     result["kernels_per_step"] = p.kernels
+    if args.profile:
+        with lazygrad.profile() as timed:
+            lg_step()
+        print("\n".join(str(timed).splitlines()[: args.profile + 1]))
+        print(str(timed).splitlines()[-1])
     th_step = torch_step_fn(args.batch_size, args.image_size, torch) if torch else None
     for _ in range(args.warmup):
         lg_step()
@@ -187,6 +192,7 @@ def main():
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--first-step", action="store_true", help="also time first steps in new processes")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--profile", type=int, default=0, metavar="N", help="print the N slowest kernels of a step")
     args = parser.parse_args()
     result = measure(args)
     if args.first_step:
