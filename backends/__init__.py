@@ -8,6 +8,8 @@ module here plus one line in `REGISTRY`; no core file changes.
 from __future__ import annotations
 
 import importlib
+import os
+import tempfile
 from typing import Protocol
 
 from lazygrad import config
@@ -47,6 +49,31 @@ class Backend(Protocol):
 
 class BackendUnavailable(RuntimeError):
     pass
+
+
+class CompileError(RuntimeError):
+    """A kernel the backend's compiler rejected: a bug in lazygrad's code generator."""
+
+
+def compile_failure(
+    compiler: str, language: str, suffix: str, name: str, source: str, log: str, max_lines: int = 12
+) -> str:
+    """The message for a kernel a compiler rejects: its name, the file its source was saved to, and the head
+    of the compiler's log. Every backend reports compile failures this way."""
+    path = os.path.join(tempfile.gettempdir(), f"lazygrad-failed-{name}.{suffix}")
+    try:
+        with open(path, "w") as f:
+            f.write(source)
+        saved = f"its {language} is in {path}"
+    except OSError as e:
+        saved = f"its {language} could not be saved to {path} ({e}); LAZYGRAD_DEBUG=3 prints it"
+    lines = [line for line in log.strip().splitlines() if line.strip()]
+    head = "\n".join("  " + line for line in lines[:max_lines])
+    more = f"\n  ... ({len(lines) - max_lines} more lines)" if len(lines) > max_lines else ""
+    return (
+        f"{compiler} could not compile kernel {name}; {saved}\n{head}{more}\n"
+        "This is a bug in lazygrad's code generator: please report it with that file."
+    )
 
 
 _instances: dict = {}

@@ -10,9 +10,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import math
-import os
 import struct
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +21,7 @@ import numpy as np
 
 from lazygrad import config, diskcache
 from lazygrad import dtype as dt
+from lazygrad.backends import CompileError, compile_failure
 from lazygrad.codegen.ir import Program
 
 # --- rendering --------------------------------------------------------------------------------
@@ -418,28 +417,6 @@ def render_llvm(program: Program) -> str:
 
 
 # --- compiling and running ----------------------------------------------------------------------
-class CompileError(RuntimeError):
-    pass
-
-
-def _compile_failure(name: str, source: str, error: str, max_lines: int = 12) -> str:
-    """The message for IR that LLVM rejects: the kernel, where its IR was saved, the head of LLVM's error."""
-    path = os.path.join(tempfile.gettempdir(), f"lazygrad-failed-{name}.ll")
-    try:
-        with open(path, "w") as f:
-            f.write(source)
-        saved = f"its LLVM IR is in {path}"
-    except OSError as e:
-        saved = f"its LLVM IR could not be saved to {path} ({e}); LAZYGRAD_DEBUG=3 prints it"
-    lines = [line for line in error.strip().splitlines() if line.strip()]
-    head = "\n".join("  " + line for line in lines[:max_lines])
-    more = f"\n  ... ({len(lines) - max_lines} more lines)" if len(lines) > max_lines else ""
-    return (
-        f"LLVM could not compile kernel {name}; {saved}\n{head}{more}\n"
-        "This is a bug in lazygrad's code generator: please report it with that file."
-    )
-
-
 class _LLVMCompiler:
     def __init__(self):
         llvm.initialize_native_target()
@@ -460,7 +437,7 @@ class _LLVMCompiler:
             module = llvm.parse_assembly(source)
             module.verify()
         except RuntimeError as e:
-            raise CompileError(_compile_failure(name, source, str(e))) from e
+            raise CompileError(compile_failure("LLVM", "LLVM IR", "ll", name, source, str(e))) from e
         pto = llvm.create_pipeline_tuning_options(speed_level=3)
         pb = llvm.create_pass_builder(self.machine, pto)
         pb.getModulePassManager().run(module, pb)

@@ -19,13 +19,13 @@ from __future__ import annotations
 import ctypes.util
 import math
 import os
-import tempfile
 import warnings
 
 import numpy as np
 
 from lazygrad import config, diskcache
 from lazygrad import dtype as dt
+from lazygrad.backends import CompileError, compile_failure
 from lazygrad.codegen.ir import Program, UOp
 
 # --- rendering --------------------------------------------------------------------------------
@@ -457,10 +457,6 @@ def uses_float64(program: Program) -> bool:
 
 
 # --- devices ------------------------------------------------------------------------------------
-class CompileError(RuntimeError):
-    pass
-
-
 _NVIDIA_OPENCL_PATHS = (
     "/usr/lib/x86_64-linux-gnu/libnvidia-opencl.so.1",
     "/usr/lib64/libnvidia-opencl.so.1",
@@ -654,22 +650,9 @@ class OpenCLBackend:
                 log = program.get_build_info(self.device, self.cl.program_build_info.LOG)
             except Exception:  # the driver kept no log: pyopencl's message has what there is
                 log = str(e)
-            raise CompileError(_compile_failure(name, self.device_name, source, log)) from e
-
-
-def _compile_failure(name: str, device_name: str, source: str, log: str, max_lines: int = 20) -> str:
-    """The message for a kernel the driver rejects: its name, where its source was saved, the build log's head."""
-    path = os.path.join(tempfile.gettempdir(), f"lazygrad-failed-{name}.cl")
-    try:
-        with open(path, "w") as f:
-            f.write(source)
-        saved = f"its OpenCL C is in {path}"
-    except OSError as e:
-        saved = f"its OpenCL C could not be saved to {path} ({e}); LAZYGRAD_DEBUG=3 prints it"
-    lines = [line for line in log.strip().splitlines() if line.strip()]
-    head = "\n".join("  " + line for line in lines[:max_lines])
-    more = f"\n  ... ({len(lines) - max_lines} more lines)" if len(lines) > max_lines else ""
-    return f"OpenCL could not compile kernel {name} on {device_name}; {saved}\n{head}{more}"
+            raise CompileError(
+                compile_failure(f"OpenCL on {self.device_name}", "OpenCL C", "cl", name, source, log, 20)
+            ) from e
 
 
 def create(name: str = "opencl") -> OpenCLBackend:

@@ -218,8 +218,6 @@ class Tensor:
         return self
 
     def numpy(self) -> np.ndarray:
-        if self.requires_grad and autograd.is_grad_enabled() and False:
-            pass
         return runtime.to_numpy(self.lazydata)
 
     def item(self):

@@ -97,6 +97,7 @@ class _Fake:
 def test_opencl_device_choice_prefers_a_gpu_and_obeys_a_request():
     require("opencl")
     import pyopencl as cl
+
     from lazygrad.backends import opencl
 
     cpu = (_Fake("a CPU platform"), _Fake("Some CPU", cl.device_type.CPU))
@@ -113,6 +114,7 @@ def test_opencl_device_choice_prefers_a_gpu_and_obeys_a_request():
 def test_a_hidden_nvidia_driver_is_pointed_out(monkeypatch):
     require("opencl")
     import pyopencl as cl
+
     from lazygrad.backends import opencl
 
     monkeypatch.setattr(opencl, "_nvidia_opencl_library", lambda: "/usr/lib/libnvidia-opencl.so.1")
