@@ -207,7 +207,7 @@ class Scheduler:
         computed in the same loop and stored from it (a kernel with several outputs)."""
         outputs = [node, *members]
         inputs: list = []
-        self._inline = {id(m) for m in members}
+        self._inline = {id(m) for m in members} | {id(node)}  # a member may read the root: computed, not loaded
         self._n_outputs, self._fused, self._ast_memo = len(outputs), set(), {}
         values, kernel_shape = [], node.shape
         for out in outputs:
@@ -254,7 +254,7 @@ class Scheduler:
                 items.append(ScheduleItem("copy", node, [node.srcs[0].base], None, "effect"))
             else:
                 items.append(self._kernel(node))
-        return _order_assigns(self._merge_siblings(self._merge_outputs(items)))
+        return _order_assigns(self._merge_siblings(self._merge_readers(self._merge_outputs(items))))
 
     def _merge_outputs(self, items: list) -> list:
         """Fold a kernel into the kernel that reads it when that reader is its only consumer and reads
@@ -272,6 +272,34 @@ class Scheduler:
                 new = self._kernel(item.output, members)
                 merged_away.add(id(candidate))
                 item.__dict__.update(new.__dict__)
+        return [item for item in items if id(item) not in merged_away]
+
+    def _merge_readers(self, items: list) -> list:
+        """Fold a small elementwise kernel into the kernel it reads, when that is the only thing it reads
+        from this schedule: the producer's loop computes it too, as an extra output (a BatchNorm's
+        per-channel scale from the variance, say). Nothing it needs runs later, so no cycle can form."""
+        producer_of = {id(out): item for item in items for out in item.outputs}
+        merged_away: set = set()
+        for item in items:
+            if item.kind != "kernel" or item.reduces or len(item.outputs) != 1 or id(item) in merged_away:
+                continue
+            made_here = [x for x in item.inputs if id(x) in producer_of]
+            if len(made_here) != 1:
+                continue
+            source = producer_of[id(made_here[0])]
+            out = item.output
+            if source is item or source.kind != "kernel" or id(source) in merged_away or out.size != source.output.size:
+                continue
+            if out.op == "assign" and any(out.arg in other.inputs for other in items if other is not item):
+                continue  # others must read the old value first: the assign keeps its own place in the order
+            loads = {n.arg[0]: n.arg[1] for n in item.ast.walk() if n.op == "load"}
+            st = loads.get(len(item.outputs) + item.inputs.index(made_here[0]))
+            if st is None or not st.contiguous_view:
+                continue
+            members = (*source.outputs[1:], out)
+            source.__dict__.update(self._kernel(source.output, members).__dict__)
+            merged_away.add(id(item))
+            producer_of[id(out)] = source
         return [item for item in items if id(item) not in merged_away]
 
     def _merge_siblings(self, items: list) -> list:
