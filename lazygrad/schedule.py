@@ -275,26 +275,33 @@ class Scheduler:
         return [item for item in items if id(item) not in merged_away]
 
     def _merge_readers(self, items: list) -> list:
-        """Fold a small elementwise kernel into the kernel it reads, when that is the only thing it reads
-        from this schedule: the producer's loop computes it too, as an extra output (a BatchNorm's
-        per-channel scale from the variance, say). Nothing it needs runs later, so no cycle can form."""
+        """Fold a small elementwise kernel into a kernel it reads element for element, when every other
+        kernel of this schedule it reads runs before that one anyway: the producer's loop computes it too,
+        as an extra output (a BatchNorm's per-channel coefficients, say). It then waits on nothing that was
+        not already waited on, so no cycle can form."""
         producer_of = {id(out): item for item in items for out in item.outputs}
+        ancestors = _ancestors(items)
         merged_away: set = set()
         for item in items:
             if item.kind != "kernel" or item.reduces or len(item.outputs) != 1 or id(item) in merged_away:
                 continue
-            made_here = [x for x in item.inputs if id(x) in producer_of]
-            if len(made_here) != 1:
-                continue
-            source = producer_of[id(made_here[0])]
+            producers = {id(producer_of[id(x)]): producer_of[id(x)] for x in item.inputs if id(x) in producer_of}
             out = item.output
-            if source is item or source.kind != "kernel" or id(source) in merged_away or out.size != source.output.size:
+            source = next(
+                (p for p in producers.values() if all(q is p or id(q) in ancestors[id(p)] for q in producers.values())),
+                None,
+            )
+            if source is None or source is item or source.kind != "kernel" or id(source) in merged_away:
+                continue
+            if out.size != source.output.size:
                 continue
             if out.op == "assign" and any(out.arg in other.inputs for other in items if other is not item):
                 continue  # others must read the old value first: the assign keeps its own place in the order
             loads = {n.arg[0]: n.arg[1] for n in item.ast.walk() if n.op == "load"}
-            st = loads.get(len(item.outputs) + item.inputs.index(made_here[0]))
-            if st is None or not st.contiguous_view:
+            read = [
+                loads.get(len(item.outputs) + i) for i, x in enumerate(item.inputs) if producer_of.get(id(x)) is source
+            ]
+            if not read or any(st is None or not st.contiguous_view for st in read):
                 continue
             members = (*source.outputs[1:], out)
             source.__dict__.update(self._kernel(source.output, members).__dict__)
@@ -366,6 +373,33 @@ def _dependencies(items: list) -> list:
                 if r != a and out.arg in other.inputs:
                     deps[a].add(r)
     return deps
+
+
+def _ancestors(items: list) -> dict:
+    """id(item) -> ids of every item that must run before it, directly or not."""
+    deps = _dependencies(items)
+    result: dict = {}
+    state = [0] * len(items)  # 0 new, 1 on the current path, 2 done
+    for start in range(len(items)):
+        stack = [start]
+        while stack:
+            i = stack[-1]
+            if state[i] == 2:
+                stack.pop()
+                continue
+            state[i] = 1
+            waiting = [j for j in deps[i] if state[j] != 2]
+            if any(state[j] == 1 for j in waiting):
+                raise RuntimeError(
+                    "schedule has a cycle: a value reads a buffer that an assign in the same step overwrites"
+                )
+            if waiting:
+                stack.extend(waiting)
+                continue
+            result[id(items[i])] = set().union(*({id(items[j])} | result[id(items[j])] for j in deps[i]))
+            state[i] = 2
+            stack.pop()
+    return result
 
 
 def _order_assigns(items: list) -> list:
