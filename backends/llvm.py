@@ -450,6 +450,10 @@ class _LLVMCompiler:
             return self.engine.get_function_address(name)
 
 
+# a kernel of fewer loop iterations runs on the calling thread alone: waking a pool thread costs more
+PARALLEL_MIN_ITERATIONS = 32768
+
+
 class LLVMKernel:
     def __init__(self, backend: LLVMBackend, program: Program, source: str, address: int):
         self.name, self.source, self.program = program.name, source, program
@@ -466,7 +470,7 @@ class LLVMKernel:
         ptrs = [b.ctypes.data for b in buffers]
         fn, pool = self.fn, self.backend.pool
         threads = min(self.backend.threads, self.outer)
-        if threads <= 1 or self.work < 32768:
+        if threads <= 1 or self.work < PARALLEL_MIN_ITERATIONS:
 
             def run():
                 fn(*ptrs, 0, self.outer)

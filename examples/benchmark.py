@@ -118,6 +118,8 @@ def measure(args) -> dict:
         torch.set_num_threads(os.cpu_count() or 1)
     except ImportError:
         torch = None
+    if args.no_torch:
+        torch = None
     t0 = time.perf_counter()
     lg_step = lazygrad_step_fn(args.batch_size, args.image_size)
     with lazygrad.profile(timed=False) as first:
@@ -192,6 +194,7 @@ def main():
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--first-step", action="store_true", help="also time first steps in new processes")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--no-torch", action="store_true", help="time lazygrad alone (PyTorch's idle threads spin)")
     parser.add_argument("--profile", type=int, default=0, metavar="N", help="print the N slowest kernels of a step")
     args = parser.parse_args()
     result = measure(args)
