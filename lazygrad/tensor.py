@@ -1612,8 +1612,8 @@ class Tensor:
             win = windows_of(x_in)
             oh, ow = win.shape[3:5]
             plain_weight = w_in.lazydata.st.contiguous_view and w_in.lazydata.size == w_in.lazydata.base.size
-            if ow % 16 and plain_weight:
-                # narrow feature maps give vector lanes no contiguous output row. Copy the windows out as
+            if ow % 8 and plain_weight:
+                # rows not a multiple of 8 give vector lanes no contiguous output row. Copy the windows out as
                 # columns (n, g, oh, ow, cin_g*kh*kw), small here, so that the reduce runs along memory that
                 # both the columns and the weight hold contiguously (a matrix product)
                 cols = win.permute(0, 1, 3, 4, 2, 5, 6).contiguous()

@@ -168,20 +168,23 @@ def choose_options(nest: LoopNest, ast: KernelOp, vector_width: int = 1) -> Kern
                 return score + (1 if store[d] == 1 else 0 if store[d] == 0 else -1)
             return score - 0.5
 
-        candidates = [
-            d
-            for d in range(len(nest.shape))
-            if nest.shape[d] % width == 0
-            and all(ld[d] is not None for ld in loads)
-            and (d >= nest.n_output or store[d] is not None)
-            and (any(ld[d] in (1, 2, 3, 4) for ld in loads) or (d < nest.n_output and store[d] == 1))
-        ]
-        if nest.n_output == len(nest.shape):  # elementwise: lanes where the store is contiguous, or none
-            candidates = [d for d in candidates if store[d] == 1]
-        if candidates:
-            best = max(candidates, key=lambda d: (lane_score(d), d < nest.n_output))
-            if lane_score(best) > 0:
-                opts.vector = (best, width)
+        for lanes in (width, width // 2):  # half-width vectors where no dim is a multiple of the full width
+            candidates = [
+                d
+                for d in range(len(nest.shape))
+                if nest.shape[d] % lanes == 0
+                and all(ld[d] is not None for ld in loads)
+                and (d >= nest.n_output or store[d] is not None)
+                and (any(ld[d] in (1, 2, 3, 4) for ld in loads) or (d < nest.n_output and store[d] == 1))
+            ]
+            if nest.n_output == len(nest.shape):  # elementwise: lanes where the store is contiguous, or none
+                candidates = [d for d in candidates if store[d] == 1]
+            if candidates:
+                best = max(candidates, key=lambda d: (lane_score(d), d < nest.n_output))
+                if lane_score(best) > 0:
+                    opts.vector = (best, lanes)
+                    break
+        width = opts.vector[1] if opts.vector else width
     if nest.n_output == len(nest.shape) and opts.vector is None:
         return opts
     vdim = opts.vector[0] if opts.vector else None
