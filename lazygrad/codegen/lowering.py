@@ -194,8 +194,12 @@ def choose_options(nest: LoopNest, ast: KernelOp, vector_width: int = 1) -> Kern
     candidates = sorted(
         (d for d in range(nest.n_output) if d != vdim), key=lambda d: (-sum(1 for ld in loads if ld[d] == 0), -d)
     )
+    lanes_on_output = reducing and vdim is not None and vdim < nest.n_output
     for d in candidates:
-        for f in (4, 2):
+        # with lanes along an output dim and one other dim to tile, a taller tile (8 rows of 2 vectors)
+        # reuses each loaded vector 8 times instead of 4
+        factors = (8, 4, 2) if lanes_on_output and len(candidates) == 1 else (4, 2)
+        for f in factors:
             if nest.shape[d] % f == 0 and nest.shape[d] > f and budget // f >= 1:
                 opts.upcast.append((d, f))
                 budget //= f
