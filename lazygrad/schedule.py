@@ -375,38 +375,10 @@ def _dependencies(items: list) -> list:
     return deps
 
 
-def _ancestors(items: list) -> dict:
-    """id(item) -> ids of every item that must run before it, directly or not."""
-    deps = _dependencies(items)
-    result: dict = {}
-    state = [0] * len(items)  # 0 new, 1 on the current path, 2 done
-    for start in range(len(items)):
-        stack = [start]
-        while stack:
-            i = stack[-1]
-            if state[i] == 2:
-                stack.pop()
-                continue
-            state[i] = 1
-            waiting = [j for j in deps[i] if state[j] != 2]
-            if any(state[j] == 1 for j in waiting):
-                raise RuntimeError(
-                    "schedule has a cycle: a value reads a buffer that an assign in the same step overwrites"
-                )
-            if waiting:
-                stack.extend(waiting)
-                continue
-            result[id(items[i])] = set().union(*({id(items[j])} | result[id(items[j])] for j in deps[i]))
-            state[i] = 2
-            stack.pop()
-    return result
-
-
-def _order_assigns(items: list) -> list:
-    """Topological order of the items under `_dependencies`."""
-    deps = _dependencies(items)
-    order, state = [], [0] * len(items)  # 0 new, 1 visiting, 2 done
-    for start in range(len(items)):
+def _topological(deps: list) -> list:
+    """Indexes in an order where each comes after everything it depends on (iterative depth-first)."""
+    order, state = [], [0] * len(deps)  # 0 new, 1 on the current path, 2 done
+    for start in range(len(deps)):
         stack = [start]
         while stack:
             i = stack[-1]
@@ -415,18 +387,31 @@ def _order_assigns(items: list) -> list:
                 continue
             state[i] = 1
             waiting = [j for j in sorted(deps[i]) if state[j] != 2]
-            for j in waiting:
-                if state[j] == 1:
-                    raise RuntimeError(
-                        "schedule has a cycle: a value reads a buffer that an assign in the same step overwrites"
-                    )
+            if any(state[j] == 1 for j in waiting):
+                raise RuntimeError(
+                    "schedule has a cycle: a value reads a buffer that an assign in the same step overwrites"
+                )
             if waiting:
                 stack.extend(reversed(waiting))
                 continue
             state[i] = 2
-            order.append(items[i])
+            order.append(i)
             stack.pop()
     return order
+
+
+def _ancestors(items: list) -> dict:
+    """id(item) -> ids of every item that must run before it, directly or not."""
+    deps = _dependencies(items)
+    result: dict = {}
+    for i in _topological(deps):
+        result[id(items[i])] = set().union(*({id(items[j])} | result[id(items[j])] for j in deps[i]))
+    return result
+
+
+def _order_assigns(items: list) -> list:
+    """Topological order of the items under `_dependencies`."""
+    return [items[i] for i in _topological(_dependencies(items))]
 
 
 def _not_a_reshape(src: LazyBuffer) -> bool:
