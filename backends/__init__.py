@@ -14,7 +14,7 @@ from typing import Protocol
 
 from lazygrad import config
 
-# name -> module path; the module exposes `create() -> Backend` and `describe_unavailable() -> str`
+# name -> module path; the module exposes `create(name) -> Backend`, which raises when it cannot start
 REGISTRY = {
     "opencl": "lazygrad.backends.opencl",
     "llvm": "lazygrad.backends.llvm",

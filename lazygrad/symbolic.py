@@ -292,7 +292,9 @@ def sum_of(nodes: list) -> Node:
         base, c = _coefficient(n)
         coeffs[base] = coeffs.get(base, 0) + c
     terms = [mul(base, c) for base, c in coeffs.items() if c != 0]
-    terms = _fold_div_mod_pairs(terms)
+    folded = _fold_div_mod_pair(terms)
+    if folded is not None:
+        return sum_of(folded + [Num(const)])
     if const != 0:
         terms.append(Num(const))
     if not terms:
@@ -300,27 +302,18 @@ def sum_of(nodes: list) -> Node:
     return terms[0] if len(terms) == 1 else SumNode(tuple(terms))
 
 
-def _fold_div_mod_pairs(terms: list) -> list:
-    """(x//b)*b + x%b -> x: what a reshape followed by its inverse leaves behind."""
-    changed = True
-    while changed:
-        changed = False
-        for i, t in enumerate(terms):
-            base, c = _coefficient(t)
-            if not isinstance(base, ModNode) or base.a.vmin < 0:
-                continue
-            for j, u in enumerate(terms):
-                ubase, uc = _coefficient(u)
-                if isinstance(ubase, DivNode) and ubase.a == base.a and ubase.b == base.b and uc == c * base.b:
-                    rest = [x for k, x in enumerate(terms) if k not in (i, j)]
-                    terms = rest + [mul(base.a, c)]
-                    terms = list(sum_of(terms).terms) if isinstance(sum_of(terms), SumNode) else [sum_of(terms)]
-                    terms = [x for x in terms if not isinstance(x, Num) or x.value != 0]
-                    changed = True
-                    break
-            if changed:
-                break
-    return terms
+def _fold_div_mod_pair(terms: list) -> list | None:
+    """(x//b)*b + x%b -> x, what a reshape followed by its inverse leaves behind: the terms with one such
+    pair folded, or None when there is none."""
+    for i, t in enumerate(terms):
+        base, c = _coefficient(t)
+        if not isinstance(base, ModNode) or base.a.vmin < 0:
+            continue
+        for j, u in enumerate(terms):
+            ubase, uc = _coefficient(u)
+            if isinstance(ubase, DivNode) and ubase.a == base.a and ubase.b == base.b and uc == c * base.b:
+                return [x for k, x in enumerate(terms) if k not in (i, j)] + [mul(base.a, c)]
+    return None
 
 
 def div(a: Node, b: int) -> Node:
