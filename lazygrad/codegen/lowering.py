@@ -57,6 +57,9 @@ def stores_of(ast: KernelOp) -> tuple:
     return ast.srcs if ast.op == "sink" else (ast,)
 
 
+_CACHED_ELEMENTS = 1 << 18  # 1 MiB of float32: about what one core's L2 holds
+
+
 def build_loop_nest(ast: KernelOp) -> LoopNest:
     reduce = _find_reduce(ast)
     below = set() if reduce is None else {id(n) for n in reduce.srcs[0].walk()}
@@ -92,11 +95,17 @@ def build_loop_nest(ast: KernelOp) -> LoopNest:
     # the cache once, while the smaller ones (a weight, say) are re-read from cache by the inner loops
     loads = [n for n in nodes if n.op == "load"]
 
-    def footprint(d):
+    def elements(st) -> int:  # how many elements a load reads: its buffer's view, not the loop space
+        if len(st.views) > 1:
+            return prod(st.views[0].shape)
+        return prod(size for size, stride in zip(st.shape, st.views[0].strides) if stride != 0)
+
+    def footprint(d):  # inputs that fit in the cache are re-read cheaply: only big ones count
         return sum(
-            prod(trackers[id(n)].views[0].shape)
+            size
             for n in loads
-            if len(trackers[id(n)].views) > 1 or trackers[id(n)].views[-1].strides[d] != 0
+            if (size := elements(trackers[id(n)])) > _CACHED_ELEMENTS
+            and (len(trackers[id(n)].views) > 1 or trackers[id(n)].views[-1].strides[d] != 0)
         )
 
     out_order = sorted(range(n_output), key=lambda d: -footprint(d))
