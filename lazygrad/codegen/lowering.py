@@ -58,6 +58,14 @@ def stores_of(ast: KernelOp) -> tuple:
 
 
 _CACHED_ELEMENTS = 1 << 18  # 1 MiB of float32: about what one core's L2 holds
+_STRIP_ELEMENTS = 1 << 16  # a quarter of that, for what a register tile re-reads
+
+
+def _elements(st: ShapeTracker) -> int:
+    """How many elements a load reads: its buffer's view, not the loop space it is broadcast over."""
+    if len(st.views) > 1:
+        return prod(st.views[0].shape)
+    return prod(size for size, stride in zip(st.shape, st.views[0].strides) if stride != 0)
 
 
 def build_loop_nest(ast: KernelOp) -> LoopNest:
@@ -95,16 +103,11 @@ def build_loop_nest(ast: KernelOp) -> LoopNest:
     # the cache once, while the smaller ones (a weight, say) are re-read from cache by the inner loops
     loads = [n for n in nodes if n.op == "load"]
 
-    def elements(st) -> int:  # how many elements a load reads: its buffer's view, not the loop space
-        if len(st.views) > 1:
-            return prod(st.views[0].shape)
-        return prod(size for size, stride in zip(st.shape, st.views[0].strides) if stride != 0)
-
     def footprint(d):  # inputs that fit in the cache are re-read cheaply: only big ones count
         return sum(
             size
             for n in loads
-            if (size := elements(trackers[id(n)])) > _CACHED_ELEMENTS
+            if (size := _elements(trackers[id(n)])) > _CACHED_ELEMENTS
             and (len(trackers[id(n)].views) > 1 or trackers[id(n)].views[-1].strides[d] != 0)
         )
 
@@ -204,6 +207,21 @@ def choose_options(nest: LoopNest, ast: KernelOp, vector_width: int = 1) -> Kern
         (d for d in range(nest.n_output) if d != vdim), key=lambda d: (-sum(1 for ld in loads if ld[d] == 0), -d)
     )
     lanes_on_output = reducing and vdim is not None and vdim < nest.n_output
+    if lanes_on_output:
+        # the micro-kernel of a matrix product: rows x vectors accumulators, fed per reduce step by `rows`
+        # broadcast loads and `vectors` vector loads; 4 x 4 gives the most multiply-adds per load in 16.
+        # The strip of the vector input that one output tile reads (reduce size x tile width) is read
+        # again by the next tile of the inner output loop: it must stay in the cache, else 8 x 2 below
+        reduce_size = prod(nest.shape[nest.n_output :])
+        vectors = next((f for f in (4, 2) if nest.shape[vdim] % (width * f) == 0), 1)
+        if reduce_size * width * vectors > _STRIP_ELEMENTS:
+            vectors = 1
+        if vectors > 1:
+            for rows in (budget // vectors, budget // vectors // 2):
+                d = next((d for d in candidates if nest.shape[d] % rows == 0 and nest.shape[d] > rows), None)
+                if d is not None:
+                    opts.upcast += [(d, rows), (vdim, vectors)]
+                    return opts
     for d in candidates:
         # with lanes along an output dim and one other dim to tile, a taller tile (8 rows of 2 vectors)
         # reuses each loaded vector 8 times instead of 4
