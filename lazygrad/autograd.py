@@ -168,25 +168,57 @@ def _window(c, g):
 
 def window_transpose(g, input_shape: tuple, kernel: tuple, stride: tuple, dilation: tuple):
     """The adjoint of the window view (col2im): each window position k sends its value back to
-    x[o*stride + k*dilation]. Per kernel offset, spread g over the input with stride-1 zeros between,
-    shifted by k*dilation, and add up: one elementwise kernel of K*K masked loads."""
+    x[o*stride + k*dilation]. With stride 1 that is a sum of K*K shifted copies of g. With a stride s,
+    input positions fall into s*s classes by their remainders mod s, and each class receives only the
+    kernel offsets of its own remainder: per class, a sum of shifted copies with no holes between; the
+    classes are then interleaved. (Spreading g out with s-1 zeros between elements instead makes every
+    kernel offset a masked read at every position, which no vector lane can load contiguously.)"""
     n = len(kernel)
     spatial = input_shape[-n:]
-    outs = g.shape[-2 * n : -n]
-    total = None
-    for ks in itertools.product(*[range(k) for k in kernel]):
-        piece = g[(Ellipsis, *ks)]
-        for j, (o, s, d, k, size) in enumerate(zip(outs, stride, dilation, ks, spatial)):
-            dim = piece.ndim - n + j
-            if s > 1:  # put s-1 zeros after each element along dim
-                piece = piece.unsqueeze(dim + 1).pad([0, 0] * (piece.ndim - dim - 1) + [0, s - 1])
-                piece = piece.flatten(dim, dim + 1)
-                piece = piece.shrink([(0, m) if i != dim else (0, (o - 1) * s + 1) for i, m in enumerate(piece.shape)])
-            start = k * d
-            end_pad = size - start - ((o - 1) * s + 1)
-            piece = piece.pad([0, 0] * (piece.ndim - dim - 1) + [start, end_pad])
-        total = piece if total is None else total + piece
-    return total
+    lead = g.ndim - 2 * n
+    quotients = [-(-size // s) for size, s in zip(spatial, stride)]  # class sizes, rounded up
+
+    def shifted(piece, dim, shift, size):
+        """piece moved `shift` places up along dim, cut or zero-filled to `size`."""
+        length = piece.shape[dim]
+        end = size - shift - length
+        pads = [(0, 0)] * piece.ndim
+        pads[dim] = (shift, max(end, 0))
+        piece = piece._movement("pad", tuple(pads))
+        if end < 0:
+            piece = piece.shrink([(0, m) if i != dim else (0, size) for i, m in enumerate(piece.shape)])
+        return piece
+
+    def class_sum(remainders):
+        total = None
+        for ks in itertools.product(*[range(k) for k in kernel]):
+            if any((k * d) % s != r for k, d, s, r in zip(ks, dilation, stride, remainders)):
+                continue
+            piece = g[(Ellipsis, *ks)]
+            for j, (k, d, s, r, q) in enumerate(zip(ks, dilation, stride, remainders, quotients)):
+                piece = shifted(piece, lead + j, (k * d - r) // s, q)
+            total = piece if total is None else total + piece
+        if total is None:  # no kernel offset reaches this class
+            total = type(g).zeros(*g.shape[:lead], *quotients, dtype=g.dtype, device=g.device)
+        return total
+
+    def interleave(dim_index, remainders):
+        """The input positions of dims dim_index.. for the given remainders of the dims before."""
+        if dim_index == n:
+            return class_sum(remainders)
+        s = stride[dim_index]
+        parts = [interleave(dim_index + 1, remainders + (r,)) for r in range(s)]
+        dim = lead + dim_index
+        if s == 1:
+            merged = parts[0]
+        else:
+            merged = type(g).stack(parts, dim + 1).flatten(dim, dim + 1)
+        size = spatial[dim_index]
+        if merged.shape[dim] != size:
+            merged = merged.shrink([(0, m) if i != dim else (0, size) for i, m in enumerate(merged.shape)])
+        return merged
+
+    return interleave(0, ())
 
 
 def _composite(c, g):

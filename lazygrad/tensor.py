@@ -1725,12 +1725,17 @@ def _conv2d_input_grad(grad: Tensor, weight: Tensor, input_hw: tuple, stride, pa
         # weight holds contiguously (output lanes over cin*kh*kw), then the columns go back to their
         # input positions (col2im, one elementwise kernel)
         n, _, oh, ow = grad.shape
-        per_pixel = grad.permute(0, 2, 3, 1).reshape(n, oh, ow, cout, 1, 1, 1)
-        cols = (per_pixel * weight.reshape(1, 1, 1, cout, cin_g, kh, kw)).sum(3)  # (n, oh, ow, cin, kh, kw)
+        if (oh * ow) % 16 == 0:
+            # columns (n, cin, kh, kw, oh, ow): vector lanes run over the output pixels in the product, and
+            # the col2im below reads each kernel offset's rows contiguously
+            per_pixel = grad.reshape(n, cout, 1, 1, 1, oh, ow)
+            cols = (per_pixel * weight.reshape(1, cout, cin_g, kh, kw, 1, 1)).sum(1).permute(0, 1, 4, 5, 2, 3)
+        else:
+            # few output pixels: lanes over cin*kh*kw instead, columns (n, oh, ow, cin, kh, kw)
+            per_pixel = grad.permute(0, 2, 3, 1).reshape(n, oh, ow, cout, 1, 1, 1)
+            cols = (per_pixel * weight.reshape(1, 1, 1, cout, cin_g, kh, kw)).sum(3).permute(0, 3, 1, 2, 4, 5)
         padded_hw = tuple(size + 2 * p for size, p in zip(input_hw, padding))
-        dx = autograd.window_transpose(
-            cols.permute(0, 3, 1, 2, 4, 5), (n, cin_g, *padded_hw), (kh, kw), stride, dilation
-        )
+        dx = autograd.window_transpose(cols, (n, cin_g, *padded_hw), (kh, kw), stride, dilation)
         return dx.shrink([(0, n), (0, cin_g)] + [(p, p + size) for p, size in zip(padding, input_hw)])
     for axis, (s, o) in enumerate(zip(stride, grad.shape[2:])):
         if s > 1:  # s-1 zeros after each element, none after the last
