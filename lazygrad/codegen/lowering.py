@@ -201,49 +201,64 @@ def choose_options(nest: LoopNest, ast: KernelOp, vector_width: int = 1) -> Kern
         return opts
     vdim = opts.vector[0] if opts.vector else None
     reducing = nest.n_output < len(nest.shape)
-    budget = 16 if reducing else 4
-    # prefer tiling dims along which some load does not move (its value is reused across the tile)
-    candidates = sorted(
-        (d for d in range(nest.n_output) if d != vdim), key=lambda d: (-sum(1 for ld in loads if ld[d] == 0), -d)
-    )
-    lanes_on_output = reducing and vdim is not None and vdim < nest.n_output
-    if lanes_on_output:
-        # the micro-kernel of a matrix product: rows x vectors accumulators, fed per reduce step by `rows`
-        # broadcast loads and `vectors` vector loads; 4 x 4 gives the most multiply-adds per load in 16.
-        # The strip of the vector input that one output tile reads (reduce size x tile width) is read
-        # again by the next tile of the inner output loop: it must stay in the cache, else 8 x 2 below
-        reduce_size = prod(nest.shape[nest.n_output :])
-        vectors = next((f for f in (4, 2) if nest.shape[vdim] % (width * f) == 0), 1)
-        if reduce_size * width * vectors > _STRIP_ELEMENTS:
-            vectors = 1
-        if vectors > 1:
-            for rows in (budget // vectors, budget // vectors // 2):
-                d = next((d for d in candidates if nest.shape[d] % rows == 0 and nest.shape[d] > rows), None)
-                if d is not None:
-                    opts.upcast += [(d, rows), (vdim, vectors)]
-                    return opts
-    for d in candidates:
-        # with lanes along an output dim and one other dim to tile, a taller tile (8 rows of 2 vectors)
-        # reuses each loaded vector 8 times instead of 4
-        factors = (8, 4, 2) if lanes_on_output and len(candidates) == 1 else (4, 2)
-        for f in factors:
-            if nest.shape[d] % f == 0 and nest.shape[d] > f and budget // f >= 1:
+    if reducing:
+        opts.upcast = _register_tile(nest, loads, vdim, width)
+    else:
+        # elementwise: a small tile along dims where some load does not move (its value is reused)
+        budget = 4
+        for d in sorted(
+            (d for d in range(nest.n_output) if d != vdim), key=lambda d: (-sum(1 for ld in loads if ld[d] == 0), -d)
+        ):
+            f = next((f for f in (4, 2) if nest.shape[d] % f == 0 and nest.shape[d] > f and f <= budget), None)
+            if f is not None:
                 opts.upcast.append((d, f))
                 budget //= f
-                break
-        if len(opts.upcast) == 2 or budget < 2:
-            break
-    if reducing and vdim is not None and vdim < nest.n_output:
-        # spare accumulators go to more vectors along the lane dim
-        for f in (4, 2):
-            if budget // f >= 1 and nest.shape[vdim] % (width * f) == 0:
-                opts.upcast.append((vdim, f))
-                budget //= f
+            if len(opts.upcast) == 2 or budget < 2:
                 break
     last = len(nest.shape) - 1
     if reducing and last != vdim and nest.shape[last] % 4 == 0 and nest.shape[last] > 4 and len(opts.upcast) < 2:
         opts.unroll = (last, 4)
     return opts
+
+
+def _register_tile(nest: LoopNest, loads: list, vdim: int | None, width: int) -> list:
+    """The register tile of a reduce: up to three output dims and their factors (along the lane dim, in
+    vectors), at most 16 accumulators, for the most multiply-adds per load. Per reduce step the tile
+    does one multiply-add per accumulator and loads, of each input, one value (or vector) per tile
+    position along the dims that input moves with. The strip of the vector input that one tile reads
+    (reduce size x tile width) is read again by the next tile of the inner output loop: where 4 vectors
+    of it would not stay in the cache, at most 2 (an 8 x 2 tile rather than 4 x 4)."""
+    reduce_size = prod(nest.shape[nest.n_output :])
+    choices = []
+    for d in range(nest.n_output):
+        if d == vdim:
+            most = 4 if reduce_size * width * 4 <= _STRIP_ELEMENTS else 2
+            factors = [f for f in (4, 2) if f <= most and nest.shape[d] % (width * f) == 0]
+        else:
+            size = nest.shape[d]
+            factors = [f for f in (8, 4, 2) if size % f == 0 and size > f]
+            if size in (3, 5, 7):  # a kernel's height or width: all of it
+                factors.append(size)
+        choices += [(d, f) for f in factors]
+
+    def per_load(tile) -> float:
+        accumulators = prod(f for _, f in tile)
+        loaded = sum(prod(f for d, f in tile if ld[d] != 0) for ld in loads)
+        return accumulators / max(loaded, 1)
+
+    def spread(tile) -> int:  # ties go to tiles whose loads stay close in memory (few cache lines)
+        return sum(abs(ld[d]) if ld[d] is not None else 1 << 30 for d, _ in tile for ld in loads if ld[d] != 0)
+
+    best, best_key = [], (per_load([]), 1, 0)
+    for n in (1, 2, 3):
+        for tile in itertools.combinations(choices, n):
+            dims = [d for d, _ in tile]
+            if len(set(dims)) < n or prod(f for _, f in tile) > 16:
+                continue
+            key = (per_load(tile), prod(f for _, f in tile), -spread(tile))
+            if key > best_key:
+                best, best_key = list(tile), key
+    return best
 
 
 class _Emitter:
