@@ -82,6 +82,7 @@ class _Renderer:
         self.block = "entry"
         self.tmp = 0
         self.loops: dict = {}  # range id -> (header label, phi placeholder index, start value)
+        self.ifs: list = []  # the labels after the open conditional blocks
 
     def fresh(self, hint="t") -> str:
         self.tmp += 1
@@ -161,6 +162,17 @@ class _Renderer:
                 self.emit(f"br i1 {cond}, label %{header}, label %{exit_label}")
                 self.lines.append(f"{exit_label}:")
                 self.block = exit_label
+            elif op == "if":  # the ops up to the matching endif run only when the condition holds
+                then, after = f"T{u.id}", f"F{u.id}"
+                self.emit(f"br i1 {self.val(u.srcs[0])}, label %{then}, label %{after}")
+                self.lines.append(f"{then}:")
+                self.block = then
+                self.ifs.append(after)
+            elif op == "endif":
+                after = self.ifs.pop()
+                self.emit(f"br label %{after}")
+                self.lines.append(f"{after}:")
+                self.block = after
             elif op == "acc":
                 slot = f"%acc{u.id}"
                 t = _ty(u.dtype, u.vec)
@@ -507,6 +519,8 @@ class LLVMBackend:
         # float32 lanes per vector register: the code generator vectorizes to this width
         features = self.compiler.features
         self.vector_width = 16 if "+avx512f" in features else 8 if "+avx2" in features else 4
+        # big matrix products reduce in cache-sized chunks (the code generator's `blocking` option)
+        self.cache_blocking = True
         self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="lazygrad-llvm")
 
     # memory is host memory: numpy byte arrays, 64-byte aligned for vector loads

@@ -237,7 +237,9 @@ def get_kernel(ast, buffer_dtypes: tuple, device: str, sizes: tuple) -> Compiled
 
     nest_shape = build_loop_nest(ast).shape
     name = kernel_name(ast, nest_shape)
-    program = _lowered(ast, buffer_dtypes, name, getattr(backend, "vector_width", 1))
+    program = _lowered(
+        ast, buffer_dtypes, name, getattr(backend, "vector_width", 1), getattr(backend, "cache_blocking", False)
+    )
     if config.DEBUG >= 4:
         print(f"--- linear IR of {name}\n{program.dump()}")
     kernel = backend.compile(program)
@@ -253,10 +255,13 @@ def get_kernel(ast, buffer_dtypes: tuple, device: str, sizes: tuple) -> Compiled
     return entry
 
 
-def _lowered(ast, buffer_dtypes: tuple, name: str, vector_width: int):
+def _lowered(ast, buffer_dtypes: tuple, name: str, vector_width: int, cache_blocking: bool):
     """The linear IR of a kernel, from the disk cache when a process lowered the same kernel before
     (lowering is the slow part of a warm start: the compiled code is cached by the backend)."""
-    key = f"program|{_LOWERING_VERSION}|{config.OPTIMIZE}|{vector_width}|{buffer_dtypes}|{name}|{ast.structure()}"
+    key = (
+        f"program|{_LOWERING_VERSION}|{config.OPTIMIZE}|{vector_width}|{cache_blocking}|{buffer_dtypes}|{name}|"
+        + ast.structure()
+    )
     blob = diskcache.get(key)
     if blob is not None:
         try:
@@ -264,7 +269,7 @@ def _lowered(ast, buffer_dtypes: tuple, name: str, vector_width: int):
         except Exception:  # an entry from an incompatible version: lower again
             pass
     options = None if config.OPTIMIZE else KernelOptions()
-    program = lower(ast, buffer_dtypes, name, options, vector_width)
+    program = lower(ast, buffer_dtypes, name, options, vector_width, cache_blocking)
     diskcache.put(key, pickle.dumps(program))
     return program
 

@@ -27,6 +27,9 @@ class KernelOptions:
     upcast: list = field(default_factory=list)  # [(dim, factor)] over output dims: a register tile
     unroll: tuple | None = None  # (reduce dim, factor)
     vector: tuple | None = None  # (dim, width): that dim's innermost `width` indexes are vector lanes
+    # (block, chunk): the reduce runs in chunks of `chunk` along its first dim, for `block` iterations of the
+    # outermost output loop at a time, the partial sums kept in the output (cache blocking, CPU only)
+    blocking: tuple | None = None
 
 
 @dataclass
@@ -160,7 +163,7 @@ def _load_lane_cost(stride) -> float:
     return -2  # a gather
 
 
-def choose_options(nest: LoopNest, ast: KernelOp, vector_width: int = 1) -> KernelOptions:
+def choose_options(nest: LoopNest, ast: KernelOp, vector_width: int = 1, cache_blocking: bool = False) -> KernelOptions:
     """Heuristics. Vector lanes go along a dim that memory reads contiguously (an output dim the
     store writes contiguously, else a reduce dim); then a register tile of output dims, so that
     each loaded value feeds several accumulators; then a small unroll of the innermost reduce."""
@@ -218,7 +221,56 @@ def choose_options(nest: LoopNest, ast: KernelOp, vector_width: int = 1) -> Kern
     last = len(nest.shape) - 1
     if reducing and last != vdim and nest.shape[last] % 4 == 0 and nest.shape[last] > 4 and len(opts.upcast) < 2:
         opts.unroll = (last, 4)
+    if reducing and cache_blocking:
+        opts.blocking = _cache_blocking(nest, ast, loads, opts)
     return opts
+
+
+_CHUNK_ELEMENTS = 1 << 17  # what the inner loops re-read per chunk: half of a 1 MiB L2 in float32
+
+
+def partial_sum_store(ast: KernelOp) -> KernelOp | None:
+    """The store of a kernel that writes its sum as it is: cache blocking keeps partial sums there."""
+    reduce = _find_reduce(ast)
+    if reduce is None or reduce.arg[0] != "sum" or not reduce.dtype.is_float:
+        return None
+    holder = next((s for s in stores_of(ast) if s.srcs[0] == reduce), None)
+    if holder is None or any(n.op == "load" and n.arg[0] == holder.arg[0] for n in ast.walk()):
+        return None  # no such store, or the kernel reads that buffer too
+    return holder
+
+
+def _cache_blocking(nest: LoopNest, ast: KernelOp, loads: list, opts: KernelOptions) -> tuple | None:
+    """(block, chunk) when the inputs that every iteration of the outermost output loop reads again are
+    too big for the cache (a matrix product's second operand): then the reduce goes in chunks small
+    enough that those inputs' chunk stays in the cache while a block of outer iterations reuses it.
+    The partial sums live in the output that holds the plain sum; other outputs are written at the end."""
+    if partial_sum_store(ast) is None:
+        return None
+    sizes = [_elements(nest.trackers[id(n)]) for n in ast.walk() if n.op == "load"]
+    reread = sum(n for ld, n in zip(loads, sizes) if ld[0] == 0)  # inputs the outer loop does not move
+    if reread <= _CACHED_ELEMENTS:
+        return None
+    vdim, width = opts.vector or (None, 1)
+    rdim = nest.n_output
+    step = (width if vdim == rdim else 1) * (opts.unroll[1] if opts.unroll and opts.unroll[0] == rdim else 1)
+    size = nest.shape[rdim]
+    chunk = next(
+        (c for c in range(size - step, 0, -step) if size % c == 0 and reread * c // size <= _CHUNK_ELEMENTS),
+        None,
+    )
+    if chunk is None:
+        return None
+    # a block of outer iterations shares one read of that chunk, and the block's partial sums stay in the
+    # cache too; an even number of blocks, at least four, for the threads to share
+    outer = nest.shape[0] // ((width if vdim == 0 else 1) * dict(opts.upcast).get(0, 1))
+    outputs_per_outer = prod(nest.shape[: nest.n_output]) // outer
+    blocks = [
+        b
+        for b in range(1, outer // 4 + 1)
+        if outer % b == 0 and (outer // b) % 2 == 0 and outputs_per_outer * b <= _CHUNK_ELEMENTS // 2
+    ]
+    return (max(blocks), chunk) if blocks else None
 
 
 def _register_tile(nest: LoopNest, loads: list, vdim: int | None, width: int) -> list:
@@ -300,10 +352,14 @@ class Lowerer:
         name: str,
         options: KernelOptions | None = None,
         vector_width: int = 1,
+        cache_blocking: bool = False,
     ):
         self.ast, self.buffer_dtypes, self.name = ast, buffer_dtypes, name
         self.nest = build_loop_nest(ast)
-        self.opts = options if options is not None else choose_options(self.nest, ast, vector_width)
+        self.opts = options if options is not None else choose_options(self.nest, ast, vector_width, cache_blocking)
+        holder = partial_sum_store(ast) if self.opts.blocking else None
+        if holder is not None and buffer_dtypes[holder.arg[0]] != _compute_dtype(_find_reduce(ast).dtype):
+            self.opts.blocking = None  # the partial sums are kept in that output: it must hold them exactly
         self.width = self.opts.vector[1] if self.opts.vector else 1
         self.e = _Emitter()
         self.reduce = _find_reduce(ast)
@@ -480,14 +536,28 @@ class Lowerer:
                 return lambda k: var * (width * factor) + k * width + lane
             return lambda k: var * factor + k if factor > 1 else var
 
+        def open_range(name, size, kind):
+            vars_uop[name] = e.emit("range", dt.int32, (), (name, size, kind), pure=False)
+            outer_ranges.append(vars_uop[name])
+            return Var(name, 0, size - 1)
+
         # global ranges over output dims (an upcast or vector dim loops over its tiles)
-        global_sizes, out_index = [], {}
+        global_sizes, out_index, outer_ranges = [], {}, []
+        block, chunk = self.opts.blocking or (None, None)
         for d in range(nest.n_output):
             factor = (width if d == vdim else 1) * upcast.get(d, 1)
             size = nest.shape[d] // factor
-            vars_uop[f"g{d}"] = e.emit("range", dt.int32, (), (f"g{d}", size, "global"), pure=False)
-            global_sizes.append(size)
-            out_index[d] = split(d, Var(f"g{d}", 0, size - 1), upcast.get(d, 1))
+            if d == 0 and block:
+                # cache blocking: blocks of the outermost loop (split among threads), then the reduce chunks,
+                # then the iterations of the block, each reusing the chunk that the other inputs left in cache
+                var = open_range("g0", size // block, "global") * block
+                open_range("kc", nest.shape[nest.n_output] // chunk, "loop")
+                var = var + open_range("g0i", block, "loop")
+                global_sizes.append(size // block)
+            else:
+                var = open_range(f"g{d}", size, "global")
+                global_sizes.append(size)
+            out_index[d] = split(d, var, upcast.get(d, 1))
         tiled = sorted(upcast)
         out_combos = list(itertools.product(*[range(upcast[d]) for d in tiled]))
 
@@ -506,11 +576,14 @@ class Lowerer:
             empty = any(nest.shape[d] == 0 for d in nest.reduce_dims)
             for d in [] if empty else nest.reduce_dims:
                 factor = width if d == vdim else (unroll if d == unroll_dim else 1)
-                size = nest.shape[d] // factor
+                size = (chunk if block and d == nest.n_output else nest.shape[d]) // factor
                 e.open_scope()
                 ranges.append(e.emit("range", dt.int32, (), (f"r{d}", size, "loop"), pure=False))
                 vars_uop[f"r{d}"] = ranges[-1]
-                red_index[d] = split(d, Var(f"r{d}", 0, size - 1), unroll if d == unroll_dim else 1)
+                var = Var(f"r{d}", 0, size - 1)
+                if block and d == nest.n_output:  # within the current chunk
+                    var = Var("kc", 0, nest.shape[d] // chunk - 1) * size + var
+                red_index[d] = split(d, var, unroll if d == unroll_dim else 1)
             alu = "add" if red_op == "sum" else "max"
             for combo in [] if empty else out_combos:
                 for k in range(unroll):
@@ -523,19 +596,48 @@ class Lowerer:
                 e.close_scope()
             if vdim is not None and vdim >= nest.n_output:  # lanes ran along a reduce dim: combine them
                 accs = {c: e.emit("hreduce", acc_dtype, (a,), alu, pure=False) for c, a in accs.items()}
-        for combo in out_combos:
-            idx = out_idx(combo) + [Num(0) for _ in nest.reduce_dims]
-            memo: dict = {}  # shared by the stores: a value one output needs is computed once for all
-            for store in stores:
-                buffer_index = store.arg[0]
-                out_dtype = self.buffer_dtypes[buffer_index]
-                value = self._value(store.srcs[0], idx, vars_uop, memo, accs.get(combo))
-                if value.dtype != out_dtype:
-                    value = self.alu("cast", out_dtype, (value,), value.dtype)
-                index, _ = self._indexes(store, idx)
-                op, srcs, vec = self._memory_access(self.params[buffer_index], index, Num(1), vars_uop, is_store=True)
-                e.emit("store" if op == "load" else "scatter", None, (*srcs, self.broadcast(value, vec)), pure=False)
-        for u in reversed([u for u in e.uops if u.op == "range" and u.arg[2] == "global"]):
+            if block:  # after the first chunk, add the partial sum that the chunks before left in the output
+                first = self.alu("cmplt", dt.bool_, (vars_uop["kc"], self.const(1, dt.int32)))
+                store = partial_sum_store(self.ast)
+                for combo in out_combos:
+                    index, _ = self._indexes(store, out_idx(combo) + [Num(0) for _ in nest.reduce_dims])
+                    op, srcs, vec = self._memory_access(self.params[store.arg[0]], index, Num(1), vars_uop)
+                    op, arg = op if isinstance(op, tuple) else (op, None)
+                    before = e.emit(op, acc_dtype, srcs, arg, vec=vec, pure=False)
+                    before = self.alu("where", acc_dtype, (first, self.const(0.0, acc_dtype), before))
+                    accs[combo] = self.alu("add", acc_dtype, (accs[combo], before))
+
+        def emit_stores(selected):
+            for combo in out_combos:
+                idx = out_idx(combo) + [Num(0) for _ in nest.reduce_dims]
+                memo: dict = {}  # shared by the stores: a value one output needs is computed once for all
+                for store in selected:
+                    buffer_index = store.arg[0]
+                    out_dtype = self.buffer_dtypes[buffer_index]
+                    value = self._value(store.srcs[0], idx, vars_uop, memo, accs.get(combo))
+                    if value.dtype != out_dtype:
+                        value = self.alu("cast", out_dtype, (value,), value.dtype)
+                    index, _ = self._indexes(store, idx)
+                    param = self.params[buffer_index]
+                    op, srcs, vec = self._memory_access(param, index, Num(1), vars_uop, is_store=True)
+                    value = self.broadcast(value, vec)
+                    e.emit("store" if op == "load" else "scatter", None, (*srcs, value), pure=False)
+
+        if block:  # every chunk stores its partial sum; the other outputs, computed from the sum, after the last
+            holder = partial_sum_store(self.ast)
+            emit_stores([holder])
+            rest = [s for s in stores if s is not holder]
+            if rest:
+                chunks = nest.shape[nest.n_output] // chunk
+                last = self.alu("cmplt", dt.bool_, (self.const(chunks - 2, dt.int32), vars_uop["kc"]))
+                e.emit("if", None, (last,), pure=False)
+                e.open_scope()
+                emit_stores(rest)
+                e.close_scope()
+                e.emit("endif", None, (), pure=False)
+        else:
+            emit_stores(stores)
+        for u in reversed(outer_ranges):
             e.emit("endrange", None, (u,), pure=False)
         return Program(self.name, e.uops, self.buffer_dtypes, tuple(global_sizes))
 
@@ -556,6 +658,11 @@ def _reduce_identity(op: str, d: dt.DType):
 
 
 def lower(
-    ast: KernelOp, buffer_dtypes: tuple, name: str, options: KernelOptions | None = None, vector_width: int = 1
+    ast: KernelOp,
+    buffer_dtypes: tuple,
+    name: str,
+    options: KernelOptions | None = None,
+    vector_width: int = 1,
+    cache_blocking: bool = False,
 ) -> Program:
-    return Lowerer(ast, buffer_dtypes, name, options, vector_width).lower()
+    return Lowerer(ast, buffer_dtypes, name, options, vector_width, cache_blocking).lower()

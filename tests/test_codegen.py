@@ -1,0 +1,78 @@
+"""The code generator's choices for big kernels, checked by their values.
+
+Cache blocking (LLVM only) splits a matrix product's reduce into chunks and keeps the partial sums in
+the output that holds the plain sum; outputs computed from the sum (an optimizer's update fused into
+the weight gradient's kernel) are written after the last chunk. Each test also asserts, on LLVM, that
+the kernel it is about was blocked, so that it tests what it says; on OpenCL it checks the values.
+"""
+
+import numpy as np
+import pytest
+
+import lazygrad
+from lazygrad import Tensor, runtime
+
+
+@pytest.fixture
+def lowered_programs(monkeypatch):
+    """The programs lowered while the test runs (a fresh kernel cache, so every kernel is looked up)."""
+    programs = []
+    lowered = runtime._lowered
+
+    def recording(*args, **kwargs):
+        program = lowered(*args, **kwargs)
+        programs.append(program)
+        return program
+
+    monkeypatch.setattr(runtime, "_kernel_cache", {})
+    monkeypatch.setattr(runtime, "_lowered", recording)
+    return programs
+
+
+def blocked(programs) -> list:
+    return [p.name for p in programs if any(u.op == "range" and u.arg[0] == "kc" for u in p.uops)]
+
+
+def test_blocked_matrix_product_matches_numpy(lowered_programs, backend):
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((392, 4608)).astype(np.float32)
+    b = rng.standard_normal((512, 4608)).astype(np.float32)
+    got = (Tensor(a) @ Tensor(b).T).numpy()
+    want = a.astype(np.float64) @ b.T.astype(np.float64)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)
+    if backend == "llvm":
+        assert blocked(lowered_programs), "expected the product to be cache-blocked"
+
+
+def test_blocked_weight_gradient_with_fused_sgd_update(lowered_programs, backend):
+    # a conv layer's weight gradient as a product of columns, the momentum update fused into its kernel
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((1568, 2304)).astype(np.float32)
+    gy = rng.standard_normal((1568, 256)).astype(np.float32)
+    w0 = rng.standard_normal((2304, 256)).astype(np.float32) * 0.01
+    w = Tensor(w0, requires_grad=True)
+    opt = lazygrad.optim.SGD([w], lr=0.01, momentum=0.9)
+    for _ in range(2):
+        ((Tensor(x) @ w) * Tensor(gy)).sum().backward()
+        opt.step()
+        opt.zero_grad()
+    grad = x.astype(np.float64).T @ gy.astype(np.float64)  # the same each step: the loss is linear in w
+    buf = grad
+    want = w0 - 0.01 * buf
+    buf = 0.9 * buf + grad
+    want = want - 0.01 * buf
+    np.testing.assert_allclose(w.numpy(), want, rtol=1e-4, atol=1e-4)
+    if backend == "llvm":
+        assert blocked(lowered_programs), "expected the weight gradient to be cache-blocked"
+
+
+def test_blocked_product_with_lanes_along_the_reduce(lowered_programs, backend):
+    # both inputs contiguous along the reduce: vector lanes run there and combine at the end of each chunk
+    rng = np.random.default_rng(2)
+    a = rng.standard_normal((8, 49, 2304)).astype(np.float32)
+    w = rng.standard_normal((512, 2304)).astype(np.float32)
+    got = (Tensor(a).reshape(8, 49, 1, 2304) * Tensor(w).reshape(1, 1, 512, 2304)).sum(3).numpy()
+    want = np.einsum("npk,ck->npc", a.astype(np.float64), w.astype(np.float64))
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)
+    if backend == "llvm":
+        assert blocked(lowered_programs), "expected the product to be cache-blocked"
