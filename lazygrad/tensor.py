@@ -1669,8 +1669,32 @@ class Tensor:
         k = _pair(kernel_size)
         s = _pair(stride if stride is not None else kernel_size)
         p = _pair(padding)
-        x = self.pad((p[1], p[1], p[0], p[0]), value=float("-inf")) if any(p) else self
-        return x._pool(k, s, _pair(dilation)).amax((-2, -1))
+        d = _pair(dilation)
+        x_in = self
+
+        def windows() -> Tensor:  # (..., oh, ow, kh, kw), a view of the input padded with -inf
+            x = x_in.pad((p[1], p[1], p[0], p[0]), value=float("-inf")) if any(p) else x_in
+            return x._pool(k, s, d)
+
+        def forward() -> Tensor:
+            return windows().amax((-2, -1))
+
+        def backward(grad: Tensor) -> tuple:
+            # as PyTorch: each window's gradient goes to its first maximal element (a NaN counts as one),
+            # found by a reduce over the window; then back to the input positions (col2im)
+            win = windows().detach()
+            best = forward().detach().unsqueeze(-1).unsqueeze(-1)
+            hit = (win == best) | (win != win)
+            rank = Tensor.arange(k[0] * k[1], 0, -1, dtype=dt.float32, device=self.device).reshape(k)
+            first = hit.where(rank, 0.0).amax((-2, -1), keepdim=True)  # the rank of the first hit
+            spread = (rank == first).where(grad.unsqueeze(-1).unsqueeze(-1), 0.0)
+            padded = tuple(size + 2 * pad for size, pad in zip(x_in.shape[-2:], p))
+            dx = autograd.window_transpose(spread, (*x_in.shape[:-2], *padded), k, s, d)
+            if any(p):
+                dx = dx[..., p[0] : p[0] + x_in.shape[-2], p[1] : p[1] + x_in.shape[-1]]
+            return (dx,)
+
+        return Tensor._composite("max_pool2d", (x_in,), forward, backward)
 
     def avg_pool2d(
         self, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True, divisor_override=None

@@ -225,6 +225,20 @@ def test_pooling_gradients(name, case):
     )
 
 
+@pytest.mark.parametrize(
+    "case",
+    [dict(kernel_size=3, stride=2, padding=1), dict(kernel_size=2), dict(kernel_size=3, stride=1, dilation=2)],
+    ids=str,
+)
+def test_max_pool2d_gradient_with_ties_goes_to_the_first_maximum_as_in_torch(case):
+    # after a ReLU whole windows are zero: PyTorch gives each window's gradient to its first maximal
+    # element (row-major), not shared among the ties
+    x = np.maximum(rand(2, 3, 9, 8, seed=4), 0).round(1)
+    x[0, 0, :4, :4] = 0.0
+    x[1, 2, 2:6, 3:7] = 0.5
+    check_grad(lambda x: x.max_pool2d(**case) if isinstance(x, Tensor) else F.max_pool2d(x, **case), x)
+
+
 def test_gradient_of_a_small_mlp():
     def mlp(x, w1, b1, w2):
         h = (x @ w1 + b1).relu()

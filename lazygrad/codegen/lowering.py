@@ -223,6 +223,15 @@ def choose_options(nest: LoopNest, ast: KernelOp, vector_width: int = 1, cache_b
         opts.unroll = (last, 4)
     if reducing and cache_blocking:
         opts.blocking = _cache_blocking(nest, ast, loads, opts)
+        if opts.blocking:
+            # a tile reads a chunk's strip now, not the whole reduce's: a wider tile may fit the cache
+            chunked = nest.shape[nest.n_output] // opts.blocking[1]
+            wider = _register_tile(nest, loads, vdim, width, chunks=chunked)
+            if wider != opts.upcast:
+                trial = KernelOptions(wider, opts.unroll, opts.vector)
+                trial.blocking = _cache_blocking(nest, ast, loads, trial)
+                if trial.blocking:
+                    return trial
     return opts
 
 
@@ -273,14 +282,14 @@ def _cache_blocking(nest: LoopNest, ast: KernelOp, loads: list, opts: KernelOpti
     return (max(blocks), chunk) if blocks else None
 
 
-def _register_tile(nest: LoopNest, loads: list, vdim: int | None, width: int) -> list:
+def _register_tile(nest: LoopNest, loads: list, vdim: int | None, width: int, chunks: int = 1) -> list:
     """The register tile of a reduce: up to three output dims and their factors (along the lane dim, in
     vectors), at most 16 accumulators, for the most multiply-adds per load. Per reduce step the tile
     does one multiply-add per accumulator and loads, of each input, one value (or vector) per tile
     position along the dims that input moves with. The strip of the vector input that one tile reads
     (reduce size x tile width) is read again by the next tile of the inner output loop: where 4 vectors
     of it would not stay in the cache, at most 2 (an 8 x 2 tile rather than 4 x 4)."""
-    reduce_size = prod(nest.shape[nest.n_output :])
+    reduce_size = prod(nest.shape[nest.n_output :]) // chunks
     choices = []
     for d in range(nest.n_output):
         if d == vdim:
