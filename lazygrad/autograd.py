@@ -172,53 +172,54 @@ def window_transpose(g, input_shape: tuple, kernel: tuple, stride: tuple, dilati
     input positions fall into s*s classes by their remainders mod s, and each class receives only the
     kernel offsets of its own remainder: per class, a sum of shifted copies with no holes between; the
     classes are then interleaved. (Spreading g out with s-1 zeros between elements instead makes every
-    kernel offset a masked read at every position, which no vector lane can load contiguously.)"""
+    kernel offset a masked read at every position, which no vector lane can load contiguously.)
+    No closures here: a recursive one would keep g alive in a reference cycle until the garbage
+    collector runs, and the scheduler treats a tensor still alive as wanted."""
     n = len(kernel)
-    spatial = input_shape[-n:]
     lead = g.ndim - 2 * n
-    quotients = [-(-size // s) for size, s in zip(spatial, stride)]  # class sizes, rounded up
+    spatial = input_shape[-n:]
+    quotients = tuple(-(-size // s) for size, s in zip(spatial, stride))  # class sizes, rounded up
+    level = {
+        r: _class_sum(g, r, kernel, stride, dilation, quotients, lead)
+        for r in itertools.product(*[range(s) for s in stride])
+    }
+    for j in reversed(range(n)):  # interleave the classes of the last dim, then of the one before, ...
+        dim, merged = lead + j, {}
+        for prefix in itertools.product(*[range(s) for s in stride[:j]]):
+            parts = [level[(*prefix, r)] for r in range(stride[j])]
+            out = parts[0] if stride[j] == 1 else type(g).stack(parts, dim + 1).flatten(dim, dim + 1)
+            if out.shape[dim] != spatial[j]:
+                out = out.shrink([(0, m) if i != dim else (0, spatial[j]) for i, m in enumerate(out.shape)])
+            merged[prefix] = out
+        level = merged
+    return level[()]
 
-    def shifted(piece, dim, shift, size):
-        """piece moved `shift` places up along dim, cut or zero-filled to `size`."""
-        length = piece.shape[dim]
-        end = size - shift - length
-        pads = [(0, 0)] * piece.ndim
-        pads[dim] = (shift, max(end, 0))
-        piece = piece._movement("pad", tuple(pads))
-        if end < 0:
-            piece = piece.shrink([(0, m) if i != dim else (0, size) for i, m in enumerate(piece.shape)])
-        return piece
 
-    def class_sum(remainders):
-        total = None
-        for ks in itertools.product(*[range(k) for k in kernel]):
-            if any((k * d) % s != r for k, d, s, r in zip(ks, dilation, stride, remainders)):
-                continue
-            piece = g[(Ellipsis, *ks)]
-            for j, (k, d, s, r, q) in enumerate(zip(ks, dilation, stride, remainders, quotients)):
-                piece = shifted(piece, lead + j, (k * d - r) // s, q)
-            total = piece if total is None else total + piece
-        if total is None:  # no kernel offset reaches this class
-            total = type(g).zeros(*g.shape[:lead], *quotients, dtype=g.dtype, device=g.device)
-        return total
+def _class_sum(g, remainders: tuple, kernel: tuple, stride: tuple, dilation: tuple, quotients: tuple, lead: int):
+    """The input positions whose index along each dim j is remainders[j] mod stride[j], as a tensor of
+    shape (..., *quotients): the sum of the kernel offsets that land there, each shifted into place."""
+    total = None
+    for ks in itertools.product(*[range(k) for k in kernel]):
+        if any((k * d) % s != r for k, d, s, r in zip(ks, dilation, stride, remainders)):
+            continue
+        piece = g[(Ellipsis, *ks)]
+        for j, (k, d, s, r, q) in enumerate(zip(ks, dilation, stride, remainders, quotients)):
+            piece = _shifted(piece, lead + j, (k * d - r) // s, q)
+        total = piece if total is None else total + piece
+    if total is None:  # no kernel offset reaches this class
+        total = type(g).zeros(*g.shape[:lead], *quotients, dtype=g.dtype, device=g.device)
+    return total
 
-    def interleave(dim_index, remainders):
-        """The input positions of dims dim_index.. for the given remainders of the dims before."""
-        if dim_index == n:
-            return class_sum(remainders)
-        s = stride[dim_index]
-        parts = [interleave(dim_index + 1, remainders + (r,)) for r in range(s)]
-        dim = lead + dim_index
-        if s == 1:
-            merged = parts[0]
-        else:
-            merged = type(g).stack(parts, dim + 1).flatten(dim, dim + 1)
-        size = spatial[dim_index]
-        if merged.shape[dim] != size:
-            merged = merged.shrink([(0, m) if i != dim else (0, size) for i, m in enumerate(merged.shape)])
-        return merged
 
-    return interleave(0, ())
+def _shifted(piece, dim: int, shift: int, size: int):
+    """piece moved `shift` places up along dim, cut or zero-filled to `size`."""
+    end = size - shift - piece.shape[dim]
+    pads = [(0, 0)] * piece.ndim
+    pads[dim] = (shift, max(end, 0))
+    piece = piece._movement("pad", tuple(pads))
+    if end < 0:
+        piece = piece.shrink([(0, m) if i != dim else (0, size) for i, m in enumerate(piece.shape)])
+    return piece
 
 
 def _composite(c, g):

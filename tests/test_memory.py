@@ -171,3 +171,49 @@ def test_training_steps_without_the_jit_keep_memory_flat():
     """200 steps rather than 1,000: without the JIT a step costs ~25 ms here, and a leak shows within 150."""
     first, last = train(200, use_jit=False)
     assert_flat(first, last, 150)
+
+
+# --- no reference cycles -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("use_jit", [False, True], ids=["eager", "jit"])
+def test_a_training_step_leaves_no_reference_cycles(use_jit):
+    """Nothing a step builds waits for the cyclic garbage collector. A tensor caught in a cycle stays alive
+    until the collector runs, and while alive it counts as wanted: a schedule would realize it (so the
+    kernels of a step would depend on when the collector last ran)."""
+    lazygrad.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, stride=2, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.MaxPool2d(3, 2, 1),
+        nn.Conv2d(8, 8, 3, padding=1),
+        nn.Flatten(),
+        nn.Linear(8 * 4 * 4, 10),
+    )
+    opt = optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    x = lazygrad.tensor(np.random.default_rng(0).standard_normal((2, 3, 16, 16)).astype(np.float32))
+
+    def step(x):
+        loss = model(x).square().mean()
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        return loss
+
+    if use_jit:
+        step = lazygrad.jit(step)
+    step(x).item()  # the first step builds caches and optimizer state, which live on
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        for _ in range(3):  # the JIT captures the second call and replays the third
+            step(x).item()
+        gc.collect()
+        cyclic = [type(o).__name__ for o in gc.garbage]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert not cyclic, f"{len(cyclic)} objects in reference cycles, e.g. {sorted(set(cyclic))[:8]}"
