@@ -286,9 +286,10 @@ def _register_tile(nest: LoopNest, loads: list, vdim: int | None, width: int, ch
     """The register tile of a reduce: up to three output dims and their factors (along the lane dim, in
     vectors), at most 16 accumulators, for the most multiply-adds per load. Per reduce step the tile
     does one multiply-add per accumulator and loads, of each input, one value (or vector) per tile
-    position along the dims that input moves with. The strip of the vector input that one tile reads
-    (reduce size x tile width) is read again by the next tile of the inner output loop: where 4 vectors
-    of it would not stay in the cache, at most 2 (an 8 x 2 tile rather than 4 x 4)."""
+    position along the dims that input moves with; a scalar load also counts the cache lines it brings
+    in that serve it alone (a broadcast operand read across its rows). The strip of the vector input
+    that one tile reads (reduce size x tile width) is read again by the next tile of the inner output
+    loop: where 4 vectors of it would not stay in the cache, at most 2 (8 x 2 rather than 4 x 4)."""
     reduce_size = prod(nest.shape[nest.n_output :]) // chunks
     choices = []
     for d in range(nest.n_output):
@@ -300,11 +301,28 @@ def _register_tile(nest: LoopNest, loads: list, vdim: int | None, width: int, ch
             factors = [f for f in (8, 4, 2) if size % f == 0 and size > f]
             if size in (3, 5, 7):  # a kernel's height or width: all of it
                 factors.append(size)
+            elif size % 7 == 0:  # the rows of a 7x7 or 14x14 feature map
+                factors.append(7)
         choices += [(d, f) for f in factors]
+    innermost = len(nest.shape) - 1  # a reduce dim
+
+    def lines(ld, tile) -> float:
+        """Cache lines a load brings in per reduce step: per tile position along dims with a stride of 16
+        floats or more, fewer where positions share a line; new ones each step only if the load moves
+        16 floats or more per reduce step (else a line serves 16 steps)."""
+        if vdim is not None and ld[vdim] != 0:
+            return 0.0  # vector loads use all of their lines
+        count = 1.0
+        for d, f in tile:
+            stride = abs(ld[d]) if ld[d] is not None else 1 << 30
+            if stride:
+                count *= f if stride >= 16 else -(-f * stride // 16)
+        inner = ld[innermost]
+        return count if inner is None or abs(inner) >= 16 else count / 16
 
     def per_load(tile) -> float:
         accumulators = prod(f for _, f in tile)
-        loaded = sum(prod(f for d, f in tile if ld[d] != 0) for ld in loads)
+        loaded = sum(prod(f for d, f in tile if ld[d] != 0) + lines(ld, tile) for ld in loads)
         return accumulators / max(loaded, 1)
 
     def spread(tile) -> int:  # ties go to tiles whose loads stay close in memory (few cache lines)
