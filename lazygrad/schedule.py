@@ -297,9 +297,12 @@ class Scheduler:
                 continue
             if out.op == "assign" and any(out.arg in other.inputs for other in items if other is not item):
                 continue  # others must read the old value first: the assign keeps its own place in the order
-            loads = {n.arg[0]: n.arg[1] for n in item.ast.walk() if n.op == "load"}
+            loads = _loads_by_buffer(item.ast)
             read = [
-                loads.get(len(item.outputs) + i) for i, x in enumerate(item.inputs) if producer_of.get(id(x)) is source
+                st
+                for i, x in enumerate(item.inputs)
+                if producer_of.get(id(x)) is source
+                for st in loads.get(len(item.outputs) + i, [None])
             ]
             if not read or any(st is None or not st.contiguous_view for st in read):
                 continue
@@ -333,15 +336,15 @@ class Scheduler:
         size = item.output.size
         group = {id(o) for o in item.outputs}
         reduces = item.reduces  # a kernel holds at most one
-        loads = {n.arg[0]: n.arg[1] for n in item.ast.walk() if n.op == "load"}
+        loads = _loads_by_buffer(item.ast)
         for position, x in enumerate(item.inputs):
             producer = by_output.get(id(x))
             if producer is None or id(producer) in merged_away or producer is item or x.size != size:
                 continue
             if self.realize.get(id(x)) == "assign-hazard":  # it has a buffer so that an assign can read it whole
                 continue
-            st = loads.get(len(item.outputs) + position)
-            if st is None or not st.contiguous_view:  # read element for element, in any shape
+            views = loads.get(len(item.outputs) + position)
+            if not views or not all(st.contiguous_view for st in views):  # every read element for element
                 continue
             if not self.consumers.get(id(x), set()) <= item.fused | group:
                 continue
@@ -412,6 +415,15 @@ def _ancestors(items: list) -> dict:
 def _order_assigns(items: list) -> list:
     """Topological order of the items under `_dependencies`."""
     return [items[i] for i in _topological(_dependencies(items))]
+
+
+def _loads_by_buffer(ast: KernelOp) -> dict:
+    """Buffer index -> the views of every load of it in the kernel (a buffer may be read through several)."""
+    loads: dict = {}
+    for n in ast.walk():
+        if n.op == "load":
+            loads.setdefault(n.arg[0], []).append(n.arg[1])
+    return loads
 
 
 def _not_a_reshape(src: LazyBuffer) -> bool:

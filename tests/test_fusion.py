@@ -175,3 +175,13 @@ def test_shared_subexpressions_are_scheduled_and_lowered_once():
     np.testing.assert_allclose(values, expected, rtol=1e-4)
     # 9 rounds of 2 ops: a walk per node is ~20 visits; a walk per path would be ~2**9
     assert visits["ast"] < 60 and visits["lowering"] < 200, visits
+
+
+def test_a_reduce_read_through_two_views_is_not_folded_into_its_reader():
+    # the reader needs the sum at (i, j) and at (i, 3 - j): one accumulator per output cannot give both
+    g, x = rand(2, 3, 4, seed=1), rand(3, 4, seed=2)
+    tg, tx = realized(g, x)
+    s = tg.sum(0)
+    values, _ = run_counted(lambda: s.flip(1) * tx.flip(1) + (s.flip(1) * tx).flip(1))
+    sn = g.sum(0)
+    np.testing.assert_allclose(values, sn[:, ::-1] * x[:, ::-1] + (sn[:, ::-1] * x)[:, ::-1], rtol=1e-5, atol=1e-6)

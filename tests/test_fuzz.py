@@ -277,8 +277,12 @@ class _Builder:
         new = [self.d.choice([1, 2, 3, 4]) if s == 1 else s for s in shape]
         if len(new) < MAX_NDIM and self.d.chance(30):
             new.insert(0, self.d.choice([1, 2, 3]))
-        while numel(new) > MAX_NUMEL:
-            new[new.index(max(new))] = 1
+        lead = len(new) - len(shape)
+        grown = [i for i in range(len(new)) if i < lead or shape[i - lead] == 1]  # only these may shrink back
+        while numel(new) > MAX_NUMEL and any(new[i] > 1 for i in grown):
+            new[max(grown, key=lambda i: new[i])] = 1
+        if numel(new) > MAX_NUMEL:
+            return x
         written = [
             -1 if self.d.chance(20) and i >= len(new) - len(shape) and shape[i - len(new) + len(shape)] == s else s
             for i, s in enumerate(new)
