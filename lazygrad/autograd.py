@@ -166,45 +166,47 @@ def _window(c, g):
     return (window_transpose(g, x.shape, *c.arg),)
 
 
-def window_transpose(g, input_shape: tuple, kernel: tuple, stride: tuple, dilation: tuple):
+def window_transpose(g, input_shape: tuple, kernel: tuple, stride: tuple, dilation: tuple, crop: tuple = ()):
     """The adjoint of the window view (col2im): each window position k sends its value back to
     x[o*stride + k*dilation]. With stride 1 that is a sum of K*K shifted copies of g. With a stride s,
     input positions fall into s*s classes by their remainders mod s, and each class receives only the
     kernel offsets of its own remainder: per class, a sum of shifted copies with no holes between; the
     classes are then interleaved. (Spreading g out with s-1 zeros between elements instead makes every
     kernel offset a masked read at every position, which no vector lane can load contiguously.)
+    `crop`, per spatial dim (start, length), keeps only those input positions (a padding's gradient is
+    dropped): the classes are counted from `start`, so that the result needs no shifted cut at the end.
     No closures here: a recursive one would keep g alive in a reference cycle until the garbage
     collector runs, and the scheduler treats a tensor still alive as wanted."""
     n = len(kernel)
     lead = g.ndim - 2 * n
-    spatial = input_shape[-n:]
-    quotients = tuple(-(-size // s) for size, s in zip(spatial, stride))  # class sizes, rounded up
+    crop = crop or tuple((0, size) for size in input_shape[-n:])
+    quotients = tuple(-(-length // s) for (_, length), s in zip(crop, stride))  # class sizes, rounded up
     level = {
-        r: _class_sum(g, r, kernel, stride, dilation, quotients, lead)
+        r: _class_sum(g, r, kernel, stride, dilation, quotients, lead, tuple(start for start, _ in crop))
         for r in itertools.product(*[range(s) for s in stride])
     }
     for j in reversed(range(n)):  # interleave the classes of the last dim, then of the one before, ...
-        dim, merged = lead + j, {}
+        dim, merged, length = lead + j, {}, crop[j][1]
         for prefix in itertools.product(*[range(s) for s in stride[:j]]):
             parts = [level[(*prefix, r)] for r in range(stride[j])]
             out = parts[0] if stride[j] == 1 else type(g).stack(parts, dim + 1).flatten(dim, dim + 1)
-            if out.shape[dim] != spatial[j]:
-                out = out.shrink([(0, m) if i != dim else (0, spatial[j]) for i, m in enumerate(out.shape)])
+            if out.shape[dim] != length:
+                out = out.shrink([(0, m) if i != dim else (0, length) for i, m in enumerate(out.shape)])
             merged[prefix] = out
         level = merged
     return level[()]
 
 
-def _class_sum(g, remainders: tuple, kernel: tuple, stride: tuple, dilation: tuple, quotients: tuple, lead: int):
-    """The input positions whose index along each dim j is remainders[j] mod stride[j], as a tensor of
+def _class_sum(g, remainders: tuple, kernel, stride, dilation, quotients: tuple, lead: int, starts: tuple):
+    """The positions y = i - start whose remainder mod stride is `remainders` (per spatial dim), as a tensor of
     shape (..., *quotients): the sum of the kernel offsets that land there, each shifted into place."""
     total = None
     for ks in itertools.product(*[range(k) for k in kernel]):
-        if any((k * d) % s != r for k, d, s, r in zip(ks, dilation, stride, remainders)):
+        if any((k * d - a) % s != r for k, d, s, r, a in zip(ks, dilation, stride, remainders, starts)):
             continue
         piece = g[(Ellipsis, *ks)]
-        for j, (k, d, s, r, q) in enumerate(zip(ks, dilation, stride, remainders, quotients)):
-            piece = _shifted(piece, lead + j, (k * d - r) // s, q)
+        for j, (k, d, s, r, q, a) in enumerate(zip(ks, dilation, stride, remainders, quotients, starts)):
+            piece = _shifted(piece, lead + j, (k * d - a - r) // s, q)
         total = piece if total is None else total + piece
     if total is None:  # no kernel offset reaches this class
         total = type(g).zeros(*g.shape[:lead], *quotients, dtype=g.dtype, device=g.device)
@@ -212,13 +214,15 @@ def _class_sum(g, remainders: tuple, kernel: tuple, stride: tuple, dilation: tup
 
 
 def _shifted(piece, dim: int, shift: int, size: int):
-    """piece moved `shift` places up along dim, cut or zero-filled to `size`."""
-    end = size - shift - piece.shape[dim]
-    pads = [(0, 0)] * piece.ndim
-    pads[dim] = (shift, max(end, 0))
-    piece = piece._movement("pad", tuple(pads))
-    if end < 0:
-        piece = piece.shrink([(0, m) if i != dim else (0, size) for i, m in enumerate(piece.shape)])
+    """piece moved `shift` places up along dim (down if negative), cut or zero-filled to `size`."""
+    back = size - shift - piece.shape[dim]
+    if shift > 0 or back > 0:
+        pads = [(0, 0)] * piece.ndim
+        pads[dim] = (max(shift, 0), max(back, 0))
+        piece = piece._movement("pad", tuple(pads))
+    if shift < 0 or back < 0:
+        first = max(-shift, 0)
+        piece = piece.shrink([(0, m) if i != dim else (first, first + size) for i, m in enumerate(piece.shape)])
     return piece
 
 

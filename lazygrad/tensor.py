@@ -1689,10 +1689,8 @@ class Tensor:
             first = hit.where(rank, 0.0).amax((-2, -1), keepdim=True)  # the rank of the first hit
             spread = (rank == first).where(grad.unsqueeze(-1).unsqueeze(-1), 0.0)
             padded = tuple(size + 2 * pad for size, pad in zip(x_in.shape[-2:], p))
-            dx = autograd.window_transpose(spread, (*x_in.shape[:-2], *padded), k, s, d)
-            if any(p):
-                dx = dx[..., p[0] : p[0] + x_in.shape[-2], p[1] : p[1] + x_in.shape[-1]]
-            return (dx,)
+            crop = tuple(zip(p, x_in.shape[-2:]))  # the padding's positions get no gradient
+            return (autograd.window_transpose(spread, (*x_in.shape[:-2], *padded), k, s, d, crop),)
 
         return Tensor._composite("max_pool2d", (x_in,), forward, backward)
 
@@ -1759,8 +1757,8 @@ def _conv2d_input_grad(grad: Tensor, weight: Tensor, input_hw: tuple, stride, pa
             per_pixel = grad.permute(0, 2, 3, 1).reshape(n, oh, ow, cout, 1, 1, 1)
             cols = (per_pixel * weight.reshape(1, 1, 1, cout, cin_g, kh, kw)).sum(3).permute(0, 3, 1, 2, 4, 5)
         padded_hw = tuple(size + 2 * p for size, p in zip(input_hw, padding))
-        dx = autograd.window_transpose(cols, (n, cin_g, *padded_hw), (kh, kw), stride, dilation)
-        return dx.shrink([(0, n), (0, cin_g)] + [(p, p + size) for p, size in zip(padding, input_hw)])
+        crop = tuple(zip(padding, input_hw))  # the padding's positions get no gradient
+        return autograd.window_transpose(cols, (n, cin_g, *padded_hw), (kh, kw), stride, dilation, crop)
     for axis, (s, o) in enumerate(zip(stride, grad.shape[2:])):
         if s > 1:  # s-1 zeros after each element, none after the last
             dim = 2 + axis
