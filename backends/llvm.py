@@ -252,6 +252,8 @@ class _Renderer:
 
     def render_vector_load(self, u):
         """vec consecutive elements from the lane-0 index; masked lanes touch no memory."""
+        if isinstance(u.arg, tuple):
+            return self.render_offsets_load(u)
         buf, index = u.srcs[0], u.srcs[1]
         valid = u.srcs[2] if len(u.srcs) > 2 else None
         stride = u.arg or 1  # lane i reads index + i*stride: load stride*vec elements, keep every stride-th
@@ -280,6 +282,49 @@ class _Renderer:
             self.emit(f"{kept} = shufflevector {mt} {raw}, {mt} poison, <{u.vec} x i32> <{picks}>")
             raw = kept
         self.names[u.id] = self._from_memory(raw, u.dtype, u.vec)
+
+    def render_offsets_load(self, u):
+        """Lane i reads index + offsets[i] (constants, within two vectors): one contiguous masked load of
+        the span and a shuffle. An element is read only if a valid lane wants it."""
+        buf, index = u.srcs[0], u.srcs[1]
+        valid = u.srcs[2] if len(u.srcs) > 2 else None
+        offsets, vec = u.arg, u.vec
+        wide = vec if max(offsets) < vec else 2 * vec
+        mt, vt, align = _mem_ty(u.dtype, wide), _mem_ty(u.dtype), u.dtype.itemsize
+        wanted = [[lane for lane, o in enumerate(offsets) if o == j] for j in range(wide)]
+        if valid is None:
+            mask = "<" + ", ".join(f"i1 {'true' if w else 'false'}" for w in wanted) + ">"
+        else:  # element j is read if any lane that wants it is valid: OR over the lanes, one layer at a time
+            lane_mask, mask = self.lane_mask(valid, vec), None
+            for layer in range(max(len(w) for w in wanted)):
+                picks = ", ".join(f"i32 {w[layer] if layer < len(w) else vec}" for w in wanted)
+                part = self.fresh("mask")
+                self.emit(
+                    f"{part} = shufflevector <{vec} x i1> {lane_mask}, <{vec} x i1> zeroinitializer, "
+                    f"<{wide} x i32> <{picks}>"
+                )
+                if mask is not None:
+                    both = self.fresh("mask")
+                    self.emit(f"{both} = or <{wide} x i1> {mask}, {part}")
+                    part = both
+                mask = part
+        fn = f"@llvm.masked.load.{_suffix(u.dtype, wide, memory=True)}.p0"
+        self.declare(f"declare {mt} {fn}(ptr, i32, <{wide} x i1>, {mt})")
+        ptr, raw, out = self.fresh("p"), self.fresh("v"), self.fresh("spread")
+        self.emit(f"{ptr} = getelementptr {vt}, ptr {self.names[buf.id]}, i32 {self.val(index)}")
+        self.emit(f"{raw} = call {mt} {fn}(ptr {ptr}, i32 {align}, <{wide} x i1> {mask}, {mt} zeroinitializer)")
+        picks = ", ".join(f"i32 {o}" for o in offsets)
+        self.emit(f"{out} = shufflevector {mt} {raw}, {mt} poison, <{vec} x i32> <{picks}>")
+        value = self._from_memory(out, u.dtype, vec)
+        if valid is not None:  # a lane whose element another lane made readable must still read 0
+            masked = self.fresh("m")
+            zero = _const(False if u.dtype == dt.bool_ else 0, u.dtype)
+            self.emit(
+                f"{masked} = select <{vec} x i1> {self.lane_mask(valid, vec)}, {_ty(u.dtype, vec)} {value}, "
+                f"{_ty(u.dtype, vec)} {self.splat(zero, u.dtype, vec)}"
+            )
+            value = masked
+        self.names[u.id] = value
 
     def _pointers(self, buf, index) -> str:
         ptrs = self.fresh("ps")

@@ -265,14 +265,17 @@ class _Renderer:
                 return self.element(buf, idx)
             # masked-out elements read index 0, which always exists
             return f"({self.val(valid)} ? {self.element(buf, f'({self.val(valid)} ? {idx} : 0)')} : {zero})"
-        stride = (u.arg or 1) if u.op == "load" else None  # a vector load's lane i reads index + i*stride
+        # a vector load's lane i reads index + i*stride, or index + offsets[i] when the arg is a tuple
+        offsets = u.arg if u.op == "load" and isinstance(u.arg, tuple) else None
+        stride = None if offsets or u.op != "load" else (u.arg or 1)
         if stride == 1 and (valid is None or valid.vec == 1):  # consecutive elements, all valid or none
             value = self.vector_load(buf, self.val(index), u.vec)
             return value if valid is None else f"({self.val(valid)} ? {value} : {self.splat(zero, u.dtype, u.vec)})"
         # one element per lane (a gather, a strided load, lanes that differ in validity); masked lanes touch nothing
         lanes = []
         for i in range(u.vec):
-            idx = _lane(self.val(index), i) if u.op == "gather" else f"{self.val(index)} + {i * stride}"
+            step = offsets[i] if offsets else (i * stride if stride else 0)
+            idx = _lane(self.val(index), i) if u.op == "gather" else f"{self.val(index)} + {step}"
             value = self.element(buf, idx, lane_of_vector=True)
             if valid is not None:
                 mask = _lane(self.val(valid), i) if valid.vec > 1 else self.val(valid)

@@ -275,6 +275,27 @@ def mul(a: Node, b: int) -> Node:
     return MulNode(a, b)
 
 
+def _split_below(a: SumNode, b: int):
+    """(x, r, c) with a = c*x + r, c a divisor of b (above 1), x >= 0 and 0 <= r < c, trying the largest
+    coefficients first; None if no coefficient splits a that way."""
+    coefs = sorted({_coefficient(t)[1] for t in a.terms if not isinstance(t, Num)}, reverse=True)
+    for c in coefs:
+        if c <= 1 or b % c or c == b:
+            continue
+        big = [t for t in a.terms if (t.value if isinstance(t, Num) else _coefficient(t)[1]) % c == 0]
+        small = sum_of([t for t in a.terms if not any(t is u for u in big)])
+        if small.vmin >= 0 and small.vmax < c:
+            x = sum_of(
+                [
+                    Num(t.value // c) if isinstance(t, Num) else mul(_coefficient(t)[0], _coefficient(t)[1] // c)
+                    for t in big
+                ]
+            )
+            if x.vmin >= 0:
+                return x, small, c
+    return None
+
+
 def _coefficient(term: Node) -> tuple[Node, int]:
     return (term.a, term.b) if isinstance(term, MulNode) else (term, 1)
 
@@ -347,6 +368,10 @@ def div(a: Node, b: int) -> Node:
         if progress and all(t.vmin >= 0 for t in rest):
             rest_node = sum_of(rest)
             return sum_of(exact + [div(rest_node, b)])
+        split = _split_below(a, b)
+        if split is not None:  # (c*x + r) // (c*n) = x // n when 0 <= r < c: r never carries
+            big, _, c = split
+            return div(big, b // c)
         # common factor of all coefficients: (g*x + g*y) // (g*k) -> (x + y) // k
         g = functools.reduce(math.gcd, [_coefficient(t)[1] if not isinstance(t, Num) else t.value for t in a.terms])
         g = math.gcd(g, b)
@@ -395,6 +420,10 @@ def mod(a: Node, b: int) -> Node:
         new = sum_of(kept)
         if new.key() != a.key() and new.vmin >= 0:
             return mod(new, b)
+        split = _split_below(a, b)
+        if split is not None:  # (c*x + r) % (c*n) = c*(x % n) + r when 0 <= r < c
+            big, small, c = split
+            return mul(mod(big, b // c), c) + small
         # common factor: (g*x) % (g*k) = g*(x % k)
         coefs = [_coefficient(t)[1] if not isinstance(t, Num) else t.value for t in a.terms]
         g = math.gcd(functools.reduce(math.gcd, coefs), b)

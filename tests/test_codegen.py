@@ -76,3 +76,42 @@ def test_blocked_product_with_lanes_along_the_reduce(lowered_programs, backend):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)
     if backend == "llvm":
         assert blocked(lowered_programs), "expected the product to be cache-blocked"
+
+
+# --- index arithmetic ------------------------------------------------------------------------------
+
+
+@pytest.mark.backend_independent
+def test_index_simplification_agrees_with_integer_arithmetic():
+    """Random sums of variables times constants, divided and taken modulo by constants, simplified, then
+    evaluated at every point of their variables' ranges: each must equal the plain integer result."""
+    from itertools import product
+
+    from lazygrad.symbolic import Var
+
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        names = ["a", "b", "c"][: rng.integers(1, 4)]
+        ranges = {n: int(rng.integers(1, 9)) for n in names}
+        coefs = {n: int(rng.choice([1, 2, 3, 4, 7, 8, 16, 56, 112])) for n in names}
+        const = int(rng.integers(0, 40))
+        divisor = int(rng.choice([2, 3, 4, 8, 16, 56, 112, 224]))
+        expr = sum((Var(n, 0, ranges[n] - 1) * coefs[n] for n in names), const)
+        quotient, remainder = expr // divisor, expr % divisor
+        for values in product(*[range(ranges[n]) for n in names]):
+            point = dict(zip(names, values))
+            plain = sum(coefs[n] * point[n] for n in names) + const
+            assert quotient.substitute(point).value == plain // divisor, (expr.render(), divisor, point)
+            assert remainder.substitute(point).value == plain % divisor, (expr.render(), divisor, point)
+
+
+@pytest.mark.backend_independent
+def test_a_row_split_by_lanes_simplifies_to_constant_lane_offsets():
+    # x = 16*tile + lane inside a 112-wide row of a (56, 2)-interleaved dim: lanes never cross the row
+    from lazygrad.codegen.lowering import lane_offsets
+    from lazygrad.symbolic import Var
+
+    row, tile, lane = Var("row", 0, 111), Var("tile", 0, 6), Var("lane", 0, 15)
+    x = tile * 16 + lane
+    index = ((row * 112 + x) // 224) * 56 + x // 2
+    assert lane_offsets(index, 16) == tuple(i // 2 for i in range(16))

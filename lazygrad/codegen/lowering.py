@@ -136,21 +136,51 @@ def _lane_stride(expr, var_name: str):
     return coef
 
 
+def lane_offsets(expr, width: int) -> tuple | None:
+    """The per-lane offsets of an index that is not affine in `lane` (say base + lane//2), when they are
+    constants within two vectors of the lane-0 index; else None."""
+    first = expr.substitute({"lane": 0})
+    offsets = []
+    for lane in range(width):
+        delta = expr.substitute({"lane": lane}) - first
+        if not isinstance(delta, Num) or not 0 <= delta.value < 2 * width:
+            return None
+        offsets.append(delta.value)
+    return tuple(offsets)
+
+
+def _indexes_of(nest: LoopNest, ast: KernelOp, op: str) -> list:
+    """The index expression of each load (or store) of the kernel, in the loop variables d0, d1, ..."""
+    idxs = [Var(f"d{d}", 0, s - 1) for d, s in enumerate(nest.shape)]
+    exprs = []
+    for n in ast.walk():
+        if n.op == op:
+            st = nest.trackers[id(n)]
+            exprs.append(st.index_and_valid([Num(0) if st.shape[d] == 1 else v for d, v in enumerate(idxs)])[0])
+    return exprs
+
+
 def dim_strides(nest: LoopNest, ast: KernelOp) -> tuple:
     """Per loop dim: the memory stride of each load and of the store (None when not affine)."""
-    idxs = [Var(f"d{d}", 0, s - 1) for d, s in enumerate(nest.shape)]
-    loads, store = [], None
-    for n in ast.walk():
-        if n.op not in ("load", "store"):
-            continue
-        st = nest.trackers[id(n)]
-        expr, _ = st.index_and_valid([Num(0) if st.shape[d] == 1 else v for d, v in enumerate(idxs)])
-        strides = [_lane_stride(expr, f"d{d}") for d in range(len(nest.shape))]
-        if n.op == "store":  # several stores: a dim counts as contiguous only if it is for all of them
-            store = strides if store is None else [a if a == b else None for a, b in zip(store, strides)]
-        else:
-            loads.append(strides)
+    loads = [[_lane_stride(e, f"d{d}") for d in range(len(nest.shape))] for e in _indexes_of(nest, ast, "load")]
+    store = None
+    for e in _indexes_of(nest, ast, "store"):  # several stores: a dim is contiguous only if it is for all
+        strides = [_lane_stride(e, f"d{d}") for d in range(len(nest.shape))]
+        store = strides if store is None else [a if a == b else None for a, b in zip(store, strides)]
     return loads, store
+
+
+def _shuffled(nest: LoopNest, exprs: list, loads: list, lanes: int) -> set:
+    """(load, dim) pairs where the load is not affine along dim, but lanes along it read constant offsets."""
+    found = set()
+    for i, (expr, strides) in enumerate(zip(exprs, loads)):
+        for d, stride in enumerate(strides):
+            if stride is None and nest.shape[d] % lanes == 0:
+                tiles = Var("tile", 0, nest.shape[d] // lanes - 1)
+                lane = expr.substitute({f"d{d}": tiles * lanes + Var("lane", 0, lanes - 1)})
+                if lane_offsets(lane, lanes) is not None:
+                    found.add((i, d))
+    return found
 
 
 def _load_lane_cost(stride) -> float:
@@ -173,22 +203,24 @@ def choose_options(nest: LoopNest, ast: KernelOp, vector_width: int = 1, cache_b
     loads, store = dim_strides(nest, ast)
     width = vector_width
     if width > 1:
+        exprs = _indexes_of(nest, ast, "load") if any(None in ld for ld in loads) else []
 
         def lane_score(d):
             """What lanes along d cost per element: a contiguous load is cheap, a gather dear, a broadcast
-            free; a contiguous store is cheap, a scatter dear (once per output); a reduce dim adds a
-            combine of the lanes at the end."""
-            score = sum(_load_lane_cost(ld[d]) for ld in loads)
+            free, constant per-lane offsets a wider load and a shuffle; a contiguous store is cheap, a
+            scatter dear (once per output); a reduce dim adds a combine of the lanes at the end."""
+            score = sum(-0.5 if (i, d) in shuffled else _load_lane_cost(ld[d]) for i, ld in enumerate(loads))
             if d < nest.n_output:
                 return score + (1 if store[d] == 1 else 0 if store[d] == 0 else -1)
             return score - 0.5
 
         for lanes in (width, width // 2):  # half-width vectors where no dim is a multiple of the full width
+            shuffled = _shuffled(nest, exprs, loads, lanes) if exprs else set()
             candidates = [
                 d
                 for d in range(len(nest.shape))
                 if nest.shape[d] % lanes == 0
-                and all(ld[d] is not None for ld in loads)
+                and all(ld[d] is not None or (i, d) in shuffled for i, ld in enumerate(loads))
                 and (d >= nest.n_output or store[d] is not None)
                 and (any(ld[d] in (1, 2, 3, 4) for ld in loads) or (d < nest.n_output and store[d] == 1))
             ]
@@ -196,7 +228,10 @@ def choose_options(nest: LoopNest, ast: KernelOp, vector_width: int = 1, cache_b
                 candidates = [d for d in candidates if store[d] == 1]
             if candidates:
                 best = max(candidates, key=lambda d: (lane_score(d), d < nest.n_output))
-                if lane_score(best) > 0:
+                gathers = any(
+                    ld[best] not in (0, 1, 2, 3, 4) and (i, best) not in shuffled for i, ld in enumerate(loads)
+                )
+                if lane_score(best) > 0 or not gathers:  # without gathers, lanes beat scalars anyway
                     opts.vector = (best, lanes)
                     break
         width = opts.vector[1] if opts.vector else width
@@ -212,7 +247,10 @@ def choose_options(nest: LoopNest, ast: KernelOp, vector_width: int = 1, cache_b
         for d in sorted(
             (d for d in range(nest.n_output) if d != vdim), key=lambda d: (-sum(1 for ld in loads if ld[d] == 0), -d)
         ):
-            f = next((f for f in (4, 2) if nest.shape[d] % f == 0 and nest.shape[d] > f and f <= budget), None)
+            # all of a small inner dim too (the remainder classes of a col2im: their masks become constants)
+            f = next(
+                (f for f in (4, 2) if nest.shape[d] % f == 0 and (nest.shape[d] > f or d > 0) and f <= budget), None
+            )
             if f is not None:
                 opts.upcast.append((d, f))
                 budget //= f
@@ -471,6 +509,10 @@ class Lowerer:
         if stride in (2, 3, 4) and not is_store:  # a wider contiguous load, every stride-th element kept
             base = self._node_uop(index.substitute({"lane": 0}), vars_uop)
             return ("load", stride), (param, base, *valid_srcs), self.width
+        offsets = lane_offsets(index, self.width) if stride is None and not is_store else None
+        if offsets is not None:  # constant per-lane offsets (an interleave): a contiguous load and a shuffle
+            base = self._node_uop(index.substitute({"lane": 0}), vars_uop)
+            return ("load", offsets), (param, base, *valid_srcs), self.width
         return "gather", (param, self._node_uop(index, vars_uop), *valid_srcs), self.width
 
     # --- values ----------------------------------------------------------------------------------
