@@ -115,3 +115,19 @@ def test_a_row_split_by_lanes_simplifies_to_constant_lane_offsets():
     x = tile * 16 + lane
     index = ((row * 112 + x) // 224) * 56 + x // 2
     assert lane_offsets(index, 16) == tuple(i // 2 for i in range(16))
+
+
+# --- rows that do not fill the vectors -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [20, 28, 56, 100])
+def test_reductions_over_rows_that_do_not_fill_the_vectors(size):
+    # half-width lanes (56), scalars (20, 100), and values like exp(0) = 1 that padding must not add
+    rng = np.random.default_rng(size)
+    x = rng.standard_normal((37, size)).astype(np.float32) - 3
+    y = rng.standard_normal((37, size)).astype(np.float32)
+    tx, ty = Tensor(x), Tensor(y)
+    np.testing.assert_allclose(tx.sum(1).numpy(), x.sum(1), rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(tx.max(1).values.numpy(), x.max(1), rtol=0, atol=0)
+    np.testing.assert_allclose((tx * ty).sum(1).exp().numpy(), np.exp((x * y).sum(1)), rtol=1e-4)
+    np.testing.assert_allclose(tx.exp().sum(1).numpy(), np.exp(x).sum(1), rtol=1e-5)
