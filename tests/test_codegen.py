@@ -131,3 +131,26 @@ def test_reductions_over_rows_that_do_not_fill_the_vectors(size):
     np.testing.assert_allclose(tx.max(1).values.numpy(), x.max(1), rtol=0, atol=0)
     np.testing.assert_allclose((tx * ty).sum(1).exp().numpy(), np.exp((x * y).sum(1)), rtol=1e-4)
     np.testing.assert_allclose(tx.exp().sum(1).numpy(), np.exp(x).sum(1), rtol=1e-5)
+
+
+# --- big reductions to one value ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", [1 << 16, 1000003])
+def test_big_reductions_to_one_value(n):
+    # in two kernels (1024 partial results, then theirs), padded with the identity: parallel, and accurate
+    rng = np.random.default_rng(n)
+    x = rng.standard_normal(n).astype(np.float32)
+    t = Tensor(x)
+    with lazygrad.profile(timed=False) as p:
+        total = t.sum().numpy()
+    np.testing.assert_allclose(total, x.astype(np.float64).sum(), rtol=1e-5, atol=1e-3)
+    assert p.kernels == 2
+    assert t.max().item() == x.max() and t.min().item() == x.min()
+    np.testing.assert_allclose(t.reshape(-1, 1).mean().item(), x.astype(np.float64).mean(), rtol=1e-4, atol=1e-6)
+    ints = rng.integers(-1000, 1000, n).astype(np.int32)
+    assert Tensor(ints).sum().item() == ints.sum() and Tensor(ints).max().item() == ints.max()
+    w = Tensor(x, requires_grad=True)
+    w.max().backward()
+    grad = w.grad.numpy()
+    assert grad.sum() == 1 and grad[x.argmax()] == 1
