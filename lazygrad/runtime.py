@@ -218,12 +218,20 @@ def kernel_name(ast, program_shape) -> str:
     return f"{prefix}_{'_'.join(str(s) for s in program_shape) or 'scalar'}_{digest}"
 
 
-def _estimate_cost(ast, buffer_dtypes, sizes, iterations: int) -> tuple:
-    """(flops, bytes) of a kernel: its ALU ops times its iteration space; the bytes of its buffers."""
+def _estimate_cost(ast, buffer_dtypes, sizes, nest) -> tuple:
+    """(flops, bytes) of a kernel: the ALU ops of its reduce's body (the reduce's own add included) times the
+    whole iteration space, plus the other ALU ops (elementwise work, or a reduce's epilogue) times the
+    output space; the bytes of its buffers."""
     from lazygrad.graph import ELEMENTWISE
 
-    n_alu = sum(1 for n in ast.walk() if n.op in ELEMENTWISE | {"reduce"} and n.op != "cast")
-    return n_alu * iterations, sum(d.itemsize * s for d, s in zip(buffer_dtypes, sizes))
+    def is_alu(n):
+        return (n.op in ELEMENTWISE and n.op != "cast") or n.op == "reduce"
+
+    # equal nodes are one computation (the code generator emits them once)
+    body = {n for r in ast.walk() if r.op == "reduce" for n in r.walk() if is_alu(n)}
+    others = {n for n in ast.walk() if is_alu(n)} - body
+    flops = len(body) * prod(nest.shape) + len(others) * prod(nest.shape[: nest.n_output])
+    return flops, sum(d.itemsize * s for d, s in zip(buffer_dtypes, sizes))
 
 
 def get_kernel(ast, buffer_dtypes: tuple, device: str, sizes: tuple) -> CompiledEntry:
@@ -235,7 +243,8 @@ def get_kernel(ast, buffer_dtypes: tuple, device: str, sizes: tuple) -> Compiled
     t0 = time.perf_counter()
     from lazygrad.codegen.lowering import build_loop_nest
 
-    nest_shape = build_loop_nest(ast).shape
+    nest = build_loop_nest(ast)
+    nest_shape = nest.shape
     name = kernel_name(ast, nest_shape)
     program = _lowered(
         ast, buffer_dtypes, name, getattr(backend, "vector_width", 1), getattr(backend, "cache_blocking", False)
@@ -249,7 +258,7 @@ def get_kernel(ast, buffer_dtypes: tuple, device: str, sizes: tuple) -> Compiled
     for p in _profiles:
         p.compiled += 1
         p.compile_seconds += seconds
-    flops, nbytes = _estimate_cost(ast, buffer_dtypes, sizes, prod(nest_shape))
+    flops, nbytes = _estimate_cost(ast, buffer_dtypes, sizes, nest)
     entry = CompiledEntry(kernel, flops, nbytes)
     _kernel_cache[key] = entry
     return entry

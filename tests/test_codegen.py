@@ -154,3 +154,16 @@ def test_big_reductions_to_one_value(n):
     w.max().backward()
     grad = w.grad.numpy()
     assert grad.sum() == 1 and grad[x.argmax()] == 1
+
+
+# --- the profiler's cost estimate --------------------------------------------------------------------
+
+
+def test_profiler_counts_a_products_flops_and_its_epilogue_once_per_output():
+    a, b = Tensor(np.ones((32, 48), np.float32)).realize(), Tensor(np.ones((48, 40), np.float32)).realize()
+    with lazygrad.profile() as plain:
+        (a @ b).realize()
+    with lazygrad.profile() as epilogue:
+        ((a @ b) * 2 + 1).realize()  # two more ops per output, not per multiply-add
+    assert [k.flops for k in plain.launches] == [2 * 32 * 48 * 40]
+    assert [k.flops for k in epilogue.launches] == [2 * 32 * 48 * 40 + 2 * 32 * 40]
