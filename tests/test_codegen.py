@@ -1,9 +1,13 @@
-"""The code generator's choices for big kernels, checked by their values.
+"""The code generator's choices, checked by their values.
 
-Cache blocking (LLVM only) splits a matrix product's reduce into chunks and keeps the partial sums in
-the output that holds the plain sum; outputs computed from the sum (an optimizer's update fused into
-the weight gradient's kernel) are written after the last chunk. Each test also asserts, on LLVM, that
-the kernel it is about was blocked, so that it tests what it says; on OpenCL it checks the values.
+- Cache blocking (LLVM only) splits a matrix product's reduce into chunks and keeps the partial sums in
+  the output that holds the plain sum; outputs computed from the sum (an optimizer's update fused into
+  the weight gradient's kernel) are written after the last chunk. Each test also asserts, on LLVM, that
+  the kernel it is about was blocked, so that it tests what it says; on OpenCL it checks the values.
+- Index arithmetic: the simplifier against plain integer arithmetic, and the constant per-lane offsets
+  that let an interleave load vectors.
+- Rows that do not fill the vectors, big reductions to one value (split in two kernels), and the
+  profiler's FLOP count.
 """
 
 import numpy as np
