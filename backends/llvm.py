@@ -292,10 +292,11 @@ class _Renderer:
         wide = vec if max(offsets) < vec else 2 * vec
         mt, vt, align = _mem_ty(u.dtype, wide), _mem_ty(u.dtype), u.dtype.itemsize
         wanted = [[lane for lane, o in enumerate(offsets) if o == j] for j in range(wide)]
+        lane_mask = None if valid is None else self.lane_mask(valid, vec)
         if valid is None:
             mask = "<" + ", ".join(f"i1 {'true' if w else 'false'}" for w in wanted) + ">"
         else:  # element j is read if any lane that wants it is valid: OR over the lanes, one layer at a time
-            lane_mask, mask = self.lane_mask(valid, vec), None
+            mask = None
             for layer in range(max(len(w) for w in wanted)):
                 picks = ", ".join(f"i32 {w[layer] if layer < len(w) else vec}" for w in wanted)
                 part = self.fresh("mask")
@@ -320,7 +321,7 @@ class _Renderer:
             masked = self.fresh("m")
             zero = _const(False if u.dtype == dt.bool_ else 0, u.dtype)
             self.emit(
-                f"{masked} = select <{vec} x i1> {self.lane_mask(valid, vec)}, {_ty(u.dtype, vec)} {value}, "
+                f"{masked} = select <{vec} x i1> {lane_mask}, {_ty(u.dtype, vec)} {value}, "
                 f"{_ty(u.dtype, vec)} {self.splat(zero, u.dtype, vec)}"
             )
             value = masked

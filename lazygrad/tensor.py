@@ -1100,7 +1100,7 @@ class Tensor:
         work; and a float sum of a million values in one running total loses ~1e-5 of its value (in 1024
         partial sums, ~1e-7)."""
         flat = self.reshape(-1)
-        parts = _SPLIT_REDUCE // 64
+        parts = _SPLIT_PARTS
         length = -(-flat.shape[0] // parts)
         if length * parts != flat.shape[0]:
             identity = 0
@@ -1810,6 +1810,7 @@ def _result_dtype(a: Tensor, b: Tensor) -> DType:
 
 # a reduction of this many elements or more to a single value runs in two kernels (Tensor._split_reduce)
 _SPLIT_REDUCE = 1 << 16
+_SPLIT_PARTS = 1024  # the partial results of such a reduction
 
 
 _DEVICE_NAMES = ("llvm", "opencl", "cpu", "gpu", "cuda", "clang")

@@ -160,9 +160,10 @@ def _indexes_of(nest: LoopNest, ast: KernelOp, op: str) -> list:
     return exprs
 
 
-def dim_strides(nest: LoopNest, ast: KernelOp) -> tuple:
+def dim_strides(nest: LoopNest, ast: KernelOp, load_exprs: list | None = None) -> tuple:
     """Per loop dim: the memory stride of each load and of the store (None when not affine)."""
-    loads = [[_lane_stride(e, f"d{d}") for d in range(len(nest.shape))] for e in _indexes_of(nest, ast, "load")]
+    load_exprs = _indexes_of(nest, ast, "load") if load_exprs is None else load_exprs
+    loads = [[_lane_stride(e, f"d{d}") for d in range(len(nest.shape))] for e in load_exprs]
     store = None
     for e in _indexes_of(nest, ast, "store"):  # several stores: a dim is contiguous only if it is for all
         strides = [_lane_stride(e, f"d{d}") for d in range(len(nest.shape))]
@@ -200,10 +201,11 @@ def choose_options(nest: LoopNest, ast: KernelOp, vector_width: int = 1, cache_b
     opts = KernelOptions()
     if not nest.shape:
         return opts
-    loads, store = dim_strides(nest, ast)
+    load_exprs = _indexes_of(nest, ast, "load")
+    loads, store = dim_strides(nest, ast, load_exprs)
     width = vector_width
     if width > 1:
-        exprs = _indexes_of(nest, ast, "load") if any(None in ld for ld in loads) else []
+        exprs = load_exprs if any(None in ld for ld in loads) else []
 
         def lane_score(d):
             """What lanes along d cost per element: a contiguous load is cheap, a gather dear, a broadcast
