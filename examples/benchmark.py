@@ -45,14 +45,16 @@ def lazygrad_step_fn(batch: int, size: int):
     return run
 
 
-def torch_step_fn(batch: int, size: int, torch):
+def torch_step_fn(batch: int, size: int, torch, device: str = "cpu"):
     from torch import nn
 
-    model = _torch_resnet18(nn)
+    model = _torch_resnet18(nn).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-2, momentum=0.9)
 
     def run():
-        data, labels = torch.rand(batch, 3, size, size), torch.rand(batch, 1000)
+        # loss.item() waits for the device, so a CUDA step is timed whole
+        data = torch.rand(batch, 3, size, size, device=device)
+        labels = torch.rand(batch, 1000, device=device)
         loss = (model(data) - labels).sum()
         loss.backward()
         optimizer.step()
@@ -136,7 +138,8 @@ def measure(args) -> dict:
             lg_step()
         print("\n".join(str(timed).splitlines()[: args.profile + 1]))
         print(str(timed).splitlines()[-1])
-    th_step = torch_step_fn(args.batch_size, args.image_size, torch) if torch else None
+    th_step = torch_step_fn(args.batch_size, args.image_size, torch, args.torch_device) if torch else None
+    result["torch_device"] = args.torch_device
     for _ in range(args.warmup):
         lg_step()
         if th_step:
@@ -195,6 +198,7 @@ def main():
     parser.add_argument("--first-step", action="store_true", help="also time first steps in new processes")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--no-torch", action="store_true", help="time lazygrad alone (PyTorch's idle threads spin)")
+    parser.add_argument("--torch-device", default="cpu", help="where PyTorch runs (cpu, or cuda on a GPU machine)")
     parser.add_argument("--profile", type=int, default=0, metavar="N", help="print the N slowest kernels of a step")
     args = parser.parse_args()
     result = measure(args)
@@ -214,7 +218,10 @@ def main():
     )
     if "torch_ms" in result:
         th = result["torch_ms"]
-        print(f"  PyTorch (eager) median {th['median']:8.1f} ms  (min {th['min']:.1f}, max {th['max']:.1f})")
+        print(
+            f"  PyTorch (eager, {result['torch_device']}) median {th['median']:8.1f} ms  "
+            f"(min {th['min']:.1f}, max {th['max']:.1f})"
+        )
         print(f"  ratio lazygrad/PyTorch: {result['ratio']:.2f}")
     print(
         f"  first step {result['first_step_s']:.2f} s ({result['compiled']} kernels compiled in "

@@ -2,13 +2,15 @@
 # The prepared check for a lent NVIDIA machine (no network there; see ../shared/gpu/README.md).
 #
 #   here, in the project's root:  bash ../shared/gpu/fetch_wheels.sh      (pyopencl wheels + prelude into .gpu/)
-#   device tool:                  run(carry=[".gpu"], timeout_s=560, command="bash tests/gpu/check_gpu.sh")
+#   device tool:                  run(carry=[".gpu"], timeout_s=420, command="bash tests/gpu/check_gpu.sh")
 #
 # Steps (each under its own time limit, all of them run even when one fails):
 #   1. the prelude: installs pyopencl and the project, points the ICD loader at NVIDIA's OpenCL driver
 #   2. the OpenCL platforms and the device lazygrad picks (fails unless it is the GPU)
-#   3. the op and backend tests with LAZYGRAD_BACKEND=opencl
+#   3. the ResNet-18 training step at 1x3x64x64 and 32x3x224x224, lazygrad (OpenCL) against PyTorch on cuda
+#      in the same process: medians, ratio, kernels per step, first-step time, the slowest kernels
 #   4. a small convnet, forward + backward, against torch on cuda (values and step times)
+#   5. the op and backend tests with LAZYGRAD_BACKEND=opencl (last: it is the step a short lease cuts)
 # Logs land in $OUT (the device tool brings them back), or in ./gpu-logs elsewhere.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.." || exit 1
@@ -40,8 +42,11 @@ step() {  # step NAME SECONDS COMMAND...: run it with a time limit, log it, reme
 }
 
 step platforms 60 python3 tests/gpu/opencl_info.py
-step ops 300 python3 -m pytest -q -n 8 -p no:cacheprovider --backend opencl tests/test_ops.py tests/test_backends.py
-step convnet 120 python3 tests/gpu/convnet_vs_torch.py
+step resnet-1x64 120 python3 examples/benchmark.py --torch-device cuda --steps 10 --warmup 2 --profile 15
+step resnet-32x224 150 python3 examples/benchmark.py --torch-device cuda --batch-size 32 --image-size 224 \
+    --steps 3 --warmup 1 --profile 15
+step convnet 60 python3 tests/gpu/convnet_vs_torch.py
+step ops 100 python3 -m pytest -q -x -n 8 -p no:cacheprovider --backend opencl tests/test_ops.py tests/test_backends.py
 
 if [ ${#failed[@]} -gt 0 ]; then
     echo "FAILED: ${failed[*]}"
