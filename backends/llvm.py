@@ -83,6 +83,13 @@ class _Renderer:
         self.tmp = 0
         self.loops: dict = {}  # range id -> (header label, phi placeholder index, start value)
         self.ifs: list = []  # the labels after the open conditional blocks
+        # Float ops whose result is rounded to half. They carry no `contract` flag: where the CPU has half
+        # arithmetic (AVX512-FP16), LLVM narrows them to half and would fuse a multiply and an add across
+        # the rounding point into one FMA, rounding once where PyTorch rounds twice. Without the flag the
+        # result is the same on every host.
+        self.rounded_to_half = {
+            u.srcs[0].id for u in program.uops if u.op == "cast" and u.dtype == dt.float16 and u.srcs
+        }
 
     def fresh(self, hint="t") -> str:
         self.tmp += 1
@@ -407,10 +414,11 @@ class _Renderer:
         src_d = u.srcs[0].dtype
         is_f = src_d.is_float
         unsigned = src_d.kind in "ub"
+        contract = "" if u.id in self.rounded_to_half else " contract"
         if op == "add":
-            self.emit(f"{out} = {'fadd contract' if is_f else 'add'} {t} {srcs[0]}, {srcs[1]}")
+            self.emit(f"{out} = {'fadd' + contract if is_f else 'add'} {t} {srcs[0]}, {srcs[1]}")
         elif op == "mul":
-            self.emit(f"{out} = {'fmul contract' if is_f else 'mul'} {t} {srcs[0]}, {srcs[1]}")
+            self.emit(f"{out} = {'fmul' + contract if is_f else 'mul'} {t} {srcs[0]}, {srcs[1]}")
         elif op == "max":
             if is_f:
                 self.emit(f"{out} = call {t} {self.intrinsic('maximum', d, 2, vec)}({t} {srcs[0]}, {t} {srcs[1]})")
@@ -476,19 +484,38 @@ def render_llvm(program: Program) -> str:
 
 # --- compiling and running ----------------------------------------------------------------------
 class _LLVMCompiler:
-    def __init__(self):
+    def __init__(self, cpu: str = ""):
+        """A compiler for `cpu` (an LLVM CPU name with its own features), or for this machine when empty
+        or "host"."""
         llvm.initialize_native_target()
         llvm.initialize_native_asmprinter()
-        libm = ctypes.util.find_library("m")
-        if libm:
-            llvm.load_library_permanently(libm)
+        # libm for the math calls; libgcc_s for the half <-> float conversions (__extendhfsf2,
+        # __truncsfhf2) that LLVM calls on CPUs without F16C instructions
+        for library in ("m", "gcc_s"):
+            path = ctypes.util.find_library(library)
+            if path:
+                llvm.load_library_permanently(path)
         target = llvm.Target.from_default_triple()
-        self.cpu = llvm.get_host_cpu_name()
-        self.features = llvm.get_host_cpu_features().flatten()
+        if cpu in ("", "host"):
+            self.cpu, self.features = llvm.get_host_cpu_name(), llvm.get_host_cpu_features().flatten()
+        else:
+            self.cpu, self.features = cpu, ""
         self.machine = target.create_target_machine(cpu=self.cpu, features=self.features, opt=3, jit=True)
         self.engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), self.machine)
         self.lock = threading.Lock()
         self.target_id = f"{llvm.get_default_triple()}|{self.cpu}|{self.features}|llvmlite {llvmlite.__version__}"
+
+    def vector_width(self) -> int:
+        """float32 lanes per vector register of the target CPU."""
+        if self.features:
+            return 16 if "+avx512f" in self.features else 8 if "+avx2" in self.features else 4
+        # a named CPU: its features are LLVM's to know, so see which registers a 16-lane add compiles to
+        probe = llvm.parse_assembly(
+            "define <16 x float> @probe(<16 x float> %a, <16 x float> %b) {\n"
+            "  %c = fadd <16 x float> %a, %b\n  ret <16 x float> %c\n}\n"
+        )
+        assembly = self.machine.emit_assembly(probe)
+        return 16 if "zmm" in assembly else 8 if "ymm" in assembly else 4
 
     def object_code(self, source: str, name: str) -> bytes:
         try:
@@ -559,12 +586,11 @@ class LLVMBackend:
     is_gpu = False
 
     def __init__(self):
-        self.compiler = _LLVMCompiler()
+        self.compiler = _LLVMCompiler(config.LLVM_CPU)
         self.device_name = f"CPU ({self.compiler.cpu}, {config.THREADS} threads)"
         self.threads = max(1, config.THREADS)
         # float32 lanes per vector register: the code generator vectorizes to this width
-        features = self.compiler.features
-        self.vector_width = 16 if "+avx512f" in features else 8 if "+avx2" in features else 4
+        self.vector_width = self.compiler.vector_width()
         # big matrix products reduce in cache-sized chunks (the code generator's `blocking` option)
         self.cache_blocking = True
         self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="lazygrad-llvm")
