@@ -13,6 +13,7 @@ import tempfile
 from typing import Protocol
 
 from lazygrad import config
+from lazygrad.codegen.capabilities import Capabilities  # noqa: F401 (each backend declares one)
 
 # name -> module path; the module exposes `create(name) -> Backend`, which raises when it cannot start
 REGISTRY = {
@@ -33,6 +34,7 @@ class Backend(Protocol):
     name: str  # registry name, also the device string tensors carry
     device_name: str  # what the hardware calls itself
     is_gpu: bool
+    capabilities: Capabilities
 
     def allocate(self, nbytes: int): ...
 

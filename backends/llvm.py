@@ -21,7 +21,7 @@ import numpy as np
 
 from lazygrad import config, diskcache
 from lazygrad import dtype as dt
-from lazygrad.backends import CompileError, compile_failure
+from lazygrad.backends import Capabilities, CompileError, compile_failure
 from lazygrad.codegen.ir import Program
 
 # --- rendering --------------------------------------------------------------------------------
@@ -592,7 +592,7 @@ class LLVMBackend:
         # float32 lanes per vector register: the code generator vectorizes to this width
         self.vector_width = self.compiler.vector_width()
         # big matrix products reduce in cache-sized chunks (the code generator's `blocking` option)
-        self.cache_blocking = True
+        self.capabilities = Capabilities(vector_width=self.vector_width, cache_blocking=True)
         self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="lazygrad-llvm")
 
     # memory is host memory: numpy byte arrays, 64-byte aligned for vector loads

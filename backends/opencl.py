@@ -25,7 +25,7 @@ import numpy as np
 
 from lazygrad import config, diskcache
 from lazygrad import dtype as dt
-from lazygrad.backends import CompileError, compile_failure
+from lazygrad.backends import Capabilities, CompileError, compile_failure
 from lazygrad.codegen.ir import Program, UOp
 
 # --- rendering --------------------------------------------------------------------------------
@@ -138,6 +138,8 @@ class _Renderer:
         self.uses_half_bits = False
         self.uses_double = any(d == dt.float64 for d in program.buffer_dtypes)
         self.store_only_half_casts = self._store_only_half_casts()
+        self.local_declarations: list = []  # __local arrays, declared at the kernel's scope as OpenCL requires
+        self.local_id = None  # the name of the work-item's index in its group
 
     def _store_only_half_casts(self) -> set:
         """Casts to float16 consumed only by stores: vstore_half rounds, so they need no rounding of their own."""
@@ -176,11 +178,16 @@ class _Renderer:
             const = "" if i in written else "const "  # read-only buffers may go through a read-only cache
             params.append(f"__global {const}{_MEM_TYPE[d.name]}* restrict buf{i}")
         total = math.prod(self.p.global_size)
-        head = [
-            f"__kernel void {self.p.name}({', '.join(params)}) {{",
-            "  int gid = (int)get_global_id(0);",
-            f"  if (gid >= {total}) return;  // the NDRange is rounded up to whole work-groups",
-        ]
+        if self.p.local_size > 1:  # a work-group per output point, launched exactly: no work-item may leave
+            # early, since every one must reach the barriers of the group's reduce
+            head = [f"__kernel void {self.p.name}({', '.join(params)}) {{", "  int gid = (int)get_group_id(0);"]
+            head += ["  " + line for line in self.local_declarations]
+        else:
+            head = [
+                f"__kernel void {self.p.name}({', '.join(params)}) {{",
+                "  int gid = (int)get_global_id(0);",
+                f"  if (gid >= {total}) return;  // the NDRange is rounded up to whole work-groups",
+            ]
         preamble = ["#pragma OPENCL EXTENSION cl_khr_fp64 : enable"] if self.uses_double else []
         preamble += [_half_helpers(w) for w in sorted(self.half_widths)]
         preamble += [_HALF_BITS_HELPERS] if self.uses_half_bits else []
@@ -215,6 +222,17 @@ class _Renderer:
             self.define(u, self.splat(self.val(u.srcs[0]), u.dtype, u.vec))
         elif op == "hreduce":
             self.render_hreduce(u)
+        elif op == "local_id":
+            self.define(u, "(int)get_local_id(0)")
+            self.local_id = self.val(u)
+        elif op == "group_reduce":
+            self.render_group_reduce(u)
+        elif op == "if":
+            self.emit(f"if ({self.val(u.srcs[0])}) {{")
+            self.depth += 1
+        elif op == "endif":
+            self.depth -= 1
+            self.emit("}")
         else:
             self.define(u, self.alu_expression(u))
 
@@ -332,6 +350,29 @@ class _Renderer:
                 combined = f"{name} + {lane}" if u.arg == "add" else _max(name, lane, u.dtype)
                 self.emit(f"{name} = {combined};")
         self.names[u.id] = name
+
+    def render_group_reduce(self, u: UOp):
+        """The work-group's values combined by halving: at each step the first half of the items adds the
+        second half's values to theirs, with a barrier between steps so each reads what the others wrote."""
+        (src,) = u.srcs
+        combine, size = u.arg
+        if size & (size - 1) or self.local_id is None:
+            raise NotImplementedError(f"OpenCL renderer: group_reduce of {size} items (a power of two, after local_id)")
+        shared, lid, step = f"shared{u.id}", self.local_id, f"step{u.id}"
+        is_bool = u.dtype == dt.bool_  # bool has no defined size in memory: uchar 0/1 there
+        self.local_declarations.append(f"__local {'uchar' if is_bool else _type(u.dtype)} {shared}[{size}];")
+        mine, other = f"{shared}[{lid}]", f"{shared}[{lid} + {step}]"
+        if is_bool:
+            merged = f"({mine} | {other})"
+        else:
+            merged = _binary("add", mine, other, u.dtype) if combine == "add" else _max(mine, other, u.dtype)
+        self.emit(f"{mine} = {self.val(src)};")
+        self.emit("barrier(CLK_LOCAL_MEM_FENCE);")
+        self.emit(f"for (int {step} = {size // 2}; {step} > 0; {step} >>= 1) {{")
+        self.emit(f"  if ({lid} < {step}) {mine} = {merged};")
+        self.emit("  barrier(CLK_LOCAL_MEM_FENCE);")
+        self.emit("}")
+        self.define(u, f"({shared}[0] != 0)" if is_bool else f"{shared}[0]")
 
     # --- arithmetic -----------------------------------------------------------------------------
     def alu_expression(self, u: UOp) -> str:
@@ -543,6 +584,10 @@ def _vector_width(device, is_gpu: bool) -> int:
     return width if width in (2, 4, 8, 16) else 1
 
 
+def _power_of_two_at_most(n: int) -> int:
+    return 1 << (max(1, n).bit_length() - 1)
+
+
 class OpenCLKernel:
     def __init__(self, backend: OpenCLBackend, program: Program, source: str, built):
         self.name, self.source, self.program = program.name, source, program
@@ -551,8 +596,16 @@ class OpenCLKernel:
         total = math.prod(program.global_size)
         info = backend.cl.kernel_work_group_info.WORK_GROUP_SIZE
         max_group = self.kernel.get_work_group_info(info, backend.device)
-        self.local_size = _local_size(total, max_group, backend.is_gpu)
-        self.global_size = -(-total // self.local_size) * self.local_size
+        if program.local_size > 1:  # one work-group per output point, of exactly the size the kernel was made for
+            if program.local_size > max_group:
+                raise CompileError(
+                    f"kernel {program.name} needs work-groups of {program.local_size} items; "
+                    f"{backend.device_name} allows {max_group} for it"
+                )
+            self.local_size, self.global_size = program.local_size, total * program.local_size
+        else:
+            self.local_size = _local_size(total, max_group, backend.is_gpu)
+            self.global_size = -(-total // self.local_size) * self.local_size
 
     def _launch(self, kernel, wait: bool) -> float | None:
         cl = self.backend.cl
@@ -589,6 +642,19 @@ class OpenCLBackend:
         self.device_name = f"{self.device.name.strip()} ({self.platform.name.strip()})"
         self.supports_float64 = "cl_khr_fp64" in self.device.extensions or bool(self.device.double_fp_config)
         self.vector_width = _vector_width(self.device, self.is_gpu)
+        # LAZYGRAD_OPENCL_PROFILE=gpu: the kernels a GPU gets, on any device (to test them on PoCL)
+        gpu_shaped = self.is_gpu or config.OPENCL_PROFILE == "gpu"
+        if gpu_shaped:
+            self.vector_width = 1
+        max_group = int(self.device.max_work_group_size)
+        self.capabilities = Capabilities(
+            vector_width=self.vector_width,
+            group_reduce=_power_of_two_at_most(min(256, max_group)) if gpu_shaped else 0,
+            local_memory=int(self.device.local_mem_size),
+            max_work_group=max_group,
+            compute_units=int(self.device.max_compute_units),
+            is_gpu=self.is_gpu,
+        )
         self.context = cl.Context(devices=[self.device])
         self.queue = cl.CommandQueue(self.context, self.device, properties=cl.command_queue_properties.PROFILING_ENABLE)
         self.target_id = "|".join(

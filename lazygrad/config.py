@@ -31,3 +31,6 @@ OPTIMIZE = _int("LAZYGRAD_OPTIMIZE", 1)
 # the CPU LLVM compiles for: empty or "host" for this machine's (with all its features), or an LLVM CPU name
 # ("x86-64", "haswell", ...) for code that runs on older machines; results do not depend on it
 LLVM_CPU = os.environ.get("LAZYGRAD_LLVM_CPU", "").strip()
+# gpu: the OpenCL backend generates the kernels a GPU gets (scalar code, work-group reductions) on any
+# device, e.g. PoCL on a CPU, so that GPU-shaped code is tested without a GPU
+OPENCL_PROFILE = os.environ.get("LAZYGRAD_OPENCL_PROFILE", "").strip().lower()

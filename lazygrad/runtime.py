@@ -7,6 +7,7 @@ graph behind every realized node.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import pickle
@@ -246,9 +247,7 @@ def get_kernel(ast, buffer_dtypes: tuple, device: str, sizes: tuple) -> Compiled
     nest = build_loop_nest(ast)
     nest_shape = nest.shape
     name = kernel_name(ast, nest_shape)
-    program = _lowered(
-        ast, buffer_dtypes, name, getattr(backend, "vector_width", 1), getattr(backend, "cache_blocking", False)
-    )
+    program = _lowered(ast, buffer_dtypes, name, backend.capabilities)
     if config.DEBUG >= 4:
         print(f"--- linear IR of {name}\n{program.dump()}")
     kernel = backend.compile(program)
@@ -264,13 +263,38 @@ def get_kernel(ast, buffer_dtypes: tuple, device: str, sizes: tuple) -> Compiled
     return entry
 
 
-def _lowered(ast, buffer_dtypes: tuple, name: str, vector_width: int, cache_blocking: bool):
+# while set (by `forced_options`): (kernel name, LoopNest) -> KernelOptions that replace the heuristics' choice,
+# or None to keep it for that kernel
+_forced_options = None
+
+
+@contextlib.contextmanager
+def forced_options(choose):
+    """Lower the kernels compiled inside with the options `choose(name, nest)` returns instead of the heuristics'
+    (None keeps theirs): to test a code path on any device, or to replay a kernel with options written by hand.
+    Those kernels bypass the disk cache, and the compiled-kernel cache is restored afterwards."""
+    global _forced_options
+    saved = dict(_kernel_cache)
+    _kernel_cache.clear()
+    _forced_options = choose
+    try:
+        yield
+    finally:
+        _forced_options = None
+        _kernel_cache.clear()
+        _kernel_cache.update(saved)
+
+
+def _lowered(ast, buffer_dtypes: tuple, name: str, capabilities):
     """The linear IR of a kernel, from the disk cache when a process lowered the same kernel before
     (lowering is the slow part of a warm start: the compiled code is cached by the backend)."""
-    key = (
-        f"program|{_LOWERING_VERSION}|{config.OPTIMIZE}|{vector_width}|{cache_blocking}|{buffer_dtypes}|{name}|"
-        + ast.structure()
-    )
+    if _forced_options is not None:
+        from lazygrad.codegen.lowering import build_loop_nest
+
+        forced = _forced_options(name, build_loop_nest(ast))
+        if forced is not None:
+            return lower(ast, buffer_dtypes, name, forced, capabilities)
+    key = f"program|{_LOWERING_VERSION}|{config.OPTIMIZE}|{capabilities!r}|{buffer_dtypes}|{name}|" + ast.structure()
     blob = diskcache.get(key)
     if blob is not None:
         try:
@@ -278,7 +302,7 @@ def _lowered(ast, buffer_dtypes: tuple, name: str, vector_width: int, cache_bloc
         except Exception:  # an entry from an incompatible version: lower again
             pass
     options = None if config.OPTIMIZE else KernelOptions()
-    program = lower(ast, buffer_dtypes, name, options, vector_width, cache_blocking)
+    program = lower(ast, buffer_dtypes, name, options, capabilities)
     diskcache.put(key, pickle.dumps(program))
     return program
 

@@ -6,6 +6,7 @@ These tests name their devices themselves, so they run once (backend_independent
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -245,7 +246,8 @@ def test_matmul_and_conv2d_agree(sizes):
 def test_scalar_code_as_a_gpu_gets_it_agrees(monkeypatch):
     """GPUs get vector width 1; on PoCL the same kernels are vectorized. Force the GPU's scalar code here (shapes no
     other test uses, so no kernel compiled with vectors is reused)."""
-    monkeypatch.setattr(require("opencl"), "vector_width", 1)
+    backend = require("opencl")
+    monkeypatch.setattr(backend, "capabilities", dataclasses.replace(backend.capabilities, vector_width=1))
     check_case(elementwise_case((3, 64)))
     check_case(integer_case((3, 16)))
     check_case(half_and_bool_case((3, 16)))

@@ -19,10 +19,18 @@ each UOp's `srcs` refer to earlier UOps. Indexes are int32.
 | lanes      | -                         | - (the int32 vector 0, 1, ..., vec-1)  |
 | broadcast  | (scalar,)                 | - (the scalar in every lane)       |
 | hreduce    | (vector,)                 | "add" or "max": the lanes combined into a scalar |
+| if         | (bool,)                   | - (the uops up to the matching endif run when it is true) |
+| endif      | -                         | -                                 |
+| local_id   | -                         | group size: this work-item's index in its work-group (3) |
+| group_reduce | (value,)                | ("add" or "max", group size): the group's values combined (3) |
 | alu ops    | operands                  | cast/bitcast: source dtype         |
 
 (1) "global" ranges are parallel (the first is split across threads or work-items); "loop" ranges
 run in order. (2) valid false reads 0; a vector load with stride s reads index + i*s in lane i.
+(3) Only in programs with `local_size` > 1 (work-groups of that many work-items per output, for
+devices that declare `group_reduce`): the global ranges then index work-groups. group_reduce gives
+every work-item of the group the combined value. Every work-item reaches every `group_reduce` (it
+holds a barrier): such programs guard stores with `if`, never return early.
 
 alu ops: exp2 log2 sin sqrt recip neg cast bitcast add mul max cmplt cmpne idiv mod and or xor
 shl shr where. A `range` UOp is also the loop variable's value; an `acc` UOp read as an operand is
@@ -64,6 +72,7 @@ class Program:
     uops: list
     buffer_dtypes: tuple  # per buffer index, output first
     global_size: tuple  # sizes of the global ranges, outermost first
+    local_size: int = 1  # work-items per point of the global ranges (a work-group sharing a reduce), else 1
 
     def dump(self) -> str:
         return "\n".join(repr(u) for u in self.uops)

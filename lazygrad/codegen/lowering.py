@@ -16,6 +16,7 @@ import itertools
 from dataclasses import dataclass, field
 
 from lazygrad import dtype as dt
+from lazygrad.codegen.capabilities import SCALAR
 from lazygrad.codegen.ir import Program, UOp
 from lazygrad.codegen.kernel_ast import KernelOp
 from lazygrad.shape import ShapeTracker, merge_dims_plan, prod
@@ -30,6 +31,9 @@ class KernelOptions:
     # (block, chunk): the reduce runs in chunks of `chunk` along its first dim, for `block` iterations of the
     # outermost output loop at a time, the partial sums kept in the output (cache blocking, CPU only)
     blocking: tuple | None = None
+    # work-items that share each output's reduce (GPUs): lanes take every `group`-th element of the innermost
+    # reduce dim, then combine their partial results in local memory; one work-group per output
+    group: int | None = None
 
 
 @dataclass
@@ -194,12 +198,19 @@ def _load_lane_cost(stride) -> float:
     return -2  # a gather
 
 
-def choose_options(nest: LoopNest, ast: KernelOp, vector_width: int = 1, cache_blocking: bool = False) -> KernelOptions:
-    """Heuristics. Vector lanes go along a dim that memory reads contiguously (an output dim the
-    store writes contiguously, else a reduce dim); then a register tile of output dims, so that
-    each loaded value feeds several accumulators; then a small unroll of the innermost reduce."""
+def choose_options(nest: LoopNest, ast: KernelOp, capabilities=None) -> KernelOptions:
+    """Heuristics. On a device that can share a reduce among a work-group, a reduce with too few outputs
+    to fill the device is split across the group's work-items. Otherwise vector lanes go along a dim that
+    memory reads contiguously (an output dim the store writes contiguously, else a reduce dim); then a
+    register tile of output dims, so that each loaded value feeds several accumulators; then a small unroll
+    of the innermost reduce."""
+    capabilities = capabilities or SCALAR
+    vector_width, cache_blocking = capabilities.vector_width, capabilities.cache_blocking
     opts = KernelOptions()
     if not nest.shape:
+        return opts
+    opts.group = group_reduce_items(nest, capabilities)
+    if opts.group:
         return opts
     load_exprs = _indexes_of(nest, ast, "load")
     loads, store = dim_strides(nest, ast, load_exprs)
@@ -273,6 +284,27 @@ def choose_options(nest: LoopNest, ast: KernelOp, vector_width: int = 1, cache_b
                 if trial.blocking:
                     return trial
     return opts
+
+
+# a work-item per output fills a GPU when there are this many per compute unit (several warps each)
+_ITEMS_PER_COMPUTE_UNIT = 256
+_MIN_GROUP_REDUCE = 256  # a reduce shorter than this is not worth a work-group and barriers
+
+
+def group_reduce_items(nest: LoopNest, capabilities) -> int | None:
+    """Work-items per output for a reduce whose outputs alone would leave the device idle: a power of two up
+    to the device's limit, no wider than the innermost reduce dim (its lanes read consecutive elements)."""
+    lanes = capabilities.group_reduce
+    if not lanes or nest.n_output == len(nest.shape):
+        return None
+    outputs = prod(nest.shape[: nest.n_output])
+    length = prod(nest.shape[nest.n_output :])
+    if length < _MIN_GROUP_REDUCE or outputs >= capabilities.compute_units * _ITEMS_PER_COMPUTE_UNIT:
+        return None
+    inner = nest.shape[-1]
+    while lanes > 32 and lanes // 2 >= inner:
+        lanes //= 2
+    return lanes
 
 
 _CHUNK_ELEMENTS = 1 << 17  # what the inner loops re-read per chunk: half of a 1 MiB L2 in float32
@@ -418,12 +450,19 @@ class Lowerer:
         buffer_dtypes: tuple,
         name: str,
         options: KernelOptions | None = None,
-        vector_width: int = 1,
-        cache_blocking: bool = False,
+        capabilities=None,
     ):
         self.ast, self.buffer_dtypes, self.name = ast, buffer_dtypes, name
         self.nest = build_loop_nest(ast)
-        self.opts = options if options is not None else choose_options(self.nest, ast, vector_width, cache_blocking)
+        self.opts = options if options is not None else choose_options(self.nest, ast, capabilities)
+        if self.opts.group is not None and self.opts.group < 2:
+            self.opts.group = None  # one work-item per output: the plain reduce
+        if self.opts.group and (self.opts.upcast or self.opts.unroll or self.opts.vector or self.opts.blocking):
+            raise ValueError(f"kernel {name}: a group reduce takes no tile, unroll, lanes or blocking ({self.opts})")
+        if self.opts.group and self.opts.group & (self.opts.group - 1):
+            raise ValueError(f"kernel {name}: a group reduce of {self.opts.group} items (a power of two)")
+        if self.opts.group and _find_reduce(ast) is None:
+            raise ValueError(f"kernel {name}: a group reduce needs a reduce")
         holder = partial_sum_store(ast) if self.opts.blocking else None
         if holder is not None and buffer_dtypes[holder.arg[0]] != _compute_dtype(_find_reduce(ast).dtype):
             self.opts.blocking = None  # the partial sums are kept in that output: it must hold them exactly
@@ -600,6 +639,9 @@ class Lowerer:
         lane = Var("lane", 0, width - 1)
         if width > 1:
             vars_uop["lane"] = e.emit("lanes", dt.int32, (), None, vec=width)
+        group = self.opts.group
+        if group:  # the work-item's place in its work-group: its share of the reduce
+            vars_uop["lid"] = e.emit("local_id", dt.int32, (), group, pure=False)
 
         def split(d, var, factor):
             """The index of dim d: its loop variable, times the tile, plus a tile offset (and the lane)."""
@@ -645,26 +687,43 @@ class Lowerer:
             ranges, red_index = [], {}
             # a reduce over nothing is its identity: no loop at all (loops run at least once)
             empty = any(nest.shape[d] == 0 for d in nest.reduce_dims)
+            innermost, ragged = len(nest.shape) - 1, None
             for d in [] if empty else nest.reduce_dims:
                 factor = width if d == vdim else (unroll if d == unroll_dim else 1)
                 size = (chunk if block and d == nest.n_output else nest.shape[d]) // factor
+                if group and d == innermost:  # each work-item takes every group-th element
+                    size = -(-nest.shape[d] // group)
                 e.open_scope()
                 ranges.append(e.emit("range", dt.int32, (), (f"r{d}", size, "loop"), pure=False))
                 vars_uop[f"r{d}"] = ranges[-1]
                 var = Var(f"r{d}", 0, size - 1)
                 if block and d == nest.n_output:  # within the current chunk
                     var = Var("kc", 0, nest.shape[d] // chunk - 1) * size + var
+                if group and d == innermost:
+                    var = var * group + Var("lid", 0, group - 1)
+                    if nest.shape[d] % group:  # the last round's work-items past the end add nothing
+                        ragged = self.alu(
+                            "cmplt", dt.bool_, (self._node_uop(var, vars_uop), self.const(nest.shape[d], dt.int32))
+                        )
                 red_index[d] = split(d, var, unroll if d == unroll_dim else 1)
             alu = "add" if red_op == "sum" else "max"
+            if ragged is not None:
+                e.emit("if", None, (ragged,), pure=False)
+                e.open_scope()
             for combo in [] if empty else out_combos:
                 for k in range(unroll):
                     idx = out_idx(combo) + [red_index[d](k) for d in nest.reduce_dims]
                     val = self.broadcast(self._value(self.reduce.srcs[0], idx, vars_uop, {}, None), acc_vec)
                     new = e.emit(alu, acc_dtype, (accs[combo], val), pure=False, vec=acc_vec)
                     e.emit("acc_update", None, (accs[combo], new), pure=False)
+            if ragged is not None:
+                e.close_scope()
+                e.emit("endif", None, (), pure=False)
             for r in reversed(ranges):
                 e.emit("endrange", None, (r,), pure=False)
                 e.close_scope()
+            if group:  # the work-group's partial results combined through local memory; every item gets it
+                accs = {c: e.emit("group_reduce", acc_dtype, (a,), (alu, group), pure=False) for c, a in accs.items()}
             if vdim is not None and vdim >= nest.n_output:  # lanes ran along a reduce dim: combine them
                 accs = {c: e.emit("hreduce", acc_dtype, (a,), alu, pure=False) for c, a in accs.items()}
             if block:  # after the first chunk, add the partial sum that the chunks before left in the output
@@ -706,11 +765,17 @@ class Lowerer:
                 emit_stores(rest)
                 e.close_scope()
                 e.emit("endif", None, (), pure=False)
+        elif group:  # one work-item of the group writes the result (a guard, not a return: no barrier is skipped)
+            e.emit("if", None, (self.alu("cmplt", dt.bool_, (vars_uop["lid"], self.const(1, dt.int32))),), pure=False)
+            e.open_scope()
+            emit_stores(stores)
+            e.close_scope()
+            e.emit("endif", None, (), pure=False)
         else:
             emit_stores(stores)
         for u in reversed(outer_ranges):
             e.emit("endrange", None, (u,), pure=False)
-        return Program(self.name, e.uops, self.buffer_dtypes, tuple(global_sizes))
+        return Program(self.name, e.uops, self.buffer_dtypes, tuple(global_sizes), group or 1)
 
 
 def _zero(d: dt.DType):
@@ -729,11 +794,8 @@ def _reduce_identity(op: str, d: dt.DType):
 
 
 def lower(
-    ast: KernelOp,
-    buffer_dtypes: tuple,
-    name: str,
-    options: KernelOptions | None = None,
-    vector_width: int = 1,
-    cache_blocking: bool = False,
+    ast: KernelOp, buffer_dtypes: tuple, name: str, options: KernelOptions | None = None, capabilities=None
 ) -> Program:
-    return Lowerer(ast, buffer_dtypes, name, options, vector_width, cache_blocking).lower()
+    """The linear IR of a kernel: with `options` as given, or as the heuristics choose them for a device of
+    these `capabilities` (a backends.Capabilities; None: scalar code)."""
+    return Lowerer(ast, buffer_dtypes, name, options, capabilities).lower()
