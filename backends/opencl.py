@@ -657,8 +657,14 @@ class OpenCLBackend:
         )
         self.context = cl.Context(devices=[self.device])
         self.queue = cl.CommandQueue(self.context, self.device, properties=cl.command_queue_properties.PROFILING_ENABLE)
+        # IEEE division and square root where the device offers them: OpenCL's default allows 2.5 ulp for a
+        # single-precision divide (and NVIDIA uses it), which PyTorch's results do not
+        rounded = cl.device_fp_config.CORRECTLY_ROUNDED_DIVIDE_SQRT
+        self.build_options = (
+            ["-cl-fp32-correctly-rounded-divide-sqrt"] if self.device.single_fp_config & rounded else []
+        )
         self.target_id = "|".join(
-            [self.device.name, self.device.driver_version, self.platform.version, cl.VERSION_TEXT]
+            [self.device.name, self.device.driver_version, self.platform.version, cl.VERSION_TEXT, *self.build_options]
         )
         self.source_builds = 0  # programs that went through the driver's compiler (not the disk cache)
 
@@ -713,7 +719,7 @@ class OpenCLBackend:
         try:
             with warnings.catch_warnings():  # pyopencl warns on any compiler output; errors are reported below
                 warnings.simplefilter("ignore", self.cl.CompilerWarning)
-                return program.build(devices=[self.device], cache_dir=False)
+                return program.build(options=self.build_options, devices=[self.device], cache_dir=False)
         except self.cl.Error as e:
             try:
                 log = program.get_build_info(self.device, self.cl.program_build_info.LOG)

@@ -46,7 +46,8 @@ step resnet-1x64 120 python3 examples/benchmark.py --torch-device cuda --steps 1
 step resnet-32x224 150 python3 examples/benchmark.py --torch-device cuda --batch-size 32 --image-size 224 \
     --steps 3 --warmup 1 --profile 15
 step convnet 60 python3 tests/gpu/convnet_vs_torch.py
-step ops 100 python3 -m pytest -q -x -n 8 -p no:cacheprovider --backend opencl tests/test_ops.py tests/test_backends.py
+step ops 150 python3 -m pytest -q -n 8 -p no:cacheprovider --backend opencl tests/test_ops.py tests/test_backends.py \
+    tests/test_gpu_kernels.py
 
 if [ ${#failed[@]} -gt 0 ]; then
     echo "FAILED: ${failed[*]}"
