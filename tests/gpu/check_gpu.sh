@@ -44,7 +44,7 @@ step() {  # step NAME SECONDS COMMAND...: run it with a time limit, log it, reme
 step platforms 60 python3 tests/gpu/opencl_info.py
 step resnet-1x64 120 python3 examples/benchmark.py --torch-device cuda --steps 10 --warmup 2 --profile 15
 step resnet-32x224 150 python3 examples/benchmark.py --torch-device cuda --batch-size 32 --image-size 224 \
-    --steps 3 --warmup 1 --profile 15
+    --steps 3 --warmup 1 --profile 40
 step convnet 60 python3 tests/gpu/convnet_vs_torch.py
 step ops 150 python3 -m pytest -q -n 8 -p no:cacheprovider --backend opencl tests/test_ops.py tests/test_backends.py \
     tests/test_gpu_kernels.py
