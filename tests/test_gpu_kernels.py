@@ -67,7 +67,12 @@ def test_group_sum_and_max_match_numpy(opencl, length, items):
     x = np.random.default_rng(length + items).standard_normal((3, length)).astype(np.float32)
     with grouped(items):
         t = Tensor(x, device="opencl")
-        total, largest = t.sum(1).numpy(), t.max(1).values.numpy()
+        try:
+            total, largest = t.sum(1).numpy(), t.max(1).values.numpy()
+        except backends.CompileError as e:  # said plainly, before anything runs: e.g. 1024 on NVIDIA's OpenCL
+            if "work-groups of" not in str(e):
+                raise
+            pytest.skip(f"this device takes fewer work-items for this kernel: {e}")
         sources = group_kernel_sources()
     np.testing.assert_allclose(total, x.astype(np.float64).sum(1), rtol=1e-5, atol=1e-4 * np.sqrt(length))
     np.testing.assert_array_equal(largest, x.max(1))
@@ -113,6 +118,22 @@ def test_group_reduce_over_several_dims_of_a_padded_view_with_an_epilogue(opencl
     want = np.sqrt(((x - x.mean((0, 2), keepdims=True)) ** 2).sum((0, 2)))
     np.testing.assert_allclose(spread, want, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(padded_sum, x.sum((0, 2)) + 6 * 5, rtol=1e-5, atol=1e-4)
+
+
+def test_group_reduce_with_a_register_tile_matches_numpy(opencl):
+    """Each work-item keeps a 2x3 tile of accumulators over its share of the reduce; the group combines
+    each accumulator in local memory (a matrix product's shape, as a GPU gets weight gradients)."""
+    rng = np.random.default_rng(5)
+    a, b = rng.standard_normal((8, 1001)).astype(np.float32), rng.standard_normal((1001, 6)).astype(np.float32)
+
+    def choose(name, nest):
+        return KernelOptions(upcast=[(0, 2), (1, 3)], group=64) if nest.shape == (8, 6, 1001) else None
+
+    with runtime.forced_options(choose):
+        got = (Tensor(a, device="opencl") @ Tensor(b, device="opencl")).numpy()
+        sources = group_kernel_sources()
+    np.testing.assert_allclose(got, a.astype(np.float64) @ b, rtol=1e-4, atol=1e-4)
+    assert len(sources) == 1 and sources[0].count("barrier(") >= 6  # one combine per accumulator
 
 
 def test_no_group_kernel_returns_before_a_barrier(opencl):

@@ -205,12 +205,23 @@ def choose_options(nest: LoopNest, ast: KernelOp, capabilities=None) -> KernelOp
     register tile of output dims, so that each loaded value feeds several accumulators; then a small unroll
     of the innermost reduce."""
     capabilities = capabilities or SCALAR
-    vector_width, cache_blocking = capabilities.vector_width, capabilities.cache_blocking
+    opts = _tiled_options(nest, ast, capabilities.vector_width, capabilities.cache_blocking)
+    tile = prod(factor for _, factor in opts.upcast)
+    items = group_reduce_items(nest, capabilities, tile)
+    if items:
+        # the tile stays (each loaded value still feeds its accumulators); the innermost reduce dim is now
+        # spread over the group, so no unroll of it
+        opts.group, opts.unroll, opts.vector, opts.blocking = items, None, None, None
+        if prod(nest.shape[: nest.n_output]) // tile < capabilities.compute_units:
+            opts.upcast = []  # too few groups to keep every compute unit busy: one output per group
+            opts.group = group_reduce_items(nest, capabilities, 1)
+    return opts
+
+
+def _tiled_options(nest: LoopNest, ast: KernelOp, vector_width: int, cache_blocking: bool) -> KernelOptions:
+    """Lanes, register tile, unroll and cache blocking, as a CPU wants them."""
     opts = KernelOptions()
     if not nest.shape:
-        return opts
-    opts.group = group_reduce_items(nest, capabilities)
-    if opts.group:
         return opts
     load_exprs = _indexes_of(nest, ast, "load")
     loads, store = dim_strides(nest, ast, load_exprs)
@@ -291,18 +302,19 @@ _ITEMS_PER_COMPUTE_UNIT = 256
 _MIN_GROUP_REDUCE = 256  # a reduce shorter than this is not worth a work-group and barriers
 
 
-def group_reduce_items(nest: LoopNest, capabilities) -> int | None:
-    """Work-items per output for a reduce whose outputs alone would leave the device idle: a power of two up
-    to the device's limit, no wider than the innermost reduce dim (its lanes read consecutive elements)."""
+def group_reduce_items(nest: LoopNest, capabilities, tile: int = 1) -> int | None:
+    """Work-items per output tile for a reduce whose tiles alone would leave the device idle: a power of two
+    up to the device's limit, no wider than the innermost reduce dim (its lanes read consecutive elements),
+    and with room in local memory for every accumulator of the tile."""
     lanes = capabilities.group_reduce
     if not lanes or nest.n_output == len(nest.shape):
         return None
-    outputs = prod(nest.shape[: nest.n_output])
+    work_items = prod(nest.shape[: nest.n_output]) // tile
     length = prod(nest.shape[nest.n_output :])
-    if length < _MIN_GROUP_REDUCE or outputs >= capabilities.compute_units * _ITEMS_PER_COMPUTE_UNIT:
+    if length < _MIN_GROUP_REDUCE or work_items >= capabilities.compute_units * _ITEMS_PER_COMPUTE_UNIT:
         return None
     inner = nest.shape[-1]
-    while lanes > 32 and lanes // 2 >= inner:
+    while lanes > 32 and (lanes // 2 >= inner or lanes * tile * 4 > capabilities.local_memory // 2):
         lanes //= 2
     return lanes
 
@@ -457,8 +469,8 @@ class Lowerer:
         self.opts = options if options is not None else choose_options(self.nest, ast, capabilities)
         if self.opts.group is not None and self.opts.group < 2:
             self.opts.group = None  # one work-item per output: the plain reduce
-        if self.opts.group and (self.opts.upcast or self.opts.unroll or self.opts.vector or self.opts.blocking):
-            raise ValueError(f"kernel {name}: a group reduce takes no tile, unroll, lanes or blocking ({self.opts})")
+        if self.opts.group and (self.opts.unroll or self.opts.vector or self.opts.blocking):
+            raise ValueError(f"kernel {name}: a group reduce takes no unroll, lanes or blocking ({self.opts})")
         if self.opts.group and self.opts.group & (self.opts.group - 1):
             raise ValueError(f"kernel {name}: a group reduce of {self.opts.group} items (a power of two)")
         if self.opts.group and _find_reduce(ast) is None:
