@@ -21,7 +21,7 @@ from lazygrad import config, diskcache
 from lazygrad.codegen.lowering import KernelOptions, lower
 from lazygrad.graph import LazyBuffer
 from lazygrad.ops import ELEMENTWISE, AstOp, Op
-from lazygrad.schedule import ScheduleItem, create_schedule
+from lazygrad.schedule import ItemKind, ScheduleItem, create_schedule
 from lazygrad.shape import prod
 
 
@@ -314,12 +314,12 @@ def run_schedule(items: list) -> None:
 
 def _run_item(item: ScheduleItem):
     node = item.output
-    if item.kind == "host":
+    if item.kind is ItemKind.HOST:
         node.buffer = Buffer(node.device, node.size, node.dtype)
         node.buffer.copy_in(np.ascontiguousarray(node.arg))
         _count_copy()
         return
-    if item.kind == "copy":
+    if item.kind is ItemKind.COPY:
         if CAPTURES:
             warnings.warn(
                 "lazygrad.jit: a copy between devices inside a jitted function is not replayed",

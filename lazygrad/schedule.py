@@ -22,6 +22,7 @@ joins its loop, and elementwise work after a reduce on the reduced shape joins a
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 
 from lazygrad.codegen.kernel_ast import KernelOp
 from lazygrad.graph import LazyBuffer
@@ -32,9 +33,18 @@ from lazygrad.shape import ShapeTracker
 _WRITES_MEMORY = frozenset({Op.HOST, Op.COPY, Op.ASSIGN, Op.CONTIGUOUS})
 
 
+class ItemKind(Enum):
+    KERNEL = "kernel"
+    HOST = "host"  # an upload of host data
+    COPY = "copy"  # a copy between devices
+
+    def __format__(self, spec):
+        return format(self.value, spec)
+
+
 @dataclass
 class ScheduleItem:
-    kind: str  # "kernel", "host" (upload), "copy" (between devices)
+    kind: ItemKind
     output: LazyBuffer  # the base this item realizes (the first, for a kernel with several outputs)
     inputs: list = field(default_factory=list)  # realized bases read, in kernel buffer order after the outputs
     ast: KernelOp | None = None  # a "sink" of one store per output
@@ -231,7 +241,9 @@ class Scheduler:
             stores.append(KernelOp(AstOp.STORE, (value,), (index, store_st), out.dtype))
         sink = KernelOp(AstOp.SINK, tuple(stores))
         reduces = {i for i in self._fused if self.by_id[i].op in REDUCE}
-        return ScheduleItem("kernel", node, inputs, sink, self.realize.get(id(node), ""), outputs, self._fused, reduces)
+        return ScheduleItem(
+            ItemKind.KERNEL, node, inputs, sink, self.realize.get(id(node), ""), outputs, self._fused, reduces
+        )
 
     def _assign_hazard(self, value: KernelOp, inputs: list, target: LazyBuffer) -> bool:
         if target not in inputs:
@@ -253,9 +265,9 @@ class Scheduler:
             if id(node) not in self.realize:
                 continue
             if node.op is Op.HOST:
-                items.append(ScheduleItem("host", node, [], None, "effect"))
+                items.append(ScheduleItem(ItemKind.HOST, node, [], None, "effect"))
             elif node.op is Op.COPY:
-                items.append(ScheduleItem("copy", node, [node.srcs[0].base], None, "effect"))
+                items.append(ScheduleItem(ItemKind.COPY, node, [node.srcs[0].base], None, "effect"))
             else:
                 items.append(self._kernel(node))
         return _order_assigns(self._merge_siblings(self._merge_readers(self._merge_outputs(items))))
@@ -263,10 +275,10 @@ class Scheduler:
     def _merge_outputs(self, items: list) -> list:
         """Fold a kernel into the kernel that reads it when that reader is its only consumer and reads
         it element for element: one loop then computes and stores both (fewer launches, one pass)."""
-        by_output = {id(item.output): item for item in items if item.kind == "kernel" and len(item.outputs) == 1}
+        by_output = {id(item.output): item for item in items if item.kind is ItemKind.KERNEL and len(item.outputs) == 1}
         merged_away: set = set()
         for item in items:
-            if item.kind != "kernel" or id(item) in merged_away:
+            if item.kind is not ItemKind.KERNEL or id(item) in merged_away:
                 continue
             while True:
                 candidate = self._mergeable_input(item, by_output, merged_away, items)
@@ -287,7 +299,7 @@ class Scheduler:
         ancestors = _ancestors(items)
         merged_away: set = set()
         for item in items:
-            if item.kind != "kernel" or item.reduces or len(item.outputs) != 1 or id(item) in merged_away:
+            if item.kind is not ItemKind.KERNEL or item.reduces or len(item.outputs) != 1 or id(item) in merged_away:
                 continue
             producers = {id(producer_of[id(x)]): producer_of[id(x)] for x in item.inputs if id(x) in producer_of}
             out = item.output
@@ -295,7 +307,7 @@ class Scheduler:
                 (p for p in producers.values() if all(q is p or id(q) in ancestors[id(p)] for q in producers.values())),
                 None,
             )
-            if source is None or source is item or source.kind != "kernel" or id(source) in merged_away:
+            if source is None or source is item or source.kind is not ItemKind.KERNEL or id(source) in merged_away:
                 continue
             if out.size != source.output.size:
                 continue
@@ -323,7 +335,7 @@ class Scheduler:
         needed = set().union(*_dependencies(items)) if items else set()
         groups: dict = {}  # (device, size) -> item indexes
         for i, item in enumerate(items):
-            if i in needed or item.kind != "kernel" or any(n.op is AstOp.REDUCE for n in item.ast.walk()):
+            if i in needed or item.kind is not ItemKind.KERNEL or any(n.op is AstOp.REDUCE for n in item.ast.walk()):
                 continue
             groups.setdefault((item.output.device, item.output.size), []).append(i)
         merged_away = set()
