@@ -133,6 +133,8 @@ class LazyBuffer:
             raise ValueError(f"alu: {op} takes {op.arity} operands, given {len(srcs)}")
         for s in srcs:
             assert s.shape == self.shape, f"{op}: shapes {[x.shape for x in srcs]} (broadcast before the primitive)"
+        if srcs[-1].dtype.kind not in op.kinds:  # the last operand: where's value, a comparison's or cast's input
+            raise TypeError(f"{op} does not compute on {srcs[-1].dtype.name} (the op table's kinds: {op.kinds})")
         if dtype is None:
             dtype = op.result_dtype(tuple(s.dtype for s in srcs), arg)
         return LazyBuffer.new_base(self.device, self.shape, dtype, op, srcs, arg)
@@ -141,6 +143,8 @@ class LazyBuffer:
         op = Op.coerce(op)
         if op not in REDUCE:
             raise ValueError(f"reduce: {op} is not a reduce ({op.group.value})")
+        if self.dtype.kind not in op.combine.kinds:
+            raise TypeError(f"{op} does not compute on {self.dtype.name} ({op.combine} does not)")
         axes = tuple(sorted(a for a in axes if self.shape[a] != 1))
         if not axes:
             return self

@@ -154,6 +154,18 @@ def test_an_unknown_op_name_raises_where_it_is_given():
         x.alu(Op.MUL, x, x)
 
 
+@pytest.mark.backend_independent
+def test_a_primitive_on_a_dtype_kind_its_row_does_not_accept_raises_when_built():
+    flags, floats = _node(dt.bool_), _node(dt.float32)
+    with pytest.raises(TypeError, match="add does not compute on bool"):
+        flags.alu(Op.ADD, flags)  # LLVM's add of i1 would be an xor
+    with pytest.raises(TypeError, match="shl does not compute on float32"):
+        floats.alu(Op.SHL, floats)
+    with pytest.raises(TypeError, match="sum does not compute on bool"):
+        flags.reduce(Op.SUM, (0,))
+    assert flags.alu(Op.WHERE, floats, floats).dtype == dt.float32  # where's kind is its values'
+
+
 # --- gradients -------------------------------------------------------------------------------------------------
 @pytest.mark.backend_independent
 def test_every_differentiable_primitive_has_one_gradient_rule():
