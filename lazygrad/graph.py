@@ -26,7 +26,6 @@ from lazygrad.ops import (  # noqa: F401
     SOURCES,
     TERNARY,
     UNARY,
-    DtypeRule,
     Op,
 )
 from lazygrad.shape import ShapeTracker, prod

@@ -491,9 +491,9 @@ class Lowerer:
         return self.alu(Op.CMPNE, dt.bool_, (u, self.const(0, u.dtype)))
 
     def _memory_access(self, param: UOp, index, valid, vars_uop, is_store: bool = False) -> tuple:
-        """(op, arg, srcs, vec) for reading `index` (for writing it, op is IrOp.LOAD where a store is one):
-        a scalar access, `vec` consecutive lanes from the lane-0 index (every stride-th, or at constant
-        offsets, as arg says), or a gather/scatter with one index per lane."""
+        """(op, arg, srcs, vec) for reading `index`: a scalar load, `vec` consecutive lanes from the lane-0
+        index (or every stride-th, or at constant offsets, as arg says), or a gather with one index per lane.
+        A store takes the same srcs: IrOp.LOAD stands for a store, IrOp.GATHER for a scatter."""
         has_lane = any(v.name == "lane" for v in index.variables())
         valid_srcs = () if isinstance(valid, Num) and valid.value == 1 else (self._node_uop(valid, vars_uop),)
         if not has_lane:
