@@ -23,6 +23,7 @@ from lazygrad import config, diskcache
 from lazygrad import dtype as dt
 from lazygrad.backends import Capabilities, CompileError, compile_failure
 from lazygrad.codegen.ir import Program
+from lazygrad.ops import IrOp, Op
 
 # --- rendering --------------------------------------------------------------------------------
 _MEM_TYPE = {
@@ -88,7 +89,7 @@ class _Renderer:
         # the rounding point into one FMA, rounding once where PyTorch rounds twice. Without the flag the
         # result is the same on every host.
         self.rounded_to_half = {
-            u.srcs[0].id for u in program.uops if u.op == "cast" and u.dtype == dt.float16 and u.srcs
+            u.srcs[0].id for u in program.uops if u.op is Op.CAST and u.dtype == dt.float16 and u.srcs
         }
 
     def fresh(self, hint="t") -> str:
@@ -99,9 +100,9 @@ class _Renderer:
         self.lines.append("  " + text)
 
     def val(self, u) -> str:
-        if u.op == "const":
+        if u.op is IrOp.CONST:
             return _const(u.arg, u.dtype)
-        if u.op == "acc":  # read the accumulator's current value
+        if u.op is IrOp.ACC:  # read the accumulator's current value
             name = self.fresh("a")
             self.emit(f"{name} = load {_ty(u.dtype, u.vec)}, ptr {self.names[u.id]}")
             return name
@@ -136,84 +137,82 @@ class _Renderer:
     def render(self) -> str:
         p = self.p
         params = [f"ptr noalias align 16 %buf{i}" for i in range(len(p.buffer_dtypes))] + ["i32 %start", "i32 %end"]
-        first_global = True
+        self.first_global = True
         for u in p.uops:
-            op = u.op
-            if op == "param":
-                self.names[u.id] = f"%buf{u.arg[0]}"
-            elif op == "const":
-                pass
-            elif op == "range":
-                name, size, kind = u.arg
-                lo, hi = ("%start", "%end") if (kind == "global" and first_global) else ("0", str(size))
-                if kind == "global":
-                    first_global = False
-                pred = self.block
-                header = f"L{u.id}"
-                self.emit(f"br label %{header}")
-                self.lines.append(f"{header}:")
-                self.block = header
-                phi_index = len(self.lines)
-                self.lines.append("")  # the phi, filled in at endrange when the latch block is known
-                self.names[u.id] = f"%i{u.id}"
-                self.loops[u.id] = (header, phi_index, lo, pred, hi)
-            elif op == "endrange":
-                r = u.srcs[0]
-                header, phi_index, lo, pred, hi = self.loops[r.id]
-                nxt, cond = self.fresh("next"), self.fresh("cond")
-                self.emit(f"{nxt} = add nuw nsw i32 %i{r.id}, 1")
-                self.emit(f"{cond} = icmp slt i32 {nxt}, {hi}")
-                latch = self.block
-                self.lines[phi_index] = f"  %i{r.id} = phi i32 [{lo}, %{pred}], [{nxt}, %{latch}]"
-                exit_label = f"X{r.id}"
-                self.emit(f"br i1 {cond}, label %{header}, label %{exit_label}")
-                self.lines.append(f"{exit_label}:")
-                self.block = exit_label
-            elif op == "if":  # the ops up to the matching endif run only when the condition holds
-                then, after = f"T{u.id}", f"F{u.id}"
-                self.emit(f"br i1 {self.val(u.srcs[0])}, label %{then}, label %{after}")
-                self.lines.append(f"{then}:")
-                self.block = then
-                self.ifs.append(after)
-            elif op == "endif":
-                after = self.ifs.pop()
-                self.emit(f"br label %{after}")
-                self.lines.append(f"{after}:")
-                self.block = after
-            elif op == "acc":
-                slot = f"%acc{u.id}"
-                t = _ty(u.dtype, u.vec)
-                self.entry.append(f"  {slot} = alloca {t}")
-                self.names[u.id] = slot
-                init = _const(u.arg, u.dtype)
-                self.emit(f"store {t} {init if u.vec == 1 else self.splat(init, u.dtype, u.vec)}, ptr {slot}")
-            elif op == "acc_update":
-                acc, value = u.srcs
-                self.emit(f"store {_ty(acc.dtype, acc.vec)} {self.val(value)}, ptr {self.names[acc.id]}")
-            elif op == "load" and u.vec > 1:
-                self.render_vector_load(u)
-            elif op == "load":
-                self.render_load(u)
-            elif op == "gather":
-                self.render_gather(u)
-            elif op == "store" and u.srcs[2].vec > 1:
-                self.render_vector_store(u)
-            elif op == "store":
-                self.render_store(u)
-            elif op == "scatter":
-                self.render_scatter(u)
-            elif op == "lanes":
-                self.names[u.id] = "<" + ", ".join(f"i32 {i}" for i in range(u.vec)) + ">"
-            elif op == "broadcast":
-                self.names[u.id] = self.splat(self.val(u.srcs[0]), u.dtype, u.vec)
-            elif op == "hreduce":
-                self.names[u.id] = self.render_hreduce(u)
+            handler = _STRUCTURE.get(u.op)
+            if handler is not None:
+                handler(self, u)
             else:
                 self.names[u.id] = self.render_alu(u)
         body = "\n".join(self.lines)
         head = f"define void @{p.name}({', '.join(params)}) #0 {{\nentry:\n" + "\n".join(self.entry)
         attrs = 'attributes #0 = { nounwind "no-trapping-math"="true" }'
         return "\n".join(sorted(self.declares)) + "\n\n" + head + "\n" + body + "\n  ret void\n}\n" + attrs + "\n"
+
+    def render_param(self, u):
+        self.names[u.id] = f"%buf{u.arg[0]}"
+
+    def render_const(self, u):
+        pass  # a literal, written where it is used (`val`)
+
+    def render_range(self, u):
+        name, size, kind = u.arg
+        lo, hi = ("%start", "%end") if (kind == "global" and self.first_global) else ("0", str(size))
+        if kind == "global":
+            self.first_global = False
+        pred = self.block
+        header = f"L{u.id}"
+        self.emit(f"br label %{header}")
+        self.lines.append(f"{header}:")
+        self.block = header
+        phi_index = len(self.lines)
+        self.lines.append("")  # the phi, filled in at endrange when the latch block is known
+        self.names[u.id] = f"%i{u.id}"
+        self.loops[u.id] = (header, phi_index, lo, pred, hi)
+
+    def render_endrange(self, u):
+        r = u.srcs[0]
+        header, phi_index, lo, pred, hi = self.loops[r.id]
+        nxt, cond = self.fresh("next"), self.fresh("cond")
+        self.emit(f"{nxt} = add nuw nsw i32 %i{r.id}, 1")
+        self.emit(f"{cond} = icmp slt i32 {nxt}, {hi}")
+        latch = self.block
+        self.lines[phi_index] = f"  %i{r.id} = phi i32 [{lo}, %{pred}], [{nxt}, %{latch}]"
+        exit_label = f"X{r.id}"
+        self.emit(f"br i1 {cond}, label %{header}, label %{exit_label}")
+        self.lines.append(f"{exit_label}:")
+        self.block = exit_label
+
+    def render_if(self, u):
+        then, after = f"T{u.id}", f"F{u.id}"
+        self.emit(f"br i1 {self.val(u.srcs[0])}, label %{then}, label %{after}")
+        self.lines.append(f"{then}:")
+        self.block = then
+        self.ifs.append(after)
+
+    def render_endif(self, u):
+        after = self.ifs.pop()
+        self.emit(f"br label %{after}")
+        self.lines.append(f"{after}:")
+        self.block = after
+
+    def render_acc(self, u):
+        slot = f"%acc{u.id}"
+        t = _ty(u.dtype, u.vec)
+        self.entry.append(f"  {slot} = alloca {t}")
+        self.names[u.id] = slot
+        init = _const(u.arg, u.dtype)
+        self.emit(f"store {t} {init if u.vec == 1 else self.splat(init, u.dtype, u.vec)}, ptr {slot}")
+
+    def render_acc_update(self, u):
+        acc, value = u.srcs
+        self.emit(f"store {_ty(acc.dtype, acc.vec)} {self.val(value)}, ptr {self.names[acc.id]}")
+
+    def render_lanes(self, u):
+        self.names[u.id] = "<" + ", ".join(f"i32 {i}" for i in range(u.vec)) + ">"
+
+    def render_broadcast(self, u):
+        self.names[u.id] = self.splat(self.val(u.srcs[0]), u.dtype, u.vec)
 
     def _address(self, buf, index_uop, valid) -> tuple:
         mem = _MEM_TYPE[buf.dtype.name]
@@ -227,6 +226,8 @@ class _Renderer:
         return ptr, mem
 
     def render_load(self, u):
+        if u.vec > 1:
+            return self.render_vector_load(u)
         buf, index_uop = u.srcs[0], u.srcs[1]
         valid = u.srcs[2] if len(u.srcs) > 2 else None
         ptr, mem = self._address(buf, index_uop, valid)
@@ -375,27 +376,35 @@ class _Renderer:
             f"<{vec} x i1> {self.lane_mask(None, vec)})"
         )
 
-    def render_hreduce(self, u) -> str:
+    def refuse_work_groups(self, u):
+        raise CompileError(
+            f"kernel {self.p.name}: {u.op} needs work-groups, which the LLVM backend does not have (its capabilities "
+            "declare group_reduce=0, so the heuristics never ask for them; a forced KernelOptions.group did)"
+        )
+
+    def render_hreduce(self, u):
         (src,) = u.srcs
         d, vec, out = u.dtype, src.vec, self.fresh("h")
         vt = _ty(d, vec)
-        if d.is_float and u.arg == "add":
+        self.names[u.id] = out
+        if d.is_float and u.arg is Op.ADD:
             fn = f"@llvm.vector.reduce.fadd.{_suffix(d, vec)}"
             self.declare(f"declare {_ty(d)} {fn}({_ty(d)}, {vt})")
             self.emit(f"{out} = call reassoc {_ty(d)} {fn}({_ty(d)} {_const(-0.0, d)}, {vt} {self.val(src)})")
-            return out
+            return
         if d.is_float:
             name = "fmaximum"
         elif d == dt.bool_:
             name = "or"
         else:
-            name = "add" if u.arg == "add" else ("umax" if d.kind == "u" else "smax")
+            name = "add" if u.arg is Op.ADD else ("umax" if d.kind == "u" else "smax")
         fn = f"@llvm.vector.reduce.{name}.{_suffix(d, vec)}"
         self.declare(f"declare {_ty(d)} {fn}({vt})")
         self.emit(f"{out} = call {_ty(d)} {fn}({vt} {self.val(src)})")
-        return out
 
     def render_store(self, u):
+        if u.srcs[2].vec > 1:
+            return self.render_vector_store(u)
         buf, index_uop, value = u.srcs
         ptr, mem = self._address(buf, index_uop, None)
         v = self.val(value)
@@ -406,59 +415,119 @@ class _Renderer:
         self.emit(f"store {mem} {v}, ptr {ptr}")
 
     def render_alu(self, u) -> str:
-        op, d = u.op, u.dtype
-        srcs = [self.val(s) for s in u.srcs]
         out = self.fresh("r")
-        vec = u.vec
-        t = _ty(d, vec)
-        src_d = u.srcs[0].dtype
-        is_f = src_d.is_float
-        unsigned = src_d.kind in "ub"
-        contract = "" if u.id in self.rounded_to_half else " contract"
-        if op == "add":
-            self.emit(f"{out} = {'fadd' + contract if is_f else 'add'} {t} {srcs[0]}, {srcs[1]}")
-        elif op == "mul":
-            self.emit(f"{out} = {'fmul' + contract if is_f else 'mul'} {t} {srcs[0]}, {srcs[1]}")
-        elif op == "max":
-            if is_f:
-                self.emit(f"{out} = call {t} {self.intrinsic('maximum', d, 2, vec)}({t} {srcs[0]}, {t} {srcs[1]})")
-            elif d == dt.bool_:
-                self.emit(f"{out} = or {t} {srcs[0]}, {srcs[1]}")
-            else:
-                cmp = self.fresh("c")
-                self.emit(f"{cmp} = icmp {'ugt' if unsigned else 'sgt'} {t} {srcs[0]}, {srcs[1]}")
-                self.emit(f"{out} = select {_ty(dt.bool_, vec)} {cmp}, {t} {srcs[0]}, {t} {srcs[1]}")
-        elif op in ("cmplt", "cmpne"):
-            st = _ty(src_d, vec)
-            if is_f:
-                self.emit(f"{out} = fcmp {'olt' if op == 'cmplt' else 'une'} {st} {srcs[0]}, {srcs[1]}")
-            else:
-                pred = ("ult" if unsigned else "slt") if op == "cmplt" else "ne"
-                self.emit(f"{out} = icmp {pred} {st} {srcs[0]}, {srcs[1]}")
-        elif op == "idiv":
-            self.emit(f"{out} = {'udiv' if unsigned else 'sdiv'} {t} {srcs[0]}, {srcs[1]}")
-        elif op == "mod":
-            self.emit(f"{out} = {'urem' if unsigned else 'srem'} {t} {srcs[0]}, {srcs[1]}")
-        elif op in ("and", "or", "xor", "shl"):
-            self.emit(f"{out} = {op} {t} {srcs[0]}, {srcs[1]}")
-        elif op == "shr":
-            self.emit(f"{out} = {'lshr' if unsigned else 'ashr'} {t} {srcs[0]}, {srcs[1]}")
-        elif op == "where":
-            self.emit(f"{out} = select {_ty(dt.bool_, vec)} {srcs[0]}, {t} {srcs[1]}, {t} {srcs[2]}")
-        elif op == "neg":
-            self.emit(f"{out} = fneg {t} {srcs[0]}" if d.is_float else f"{out} = sub {t} zeroinitializer, {srcs[0]}")
-        elif op == "recip":
-            one = _const(1.0, d)
-            self.emit(f"{out} = fdiv {t} {one if vec == 1 else self.splat(one, d, vec)}, {srcs[0]}")
-        elif op in ("exp2", "log2", "sin", "sqrt"):
-            self.emit(f"{out} = call {t} {self.intrinsic(op, d, 1, vec)}({t} {srcs[0]})")
-        elif op == "cast":
-            self.emit(f"{out} = {_cast_instruction(u.arg, d, srcs[0], vec)}")
-        elif op == "bitcast":
-            self.emit(f"{out} = bitcast {_ty(u.arg, vec)} {srcs[0]} to {t}")
-        else:
-            raise NotImplementedError(f"LLVM renderer: op {op}")
+        self.emit(f"{out} = {_ALU[u.op](self, u, [self.val(s) for s in u.srcs])}")
         return out
+
+    def contract(self, u) -> str:
+        """The flag that lets LLVM fuse a float multiply and add into an FMA, except at a float16 rounding point."""
+        return "" if u.id in self.rounded_to_half else " contract"
+
+
+# --- the ALU table: each elementwise primitive as an LLVM instruction (its text after `%out = `) ---------------
+def _arithmetic(signed: str, unsigned: str | None = None, float_op: str | None = None):
+    """An instruction named by the operands' kind: signed (and bool) ints, unsigned ints, floats."""
+
+    def render(r: _Renderer, u, a: list) -> str:
+        kind = u.srcs[0].dtype.kind
+        if kind == "f":
+            if float_op is None:
+                raise NotImplementedError(f"LLVM renderer: {u.op} on {u.srcs[0].dtype.name}")
+            name = float_op + r.contract(u)
+        else:
+            name = unsigned if kind in "ub" and unsigned else signed
+        return f"{name} {_ty(u.dtype, u.vec)} {a[0]}, {a[1]}"
+
+    return render
+
+
+def _compare(float_predicate: str, signed: str, unsigned: str):
+    def render(r: _Renderer, u, a: list) -> str:
+        source = u.srcs[0].dtype
+        if source.is_float:
+            return f"fcmp {float_predicate} {_ty(source, u.vec)} {a[0]}, {a[1]}"
+        return f"icmp {unsigned if source.kind in 'ub' else signed} {_ty(source, u.vec)} {a[0]}, {a[1]}"
+
+    return render
+
+
+def _maximum(r: _Renderer, u, a: list) -> str:
+    d, vec, t = u.dtype, u.vec, _ty(u.dtype, u.vec)
+    if d.is_float:  # llvm.maximum propagates NaN, as PyTorch's maximum does
+        return f"call {t} {r.intrinsic('maximum', d, 2, vec)}({t} {a[0]}, {t} {a[1]})"
+    if d == dt.bool_:
+        return f"or {t} {a[0]}, {a[1]}"
+    greater = r.fresh("c")
+    r.emit(f"{greater} = icmp {'ugt' if d.kind == 'u' else 'sgt'} {t} {a[0]}, {a[1]}")
+    return f"select {_ty(dt.bool_, vec)} {greater}, {t} {a[0]}, {t} {a[1]}"
+
+
+def _negate(r: _Renderer, u, a: list) -> str:
+    t = _ty(u.dtype, u.vec)
+    return f"fneg {t} {a[0]}" if u.dtype.is_float else f"sub {t} zeroinitializer, {a[0]}"
+
+
+def _reciprocal(r: _Renderer, u, a: list) -> str:
+    one = _const(1.0, u.dtype)
+    return f"fdiv {_ty(u.dtype, u.vec)} {one if u.vec == 1 else r.splat(one, u.dtype, u.vec)}, {a[0]}"
+
+
+def _math(name: str):
+    """A float function with an LLVM intrinsic of the same name."""
+
+    def render(r: _Renderer, u, a: list) -> str:
+        t = _ty(u.dtype, u.vec)
+        return f"call {t} {r.intrinsic(name, u.dtype, 1, u.vec)}({t} {a[0]})"
+
+    return render
+
+
+_ALU = {
+    Op.EXP2: _math("exp2"),
+    Op.LOG2: _math("log2"),
+    Op.SIN: _math("sin"),
+    Op.SQRT: _math("sqrt"),
+    Op.RECIP: _reciprocal,
+    Op.NEG: _negate,
+    Op.CAST: lambda r, u, a: _cast_instruction(u.arg, u.dtype, a[0], u.vec),
+    Op.BITCAST: lambda r, u, a: f"bitcast {_ty(u.arg, u.vec)} {a[0]} to {_ty(u.dtype, u.vec)}",
+    Op.ADD: _arithmetic("add", float_op="fadd"),
+    Op.MUL: _arithmetic("mul", float_op="fmul"),
+    Op.MAX: _maximum,
+    Op.CMPLT: _compare("olt", "slt", "ult"),
+    Op.CMPNE: _compare("une", "ne", "ne"),
+    Op.IDIV: _arithmetic("sdiv", "udiv"),
+    Op.MOD: _arithmetic("srem", "urem"),
+    Op.AND: _arithmetic("and"),
+    Op.OR: _arithmetic("or"),
+    Op.XOR: _arithmetic("xor"),
+    Op.SHL: _arithmetic("shl"),
+    Op.SHR: _arithmetic("ashr", "lshr"),
+    Op.WHERE: lambda r, u, a: (
+        f"select {_ty(dt.bool_, u.vec)} {a[0]}, {_ty(u.dtype, u.vec)} {a[1]}, {_ty(u.dtype, u.vec)} {a[2]}"
+    ),
+}
+
+# every other uop: a method of the renderer
+_STRUCTURE = {
+    IrOp.PARAM: _Renderer.render_param,
+    IrOp.CONST: _Renderer.render_const,
+    IrOp.RANGE: _Renderer.render_range,
+    IrOp.ENDRANGE: _Renderer.render_endrange,
+    IrOp.IF: _Renderer.render_if,
+    IrOp.ENDIF: _Renderer.render_endif,
+    IrOp.ACC: _Renderer.render_acc,
+    IrOp.ACC_UPDATE: _Renderer.render_acc_update,
+    IrOp.LOAD: _Renderer.render_load,
+    IrOp.STORE: _Renderer.render_store,
+    IrOp.GATHER: _Renderer.render_gather,
+    IrOp.SCATTER: _Renderer.render_scatter,
+    IrOp.LANES: _Renderer.render_lanes,
+    IrOp.BROADCAST: _Renderer.render_broadcast,
+    IrOp.HREDUCE: _Renderer.render_hreduce,
+    IrOp.LOCAL_ID: _Renderer.refuse_work_groups,
+    IrOp.GROUP_REDUCE: _Renderer.refuse_work_groups,
+}
 
 
 def _cast_instruction(src: dt.DType, dst: dt.DType, value: str, vec: int = 1) -> str:
@@ -548,7 +617,7 @@ class LLVMKernel:
         self.outer = program.global_size[0] if program.global_size else 1
         # loop iterations of the whole kernel: below a few tens of thousands, waking a second thread
         # costs more than it saves
-        self.work = math.prod(u.arg[1] for u in program.uops if u.op == "range")
+        self.work = math.prod(u.arg[1] for u in program.uops if u.op is IrOp.RANGE)
 
     def bind(self, buffers: list):
         """A launcher with the arguments fixed: `launch(wait) -> seconds or None` (JIT replays)."""

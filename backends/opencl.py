@@ -27,6 +27,7 @@ from lazygrad import config, diskcache
 from lazygrad import dtype as dt
 from lazygrad.backends import Capabilities, CompileError, compile_failure
 from lazygrad.codegen.ir import Program, UOp
+from lazygrad.ops import IrOp, Op
 
 # --- rendering --------------------------------------------------------------------------------
 _REG_TYPE = {
@@ -150,9 +151,9 @@ class _Renderer:
         return {
             u.id
             for u in self.p.uops
-            if u.op == "cast"
+            if u.op is Op.CAST
             and u.dtype == dt.float16
-            and all(c.op in ("store", "scatter") and c.srcs[2] is u for c in consumers.get(u.id, []))
+            and all(c.op in _STORES and c.srcs[2] is u for c in consumers.get(u.id, []))
         }
 
     def emit(self, text: str):
@@ -170,9 +171,13 @@ class _Renderer:
         for u in self.p.uops:
             if u.dtype == dt.float64:
                 self.uses_double = True
-            self.render_uop(u)
-        written = {u.arg[0] for u in self.p.uops if u.op == "param" and u.arg[1]}
-        written |= {u.srcs[0].arg[0] for u in self.p.uops if u.op in ("store", "scatter")}
+            handler = _STRUCTURE.get(u.op)
+            if handler is not None:
+                handler(self, u)
+            else:
+                self.define(u, _ALU[u.op](self, u, [self.val(x) for x in u.srcs]))
+        written = {u.arg[0] for u in self.p.uops if u.op is IrOp.PARAM and u.arg[1]}
+        written |= {u.srcs[0].arg[0] for u in self.p.uops if u.op in _STORES}
         params = []
         for i, d in enumerate(self.p.buffer_dtypes):
             const = "" if i in written else "const "  # read-only buffers may go through a read-only cache
@@ -193,48 +198,45 @@ class _Renderer:
         preamble += [_HALF_BITS_HELPERS] if self.uses_half_bits else []
         return "\n".join(preamble + head + self.lines + ["}"]) + "\n"
 
-    def render_uop(self, u: UOp):
-        op = u.op
-        if op == "param":
-            self.names[u.id] = f"buf{u.arg[0]}"
-        elif op == "const":
-            self.names[u.id] = _const(u.arg, u.dtype)
-        elif op == "range":
-            self.render_range(u)
-        elif op == "endrange":
-            if u.srcs[0].id in self.loop_ranges:
-                self.depth -= 1
-                self.emit("}")
-        elif op == "acc":
-            name = f"acc{u.id}"
-            self.emit(f"{_type(u.dtype, u.vec)} {name} = {self.splat(_const(u.arg, u.dtype), u.dtype, u.vec)};")
-            self.names[u.id] = name
-        elif op == "acc_update":
-            acc, value = u.srcs
-            self.emit(f"{self.val(acc)} = {self.val(value)};")
-        elif op in ("load", "gather"):
-            self.define(u, self.load_expression(u))
-        elif op in ("store", "scatter"):
-            self.render_store(u)
-        elif op == "lanes":
-            self.define(u, f"({_type(u.dtype, u.vec)})({', '.join(str(i) for i in range(u.vec))})")
-        elif op == "broadcast":
-            self.define(u, self.splat(self.val(u.srcs[0]), u.dtype, u.vec))
-        elif op == "hreduce":
-            self.render_hreduce(u)
-        elif op == "local_id":
-            self.define(u, "(int)get_local_id(0)")
-            self.local_id = self.val(u)
-        elif op == "group_reduce":
-            self.render_group_reduce(u)
-        elif op == "if":
-            self.emit(f"if ({self.val(u.srcs[0])}) {{")
-            self.depth += 1
-        elif op == "endif":
-            self.depth -= 1
-            self.emit("}")
-        else:
-            self.define(u, self.alu_expression(u))
+    def render_param(self, u: UOp):
+        self.names[u.id] = f"buf{u.arg[0]}"
+
+    def render_const(self, u: UOp):
+        self.names[u.id] = _const(u.arg, u.dtype)
+
+    def render_endrange(self, u: UOp):
+        if u.srcs[0].id in self.loop_ranges:  # a global range is no loop: nothing to close
+            self.close_block()
+
+    def render_if(self, u: UOp):
+        self.emit(f"if ({self.val(u.srcs[0])}) {{")
+        self.depth += 1
+
+    def close_block(self, u: UOp | None = None):
+        self.depth -= 1
+        self.emit("}")
+
+    def render_acc(self, u: UOp):
+        name = f"acc{u.id}"
+        self.emit(f"{_type(u.dtype, u.vec)} {name} = {self.splat(_const(u.arg, u.dtype), u.dtype, u.vec)};")
+        self.names[u.id] = name
+
+    def render_acc_update(self, u: UOp):
+        acc, value = u.srcs
+        self.emit(f"{self.val(acc)} = {self.val(value)};")
+
+    def render_load(self, u: UOp):
+        self.define(u, self.load_expression(u))
+
+    def render_lanes(self, u: UOp):
+        self.define(u, f"({_type(u.dtype, u.vec)})({', '.join(str(i) for i in range(u.vec))})")
+
+    def render_broadcast(self, u: UOp):
+        self.define(u, self.splat(self.val(u.srcs[0]), u.dtype, u.vec))
+
+    def render_local_id(self, u: UOp):
+        self.define(u, "(int)get_local_id(0)")
+        self.local_id = self.val(u)
 
     def splat(self, scalar: str, d: dt.DType, vec: int) -> str:
         if vec == 1:
@@ -284,8 +286,8 @@ class _Renderer:
             # masked-out elements read index 0, which always exists
             return f"({self.val(valid)} ? {self.element(buf, f'({self.val(valid)} ? {idx} : 0)')} : {zero})"
         # a vector load's lane i reads index + i*stride, or index + offsets[i] when the arg is a tuple
-        offsets = u.arg if u.op == "load" and isinstance(u.arg, tuple) else None
-        stride = None if offsets or u.op != "load" else (u.arg or 1)
+        offsets = u.arg if u.op is IrOp.LOAD and isinstance(u.arg, tuple) else None
+        stride = None if offsets or u.op is not IrOp.LOAD else (u.arg or 1)
         if stride == 1 and (valid is None or valid.vec == 1):  # consecutive elements, all valid or none
             value = self.vector_load(buf, self.val(index), u.vec)
             return value if valid is None else f"({self.val(valid)} ? {value} : {self.splat(zero, u.dtype, u.vec)})"
@@ -293,7 +295,7 @@ class _Renderer:
         lanes = []
         for i in range(u.vec):
             step = offsets[i] if offsets else (i * stride if stride else 0)
-            idx = _lane(self.val(index), i) if u.op == "gather" else f"{self.val(index)} + {step}"
+            idx = _lane(self.val(index), i) if u.op is IrOp.GATHER else f"{self.val(index)} + {step}"
             value = self.element(buf, idx, lane_of_vector=True)
             if valid is not None:
                 mask = _lane(self.val(valid), i) if valid.vec > 1 else self.val(valid)
@@ -317,7 +319,7 @@ class _Renderer:
         name, idx, v = self.val(buf), self.val(index), self.val(value)
         if value.vec == 1:
             self.store_element(buf, idx, v)
-        elif u.op == "store":
+        elif u.op is IrOp.STORE:
             if buf.dtype == dt.float16:
                 self.emit(f"vstore_half{value.vec}({v}, 0, {name} + {idx});")
             elif buf.dtype == dt.bool_:
@@ -347,7 +349,7 @@ class _Renderer:
             self.emit(f"{_type(u.dtype)} {name} = {_lane(v, 0)};")
             for i in range(1, src.vec):
                 lane = _lane(v, i)
-                combined = f"{name} + {lane}" if u.arg == "add" else _max(name, lane, u.dtype)
+                combined = f"{name} + {lane}" if u.arg is Op.ADD else _max(name, lane, u.dtype)
                 self.emit(f"{name} = {combined};")
         self.names[u.id] = name
 
@@ -365,7 +367,7 @@ class _Renderer:
         if is_bool:
             merged = f"({mine} | {other})"
         else:
-            merged = _binary("add", mine, other, u.dtype) if combine == "add" else _max(mine, other, u.dtype)
+            merged = _binary(Op.ADD, mine, other, u.dtype) if combine is Op.ADD else _max(mine, other, u.dtype)
         self.emit(f"{mine} = {self.val(src)};")
         self.emit("barrier(CLK_LOCAL_MEM_FENCE);")
         self.emit(f"for (int {step} = {size // 2}; {step} > 0; {step} >>= 1) {{")
@@ -374,38 +376,7 @@ class _Renderer:
         self.emit("}")
         self.define(u, f"({shared}[0] != 0)" if is_bool else f"{shared}[0]")
 
-    # --- arithmetic -----------------------------------------------------------------------------
-    def alu_expression(self, u: UOp) -> str:
-        op, d, vec = u.op, u.dtype, u.vec
-        s = [self.val(x) for x in u.srcs]
-        src_d = u.srcs[0].dtype
-        if op in ("add", "mul", "idiv", "mod", "and", "or", "xor", "shl", "shr"):
-            return _binary(op, s[0], s[1], src_d)
-        if op == "max":
-            return _max(s[0], s[1], d) if vec == 1 else _vector_max(s[0], s[1], d, vec)
-        if op in ("cmplt", "cmpne"):
-            if vec > 1 and src_d == dt.bool_:  # true is -1 in a bool vector: compare as 1/0
-                s = [f"(-{x})" for x in s]
-            compared = f"({s[0]} {'<' if op == 'cmplt' else '!='} {s[1]})"
-            return compared if vec == 1 else f"convert_char{vec}{compared}"
-        if op == "where":
-            if vec == 1:
-                return f"({s[0]} ? {s[1]} : {s[2]})"
-            return f"select({s[2]}, {s[1]}, convert_{_mask_type(d, vec)}({s[0]}))"
-        if op == "neg":
-            if d == dt.bool_:
-                return f"(!{s[0]})" if vec == 1 else f"(~{s[0]})"
-            return f"(-{s[0]})"
-        if op == "recip":
-            return f"({_const(1.0, d)} / {s[0]})"
-        if op in ("exp2", "log2", "sin", "sqrt"):
-            return f"{op}({s[0]})"
-        if op == "cast":
-            return self.cast_expression(u, s[0])
-        if op == "bitcast":
-            return self.bitcast_expression(u, s[0])
-        raise NotImplementedError(f"OpenCL renderer: op {op}")
-
+    # --- arithmetic (the ALU table is below the class) -------------------------------------------
     def cast_expression(self, u: UOp, value: str) -> str:
         src, dst, vec = u.arg, u.dtype, u.vec
         if vec > 1:
@@ -450,28 +421,91 @@ class _Renderer:
         return f"bits_to_half(as_short({value}))"
 
 
-_C_OPERATOR = {
-    "add": "+",
-    "mul": "*",
-    "idiv": "/",
-    "mod": "%",
-    "and": "&",
-    "or": "|",
-    "xor": "^",
-    "shl": "<<",
-    "shr": ">>",
+# --- the ALU table: each elementwise primitive as an OpenCL C expression -------------------------------------------
+def _operator(symbol: str, floats: bool = False):
+    """A C operator. Its semantics are the IR's: / and % truncate, >> is arithmetic on signed types and logical on
+    unsigned ones; only + and * take floats."""
+
+    def render(r: _Renderer, u: UOp, s: list) -> str:
+        if u.srcs[0].dtype.is_float and not floats:
+            raise NotImplementedError(f"OpenCL renderer: {u.op} on {u.srcs[0].dtype.name}")
+        return f"({s[0]} {symbol} {s[1]})"
+
+    return render
+
+
+def _compare(symbol: str):
+    def render(r: _Renderer, u: UOp, s: list) -> str:
+        if u.vec > 1 and u.srcs[0].dtype == dt.bool_:  # true is -1 in a bool vector: compare as 1/0
+            s = [f"(-{x})" for x in s]
+        compared = f"({s[0]} {symbol} {s[1]})"
+        return compared if u.vec == 1 else f"convert_char{u.vec}{compared}"
+
+    return render
+
+
+def _where(r: _Renderer, u: UOp, s: list) -> str:
+    if u.vec == 1:
+        return f"({s[0]} ? {s[1]} : {s[2]})"
+    return f"select({s[2]}, {s[1]}, convert_{_mask_type(u.dtype, u.vec)}({s[0]}))"
+
+
+def _negate(r: _Renderer, u: UOp, s: list) -> str:
+    if u.dtype == dt.bool_:
+        return f"(!{s[0]})" if u.vec == 1 else f"(~{s[0]})"
+    return f"(-{s[0]})"
+
+
+def _function(name: str):
+    """A float function of OpenCL C with the primitive's name."""
+    return lambda r, u, s: f"{name}({s[0]})"
+
+
+_ALU = {
+    Op.EXP2: _function("exp2"),
+    Op.LOG2: _function("log2"),
+    Op.SIN: _function("sin"),
+    Op.SQRT: _function("sqrt"),
+    Op.RECIP: lambda r, u, s: f"({_const(1.0, u.dtype)} / {s[0]})",
+    Op.NEG: _negate,
+    Op.CAST: lambda r, u, s: r.cast_expression(u, s[0]),
+    Op.BITCAST: lambda r, u, s: r.bitcast_expression(u, s[0]),
+    Op.ADD: _operator("+", floats=True),
+    Op.MUL: _operator("*", floats=True),
+    Op.MAX: lambda r, u, s: _max(s[0], s[1], u.dtype) if u.vec == 1 else _vector_max(s[0], s[1], u.dtype, u.vec),
+    Op.CMPLT: _compare("<"),
+    Op.CMPNE: _compare("!="),
+    Op.IDIV: _operator("/"),
+    Op.MOD: _operator("%"),
+    Op.AND: _operator("&"),
+    Op.OR: _operator("|"),
+    Op.XOR: _operator("^"),
+    Op.SHL: _operator("<<"),
+    Op.SHR: _operator(">>"),
+    Op.WHERE: _where,
 }
 
-
-def _binary(op: str, a: str, b: str, d: dt.DType) -> str:
-    if d.is_float and op == "mod":
-        return f"fmod({a}, {b})"
-    if d.is_float and op not in ("add", "mul", "idiv"):
-        raise NotImplementedError(f"OpenCL renderer: {op} on {d.name}")
-    if d.is_float and op == "idiv":
-        return f"trunc({a} / {b})"
-    # C's / and % truncate and >> is arithmetic on signed types, logical on unsigned: as in the IR
-    return f"({a} {_C_OPERATOR[op]} {b})"
+# every other uop: a method of the renderer
+_STRUCTURE = {
+    IrOp.PARAM: _Renderer.render_param,
+    IrOp.CONST: _Renderer.render_const,
+    IrOp.RANGE: _Renderer.render_range,
+    IrOp.ENDRANGE: _Renderer.render_endrange,
+    IrOp.IF: _Renderer.render_if,
+    IrOp.ENDIF: _Renderer.close_block,
+    IrOp.ACC: _Renderer.render_acc,
+    IrOp.ACC_UPDATE: _Renderer.render_acc_update,
+    IrOp.LOAD: _Renderer.render_load,
+    IrOp.STORE: _Renderer.render_store,
+    IrOp.GATHER: _Renderer.render_load,
+    IrOp.SCATTER: _Renderer.render_store,
+    IrOp.LANES: _Renderer.render_lanes,
+    IrOp.BROADCAST: _Renderer.render_broadcast,
+    IrOp.HREDUCE: _Renderer.render_hreduce,
+    IrOp.LOCAL_ID: _Renderer.render_local_id,
+    IrOp.GROUP_REDUCE: _Renderer.render_group_reduce,
+}
+_STORES = frozenset({IrOp.STORE, IrOp.SCATTER})
 
 
 def _max(a: str, b: str, d: dt.DType) -> str:
@@ -496,7 +530,7 @@ def render_opencl(program: Program) -> str:
 
 def uses_float64(program: Program) -> bool:
     return any(d == dt.float64 for d in program.buffer_dtypes) or any(
-        u.dtype == dt.float64 or (u.op in ("cast", "bitcast") and u.arg == dt.float64) for u in program.uops
+        u.dtype == dt.float64 or ((u.op is Op.CAST or u.op is Op.BITCAST) and u.arg == dt.float64) for u in program.uops
     )
 
 

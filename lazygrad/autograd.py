@@ -13,6 +13,8 @@ import math
 from contextlib import ContextDecorator
 from dataclasses import dataclass
 
+from lazygrad.ops import DIFFERENTIABLE, Op
+
 _grad_enabled = [True]
 
 
@@ -42,15 +44,25 @@ def enable_grad() -> _GradMode:
     return _GradMode(True)
 
 
+# not a primitive: an op of several primitives with a gradient of its own (Tensor._composite)
+COMPOSITE = "composite"
+
+
 @dataclass
 class Context:
     """What backward needs of one primitive application."""
 
-    op: str
+    op: Op | str  # an Op (a name is converted here), or COMPOSITE
     inputs: tuple  # Tensors
     arg: object
     out_shape: tuple
     versions: tuple = ()  # each input's in-place version when recorded; () once resolved by _topological
+
+    def __post_init__(self):
+        key = _RULE_KEYS.get(self.op)  # the member for a name ("add" -> Op.ADD)
+        if key is None:
+            raise ValueError(f"no gradient rule for {self.op!r}")
+        self.op = key
 
 
 # --- the rules ----------------------------------------------------------------------------------
@@ -123,42 +135,42 @@ def _rmax(c, g):
     # the gradient is shared evenly by the elements equal to the maximum, as torch.amax does
     (x,) = c.inputs
     axes = c.arg
-    out = x._primitive("rmax", arg=axes).detach()
+    out = x._primitive(Op.RMAX, arg=axes).detach()
     hit = (x == out.expand(x.shape)).cast(g.dtype)
-    count = hit._primitive("sum", arg=axes)
+    count = hit._primitive(Op.SUM, arg=axes)
     return ((hit / count.expand(x.shape)) * g.expand(x.shape),)
 
 
 # movement
 def _reshape(c, g):
     (x,) = c.inputs
-    return (g._movement("reshape", x.shape),)
+    return (g._movement(Op.RESHAPE, x.shape),)
 
 
 def _permute(c, g):
     order = c.arg
     inverse = tuple(sorted(range(len(order)), key=lambda i: order[i]))
-    return (g._movement("permute", inverse),)
+    return (g._movement(Op.PERMUTE, inverse),)
 
 
 def _expand(c, g):
     (x,) = c.inputs
     axes = tuple(i for i, (a, b) in enumerate(zip(x.shape, c.out_shape)) if a != b)
-    return (g._primitive("sum", arg=axes) if axes else g,)
+    return (g._primitive(Op.SUM, arg=axes) if axes else g,)
 
 
 def _pad(c, g):
     (x,) = c.inputs
-    return (g._movement("shrink", tuple((a, a + s) for (a, _), s in zip(c.arg, x.shape))),)
+    return (g._movement(Op.SHRINK, tuple((a, a + s) for (a, _), s in zip(c.arg, x.shape))),)
 
 
 def _shrink(c, g):
     (x,) = c.inputs
-    return (g._movement("pad", tuple((a, s - b) for (a, b), s in zip(c.arg, x.shape))),)
+    return (g._movement(Op.PAD, tuple((a, s - b) for (a, b), s in zip(c.arg, x.shape))),)
 
 
 def _flip(c, g):
-    return (g._movement("flip", c.arg),)
+    return (g._movement(Op.FLIP, c.arg),)
 
 
 def _window(c, g):
@@ -219,7 +231,7 @@ def _shifted(piece, dim: int, shift: int, size: int):
     if shift > 0 or back > 0:
         pads = [(0, 0)] * piece.ndim
         pads[dim] = (max(shift, 0), max(back, 0))
-        piece = piece._movement("pad", tuple(pads))
+        piece = piece._movement(Op.PAD, tuple(pads))
     if shift < 0 or back < 0:
         first = max(-shift, 0)
         piece = piece.shrink([(0, m) if i != dim else (first, first + size) for i, m in enumerate(piece.shape)])
@@ -242,32 +254,45 @@ def _copy(c, g):
     return (g.to(x.device),)
 
 
+# One rule per differentiable primitive (the op table's `differentiable` column); the others (comparisons,
+# integer and bitwise ops, bitcast, sources, assign) have none.
 RULES = {
-    "exp2": _exp2,
-    "log2": _log2,
-    "sin": _sin,
-    "sqrt": _sqrt,
-    "recip": _recip,
-    "neg": _neg,
-    "cast": _cast,
-    "add": _add,
-    "mul": _mul,
-    "max": _max,
-    "where": _where,
-    "sum": _sum,
-    "rmax": _rmax,
-    "reshape": _reshape,
-    "permute": _permute,
-    "expand": _expand,
-    "pad": _pad,
-    "shrink": _shrink,
-    "flip": _flip,
-    "window": _window,
-    "contiguous": _identity,
-    "copy": _copy,
-    "composite": _composite,
+    Op.EXP2: _exp2,
+    Op.LOG2: _log2,
+    Op.SIN: _sin,
+    Op.SQRT: _sqrt,
+    Op.RECIP: _recip,
+    Op.NEG: _neg,
+    Op.CAST: _cast,
+    Op.ADD: _add,
+    Op.MUL: _mul,
+    Op.MAX: _max,
+    Op.WHERE: _where,
+    Op.SUM: _sum,
+    Op.RMAX: _rmax,
+    Op.RESHAPE: _reshape,
+    Op.PERMUTE: _permute,
+    Op.EXPAND: _expand,
+    Op.PAD: _pad,
+    Op.SHRINK: _shrink,
+    Op.FLIP: _flip,
+    Op.WINDOW: _window,
+    Op.CONTIGUOUS: _identity,
+    Op.COPY: _copy,
+    COMPOSITE: _composite,
 }
-# no gradient: comparisons, integer and bitwise ops, bitcast
+
+
+def _check_rules() -> None:
+    """The rule table and the op table agree: a rule for each differentiable primitive and for no other."""
+    primitives = {op for op in RULES if isinstance(op, Op)}
+    if primitives != DIFFERENTIABLE:
+        missing, extra = sorted(DIFFERENTIABLE - primitives), sorted(primitives - DIFFERENTIABLE)
+        raise RuntimeError(f"gradient rules: missing for {missing}, given for non-differentiable {extra}")
+
+
+_check_rules()
+_RULE_KEYS = {key: key for key in RULES}  # Op members hash and compare as their names
 
 
 def backward(root, gradient, retain_graph: bool = False, create_graph: bool = False, inputs=None):

@@ -14,18 +14,24 @@ from __future__ import annotations
 import weakref
 
 from lazygrad.dtype import DType
+
+# the op table's group sets are also importable from here, where they were defined before it existed
+from lazygrad.ops import (  # noqa: F401
+    BINARY,
+    COMPARISONS,
+    EFFECTS,
+    ELEMENTWISE,
+    MOVEMENT,
+    REDUCE,
+    SOURCES,
+    TERNARY,
+    UNARY,
+    Op,
+)
 from lazygrad.shape import ShapeTracker, prod
 
-# --- the primitive ops -----------------------------------------------------------------------
-UNARY = {"exp2", "log2", "sin", "sqrt", "recip", "cast", "bitcast", "neg"}
-BINARY = {"add", "mul", "max", "cmplt", "cmpne", "idiv", "mod", "and", "or", "xor", "shl", "shr"}
-TERNARY = {"where"}
-ELEMENTWISE = UNARY | BINARY | TERNARY
-REDUCE = {"sum", "rmax"}
-MOVEMENT = {"reshape", "permute", "expand", "pad", "shrink", "flip", "window"}
-SOURCES = {"buffer", "const", "host"}  # host: data waiting on the host to be copied in at realize
-EFFECTS = {"assign", "contiguous", "copy"}
-COMPARISONS = {"cmplt", "cmpne"}
+# bases built twice from the same op over the same sources are one node
+_HASH_CONSED = ELEMENTWISE | REDUCE | {Op.CONST}
 
 
 class LazyBuffer:
@@ -36,14 +42,14 @@ class LazyBuffer:
         device: str,
         st: ShapeTracker,
         dtype: DType,
-        op: str,
+        op: Op,
         srcs: tuple = (),
         arg=None,
         base: LazyBuffer | None = None,
         movement: tuple = (),
     ):
         self.device, self.st, self.dtype = device, st, dtype
-        self.op, self.srcs, self.arg = op, srcs, arg
+        self.op, self.srcs, self.arg = op, srcs, arg  # op: an Op member, never a name
         self._base = base  # None for a base
         self.movement = movement  # movement ops from the base's shape to this view's shape
         self.buffer = None  # the device Buffer once realized (bases only)
@@ -82,9 +88,8 @@ class LazyBuffer:
     @staticmethod
     def new_base(device, shape, dtype, op, srcs=(), arg=None) -> LazyBuffer:
         """A base node, shared with an existing identical one (hash-consing)."""
-        cacheable = op in ELEMENTWISE or op in REDUCE or op == "const"
         key = None
-        if cacheable:
+        if op in _HASH_CONSED:
             try:
                 key = (device, tuple(shape), dtype, op, tuple(id(s) for s in srcs), arg)
                 hash(key)
@@ -99,7 +104,7 @@ class LazyBuffer:
 
     @staticmethod
     def const(value, shape, dtype, device) -> LazyBuffer:
-        scalar = LazyBuffer.new_base(device, (), dtype, "const", (), _normalize_const(value, dtype))
+        scalar = LazyBuffer.new_base(device, (), dtype, Op.CONST, (), _normalize_const(value, dtype))
         return scalar.reshape((1,) * len(shape)).expand(tuple(shape)) if shape else scalar
 
     @staticmethod
@@ -107,88 +112,104 @@ class LazyBuffer:
         from lazygrad.dtype import from_numpy_dtype
 
         return LazyBuffer(
-            device, ShapeTracker.contiguous(array.shape), from_numpy_dtype(array.dtype), "host", (), array
+            device, ShapeTracker.contiguous(array.shape), from_numpy_dtype(array.dtype), Op.HOST, (), array
         )
 
     @staticmethod
     def from_buffer(buffer, shape, dtype, device) -> LazyBuffer:
-        node = LazyBuffer(device, ShapeTracker.contiguous(shape), dtype, "buffer")
+        node = LazyBuffer(device, ShapeTracker.contiguous(shape), dtype, Op.BUFFER)
         node.buffer = buffer
         return node
 
     # --- ops -------------------------------------------------------------------------------------
-    def alu(self, op: str, *others: LazyBuffer, arg=None, dtype: DType | None = None) -> LazyBuffer:
+    # The frontend names primitives by Op member or by name ("add"): each method converts once, here.
+    def alu(self, op: Op | str, *others: LazyBuffer, arg=None, dtype: DType | None = None) -> LazyBuffer:
+        op = Op.coerce(op)
         srcs = (self, *others)
+        if op not in ELEMENTWISE:
+            raise ValueError(f"alu: {op} is not an elementwise primitive ({op.group.value})")
+        if len(srcs) != op.arity:
+            raise ValueError(f"alu: {op} takes {op.arity} operands, given {len(srcs)}")
         for s in srcs:
             assert s.shape == self.shape, f"{op}: shapes {[x.shape for x in srcs]} (broadcast before the primitive)"
+        if srcs[-1].dtype.kind not in op.kinds:  # the last operand: where's value, a comparison's or cast's input
+            raise TypeError(f"{op} does not compute on {srcs[-1].dtype.name} (the op table's kinds: {op.kinds})")
         if dtype is None:
-            dtype = srcs[-1].dtype if op == "where" else self.dtype
-            if op in COMPARISONS:
-                from lazygrad.dtype import bool_
-
-                dtype = bool_
+            dtype = op.result_dtype(tuple(s.dtype for s in srcs), arg)
         return LazyBuffer.new_base(self.device, self.shape, dtype, op, srcs, arg)
 
-    def reduce(self, op: str, axes: tuple) -> LazyBuffer:
+    def reduce(self, op: Op | str, axes: tuple) -> LazyBuffer:
+        op = Op.coerce(op)
+        if op not in REDUCE:
+            raise ValueError(f"reduce: {op} is not a reduce ({op.group.value})")
+        if self.dtype.kind not in op.combine.kinds:
+            raise TypeError(f"{op} does not compute on {self.dtype.name} ({op.combine} does not)")
         axes = tuple(sorted(a for a in axes if self.shape[a] != 1))
         if not axes:
             return self
         new_shape = tuple(1 if i in axes else s for i, s in enumerate(self.shape))
         return LazyBuffer.new_base(self.device, new_shape, self.dtype, op, (self,), axes)
 
-    def _view(self, op: str, arg) -> LazyBuffer:
-        new_st = getattr(self.st, op)(arg)
-        if new_st == self.st and op != "reshape":
+    def _view(self, op: Op, arg) -> LazyBuffer:
+        new_st = getattr(self.st, op.value)(arg)
+        if new_st == self.st and op is not Op.RESHAPE:
             return self
         if new_st.shape == self.base.shape and new_st.contiguous_view and self.base.st.contiguous_view:
             return self.base
         return LazyBuffer(
-            self.device, new_st, self.dtype, "view", base=self.base, movement=self.movement + ((op, arg),)
+            self.device, new_st, self.dtype, Op.VIEW, base=self.base, movement=self.movement + ((op, arg),)
         )
 
     def reshape(self, shape):
-        return self if tuple(shape) == self.shape else self._view("reshape", tuple(shape))
+        return self if tuple(shape) == self.shape else self._view(Op.RESHAPE, tuple(shape))
 
     def permute(self, order):
-        return self if tuple(order) == tuple(range(len(order))) else self._view("permute", tuple(order))
+        return self if tuple(order) == tuple(range(len(order))) else self._view(Op.PERMUTE, tuple(order))
 
     def expand(self, shape):
-        return self if tuple(shape) == self.shape else self._view("expand", tuple(shape))
+        return self if tuple(shape) == self.shape else self._view(Op.EXPAND, tuple(shape))
 
     def pad(self, arg):
-        return self if all(a == (0, 0) for a in arg) else self._view("pad", tuple(arg))
+        return self if all(a == (0, 0) for a in arg) else self._view(Op.PAD, tuple(arg))
 
     def shrink(self, arg):
-        return self if all(a == (0, s) for a, s in zip(arg, self.shape)) else self._view("shrink", tuple(arg))
+        return self if all(a == (0, s) for a, s in zip(arg, self.shape)) else self._view(Op.SHRINK, tuple(arg))
 
     def flip(self, axes):
         axes = tuple(a for a in axes if self.shape[a] > 1)
-        return self if not axes else self._view("flip", axes)
+        return self if not axes else self._view(Op.FLIP, axes)
 
     def window(self, arg):
-        return self._view("window", arg)
+        return self._view(Op.WINDOW, arg)
+
+    def move(self, op: Op | str, arg) -> LazyBuffer:
+        """The movement primitive `op` applied to this node (a view; nothing is copied)."""
+        op = Op.coerce(op)
+        if op not in MOVEMENT:
+            raise ValueError(f"move: {op} is not a movement primitive ({op.group.value})")
+        return getattr(self, op.value)(arg)
 
     def contiguous(self) -> LazyBuffer:
         """A base of its own with this view's values laid out in order."""
-        if not self.is_view and self.op not in ("const",):
+        if not self.is_view and self.op is not Op.CONST:
             return self
-        return LazyBuffer(self.device, ShapeTracker.contiguous(self.shape), self.dtype, "contiguous", (self,))
+        return LazyBuffer(self.device, ShapeTracker.contiguous(self.shape), self.dtype, Op.CONTIGUOUS, (self,))
 
     def own_copy(self) -> LazyBuffer:
         """A new base with these values that no other node shares (not hash-consed): memory that an owner
         may later overwrite in place."""
-        return LazyBuffer(self.device, ShapeTracker.contiguous(self.shape), self.dtype, "contiguous", (self,))
+        return LazyBuffer(self.device, ShapeTracker.contiguous(self.shape), self.dtype, Op.CONTIGUOUS, (self,))
 
     def copy_to(self, device: str) -> LazyBuffer:
         if device == self.device:
             return self
         src = self if not self.is_view else self.contiguous()
-        return LazyBuffer(device, ShapeTracker.contiguous(self.shape), self.dtype, "copy", (src,))
+        return LazyBuffer(device, ShapeTracker.contiguous(self.shape), self.dtype, Op.COPY, (src,))
 
     def assign(self, value: LazyBuffer) -> LazyBuffer:
         """The result of writing `value` into this (realized) base's memory."""
         assert not self.is_view and value.shape == self.shape and value.dtype == self.dtype
-        return LazyBuffer(self.device, ShapeTracker.contiguous(self.shape), self.dtype, "assign", (value,), self)
+        return LazyBuffer(self.device, ShapeTracker.contiguous(self.shape), self.dtype, Op.ASSIGN, (value,), self)
 
 
 def _normalize_const(value, dtype: DType):

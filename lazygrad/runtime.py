@@ -21,7 +21,8 @@ import numpy as np
 from lazygrad import config, diskcache
 from lazygrad.codegen.lowering import KernelOptions, lower
 from lazygrad.graph import LazyBuffer
-from lazygrad.schedule import ScheduleItem, create_schedule
+from lazygrad.ops import ELEMENTWISE, AstOp, Op
+from lazygrad.schedule import ItemKind, ScheduleItem, create_schedule
 from lazygrad.shape import prod
 
 
@@ -215,7 +216,7 @@ _kernel_cache: dict = {}
 
 def kernel_name(ast, program_shape) -> str:
     digest = hashlib.sha256(ast.structure().encode()).hexdigest()[:10]
-    prefix = "r" if any(n.op == "reduce" for n in ast.walk()) else "e"
+    prefix = "r" if any(n.op is AstOp.REDUCE for n in ast.walk()) else "e"
     return f"{prefix}_{'_'.join(str(s) for s in program_shape) or 'scalar'}_{digest}"
 
 
@@ -223,13 +224,12 @@ def _estimate_cost(ast, buffer_dtypes, sizes, nest) -> tuple:
     """(flops, bytes) of a kernel: the ALU ops of its reduce's body (the reduce's own add included) times the
     whole iteration space, plus the other ALU ops (elementwise work, or a reduce's epilogue) times the
     output space; the bytes of its buffers."""
-    from lazygrad.graph import ELEMENTWISE
 
     def is_alu(n):
-        return (n.op in ELEMENTWISE and n.op != "cast") or n.op == "reduce"
+        return (n.op in ELEMENTWISE and n.op is not Op.CAST) or n.op is AstOp.REDUCE
 
     # equal nodes are one computation (the code generator emits them once)
-    body = {n for r in ast.walk() if r.op == "reduce" for n in r.walk() if is_alu(n)}
+    body = {n for r in ast.walk() if r.op is AstOp.REDUCE for n in r.walk() if is_alu(n)}
     others = {n for n in ast.walk() if is_alu(n)} - body
     flops = len(body) * prod(nest.shape) + len(others) * prod(nest.shape[: nest.n_output])
     return flops, sum(d.itemsize * s for d, s in zip(buffer_dtypes, sizes))
@@ -309,13 +309,12 @@ def _lowered(ast, buffer_dtypes: tuple, name: str, capabilities):
 
 def _codegen_digest() -> str:
     """A hash of the code generator's own source: a cached program is reused only by the code that made it."""
-    from lazygrad import codegen, shape, symbolic
+    from lazygrad import codegen, ops, shape, symbolic
 
     digest = hashlib.sha256()
     folder = os.path.dirname(codegen.__file__)
-    for path in sorted(
-        [*(os.path.join(folder, f) for f in os.listdir(folder) if f.endswith(".py")), shape.__file__, symbolic.__file__]
-    ):
+    modules = [shape.__file__, symbolic.__file__, ops.__file__]  # ops: the IR's vocabulary and the reduce identities
+    for path in sorted([*(os.path.join(folder, f) for f in os.listdir(folder) if f.endswith(".py")), *modules]):
         with open(path, "rb") as f:
             digest.update(f.read())
     return digest.hexdigest()[:16]
@@ -339,12 +338,12 @@ def run_schedule(items: list) -> None:
 
 def _run_item(item: ScheduleItem):
     node = item.output
-    if item.kind == "host":
+    if item.kind is ItemKind.HOST:
         node.buffer = Buffer(node.device, node.size, node.dtype)
         node.buffer.copy_in(np.ascontiguousarray(node.arg))
         _count_copy()
         return
-    if item.kind == "copy":
+    if item.kind is ItemKind.COPY:
         if CAPTURES:
             warnings.warn(
                 "lazygrad.jit: a copy between devices inside a jitted function is not replayed",
@@ -361,7 +360,7 @@ def _run_item(item: ScheduleItem):
             out.buffer = Buffer(out.device, 0, out.dtype)
         return
     outputs = [
-        out.arg.buffer if out.op == "assign" else Buffer(out.device, out.size, out.dtype) for out in item.outputs
+        out.arg.buffer if out.op is Op.ASSIGN else Buffer(out.device, out.size, out.dtype) for out in item.outputs
     ]
     buffers = outputs + [b.buffer for b in item.inputs]
     for b in item.inputs:
@@ -391,14 +390,14 @@ def _count_copy():
 def _release_graph(node: LazyBuffer):
     """A realized base no longer needs what it was computed from."""
     node.srcs = ()
-    if node.op not in ("buffer",):
-        node.arg = None if node.op != "const" else node.arg
-        node.op = "buffer"
+    if node.op is not Op.BUFFER:
+        node.arg = None if node.op is not Op.CONST else node.arg
+        node.op = Op.BUFFER
 
 
 def realize(lazybuffers: list) -> None:
     # a constant needs no memory (kernels inline it), and its node is shared by every equal constant
-    pending = [lb for lb in lazybuffers if not lb.realized and lb.base.op != "const"]
+    pending = [lb for lb in lazybuffers if not lb.realized and lb.base.op is not Op.CONST]
     if not pending:
         return
     run_schedule(create_schedule(pending))
@@ -406,7 +405,7 @@ def realize(lazybuffers: list) -> None:
 
 def to_numpy(lb: LazyBuffer) -> np.ndarray:
     """The values of a LazyBuffer (any view) as a numpy array; counts as a copy."""
-    if lb.base.op == "const" or (lb.is_view and not (lb.st.contiguous_view and lb.size == lb.base.size)):
+    if lb.base.op is Op.CONST or (lb.is_view and not (lb.st.contiguous_view and lb.size == lb.base.size)):
         lb = lb.contiguous()
     realize([lb])
     base = lb.base

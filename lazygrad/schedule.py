@@ -22,15 +22,29 @@ joins its loop, and elementwise work after a reduce on the reduced shape joins a
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 
 from lazygrad.codegen.kernel_ast import KernelOp
-from lazygrad.graph import ELEMENTWISE, REDUCE, LazyBuffer
+from lazygrad.graph import LazyBuffer
+from lazygrad.ops import ELEMENTWISE, REDUCE, AstOp, Op, zero
 from lazygrad.shape import ShapeTracker
+
+# primitives whose result always gets a buffer: they write memory
+_WRITES_MEMORY = frozenset({Op.HOST, Op.COPY, Op.ASSIGN, Op.CONTIGUOUS})
+
+
+class ItemKind(Enum):
+    KERNEL = "kernel"
+    HOST = "host"  # an upload of host data
+    COPY = "copy"  # a copy between devices
+
+    def __format__(self, spec):
+        return format(self.value, spec)
 
 
 @dataclass
 class ScheduleItem:
-    kind: str  # "kernel", "host" (upload), "copy" (between devices)
+    kind: ItemKind
     output: LazyBuffer  # the base this item realizes (the first, for a kernel with several outputs)
     inputs: list = field(default_factory=list)  # realized bases read, in kernel buffer order after the outputs
     ast: KernelOp | None = None  # a "sink" of one store per output
@@ -81,14 +95,14 @@ class Scheduler:
         """Lazy values that read a buffer an assign here overwrites, and that will still be wanted after
         this schedule (a tensor holds them, or a node outside the schedule reads them): they are computed
         now, from the old data. (PyTorch: `before = a + 0; a.add_(1)` leaves `before` as it was.)"""
-        assigns = [n for n in self.nodes if n.op == "assign"]
+        assigns = [n for n in self.nodes if n.op is Op.ASSIGN]
         if not assigns:
             return []
         collected = {id(n) for n in self.nodes}
         wanted = {id(t) for t in self.targets}
         reads_old, stale = {id(n.arg) for n in assigns}, []
         for node in self.nodes:
-            if node.op == "assign" or not any(id(s.base) in reads_old for s in node.srcs):
+            if node.op is Op.ASSIGN or not any(id(s.base) in reads_old for s in node.srcs):
                 continue
             reads_old.add(id(node))
             if id(node) not in wanted and (len(node.holders) or any(id(r) not in collected for r in node.readers)):
@@ -97,7 +111,7 @@ class Scheduler:
             stale += [
                 r
                 for r in a.arg.readers
-                if r.buffer is None and id(r) not in collected and not (r.op == "assign" and r.arg is a.arg)
+                if r.buffer is None and id(r) not in collected and not (r.op is Op.ASSIGN and r.arg is a.arg)
             ]
         return stale
 
@@ -109,11 +123,11 @@ class Scheduler:
         holds_reduce: dict = {}
         self._holds_reduce, self._inline_cost, self._op_cost = holds_reduce, {}, {}
         for node in self.nodes:
-            if node.op in ("host", "copy", "assign", "contiguous"):
+            if node.op in _WRITES_MEMORY:
                 self.realize.setdefault(id(node), "effect")
-            if node.op == "copy" and node.srcs[0].base.buffer is None:  # a copy moves memory that must exist
+            if node.op is Op.COPY and node.srcs[0].base.buffer is None:  # a copy moves memory that must exist
                 self.realize.setdefault(id(node.srcs[0].base), "effect")
-            if node.op == "const":
+            if node.op is Op.CONST:
                 continue
             # which reduce nodes would be inlined into this node's kernel
             reduces = set()
@@ -155,7 +169,7 @@ class Scheduler:
             return False
         for consumer_id in self.consumers[id(node)]:
             consumer = self.by_id[consumer_id]
-            if consumer.op not in ELEMENTWISE and consumer.op not in ("assign", "contiguous"):
+            if consumer.op not in ELEMENTWISE and consumer.op is not Op.ASSIGN and consumer.op is not Op.CONTIGUOUS:
                 return False
             if any(s.base is node and s.size > node.size for s in consumer.srcs):
                 return False
@@ -172,18 +186,18 @@ class Scheduler:
         return self._ast_memo[key]
 
     def _build_ast(self, node: LazyBuffer, movement: tuple, inputs: list, root: LazyBuffer) -> KernelOp:
-        if node.op == "const":
+        if node.op is Op.CONST:
             st = ShapeTracker.contiguous(node.shape).apply(movement)
-            return KernelOp("const", (), (node.arg, st), node.dtype)
+            return KernelOp(AstOp.CONST, (), (node.arg, st), node.dtype)
         if node is not root and (
             node.buffer is not None or (id(node) in self.realize and id(node) not in self._inline)
         ):
             if node not in inputs:
                 inputs.append(node)
             st = ShapeTracker.contiguous(node.shape).apply(movement)
-            return KernelOp("load", (), (self._n_outputs + inputs.index(node), st), node.dtype)
+            return KernelOp(AstOp.LOAD, (), (self._n_outputs + inputs.index(node), st), node.dtype)
         self._fused.add(id(node))
-        if node.op == "contiguous" or node.op == "assign":
+        if node.op is Op.CONTIGUOUS or node.op is Op.ASSIGN:
             src = node.srcs[0]
             return self._ast(src.base, src.movement + movement, inputs, None)
         if node.op not in REDUCE:
@@ -193,13 +207,13 @@ class Scheduler:
             # epilogue trackers are moved into the reduce's output shape in _kernel
             srcs = tuple(self._ast(s.base, s.movement, inputs, None) for s in node.srcs)
             self._reduce_shape = node.shape
-            return KernelOp("reduce", srcs, (node.op, node.arg), node.dtype)
-        out = KernelOp(node.op, srcs, node.arg if node.op in ("cast", "bitcast") else None, node.dtype)
+            return KernelOp(AstOp.REDUCE, srcs, (node.op, node.arg), node.dtype)
+        out = KernelOp(node.op, srcs, node.arg if node.op is Op.CAST or node.op is Op.BITCAST else None, node.dtype)
         # a pad of a fused value must read 0 outside, whatever the math gives there
         st = ShapeTracker.contiguous(node.shape).apply(movement)
         if any(v.mask is not None for v in st.views):
-            zero = KernelOp("const", (), (_zero_of(node.dtype), ShapeTracker.contiguous(st.shape)), node.dtype)
-            out = KernelOp("where", (KernelOp("valid", (), st, None), out, zero), None, node.dtype)
+            outside = KernelOp(AstOp.CONST, (), (zero(node.dtype), ShapeTracker.contiguous(st.shape)), node.dtype)
+            out = KernelOp(Op.WHERE, (KernelOp(AstOp.VALID, (), st, None), out, outside), None, node.dtype)
         return out
 
     def _kernel(self, node: LazyBuffer, members: tuple = ()) -> ScheduleItem:
@@ -221,19 +235,21 @@ class Scheduler:
             if out.shape != kernel_shape:  # every output of a kernel is stored from one loop nest
                 value = _reshape_epilogue(value, kernel_shape)
                 store_st = store_st.reshape(kernel_shape)
-            if out.op == "assign" and self._assign_hazard(value, inputs, out.arg):
+            if out.op is Op.ASSIGN and self._assign_hazard(value, inputs, out.arg):
                 self.realize[id(out.srcs[0].base)] = "assign-hazard"
                 raise _Reschedule()
-            stores.append(KernelOp("store", (value,), (index, store_st), out.dtype))
-        sink = KernelOp("sink", tuple(stores))
+            stores.append(KernelOp(AstOp.STORE, (value,), (index, store_st), out.dtype))
+        sink = KernelOp(AstOp.SINK, tuple(stores))
         reduces = {i for i in self._fused if self.by_id[i].op in REDUCE}
-        return ScheduleItem("kernel", node, inputs, sink, self.realize.get(id(node), ""), outputs, self._fused, reduces)
+        return ScheduleItem(
+            ItemKind.KERNEL, node, inputs, sink, self.realize.get(id(node), ""), outputs, self._fused, reduces
+        )
 
     def _assign_hazard(self, value: KernelOp, inputs: list, target: LazyBuffer) -> bool:
         if target not in inputs:
             return False
         index = self._n_outputs + inputs.index(target)
-        return any(n.op == "load" and n.arg[0] == index and not n.arg[1].contiguous_view for n in value.walk())
+        return any(n.op is AstOp.LOAD and n.arg[0] == index and not n.arg[1].contiguous_view for n in value.walk())
 
     def schedule(self) -> list:
         while True:
@@ -248,10 +264,10 @@ class Scheduler:
         for node in self.nodes:
             if id(node) not in self.realize:
                 continue
-            if node.op == "host":
-                items.append(ScheduleItem("host", node, [], None, "effect"))
-            elif node.op == "copy":
-                items.append(ScheduleItem("copy", node, [node.srcs[0].base], None, "effect"))
+            if node.op is Op.HOST:
+                items.append(ScheduleItem(ItemKind.HOST, node, [], None, "effect"))
+            elif node.op is Op.COPY:
+                items.append(ScheduleItem(ItemKind.COPY, node, [node.srcs[0].base], None, "effect"))
             else:
                 items.append(self._kernel(node))
         return _order_assigns(self._merge_siblings(self._merge_readers(self._merge_outputs(items))))
@@ -259,10 +275,10 @@ class Scheduler:
     def _merge_outputs(self, items: list) -> list:
         """Fold a kernel into the kernel that reads it when that reader is its only consumer and reads
         it element for element: one loop then computes and stores both (fewer launches, one pass)."""
-        by_output = {id(item.output): item for item in items if item.kind == "kernel" and len(item.outputs) == 1}
+        by_output = {id(item.output): item for item in items if item.kind is ItemKind.KERNEL and len(item.outputs) == 1}
         merged_away: set = set()
         for item in items:
-            if item.kind != "kernel" or id(item) in merged_away:
+            if item.kind is not ItemKind.KERNEL or id(item) in merged_away:
                 continue
             while True:
                 candidate = self._mergeable_input(item, by_output, merged_away, items)
@@ -283,7 +299,7 @@ class Scheduler:
         ancestors = _ancestors(items)
         merged_away: set = set()
         for item in items:
-            if item.kind != "kernel" or item.reduces or len(item.outputs) != 1 or id(item) in merged_away:
+            if item.kind is not ItemKind.KERNEL or item.reduces or len(item.outputs) != 1 or id(item) in merged_away:
                 continue
             producers = {id(producer_of[id(x)]): producer_of[id(x)] for x in item.inputs if id(x) in producer_of}
             out = item.output
@@ -291,11 +307,11 @@ class Scheduler:
                 (p for p in producers.values() if all(q is p or id(q) in ancestors[id(p)] for q in producers.values())),
                 None,
             )
-            if source is None or source is item or source.kind != "kernel" or id(source) in merged_away:
+            if source is None or source is item or source.kind is not ItemKind.KERNEL or id(source) in merged_away:
                 continue
             if out.size != source.output.size:
                 continue
-            if out.op == "assign" and any(out.arg in other.inputs for other in items if other is not item):
+            if out.op is Op.ASSIGN and any(out.arg in other.inputs for other in items if other is not item):
                 continue  # others must read the old value first: the assign keeps its own place in the order
             loads = _loads_by_buffer(item.ast)
             read = [
@@ -319,7 +335,7 @@ class Scheduler:
         needed = set().union(*_dependencies(items)) if items else set()
         groups: dict = {}  # (device, size) -> item indexes
         for i, item in enumerate(items):
-            if i in needed or item.kind != "kernel" or any(n.op == "reduce" for n in item.ast.walk()):
+            if i in needed or item.kind is not ItemKind.KERNEL or any(n.op is AstOp.REDUCE for n in item.ast.walk()):
                 continue
             groups.setdefault((item.output.device, item.output.size), []).append(i)
         merged_away = set()
@@ -350,7 +366,7 @@ class Scheduler:
                 continue
             if any(other is not item and id(other) not in merged_away and x in other.inputs for other in items):
                 continue  # another kernel reads it too (a value fused into both): folding could close a cycle
-            if x.op in ("contiguous", "assign") and x.srcs[0].is_view:
+            if (x.op is Op.CONTIGUOUS or x.op is Op.ASSIGN) and x.srcs[0].is_view:
                 continue
             other = producer.reduces
             if reduces and other and other != reduces:
@@ -370,7 +386,7 @@ def _dependencies(items: list) -> list:
     deps = [{producer[id(b)] for b in item.inputs if id(b) in producer} for item in items]
     for a, item in enumerate(items):
         for out in item.outputs:
-            if out.op != "assign":
+            if out.op is not Op.ASSIGN:
                 continue
             for r, other in enumerate(items):
                 if r != a and out.arg in other.inputs:
@@ -421,7 +437,7 @@ def _loads_by_buffer(ast: KernelOp) -> dict:
     """Buffer index -> the views of every load of it in the kernel (a buffer may be read through several)."""
     loads: dict = {}
     for n in ast.walk():
-        if n.op == "load":
+        if n.op is AstOp.LOAD:
             loads.setdefault(n.arg[0], []).append(n.arg[1])
     return loads
 
@@ -432,17 +448,13 @@ def _not_a_reshape(src: LazyBuffer) -> bool:
 
 def _reshape_epilogue(node: KernelOp, shape: tuple) -> KernelOp:
     """The epilogue (everything above the reduce) re-expressed in the reduce's output shape."""
-    if node.op == "reduce":
+    if node.op is AstOp.REDUCE:
         return node
-    if node.op in ("load", "const"):
+    if node.op is AstOp.LOAD or node.op is AstOp.CONST:
         return KernelOp(node.op, (), (node.arg[0], node.arg[1].reshape(shape)), node.dtype)
-    if node.op == "valid":
-        return KernelOp("valid", (), node.arg.reshape(shape), node.dtype)
+    if node.op is AstOp.VALID:
+        return KernelOp(AstOp.VALID, (), node.arg.reshape(shape), node.dtype)
     return KernelOp(node.op, tuple(_reshape_epilogue(s, shape) for s in node.srcs), node.arg, node.dtype)
-
-
-def _zero_of(dtype):
-    return False if dtype.kind == "b" else (0.0 if dtype.is_float else 0)
 
 
 def create_schedule(targets: list) -> list:

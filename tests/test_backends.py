@@ -22,6 +22,7 @@ from lazygrad import backends
 from lazygrad import dtype as dt
 from lazygrad.codegen.ir import Program, UOp
 from lazygrad.nn import functional as F
+from lazygrad.ops import IrOp, Op
 
 pytestmark = pytest.mark.backend_independent
 
@@ -327,13 +328,13 @@ def test_jit_replays_give_the_same_training_as_llvm():
 # ---- compiling ---------------------------------------------------------------------------------------------
 def _bitcast_program(name: str, src: dt.DType, dst: dt.DType) -> Program:
     """out[i] = bitcast<dst>(in[i]), written by hand (a mismatched size makes a kernel no compiler accepts)."""
-    out = UOp("param", dst, (), (0, True), 0)
-    inp = UOp("param", src, (), (1, False), 1)
-    gid = UOp("range", dt.int32, (), ("g0", 4, "global"), 2)
-    load = UOp("load", src, (inp, gid), None, 3)
-    cast = UOp("bitcast", dst, (load,), src, 4)
-    store = UOp("store", None, (out, gid, cast), None, 5)
-    end = UOp("endrange", None, (gid,), None, 6)
+    out = UOp(IrOp.PARAM, dst, (), (0, True), 0)
+    inp = UOp(IrOp.PARAM, src, (), (1, False), 1)
+    gid = UOp(IrOp.RANGE, dt.int32, (), ("g0", 4, "global"), 2)
+    load = UOp(IrOp.LOAD, src, (inp, gid), None, 3)
+    cast = UOp(Op.BITCAST, dst, (load,), src, 4)
+    store = UOp(IrOp.STORE, None, (out, gid, cast), None, 5)
+    end = UOp(IrOp.ENDRANGE, None, (gid,), None, 6)
     return Program(name, [out, inp, gid, load, cast, store, end], (dst, src), (4,))
 
 

@@ -15,6 +15,7 @@ import pytest
 
 import lazygrad
 from lazygrad import Tensor, runtime
+from lazygrad.ops import IrOp
 
 
 @pytest.fixture
@@ -34,7 +35,7 @@ def lowered_programs(monkeypatch):
 
 
 def blocked(programs) -> list:
-    return [p.name for p in programs if any(u.op == "range" and u.arg[0] == "kc" for u in p.uops)]
+    return [p.name for p in programs if any(u.op is IrOp.RANGE and u.arg[0] == "kc" for u in p.uops)]
 
 
 def test_blocked_matrix_product_matches_numpy(lowered_programs, backend):

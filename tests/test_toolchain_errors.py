@@ -22,17 +22,18 @@ import lazygrad
 from lazygrad import backends, runtime
 from lazygrad import dtype as dt
 from lazygrad.codegen.ir import Program, UOp
+from lazygrad.ops import IrOp, Op
 
 
 def broken_program(name: str) -> Program:
     """out[i] = bitcast<float32>(in[i]) with in int16: a size mismatch that no compiler accepts."""
-    out = UOp("param", dt.float32, (), (0, True), 0)
-    inp = UOp("param", dt.int16, (), (1, False), 1)
-    index = UOp("range", dt.int32, (), ("g0", 4, "global"), 2)
-    load = UOp("load", dt.int16, (inp, index), None, 3)
-    cast = UOp("bitcast", dt.float32, (load,), dt.int16, 4)
-    store = UOp("store", None, (out, index, cast), None, 5)
-    end = UOp("endrange", None, (index,), None, 6)
+    out = UOp(IrOp.PARAM, dt.float32, (), (0, True), 0)
+    inp = UOp(IrOp.PARAM, dt.int16, (), (1, False), 1)
+    index = UOp(IrOp.RANGE, dt.int32, (), ("g0", 4, "global"), 2)
+    load = UOp(IrOp.LOAD, dt.int16, (inp, index), None, 3)
+    cast = UOp(Op.BITCAST, dt.float32, (load,), dt.int16, 4)
+    store = UOp(IrOp.STORE, None, (out, index, cast), None, 5)
+    end = UOp(IrOp.ENDRANGE, None, (index,), None, 6)
     return Program(name, [out, inp, index, load, cast, store, end], (dt.float32, dt.int16), (4,))
 
 

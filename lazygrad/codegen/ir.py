@@ -1,40 +1,23 @@
 """The linear low-level IR that every backend renders.
 
 A kernel becomes a flat list of `UOp`s in program order. Loops are explicit (`range` ...
-`endrange`); accumulators are mutable variables (`acc`, `acc_update`); everything else is SSA:
-each UOp's `srcs` refer to earlier UOps. Indexes are int32.
+`endrange`), and so are conditional blocks (`if` ... `endif`); accumulators are mutable variables (`acc`,
+`acc_update`); everything else is SSA: each UOp's `srcs` refer to earlier UOps. Indexes are int32.
 
-| op         | srcs                      | arg                               |
-| ---------- | ------------------------- | --------------------------------- |
-| param      | -                         | (buffer index, is_output)          |
-| const      | -                         | Python value                      |
-| range      | -                         | (name, size, kind), kind "global" or "loop" (1) |
-| endrange   | (range,)                  | -                                 |
-| acc        | -                         | initial value (a variable; every lane of a vector acc) |
-| acc_update | (acc, value)              | -  (acc = value)                  |
-| load       | (param, index[, valid])   | None; or for a vector a stride s (2) |
-| store      | (param, index, value)     | -                                 |
-| gather     | (param, index vector[, valid]) | - (a vector load from lane-wise indexes) |
-| scatter    | (param, index vector, value)   | -                                 |
-| lanes      | -                         | - (the int32 vector 0, 1, ..., vec-1)  |
-| broadcast  | (scalar,)                 | - (the scalar in every lane)       |
-| hreduce    | (vector,)                 | "add" or "max": the lanes combined into a scalar |
-| if         | (bool,)                   | - (the uops up to the matching endif run when it is true) |
-| endif      | -                         | -                                 |
-| local_id   | -                         | group size: this work-item's index in its work-group (3) |
-| group_reduce | (value,)                | ("add" or "max", group size): the group's values combined (3) |
-| alu ops    | operands                  | cast/bitcast: source dtype         |
+A UOp's `op` is an `IrOp` (param, const, range, endrange, if, endif, acc, acc_update, load, store, gather,
+scatter, lanes, broadcast, hreduce: the table in lazygrad/ops.py gives each one's srcs and arg) or an
+elementwise `Op`, an ALU op whose operands are its srcs (cast and bitcast: arg the source dtype).
 
-(1) "global" ranges are parallel (the first is split across threads or work-items); "loop" ranges
-run in order. (2) valid false reads 0; a vector load with stride s reads index + i*s in lane i.
-(3) Only in programs with `local_size` > 1 (work-groups of that many work-items per output, for
-devices that declare `group_reduce`): the global ranges then index work-groups. group_reduce gives
-every work-item of the group the combined value. Every work-item reaches every `group_reduce` (it
-holds a barrier): such programs guard stores with `if`, never return early.
+"global" ranges are parallel (the first is split across threads or work-items); "loop" ranges run in order.
+A `range` UOp is also the loop variable's value; an `acc` UOp read as an operand is the accumulator's
+current value. A load whose valid is false reads 0; a vector load with stride s reads index + i*s in lane i,
+one with a tuple of offsets reads index + offsets[i].
 
-alu ops: exp2 log2 sin sqrt recip neg cast bitcast add mul max cmplt cmpne idiv mod and or xor
-shl shr where. A `range` UOp is also the loop variable's value; an `acc` UOp read as an operand is
-the accumulator's current value.
+Work-groups: a program with `local_size` > 1 runs that many work-items per point of its global ranges (a
+work-group, for devices that declare `group_reduce`); its global ranges then index work-groups, `local_id` is
+a work-item's index in its group, and `group_reduce` gives every work-item of the group the group's values
+combined. Every work-item reaches every `group_reduce` (it holds a barrier): such programs guard stores with
+`if`, never return early.
 
 Vectors: a UOp with `vec` > 1 holds that many lanes. A `load`/`store` whose index is a scalar and
 whose value is a vector reads/writes `vec` consecutive elements from that index (lanes whose valid
@@ -47,11 +30,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from lazygrad.dtype import DType
+from lazygrad.ops import IrOp, Op
 
 
 @dataclass(eq=False)
 class UOp:
-    op: str
+    op: IrOp | Op  # an IrOp, or an elementwise Op (an ALU op)
     dtype: DType | None
     srcs: tuple = ()
     arg: object = None

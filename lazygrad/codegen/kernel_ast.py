@@ -4,6 +4,9 @@ One kernel stores one buffer. Its AST is a tree of `KernelOp`s whose leaves read
 ShapeTrackers (by position in the kernel's buffer list, so that two kernels that differ only in
 which buffers they touch are one compiled program) and whose root is a store. A kernel holds at
 most one reduce; ops above it (the epilogue) work in the reduced shape.
+
+A node's `op` is an `AstOp` (load, const, valid, reduce, store, sink: the table in lazygrad/ops.py says what each
+holds) or an elementwise `Op`.
 """
 
 from __future__ import annotations
@@ -11,14 +14,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from lazygrad.dtype import DType
+from lazygrad.ops import AstOp, Op
 
 
 @dataclass(frozen=True, eq=True)
 class KernelOp:
-    op: str  # "load", "const", "valid", "reduce", "store", or an elementwise primitive
+    op: AstOp | Op  # an AstOp, or an elementwise Op
     srcs: tuple = ()
-    arg: object = None  # load/store: (buffer index, ShapeTracker); const: (value, ShapeTracker);
-    # valid: ShapeTracker; reduce: (op, axes); cast/bitcast: the target DType
+    arg: object = None  # AstOp's table says what; cast: the target DType, bitcast: the source DType
     dtype: DType | None = None
 
     def __hash__(self):  # cached: kernels are DAGs, and an uncached hash would unfold them into trees
@@ -56,7 +59,7 @@ class KernelOp:
     def describe(self, depth=0) -> str:
         pad = "  " * depth
         arg = self.arg
-        if self.op in ("load", "store"):
+        if self.op is AstOp.LOAD or self.op is AstOp.STORE:
             arg = (arg[0], [(v.shape, v.strides, v.offset, v.mask) for v in arg[1].views])
         head = f"{pad}{self.op} {self.dtype.name if self.dtype else ''} {arg if arg is not None else ''}"
         return "\n".join([head] + [s.describe(depth + 1) for s in self.srcs])

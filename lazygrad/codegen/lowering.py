@@ -19,6 +19,7 @@ from lazygrad import dtype as dt
 from lazygrad.codegen.capabilities import SCALAR
 from lazygrad.codegen.ir import Program, UOp
 from lazygrad.codegen.kernel_ast import KernelOp
+from lazygrad.ops import AstOp, IrOp, Op, zero
 from lazygrad.shape import ShapeTracker, merge_dims_plan, prod
 from lazygrad.symbolic import AndNode, DivNode, GeNode, LtNode, ModNode, MulNode, Num, SumNode, Var
 
@@ -49,19 +50,22 @@ class LoopNest:
         return range(self.n_output, len(self.shape))
 
 
+_LEAVES_AND_STORES = frozenset({AstOp.LOAD, AstOp.CONST, AstOp.VALID, AstOp.STORE})
+
+
 def _find_reduce(ast: KernelOp) -> KernelOp | None:
-    reduces = {n for n in ast.walk() if n.op == "reduce"}  # equal nodes are one reduce, reached twice
+    reduces = {n for n in ast.walk() if n.op is AstOp.REDUCE}  # equal nodes are one reduce, reached twice
     assert len(reduces) <= 1, "a kernel holds at most one reduce"
     return reduces.pop() if reduces else None
 
 
 def _tracker(node: KernelOp) -> ShapeTracker:
-    return node.arg if node.op == "valid" else node.arg[1]
+    return node.arg if node.op is AstOp.VALID else node.arg[1]
 
 
 def stores_of(ast: KernelOp) -> tuple:
     """The store nodes of a kernel: the root itself, or each source of a "sink" root."""
-    return ast.srcs if ast.op == "sink" else (ast,)
+    return ast.srcs if ast.op is AstOp.SINK else (ast,)
 
 
 _CACHED_ELEMENTS = 1 << 18  # 1 MiB of float32: about what one core's L2 holds
@@ -78,7 +82,7 @@ def _elements(st: ShapeTracker) -> int:
 def build_loop_nest(ast: KernelOp) -> LoopNest:
     reduce = _find_reduce(ast)
     below = set() if reduce is None else {id(n) for n in reduce.srcs[0].walk()}
-    nodes = [n for n in ast.walk() if n.op in ("load", "const", "valid", "store")]
+    nodes = [n for n in ast.walk() if n.op in _LEAVES_AND_STORES]
     out_shape = _tracker(stores_of(ast)[0]).shape
     if reduce is None:
         full_shape, reduce_axes = out_shape, ()
@@ -108,7 +112,7 @@ def build_loop_nest(ast: KernelOp) -> LoopNest:
         shape, n_output = merged, new_n_output
     # 3. output loops that walk the biggest inputs go outermost: each such input then streams through
     # the cache once, while the smaller ones (a weight, say) are re-read from cache by the inner loops
-    loads = [n for n in nodes if n.op == "load"]
+    loads = [n for n in nodes if n.op is AstOp.LOAD]
 
     def footprint(d):  # inputs that fit in the cache are re-read cheaply: only big ones count
         return sum(
@@ -153,12 +157,12 @@ def lane_offsets(expr, width: int) -> tuple | None:
     return tuple(offsets)
 
 
-def _indexes_of(nest: LoopNest, ast: KernelOp, op: str) -> list:
+def _indexes_of(nest: LoopNest, ast: KernelOp, op: AstOp) -> list:
     """The index expression of each load (or store) of the kernel, in the loop variables d0, d1, ..."""
     idxs = [Var(f"d{d}", 0, s - 1) for d, s in enumerate(nest.shape)]
     exprs = []
     for n in ast.walk():
-        if n.op == op:
+        if n.op is op:
             st = nest.trackers[id(n)]
             exprs.append(st.index_and_valid([Num(0) if st.shape[d] == 1 else v for d, v in enumerate(idxs)])[0])
     return exprs
@@ -166,10 +170,10 @@ def _indexes_of(nest: LoopNest, ast: KernelOp, op: str) -> list:
 
 def dim_strides(nest: LoopNest, ast: KernelOp, load_exprs: list | None = None) -> tuple:
     """Per loop dim: the memory stride of each load and of the store (None when not affine)."""
-    load_exprs = _indexes_of(nest, ast, "load") if load_exprs is None else load_exprs
+    load_exprs = _indexes_of(nest, ast, AstOp.LOAD) if load_exprs is None else load_exprs
     loads = [[_lane_stride(e, f"d{d}") for d in range(len(nest.shape))] for e in load_exprs]
     store = None
-    for e in _indexes_of(nest, ast, "store"):  # several stores: a dim is contiguous only if it is for all
+    for e in _indexes_of(nest, ast, AstOp.STORE):  # several stores: a dim is contiguous only if it is for all
         strides = [_lane_stride(e, f"d{d}") for d in range(len(nest.shape))]
         store = strides if store is None else [a if a == b else None for a, b in zip(store, strides)]
     return loads, store
@@ -223,7 +227,7 @@ def _tiled_options(nest: LoopNest, ast: KernelOp, vector_width: int, cache_block
     opts = KernelOptions()
     if not nest.shape:
         return opts
-    load_exprs = _indexes_of(nest, ast, "load")
+    load_exprs = _indexes_of(nest, ast, AstOp.LOAD)
     loads, store = dim_strides(nest, ast, load_exprs)
     width = vector_width
     if width > 1:
@@ -325,10 +329,10 @@ _CHUNK_ELEMENTS = 1 << 17  # what the inner loops re-read per chunk: half of a 1
 def partial_sum_store(ast: KernelOp) -> KernelOp | None:
     """The store of a kernel that writes its sum as it is: cache blocking keeps partial sums there."""
     reduce = _find_reduce(ast)
-    if reduce is None or reduce.arg[0] != "sum" or not reduce.dtype.is_float:
+    if reduce is None or reduce.arg[0] is not Op.SUM or not reduce.dtype.is_float:
         return None
     holder = next((s for s in stores_of(ast) if s.srcs[0] == reduce), None)
-    if holder is None or any(n.op == "load" and n.arg[0] == holder.arg[0] for n in ast.walk()):
+    if holder is None or any(n.op is AstOp.LOAD and n.arg[0] == holder.arg[0] for n in ast.walk()):
         return None  # no such store, or the kernel reads that buffer too
     return holder
 
@@ -340,7 +344,7 @@ def _cache_blocking(nest: LoopNest, ast: KernelOp, loads: list, opts: KernelOpti
     The partial sums live in the output that holds the plain sum; other outputs are written at the end."""
     if partial_sum_store(ast) is None:
         return None
-    sizes = [_elements(nest.trackers[id(n)]) for n in ast.walk() if n.op == "load"]
+    sizes = [_elements(nest.trackers[id(n)]) for n in ast.walk() if n.op is AstOp.LOAD]
     reread = sum(n for ld, n in zip(loads, sizes) if ld[0] == 0)  # inputs the outer loop does not move
     if reread <= _CACHED_ELEMENTS:
         return None
@@ -483,28 +487,23 @@ class Lowerer:
         self.reduce = _find_reduce(ast)
 
     # --- emitting with lanes ---------------------------------------------------------------------
-    def alu(self, op: str, dtype, srcs, arg=None) -> UOp:
+    def alu(self, op: Op, dtype, srcs, arg=None) -> UOp:
         """An ALU op; scalar operands of a vector op are broadcast to its lanes. x*1 and x+0 fold away."""
-        if op in ("mul", "add") and len(srcs) == 2:
-            unit = 1 if op == "mul" else 0
+        # a float x + 0 stays: -0.0 + 0.0 is 0.0
+        if (op is Op.MUL or (op is Op.ADD and not dtype.is_float)) and len(srcs) == 2:
+            unit = 1 if op is Op.MUL else 0
             for keep, other in ((srcs[0], srcs[1]), (srcs[1], srcs[0])):
-                if (
-                    other.op == "const"
-                    and other.arg == unit
-                    and other.dtype == dtype
-                    and keep.dtype == dtype
-                    and not (dtype.is_float and op == "add")
-                ):  # -0.0 + 0.0 is 0.0: keep float adds
+                if other.op is IrOp.CONST and other.arg == unit and other.dtype == dtype and keep.dtype == dtype:
                     return keep
         vec = max(s.vec for s in srcs)
         srcs = tuple(self.broadcast(s, vec) for s in srcs)
         return self.e.emit(op, dtype, srcs, arg, vec=vec)
 
     def broadcast(self, u: UOp, vec: int) -> UOp:
-        return u if u.vec == vec else self.e.emit("broadcast", u.dtype, (u,), None, vec=vec)
+        return u if u.vec == vec else self.e.emit(IrOp.BROADCAST, u.dtype, (u,), None, vec=vec)
 
     def const(self, value, dtype) -> UOp:
-        return self.e.emit("const", dtype, (), value)
+        return self.e.emit(IrOp.CONST, dtype, (), value)
 
     # --- index expressions -----------------------------------------------------------------------
     def _node_uop(self, node, vars_uop: dict) -> UOp:
@@ -514,59 +513,61 @@ class Lowerer:
         if isinstance(node, Var):
             return vars_uop[node.name]
         if isinstance(node, MulNode):
-            return self.alu("mul", i32, (self._node_uop(node.a, vars_uop), self.const(node.b, i32)))
+            return self.alu(Op.MUL, i32, (self._node_uop(node.a, vars_uop), self.const(node.b, i32)))
         if isinstance(node, DivNode):
-            return self.alu("idiv", i32, (self._node_uop(node.a, vars_uop), self.const(node.b, i32)))
+            return self.alu(Op.IDIV, i32, (self._node_uop(node.a, vars_uop), self.const(node.b, i32)))
         if isinstance(node, ModNode):
-            return self.alu("mod", i32, (self._node_uop(node.a, vars_uop), self.const(node.b, i32)))
+            return self.alu(Op.MOD, i32, (self._node_uop(node.a, vars_uop), self.const(node.b, i32)))
         if isinstance(node, SumNode):
             # scalar terms first, so that they are shared by every lane and every use
             terms = sorted(node.terms, key=lambda t: "lane" in {v.name for v in t.variables()})
             out = self._node_uop(terms[0], vars_uop)
             for t in terms[1:]:
-                out = self.alu("add", i32, (out, self._node_uop(t, vars_uop)))
+                out = self.alu(Op.ADD, i32, (out, self._node_uop(t, vars_uop)))
             return out
         if isinstance(node, LtNode):
-            return self.alu("cmplt", dt.bool_, (self._node_uop(node.a, vars_uop), self.const(node.b, i32)))
+            return self.alu(Op.CMPLT, dt.bool_, (self._node_uop(node.a, vars_uop), self.const(node.b, i32)))
         if isinstance(node, GeNode):  # a >= b  <=>  b-1 < a
-            return self.alu("cmplt", dt.bool_, (self.const(node.b - 1, i32), self._node_uop(node.a, vars_uop)))
+            return self.alu(Op.CMPLT, dt.bool_, (self.const(node.b - 1, i32), self._node_uop(node.a, vars_uop)))
         if isinstance(node, AndNode):
             out = self._as_bool(self._node_uop(node.terms[0], vars_uop))
             for t in node.terms[1:]:
-                out = self.alu("and", dt.bool_, (out, self._as_bool(self._node_uop(t, vars_uop))))
+                out = self.alu(Op.AND, dt.bool_, (out, self._as_bool(self._node_uop(t, vars_uop))))
             return out
         raise NotImplementedError(f"index node {type(node).__name__}")
 
     def _as_bool(self, u: UOp) -> UOp:
         if u.dtype == dt.bool_:
             return u
-        return self.alu("cmpne", dt.bool_, (u, self.const(0, u.dtype)))
+        return self.alu(Op.CMPNE, dt.bool_, (u, self.const(0, u.dtype)))
 
     def _memory_access(self, param: UOp, index, valid, vars_uop, is_store: bool = False) -> tuple:
-        """(op, srcs, vec) for reading or writing `index`: a scalar access, `vec` consecutive lanes
-        from the lane-0 index, or a gather/scatter with one index per lane."""
+        """(op, arg, srcs, vec) for reading `index`: a scalar load, `vec` consecutive lanes from the lane-0
+        index (or every stride-th, or at constant offsets, as arg says), or a gather with one index per lane.
+        A store takes the same srcs: IrOp.LOAD stands for a store, IrOp.GATHER for a scatter."""
         has_lane = any(v.name == "lane" for v in index.variables())
         valid_srcs = () if isinstance(valid, Num) and valid.value == 1 else (self._node_uop(valid, vars_uop),)
         if not has_lane:
             if valid_srcs and valid_srcs[0].vec > 1:  # lanes differ only in validity
                 return (
-                    "gather",
+                    IrOp.GATHER,
+                    None,
                     (param, self.broadcast(self._node_uop(index, vars_uop), self.width), *valid_srcs),
                     self.width,
                 )
-            return "load", (param, self._node_uop(index, vars_uop), *valid_srcs), 1
+            return IrOp.LOAD, None, (param, self._node_uop(index, vars_uop), *valid_srcs), 1
         stride = _lane_stride(index, "lane")
         if stride == 1:
             base = self._node_uop(index.substitute({"lane": 0}), vars_uop)
-            return "load", (param, base, *valid_srcs), self.width
+            return IrOp.LOAD, None, (param, base, *valid_srcs), self.width
         if stride in (2, 3, 4) and not is_store:  # a wider contiguous load, every stride-th element kept
             base = self._node_uop(index.substitute({"lane": 0}), vars_uop)
-            return ("load", stride), (param, base, *valid_srcs), self.width
+            return IrOp.LOAD, stride, (param, base, *valid_srcs), self.width
         offsets = lane_offsets(index, self.width) if stride is None and not is_store else None
         if offsets is not None:  # constant per-lane offsets (an interleave): a contiguous load and a shuffle
             base = self._node_uop(index.substitute({"lane": 0}), vars_uop)
-            return ("load", offsets), (param, base, *valid_srcs), self.width
-        return "gather", (param, self._node_uop(index, vars_uop), *valid_srcs), self.width
+            return IrOp.LOAD, offsets, (param, base, *valid_srcs), self.width
+        return IrOp.GATHER, None, (param, self._node_uop(index, vars_uop), *valid_srcs), self.width
 
     # --- values ----------------------------------------------------------------------------------
     def _indexes(self, node: KernelOp, idx_nodes: list):
@@ -580,30 +581,29 @@ class Lowerer:
             return memo[key]
         e = self.e
         cdt = _compute_dtype(node.dtype) if node.dtype is not None else None
-        if node.op == "reduce":
+        if node.op is AstOp.REDUCE:
             out = acc_value
-        elif node.op == "load":
+        elif node.op is AstOp.LOAD:
             index, valid = self._indexes(node, idx_nodes)
             if isinstance(valid, Num) and valid.value == 0:
-                out = self.const(_zero(cdt), cdt)
+                out = self.const(zero(cdt), cdt)
             else:
-                op, srcs, vec = self._memory_access(self.params[node.arg[0]], index, valid, vars_uop)
-                op, arg = op if isinstance(op, tuple) else (op, None)
+                op, arg, srcs, vec = self._memory_access(self.params[node.arg[0]], index, valid, vars_uop)
                 out = e.emit(op, node.dtype, srcs, arg, vec=vec)
                 if cdt != node.dtype:
-                    out = self.alu("cast", cdt, (out,), node.dtype)
-        elif node.op == "const":
+                    out = self.alu(Op.CAST, cdt, (out,), node.dtype)
+        elif node.op is AstOp.CONST:
             value, _ = node.arg
             _, valid = self._indexes(node, idx_nodes)
             out = self.const(value, cdt)
             if not (isinstance(valid, Num) and valid.value == 1):
-                zero = self.const(_zero(cdt), cdt)
+                outside = self.const(zero(cdt), cdt)
                 out = (
-                    zero
+                    outside
                     if isinstance(valid, Num)
-                    else self.alu("where", cdt, (self._node_uop(valid, vars_uop), out, zero))
+                    else self.alu(Op.WHERE, cdt, (self._node_uop(valid, vars_uop), out, outside))
                 )
-        elif node.op == "valid":
+        elif node.op is AstOp.VALID:
             _, valid = self._indexes(node, idx_nodes)
             out = (
                 self.const(bool(valid.value), dt.bool_)
@@ -612,12 +612,14 @@ class Lowerer:
             )
         else:
             srcs = tuple(self._value(s, idx_nodes, vars_uop, memo, acc_value) for s in node.srcs)
-            if node.op in ("cast", "bitcast"):
+            if node.op is Op.CAST or node.op is Op.BITCAST:
                 out = self._convert(node, srcs[0])
             else:
                 out = self.alu(node.op, cdt, srcs)
                 if node.dtype == dt.float16:  # each float16 op rounds its result to half, as PyTorch's do
-                    out = self.alu("cast", dt.float32, (self.alu("cast", dt.float16, (out,), dt.float32),), dt.float16)
+                    out = self.alu(
+                        Op.CAST, dt.float32, (self.alu(Op.CAST, dt.float16, (out,), dt.float32),), dt.float16
+                    )
         memo[key] = out
         return out
 
@@ -625,24 +627,24 @@ class Lowerer:
         """cast/bitcast, with float16 values held as float32: a cast to float16 still rounds to half, and a
         bitcast from or to float16 goes through a real half value."""
         f16, f32 = dt.float16, dt.float32
-        if node.op == "bitcast":
+        if node.op is Op.BITCAST:
             source = node.arg  # the source dtype (Tensor.bitcast records it)
             if source == f16:
-                src = self.alu("cast", f16, (src,), f32)
-            out = self.alu("bitcast", node.dtype, (src,), source)
-            return self.alu("cast", f32, (out,), f16) if node.dtype == f16 else out
+                src = self.alu(Op.CAST, f16, (src,), f32)
+            out = self.alu(Op.BITCAST, node.dtype, (src,), source)
+            return self.alu(Op.CAST, f32, (out,), f16) if node.dtype == f16 else out
         if node.dtype == f16:  # round to half and back, as storing and reloading would
-            half = self.alu("cast", f16, (src,), src.dtype)
-            return self.alu("cast", f32, (half,), f16)
+            half = self.alu(Op.CAST, f16, (src,), src.dtype)
+            return self.alu(Op.CAST, f32, (half,), f16)
         cdt = _compute_dtype(node.dtype)
-        return src if src.dtype == cdt else self.alu("cast", cdt, (src,), src.dtype)
+        return src if src.dtype == cdt else self.alu(Op.CAST, cdt, (src,), src.dtype)
 
     # --- the loop nest ---------------------------------------------------------------------------
     def lower(self) -> Program:
         e, nest = self.e, self.nest
         stores = stores_of(self.ast)
         self.params = [
-            e.emit("param", d, (), (i, i < len(stores)), pure=False) for i, d in enumerate(self.buffer_dtypes)
+            e.emit(IrOp.PARAM, d, (), (i, i < len(stores)), pure=False) for i, d in enumerate(self.buffer_dtypes)
         ]
         upcast = dict(self.opts.upcast)
         unroll_dim, unroll = self.opts.unroll or (None, 1)
@@ -650,10 +652,10 @@ class Lowerer:
         vars_uop = {}
         lane = Var("lane", 0, width - 1)
         if width > 1:
-            vars_uop["lane"] = e.emit("lanes", dt.int32, (), None, vec=width)
+            vars_uop["lane"] = e.emit(IrOp.LANES, dt.int32, (), None, vec=width)
         group = self.opts.group
         if group:  # the work-item's place in its work-group: its share of the reduce
-            vars_uop["lid"] = e.emit("local_id", dt.int32, (), group, pure=False)
+            vars_uop["lid"] = e.emit(IrOp.LOCAL_ID, dt.int32, (), group, pure=False)
 
         def split(d, var, factor):
             """The index of dim d: its loop variable, times the tile, plus a tile offset (and the lane)."""
@@ -662,7 +664,7 @@ class Lowerer:
             return lambda k: var * factor + k if factor > 1 else var
 
         def open_range(name, size, kind):
-            vars_uop[name] = e.emit("range", dt.int32, (), (name, size, kind), pure=False)
+            vars_uop[name] = e.emit(IrOp.RANGE, dt.int32, (), (name, size, kind), pure=False)
             outer_ranges.append(vars_uop[name])
             return Var(name, 0, size - 1)
 
@@ -695,7 +697,7 @@ class Lowerer:
             red_op = self.reduce.arg[0]
             acc_dtype = _compute_dtype(self.reduce.dtype)
             for combo in out_combos:
-                accs[combo] = e.emit("acc", acc_dtype, (), _reduce_identity(red_op, acc_dtype), pure=False, vec=acc_vec)
+                accs[combo] = e.emit(IrOp.ACC, acc_dtype, (), red_op.identity(acc_dtype), pure=False, vec=acc_vec)
             ranges, red_index = [], {}
             # a reduce over nothing is its identity: no loop at all (loops run at least once)
             empty = any(nest.shape[d] == 0 for d in nest.reduce_dims)
@@ -706,7 +708,7 @@ class Lowerer:
                 if group and d == innermost:  # each work-item takes every group-th element
                     size = -(-nest.shape[d] // group)
                 e.open_scope()
-                ranges.append(e.emit("range", dt.int32, (), (f"r{d}", size, "loop"), pure=False))
+                ranges.append(e.emit(IrOp.RANGE, dt.int32, (), (f"r{d}", size, "loop"), pure=False))
                 vars_uop[f"r{d}"] = ranges[-1]
                 var = Var(f"r{d}", 0, size - 1)
                 if block and d == nest.n_output:  # within the current chunk
@@ -715,39 +717,40 @@ class Lowerer:
                     var = var * group + Var("lid", 0, group - 1)
                     if nest.shape[d] % group:  # the last round's work-items past the end add nothing
                         ragged = self.alu(
-                            "cmplt", dt.bool_, (self._node_uop(var, vars_uop), self.const(nest.shape[d], dt.int32))
+                            Op.CMPLT, dt.bool_, (self._node_uop(var, vars_uop), self.const(nest.shape[d], dt.int32))
                         )
                 red_index[d] = split(d, var, unroll if d == unroll_dim else 1)
-            alu = "add" if red_op == "sum" else "max"
+            alu = red_op.combine
             if ragged is not None:
-                e.emit("if", None, (ragged,), pure=False)
+                e.emit(IrOp.IF, None, (ragged,), pure=False)
                 e.open_scope()
             for combo in [] if empty else out_combos:
                 for k in range(unroll):
                     idx = out_idx(combo) + [red_index[d](k) for d in nest.reduce_dims]
                     val = self.broadcast(self._value(self.reduce.srcs[0], idx, vars_uop, {}, None), acc_vec)
                     new = e.emit(alu, acc_dtype, (accs[combo], val), pure=False, vec=acc_vec)
-                    e.emit("acc_update", None, (accs[combo], new), pure=False)
+                    e.emit(IrOp.ACC_UPDATE, None, (accs[combo], new), pure=False)
             if ragged is not None:
                 e.close_scope()
-                e.emit("endif", None, (), pure=False)
+                e.emit(IrOp.ENDIF, None, (), pure=False)
             for r in reversed(ranges):
-                e.emit("endrange", None, (r,), pure=False)
+                e.emit(IrOp.ENDRANGE, None, (r,), pure=False)
                 e.close_scope()
             if group:  # the work-group's partial results combined through local memory; every item gets it
-                accs = {c: e.emit("group_reduce", acc_dtype, (a,), (alu, group), pure=False) for c, a in accs.items()}
+                accs = {
+                    c: e.emit(IrOp.GROUP_REDUCE, acc_dtype, (a,), (alu, group), pure=False) for c, a in accs.items()
+                }
             if vdim is not None and vdim >= nest.n_output:  # lanes ran along a reduce dim: combine them
-                accs = {c: e.emit("hreduce", acc_dtype, (a,), alu, pure=False) for c, a in accs.items()}
+                accs = {c: e.emit(IrOp.HREDUCE, acc_dtype, (a,), alu, pure=False) for c, a in accs.items()}
             if block:  # after the first chunk, add the partial sum that the chunks before left in the output
-                first = self.alu("cmplt", dt.bool_, (vars_uop["kc"], self.const(1, dt.int32)))
+                first = self.alu(Op.CMPLT, dt.bool_, (vars_uop["kc"], self.const(1, dt.int32)))
                 store = partial_sum_store(self.ast)
                 for combo in out_combos:
                     index, _ = self._indexes(store, out_idx(combo) + [Num(0) for _ in nest.reduce_dims])
-                    op, srcs, vec = self._memory_access(self.params[store.arg[0]], index, Num(1), vars_uop)
-                    op, arg = op if isinstance(op, tuple) else (op, None)
+                    op, arg, srcs, vec = self._memory_access(self.params[store.arg[0]], index, Num(1), vars_uop)
                     before = e.emit(op, acc_dtype, srcs, arg, vec=vec, pure=False)
-                    before = self.alu("where", acc_dtype, (first, self.const(0.0, acc_dtype), before))
-                    accs[combo] = self.alu("add", acc_dtype, (accs[combo], before))
+                    before = self.alu(Op.WHERE, acc_dtype, (first, self.const(0.0, acc_dtype), before))
+                    accs[combo] = self.alu(Op.ADD, acc_dtype, (accs[combo], before))
 
         def emit_stores(selected):
             for combo in out_combos:
@@ -758,12 +761,12 @@ class Lowerer:
                     out_dtype = self.buffer_dtypes[buffer_index]
                     value = self._value(store.srcs[0], idx, vars_uop, memo, accs.get(combo))
                     if value.dtype != out_dtype:
-                        value = self.alu("cast", out_dtype, (value,), value.dtype)
+                        value = self.alu(Op.CAST, out_dtype, (value,), value.dtype)
                     index, _ = self._indexes(store, idx)
                     param = self.params[buffer_index]
-                    op, srcs, vec = self._memory_access(param, index, Num(1), vars_uop, is_store=True)
+                    op, _, srcs, vec = self._memory_access(param, index, Num(1), vars_uop, is_store=True)
                     value = self.broadcast(value, vec)
-                    e.emit("store" if op == "load" else "scatter", None, (*srcs, value), pure=False)
+                    e.emit(IrOp.STORE if op is IrOp.LOAD else IrOp.SCATTER, None, (*srcs, value), pure=False)
 
         if block:  # every chunk stores its partial sum; the other outputs, computed from the sum, after the last
             holder = partial_sum_store(self.ast)
@@ -771,38 +774,25 @@ class Lowerer:
             rest = [s for s in stores if s is not holder]
             if rest:
                 chunks = nest.shape[nest.n_output] // chunk
-                last = self.alu("cmplt", dt.bool_, (self.const(chunks - 2, dt.int32), vars_uop["kc"]))
-                e.emit("if", None, (last,), pure=False)
+                last = self.alu(Op.CMPLT, dt.bool_, (self.const(chunks - 2, dt.int32), vars_uop["kc"]))
+                e.emit(IrOp.IF, None, (last,), pure=False)
                 e.open_scope()
                 emit_stores(rest)
                 e.close_scope()
-                e.emit("endif", None, (), pure=False)
+                e.emit(IrOp.ENDIF, None, (), pure=False)
         elif group:  # one work-item of the group writes the result (a guard, not a return: no barrier is skipped)
-            e.emit("if", None, (self.alu("cmplt", dt.bool_, (vars_uop["lid"], self.const(1, dt.int32))),), pure=False)
+            e.emit(
+                IrOp.IF, None, (self.alu(Op.CMPLT, dt.bool_, (vars_uop["lid"], self.const(1, dt.int32))),), pure=False
+            )
             e.open_scope()
             emit_stores(stores)
             e.close_scope()
-            e.emit("endif", None, (), pure=False)
+            e.emit(IrOp.ENDIF, None, (), pure=False)
         else:
             emit_stores(stores)
         for u in reversed(outer_ranges):
-            e.emit("endrange", None, (u,), pure=False)
+            e.emit(IrOp.ENDRANGE, None, (u,), pure=False)
         return Program(self.name, e.uops, self.buffer_dtypes, tuple(global_sizes), group or 1)
-
-
-def _zero(d: dt.DType):
-    return False if d == dt.bool_ else (0.0 if d.is_float else 0)
-
-
-def _reduce_identity(op: str, d: dt.DType):
-    if op == "sum":
-        return _zero(d)
-    if d.is_float:
-        return float("-inf")
-    if d == dt.bool_:
-        return False
-    bits = d.itemsize * 8
-    return 0 if d.kind == "u" else -(2 ** (bits - 1))
 
 
 def lower(
