@@ -15,7 +15,8 @@ import numpy as np
 
 from lazygrad import autograd, runtime
 from lazygrad import dtype as dt
-from lazygrad.device import canonical_device
+from lazygrad.codegen import layout
+from lazygrad.device import canonical_device, is_device_name
 from lazygrad.dtype import DType
 from lazygrad.graph import LazyBuffer
 from lazygrad.shape import prod
@@ -390,7 +391,7 @@ class Tensor:
         for a in args:
             if isinstance(a, Tensor):
                 dtype, device = a.dtype, a.device
-            elif isinstance(a, DType) or (isinstance(a, str) and a.split(":")[0].lower() not in _DEVICE_NAMES):
+            elif isinstance(a, DType) or (isinstance(a, str) and not is_device_name(a)):
                 dtype = a
             elif isinstance(a, str):
                 device = a
@@ -1086,26 +1087,22 @@ class Tensor:
         if op == "sum" and any(self.shape[a] == 0 for a in axes):
             # a sum over nothing is 0: pad each empty axis with one zero, so no kernel reduces an empty range
             x = x._movement("pad", tuple((0, 1 if i in axes and s == 0 else 0) for i, s in enumerate(x.shape)))
-        if len(axes) == x.ndim and x.numel() >= _SPLIT_REDUCE:
-            out = x._split_reduce(op).reshape((1,) * x.ndim)
+        parts = layout.split_reduce_parts(x.numel()) if len(axes) == x.ndim else 1
+        if parts > 1:
+            out = x._split_reduce(op, parts).reshape((1,) * x.ndim)
         else:
             out = x._primitive(op, arg=axes) if any(x.shape[a] != 1 for a in axes) else x
         if keepdim or not self.shape:
             return out
         return out.reshape(tuple(s for i, s in enumerate(self.shape) if i not in axes))
 
-    def _split_reduce(self, op: str) -> Tensor:
-        """A big reduction to one value in two: 1024 partial results, then their reduction; the input is
-        padded with the reduction's identity to a multiple of 1024. On a GPU one work-item would do all the
-        work; and a float sum of a million values in one running total loses ~1e-5 of its value (in 1024
-        partial sums, ~1e-7)."""
+    def _split_reduce(self, op: str, parts: int) -> Tensor:
+        """A big reduction to one value in two: `parts` partial results, then their reduction; the input is
+        padded with the reduction's identity to a multiple of `parts`. (Why: codegen.layout.split_reduce_parts.)"""
         flat = self.reshape(-1)
-        parts = _SPLIT_PARTS
         length = -(-flat.shape[0] // parts)
         if length * parts != flat.shape[0]:
-            identity = 0
-            if op == "rmax":
-                identity = float("-inf") if self.dtype.is_float else int(np.iinfo(self.dtype.np).min)
+            identity = dt.zero(self.dtype) if op == "sum" else dt.lowest(self.dtype)
             flat = flat.pad((0, length * parts - flat.shape[0]), value=identity)
         return flat.reshape(parts, length)._primitive(op, arg=(1,))._primitive(op, arg=(0,))
 
@@ -1629,17 +1626,14 @@ class Tensor:
         def forward() -> Tensor:
             win = windows_of(x_in)
             oh, ow = win.shape[3:5]
-            plain_weight = w_in.lazydata.st.contiguous_view and w_in.lazydata.size == w_in.lazydata.base.size
-            if ow % 8 and plain_weight:
-                # rows not a multiple of 8 give vector lanes no contiguous output row. Copy the windows out as
-                # columns (n, g, oh, ow, cin_g*kh*kw), small here, so that the reduce runs along memory that
-                # both the columns and the weight hold contiguously (a matrix product)
+            chosen = layout.conv_layout(x_in.device, ow, cout_g, _is_plain_buffer(w_in))
+            if chosen is layout.ConvLayout.COLUMNS:
+                # the windows copied out as columns (n, g, oh, ow, cin_g*kh*kw), small where this is chosen
                 cols = win.permute(0, 1, 3, 4, 2, 5, 6).contiguous()
                 columns.append(cols)
                 out = (cols.unsqueeze(2) * w_in.reshape(1, g, cout_g, 1, 1, cin_g, kh, kw)).sum((5, 6, 7))
-            elif ow % 16 and cout_g % 16 == 0:
-                # a weight seen through a view (the flipped one of the input gradient): copy it channel-last,
-                # so that vector lanes run over output channels instead
+            elif chosen is layout.ConvLayout.CHANNEL_LAST_WEIGHT:
+                # a weight seen through a view (the flipped one of the input gradient), copied channel-last
                 wt = w_in.permute(1, 2, 3, 0).contiguous().permute(3, 0, 1, 2)
                 out = (win.unsqueeze(2) * wt.reshape(1, g, cout_g, cin_g, 1, 1, kh, kw)).sum((3, 6, 7))
             else:
@@ -1759,19 +1753,17 @@ def _conv2d_input_grad(grad: Tensor, weight: Tensor, input_hw: tuple, stride, pa
     with the spatially flipped weight whose in/out channels are swapped per group."""
     cout, cin_g, kh, kw = weight.shape
     g = groups
-    plain_weight = weight.lazydata.st.contiguous_view and weight.lazydata.size == weight.lazydata.base.size
-    if groups == 1 and input_hw[1] % 16 and plain_weight:
-        # narrow feature maps: the gradient of the window columns is a matrix product along memory the
-        # weight holds contiguously (output lanes over cin*kh*kw), then the columns go back to their
-        # input positions (col2im, one elementwise kernel)
-        n, _, oh, ow = grad.shape
-        if (oh * ow) % 16 == 0:
-            # columns (n, cin, kh, kw, oh, ow): vector lanes run over the output pixels in the product, and
-            # the col2im below reads each kernel offset's rows contiguously
+    n, _, oh, ow = grad.shape
+    chosen = layout.conv_input_grad_layout(grad.device, groups, input_hw[1], oh * ow, _is_plain_buffer(weight))
+    if chosen is not layout.InputGradLayout.TRANSPOSED_CONV:
+        # the gradient of the window columns is a matrix product along memory the weight holds contiguously,
+        # then the columns go back to their input positions (col2im, one elementwise kernel)
+        if chosen is layout.InputGradLayout.COLUMNS_OVER_PIXELS:
+            # columns (n, cin, kh, kw, oh, ow): lanes over the output pixels
             per_pixel = grad.reshape(n, cout, 1, 1, 1, oh, ow)
             cols = (per_pixel * weight.reshape(1, cout, cin_g, kh, kw, 1, 1)).sum(1).permute(0, 1, 4, 5, 2, 3)
         else:
-            # few output pixels: lanes over cin*kh*kw instead, columns (n, oh, ow, cin, kh, kw)
+            # columns (n, oh, ow, cin, kh, kw): lanes over cin*kh*kw
             per_pixel = grad.permute(0, 2, 3, 1).reshape(n, oh, ow, cout, 1, 1, 1)
             cols = (per_pixel * weight.reshape(1, 1, 1, cout, cin_g, kh, kw)).sum(3).permute(0, 3, 1, 2, 4, 5)
         padded_hw = tuple(size + 2 * p for size, p in zip(input_hw, padding))
@@ -1795,6 +1787,11 @@ def _conv2d_input_grad(grad: Tensor, weight: Tensor, input_hw: tuple, stride, pa
     return grad.conv2d(flipped.flip(2, 3), dilation=dilation, groups=g)
 
 
+def _is_plain_buffer(t: Tensor) -> bool:
+    """Whether t reads a whole buffer as it is laid out (not a flipped, permuted or partial view of it)."""
+    return t.lazydata.st.contiguous_view and t.lazydata.size == t.lazydata.base.size
+
+
 def _result_dtype(a: Tensor, b: Tensor) -> DType:
     """PyTorch's promotion of two tensors: a zero-dim tensor beside a dimensioned one counts only when it is of a
     higher category (bool < integer < float), like a Python scalar, but with its own dtype."""
@@ -1806,14 +1803,6 @@ def _result_dtype(a: Tensor, b: Tensor) -> DType:
     if dim == dt.bool_ or zero.is_float:
         return dt.promote(dim, zero)
     return dim
-
-
-# a reduction of this many elements or more to a single value runs in two kernels (Tensor._split_reduce)
-_SPLIT_REDUCE = 1 << 16
-_SPLIT_PARTS = 1024  # the partial results of such a reduction
-
-
-_DEVICE_NAMES = ("llvm", "opencl", "cpu", "gpu", "cuda", "clang")
 
 
 def _not_a_view(source: Tensor, out: Tensor) -> Tensor:
