@@ -263,7 +263,8 @@ class MovementOps:
         return (one_hot.cast(self.dtype) * x.unsqueeze(d).transpose(d, -1)).sum(-1)
 
     def one_hot(self, num_classes: int = -1) -> Tensor:
-        n = num_classes if num_classes > 0 else int(self.max().item()) + 1
+        """int64 one-hot encoding along a new last dim. num_classes=-1 reads max()+1, which computes the input."""
+        n = num_classes if num_classes >= 0 else int(self.max().item()) + 1
         return (self.unsqueeze(-1) == Tensor.arange(n, device=self.device)).cast(dt.int64)
 
     def split(self, split_size, dim: int = 0) -> tuple:

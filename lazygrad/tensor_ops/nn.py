@@ -85,16 +85,25 @@ class NNOps:
         if cout % groups:
             raise RuntimeError(f"out_channels ({cout}) must be divisible by groups ({groups})")
         stride, dilation = as_pair(stride), as_pair(dilation)
+        x_in, w_in = self, weight
         if isinstance(padding, str):
             if padding == "valid":
                 padding = (0, 0)
             elif padding == "same":
-                padding = tuple(d * (k - 1) // 2 for d, k in zip(dilation, (kh, kw)))
+                if stride != (1, 1):
+                    raise RuntimeError("padding='same' is not supported for strided convolutions")
+                # as PyTorch: an odd total padding puts the extra pixel on the right/bottom
+                totals = [d * (k - 1) for d, k in zip(dilation, (kh, kw))]
+                (top, left), (bottom, right) = [t // 2 for t in totals], [t - t // 2 for t in totals]
+                if (bottom, right) != (top, left):
+                    x_in = x_in.pad((left, right, top, bottom))
+                    n, cin, h, w = x_in.shape
+                    top, left = 0, 0
+                padding = (top, left)
             else:
-                raise ValueError(f"padding {padding!r}: expected 'valid', 'same' or ints")
+                raise RuntimeError(f"Invalid padding string: {padding!r} (expected 'valid', 'same' or ints)")
         padding = as_pair(padding)
         g, cout_g = groups, cout // groups
-        x_in, w_in = self, weight
 
         def windows_of(x: Tensor) -> Tensor:  # (n, groups, cin_g, oh, ow, kh, kw), a view of the padded input
             x = x.pad((padding[1], padding[1], padding[0], padding[0]))
@@ -188,7 +197,9 @@ class NNOps:
         p = as_pair(padding)
         x = self.pad((p[1], p[1], p[0], p[0])) if any(p) else self
         sums = x._pool(k, s, (1, 1)).sum((-2, -1))
-        if divisor_override:
+        if divisor_override is not None:
+            if divisor_override == 0:
+                raise RuntimeError("avg_pool2d: divisor must be not zero")
             return sums / divisor_override
         if count_include_pad or not any(p):
             return sums / (k[0] * k[1])
@@ -197,19 +208,43 @@ class NNOps:
         return sums / counts
 
     def adaptive_avg_pool2d(self, output_size) -> Tensor:
-        oh, ow = as_pair(output_size)
-        h, w = self.shape[-2:]
-        if h % oh or w % ow:
-            raise NotImplementedError(f"adaptive_avg_pool2d from {(h, w)} to {(oh, ow)}: sizes must divide evenly")
-        return self.avg_pool2d((h // oh, w // ow))
+        """PyTorch's adaptive windows: output cell i averages input [floor(i*n/out), ceil((i+1)*n/out)) per dim;
+        None in output_size keeps that dim's size."""
+        height, width = self.shape[-2:]
+        out_h, out_w = (output_size, output_size) if isinstance(output_size, int) else output_size
+        out_h, out_w = out_h or height, out_w or width
+        if (out_h, out_w) == (1, 1):
+            return self.mean((-2, -1), keepdim=True)
+        if height % out_h == 0 and width % out_w == 0:
+            kernel = (height // out_h, width // out_w)
+            return self.avg_pool2d(kernel, stride=kernel)
+        # the average of a rectangle is the average over rows of the averages over columns: one dim at a time
+        return self._adaptive_avg_pool_dim(self.ndim - 2, out_h)._adaptive_avg_pool_dim(self.ndim - 1, out_w)
+
+    def _adaptive_avg_pool_dim(self, dim: int, out_size: int) -> Tensor:
+        in_size = self.shape[dim]
+        if in_size == out_size:
+            return self
+        if out_size == 1:
+            return self.mean(dim, keepdim=True)
+        cells = []
+        for i in range(out_size):
+            start, end = (i * in_size) // out_size, -(-(i + 1) * in_size // out_size)
+            index = [slice(None)] * self.ndim
+            index[dim] = slice(start, end)
+            cells.append(self[tuple(index)].mean(dim, keepdim=True))
+        return Tensor.cat(cells, dim=dim)
 
     def dropout(self, p: float = 0.5, training: bool = True) -> Tensor:
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"dropout probability has to be between 0 and 1, got {p}")
         if not training or p == 0:
             return self
         if p == 1:
             return self * 0
-        keep = Tensor.rand(*self.shape, device=self.device) >= p
-        return keep.where(self / (1 - p), self.zeros_like())
+        keep = (Tensor.rand(*self.shape, device=self.device) >= p).cast(self.dtype)
+        # a product, as PyTorch's: a dropped inf or NaN gives NaN
+        return self * keep * (1.0 / (1.0 - p))
 
     def scaled_dot_product_attention(self, key, value, attn_mask=None, is_causal=False) -> Tensor:
         scores = self @ key.transpose(-2, -1) / math.sqrt(self.shape[-1])
