@@ -165,8 +165,8 @@ class NNOps:
         d = as_pair(dilation)
         x_in = self
 
-        def windows() -> Tensor:  # (..., oh, ow, kh, kw), a view of the input padded with -inf
-            x = x_in.pad((p[1], p[1], p[0], p[0]), value=float("-inf")) if any(p) else x_in
+        def windows() -> Tensor:  # (..., oh, ow, kh, kw), a view of the input padded with max's identity (-inf)
+            x = x_in.pad((p[1], p[1], p[0], p[0]), value=dt.lowest(x_in.dtype)) if any(p) else x_in
             return x._pool(k, s, d)
 
         def forward() -> Tensor:
