@@ -658,10 +658,9 @@ class LLVMBackend:
         self.compiler = _LLVMCompiler(config.LLVM_CPU)
         self.device_name = f"CPU ({self.compiler.cpu}, {config.THREADS} threads)"
         self.threads = max(1, config.THREADS)
-        # float32 lanes per vector register: the code generator vectorizes to this width
-        self.vector_width = self.compiler.vector_width()
-        # big matrix products reduce in cache-sized chunks (the code generator's `blocking` option)
-        self.capabilities = Capabilities(vector_width=self.vector_width, cache_blocking=True)
+        # what the code generator may use: float32 lanes per vector register of the target CPU, and cache
+        # blocking (big matrix products reduce in cache-sized chunks)
+        self.capabilities = Capabilities(vector_width=self.compiler.vector_width(), cache_blocking=True)
         self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="lazygrad-llvm")
 
     # memory is host memory: numpy byte arrays, 64-byte aligned for vector loads

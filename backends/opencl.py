@@ -367,7 +367,7 @@ class _Renderer:
         if is_bool:
             merged = f"({mine} | {other})"
         else:
-            merged = _binary(Op.ADD, mine, other, u.dtype) if combine is Op.ADD else _max(mine, other, u.dtype)
+            merged = f"({mine} + {other})" if combine is Op.ADD else _max(mine, other, u.dtype)
         self.emit(f"{mine} = {self.val(src)};")
         self.emit("barrier(CLK_LOCAL_MEM_FENCE);")
         self.emit(f"for (int {step} = {size // 2}; {step} > 0; {step} >>= 1) {{")
@@ -608,7 +608,7 @@ def _local_size(total: int, max_group: int, is_gpu: bool) -> int:
 
 
 def _vector_width(device, is_gpu: bool) -> int:
-    """float32 lanes the code generator should vectorize to (the lowering reads `backend.vector_width`).
+    """float32 lanes the code generator should vectorize to (declared in the backend's Capabilities).
 
     On a CPU (PoCL) explicit vectors are what fills the SIMD registers. A GPU runs one lane per work-item and
     NVIDIA reports a preferred width of 1, so GPUs get scalar code until measurements show that float4 helps."""
@@ -675,14 +675,11 @@ class OpenCLBackend:
         self.is_gpu = bool(self.device.type & cl.device_type.GPU)
         self.device_name = f"{self.device.name.strip()} ({self.platform.name.strip()})"
         self.supports_float64 = "cl_khr_fp64" in self.device.extensions or bool(self.device.double_fp_config)
-        self.vector_width = _vector_width(self.device, self.is_gpu)
         # LAZYGRAD_OPENCL_PROFILE=gpu: the kernels a GPU gets, on any device (to test them on PoCL)
         gpu_shaped = self.is_gpu or config.OPENCL_PROFILE == "gpu"
-        if gpu_shaped:
-            self.vector_width = 1
         max_group = int(self.device.max_work_group_size)
         self.capabilities = Capabilities(
-            vector_width=self.vector_width,
+            vector_width=_vector_width(self.device, gpu_shaped),
             group_reduce=_power_of_two_at_most(min(256, max_group)) if gpu_shaped else 0,
             local_memory=int(self.device.local_mem_size),
             max_work_group=max_group,

@@ -29,13 +29,21 @@ class _Device:
 Device = _Device()
 
 
+# other frameworks' device names, and the backend that serves each here
+ALIASES = {"cpu": "llvm", "clang": "llvm", "gpu": "opencl", "cuda": "opencl"}
+
+
 def canonical_device(device, resolve_default: bool = True) -> str:
     """'llvm', 'opencl', 'opencl:1'; 'cpu' means llvm; None means the default device."""
     if device is None:
         return Device.DEFAULT if resolve_default else None
     name = str(device).lower()
-    if name in ("cpu", "clang"):
-        return "llvm"
-    if name == "gpu" or name == "cuda":
-        return "opencl"
-    return name
+    return ALIASES.get(name, name)
+
+
+def is_device_name(text: str) -> bool:
+    """Whether a string names a device ('llvm', 'opencl:1', 'cuda'), as opposed to a dtype ('float32')."""
+    from lazygrad.backends import REGISTRY
+
+    kind = text.split(":")[0].lower()
+    return kind in ALIASES or kind in REGISTRY

@@ -40,6 +40,21 @@ float16 = DType("float16", 2, "f", 5)
 float32 = DType("float32", 4, "f", 6)
 float64 = DType("float64", 8, "f", 7)
 
+
+def zero(d: DType):
+    """0 as a value of d: the identity of a sum."""
+    return False if d == bool_ else (0.0 if d.is_float else 0)
+
+
+def lowest(d: DType):
+    """The least value of d: the identity of a max (-inf for floats)."""
+    if d.is_float:
+        return float("-inf")
+    if d == bool_:
+        return False
+    return 0 if d.kind == "u" else -(2 ** (d.itemsize * 8 - 1))
+
+
 ALL_DTYPES = (bool_, uint8, int8, int16, int32, int64, float16, float32, float64)
 _BY_NAME = {d.name: d for d in ALL_DTYPES} | {
     "float": float32,

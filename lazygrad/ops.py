@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from enum import Enum, unique
 
-from lazygrad.dtype import DType
+from lazygrad.dtype import DType, lowest, zero
 
 
 class Group(Enum):
@@ -50,20 +50,6 @@ class DtypeRule(Enum):
 
 # dtype kinds (DType.kind) an elementwise primitive computes on: b bool, u unsigned, i signed, f float
 ALL_KINDS = "buif"
-
-
-def zero(dtype: DType):
-    """The zero of a dtype as a Python value: what a masked read gives, and the identity of a sum."""
-    return False if dtype.kind == "b" else (0.0 if dtype.is_float else 0)
-
-
-def lowest(dtype: DType):
-    """The smallest value of a dtype: the identity of a max."""
-    if dtype.is_float:
-        return float("-inf")
-    if dtype.kind in "bu":
-        return False if dtype.kind == "b" else 0
-    return -(2 ** (dtype.itemsize * 8 - 1))
 
 
 @unique

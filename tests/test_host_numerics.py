@@ -47,7 +47,7 @@ results = {
     "float_matmul": m[0] @ m[1].T,
 }
 out = {name: {"dtype": str(t.numpy().dtype), "hex": t.numpy().tobytes().hex()} for name, t in results.items()}
-print(json.dumps({"vector_width": backends.get("llvm").vector_width, "results": out}))
+print(json.dumps({"vector_width": backends.get("llvm").capabilities.vector_width, "results": out}))
 """
 
 

@@ -122,6 +122,74 @@ def test_parameterless_layer_matches_torch(make_layer):
     check_layer(make_layer(torch_nn), make_layer(nn), (2, 3, 6, 7))
 
 
+# ---- both doors: the Tensor method and nn.functional run one implementation ----
+
+
+def check_both_doors(method, functional, torch_fn, *shapes) -> None:
+    """The Tensor method and nn.functional give torch's output and torch's gradient of every input."""
+    rng = np.random.default_rng(0)
+    arrays = [rng.standard_normal(shape).astype(np.float32) for shape in shapes]
+    torch_inputs = [torch.tensor(a, requires_grad=True) for a in arrays]
+    expected = torch_fn(*torch_inputs)
+    projection = rng.standard_normal(tuple(expected.shape)).astype(np.float32)
+    (expected * torch.tensor(projection)).sum().backward()
+    for door, fn in (("Tensor method", method), ("nn.functional", functional)):
+        inputs = [lazygrad.Tensor(a.copy(), requires_grad=True) for a in arrays]
+        out = fn(*inputs)
+        assert_close(out, expected, name=f"{door}: output")
+        (out * lazygrad.Tensor(projection)).sum().backward()
+        for i, (x, tx) in enumerate(zip(inputs, torch_inputs)):
+            assert_close(x.grad, tx.grad, name=f"{door}: gradient of input {i}")
+
+
+@pytest.mark.parametrize(
+    "kernel, dilation",
+    [((2, 2), 1), ((4, 4), 1), ((2, 3), 1), ((3, 3), 2), ((2, 2), 3), ((4, 3), (1, 2))],
+    ids=["2x2", "4x4", "2x3", "3x3-dilation2", "2x2-dilation3", "4x3-dilation1x2"],
+)
+@pytest.mark.filterwarnings("ignore:Using padding='same'")
+def test_conv2d_same_padding_puts_the_odd_pixel_right_and_bottom_as_torch(kernel, dilation):
+    check_both_doors(
+        lambda x, w: x.conv2d(w, padding="same", dilation=dilation),
+        lambda x, w: F.conv2d(x, w, padding="same", dilation=dilation),
+        lambda x, w: TF.conv2d(x, w, padding="same", dilation=dilation),
+        (2, 3, 7, 6),
+        (4, 3, *kernel),
+    )
+
+
+def test_conv2d_same_padding_refuses_a_stride_as_torch():
+    x, w = lazygrad.zeros(1, 1, 5, 5), lazygrad.zeros(1, 1, 2, 2)
+    with pytest.raises(RuntimeError, match="strided"):
+        x.conv2d(w, stride=2, padding="same")
+    with pytest.raises(RuntimeError, match="strided"):
+        F.conv2d(x, w, stride=2, padding="same")
+
+
+@pytest.mark.parametrize(
+    "input_hw, output_size",
+    [((7, 7), (3, 3)), ((5, 9), (2, 4)), ((6, 7), (4, 3)), ((5, 5), (None, 2)), ((8, 6), 3)],
+    ids=["7x7-3x3", "5x9-2x4", "6x7-4x3", "5x5-none2", "8x6-3"],
+)
+def test_adaptive_avg_pool2d_uneven_windows_match_torch(input_hw, output_size):
+    check_both_doors(
+        lambda x: x.adaptive_avg_pool2d(output_size),
+        lambda x: F.adaptive_avg_pool2d(x, output_size),
+        lambda x: TF.adaptive_avg_pool2d(x, output_size),
+        (2, 3, *input_hw),
+    )
+
+
+def test_dropout_is_one_implementation_through_both_doors():
+    x = lazygrad.tensor(np.array([1.0, -2.0, float("inf"), 4.0] * 64, np.float32))
+    lazygrad.manual_seed(5)
+    method = x.dropout(0.3).numpy()
+    lazygrad.manual_seed(5)
+    functional = F.dropout(x, 0.3).numpy()
+    np.testing.assert_array_equal(method, functional)
+    assert np.isnan(method).any(), "a dropped inf is NaN, as in PyTorch (inf * 0)"
+
+
 def test_dropout_keeps_or_scales_each_element():
     dropout = nn.Dropout(0.25)
     x = lazygrad.ones(200, 50)

@@ -1,18 +1,12 @@
-"""torch.nn.functional's layer and loss functions, composed from Tensor methods (so autograd and fusion come free)."""
+"""torch.nn.functional's layer and loss functions. The layers call the Tensor method of the same name (one
+implementation of each op, in lazygrad.tensor_ops); batch norm and the losses are composed here."""
 
 from __future__ import annotations
 
-import math
-
 import lazygrad
-from lazygrad.dtype import int64
 from lazygrad.tensor import Tensor
 
 _REDUCTIONS = ("mean", "sum", "none")
-
-
-def _pair(value) -> tuple[int, int]:
-    return (value, value) if isinstance(value, int) else tuple(value)
 
 
 # ---- activations ----
@@ -31,11 +25,7 @@ def log_softmax(input: Tensor, dim: int) -> Tensor:
 
 
 def one_hot(tensor: Tensor, num_classes: int = -1) -> Tensor:
-    """int64 one-hot encoding along a new last dim. num_classes=-1 reads max()+1, which computes the input."""
-    if num_classes < 0:
-        num_classes = int(tensor.max().item()) + 1
-    classes = lazygrad.arange(num_classes, device=tensor.device)
-    return (tensor.unsqueeze(-1) == classes).cast(int64)
+    return tensor.one_hot(num_classes)
 
 
 # ---- layers ----
@@ -46,25 +36,11 @@ def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
 
 
 def conv2d(input: Tensor, weight: Tensor, bias=None, stride=1, padding=0, dilation=1, groups: int = 1) -> Tensor:
-    if padding == "valid":
-        padding = 0
-    elif padding == "same":
-        if _pair(stride) != (1, 1):
-            raise ValueError("padding='same' needs stride 1")
-        # PyTorch puts the odd pixel of padding on the right/bottom
-        totals = [d * (k - 1) for d, k in zip(_pair(dilation), weight.shape[2:])]
-        (top, left), (bottom, right) = [t // 2 for t in totals], [t - t // 2 for t in totals]
-        if (top, left) != (bottom, right):
-            input = input.pad((left, right, top, bottom))
-            top, left = 0, 0
-        padding = (top, left)
     return input.conv2d(weight, bias, stride=stride, padding=padding, dilation=dilation, groups=groups)
 
 
 def max_pool2d(input: Tensor, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
-    if ceil_mode or return_indices:
-        raise NotImplementedError("max_pool2d: ceil_mode and return_indices are not supported")
-    return input.max_pool2d(kernel_size, stride=stride, padding=padding, dilation=dilation)
+    return input.max_pool2d(kernel_size, stride, padding, dilation, ceil_mode, return_indices)
 
 
 def avg_pool2d(
@@ -76,42 +52,11 @@ def avg_pool2d(
     count_include_pad: bool = True,
     divisor_override: int | None = None,
 ) -> Tensor:
-    if ceil_mode:
-        raise NotImplementedError("avg_pool2d: ceil_mode is not supported")
-    if divisor_override is not None:
-        window = math.prod(_pair(kernel_size))
-        total = input.avg_pool2d(kernel_size, stride=stride, padding=padding, count_include_pad=True) * window
-        return total / divisor_override
-    return input.avg_pool2d(kernel_size, stride=stride, padding=padding, count_include_pad=count_include_pad)
-
-
-def _adaptive_avg_pool_1d(input: Tensor, dim: int, out_size: int) -> Tensor:
-    """PyTorch's adaptive windows along one dim: cell i averages [floor(i*n/out), ceil((i+1)*n/out))."""
-    in_size = input.shape[dim]
-    if in_size == out_size:
-        return input
-    if out_size == 1:
-        return input.mean(dim, keepdim=True)
-    cells = []
-    for i in range(out_size):
-        start, end = (i * in_size) // out_size, -(-(i + 1) * in_size // out_size)
-        index = [slice(None)] * input.ndim
-        index[dim] = slice(start, end)
-        cells.append(input[tuple(index)].mean(dim, keepdim=True))
-    return lazygrad.cat(cells, dim=dim)
+    return input.avg_pool2d(kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
 
 
 def adaptive_avg_pool2d(input: Tensor, output_size) -> Tensor:
-    height, width = input.shape[-2:]
-    out_h, out_w = (output_size, output_size) if isinstance(output_size, int) else output_size
-    out_h, out_w = out_h or height, out_w or width  # None keeps the input size
-    if (out_h, out_w) == (1, 1):
-        return input.mean((-2, -1), keepdim=True)
-    if height % out_h == 0 and width % out_w == 0:
-        kernel = (height // out_h, width // out_w)
-        return input.avg_pool2d(kernel, stride=kernel)
-    # average of a rectangle = average over rows of the averages over columns: pool one dim at a time
-    return _adaptive_avg_pool_1d(_adaptive_avg_pool_1d(input, input.ndim - 2, out_h), input.ndim - 1, out_w)
+    return input.adaptive_avg_pool2d(output_size)
 
 
 def batch_norm(
@@ -162,14 +107,7 @@ def _update_running_stats(running_mean, running_var, mean, var, momentum, count:
 
 
 def dropout(input: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"dropout probability has to be between 0 and 1, got {p}")
-    if not training or p == 0.0:
-        return input
-    if p == 1.0:
-        return input * 0
-    keep = (lazygrad.rand(*input.shape, device=input.device) >= p).cast(input.dtype)
-    return input * keep * (1.0 / (1.0 - p))
+    return input.dropout(p, training)
 
 
 # ---- losses ----

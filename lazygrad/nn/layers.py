@@ -12,10 +12,7 @@ from lazygrad.nn import functional as F
 from lazygrad.nn import init
 from lazygrad.nn.module import Module, Parameter, note_buffer_update
 from lazygrad.tensor import Tensor
-
-
-def _pair(value) -> tuple[int, int]:
-    return (value, value) if isinstance(value, int) else tuple(value)
+from lazygrad.tensor_ops.nn import as_pair
 
 
 class Identity(Module):
@@ -72,8 +69,8 @@ class Conv2d(Module):
         if padding_mode != "zeros":
             raise NotImplementedError(f"padding_mode {padding_mode!r} is not supported (only 'zeros')")
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
-        self.kernel_size, self.stride, self.dilation = _pair(kernel_size), _pair(stride), _pair(dilation)
-        self.padding = padding if isinstance(padding, str) else _pair(padding)
+        self.kernel_size, self.stride, self.dilation = as_pair(kernel_size), as_pair(stride), as_pair(dilation)
+        self.padding = padding if isinstance(padding, str) else as_pair(padding)
         weight_shape = (out_channels, in_channels // groups, *self.kernel_size)
         self.weight = Parameter(lazygrad.empty(weight_shape, device=device, dtype=dtype))
         bias_param = Parameter(lazygrad.empty(out_channels, device=device, dtype=dtype)) if bias else None

@@ -1,0 +1,89 @@
+"""Layout decisions the frontend asks the compiler for: which data layout a convolution and its input gradient
+use on a device, and when a reduction to one value is split in two.
+
+The frontend builds whatever layout it is told; the reasons (vector lanes, work-items, rounding) belong to the
+code generator, so the numbers live here. A device's vector width is read in one function, `vector_width`.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class ConvLayout(enum.Enum):
+    """How conv2d's forward is composed."""
+
+    WINDOWS = enum.auto()  # the window view of the input times the weight, reduced
+    # the windows copied out as columns (n, g, oh, ow, cin_g*kh*kw): the reduce runs along memory that both the
+    # columns and the weight hold contiguously (a matrix product)
+    COLUMNS = enum.auto()
+    # the weight copied channel-last, so that vector lanes run over output channels
+    CHANNEL_LAST_WEIGHT = enum.auto()
+
+
+class InputGradLayout(enum.Enum):
+    """How conv2d's input gradient is composed."""
+
+    # the output gradient spread out by the stride, fully padded, convolved with the flipped weight
+    TRANSPOSED_CONV = enum.auto()
+    # the gradient of the window columns as a matrix product, then col2im; columns (n, cin, kh, kw, oh, ow):
+    # lanes over the output pixels, and col2im reads each kernel offset's rows contiguously
+    COLUMNS_OVER_PIXELS = enum.auto()
+    # the same with columns (n, oh, ow, cin, kh, kw): lanes over cin*kh*kw, for few output pixels
+    COLUMNS_OVER_CHANNELS = enum.auto()
+
+
+# The conv layouts were measured with 16-lane vectors (AVX-512 CPUs: LLVM and PoCL) and checked with scalar code
+# on a GPU (the ResNet-18 step against PyTorch); narrower vectors were not measured, so they keep these layouts.
+_MEASURED_LANES = 16
+
+
+def vector_width(device: str) -> int:
+    """float32 lanes of the device's vectors (1: scalar code, as on a GPU). The one place that reads it."""
+    from lazygrad import backends
+
+    return backends.get(device).capabilities.vector_width
+
+
+def _lanes(device: str) -> tuple[int, int]:
+    """(full, half): the vector widths the lowering tries, full first (codegen.lowering.choose_options)."""
+    full = max(vector_width(device), _MEASURED_LANES)
+    return full, full // 2
+
+
+def conv_layout(device: str, out_width: int, out_channels_per_group: int, plain_weight: bool) -> ConvLayout:
+    """`plain_weight`: the weight is a whole contiguous buffer (not a view, such as the flipped weight of an
+    input gradient), so the columns' matrix product reads it as it is."""
+    full, half = _lanes(device)
+    if out_width % half and plain_weight:
+        # output rows that not even a half-width vector divides give lanes no contiguous output row
+        return ConvLayout.COLUMNS
+    if out_width % full and out_channels_per_group % full == 0:
+        # a weight seen through a view: copied channel-last, lanes go over output channels instead of rows
+        return ConvLayout.CHANNEL_LAST_WEIGHT
+    return ConvLayout.WINDOWS
+
+
+def conv_input_grad_layout(
+    device: str, groups: int, input_width: int, out_pixels: int, plain_weight: bool
+) -> InputGradLayout:
+    """`out_pixels`: oh * ow of the output gradient; `plain_weight` as for conv_layout."""
+    full, _ = _lanes(device)
+    if groups == 1 and input_width % full and plain_weight:
+        # narrow feature maps: the transposed convolution's rows would not fill the vectors
+        if out_pixels % full == 0:
+            return InputGradLayout.COLUMNS_OVER_PIXELS
+        return InputGradLayout.COLUMNS_OVER_CHANNELS
+    return InputGradLayout.TRANSPOSED_CONV
+
+
+# A reduction to one value of this many elements or more runs in two kernels, with this many partial results.
+# The same on every device: on a GPU one output would run on one work-item, on a CPU on one thread, and a float
+# sum of a million values in one running total is several hundred times further from the exact sum.
+_SPLIT_REDUCE_MIN_SIZE = 1 << 16
+_SPLIT_REDUCE_PARTS = 1024
+
+
+def split_reduce_parts(size: int) -> int:
+    """The partial results a reduction of `size` elements to one value is built from (1: not split)."""
+    return _SPLIT_REDUCE_PARTS if size >= _SPLIT_REDUCE_MIN_SIZE else 1

@@ -1,0 +1,129 @@
+"""Creation ops: constants, random tensors, ranges, and their *_like forms (static methods of Tensor)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from lazygrad import dtype as dt
+from lazygrad.device import canonical_device
+from lazygrad.graph import LazyBuffer
+
+if TYPE_CHECKING:
+    from lazygrad.tensor import Tensor
+# at run time `Tensor` is the finished class, bound in by lazygrad.tensor (tensor_ops.bind_tensor_class)
+
+_rng = [np.random.default_rng(0)]
+
+
+def manual_seed(seed: int) -> None:
+    _rng[0] = np.random.default_rng(seed)
+
+
+def _flatten_shape(shape) -> tuple:
+    if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+        shape = tuple(shape[0])
+    shape = tuple(int(s) for s in shape)
+    if any(s < 0 for s in shape):
+        raise RuntimeError(f"negative dimension in shape {shape}")
+    return shape
+
+
+class CreationOps:
+    __slots__ = ()
+
+    @staticmethod
+    def full(shape, fill_value, dtype=None, device=None, requires_grad=False) -> Tensor:
+        shape = _flatten_shape(shape if isinstance(shape, (tuple, list)) else (shape,))
+        dtype = dt.to_dtype(dtype) if dtype is not None else dt.python_type_dtype(fill_value)
+        t = Tensor(LazyBuffer.const(fill_value, shape, dtype, canonical_device(device)))
+        return t.requires_grad_() if requires_grad else t
+
+    @staticmethod
+    def zeros(*shape, dtype=None, device=None, requires_grad=False) -> Tensor:
+        return Tensor.full(_flatten_shape(shape), 0.0, dtype or dt.default_float, device, requires_grad)
+
+    @staticmethod
+    def ones(*shape, dtype=None, device=None, requires_grad=False) -> Tensor:
+        return Tensor.full(_flatten_shape(shape), 1.0, dtype or dt.default_float, device, requires_grad)
+
+    @staticmethod
+    def empty(*shape, dtype=None, device=None, requires_grad=False) -> Tensor:
+        return Tensor.zeros(*shape, dtype=dtype, device=device, requires_grad=requires_grad)
+
+    @staticmethod
+    def _from_numpy_random(array, dtype, device, requires_grad):
+        dtype = dt.to_dtype(dtype) if dtype is not None else dt.default_float
+        t = Tensor(array.astype(dtype.np), device=device)
+        return t.requires_grad_() if requires_grad else t
+
+    @staticmethod
+    def rand(*shape, dtype=None, device=None, requires_grad=False) -> Tensor:
+        return Tensor._from_numpy_random(
+            _rng[0].random(_flatten_shape(shape), dtype=np.float32), dtype, device, requires_grad
+        )
+
+    @staticmethod
+    def randn(*shape, dtype=None, device=None, requires_grad=False) -> Tensor:
+        return Tensor._from_numpy_random(
+            _rng[0].standard_normal(_flatten_shape(shape), dtype=np.float32), dtype, device, requires_grad
+        )
+
+    @staticmethod
+    def randint(low, high=None, size=(), dtype=None, device=None) -> Tensor:
+        if high is None:
+            low, high = 0, low
+        data = _rng[0].integers(low, high, size=_flatten_shape(size if isinstance(size, (tuple, list)) else (size,)))
+        return Tensor(data.astype((dt.to_dtype(dtype) if dtype else dt.int64).np), device=device)
+
+    @staticmethod
+    def uniform(*shape, low=0.0, high=1.0, dtype=None, device=None, requires_grad=False) -> Tensor:
+        data = _rng[0].uniform(low, high, _flatten_shape(shape)).astype(np.float32)
+        return Tensor._from_numpy_random(data, dtype, device, requires_grad)
+
+    @staticmethod
+    def normal(*shape, mean=0.0, std=1.0, dtype=None, device=None, requires_grad=False) -> Tensor:
+        data = _rng[0].normal(mean, std, _flatten_shape(shape)).astype(np.float32)
+        return Tensor._from_numpy_random(data, dtype, device, requires_grad)
+
+    @staticmethod
+    def arange(start, end=None, step=1, dtype=None, device=None, requires_grad=False) -> Tensor:
+        if end is None:
+            start, end = 0, start
+        is_float = any(isinstance(v, float) for v in (start, end, step))
+        dtype = dt.to_dtype(dtype) if dtype is not None else (dt.default_float if is_float else dt.int64)
+        t = Tensor(np.arange(start, end, step).astype(dtype.np), device=device)
+        return t.requires_grad_() if requires_grad else t
+
+    @staticmethod
+    def linspace(start, end, steps: int, dtype=None, device=None) -> Tensor:
+        dtype = dt.to_dtype(dtype) if dtype is not None else dt.default_float
+        return Tensor(np.linspace(start, end, steps).astype(dtype.np), device=device)
+
+    @staticmethod
+    def eye(n: int, m: int | None = None, dtype=None, device=None) -> Tensor:
+        dtype = dt.to_dtype(dtype) if dtype is not None else dt.default_float
+        return Tensor(np.eye(n, m if m is not None else n).astype(dtype.np), device=device)
+
+    def full_like(self, fill_value, dtype=None, device=None, requires_grad=False) -> Tensor:
+        return Tensor.full(self.shape, fill_value, dtype or self.dtype, device or self.device, requires_grad)
+
+    def zeros_like(self, dtype=None, device=None, requires_grad=False) -> Tensor:
+        return self.full_like(0, dtype, device, requires_grad)
+
+    def ones_like(self, dtype=None, device=None, requires_grad=False) -> Tensor:
+        return self.full_like(1, dtype, device, requires_grad)
+
+    def empty_like(self, dtype=None, device=None, requires_grad=False) -> Tensor:
+        return self.zeros_like(dtype, device, requires_grad)
+
+    def rand_like(self, dtype=None, device=None, requires_grad=False) -> Tensor:
+        return Tensor.rand(
+            *self.shape, dtype=dtype or self.dtype, device=device or self.device, requires_grad=requires_grad
+        )
+
+    def randn_like(self, dtype=None, device=None, requires_grad=False) -> Tensor:
+        return Tensor.randn(
+            *self.shape, dtype=dtype or self.dtype, device=device or self.device, requires_grad=requires_grad
+        )

@@ -1,0 +1,578 @@
+"""Elementwise ops: dtype conversions, arithmetic with PyTorch's promotion and broadcasting, math functions,
+activations, comparisons, bitwise and logical ops, and the Python operators."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from lazygrad import dtype as dt
+from lazygrad.dtype import DType
+
+if TYPE_CHECKING:
+    from lazygrad.tensor import Tensor
+# at run time `Tensor` is the finished class, bound in by lazygrad.tensor (tensor_ops.bind_tensor_class)
+
+
+def _broadcast_shape(*shapes) -> tuple:
+    ndim = max(len(s) for s in shapes)
+    padded = [(1,) * (ndim - len(s)) + tuple(s) for s in shapes]
+    out = []
+    for d in range(ndim):
+        sizes = {p[d] for p in padded if p[d] != 1}
+        if len(sizes) > 1:
+            raise RuntimeError(
+                f"The size of tensor a ({padded[0][d]}) must match the size of tensor b ({padded[1][d]}) at "
+                f"non-singleton dimension {d}: shapes {tuple(shapes[0])} and {tuple(shapes[1])} do not broadcast"
+            )
+        out.append(sizes.pop() if sizes else 1)
+    return tuple(out)
+
+
+def _result_dtype(a: Tensor, b: Tensor) -> DType:
+    """PyTorch's promotion of two tensors: a zero-dim tensor beside a dimensioned one counts only when it is of a
+    higher category (bool < integer < float), like a Python scalar, but with its own dtype."""
+    if (a.ndim == 0) == (b.ndim == 0):
+        return dt.promote(a.dtype, b.dtype)
+    dim, zero = (b.dtype, a.dtype) if a.ndim == 0 else (a.dtype, b.dtype)
+    if dim.is_float:
+        return dim
+    if dim == dt.bool_ or zero.is_float:
+        return dt.promote(dim, zero)
+    return dim
+
+
+class ElementwiseOps:
+    __slots__ = ()
+
+    def cast(self, dtype) -> Tensor:
+        dtype = dt.to_dtype(dtype)
+        return self if dtype == self.dtype else self._primitive("cast", arg=dtype, dtype=dtype)
+
+    def bitcast(self, dtype) -> Tensor:
+        dtype = dt.to_dtype(dtype)
+        if dtype.itemsize != self.dtype.itemsize:
+            raise RuntimeError(f"bitcast needs dtypes of the same size: {self.dtype.name} -> {dtype.name}")
+        return self if dtype == self.dtype else self._primitive("bitcast", arg=self.dtype, dtype=dtype)
+
+    def float(self) -> Tensor:
+        return self.cast(dt.float32)
+
+    def half(self) -> Tensor:
+        return self.cast(dt.float16)
+
+    def double(self) -> Tensor:
+        return self.cast(dt.float64)
+
+    def int(self) -> Tensor:
+        return self.cast(dt.int32)
+
+    def long(self) -> Tensor:
+        return self.cast(dt.int64)
+
+    def bool(self) -> Tensor:
+        return self.cast(dt.bool_)
+
+    def byte(self) -> Tensor:
+        return self.cast(dt.uint8)
+
+    def type(self, dtype) -> Tensor:
+        return self.cast(dtype)
+
+    def _operand(self, other, reverse=False) -> tuple:
+        """Both operands as tensors of one dtype and one shape (PyTorch promotion and broadcasting)."""
+        if isinstance(other, Tensor):
+            d = _result_dtype(self, other)
+            x, y = self.cast(d), other.cast(d)
+        else:
+            if isinstance(other, np.ndarray):
+                return self._operand(Tensor(other, device=self.device), reverse)
+            if not isinstance(other, (bool, int, float)):
+                raise TypeError(f"unsupported operand type {type(other).__name__} for a Tensor op")
+            d = dt.scalar_dtype(other, self.dtype)
+            x, y = self.cast(d), Tensor.full((), other, d, self.device)
+        if x.shape != y.shape:
+            shape = _broadcast_shape(x.shape, y.shape)
+            x, y = x.broadcast_to(shape), y.broadcast_to(shape)
+        return (y, x) if reverse else (x, y)
+
+    def add(self, other, alpha=1) -> Tensor:
+        if alpha != 1:
+            other = other * alpha
+        x, y = self._operand(other)
+        if x.dtype == dt.bool_:
+            return x | y
+        return x._primitive("add", y)
+
+    def sub(self, other, alpha=1) -> Tensor:
+        if self.dtype == dt.bool_ and (
+            isinstance(other, bool) or (isinstance(other, Tensor) and other.dtype == dt.bool_)
+        ):
+            raise RuntimeError("Subtraction, the `-` operator, with two bool tensors is not supported")
+        x, y = self._operand(other)
+        return x.add(-y if alpha == 1 else -(y * alpha))
+
+    def mul(self, other) -> Tensor:
+        x, y = self._operand(other)
+        if x.dtype == dt.bool_:
+            return x & y
+        return x._primitive("mul", y)
+
+    def div(self, other, rounding_mode: str | None = None) -> Tensor:
+        x, y = self._operand(other)
+        if rounding_mode == "floor":
+            return x.floor_divide(y)
+        if rounding_mode == "trunc":
+            return x._primitive("idiv", y) if x.dtype.is_int else (x / y).trunc()
+        if not x.dtype.is_float:
+            x, y = x.cast(dt.default_float), y.cast(dt.default_float)
+        return x._primitive("mul", y._primitive("recip"))
+
+    def floor_divide(self, other) -> Tensor:
+        x, y = self._operand(other)
+        if x.dtype.is_float:
+            return (x / y).floor()
+        q = x._primitive("idiv", y)
+        # C division truncates; Python/PyTorch floor when the signs differ and it is inexact
+        inexact = x._primitive("mod", y)._primitive("cmpne", y.zeros_like())
+        signs_differ = (x < 0) ^ (y < 0)
+        return q - (inexact & signs_differ).cast(q.dtype)
+
+    def remainder(self, other) -> Tensor:
+        x, y = self._operand(other)
+        if x.dtype.is_float:
+            return x - (x / y).floor() * y
+        r = x._primitive("mod", y)
+        fix = r._primitive("cmpne", r.zeros_like()) & ((r < 0) ^ (y < 0))
+        return r + fix.cast(r.dtype) * y
+
+    def fmod(self, other) -> Tensor:
+        x, y = self._operand(other)
+        return x._primitive("mod", y) if x.dtype.is_int else x - (x / y).trunc() * y
+
+    def pow(self, exponent) -> Tensor:
+        if not isinstance(exponent, Tensor):
+            if exponent == 2:
+                return self * self
+            if exponent == 1:
+                return self * 1
+            if exponent == 0.5:
+                return self.sqrt()
+            if exponent == -1:
+                return self.reciprocal()
+            if exponent == 0:
+                return self._zero_gradient(self.ones_like(dtype=dt.scalar_dtype(exponent, self.dtype)))
+            if isinstance(exponent, int) and 0 < exponent <= 8:
+                out = self
+                for _ in range(exponent - 1):
+                    out = out * self
+                return out
+            if isinstance(exponent, int) and exponent > 0 and not self.dtype.is_float:
+                # square and multiply: exact, and wrapping around on overflow as PyTorch's integer pow
+                out, square = None, self
+                while exponent:
+                    if exponent & 1:
+                        out = square if out is None else out * square
+                    exponent >>= 1
+                    square = square * square if exponent else square
+                return out
+        x, y = self._operand(exponent)
+        if not x.dtype.is_float:
+            out_dtype = x.dtype
+            x, y = x.cast(dt.default_float), y.cast(dt.default_float)
+            r = x.pow(y)
+            return (r + (r < 0).where(-0.5, 0.5)).cast(out_dtype)  # round half away from zero, then cast
+        # |x|**y, then the sign for negative bases with odd integer exponents; NaN for non-integers
+        y_int = y == y.trunc()
+        y_odd = y_int & ((y / 2).trunc() * 2 != y)
+        zero = x == 0
+        # log2(0) = -inf would make the gradient 0 * inf = NaN: take the logarithm of a safe base and give
+        # x == 0 its value (0, or inf for negative y) through a where, which carries no gradient but for y == 1
+        safe = zero.where(x.ones_like(), x)
+        magnitude = (y * safe.abs().log2()).exp2()
+        nan = Tensor.full((), float("nan"), x.dtype, x.device)  # a constant: no NaN flows into the gradient
+        fractional = (safe == float("-inf")).where(magnitude, nan)  # (-inf)**2.5 is inf, (-8)**(1/3) is NaN
+        signed = (safe < 0).where(y_odd.where(-magnitude, y_int.where(magnitude, fractional)), magnitude)
+        inf = Tensor.full((), float("inf"), x.dtype, x.device)
+        negative_zero = x.detach().reciprocal() < 0
+        at_zero = (y > 0).where(x.zeros_like().detach(), (y_odd & negative_zero).where(-inf, inf))
+        signed = zero.where((y == 1).where(x, at_zero), signed)
+        # x**0 is 1 for every x; only where the formula fails (0, inf, NaN), so the gradient of y stays log(x)
+        formula_fails = zero | (x != x) | (x.abs() == float("inf"))
+        return ((y == 0) & formula_fails).where(x.ones_like(), signed)
+
+    def neg(self) -> Tensor:
+        if self.dtype == dt.bool_:
+            raise RuntimeError("Negation, the `-` operator, on a bool tensor is not supported; use ~ or logical_not")
+        return self._primitive("neg")
+
+    def reciprocal(self) -> Tensor:
+        x = self if self.dtype.is_float else self.cast(dt.default_float)
+        return x._primitive("recip")
+
+    def exp2(self) -> Tensor:
+        return self._float()._primitive("exp2")
+
+    def log2(self) -> Tensor:
+        return self._float()._primitive("log2")
+
+    def exp(self) -> Tensor:
+        return (self._float() * (1 / math.log(2))).exp2()
+
+    def log(self) -> Tensor:
+        return self.log2() * math.log(2)
+
+    def log10(self) -> Tensor:
+        return self.log2() * math.log10(2)
+
+    def log1p(self) -> Tensor:
+        return (self + 1).log()
+
+    def expm1(self) -> Tensor:
+        return self.exp() - 1
+
+    def sqrt(self) -> Tensor:
+        return self._float()._primitive("sqrt")
+
+    def rsqrt(self) -> Tensor:
+        return self.sqrt().reciprocal()
+
+    def square(self) -> Tensor:
+        return self * self
+
+    def sin(self) -> Tensor:
+        return self._float()._primitive("sin")
+
+    def cos(self) -> Tensor:
+        return (math.pi / 2 - self._float()).sin()
+
+    def tan(self) -> Tensor:
+        return self.sin() / self.cos()
+
+    def _float(self) -> Tensor:
+        return self if self.dtype.is_float else self.cast(dt.default_float)
+
+    def _exp_of_minus_abs(self) -> tuple:
+        """(x >= 0, exp(-|x|)): an exponential that cannot overflow, so no branch of a where built on it
+        holds an inf whose gradient turns into NaN. -|x| is taken by a where, not abs(), so that its
+        gradient at 0 is -1 (abs() splits the kink into 0)."""
+        x = self._float()
+        positive = x >= 0
+        return positive, positive.where(-x, x).exp()
+
+    def sigmoid(self) -> Tensor:
+        # 1 / (1 + e^-x) for x >= 0, e^x / (1 + e^x) below: stable, in value and in gradient, for any x
+        positive, e = self._exp_of_minus_abs()
+        return positive.where(1.0, e) / (1 + e)
+
+    def tanh(self) -> Tensor:
+        return 2 * (2 * self._float()).sigmoid() - 1
+
+    def relu(self) -> Tensor:
+        # where(x <= 0, 0, x) keeps NaN and gives gradient 0 at 0, as PyTorch does
+        return self.le(0).where(self.zeros_like(), self)
+
+    def relu6(self) -> Tensor:
+        return self.clamp(0, 6)
+
+    def leaky_relu(self, negative_slope: float = 0.01) -> Tensor:
+        return (self > 0).where(self, self * negative_slope)
+
+    def elu(self, alpha: float = 1.0) -> Tensor:
+        return (self > 0).where(self, alpha * self.expm1())
+
+    def erf(self) -> Tensor:
+        # Abramowitz & Stegun 7.1.26 refined: |error| < 1.5e-7
+        x = self._float()
+        t = 1 / (1 + 0.3275911 * x.abs())
+        poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
+        return x.sign() * (1 - poly * (-x * x).exp())
+
+    def gelu(self, approximate: str = "none") -> Tensor:
+        if approximate == "tanh":
+            return 0.5 * self * (1 + (math.sqrt(2 / math.pi) * (self + 0.044715 * self * self * self)).tanh())
+        return 0.5 * self * (1 + (self * (1 / math.sqrt(2))).erf())
+
+    def silu(self) -> Tensor:
+        return self * self.sigmoid()
+
+    def softplus(self, beta: float = 1.0, threshold: float = 20.0) -> Tensor:
+        scaled = self._float() * beta
+        # log(1 + e^s) = max(s, 0) + log(1 + e^-|s|): no overflow in any branch
+        positive, e = scaled._exp_of_minus_abs()
+        stable = (positive.where(scaled, 0.0) + (1 + e).log()) / beta
+        return (scaled > threshold).where(self, stable)
+
+    def mish(self) -> Tensor:
+        return self * self.softplus().tanh()
+
+    def hardtanh(self, min_val=-1.0, max_val=1.0) -> Tensor:
+        return self.clamp(min_val, max_val)
+
+    def abs(self) -> Tensor:
+        if self.dtype == dt.bool_:
+            return self
+        return self._primitive("max", self._primitive("neg"))
+
+    def sign(self) -> Tensor:
+        if self.dtype == dt.bool_:
+            return self
+        # NaN has sign 0, as in PyTorch (neither comparison holds)
+        return self._zero_gradient((self > 0).cast(self.dtype) - (self < 0).cast(self.dtype))
+
+    def trunc(self) -> Tensor:
+        if not self.dtype.is_float:
+            return self
+        # values of at least 2**52 are integers already (and would overflow int64 on the way)
+        big = self.abs() >= 2.0**52  # also inf; NaN fails every comparison and goes through the cast
+        as_int = self.cast(dt.int64).cast(self.dtype)
+        nan_or_big = big | (self != self)
+        return self._zero_gradient(nan_or_big.where(self, as_int))
+
+    def _zero_gradient(self, value: Tensor) -> Tensor:
+        """`value`, as a function of self whose gradient is zero (as PyTorch's for sign, floor, round...).
+
+        A where that always picks the detached value: its gradient to self is exactly 0, and unlike
+        `value + 0 * self` it cannot turn an inf in self into NaN."""
+        if not self.requires_grad:
+            return value
+        always = Tensor.full(self.shape, True, dt.bool_, self.device)
+        return always._primitive("where", value.detach(), self)
+
+    def floor(self) -> Tensor:
+        t = self.trunc()
+        return t - (t > self).cast(self.dtype) if self.dtype.is_float else self
+
+    def ceil(self) -> Tensor:
+        t = self.trunc()
+        return t + (t < self).cast(self.dtype) if self.dtype.is_float else self
+
+    def round(self, decimals: int = 0) -> Tensor:
+        if not self.dtype.is_float:
+            return self
+        if decimals:
+            scale = 10.0**decimals
+            return (self * scale).round() / scale
+        r = (self + 0.5).floor()
+        # halfway cases round to even
+        tie = (r - self) == 0.5
+        odd = (r / 2).floor() * 2 != r
+        return (tie & odd).where(r - 1, r)
+
+    def frac(self) -> Tensor:
+        return self - self.trunc()
+
+    def clamp(self, min=None, max=None) -> Tensor:
+        if min is None and max is None:
+            raise RuntimeError("torch.clamp: At least one of 'min' or 'max' must not be None")
+        out = self
+        if min is not None:
+            lo = min if isinstance(min, Tensor) else Tensor.full((), min, dt.scalar_dtype(min, self.dtype), self.device)
+            out = (out < lo).where(lo.cast(dt.promote(out.dtype, lo.dtype)), out)
+        if max is not None:
+            hi = max if isinstance(max, Tensor) else Tensor.full((), max, dt.scalar_dtype(max, self.dtype), self.device)
+            out = (out > hi).where(hi.cast(dt.promote(out.dtype, hi.dtype)), out)
+        return out
+
+    clip = clamp
+
+    def maximum(self, other) -> Tensor:
+        x, y = self._operand(other)
+        return x._primitive("max", y)
+
+    def minimum(self, other) -> Tensor:
+        x, y = self._operand(other)
+        if x.dtype == dt.bool_:
+            return x & y
+        return x._reverse_order()._primitive("max", y._reverse_order())._reverse_order()
+
+    def _reverse_order(self) -> Tensor:
+        """An order-reversing bijection (for min from max): -x for floats, ~x for integers."""
+        if self.dtype.is_float:
+            return -self
+        if self.dtype == dt.bool_:
+            return self.logical_not()
+        return self ^ -1 if self.dtype.kind == "i" else self ^ ((1 << (8 * self.dtype.itemsize)) - 1)
+
+    def where(self, x, y) -> Tensor:
+        """torch.where(self, x, y): x where self is true."""
+        cond = self if self.dtype == dt.bool_ else self.bool()
+        if not isinstance(x, Tensor) and not isinstance(y, Tensor):
+            d = (
+                dt.python_type_dtype(x)
+                if type(x) is type(y)
+                else dt.promote(dt.python_type_dtype(x), dt.python_type_dtype(y))
+            )
+            x = Tensor.full((), x, d, self.device)
+        if isinstance(x, Tensor):
+            x, y = x._operand(y)
+        else:
+            y, x = y._operand(x)
+        shape = _broadcast_shape(cond.shape, x.shape)
+        cond, x, y = cond.broadcast_to(shape), x.broadcast_to(shape), y.broadcast_to(shape)
+        return cond._primitive("where", x, y)
+
+    def masked_fill(self, mask: Tensor, value) -> Tensor:
+        return mask.where(
+            Tensor.full((), value, dt.scalar_dtype(value, self.dtype), self.device).cast(self.dtype), self
+        )
+
+    def lerp(self, end, weight) -> Tensor:
+        return self + (end - self) * weight
+
+    # comparisons (NaN-correct: every comparison with NaN is false except !=)
+    def eq(self, other) -> Tensor:
+        x, y = self._operand(other)
+        return x._primitive("cmpne", y).logical_not()
+
+    def ne(self, other) -> Tensor:
+        x, y = self._operand(other)
+        return x._primitive("cmpne", y)
+
+    def lt(self, other) -> Tensor:
+        x, y = self._operand(other)
+        return x._primitive("cmplt", y)
+
+    def gt(self, other) -> Tensor:
+        x, y = self._operand(other)
+        return y._primitive("cmplt", x)
+
+    def le(self, other) -> Tensor:
+        return self.lt(other) | self.eq(other)
+
+    def ge(self, other) -> Tensor:
+        return self.gt(other) | self.eq(other)
+
+    def isnan(self) -> Tensor:
+        return self != self
+
+    def isinf(self) -> Tensor:
+        return self.abs() == float("inf") if self.dtype.is_float else self.zeros_like(dtype=dt.bool_)
+
+    def isfinite(self) -> Tensor:
+        return (self == self) & ~self.isinf()
+
+    def allclose(self, other, rtol=1e-5, atol=1e-8) -> bool:
+        return bool(((self - other).abs() <= atol + rtol * other.abs()).all().item())
+
+    # logical and bitwise
+    def _bitwise(self, op: str, other) -> Tensor:
+        x, y = self._operand(other)
+        if x.dtype.is_float:
+            # NotImplementedError, as PyTorch's; it is a RuntimeError too
+            raise NotImplementedError(f"bitwise {op} is only for integer and bool tensors, got {x.dtype.name}")
+        return x._primitive(op, y)
+
+    def bitwise_and(self, other) -> Tensor:
+        return self._bitwise("and", other)
+
+    def bitwise_or(self, other) -> Tensor:
+        return self._bitwise("or", other)
+
+    def bitwise_xor(self, other) -> Tensor:
+        return self._bitwise("xor", other)
+
+    def bitwise_not(self) -> Tensor:
+        if self.dtype.is_float:
+            raise TypeError(f"~ (bitwise_not) is only for integer and bool tensors, got {self.dtype.name}")
+        return self ^ (True if self.dtype == dt.bool_ else -1)
+
+    def bitwise_left_shift(self, other) -> Tensor:
+        return self._bitwise("shl", other)
+
+    def bitwise_right_shift(self, other) -> Tensor:
+        return self._bitwise("shr", other)
+
+    def logical_not(self) -> Tensor:
+        return self.bool()._primitive("xor", Tensor.full(self.shape, True, dt.bool_, self.device))
+
+    def logical_and(self, other) -> Tensor:
+        return self.bool() & (other.bool() if isinstance(other, Tensor) else bool(other))
+
+    def logical_or(self, other) -> Tensor:
+        return self.bool() | (other.bool() if isinstance(other, Tensor) else bool(other))
+
+    def logical_xor(self, other) -> Tensor:
+        return self.bool() ^ (other.bool() if isinstance(other, Tensor) else bool(other))
+
+    # operators
+    __add__ = add
+
+    __sub__ = sub
+
+    __mul__ = mul
+
+    __truediv__ = div
+
+    __floordiv__ = floor_divide
+
+    __mod__ = remainder
+
+    __pow__ = pow
+
+    __neg__ = neg
+
+    __abs__ = abs
+
+    __invert__ = bitwise_not
+
+    __and__ = bitwise_and
+
+    __or__ = bitwise_or
+
+    __xor__ = bitwise_xor
+
+    __lshift__ = bitwise_left_shift
+
+    __rshift__ = bitwise_right_shift
+
+    __lt__ = lt
+
+    __gt__ = gt
+
+    __le__ = le
+
+    __ge__ = ge
+
+    __eq__ = eq  # type: ignore[assignment]
+
+    __ne__ = ne  # type: ignore[assignment]
+
+    def __radd__(self, other):
+        x, y = self._operand(other, reverse=True)
+        return x.add(y)
+
+    def __rsub__(self, other):
+        x, y = self._operand(other, reverse=True)
+        return x.sub(y)
+
+    def __rmul__(self, other):
+        x, y = self._operand(other, reverse=True)
+        return x.mul(y)
+
+    def __rtruediv__(self, other):
+        x, y = self._operand(other, reverse=True)
+        return x.div(y)
+
+    def __rfloordiv__(self, other):
+        x, y = self._operand(other, reverse=True)
+        return x.floor_divide(y)
+
+    def __rmod__(self, other):
+        x, y = self._operand(other, reverse=True)
+        return x.remainder(y)
+
+    def __rpow__(self, other):
+        x, y = self._operand(other, reverse=True)
+        return x.pow(y)
+
+    def __rand__(self, other):
+        return self.bitwise_and(other)
+
+    def __ror__(self, other):
+        return self.bitwise_or(other)
+
+    def __rxor__(self, other):
+        return self.bitwise_xor(other)

@@ -1,0 +1,351 @@
+"""Movement ops: views (reshape, permute, expand, pad, shrink, flip), indexing, joining and splitting."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from lazygrad import dtype as dt
+from lazygrad.dtype import DType
+from lazygrad.shape import prod
+
+if TYPE_CHECKING:
+    from lazygrad.tensor import Tensor
+# at run time `Tensor` is the finished class, bound in by lazygrad.tensor (tensor_ops.bind_tensor_class)
+
+
+def _not_a_view(source: Tensor, out: Tensor) -> Tensor:
+    """`out`, built with movement ops from `source`, as a tensor of its own (an op PyTorch answers with a copy):
+    an in-place update of it does not write back into `source`."""
+    if out is not source:
+        out._view_of = None
+    return out
+
+
+class MovementOps:
+    __slots__ = ()
+
+    @property
+    def T(self) -> Tensor:
+        return self.permute(*reversed(range(self.ndim)))
+
+    @property
+    def mT(self) -> Tensor:
+        return self.transpose(-2, -1)
+
+    def broadcast_to(self, shape) -> Tensor:
+        shape = tuple(shape)
+        if self.shape == shape:
+            return self
+        if len(shape) < self.ndim:
+            raise RuntimeError(f"cannot broadcast shape {self.shape} to {shape}: fewer dimensions")
+        x = self.reshape((1,) * (len(shape) - self.ndim) + self.shape) if len(shape) != self.ndim else self
+        for s, n in zip(x.shape, shape):
+            if s != n and s != 1:
+                raise RuntimeError(
+                    f"The expanded size of the tensor ({n}) must match the existing size ({s}) at a "
+                    f"non-singleton dimension: cannot broadcast {self.shape} to {shape}"
+                )
+        return x._movement("expand", shape)
+
+    def reshape(self, *shape) -> Tensor:
+        shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
+        shape = [int(s) for s in shape]
+        if shape.count(-1) > 1:
+            raise RuntimeError("only one dimension can be inferred")
+        if -1 in shape:
+            known = prod(s for s in shape if s != -1)
+            if known == 0 or self.numel() % known:
+                raise RuntimeError(f"shape '{list(shape)}' is invalid for input of size {self.numel()}")
+            shape[shape.index(-1)] = self.numel() // known
+        if prod(shape) != self.numel() or any(s < 0 for s in shape):
+            raise RuntimeError(f"shape '{list(shape)}' is invalid for input of size {self.numel()}")
+        out = self._movement("reshape", tuple(shape))
+        if out is not self and len(out.lazydata.st.views) > len(self.lazydata.st.views):
+            out._view_of = None  # not expressible with strides: PyTorch copies, so an update does not write back
+        return out
+
+    def view(self, *shape) -> Tensor:
+        if (
+            len(shape) == 1
+            and isinstance(shape[0], (DType, str))
+            or (len(shape) == 1 and not isinstance(shape[0], (int, tuple, list)))
+        ):
+            return self.bitcast(shape[0])
+        return self.reshape(*shape)
+
+    def flatten(self, start_dim: int = 0, end_dim: int = -1) -> Tensor:
+        if self.ndim == 0:
+            return self.reshape(1)
+        s, e = self._dim(start_dim), self._dim(end_dim)
+        return self.reshape(self.shape[:s] + (prod(self.shape[s : e + 1]),) + self.shape[e + 1 :])
+
+    def unflatten(self, dim: int, sizes) -> Tensor:
+        d = self._dim(dim)
+        return self.reshape(self.shape[:d] + tuple(sizes) + self.shape[d + 1 :])
+
+    def squeeze(self, dim=None) -> Tensor:
+        if dim is None:
+            return self.reshape(tuple(s for s in self.shape if s != 1))
+        axes = self._axes(dim) if self.ndim else ()
+        return self.reshape(tuple(s for i, s in enumerate(self.shape) if not (i in axes and s == 1)))
+
+    def unsqueeze(self, dim: int) -> Tensor:
+        d = self._dim(dim, self.ndim + 1)
+        return self.reshape(self.shape[:d] + (1,) + self.shape[d:])
+
+    def permute(self, *dims) -> Tensor:
+        dims = dims[0] if len(dims) == 1 and isinstance(dims[0], (tuple, list)) else dims
+        order = tuple(self._dim(d) for d in dims)
+        if sorted(order) != list(range(self.ndim)):
+            raise RuntimeError(
+                f"permute(sparse_coo): number of dimensions in the tensor input does not match the "
+                f"length of the desired ordering of dimensions: dims {tuple(dims)} for shape {self.shape}"
+            )
+        return self._movement("permute", order)
+
+    def transpose(self, dim0: int, dim1: int) -> Tensor:
+        if self.ndim < 2 and dim0 in (0, -1) and dim1 in (0, -1):
+            return self
+        order = list(range(self.ndim))
+        a, b = self._dim(dim0), self._dim(dim1)
+        order[a], order[b] = order[b], order[a]
+        return self.permute(order)
+
+    def t(self) -> Tensor:
+        if self.ndim > 2:
+            raise RuntimeError(f"t() expects a tensor with <= 2 dimensions, but self is {self.ndim}D")
+        return self.transpose(0, 1) if self.ndim == 2 else self
+
+    swapaxes = transpose
+
+    def expand(self, *sizes) -> Tensor:
+        sizes = sizes[0] if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)) else sizes
+        if len(sizes) < self.ndim:
+            raise RuntimeError(
+                f"expand: the number of sizes provided ({len(sizes)}) must be greater or equal to the "
+                f"number of dimensions in the tensor ({self.ndim})"
+            )
+        lead = len(sizes) - self.ndim
+        shape = tuple(s if s != -1 else self.shape[i - lead] for i, s in enumerate(sizes))
+        return self.broadcast_to(shape)
+
+    def expand_as(self, other: Tensor) -> Tensor:
+        return self.expand(other.shape)
+
+    def flip(self, *dims) -> Tensor:
+        dims = dims[0] if len(dims) == 1 and isinstance(dims[0], (tuple, list)) else dims
+        return _not_a_view(self, self._movement("flip", tuple(self._dim(d) for d in dims)))  # torch.flip copies
+
+    def shrink(self, arg) -> Tensor:
+        return self._movement("shrink", tuple(arg))
+
+    def pad(self, pad, mode: str = "constant", value=0.0) -> Tensor:
+        """torch.nn.functional.pad: pairs (left, right) from the last dim backwards; negative pads crop."""
+        if mode != "constant":
+            raise NotImplementedError(f"pad mode {mode!r}: only 'constant' is supported")
+        if len(pad) % 2 or len(pad) // 2 > self.ndim:
+            raise RuntimeError(
+                f"Padding length must be divisible by 2 and at most 2*ndim, got {len(pad)} for shape {self.shape}"
+            )
+        pairs = [(0, 0)] * (self.ndim - len(pad) // 2) + [(pad[i], pad[i + 1]) for i in range(len(pad) - 2, -1, -2)]
+        x = self
+        crop = [(max(0, -a), s - max(0, -b)) for (a, b), s in zip(pairs, self.shape)]
+        x = x.shrink(crop) if any(c != (0, s) for c, s in zip(crop, self.shape)) else x
+        grow = tuple((max(0, a), max(0, b)) for a, b in pairs)
+        if all(g == (0, 0) for g in grow):
+            return _not_a_view(self, x)
+        out = x._movement("pad", grow)
+        if value != 0:
+            mask = Tensor.full(x.shape, True, dt.bool_, self.device)._movement("pad", grow)
+            out = mask.where(out, Tensor.full((), value, dt.scalar_dtype(value, out.dtype), self.device))
+        return _not_a_view(self, out)  # F.pad makes a new tensor
+
+    def __getitem__(self, index) -> Tensor:
+        if isinstance(index, Tensor) or (isinstance(index, (list, np.ndarray))):
+            return self._gather_index(index)
+        index = index if isinstance(index, tuple) else (index,)
+        if any(isinstance(i, (Tensor, list, np.ndarray)) for i in index):
+            raise NotImplementedError("indexing with several tensor indices is not supported; use one tensor index")
+        n_real = sum(1 for i in index if i is not None and i is not Ellipsis)
+        if n_real > self.ndim:
+            raise IndexError(f"too many indices for tensor of dimension {self.ndim}")
+        if sum(1 for i in index if i is Ellipsis) > 1:
+            raise IndexError("an index can only have a single ellipsis ('...')")
+        if Ellipsis in index:
+            at = index.index(Ellipsis)
+            index = index[:at] + (slice(None),) * (self.ndim - n_real) + index[at + 1 :]
+        else:
+            index = index + (slice(None),) * (self.ndim - n_real)
+        x, dim, new_shape_ops = self, 0, []
+        shrink, flips, strides, squeeze, unsqueeze = [], [], [], [], []
+        out_dim = 0
+        for i in index:
+            if i is None:
+                unsqueeze.append(out_dim)
+                out_dim += 1
+                continue
+            size = self.shape[dim]
+            if isinstance(i, (int, np.integer)) and not isinstance(i, bool):
+                j = int(i)
+                if not -size <= j < size:
+                    raise IndexError(f"index {j} is out of bounds for dimension {dim} with size {size}")
+                j %= size
+                shrink.append((j, j + 1))
+                strides.append(1)
+                squeeze.append(dim)
+            elif isinstance(i, slice):
+                start, stop, step = i.indices(size)
+                if step == 0:
+                    raise ValueError("slice step cannot be zero")
+                if step > 0:
+                    n = max(0, (stop - start + step - 1) // step)
+                    shrink.append((start, start + max(0, (n - 1) * step + 1) if n else start))
+                else:
+                    n = max(0, (start - stop - step - 1) // -step)
+                    lo = start - (n - 1) * -step if n else start
+                    shrink.append((lo, start + 1) if n else (start, start))
+                    flips.append(dim)
+                strides.append(abs(step))
+                out_dim += 1
+            else:
+                raise IndexError(f"unsupported index {i!r} of type {type(i).__name__}")
+            dim += 1
+        del new_shape_ops
+        x = x.shrink(shrink) if any(s != (0, n) for s, n in zip(shrink, self.shape)) else x
+        if flips:
+            x = x._movement("flip", tuple(flips))  # a negative step is a view, as in numpy
+        if any(s != 1 for s in strides):
+            # every step-th element: pad to a multiple of step, split the dim, keep the first of each group
+            for d, s in enumerate(strides):
+                if s == 1:
+                    continue
+                n = x.shape[d]
+                padded = math.ceil(n / s) * s
+                if padded != n:  # a view (not pad(), which copies): the result of indexing is a view
+                    x = x._movement("pad", tuple((0, padded - n) if i == d else (0, 0) for i in range(x.ndim)))
+                x = x._movement("reshape", x.shape[:d] + (padded // s, s) + x.shape[d + 1 :])
+                x = x.shrink([(0, k) if j != d + 1 else (0, 1) for j, k in enumerate(x.shape)])
+                x = x._movement("reshape", x.shape[: d + 1] + x.shape[d + 2 :])
+        # reshapes through _movement: whatever the strides, the result of basic indexing is a view
+        if squeeze:
+            x = x._movement("reshape", tuple(s for d, s in enumerate(x.shape) if d not in squeeze))
+        for d in unsqueeze:
+            x = x._movement("reshape", x.shape[:d] + (1,) + x.shape[d:])
+        return x
+
+    def __setitem__(self, index, value) -> None:
+        """x[index] = value: an in-place copy into the view x[index] (basic indexing only)."""
+        parts = index if isinstance(index, tuple) else (index,)
+        if any(isinstance(i, (Tensor, list, np.ndarray)) for i in parts):
+            raise NotImplementedError("assignment through a tensor index is not supported; use where() instead")
+        self[index].copy_(value)
+
+    def _gather_index(self, index) -> Tensor:
+        """x[idx] with an integer (or bool mask) tensor on the first dim: a one-hot reduce."""
+        idx = index if isinstance(index, Tensor) else Tensor(np.asarray(index), device=self.device)
+        if idx.dtype == dt.bool_:
+            raise NotImplementedError("boolean-mask indexing has a data-dependent shape; use where() instead")
+        n = self.shape[0]
+        idx = (idx < 0).where(idx + n, idx)
+        one_hot = idx.unsqueeze(-1) == Tensor.arange(n, device=self.device)
+        one_hot = one_hot.reshape(one_hot.shape + (1,) * (self.ndim - 1)).cast(self.dtype)
+        return (one_hot * self).sum(idx.ndim)
+
+    def gather(self, dim: int, index: Tensor) -> Tensor:
+        d = self._dim(dim)
+        n = self.shape[d]
+        x = self.shrink([(0, s) if i == d else (0, index.shape[i]) for i, s in enumerate(self.shape)])
+        one_hot = index.unsqueeze(-1) == Tensor.arange(n, device=self.device)
+        return (one_hot.cast(self.dtype) * x.unsqueeze(d).transpose(d, -1)).sum(-1)
+
+    def one_hot(self, num_classes: int = -1) -> Tensor:
+        """int64 one-hot encoding along a new last dim. num_classes=-1 reads max()+1, which computes the input."""
+        n = num_classes if num_classes >= 0 else int(self.max().item()) + 1
+        return (self.unsqueeze(-1) == Tensor.arange(n, device=self.device)).cast(dt.int64)
+
+    def split(self, split_size, dim: int = 0) -> tuple:
+        d = self._dim(dim)
+        n = self.shape[d]
+        sizes = (
+            [split_size] * (n // split_size) + ([n % split_size] if n % split_size else [])
+            if isinstance(split_size, int)
+            else list(split_size)
+        )
+        if sum(sizes) != n:
+            raise RuntimeError(f"split_with_sizes expects split_sizes to sum exactly to {n} (dim {d}), got {sizes}")
+        out, at = [], 0
+        for s in sizes:
+            out.append(self.shrink([(at, at + s) if i == d else (0, k) for i, k in enumerate(self.shape)]))
+            at += s
+        return tuple(out)
+
+    def chunk(self, chunks: int, dim: int = 0) -> tuple:
+        n = self.shape[self._dim(dim)]
+        return self.split(max(1, math.ceil(n / chunks)), dim)
+
+    def unbind(self, dim: int = 0) -> tuple:
+        return tuple(t.squeeze(dim) for t in self.split(1, dim))
+
+    def repeat(self, *sizes) -> Tensor:
+        sizes = sizes[0] if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)) else sizes
+        if len(sizes) < self.ndim:
+            raise RuntimeError(
+                "Number of dimensions of repeat dims can not be smaller than number of dimensions of tensor"
+            )
+        x = self.reshape((1,) * (len(sizes) - self.ndim) + self.shape)
+        expanded = x.reshape(tuple(v for s in x.shape for v in (1, s)))
+        expanded = expanded.expand(tuple(v for r, s in zip(sizes, x.shape) for v in (r, s)))
+        return _not_a_view(self, expanded.reshape(tuple(r * s for r, s in zip(sizes, x.shape))))
+
+    def repeat_interleave(self, repeats: int, dim=None) -> Tensor:
+        x = self.reshape(-1) if dim is None else self
+        d = 0 if dim is None else x._dim(dim)
+        y = x.unsqueeze(d + 1)
+        y = y.expand(y.shape[: d + 1] + (repeats,) + y.shape[d + 2 :])
+        return y.flatten(d, d + 1)
+
+    @staticmethod
+    def cat(tensors: Sequence[Tensor], dim: int = 0) -> Tensor:
+        tensors = [t for t in tensors if not (t.ndim == 1 and t.shape[0] == 0)] or list(tensors[:1])
+        first = tensors[0]
+        d = first._dim(dim)
+        for t in tensors:
+            if t.ndim != first.ndim or any(a != b for i, (a, b) in enumerate(zip(t.shape, first.shape)) if i != d):
+                raise RuntimeError(
+                    f"Sizes of tensors must match except in dimension {d}: got {first.shape} and {t.shape}"
+                )
+        dtype = first.dtype
+        for t in tensors[1:]:
+            dtype = dt.promote(dtype, t.dtype)
+        total = sum(t.shape[d] for t in tensors)
+        out, at = None, 0
+        for t in tensors:
+            pads = [(0, 0)] * t.ndim
+            pads[d] = (at, total - at - t.shape[d])
+            piece = t.cast(dtype)._movement("pad", tuple(pads))
+            out = piece if out is None else (out | piece if dtype == dt.bool_ else out + piece)
+            at += t.shape[d]
+        return out
+
+    @staticmethod
+    def stack(tensors: Sequence[Tensor], dim: int = 0) -> Tensor:
+        first = tensors[0]
+        for t in tensors:
+            if t.shape != first.shape:
+                raise RuntimeError(f"stack expects each tensor to be equal size, but got {first.shape} and {t.shape}")
+        d = first._dim(dim, first.ndim + 1)
+        return Tensor.cat([t.unsqueeze(d) for t in tensors], d)
+
+    def tril(self, diagonal: int = 0) -> Tensor:
+        r = Tensor.arange(self.shape[-2], device=self.device).unsqueeze(-1)
+        c = Tensor.arange(self.shape[-1], device=self.device).unsqueeze(0)
+        return (c - r <= diagonal).where(self, self.zeros_like())
+
+    def triu(self, diagonal: int = 0) -> Tensor:
+        r = Tensor.arange(self.shape[-2], device=self.device).unsqueeze(-1)
+        c = Tensor.arange(self.shape[-1], device=self.device).unsqueeze(0)
+        return (c - r >= diagonal).where(self, self.zeros_like())

@@ -1,0 +1,299 @@
+"""Neural-network ops: matmul and linear, conv2d, pooling, dropout, attention. nn.functional calls these."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+from lazygrad import autograd
+from lazygrad import dtype as dt
+from lazygrad.codegen import layout
+
+if TYPE_CHECKING:
+    from lazygrad.tensor import Tensor
+# at run time `Tensor` is the finished class, bound in by lazygrad.tensor (tensor_ops.bind_tensor_class)
+
+
+def as_pair(value) -> tuple:
+    """An int or a pair of ints (kernel size, stride, padding, dilation) as a pair."""
+    return (value, value) if isinstance(value, int) else tuple(value)
+
+
+class NNOps:
+    __slots__ = ()
+
+    __matmul__ = lambda self, other: self.matmul(other)  # noqa: E731
+
+    def __rmatmul__(self, other):
+        return Tensor(other, device=self.device).matmul(self)
+
+    def matmul(self, other: Tensor) -> Tensor:
+        a, b = self, other if isinstance(other, Tensor) else Tensor(other, device=self.device)
+        if a.ndim == 0 or b.ndim == 0:
+            raise RuntimeError(f"both arguments to matmul need to be at least 1D, but they are {a.ndim}D and {b.ndim}D")
+        a2 = a.unsqueeze(0) if a.ndim == 1 else a
+        b2 = b.unsqueeze(-1) if b.ndim == 1 else b
+        if a2.shape[-1] != b2.shape[-2]:
+            raise RuntimeError(
+                f"mat1 and mat2 shapes cannot be multiplied ({'x'.join(map(str, a2.shape[-2:]))} and "
+                f"{'x'.join(map(str, b2.shape[-2:]))}): inner dimensions {a2.shape[-1]} and {b2.shape[-2]} differ"
+            )
+        d = dt.promote(a.dtype, b.dtype)
+        a2, b2 = a2.cast(d), b2.cast(d)
+        # (..., n, 1, k) * (..., 1, m, k) summed over k: a view-only product, one reduce kernel
+        prod_ = a2.unsqueeze(-2) * b2.transpose(-1, -2).unsqueeze(-3)
+        out = prod_.sum(-1)
+        if not d.is_float:
+            out = out.cast(d)
+        if a.ndim == 1:
+            out = out.squeeze(-2)
+        if b.ndim == 1:
+            out = out.squeeze(-1)
+        return out
+
+    def mm(self, other):
+        return self.matmul(other)
+
+    def dot(self, other):
+        return (self * other).sum()
+
+    def linear(self, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+        out = self.matmul(weight.T) if weight.ndim == 2 else self * weight
+        return out + bias if bias is not None else out
+
+    def _pool(self, kernel: tuple, stride: tuple, dilation: tuple) -> Tensor:
+        """Sliding windows as a view: (..., *spatial) -> (..., *out_spatial, *kernel). Never a copy."""
+        n_sp = len(kernel)
+        spatial = self.shape[-n_sp:]
+        out = [(i - d * (k - 1) - 1) // s + 1 for i, k, s, d in zip(spatial, kernel, stride, dilation)]
+        if any(o <= 0 for o in out):
+            raise RuntimeError(f"kernel {kernel} with dilation {dilation} is larger than the input {spatial}")
+        return self._movement("window", (tuple(kernel), tuple(stride), tuple(dilation)))
+
+    def conv2d(
+        self, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0, dilation=1, groups: int = 1
+    ) -> Tensor:
+        if self.ndim != 4 or weight.ndim != 4:
+            raise RuntimeError(f"conv2d expects 4D input and weight, got input {self.shape} and weight {weight.shape}")
+        n, cin, h, w = self.shape
+        cout, cin_g, kh, kw = weight.shape
+        if cin != cin_g * groups:
+            raise RuntimeError(
+                f"Given groups={groups}, weight of size {list(weight.shape)}, expected input"
+                f"{list(self.shape)} to have {cin_g * groups} channels, but got {cin} channels instead"
+            )
+        if cout % groups:
+            raise RuntimeError(f"out_channels ({cout}) must be divisible by groups ({groups})")
+        stride, dilation = as_pair(stride), as_pair(dilation)
+        x_in, w_in = self, weight
+        if isinstance(padding, str):
+            if padding == "valid":
+                padding = (0, 0)
+            elif padding == "same":
+                if stride != (1, 1):
+                    raise RuntimeError("padding='same' is not supported for strided convolutions")
+                # as PyTorch: an odd total padding puts the extra pixel on the right/bottom
+                totals = [d * (k - 1) for d, k in zip(dilation, (kh, kw))]
+                (top, left), (bottom, right) = [t // 2 for t in totals], [t - t // 2 for t in totals]
+                if (bottom, right) != (top, left):
+                    x_in = x_in.pad((left, right, top, bottom))
+                    n, cin, h, w = x_in.shape
+                    top, left = 0, 0
+                padding = (top, left)
+            else:
+                raise RuntimeError(f"Invalid padding string: {padding!r} (expected 'valid', 'same' or ints)")
+        padding = as_pair(padding)
+        g, cout_g = groups, cout // groups
+
+        def windows_of(x: Tensor) -> Tensor:  # (n, groups, cin_g, oh, ow, kh, kw), a view of the padded input
+            x = x.pad((padding[1], padding[1], padding[0], padding[0]))
+            win = x._pool((kh, kw), stride, dilation)
+            return win.reshape(n, g, cin_g, *win.shape[2:])
+
+        columns = []  # the window columns, when forward copies them out; the weight gradient reuses them
+
+        def forward() -> Tensor:
+            win = windows_of(x_in)
+            oh, ow = win.shape[3:5]
+            chosen = layout.conv_layout(x_in.device, ow, cout_g, _is_plain_buffer(w_in))
+            if chosen is layout.ConvLayout.COLUMNS:
+                # the windows copied out as columns (n, g, oh, ow, cin_g*kh*kw), small where this is chosen
+                cols = win.permute(0, 1, 3, 4, 2, 5, 6).contiguous()
+                columns.append(cols)
+                out = (cols.unsqueeze(2) * w_in.reshape(1, g, cout_g, 1, 1, cin_g, kh, kw)).sum((5, 6, 7))
+            elif chosen is layout.ConvLayout.CHANNEL_LAST_WEIGHT:
+                # a weight seen through a view (the flipped one of the input gradient), copied channel-last
+                wt = w_in.permute(1, 2, 3, 0).contiguous().permute(3, 0, 1, 2)
+                out = (win.unsqueeze(2) * wt.reshape(1, g, cout_g, cin_g, 1, 1, kh, kw)).sum((3, 6, 7))
+            else:
+                out = (win.unsqueeze(2) * w_in.reshape(1, g, cout_g, cin_g, 1, 1, kh, kw)).sum((3, 6, 7))
+            return out.reshape(n, cout, oh, ow)
+
+        def backward(grad: Tensor) -> tuple:
+            # the gradient as two convolutions (what PyTorch does too), rather than the autograd of the
+            # window view: both are ordinary reduce kernels that the code generator vectorizes
+            oh, ow = grad.shape[2:]
+            grad_x = grad_w = None
+            if x_in.requires_grad:
+                grad_x = _conv2d_input_grad(grad, w_in, (h, w), stride, padding, dilation, groups)
+            if w_in.requires_grad and columns and not autograd.is_grad_enabled():
+                # output lanes along cin_g*kh*kw, contiguous in both (the columns carry no graph: with
+                # create_graph the windows below keep the weight gradient differentiable in x)
+                gg = grad.reshape(n, g, cout_g, oh, ow, 1, 1, 1)
+                grad_w = (gg * columns[0].detach().unsqueeze(2)).sum((0, 3, 4)).reshape(cout, cin_g, kh, kw)
+            elif w_in.requires_grad:
+                win = windows_of(x_in).unsqueeze(2)  # (n, g, 1, cin_g, oh, ow, kh, kw)
+                gg = grad.reshape(n, g, cout_g, 1, oh, ow, 1, 1)
+                grad_w = (gg * win).sum((0, 4, 5)).reshape(cout, cin_g, kh, kw)
+            return grad_x, grad_w
+
+        out = Tensor._composite("conv2d", (x_in, w_in), forward, backward)
+        return out + bias.reshape(1, -1, 1, 1) if bias is not None else out
+
+    def conv1d(self, weight, bias=None, stride=1, padding=0, dilation=1, groups=1) -> Tensor:
+        out = self.unsqueeze(-2).conv2d(weight.unsqueeze(-2), bias, (1, stride), (0, padding), (1, dilation), groups)
+        return out.squeeze(-2)
+
+    def max_pool2d(
+        self, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False
+    ) -> Tensor:
+        if ceil_mode or return_indices:
+            raise NotImplementedError("max_pool2d: ceil_mode and return_indices are not supported")
+        k = as_pair(kernel_size)
+        s = as_pair(stride if stride is not None else kernel_size)
+        p = as_pair(padding)
+        d = as_pair(dilation)
+        x_in = self
+
+        def windows() -> Tensor:  # (..., oh, ow, kh, kw), a view of the input padded with max's identity (-inf)
+            x = x_in.pad((p[1], p[1], p[0], p[0]), value=dt.lowest(x_in.dtype)) if any(p) else x_in
+            return x._pool(k, s, d)
+
+        def forward() -> Tensor:
+            return windows().amax((-2, -1))
+
+        def backward(grad: Tensor) -> tuple:
+            # as PyTorch: each window's gradient goes to its first maximal element (a NaN counts as one),
+            # found by a reduce over the window; then back to the input positions (col2im)
+            win = windows().detach()
+            best = forward().detach().unsqueeze(-1).unsqueeze(-1)
+            hit = (win == best) | (win != win)
+            rank = Tensor.arange(k[0] * k[1], 0, -1, dtype=dt.float32, device=self.device).reshape(k)
+            first = hit.where(rank, 0.0).amax((-2, -1), keepdim=True)  # the rank of the first hit
+            spread = (rank == first).where(grad.unsqueeze(-1).unsqueeze(-1), 0.0)
+            padded = tuple(size + 2 * pad for size, pad in zip(x_in.shape[-2:], p))
+            crop = tuple(zip(p, x_in.shape[-2:]))  # the padding's positions get no gradient
+            return (autograd.window_transpose(spread, (*x_in.shape[:-2], *padded), k, s, d, crop),)
+
+        return Tensor._composite("max_pool2d", (x_in,), forward, backward)
+
+    def avg_pool2d(
+        self, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True, divisor_override=None
+    ) -> Tensor:
+        if ceil_mode:
+            raise NotImplementedError("avg_pool2d: ceil_mode is not supported")
+        k = as_pair(kernel_size)
+        s = as_pair(stride if stride is not None else kernel_size)
+        p = as_pair(padding)
+        x = self.pad((p[1], p[1], p[0], p[0])) if any(p) else self
+        sums = x._pool(k, s, (1, 1)).sum((-2, -1))
+        if divisor_override is not None:
+            if divisor_override == 0:
+                raise RuntimeError("avg_pool2d: divisor must be not zero")
+            return sums / divisor_override
+        if count_include_pad or not any(p):
+            return sums / (k[0] * k[1])
+        ones = self.ones_like(dtype=self.dtype)[:1, :1].pad((p[1], p[1], p[0], p[0]))
+        counts = ones._pool(k, s, (1, 1)).sum((-2, -1))
+        return sums / counts
+
+    def adaptive_avg_pool2d(self, output_size) -> Tensor:
+        """PyTorch's adaptive windows: output cell i averages input [floor(i*n/out), ceil((i+1)*n/out)) per dim;
+        None in output_size keeps that dim's size."""
+        height, width = self.shape[-2:]
+        out_h, out_w = (output_size, output_size) if isinstance(output_size, int) else output_size
+        out_h, out_w = out_h or height, out_w or width
+        if (out_h, out_w) == (1, 1):
+            return self.mean((-2, -1), keepdim=True)
+        if height % out_h == 0 and width % out_w == 0:
+            kernel = (height // out_h, width // out_w)
+            return self.avg_pool2d(kernel, stride=kernel)
+        # the average of a rectangle is the average over rows of the averages over columns: one dim at a time
+        return self._adaptive_avg_pool_dim(self.ndim - 2, out_h)._adaptive_avg_pool_dim(self.ndim - 1, out_w)
+
+    def _adaptive_avg_pool_dim(self, dim: int, out_size: int) -> Tensor:
+        in_size = self.shape[dim]
+        if in_size == out_size:
+            return self
+        if out_size == 1:
+            return self.mean(dim, keepdim=True)
+        cells = []
+        for i in range(out_size):
+            start, end = (i * in_size) // out_size, -(-(i + 1) * in_size // out_size)
+            index = [slice(None)] * self.ndim
+            index[dim] = slice(start, end)
+            cells.append(self[tuple(index)].mean(dim, keepdim=True))
+        return Tensor.cat(cells, dim=dim)
+
+    def dropout(self, p: float = 0.5, training: bool = True) -> Tensor:
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"dropout probability has to be between 0 and 1, got {p}")
+        if not training or p == 0:
+            return self
+        if p == 1:
+            return self * 0
+        keep = (Tensor.rand(*self.shape, device=self.device) >= p).cast(self.dtype)
+        # a product, as PyTorch's: a dropped inf or NaN gives NaN
+        return self * keep * (1.0 / (1.0 - p))
+
+    def scaled_dot_product_attention(self, key, value, attn_mask=None, is_causal=False) -> Tensor:
+        scores = self @ key.transpose(-2, -1) / math.sqrt(self.shape[-1])
+        if is_causal:
+            scores = scores.masked_fill(Tensor.ones(scores.shape[-2:], dtype=dt.bool_).triu(1), float("-inf"))
+        if attn_mask is not None:
+            scores = scores + attn_mask if attn_mask.dtype != dt.bool_ else attn_mask.where(scores, float("-inf"))
+        return scores.softmax(-1) @ value
+
+
+def _conv2d_input_grad(grad: Tensor, weight: Tensor, input_hw: tuple, stride, padding, dilation, groups) -> Tensor:
+    """d(conv2d)/d(input): the output gradient, spread out by the stride and fully padded, convolved
+    with the spatially flipped weight whose in/out channels are swapped per group."""
+    cout, cin_g, kh, kw = weight.shape
+    g = groups
+    n, _, oh, ow = grad.shape
+    chosen = layout.conv_input_grad_layout(grad.device, groups, input_hw[1], oh * ow, _is_plain_buffer(weight))
+    if chosen is not layout.InputGradLayout.TRANSPOSED_CONV:
+        # the gradient of the window columns is a matrix product along memory the weight holds contiguously,
+        # then the columns go back to their input positions (col2im, one elementwise kernel)
+        if chosen is layout.InputGradLayout.COLUMNS_OVER_PIXELS:
+            # columns (n, cin, kh, kw, oh, ow): lanes over the output pixels
+            per_pixel = grad.reshape(n, cout, 1, 1, 1, oh, ow)
+            cols = (per_pixel * weight.reshape(1, cout, cin_g, kh, kw, 1, 1)).sum(1).permute(0, 1, 4, 5, 2, 3)
+        else:
+            # columns (n, oh, ow, cin, kh, kw): lanes over cin*kh*kw
+            per_pixel = grad.permute(0, 2, 3, 1).reshape(n, oh, ow, cout, 1, 1, 1)
+            cols = (per_pixel * weight.reshape(1, 1, 1, cout, cin_g, kh, kw)).sum(3).permute(0, 3, 1, 2, 4, 5)
+        padded_hw = tuple(size + 2 * p for size, p in zip(input_hw, padding))
+        crop = tuple(zip(padding, input_hw))  # the padding's positions get no gradient
+        return autograd.window_transpose(cols, (n, cin_g, *padded_hw), (kh, kw), stride, dilation, crop)
+    for axis, (s, o) in enumerate(zip(stride, grad.shape[2:])):
+        if s > 1:  # s-1 zeros after each element, none after the last
+            dim = 2 + axis
+            pads = [0, 0] * (grad.ndim - dim - 1) + [0, s - 1]
+            grad = grad.unsqueeze(dim + 1).pad(pads).flatten(dim, dim + 1)
+            grad = grad.shrink([(0, m) if i != dim else (0, (o - 1) * s + 1) for i, m in enumerate(grad.shape)])
+    if any(s > 1 for s in stride):
+        grad = grad.contiguous()  # one small copy, so that the convolution below reads plain rows
+    pads = []
+    for size, k, s, p, d in reversed(list(zip(input_hw, (kh, kw), stride, padding, dilation))):
+        before = (k - 1) * d - p
+        leftover = (size + 2 * p - (k - 1) * d - 1) % s  # input rows the strided windows never reached
+        pads += [before, before + leftover]
+    grad = grad.pad(pads)
+    flipped = weight.reshape(g, cout // g, cin_g, kh, kw).transpose(1, 2).reshape(g * cin_g, cout // g, kh, kw)
+    return grad.conv2d(flipped.flip(2, 3), dilation=dilation, groups=g)
+
+
+def _is_plain_buffer(t: Tensor) -> bool:
+    """Whether t reads a whole buffer as it is laid out (not a flipped, permuted or partial view of it)."""
+    return t.lazydata.st.contiguous_view and t.lazydata.size == t.lazydata.base.size

@@ -1,0 +1,190 @@
+"""Reductions: sum, mean, max/min and their arg forms, prod, var/std, any/all, logsumexp, softmax, cumsum."""
+
+from __future__ import annotations
+
+from collections import namedtuple
+from typing import TYPE_CHECKING
+
+from lazygrad import autograd
+from lazygrad import dtype as dt
+from lazygrad.codegen import layout
+from lazygrad.shape import prod
+
+if TYPE_CHECKING:
+    from lazygrad.tensor import Tensor
+# at run time `Tensor` is the finished class, bound in by lazygrad.tensor (tensor_ops.bind_tensor_class)
+
+MaxMin = namedtuple("MaxMin", ["values", "indices"])
+
+
+class ReduceOps:
+    __slots__ = ()
+
+    def _reduce(self, op: str, dim, keepdim: bool) -> Tensor:
+        axes = self._axes(dim) if self.ndim else ()
+        for a in axes:
+            if self.shape[a] == 0 and op == "rmax":
+                raise IndexError(f"max(): Expected reduction dim {a} to have non-zero size (shape {self.shape})")
+        x = self
+        if op == "sum" and any(self.shape[a] == 0 for a in axes):
+            # a sum over nothing is 0: pad each empty axis with one zero, so no kernel reduces an empty range
+            x = x._movement("pad", tuple((0, 1 if i in axes and s == 0 else 0) for i, s in enumerate(x.shape)))
+        parts = layout.split_reduce_parts(x.numel()) if len(axes) == x.ndim else 1
+        if parts > 1:
+            out = x._split_reduce(op, parts).reshape((1,) * x.ndim)
+        else:
+            out = x._primitive(op, arg=axes) if any(x.shape[a] != 1 for a in axes) else x
+        if keepdim or not self.shape:
+            return out
+        return out.reshape(tuple(s for i, s in enumerate(self.shape) if i not in axes))
+
+    def _split_reduce(self, op: str, parts: int) -> Tensor:
+        """A big reduction to one value in two: `parts` partial results, then their reduction; the input is
+        padded with the reduction's identity to a multiple of `parts`. (Why: codegen.layout.split_reduce_parts.)"""
+        flat = self.reshape(-1)
+        length = -(-flat.shape[0] // parts)
+        if length * parts != flat.shape[0]:
+            identity = dt.zero(self.dtype) if op == "sum" else dt.lowest(self.dtype)
+            flat = flat.pad((0, length * parts - flat.shape[0]), value=identity)
+        return flat.reshape(parts, length)._primitive(op, arg=(1,))._primitive(op, arg=(0,))
+
+    def sum(self, dim=None, keepdim: bool = False, dtype=None) -> Tensor:
+        x = self
+        if dtype is not None:
+            x = x.cast(dtype)
+        elif not x.dtype.is_float:
+            x = x.cast(dt.int64)
+        return x._reduce("sum", dim, keepdim)
+
+    def mean(self, dim=None, keepdim: bool = False, dtype=None) -> Tensor:
+        if dtype is not None:
+            return self.cast(dtype).mean(dim, keepdim)
+        if not self.dtype.is_float:
+            raise RuntimeError(
+                f"mean(): could not infer output dtype. Input dtype must be floating point, got {self.dtype.name}"
+            )
+        count = prod(self.shape[a] for a in self._axes(dim))
+        return self.sum(dim, keepdim) * (1 / count if count else float("nan"))
+
+    def _max_reduce(self, dim, keepdim) -> Tensor:
+        if self.dtype == dt.bool_:
+            return self.cast(dt.uint8)._reduce("rmax", dim, keepdim).cast(dt.bool_)
+        return self._reduce("rmax", dim, keepdim)
+
+    def amax(self, dim=None, keepdim: bool = False) -> Tensor:
+        return self._max_reduce(() if dim == () else dim, keepdim)
+
+    def amin(self, dim=None, keepdim: bool = False) -> Tensor:
+        return self._reverse_order().amax(dim, keepdim)._reverse_order()
+
+    def max(self, dim=None, keepdim: bool = False):
+        if isinstance(dim, Tensor):
+            return self.maximum(dim)
+        if dim is None:
+            return self._max_reduce(None, False)
+        indices = self.argmax(dim, keepdim)
+        return MaxMin(self._value_at(indices, dim, keepdim, self._max_reduce(dim, keepdim)), indices)
+
+    def _value_at(self, indices: Tensor, dim: int, keepdim: bool, values: Tensor) -> Tensor:
+        """`values` (the max or min along dim) such that the gradient goes to the element at `indices` only,
+        as PyTorch's max(dim) and min(dim) do (amax and amin share it among ties instead)."""
+        if not (self.requires_grad and autograd.is_grad_enabled()):
+            return values
+        d = self._dim(dim)
+        n = self.shape[d]
+        idx = indices if keepdim else indices.unsqueeze(d)
+        positions = Tensor.arange(n, device=self.device).reshape([n if i == d else 1 for i in range(self.ndim)])
+        return (idx == positions).where(self, 0.0).sum(d, keepdim)
+
+    def min(self, dim=None, keepdim: bool = False):
+        if isinstance(dim, Tensor):
+            return self.minimum(dim)
+        if dim is None:
+            return self.amin()
+        indices = self.argmin(dim, keepdim)
+        return MaxMin(self._value_at(indices, dim, keepdim, self.amin(dim, keepdim)), indices)
+
+    def argmax(self, dim=None, keepdim: bool = False) -> Tensor:
+        if dim is None:
+            return self.reshape(-1).argmax(0)
+        d = self._dim(dim)
+        n = self.shape[d]
+        hit = self == self.amax(d, keepdim=True)
+        if self.dtype.is_float:
+            hit = hit | (self != self)  # NaN is the maximum, as in PyTorch
+        # the first index that holds the maximum: largest of (n - index) over hits
+        countdown = Tensor.arange(n, 0, -1, dtype=dt.int64, device=self.device).reshape(
+            [n if i == d else 1 for i in range(self.ndim)]
+        )
+        return (n - (hit.cast(dt.int64) * countdown).amax(d, keepdim)).cast(dt.int64)
+
+    def argmin(self, dim=None, keepdim: bool = False) -> Tensor:
+        return self._reverse_order().argmax(dim, keepdim)
+
+    def prod(self, dim=None, keepdim: bool = False, dtype=None) -> Tensor:
+        x = self.cast(dtype) if dtype is not None else (self if self.dtype.is_float else self.cast(dt.int64))
+        if dim is None:
+            out = x.reshape(-1).prod(0)
+            return out.reshape((1,) * self.ndim) if keepdim else out
+        d = x._dim(dim)
+        # a tree of multiplications: exact for integers, differentiable for floats
+        x = x.transpose(d, -1) if x.ndim else x.reshape(1)
+        while x.shape[-1] > 1:
+            n = x.shape[-1]
+            if n % 2:
+                x = x.pad((0, 1), value=1)
+            x = x.reshape(*x.shape[:-1], (n + 1) // 2, 2)
+            x = x[..., 0] * x[..., 1]
+        if x.shape[-1] == 0:
+            x = x.pad((0, 1), value=1)
+        x = x.transpose(d, -1) if self.ndim else x.reshape(())
+        return x if keepdim or not self.ndim else x.squeeze(d)
+
+    def var(self, dim=None, keepdim: bool = False, correction=None, unbiased=None) -> Tensor:
+        if correction is None:
+            correction = 1 if unbiased is None or unbiased else 0
+        n = prod(self.shape[a] for a in self._axes(dim))
+        centered = self - self.mean(dim, keepdim=True)
+        return (centered * centered).sum(dim, keepdim) / max(n - correction, 0)
+
+    def std(self, dim=None, keepdim: bool = False, correction=None, unbiased=None) -> Tensor:
+        return self.var(dim, keepdim, correction, unbiased).sqrt()
+
+    def var_mean(self, dim=None, keepdim=False, correction=None, unbiased=None):
+        return self.var(dim, keepdim, correction, unbiased), self.mean(dim, keepdim)
+
+    def any(self, dim=None, keepdim: bool = False) -> Tensor:
+        if self.ndim and any(self.shape[a] == 0 for a in self._axes(dim)):
+            # nothing is true in an empty range (rmax would refuse it)
+            return self.bool().sum(dim, keepdim) != 0
+        return self.bool()._max_reduce(dim, keepdim)
+
+    def all(self, dim=None, keepdim: bool = False) -> Tensor:
+        return self.bool().logical_not().any(dim, keepdim).logical_not()
+
+    def logsumexp(self, dim=None, keepdim: bool = False) -> Tensor:
+        m = self.amax(dim, keepdim=True).detach()
+        m = (m.abs() == float("inf")).where(m.zeros_like(), m)  # all -inf rows stay -inf, without NaN
+        out = (self - m).exp().sum(dim, keepdim=True).log() + m
+        return out if keepdim else out.squeeze(self._axes(dim)) if self.ndim else out
+
+    def softmax(self, dim: int = -1, dtype=None) -> Tensor:
+        x = self.cast(dtype) if dtype is not None else self._float()
+        e = (x - x.amax(dim, keepdim=True).detach()).exp()
+        return e / e.sum(dim, keepdim=True)
+
+    def log_softmax(self, dim: int = -1, dtype=None) -> Tensor:
+        x = self.cast(dtype) if dtype is not None else self._float()
+        shifted = x - x.amax(dim, keepdim=True).detach()
+        return shifted - shifted.exp().sum(dim, keepdim=True).log()
+
+    def cumsum(self, dim: int = 0) -> Tensor:
+        d = self._dim(dim)
+        n = self.shape[d]
+        x = self.transpose(d, -1)
+        # row i sums the first i+1 elements: a padded sliding window, reduced
+        padded = x.pad((n - 1, 0))
+        windows = padded.unsqueeze(-2).expand(*x.shape[:-1], n, 2 * n - 1)
+        windows = windows.reshape(*x.shape[:-1], n * (2 * n - 1)).pad((0, n))
+        windows = windows.reshape(*x.shape[:-1], n, 2 * n)[..., n:]
+        return windows.sum(-1).transpose(d, -1)

@@ -1,0 +1,93 @@
+"""The layout decisions the frontend asks of the compiler (lazygrad.codegen.layout).
+
+- Every vector width gets the layouts measured with 16 lanes (a GPU's 1, AVX2's 8, AVX-512's 16).
+- Each conv2d layout, forced, gives PyTorch's output and gradients: the choice is one of speed only.
+- A big reduction to one value, split in two, pads with the reduction's identity (0, or the dtype's least value).
+"""
+
+import numpy as np
+import pytest
+import torch
+
+import lazygrad
+from lazygrad.codegen import layout
+from lazygrad.codegen.layout import ConvLayout, InputGradLayout
+
+
+def layouts_on_16_lanes(out_width, out_channels, plain_weight):
+    """conv2d's choice before it moved to the compiler, when the frontend held the lane counts."""
+    if out_width % 8 and plain_weight:
+        return ConvLayout.COLUMNS
+    if out_width % 16 and out_channels % 16 == 0:
+        return ConvLayout.CHANNEL_LAST_WEIGHT
+    return ConvLayout.WINDOWS
+
+
+def input_grad_layouts_on_16_lanes(groups, input_width, out_pixels, plain_weight):
+    if groups == 1 and input_width % 16 and plain_weight:
+        return InputGradLayout.COLUMNS_OVER_PIXELS if out_pixels % 16 == 0 else InputGradLayout.COLUMNS_OVER_CHANNELS
+    return InputGradLayout.TRANSPOSED_CONV
+
+
+@pytest.mark.backend_independent
+@pytest.mark.parametrize("width", [1, 4, 8, 16])
+def test_every_vector_width_gets_the_layouts_measured_on_16_lanes(monkeypatch, width):
+    monkeypatch.setattr(layout, "vector_width", lambda device: width)
+    for out_width in (1, 2, 4, 7, 8, 14, 16, 28, 32, 56):
+        for channels in (3, 16, 64):
+            for plain in (True, False):
+                assert layout.conv_layout("llvm", out_width, channels, plain) == layouts_on_16_lanes(
+                    out_width, channels, plain
+                ), (out_width, channels, plain)
+                for groups in (1, 2):
+                    for pixels in (4, 16, 49, 64):
+                        got = layout.conv_input_grad_layout("llvm", groups, out_width, pixels, plain)
+                        assert got == input_grad_layouts_on_16_lanes(groups, out_width, pixels, plain)
+
+
+CONVS = {
+    "padding": dict(x=(2, 3, 7, 6), w=(4, 3, 3, 3), padding=1),
+    "stride-groups": dict(x=(1, 4, 9, 8), w=(4, 2, 3, 3), stride=2, padding=1, groups=2),
+    "dilation": dict(x=(1, 2, 9, 9), w=(3, 2, 2, 3), dilation=2, padding=(1, 0)),
+}
+# the columns' input gradient is built for groups=1 only
+LAYOUT_CASES = [
+    pytest.param(forward, grad, case, id=f"{forward.name}-{grad.name}-{name}")
+    for forward in ConvLayout
+    for grad in InputGradLayout
+    for name, case in CONVS.items()
+    if grad is InputGradLayout.TRANSPOSED_CONV or case.get("groups", 1) == 1
+]
+
+
+@pytest.mark.parametrize("forward_layout, grad_layout, case", LAYOUT_CASES)
+def test_each_conv_layout_gives_torch_values_and_gradients(monkeypatch, forward_layout, grad_layout, case):
+    case = dict(case)
+    monkeypatch.setattr(layout, "conv_layout", lambda *args: forward_layout)
+    monkeypatch.setattr(layout, "conv_input_grad_layout", lambda *args: grad_layout)
+    rng = np.random.default_rng(0)
+    x, w = (rng.standard_normal(case.pop(k)).astype(np.float32) for k in ("x", "w"))
+    tx, tw = torch.tensor(x, requires_grad=True), torch.tensor(w, requires_grad=True)
+    expected = torch.nn.functional.conv2d(tx, tw, **case)
+    projection = rng.standard_normal(tuple(expected.shape)).astype(np.float32)
+    (expected * torch.tensor(projection)).sum().backward()
+    lx, lw = lazygrad.Tensor(x, requires_grad=True), lazygrad.Tensor(w, requires_grad=True)
+    out = lx.conv2d(lw, **case)
+    (out * lazygrad.Tensor(projection)).sum().backward()
+    np.testing.assert_allclose(out.numpy(), expected.detach().numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(lx.grad.numpy(), tx.grad.numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(lw.grad.numpy(), tw.grad.numpy(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.backend_independent
+def test_a_reduction_to_one_value_splits_from_65536_elements():
+    assert layout.split_reduce_parts(65535) == 1
+    assert layout.split_reduce_parts(65536) == 1024
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.float32], ids=["int32", "float32"])
+def test_a_split_max_of_negative_values_pads_with_the_least_value(dtype):
+    # 70,001 is no multiple of 1,024 partial results: the padding must not win the max (0 would)
+    values = -np.arange(5, 70_006).astype(dtype)
+    assert lazygrad.tensor(values).max().item() == -5
+    assert lazygrad.tensor(values).sum().item() == pytest.approx(float(values.astype(np.float64).sum()), rel=1e-6)
