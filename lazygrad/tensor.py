@@ -18,6 +18,7 @@ from lazygrad import dtype as dt
 from lazygrad.device import canonical_device, is_device_name
 from lazygrad.dtype import DType
 from lazygrad.graph import LazyBuffer
+from lazygrad.ops import REDUCE, Op
 from lazygrad.shape import prod
 from lazygrad.tensor_ops.creation import CreationOps, manual_seed
 from lazygrad.tensor_ops.elementwise import ElementwiseOps
@@ -52,11 +53,11 @@ class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps):
         dtype = dt.to_dtype(dtype) if dtype is not None else None
         device_arg, device = device, canonical_device(device)
         if isinstance(data, LazyBuffer):
-            lb = data if dtype is None or data.dtype == dtype else data.alu("cast", dtype=dtype, arg=dtype)
+            lb = data if dtype is None or data.dtype == dtype else data.alu(Op.CAST, dtype=dtype, arg=dtype)
         elif isinstance(data, Tensor):
             lb = data.lazydata
             if dtype is not None and lb.dtype != dtype:
-                lb = lb.alu("cast", dtype=dtype, arg=dtype)
+                lb = lb.alu(Op.CAST, dtype=dtype, arg=dtype)
             if device_arg is not None and device != lb.device:
                 lb = lb.copy_to(device)
         else:
@@ -88,7 +89,7 @@ class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps):
         devices = {t.device for t in srcs}
         if len(devices) > 1:
             raise RuntimeError(f"Expected all tensors to be on the same device, but found {sorted(devices)} ({op})")
-        if op in ("sum", "rmax"):
+        if op in REDUCE:
             lb = self.lazydata.reduce(op, arg)
         else:
             lb = self.lazydata.alu(op, *(t.lazydata for t in others), arg=arg, dtype=dtype)
@@ -105,7 +106,7 @@ class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps):
     @staticmethod
     def _record(out: Tensor, op: str, inputs: tuple, arg) -> Tensor:
         if autograd.is_grad_enabled() and any(t.requires_grad for t in inputs) and op in autograd.RULES:
-            if op != "cast" or out.dtype.is_float:
+            if op != Op.CAST or out.dtype.is_float:
                 out.requires_grad = True
                 out._ctx = autograd.Context(op, inputs, arg, out.shape, tuple(t._version for t in inputs))
         return out
@@ -251,7 +252,7 @@ class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps):
         with Tensor ops (so that it is differentiable again), instead of differentiating its primitives."""
         with autograd.no_grad():
             out = forward()
-        return Tensor._record(out, "composite", inputs, (name, backward))
+        return Tensor._record(out, autograd.COMPOSITE, inputs, (name, backward))
 
     # --- device and memory --------------------------------------------------------------------------
     def to(self, *args, dtype=None, device=None) -> Tensor:
@@ -270,12 +271,12 @@ class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps):
         if device is not None:
             device = canonical_device(device)
             if device != out.device:
-                out = Tensor._record(Tensor(out.lazydata.copy_to(device)), "copy", (out,), None)
+                out = Tensor._record(Tensor(out.lazydata.copy_to(device)), Op.COPY, (out,), None)
         return out
 
     def contiguous(self) -> Tensor:
         lb = self.lazydata.contiguous()
-        return self if lb is self.lazydata else self._record(Tensor(lb), "contiguous", (self,), None)
+        return self if lb is self.lazydata else self._record(Tensor(lb), Op.CONTIGUOUS, (self,), None)
 
     def clone(self) -> Tensor:
         return self.contiguous() if self.lazydata.is_view else self * 1 if self.dtype != dt.bool_ else self | False
@@ -295,7 +296,7 @@ class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps):
         if value.lazydata is self.lazydata:
             return self
         target = self.lazydata
-        if target.realized and not target.is_view and target.op == "buffer":
+        if target.realized and not target.is_view and target.op == Op.BUFFER:
             self.lazydata = target.assign(value.lazydata.contiguous())
         else:
             # no memory of its own yet (lazy, a constant, or a view of another tensor's): it gets a buffer of its
@@ -330,21 +331,21 @@ class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps):
     def _write_through(self, result: Tensor) -> Tensor:
         """An in-place update of a view updates the tensor it views (and so on up), as in PyTorch."""
         source, op, arg = self._view_of
-        if op == "expand":
+        if op == Op.EXPAND:
             raise RuntimeError(
                 "unsupported operation: more than one element of the written-to tensor refers to a "
                 f"single memory location (an in-place update of an expanded view of {source.shape})"
             )
-        if op == "shrink":
+        if op == Op.SHRINK:
             inverse = tuple((lo, size - hi) for (lo, hi), size in zip(arg, source.shape))
-            region = Tensor.full(self.shape, True, dt.bool_, self.device)._movement("pad", inverse)
-            updated = region.where(result._movement("pad", inverse), source)
-        elif op == "pad":
-            updated = result._movement("shrink", tuple((lo, lo + size) for (lo, _), size in zip(arg, source.shape)))
-        elif op == "permute":
-            updated = result._movement("permute", tuple(sorted(range(len(arg)), key=lambda i: arg[i])))
-        elif op == "reshape":
-            updated = result._movement("reshape", source.shape)
+            region = Tensor.full(self.shape, True, dt.bool_, self.device)._movement(Op.PAD, inverse)
+            updated = region.where(result._movement(Op.PAD, inverse), source)
+        elif op == Op.PAD:
+            updated = result._movement(Op.SHRINK, tuple((lo, lo + size) for (lo, _), size in zip(arg, source.shape)))
+        elif op == Op.PERMUTE:
+            updated = result._movement(Op.PERMUTE, tuple(sorted(range(len(arg)), key=lambda i: arg[i])))
+        elif op == Op.RESHAPE:
+            updated = result._movement(Op.RESHAPE, source.shape)
         else:  # flip
             updated = result._movement(op, arg)
         source._inplace(updated, through_view=True)
@@ -445,7 +446,7 @@ def _to_numpy_nested(data, dtype) -> np.ndarray:
 def realize(*tensors: Tensor) -> None:
     """Computes several tensors in one schedule (so their kernels can share work)."""
     for t in tensors:
-        if t.lazydata.base.op == "const":
+        if t.lazydata.base.op == Op.CONST:
             # a constant is one shared node: the tensor gets memory of its own, which it may later overwrite
             t.lazydata = t.lazydata.contiguous()
     runtime.realize([t.lazydata for t in tensors])

@@ -10,6 +10,7 @@ import numpy as np
 
 from lazygrad import dtype as dt
 from lazygrad.dtype import DType
+from lazygrad.ops import Op
 
 if TYPE_CHECKING:
     from lazygrad.tensor import Tensor
@@ -49,13 +50,13 @@ class ElementwiseOps:
 
     def cast(self, dtype) -> Tensor:
         dtype = dt.to_dtype(dtype)
-        return self if dtype == self.dtype else self._primitive("cast", arg=dtype, dtype=dtype)
+        return self if dtype == self.dtype else self._primitive(Op.CAST, arg=dtype, dtype=dtype)
 
     def bitcast(self, dtype) -> Tensor:
         dtype = dt.to_dtype(dtype)
         if dtype.itemsize != self.dtype.itemsize:
             raise RuntimeError(f"bitcast needs dtypes of the same size: {self.dtype.name} -> {dtype.name}")
-        return self if dtype == self.dtype else self._primitive("bitcast", arg=self.dtype, dtype=dtype)
+        return self if dtype == self.dtype else self._primitive(Op.BITCAST, arg=self.dtype, dtype=dtype)
 
     def float(self) -> Tensor:
         return self.cast(dt.float32)
@@ -104,7 +105,7 @@ class ElementwiseOps:
         x, y = self._operand(other)
         if x.dtype == dt.bool_:
             return x | y
-        return x._primitive("add", y)
+        return x._primitive(Op.ADD, y)
 
     def sub(self, other, alpha=1) -> Tensor:
         if self.dtype == dt.bool_ and (
@@ -118,25 +119,25 @@ class ElementwiseOps:
         x, y = self._operand(other)
         if x.dtype == dt.bool_:
             return x & y
-        return x._primitive("mul", y)
+        return x._primitive(Op.MUL, y)
 
     def div(self, other, rounding_mode: str | None = None) -> Tensor:
         x, y = self._operand(other)
         if rounding_mode == "floor":
             return x.floor_divide(y)
         if rounding_mode == "trunc":
-            return x._primitive("idiv", y) if x.dtype.is_int else (x / y).trunc()
+            return x._primitive(Op.IDIV, y) if x.dtype.is_int else (x / y).trunc()
         if not x.dtype.is_float:
             x, y = x.cast(dt.default_float), y.cast(dt.default_float)
-        return x._primitive("mul", y._primitive("recip"))
+        return x._primitive(Op.MUL, y._primitive(Op.RECIP))
 
     def floor_divide(self, other) -> Tensor:
         x, y = self._operand(other)
         if x.dtype.is_float:
             return (x / y).floor()
-        q = x._primitive("idiv", y)
+        q = x._primitive(Op.IDIV, y)
         # C division truncates; Python/PyTorch floor when the signs differ and it is inexact
-        inexact = x._primitive("mod", y)._primitive("cmpne", y.zeros_like())
+        inexact = x._primitive(Op.MOD, y)._primitive(Op.CMPNE, y.zeros_like())
         signs_differ = (x < 0) ^ (y < 0)
         return q - (inexact & signs_differ).cast(q.dtype)
 
@@ -144,13 +145,13 @@ class ElementwiseOps:
         x, y = self._operand(other)
         if x.dtype.is_float:
             return x - (x / y).floor() * y
-        r = x._primitive("mod", y)
-        fix = r._primitive("cmpne", r.zeros_like()) & ((r < 0) ^ (y < 0))
+        r = x._primitive(Op.MOD, y)
+        fix = r._primitive(Op.CMPNE, r.zeros_like()) & ((r < 0) ^ (y < 0))
         return r + fix.cast(r.dtype) * y
 
     def fmod(self, other) -> Tensor:
         x, y = self._operand(other)
-        return x._primitive("mod", y) if x.dtype.is_int else x - (x / y).trunc() * y
+        return x._primitive(Op.MOD, y) if x.dtype.is_int else x - (x / y).trunc() * y
 
     def pow(self, exponent) -> Tensor:
         if not isinstance(exponent, Tensor):
@@ -206,17 +207,17 @@ class ElementwiseOps:
     def neg(self) -> Tensor:
         if self.dtype == dt.bool_:
             raise RuntimeError("Negation, the `-` operator, on a bool tensor is not supported; use ~ or logical_not")
-        return self._primitive("neg")
+        return self._primitive(Op.NEG)
 
     def reciprocal(self) -> Tensor:
         x = self if self.dtype.is_float else self.cast(dt.default_float)
-        return x._primitive("recip")
+        return x._primitive(Op.RECIP)
 
     def exp2(self) -> Tensor:
-        return self._float()._primitive("exp2")
+        return self._float()._primitive(Op.EXP2)
 
     def log2(self) -> Tensor:
-        return self._float()._primitive("log2")
+        return self._float()._primitive(Op.LOG2)
 
     def exp(self) -> Tensor:
         return (self._float() * (1 / math.log(2))).exp2()
@@ -234,7 +235,7 @@ class ElementwiseOps:
         return self.exp() - 1
 
     def sqrt(self) -> Tensor:
-        return self._float()._primitive("sqrt")
+        return self._float()._primitive(Op.SQRT)
 
     def rsqrt(self) -> Tensor:
         return self.sqrt().reciprocal()
@@ -243,7 +244,7 @@ class ElementwiseOps:
         return self * self
 
     def sin(self) -> Tensor:
-        return self._float()._primitive("sin")
+        return self._float()._primitive(Op.SIN)
 
     def cos(self) -> Tensor:
         return (math.pi / 2 - self._float()).sin()
@@ -314,7 +315,7 @@ class ElementwiseOps:
     def abs(self) -> Tensor:
         if self.dtype == dt.bool_:
             return self
-        return self._primitive("max", self._primitive("neg"))
+        return self._primitive(Op.MAX, self._primitive(Op.NEG))
 
     def sign(self) -> Tensor:
         if self.dtype == dt.bool_:
@@ -339,7 +340,7 @@ class ElementwiseOps:
         if not self.requires_grad:
             return value
         always = Tensor.full(self.shape, True, dt.bool_, self.device)
-        return always._primitive("where", value.detach(), self)
+        return always._primitive(Op.WHERE, value.detach(), self)
 
     def floor(self) -> Tensor:
         t = self.trunc()
@@ -380,13 +381,13 @@ class ElementwiseOps:
 
     def maximum(self, other) -> Tensor:
         x, y = self._operand(other)
-        return x._primitive("max", y)
+        return x._primitive(Op.MAX, y)
 
     def minimum(self, other) -> Tensor:
         x, y = self._operand(other)
         if x.dtype == dt.bool_:
             return x & y
-        return x._reverse_order()._primitive("max", y._reverse_order())._reverse_order()
+        return x._reverse_order()._primitive(Op.MAX, y._reverse_order())._reverse_order()
 
     def _reverse_order(self) -> Tensor:
         """An order-reversing bijection (for min from max): -x for floats, ~x for integers."""
@@ -412,7 +413,7 @@ class ElementwiseOps:
             y, x = y._operand(x)
         shape = _broadcast_shape(cond.shape, x.shape)
         cond, x, y = cond.broadcast_to(shape), x.broadcast_to(shape), y.broadcast_to(shape)
-        return cond._primitive("where", x, y)
+        return cond._primitive(Op.WHERE, x, y)
 
     def masked_fill(self, mask: Tensor, value) -> Tensor:
         return mask.where(
@@ -425,19 +426,19 @@ class ElementwiseOps:
     # comparisons (NaN-correct: every comparison with NaN is false except !=)
     def eq(self, other) -> Tensor:
         x, y = self._operand(other)
-        return x._primitive("cmpne", y).logical_not()
+        return x._primitive(Op.CMPNE, y).logical_not()
 
     def ne(self, other) -> Tensor:
         x, y = self._operand(other)
-        return x._primitive("cmpne", y)
+        return x._primitive(Op.CMPNE, y)
 
     def lt(self, other) -> Tensor:
         x, y = self._operand(other)
-        return x._primitive("cmplt", y)
+        return x._primitive(Op.CMPLT, y)
 
     def gt(self, other) -> Tensor:
         x, y = self._operand(other)
-        return y._primitive("cmplt", x)
+        return y._primitive(Op.CMPLT, x)
 
     def le(self, other) -> Tensor:
         return self.lt(other) | self.eq(other)
@@ -466,13 +467,13 @@ class ElementwiseOps:
         return x._primitive(op, y)
 
     def bitwise_and(self, other) -> Tensor:
-        return self._bitwise("and", other)
+        return self._bitwise(Op.AND, other)
 
     def bitwise_or(self, other) -> Tensor:
-        return self._bitwise("or", other)
+        return self._bitwise(Op.OR, other)
 
     def bitwise_xor(self, other) -> Tensor:
-        return self._bitwise("xor", other)
+        return self._bitwise(Op.XOR, other)
 
     def bitwise_not(self) -> Tensor:
         if self.dtype.is_float:
@@ -480,13 +481,13 @@ class ElementwiseOps:
         return self ^ (True if self.dtype == dt.bool_ else -1)
 
     def bitwise_left_shift(self, other) -> Tensor:
-        return self._bitwise("shl", other)
+        return self._bitwise(Op.SHL, other)
 
     def bitwise_right_shift(self, other) -> Tensor:
-        return self._bitwise("shr", other)
+        return self._bitwise(Op.SHR, other)
 
     def logical_not(self) -> Tensor:
-        return self.bool()._primitive("xor", Tensor.full(self.shape, True, dt.bool_, self.device))
+        return self.bool()._primitive(Op.XOR, Tensor.full(self.shape, True, dt.bool_, self.device))
 
     def logical_and(self, other) -> Tensor:
         return self.bool() & (other.bool() if isinstance(other, Tensor) else bool(other))

@@ -10,6 +10,7 @@ import numpy as np
 
 from lazygrad import dtype as dt
 from lazygrad.dtype import DType
+from lazygrad.ops import Op
 from lazygrad.shape import prod
 
 if TYPE_CHECKING:
@@ -49,7 +50,7 @@ class MovementOps:
                     f"The expanded size of the tensor ({n}) must match the existing size ({s}) at a "
                     f"non-singleton dimension: cannot broadcast {self.shape} to {shape}"
                 )
-        return x._movement("expand", shape)
+        return x._movement(Op.EXPAND, shape)
 
     def reshape(self, *shape) -> Tensor:
         shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
@@ -63,7 +64,7 @@ class MovementOps:
             shape[shape.index(-1)] = self.numel() // known
         if prod(shape) != self.numel() or any(s < 0 for s in shape):
             raise RuntimeError(f"shape '{list(shape)}' is invalid for input of size {self.numel()}")
-        out = self._movement("reshape", tuple(shape))
+        out = self._movement(Op.RESHAPE, tuple(shape))
         if out is not self and len(out.lazydata.st.views) > len(self.lazydata.st.views):
             out._view_of = None  # not expressible with strides: PyTorch copies, so an update does not write back
         return out
@@ -105,7 +106,7 @@ class MovementOps:
                 f"permute(sparse_coo): number of dimensions in the tensor input does not match the "
                 f"length of the desired ordering of dimensions: dims {tuple(dims)} for shape {self.shape}"
             )
-        return self._movement("permute", order)
+        return self._movement(Op.PERMUTE, order)
 
     def transpose(self, dim0: int, dim1: int) -> Tensor:
         if self.ndim < 2 and dim0 in (0, -1) and dim1 in (0, -1):
@@ -138,10 +139,10 @@ class MovementOps:
 
     def flip(self, *dims) -> Tensor:
         dims = dims[0] if len(dims) == 1 and isinstance(dims[0], (tuple, list)) else dims
-        return _not_a_view(self, self._movement("flip", tuple(self._dim(d) for d in dims)))  # torch.flip copies
+        return _not_a_view(self, self._movement(Op.FLIP, tuple(self._dim(d) for d in dims)))  # torch.flip copies
 
     def shrink(self, arg) -> Tensor:
-        return self._movement("shrink", tuple(arg))
+        return self._movement(Op.SHRINK, tuple(arg))
 
     def pad(self, pad, mode: str = "constant", value=0.0) -> Tensor:
         """torch.nn.functional.pad: pairs (left, right) from the last dim backwards; negative pads crop."""
@@ -158,9 +159,9 @@ class MovementOps:
         grow = tuple((max(0, a), max(0, b)) for a, b in pairs)
         if all(g == (0, 0) for g in grow):
             return _not_a_view(self, x)
-        out = x._movement("pad", grow)
+        out = x._movement(Op.PAD, grow)
         if value != 0:
-            mask = Tensor.full(x.shape, True, dt.bool_, self.device)._movement("pad", grow)
+            mask = Tensor.full(x.shape, True, dt.bool_, self.device)._movement(Op.PAD, grow)
             out = mask.where(out, Tensor.full((), value, dt.scalar_dtype(value, out.dtype), self.device))
         return _not_a_view(self, out)  # F.pad makes a new tensor
 
@@ -217,7 +218,7 @@ class MovementOps:
         del new_shape_ops
         x = x.shrink(shrink) if any(s != (0, n) for s, n in zip(shrink, self.shape)) else x
         if flips:
-            x = x._movement("flip", tuple(flips))  # a negative step is a view, as in numpy
+            x = x._movement(Op.FLIP, tuple(flips))  # a negative step is a view, as in numpy
         if any(s != 1 for s in strides):
             # every step-th element: pad to a multiple of step, split the dim, keep the first of each group
             for d, s in enumerate(strides):
@@ -226,15 +227,15 @@ class MovementOps:
                 n = x.shape[d]
                 padded = math.ceil(n / s) * s
                 if padded != n:  # a view (not pad(), which copies): the result of indexing is a view
-                    x = x._movement("pad", tuple((0, padded - n) if i == d else (0, 0) for i in range(x.ndim)))
-                x = x._movement("reshape", x.shape[:d] + (padded // s, s) + x.shape[d + 1 :])
+                    x = x._movement(Op.PAD, tuple((0, padded - n) if i == d else (0, 0) for i in range(x.ndim)))
+                x = x._movement(Op.RESHAPE, x.shape[:d] + (padded // s, s) + x.shape[d + 1 :])
                 x = x.shrink([(0, k) if j != d + 1 else (0, 1) for j, k in enumerate(x.shape)])
-                x = x._movement("reshape", x.shape[: d + 1] + x.shape[d + 2 :])
+                x = x._movement(Op.RESHAPE, x.shape[: d + 1] + x.shape[d + 2 :])
         # reshapes through _movement: whatever the strides, the result of basic indexing is a view
         if squeeze:
-            x = x._movement("reshape", tuple(s for d, s in enumerate(x.shape) if d not in squeeze))
+            x = x._movement(Op.RESHAPE, tuple(s for d, s in enumerate(x.shape) if d not in squeeze))
         for d in unsqueeze:
-            x = x._movement("reshape", x.shape[:d] + (1,) + x.shape[d:])
+            x = x._movement(Op.RESHAPE, x.shape[:d] + (1,) + x.shape[d:])
         return x
 
     def __setitem__(self, index, value) -> None:
@@ -326,7 +327,7 @@ class MovementOps:
         for t in tensors:
             pads = [(0, 0)] * t.ndim
             pads[d] = (at, total - at - t.shape[d])
-            piece = t.cast(dtype)._movement("pad", tuple(pads))
+            piece = t.cast(dtype)._movement(Op.PAD, tuple(pads))
             out = piece if out is None else (out | piece if dtype == dt.bool_ else out + piece)
             at += t.shape[d]
         return out

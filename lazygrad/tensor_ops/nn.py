@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from lazygrad import autograd
 from lazygrad import dtype as dt
 from lazygrad.codegen import layout
+from lazygrad.ops import Op
 
 if TYPE_CHECKING:
     from lazygrad.tensor import Tensor
@@ -68,7 +69,7 @@ class NNOps:
         out = [(i - d * (k - 1) - 1) // s + 1 for i, k, s, d in zip(spatial, kernel, stride, dilation)]
         if any(o <= 0 for o in out):
             raise RuntimeError(f"kernel {kernel} with dilation {dilation} is larger than the input {spatial}")
-        return self._movement("window", (tuple(kernel), tuple(stride), tuple(dilation)))
+        return self._movement(Op.WINDOW, (tuple(kernel), tuple(stride), tuple(dilation)))
 
     def conv2d(
         self, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0, dilation=1, groups: int = 1

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from lazygrad import autograd
 from lazygrad import dtype as dt
 from lazygrad.codegen import layout
+from lazygrad.ops import Op
 from lazygrad.shape import prod
 
 if TYPE_CHECKING:
@@ -23,12 +24,12 @@ class ReduceOps:
     def _reduce(self, op: str, dim, keepdim: bool) -> Tensor:
         axes = self._axes(dim) if self.ndim else ()
         for a in axes:
-            if self.shape[a] == 0 and op == "rmax":
+            if self.shape[a] == 0 and op == Op.RMAX:
                 raise IndexError(f"max(): Expected reduction dim {a} to have non-zero size (shape {self.shape})")
         x = self
-        if op == "sum" and any(self.shape[a] == 0 for a in axes):
+        if op == Op.SUM and any(self.shape[a] == 0 for a in axes):
             # a sum over nothing is 0: pad each empty axis with one zero, so no kernel reduces an empty range
-            x = x._movement("pad", tuple((0, 1 if i in axes and s == 0 else 0) for i, s in enumerate(x.shape)))
+            x = x._movement(Op.PAD, tuple((0, 1 if i in axes and s == 0 else 0) for i, s in enumerate(x.shape)))
         parts = layout.split_reduce_parts(x.numel()) if len(axes) == x.ndim else 1
         if parts > 1:
             out = x._split_reduce(op, parts).reshape((1,) * x.ndim)
@@ -44,7 +45,7 @@ class ReduceOps:
         flat = self.reshape(-1)
         length = -(-flat.shape[0] // parts)
         if length * parts != flat.shape[0]:
-            identity = dt.zero(self.dtype) if op == "sum" else dt.lowest(self.dtype)
+            identity = dt.zero(self.dtype) if op == Op.SUM else dt.lowest(self.dtype)
             flat = flat.pad((0, length * parts - flat.shape[0]), value=identity)
         return flat.reshape(parts, length)._primitive(op, arg=(1,))._primitive(op, arg=(0,))
 
@@ -54,7 +55,7 @@ class ReduceOps:
             x = x.cast(dtype)
         elif not x.dtype.is_float:
             x = x.cast(dt.int64)
-        return x._reduce("sum", dim, keepdim)
+        return x._reduce(Op.SUM, dim, keepdim)
 
     def mean(self, dim=None, keepdim: bool = False, dtype=None) -> Tensor:
         if dtype is not None:
@@ -68,8 +69,8 @@ class ReduceOps:
 
     def _max_reduce(self, dim, keepdim) -> Tensor:
         if self.dtype == dt.bool_:
-            return self.cast(dt.uint8)._reduce("rmax", dim, keepdim).cast(dt.bool_)
-        return self._reduce("rmax", dim, keepdim)
+            return self.cast(dt.uint8)._reduce(Op.RMAX, dim, keepdim).cast(dt.bool_)
+        return self._reduce(Op.RMAX, dim, keepdim)
 
     def amax(self, dim=None, keepdim: bool = False) -> Tensor:
         return self._max_reduce(() if dim == () else dim, keepdim)
