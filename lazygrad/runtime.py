@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import pickle
 import time
 import warnings
 import weakref
@@ -19,6 +18,7 @@ import numpy as np
 
 from lazygrad import config, diskcache
 from lazygrad.codegen.lowering import KernelOptions, lower
+from lazygrad.codegen.serialize import ProgramFormatError, decode_program, encode_program
 from lazygrad.graph import LazyBuffer
 from lazygrad.schedule import ScheduleItem, create_schedule
 from lazygrad.shape import prod
@@ -271,15 +271,18 @@ def _lowered(ast, buffer_dtypes: tuple, name: str, vector_width: int, cache_bloc
         f"program|{_LOWERING_VERSION}|{config.OPTIMIZE}|{vector_width}|{cache_blocking}|{buffer_dtypes}|{name}|"
         + ast.structure()
     )
-    blob = diskcache.get(key)
+    blob = diskcache.get(key)  # only an entry this user's lazygrad wrote for this key (HMAC): see docs/cache.md
     if blob is not None:
         try:
-            return pickle.loads(blob)
-        except Exception:  # an entry from an incompatible version: lower again
+            return decode_program(blob)  # data, parsed strictly: never pickle
+        except ProgramFormatError:  # an entry from an incompatible version: lower again
             pass
     options = None if config.OPTIMIZE else KernelOptions()
     program = lower(ast, buffer_dtypes, name, options, vector_width, cache_blocking)
-    diskcache.put(key, pickle.dumps(program))
+    try:
+        diskcache.put(key, encode_program(program))
+    except ProgramFormatError:  # a program the format cannot express is lowered again next time
+        pass
     return program
 
 
