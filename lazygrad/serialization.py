@@ -643,6 +643,8 @@ class _ZipRecords:
         size = info.file_size
         if info.compress_size != size:
             raise ValueError(f"malformed checkpoint: record {name} stores {info.compress_size} bytes for {size}")
+        if not 0 <= info.header_offset <= self.end - 30:
+            raise ValueError(f"malformed checkpoint: record {name} starts at {info.header_offset}, outside the file")
         self.file.seek(info.header_offset)
         local = self.file.read(30)
         if len(local) != 30 or local[:4] != _ZIP_MAGIC:
