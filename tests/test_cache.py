@@ -442,6 +442,18 @@ def test_a_key_file_others_can_read_or_write_turns_the_cache_off_with_one_warnin
 
 
 @pytest.mark.backend_independent
+def test_a_key_directory_others_can_write_turns_the_cache_off(fresh_disk_cache):
+    """Whoever can write the key's directory could swap in a key they know, and forge entries with it."""
+    os.makedirs(config.CONFIG_DIR)
+    os.chmod(config.CONFIG_DIR, 0o777)
+
+    with pytest.warns(RuntimeWarning, match="disk cache disabled.*directory of the cache key.*writable"):
+        diskcache.put("key", b"payload")
+    assert diskcache.get("key") is None
+    assert not os.path.exists(os.path.join(config.CONFIG_DIR, "cache-key"))
+
+
+@pytest.mark.backend_independent
 @pytest.mark.parametrize("content", ["", "not hex at all", "00" * 16])
 def test_a_key_file_that_is_not_a_key_turns_the_cache_off(fresh_disk_cache, content):
     os.makedirs(config.CONFIG_DIR, mode=0o700)
