@@ -671,6 +671,13 @@ def _load_torch_zip(file: IO[bytes]) -> Any:
     file_size = _file_size(file)
     end = file.tell() + file_size  # zipfile's offsets are positions in the file object
     budget = _Budget(file_size)
+    # zipfile keeps about 9 bytes of objects per byte of the zip directory: charged before it reads it
+    start = file.tell()
+    end_record = zipfile._EndRecData(file)  # zipfile's own reader of the end record (private, unchanged for years)
+    file.seek(start)
+    if not end_record:
+        raise ValueError("malformed checkpoint: a zip archive without its end record")
+    budget.charge(10 * min(end_record[zipfile._ECD_SIZE], file_size), "the zip directory")
     with zipfile.ZipFile(file) as archive:
         infos = archive.infolist()
         if len(infos) > _MAX_ZIP_RECORDS:

@@ -529,6 +529,28 @@ def test_a_record_declaring_more_bytes_than_the_file_is_refused(tmp_path):
         load_arrays(path)
 
 
+def test_a_zip_directory_of_many_records_is_charged_before_zipfile_reads_it(tmp_path):
+    """zipfile keeps ~9 bytes of Python objects per byte of the directory: 60,000 directory entries (all naming
+    one record) are refused before zipfile reads them."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("archive/data.pkl", tensor_pickle((1,), (1,)))
+    data = buffer.getvalue()
+    central = data.index(b"PK\x01\x02")
+    end = data.index(b"PK\x05\x06")
+    entry = data[central:end]
+    name_length = struct.unpack("<H", entry[28:30])[0]
+    entries = [entry[:46] + f"{i:016x}".encode()[:name_length] + entry[46 + name_length :] for i in range(60_000)]
+    directory = entry + b"".join(entries)
+    end_record = data[end : end + 8] + struct.pack("<HHII", 60_001 & 0xFFFF, 60_001 & 0xFFFF, len(directory), central)
+    path = tmp_path / "records.pth"
+    path.write_bytes(data[:central] + directory + end_record + data[end + 20 :])
+
+    outcome = load_in_a_fresh_process(path)
+
+    assert not outcome["loaded"] and "the zip directory" in outcome["error"], outcome
+
+
 def shared_reference_pickle(depth: int) -> bytes:
     """{"w": L[depth]} where L[0] is a tensor and L[k] = [L[k-1], L[k-1]]: 2**depth paths to one tensor."""
     w = _TorchPickleWriter()
