@@ -27,6 +27,7 @@ import warnings
 from lazygrad import config
 
 _MAGIC = b"LGC2"
+_OLD_MAGIC = b"LGC1"  # entries checked only by a sha256 inside themselves: anyone could write one
 _TAG_BYTES = 32  # HMAC-SHA256
 _HEADER_BYTES = len(_MAGIC) + _TAG_BYTES
 _DOMAIN = b"lazygrad kernel cache entry v2\0"  # keeps these tags apart from any other use of the secret
@@ -35,6 +36,7 @@ KEY_FILE_NAME = "cache-key"
 _SECRET_BYTES = 32
 
 _disabled_reason: str | None = None
+_warned_old_format = False
 _verified_directories: set[str] = set()  # cache directories whose owner and mode were checked
 _secrets: dict[str, bytes] = {}  # key file path -> secret
 
@@ -192,12 +194,23 @@ def get(key: str) -> bytes | None:
         payload = blob[_HEADER_BYTES:]
         if hmac.compare_digest(blob[len(_MAGIC) : _HEADER_BYTES], _tag(key, payload)):
             return payload
-    warnings.warn(
-        f"lazygrad: discarded a corrupted kernel cache entry {path} (damaged, or not written by this user's "
-        "lazygrad for this kernel); rebuilding it",
-        RuntimeWarning,
-        stacklevel=2,
-    )
+    if blob[: len(_OLD_MAGIC)] == _OLD_MAGIC:  # never trusted either; one warning for all of them, not one each
+        global _warned_old_format
+        if not _warned_old_format:
+            _warned_old_format = True
+            warnings.warn(
+                f"lazygrad: discarded kernel cache entries in {directory} written by an older lazygrad (not "
+                "authenticated); rebuilding them",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+    else:
+        warnings.warn(
+            f"lazygrad: discarded a corrupted kernel cache entry {path} (damaged, or not written by this user's "
+            "lazygrad for this kernel); rebuilding it",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     try:
         os.unlink(path)
     except OSError:

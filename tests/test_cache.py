@@ -120,6 +120,7 @@ def fresh_disk_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(diskcache, "_disabled_reason", None)
     monkeypatch.setattr(diskcache, "_verified_directories", set())
     monkeypatch.setattr(diskcache, "_secrets", {})
+    monkeypatch.setattr(diskcache, "_warned_old_format", False)
     monkeypatch.setattr(runtime, "_kernel_cache", {})
     return directory
 
@@ -171,7 +172,7 @@ def test_an_entry_with_flipped_bits_is_discarded_and_rebuilt_with_a_warning(back
 
 
 @pytest.mark.backend_independent
-@pytest.mark.parametrize("damage", [b"", b"LGC1", b"not a cache entry at all" * 4, b"LGC1" + bytes(32) + b"payload"])
+@pytest.mark.parametrize("damage", [b"", b"LGC2", b"not a cache entry at all" * 4, b"LGC2" + bytes(32) + b"payload"])
 def test_get_discards_a_damaged_entry_with_a_warning(fresh_disk_cache, damage):
     diskcache.put("key", b"payload")
     (path,) = entries(fresh_disk_cache)
@@ -228,7 +229,10 @@ def test_a_pickle_payload_in_the_cache_never_runs_and_the_result_stays_right(bac
 
     assert_right_values(values)
     assert not marker.exists(), "a pickle payload from the cache ran"
-    assert stderr.count("discarded a corrupted kernel cache entry") == len(entries(cache))
+    if forgery == 0:  # the old format: one warning for all of its entries
+        assert stderr.count("written by an older lazygrad (not authenticated)") == 1
+    else:
+        assert stderr.count("discarded a corrupted kernel cache entry") == len(entries(cache))
     assert all(is_intact(p) for p in entries(cache)), "the entries were not rebuilt"
 
 
@@ -282,6 +286,25 @@ def test_get_refuses_an_entry_renamed_to_another_key(fresh_disk_cache):
     with pytest.warns(RuntimeWarning, match="corrupted kernel cache entry"):
         assert diskcache.get("kernel b") is None
     assert diskcache.get("kernel a") is None
+
+
+@pytest.mark.backend_independent
+def test_entries_of_the_old_unauthenticated_format_are_discarded_with_one_warning(fresh_disk_cache):
+    payload = pickle.dumps(RunsAShellCommand("/tmp/never"))
+    for key in ("kernel a", "kernel b"):
+        diskcache.put(key, b"genuine")
+        with open(diskcache._path(str(fresh_disk_cache), key), "wb") as f:
+            f.write(b"LGC1" + hashlib.sha256(payload).digest() + payload)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert diskcache.get("kernel a") is None and diskcache.get("kernel b") is None
+
+    assert [str(w.message) for w in caught if "kernel cache" in str(w.message)] == [
+        f"lazygrad: discarded kernel cache entries in {fresh_disk_cache} written by an older lazygrad (not "
+        "authenticated); rebuilding them"
+    ]
+    assert entries(fresh_disk_cache) == []
 
 
 @pytest.mark.backend_independent
