@@ -61,6 +61,8 @@ def _check_private_directory(path: str, what: str) -> None:
     st = os.stat(path)
     if not stat.S_ISDIR(st.st_mode):
         raise _Refused(f"{what} {path} is not a directory")
+    if not hasattr(os, "geteuid"):  # not POSIX (Windows): no owner and mode to check; the HMAC still holds
+        return
     if st.st_uid != os.geteuid():
         raise _Refused(f"{what} {path} is owned by uid {st.st_uid}, not by this user (uid {os.geteuid()})")
     if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
@@ -105,9 +107,11 @@ def _read_key_file(path: str) -> bytes:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise _Refused(f"the cache key {path} is not a regular file")
-        if st.st_uid != os.geteuid():
+        if not hasattr(os, "geteuid"):
+            pass  # not POSIX: the file is in the user's profile, which the OS keeps private
+        elif st.st_uid != os.geteuid():
             raise _Refused(f"the cache key {path} is owned by uid {st.st_uid}, not by this user (uid {os.geteuid()})")
-        if st.st_mode & 0o077:
+        elif st.st_mode & 0o077:
             raise _Refused(
                 f"the cache key {path} can be read or written by others (mode {stat.S_IMODE(st.st_mode):04o}); "
                 "delete it (a new one is made) or chmod 600 it"
