@@ -22,6 +22,8 @@ DEBUG = _int("LAZYGRAD_DEBUG", 0)
 CACHE_DIR = os.environ.get("LAZYGRAD_CACHE_DIR") or str(
     Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lazygrad"
 )
+# the secret that authenticates kernel cache entries lives here, outside the cache directory (docs/cache.md)
+CONFIG_DIR = str(Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "lazygrad")
 # threads for LLVM kernels (default: all cores)
 THREADS = _int("LAZYGRAD_THREADS", os.cpu_count() or 1)
 # OpenCL device: an index into the list of devices, or a substring of the device name

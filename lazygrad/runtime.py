@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import pickle
 import time
 import warnings
 import weakref
@@ -20,6 +19,7 @@ import numpy as np
 
 from lazygrad import config, diskcache
 from lazygrad.codegen.lowering import KernelOptions, lower
+from lazygrad.codegen.serialize import ProgramFormatError, decode_program, encode_program
 from lazygrad.graph import LazyBuffer
 from lazygrad.ops import ELEMENTWISE, AstOp, Op
 from lazygrad.schedule import ItemKind, ScheduleItem, create_schedule
@@ -295,15 +295,18 @@ def _lowered(ast, buffer_dtypes: tuple, name: str, capabilities):
         if forced is not None:
             return lower(ast, buffer_dtypes, name, forced, capabilities)
     key = f"program|{_LOWERING_VERSION}|{config.OPTIMIZE}|{capabilities!r}|{buffer_dtypes}|{name}|" + ast.structure()
-    blob = diskcache.get(key)
+    blob = diskcache.get(key)  # only an entry this user's lazygrad wrote for this key (HMAC): see docs/cache.md
     if blob is not None:
         try:
-            return pickle.loads(blob)
-        except Exception:  # an entry from an incompatible version: lower again
+            return decode_program(blob)  # data, parsed strictly: never pickle
+        except ProgramFormatError:  # an entry from an incompatible version: lower again
             pass
     options = None if config.OPTIMIZE else KernelOptions()
     program = lower(ast, buffer_dtypes, name, options, capabilities)
-    diskcache.put(key, pickle.dumps(program))
+    try:
+        diskcache.put(key, encode_program(program))
+    except ProgramFormatError:  # a program the format cannot express is lowered again next time
+        pass
     return program
 
 

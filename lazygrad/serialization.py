@@ -16,11 +16,13 @@ Tensor-level API: load(f, device=None) -> {name: Tensor} and save(state_dict, f)
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import pickle
 import struct
 import zipfile
+import zlib
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from typing import IO, Any, NamedTuple
@@ -75,6 +77,12 @@ _LEGACY_TORCH_MAGIC = pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2)[:-1]
 _SAFETENSORS_MAX_HEADER = 100 << 20  # the safetensors specification's own limit
 _TORCH_RECORD_ALIGNMENT = 64  # torch aligns each record's data in the zip so that it can be memory-mapped
 
+# What a load may cost (docs/checkpoints.md, "What is refused"): at most twice the file's size plus this.
+ALLOCATION_SLACK = 16 << 20
+_MAX_NESTING = 100  # containers inside containers; a state_dict nests 1 to 4 deep
+_MAX_DIMS = 64  # dimensions of a tensor (torch allows 64)
+_MAX_ZIP_RECORDS = 100_000  # zipfile keeps an object per record of the directory
+
 
 # ---------------------------------------------------------------------------------------------------------------
 # element types
@@ -111,6 +119,65 @@ def _contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# reading: what a checkpoint may cost
+
+
+class _Budget:
+    """The memory a load may hold at once: twice the file's size plus ALLOCATION_SLACK.
+
+    A checkpoint's tensors come from its own bytes, so a well-formed file never needs more (bfloat16, widened to
+    float32, is the one case that doubles). Every allocation the reader makes is charged here *before* it is
+    made, so a few hundred bytes that declare terabytes are refused with the tensor's name instead of taking the
+    machine's memory.
+    """
+
+    def __init__(self, file_size: int):
+        self.file_size = file_size
+        self.limit = 2 * file_size + ALLOCATION_SLACK
+        self.live = 0  # bytes the reader holds now (records, arrays, the unpickled objects' estimate)
+
+    def charge(self, nbytes: int, what: str) -> None:
+        if self.live + nbytes > self.limit:
+            raise ValueError(
+                f"checkpoint refused: {what} would need {nbytes:,} bytes, but a {self.file_size:,}-byte checkpoint "
+                f"may need at most {self.limit:,} bytes in all (twice its size + {ALLOCATION_SLACK >> 20} MiB); "
+                "a well-formed checkpoint never does"
+            )
+        self.live += nbytes
+
+    def release(self, nbytes: int) -> None:
+        self.live -= nbytes
+
+
+def _prod(values) -> int:
+    """A product in Python integers: numpy's would wrap around for crafted sizes."""
+    out = 1
+    for value in values:
+        out *= value
+    return out
+
+
+def _file_size(file: IO[bytes]) -> int:
+    """Bytes from the current position to the end of the file."""
+    start = file.tell()
+    end = file.seek(0, os.SEEK_END)
+    file.seek(start)
+    return end - start
+
+
+def _read_exactly(file: IO[bytes], offset: int, out: np.ndarray, what: str) -> None:
+    """Fill `out` (any dtype) with the file's bytes at `offset`."""
+    file.seek(offset)
+    view = memoryview(out).cast("B") if out.size else memoryview(b"")
+    got = 0
+    while got < len(view):
+        n = file.readinto(view[got:])
+        if not n:
+            raise ValueError(f"malformed checkpoint: the file ends inside {what}")
+        got += n
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # reading: format detection
 
 
@@ -140,20 +207,40 @@ def _looks_like_safetensors(head: bytes) -> bool:
 def load_checkpoint(path_or_file: PathOrFile) -> Any:
     """Read a PyTorch zip checkpoint or a safetensors file, chosen by content; tensors become numpy arrays.
 
-    Containers come back as stored (a state_dict is a dict; {"model": {...}, "epoch": 3} stays nested).
+    Containers come back as stored (a state_dict is a dict; {"model": {...}, "epoch": 3} stays nested). A file
+    that is not a well-formed checkpoint raises ValueError or pickle.UnpicklingError (docs/checkpoints.md lists
+    what is refused), before its declared sizes are allocated.
     """
     with _open_for_reading(path_or_file) as file:
         head = _peek(file, 16)
         if head.startswith(_ZIP_MAGIC):
-            return _load_torch_zip(file)
-        if _looks_like_safetensors(head):
-            return _load_safetensors(file)
-        if head.startswith(_LEGACY_TORCH_MAGIC):
+            loader = _load_torch_zip
+        elif _looks_like_safetensors(head):
+            loader = _load_safetensors
+        elif head.startswith(_LEGACY_TORCH_MAGIC):
             raise ValueError(
                 "this checkpoint uses PyTorch's legacy (pre-1.6) format, which lazygrad does not read; "
                 "re-save it with torch>=1.6: torch.save(torch.load(old_path), new_path)"
             )
-        raise ValueError("not a checkpoint lazygrad can read: neither a PyTorch zip archive nor a safetensors file")
+        else:
+            raise ValueError("not a checkpoint lazygrad can read: neither a PyTorch zip archive nor a safetensors file")
+        try:
+            return loader(file)
+        except (ValueError, pickle.UnpicklingError, MemoryError):
+            raise
+        except (
+            zipfile.BadZipFile,
+            zipfile.LargeZipFile,
+            EOFError,
+            LookupError,
+            TypeError,
+            AttributeError,
+            struct.error,
+            RecursionError,
+            OverflowError,
+            NotImplementedError,
+        ) as e:  # what a damaged file makes zipfile, json or the unpickler raise: one kind of error for the caller
+            raise ValueError(f"malformed checkpoint: {type(e).__name__}: {e}"[:500]) from None
 
 
 def load_arrays(path_or_file: PathOrFile) -> dict[str, np.ndarray]:
@@ -170,21 +257,52 @@ def load_arrays(path_or_file: PathOrFile) -> dict[str, np.ndarray]:
 
 
 def flatten_arrays(tree: Any, prefix: str = "") -> dict[str, np.ndarray]:
-    """Collect the arrays in nested dicts/lists/tuples into one dict keyed by dotted paths."""
-    if isinstance(tree, Mapping):
-        children = [(str(key), value) for key, value in tree.items()]
-    elif isinstance(tree, (list, tuple)):
-        children = [(str(index), value) for index, value in enumerate(tree)]
+    """Collect the arrays in nested dicts/lists/tuples into one dict keyed by dotted paths.
+
+    Each container is visited once. A pickle can make one container reachable along exponentially many paths
+    (a list holding the same list twice, nested: 465 bytes made 65,536 names), so a container that holds tensors
+    and is met a second time is refused; load_checkpoint returns it as stored, shared.
+    """
+    return {prefix + name: array for name, array in _relative_arrays(tree, {}, "", 0).items()}
+
+
+def _short(path: str) -> str:
+    path = path.rstrip(".") or "the top"
+    return repr(path if len(path) <= 60 else f"{path[:28]}...{path[-28:]}")
+
+
+def _relative_arrays(node: Any, memo: dict, path: str, depth: int) -> dict[str, np.ndarray]:
+    if isinstance(node, Mapping):
+        children = [(str(key), value) for key, value in node.items()]
+    elif isinstance(node, (list, tuple)):
+        children = [(str(index), value) for index, value in enumerate(node)]
     else:
         return {}
+    if id(node) in memo:
+        first_path, found = memo[id(node)]
+        if found:
+            raise ValueError(
+                f"the checkpoint holds one container of tensors at two places ({_short(first_path)} and "
+                f"{_short(path)}); load_checkpoint returns it as stored"
+            )
+        return found
+    if depth > _MAX_NESTING:
+        raise ValueError(f"the checkpoint nests containers more than {_MAX_NESTING} deep (at {path!r})")
     flat: dict[str, np.ndarray] = {}
+    memo[id(node)] = (path, flat)  # filled below; a container that holds itself adds nothing the second time
     for key, value in children:
-        name = f"{prefix}{key}"
-        found = {name: value} if isinstance(value, np.ndarray) else flatten_arrays(value, name + ".")
-        for found_name, array in found.items():
-            if found_name in flat:
-                raise ValueError(f"two tensors in the checkpoint flatten to the same name {found_name!r}")
-            flat[found_name] = array
+        found = (
+            {key: value}
+            if isinstance(value, np.ndarray)
+            else {
+                f"{key}.{name}": array
+                for name, array in _relative_arrays(value, memo, f"{path}{key}.", depth + 1).items()
+            }
+        )
+        for name, array in found.items():
+            if name in flat:
+                raise ValueError(f"two tensors in the checkpoint flatten to the same name {path}{name!r}")
+            flat[name] = array
     return flat
 
 
@@ -204,46 +322,166 @@ class _DTypeRef(NamedTuple):
     name: str
 
 
-class _Storage(NamedTuple):
-    raw: bytes
-    dtype_name: str | None
-    byteorder: str  # "<" or ">", from the archive's byteorder record
+class _Storage:
+    """One storage record's bytes, read once however many tensors view it."""
+
+    __slots__ = ("key", "buffer", "dtype_name", "byteorder", "users")
+
+    def __init__(self, key: str, buffer: np.ndarray, dtype_name: str | None, byteorder: str):
+        self.key, self.buffer, self.dtype_name, self.byteorder = key, buffer, dtype_name, byteorder
+        self.users = 0  # tensors in the result that view it; the last one may take its buffer over
 
 
-def _array_from_storage(storage: _Storage, dtype_name: str, offset: int, size, stride) -> np.ndarray:
-    """Copy the strided view (offset, size, stride in elements, as torch stores them) out of a storage."""
-    element = _numpy_dtype(dtype_name, storage.byteorder)
-    flat = np.frombuffer(storage.raw, dtype=element, count=len(storage.raw) // element.itemsize)
-    size, stride, offset = tuple(map(int, size)), tuple(map(int, stride)), int(offset)
-    if len(size) != len(stride):
-        raise pickle.UnpicklingError(f"malformed tensor: size {size} and stride {stride} differ in length")
-    if 0 in size:
-        view = np.empty(size, element)
-    else:
-        last = offset + sum((n - 1) * s for n, s in zip(size, stride))
-        if offset < 0 or min(stride, default=0) < 0 or last >= flat.size:
-            raise pickle.UnpicklingError(
-                f"malformed tensor: a view of size {size}, stride {stride}, offset {offset} reaches outside "
-                f"its storage of {flat.size} elements"
-            )
-        byte_strides = tuple(s * element.itemsize for s in stride)
-        view = np.lib.stride_tricks.as_strided(flat[offset:], shape=size, strides=byte_strides, writeable=False)
-    array = np.array(view, dtype=element.newbyteorder("="))  # a copy that owns its memory, in native byte order
-    return _bfloat16_bits_to_float32(array) if dtype_name == BFLOAT16 else array
+class _TensorRecord:
+    """A tensor the pickle asked for, checked against its storage but not yet allocated.
+
+    Arrays are made after unpickling, when each tensor's name and each storage's users are known: the bound on
+    memory can then name the tensor, and the last tensor viewing a whole storage takes its buffer over instead of
+    copying it.
+    """
+
+    __slots__ = ("storage", "dtype_name", "offset", "size", "stride")
+
+    def __init__(self, storage: _Storage, dtype_name: str, offset, size, stride):
+        self.storage, self.dtype_name = storage, dtype_name
+        self.offset, self.size, self.stride = self._checked(storage, dtype_name, offset, size, stride)
+
+    @staticmethod
+    def _checked(storage: _Storage, dtype_name: str, offset, size, stride) -> tuple:
+        """Every declared number against the storage's real length, before anything is allocated."""
+
+        def integers(values, what) -> tuple:
+            if not isinstance(values, tuple) or len(values) > _MAX_DIMS:
+                raise pickle.UnpicklingError(f"malformed tensor: {what} {values!r}"[:300])
+            for value in values:
+                if type(value) is not int or value < 0:  # torch never stores negative sizes or strides
+                    raise pickle.UnpicklingError(f"malformed tensor: {what} {values!r}"[:300])
+            return values
+
+        size, stride = integers(size, "size"), integers(stride, "stride")
+        if type(offset) is not int or offset < 0:
+            raise pickle.UnpicklingError(f"malformed tensor: storage offset {offset!r}"[:300])
+        if len(size) != len(stride):
+            raise pickle.UnpicklingError(f"malformed tensor: size {size} and stride {stride} differ in length")
+        elements = len(storage.buffer) // _numpy_dtype(dtype_name).itemsize
+        if 0 not in size:
+            last = offset + sum((n - 1) * s for n, s in zip(size, stride))
+            if last >= elements:
+                raise pickle.UnpicklingError(
+                    f"malformed tensor: a view of size {size}, stride {stride}, offset {offset} reaches outside "
+                    f"its storage of {elements} elements"
+                )
+        return offset, size, stride
+
+    def is_broadcast(self) -> bool:
+        return any(s == 0 and n > 1 for n, s in zip(self.size, self.stride))
+
+    def is_whole_storage(self) -> bool:
+        """A C-contiguous view of all of its storage, in native byte order: it can be the storage's buffer."""
+        element = _numpy_dtype(self.dtype_name, self.storage.byteorder)
+        return (
+            self.offset == 0
+            and self.dtype_name != BFLOAT16
+            and element.isnative
+            and _prod(self.size) * element.itemsize == len(self.storage.buffer)
+            and all(s == c for n, s, c in zip(self.size, self.stride, _contiguous_strides(self.size)) if n > 1)
+        )
+
+    def materialize(self, name: str, budget: _Budget) -> np.ndarray:
+        storage = self.storage
+        element = _numpy_dtype(self.dtype_name, storage.byteorder)
+        native = element.newbyteorder("=")
+        out_itemsize = 4 if self.dtype_name == BFLOAT16 else element.itemsize
+        storage.users -= 1
+        if 0 in self.size:
+            array = np.empty(self.size, np.float32 if self.dtype_name == BFLOAT16 else native)
+        elif storage.users == 0 and self.is_whole_storage():  # the last user of a storage takes its buffer over
+            array = storage.buffer.view(native).reshape(self.size)
+            storage.buffer = None  # charged already, as the record
+            return array
+        else:
+            # Zero strides (torch's expand) load as a broadcast view of the one copy of what they repeat.
+            size = tuple(1 if s == 0 else n for n, s in zip(self.size, self.stride))
+            budget.charge(_prod(size) * out_itemsize, f"tensor {name!r} of size {self.size}, stride {self.stride}")
+            flat = storage.buffer[: len(storage.buffer) // element.itemsize * element.itemsize].view(element)
+            byte_strides = tuple(s * element.itemsize for s in self.stride)
+            view = np.lib.stride_tricks.as_strided(flat[self.offset :], size, byte_strides, writeable=False)
+            if self.dtype_name == BFLOAT16:
+                array = view.astype(np.uint32)  # widened in place: no second temporary
+                array <<= 16
+                array = array.view(np.float32)
+            else:
+                array = np.array(view, dtype=native)  # a copy that owns its memory, in native byte order
+            if size != self.size:
+                array = np.broadcast_to(array, self.size)  # read-only; lazygrad.load expands it lazily
+        if storage.users == 0 and storage.buffer is not None:
+            budget.release(len(storage.buffer))
+            storage.buffer = None
+        return array
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
-    """Unpickles a torch checkpoint's data.pkl, resolving only the globals that rebuild tensors and containers."""
+def _allowed_opcodes() -> dict:
+    """The pure-Python unpickler's dispatch table without the opcodes a tensor checkpoint never needs.
 
-    def __init__(self, file: IO[bytes], read_record, byteorder: str):
-        super().__init__(file, encoding="utf-8")
-        self._read_record = read_record  # storage key -> bytes of data/<key>
+    The pure-Python unpickler keeps its memo in a dict: the C one grows an array to the largest memo index a
+    pickle names, which a few bytes can set to 2**32.
+    """
+    dispatch = dict(pickle._Unpickler.dispatch)
+    for opcode in (pickle.INST, pickle.OBJ, pickle.NEWOBJ, pickle.NEWOBJ_EX, pickle.EXT1, pickle.EXT2, pickle.EXT4):
+        dispatch.pop(opcode[0], None)
+    dispatch.pop(pickle.PERSID[0], None)  # torch writes BINPERSID
+    return dispatch
+
+
+class _RestrictedUnpickler(pickle._Unpickler):
+    """Unpickles a torch checkpoint's data.pkl, resolving only the globals that rebuild tensors and containers.
+
+    Every opcode is charged to the load's budget (an estimate of the objects it makes), so a pickle cannot build
+    more Python objects than the file's size allows.
+    """
+
+    _BYTES_PER_OPCODE = 64  # about the largest object one opcode makes (an empty dict); strings are charged apart
+    dispatch = _allowed_opcodes()
+
+    def __init__(self, data: bytes, read_record, byteorder: str, budget: _Budget):
+        super().__init__(io.BytesIO(data), encoding="utf-8")
+        self._read_record = read_record  # storage key -> uint8 array of data/<key>
         self._byteorder = byteorder
+        self._budget = budget
         self._storages: dict[str, _Storage] = {}
+        self.tensors: list[_TensorRecord] = []
+        budget.charge(4 * len(data), "the pickle's strings")  # a str holds at most 4 bytes per byte it came from
+        counted = {}
+        for code, handler in self.dispatch.items():
+            counted[code] = self._counting(handler)
+        counted[pickle.BUILD[0]] = self._counting(type(self)._load_build)
+        self.dispatch = counted
+
+    def _counting(self, handler):
+        budget, cost = self._budget, self._BYTES_PER_OPCODE
+
+        def counted(unpickler):
+            budget.charge(cost, "the pickle's objects")
+            handler(unpickler)
+
+        return counted
+
+    def _load_build(self):
+        """BUILD is how torch restores an OrderedDict's `_metadata`; anything else it could reach is refused."""
+        state = self.stack.pop()
+        target = self.stack[-1]
+        if not (type(target) is OrderedDict and isinstance(state, dict) and all(isinstance(k, str) for k in state)):
+            raise pickle.UnpicklingError(
+                f"malformed checkpoint: a BUILD of {type(target).__name__} with {type(state).__name__}"
+            )
+        for key, value in state.items():
+            if key.startswith("__"):
+                raise pickle.UnpicklingError(f"malformed checkpoint: a BUILD that sets {key!r}")
+            target.__dict__[key] = value
 
     def find_class(self, module: str, name: str) -> Any:
         qualified = f"{module}.{name}"
-        # Bound methods and tuples: a malicious BUILD opcode cannot change them for later loads.
+        # Bound methods and tuples: a BUILD opcode cannot change them for later loads (and BUILD is refused).
         rebuilders = {
             "torch._utils._rebuild_tensor_v2": self._rebuild_tensor_v2,
             "torch._utils._rebuild_tensor_v3": self._rebuild_tensor_v3,
@@ -271,16 +509,18 @@ class _RestrictedUnpickler(pickle.Unpickler):
     def persistent_load(self, pid: Any) -> _Storage:
         # torch writes ("storage", storage type, key, location, number of elements)
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage" and isinstance(pid[1], _StorageType)):
-            raise pickle.UnpicklingError(f"malformed checkpoint: unexpected persistent id {pid!r}")
+            raise pickle.UnpicklingError(f"malformed checkpoint: unexpected persistent id {pid!r}"[:300])
         _, storage_type, key, _location, _numel = pid
+        if not isinstance(key, (str, int)):
+            raise pickle.UnpicklingError(f"malformed checkpoint: storage key {key!r}"[:300])
         key = str(key)
-        if key not in self._storages:
-            try:
-                raw = self._read_record(f"data/{key}")
-            except KeyError:
-                raise pickle.UnpicklingError(f"malformed checkpoint: storage data/{key} is missing") from None
-            self._storages[key] = _Storage(raw, storage_type.dtype_name, self._byteorder)
-        return self._storages[key]
+        storage = self._storages.get(key)
+        if storage is None:
+            storage = _Storage(key, self._read_record(f"data/{key}"), storage_type.dtype_name, self._byteorder)
+            self._storages[key] = storage
+        elif storage.dtype_name != storage_type.dtype_name:  # torch gives each record one type
+            raise pickle.UnpicklingError(f"malformed checkpoint: storage {key} is used with two types")
+        return storage
 
     @staticmethod
     def _check_storage(storage: Any) -> _Storage:
@@ -288,17 +528,22 @@ class _RestrictedUnpickler(pickle.Unpickler):
             raise pickle.UnpicklingError(f"malformed checkpoint: expected a storage, got {type(storage).__name__}")
         return storage
 
+    def _tensor(self, storage: _Storage, dtype_name: str, offset, size, stride) -> _TensorRecord:
+        record = _TensorRecord(storage, dtype_name, offset, size, stride)
+        self.tensors.append(record)
+        return record
+
     def _rebuild_tensor_v2(self, storage, offset, size, stride, requires_grad=False, hooks=None, metadata=None):
         storage = self._check_storage(storage)
         if storage.dtype_name is None:
             raise pickle.UnpicklingError("malformed checkpoint: an untyped storage without a dtype")
-        return _array_from_storage(storage, storage.dtype_name, offset, size, stride)
+        return self._tensor(storage, storage.dtype_name, offset, size, stride)
 
     def _rebuild_tensor_v3(self, storage, offset, size, stride, requires_grad, hooks, dtype, metadata=None):
         storage = self._check_storage(storage)
         if not isinstance(dtype, _DTypeRef):
             raise pickle.UnpicklingError(f"malformed checkpoint: expected a dtype, got {type(dtype).__name__}")
-        return _array_from_storage(storage, dtype.name, offset, size, stride)
+        return self._tensor(storage, dtype.name, offset, size, stride)
 
     def _rebuild_parameter(self, data, requires_grad=False, hooks=None, state=None):
         return data  # a Parameter is its tensor; requires_grad is the model's business
@@ -309,9 +554,135 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return text.encode("latin1")
 
 
+def _materialize(tree: Any, tensors: list[_TensorRecord], budget: _Budget) -> Any:
+    """Replace each _TensorRecord in the unpickled tree by its array, visiting each object once.
+
+    Containers are updated in place (tuples rebuilt), so sharing in the pickle is sharing in the result. Tensors
+    that copy come before the one that may take its storage's buffer over, so a storage is freed as soon as its
+    last tensor has what it needs.
+    """
+    names: dict[int, str] = {}  # record -> the first path that reaches it
+    order: list[tuple[Any, str]] = []  # containers, parents before children
+    seen: set[int] = set()
+    stack: list[tuple[Any, str, int]] = [(tree, "", 0)]
+    while stack:
+        node, path, depth = stack.pop()
+        if isinstance(node, _TensorRecord):
+            names.setdefault(id(node), path or "the checkpoint's tensor")
+            continue
+        if not isinstance(node, (dict, list, tuple, set, frozenset)) or id(node) in seen:
+            continue
+        if depth > _MAX_NESTING:
+            raise ValueError(f"malformed checkpoint: containers nested more than {_MAX_NESTING} deep (at {path!r})")
+        seen.add(id(node))
+        order.append((node, path))
+        if isinstance(node, dict):
+            if any(isinstance(key, _TensorRecord) for key in node):
+                raise ValueError("malformed checkpoint: a tensor as a dict key")
+            children = list(node.items())
+        elif isinstance(node, (set, frozenset)):
+            if any(isinstance(item, _TensorRecord) for item in node):
+                raise ValueError("malformed checkpoint: a tensor in a set")
+            continue
+        else:
+            children = list(enumerate(node))
+        for key, value in children:
+            stack.append((value, f"{path}.{key}" if path else str(key), depth + 1))
+
+    reachable = [t for t in dict.fromkeys(tensors) if id(t) in names]  # unreachable records are never allocated
+    for record in reachable:
+        record.storage.users += 1
+    for record in tensors:
+        if record.storage.users == 0 and record.storage.buffer is not None:
+            budget.release(len(record.storage.buffer))
+            record.storage.buffer = None
+    arrays: dict[int, np.ndarray] = {}
+    takes_over = [r for r in reachable if r.is_whole_storage()]
+    for record in [r for r in reachable if not r.is_whole_storage()] + takes_over:
+        arrays[id(record)] = record.materialize(names[id(record)], budget)
+
+    rebuilt: dict[int, tuple] = {}
+
+    def resolved(value, depth=0):
+        if isinstance(value, _TensorRecord):
+            return arrays[id(value)]
+        if not isinstance(value, tuple) or depth > _MAX_NESTING:
+            return value
+        if id(value) not in rebuilt:
+            rebuilt[id(value)] = tuple(resolved(item, depth + 1) for item in value)
+        return rebuilt[id(value)]
+
+    for node, _ in order:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                node[key] = resolved(value)
+        elif isinstance(node, list):
+            node[:] = [resolved(value) for value in node]
+    return resolved(tree)
+
+
+class _ZipRecords:
+    """A torch zip archive's records, each read once, uncompressed and inside the file, or refused."""
+
+    def __init__(self, file: IO[bytes], archive: zipfile.ZipFile, end: int, budget: _Budget):
+        self.file, self.archive, self.end, self.budget = file, archive, end, budget
+        self.bytes_read = 0
+
+    def read(self, name: str) -> np.ndarray:
+        try:
+            info = self.archive.getinfo(name)
+        except KeyError:
+            raise pickle.UnpicklingError(f"malformed checkpoint: record {name} is missing") from None
+        if info.compress_type != zipfile.ZIP_STORED:
+            raise ValueError(
+                f"checkpoint refused: record {name} is compressed (zip method {info.compress_type}); torch.save "
+                "stores records uncompressed, and lazygrad does not inflate records whose size it cannot bound"
+            )
+        if info.flag_bits & 0x1:
+            raise ValueError(f"checkpoint refused: record {name} is encrypted")
+        size = info.file_size
+        if info.compress_size != size:
+            raise ValueError(f"malformed checkpoint: record {name} stores {info.compress_size} bytes for {size}")
+        if not 0 <= info.header_offset <= self.end - 30:
+            raise ValueError(f"malformed checkpoint: record {name} starts at {info.header_offset}, outside the file")
+        self.file.seek(info.header_offset)
+        local = self.file.read(30)
+        if len(local) != 30 or local[:4] != _ZIP_MAGIC:
+            raise ValueError(f"malformed checkpoint: record {name} has no local header at {info.header_offset}")
+        name_length, extra_length = struct.unpack("<HH", local[26:30])
+        start = info.header_offset + 30 + name_length + extra_length
+        if start + size > self.end:
+            raise ValueError(
+                f"malformed checkpoint: record {name} declares {size:,} bytes at offset {start:,}, past the end of "
+                f"the file ({self.end:,} bytes)"
+            )
+        if self.bytes_read + size > self.budget.file_size:
+            raise ValueError(f"malformed checkpoint: records overlap (record {name} would read the file twice)")
+        self.bytes_read += size
+        self.budget.charge(size, f"record {name}")
+        buffer = np.empty(size, np.uint8)
+        _read_exactly(self.file, start, buffer, f"record {name}")
+        if zlib.crc32(buffer) != info.CRC:
+            raise ValueError(f"malformed checkpoint: record {name} fails its CRC check (the file is damaged)")
+        return buffer
+
+
 def _load_torch_zip(file: IO[bytes]) -> Any:
+    file_size = _file_size(file)
+    end = file.tell() + file_size  # zipfile's offsets are positions in the file object
+    budget = _Budget(file_size)
+    # zipfile keeps about 9 bytes of objects per byte of the zip directory: charged before it reads it
+    start = file.tell()
+    end_record = zipfile._EndRecData(file)  # zipfile's own reader of the end record (private, unchanged for years)
+    file.seek(start)
+    if not end_record:
+        raise ValueError("malformed checkpoint: a zip archive without its end record")
+    budget.charge(10 * min(end_record[zipfile._ECD_SIZE], file_size), "the zip directory")
     with zipfile.ZipFile(file) as archive:
-        names = archive.namelist()
+        infos = archive.infolist()
+        if len(infos) > _MAX_ZIP_RECORDS:
+            raise ValueError(f"checkpoint refused: {len(infos):,} zip records, more than {_MAX_ZIP_RECORDS:,}")
+        names = [info.filename for info in infos]
         # Records live under one top folder whose name varies ("archive", or the file's stem).
         pickles = [name for name in names if name.count("/") == 1 and name.endswith("/data.pkl")]
         if not pickles:
@@ -319,40 +690,102 @@ def _load_torch_zip(file: IO[bytes]) -> Any:
         prefix = pickles[0][: -len("data.pkl")]
         if any(name.startswith(prefix + "code/") for name in names):
             raise ValueError("this is a TorchScript archive (torch.jit.save); save model.state_dict() with torch.save")
+        records = _ZipRecords(file, archive, end, budget)
         byteorder = "<"
         if prefix + "byteorder" in names:
-            byteorder = {"little": "<", "big": ">"}[archive.read(prefix + "byteorder").decode().strip()]
-        with archive.open(pickles[0]) as pickled:
-            unpickler = _RestrictedUnpickler(pickled, lambda record: archive.read(prefix + record), byteorder)
-            return unpickler.load()
+            stored = records.read(prefix + "byteorder").tobytes().decode("ascii", "replace").strip()
+            if stored not in ("little", "big"):
+                raise ValueError(f"malformed checkpoint: byteorder record {stored[:20]!r}")
+            byteorder = "<" if stored == "little" else ">"
+        data = records.read(pickles[0]).tobytes()
+        unpickler = _RestrictedUnpickler(data, lambda record: records.read(prefix + record), byteorder, budget)
+        tree = unpickler.load()
+    return _materialize(tree, unpickler.tensors, budget)
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # reading: safetensors
 
 
+def _no_duplicate_keys(pairs: list) -> dict:
+    keys = [key for key, _ in pairs]
+    if len(set(keys)) != len(keys):
+        raise ValueError("malformed safetensors header: a name appears twice")
+    return dict(pairs)
+
+
+def _refuse_constant(name: str):
+    raise ValueError(f"malformed safetensors header: {name} is not JSON")
+
+
+def _safetensors_entry(name: str, info: Any, data_length: int) -> tuple[str, tuple, int, int]:
+    """(dtype name, shape, begin, end) of one header entry, every number checked."""
+    if not (isinstance(info, dict) and set(info) == {"dtype", "shape", "data_offsets"}):
+        raise ValueError(f"malformed safetensors header: entry {name!r} is not {{dtype, shape, data_offsets}}")
+    code, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+    if not isinstance(code, str) or code not in _SAFETENSORS_DTYPES:
+        raise ValueError(f"safetensors tensor {name!r} has dtype {code}, which lazygrad cannot read"[:300])
+    if not (isinstance(shape, list) and len(shape) <= _MAX_DIMS):
+        raise ValueError(f"malformed safetensors header: tensor {name!r} has shape {shape!r}"[:300])
+    if not (isinstance(offsets, list) and len(offsets) == 2):
+        raise ValueError(f"malformed safetensors header: tensor {name!r} has data_offsets {offsets!r}"[:300])
+    for value in (*shape, *offsets):
+        if type(value) is not int or value < 0:
+            raise ValueError(f"malformed safetensors header: tensor {name!r}: {value!r} is not a size"[:300])
+    dtype_name = _SAFETENSORS_DTYPES[code]
+    begin, end = offsets
+    if not begin <= end <= data_length:
+        raise ValueError(
+            f"safetensors tensor {name!r}: data_offsets {begin}..{end} lie outside the file's {data_length:,} "
+            "bytes of data"
+        )
+    if end - begin != _prod(shape) * _numpy_dtype(dtype_name).itemsize:
+        raise ValueError(f"safetensors tensor {name!r}: offsets {begin}..{end} do not fit shape {tuple(shape)}")
+    return dtype_name, tuple(shape), begin, end
+
+
 def _load_safetensors(file: IO[bytes]) -> dict[str, np.ndarray]:
     start = file.tell()
+    file_size = _file_size(file)
+    budget = _Budget(file_size)
     (header_length,) = struct.unpack("<Q", file.read(8))
-    header = json.loads(file.read(header_length))
-    header.pop("__metadata__", None)
+    if not 0 < header_length <= min(_SAFETENSORS_MAX_HEADER, file_size - 8):
+        raise ValueError(
+            f"malformed safetensors file: a header of {header_length:,} bytes in a file of {file_size:,} bytes"
+        )
+    header_bytes = file.read(header_length)
+    # what json makes of it, at most: an object per bracket or comma, and the text
+    budget.charge(
+        64 * sum(header_bytes.count(c) for c in b"[{,") + 4 * header_length, "the safetensors header's objects"
+    )
+    try:
+        header = json.loads(header_bytes, object_pairs_hook=_no_duplicate_keys, parse_constant=_refuse_constant)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise ValueError(f"malformed safetensors header: {e}"[:300]) from None
+    if not isinstance(header, dict):
+        raise ValueError("malformed safetensors header: not a JSON object")
+    metadata = header.pop("__metadata__", {})
+    if not (isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values())):
+        raise ValueError("malformed safetensors header: __metadata__ must map strings to strings")
     data_start = start + 8 + header_length
+    data_length = file_size - 8 - header_length
+    entries = {name: _safetensors_entry(name, info, data_length) for name, info in header.items()}
+    previous_end, previous_name = 0, None
+    for name, (_, _, begin, end) in sorted(entries.items(), key=lambda item: (item[1][2], item[1][3])):
+        if begin < previous_end:
+            raise ValueError(f"malformed safetensors file: tensors {previous_name!r} and {name!r} overlap")
+        previous_end, previous_name = end, name
     arrays = {}
-    for name, info in header.items():
-        if info["dtype"] not in _SAFETENSORS_DTYPES:
-            raise ValueError(f"safetensors tensor {name!r} has dtype {info['dtype']}, which lazygrad cannot read")
-        dtype_name = _SAFETENSORS_DTYPES[info["dtype"]]
+    for name, (dtype_name, shape, begin, end) in entries.items():
         element = _numpy_dtype(dtype_name)
-        shape = tuple(info["shape"])
-        begin, end = info["data_offsets"]
-        if end - begin != int(np.prod(shape)) * element.itemsize:
-            raise ValueError(f"safetensors tensor {name!r}: offsets {begin}..{end} do not fit shape {shape}")
-        buffer = bytearray(end - begin)  # writable, so the array we return is too
-        file.seek(data_start + begin)
-        if file.readinto(buffer) != len(buffer):
-            raise ValueError(f"safetensors file is truncated inside tensor {name!r}")
-        array = np.frombuffer(buffer, dtype=element).reshape(shape).astype(element.newbyteorder("="), copy=False)
-        arrays[name] = _bfloat16_bits_to_float32(array) if dtype_name == BFLOAT16 else array
+        budget.charge((end - begin) * (2 if dtype_name == BFLOAT16 else 1), f"tensor {name!r} of shape {shape}")
+        array = np.empty(shape, element)  # its own memory, writable
+        _read_exactly(file, data_start + begin, array, f"tensor {name!r}")
+        if dtype_name == BFLOAT16:
+            array = _bfloat16_bits_to_float32(array)
+        elif not element.isnative:
+            array = array.astype(element.newbyteorder("="))
+        arrays[name] = array
     return arrays
 
 
@@ -528,7 +961,15 @@ def load(path_or_file: PathOrFile, device=None) -> dict:
     """Load a checkpoint (PyTorch .pth/.pt or safetensors) as {name: Tensor}, flattened like load_arrays."""
     from lazygrad.tensor import Tensor
 
-    return {name: Tensor(array, device=device) for name, array in load_arrays(path_or_file).items()}
+    def to_tensor(array: np.ndarray):
+        repeated = tuple(n > 1 and s == 0 for n, s in zip(array.shape, array.strides))
+        if not any(repeated):
+            return Tensor(array, device=device)
+        # torch's expanded tensors (stride 0) stay expanded: one copy of what they repeat, expanded lazily
+        once = array[tuple(slice(0, 1) if r else slice(None) for r in repeated)]
+        return Tensor(np.ascontiguousarray(once), device=device).expand(array.shape)
+
+    return {name: to_tensor(array) for name, array in load_arrays(path_or_file).items()}
 
 
 def save(state_dict: Mapping[str, Any], path_or_file: PathOrFile) -> None:

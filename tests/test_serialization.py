@@ -8,10 +8,13 @@ import functools
 import hashlib
 import http.server
 import io
+import json
 import os
 import pickle
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import zipfile
 
@@ -19,7 +22,15 @@ import numpy as np
 import pytest
 
 from lazygrad import hub
-from lazygrad.serialization import load, load_arrays, load_checkpoint, save, save_arrays, save_safetensors
+from lazygrad.serialization import (
+    _TorchPickleWriter,
+    load,
+    load_arrays,
+    load_checkpoint,
+    save,
+    save_arrays,
+    save_safetensors,
+)
 
 torch = pytest.importorskip("torch")
 
@@ -63,7 +74,10 @@ def test_load_arrays_reads_torch_state_dict(tmp_path):
     torch.save(state_dict, tmp_path / "weights.pth")
     loaded = load_arrays(tmp_path / "weights.pth")
     assert_same_arrays(loaded, {name: as_numpy(t) for name, t in state_dict.items()})
-    assert all(array.flags.writeable and array.flags.owndata for array in loaded.values())
+    arrays = list(loaded.values())
+    assert all(array.flags.writeable for array in arrays)
+    # separate arrays, even for tensors that share a storage in the file (the slices here)
+    assert not any(np.shares_memory(a, b) for i, a in enumerate(arrays) for b in arrays[i + 1 :])
 
 
 def test_load_arrays_widens_bfloat16_to_float32(tmp_path):
@@ -243,6 +257,412 @@ def test_malicious_checkpoint_is_refused_before_running_anything(tmp_path, make_
     with pytest.raises(pickle.UnpicklingError, match=r"checkpoint refers to \S*(system|exec).*only loads tensors"):
         load_arrays(tmp_path / "evil.pth")
     assert not marker.exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# hostile files: a few hundred bytes that declare terabytes fail fast, within twice the file's size in memory
+
+# Loads a checkpoint in a fresh process under an address-space limit and prints what happened and how far its
+# resident memory rose above where it was before the load (VmHWM, reset first through /proc/self/clear_refs).
+MEASURE = r"""
+import json, resource, sys, time
+import numpy as np
+import lazygrad
+from lazygrad import serialization
+
+
+def status(field):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(field + ":"))
+
+
+resource.setrlimit(resource.RLIMIT_AS, (status("VmSize") + (1 << 30), resource.RLIM_INFINITY))  # a backstop
+function = sys.argv[2]
+if function == "load":  # start the backend first: its memory is not the checkpoint's
+    (lazygrad.Tensor(np.ones(2, np.float32)) + 1).numpy()
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # the peak resident size starts again from the current one
+before = status("VmRSS")
+start = time.perf_counter()
+try:
+    result = getattr(serialization, function)(sys.argv[1])
+    arrays = result.items() if function == "load_arrays" else []
+    outcome = {"loaded": True, "shapes": {k: list(v.shape) for k, v in arrays}}
+except Exception as e:
+    outcome = {"loaded": False, "error": f"{type(e).__name__}: {e}"}
+outcome["seconds"] = time.perf_counter() - start
+outcome["peak_growth"] = status("VmHWM") - before
+print(json.dumps(outcome))
+"""
+
+MEMORY_CONSTANT = 24 << 20  # ALLOCATION_SLACK (16 MiB) and room for the interpreter's own noise
+
+
+def load_in_a_fresh_process(path, function: str = "load_arrays") -> dict:
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
+    done = subprocess.run(
+        [sys.executable, "-c", MEASURE, str(path), function], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    outcome = json.loads(done.stdout.strip().splitlines()[-1])
+    size = os.path.getsize(path)
+    assert outcome["peak_growth"] <= 2 * size + MEMORY_CONSTANT, (outcome, size)
+    assert outcome["seconds"] < 5, outcome
+    return outcome
+
+
+def tensor_pickle(size, stride, offset=0, storage_type="FloatStorage", key="0", numel=1) -> bytes:
+    """{"w": _rebuild_tensor_v2(storage, offset, size, stride, ...)}, with any numbers."""
+    w = _TorchPickleWriter()
+    w.opcode(pickle.EMPTY_DICT)
+    w.string("w")
+    tensor_opcodes(w, size, stride, offset, storage_type, key, numel)
+    w.opcode(pickle.SETITEM)
+    w.opcode(pickle.STOP)
+    return w.getvalue()
+
+
+def tensor_opcodes(w, size, stride, offset=0, storage_type="FloatStorage", key="0", numel=1) -> None:
+    w.global_("torch._utils", "_rebuild_tensor_v2")
+    w.opcode(pickle.MARK)
+    w.opcode(pickle.MARK)
+    w.string("storage")
+    w.global_("torch", storage_type)
+    w.string(key)
+    w.string("cpu")
+    w.integer(numel)
+    w.opcode(pickle.TUPLE)
+    w.opcode(pickle.BINPERSID)
+    w.integer(offset)
+    w.int_tuple(size)
+    w.int_tuple(stride)
+    w.opcode(pickle.NEWFALSE)
+    w.global_("collections", "OrderedDict")
+    w.opcode(pickle.EMPTY_TUPLE)
+    w.opcode(pickle.REDUCE)
+    w.opcode(pickle.TUPLE)
+    w.opcode(pickle.REDUCE)
+
+
+def write_torch_zip(path, data_pkl: bytes, records: dict, compression=zipfile.ZIP_STORED) -> None:
+    """A torch-like archive; `compression` applies to the storage records."""
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("archive/data.pkl", data_pkl)
+        archive.writestr("archive/byteorder", "little")
+        for key, data in records.items():
+            archive.writestr(f"archive/data/{key}", data, compress_type=compression)
+        archive.writestr("archive/version", "3\n")
+
+
+def test_a_safetensors_header_declaring_terabytes_fails_fast(tmp_path):
+    header = json.dumps({"w": {"dtype": "F32", "shape": [1 << 40], "data_offsets": [0, 4 << 40]}}).encode()
+    path = tmp_path / "huge.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header + bytes(8))
+
+    outcome = load_in_a_fresh_process(path)
+
+    assert not outcome["loaded"] and "ValueError" in outcome["error"]
+    assert "'w'" in outcome["error"] and "outside" in outcome["error"], outcome["error"]
+
+
+@pytest.mark.parametrize(
+    "header,match",
+    [
+        ({"w": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 1 << 62]}}, "outside"),
+        ({"w": {"dtype": "F32", "shape": [1 << 32, 1 << 32], "data_offsets": [0, 0]}}, "do not fit"),
+        ({"w": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}}, "not a size"),
+        ({"w": {"dtype": "F32", "shape": [True], "data_offsets": [0, 4]}}, "not a size"),
+        ({"w": {"dtype": "F32", "shape": [1], "data_offsets": [4, 0]}}, "outside"),
+        ({"w": {"dtype": "F32", "shape": "x", "data_offsets": [0, 4]}}, "shape"),
+        (
+            {
+                "w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+                "v": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]},
+            },
+            "overlap",
+        ),  # noqa: E501
+        ({"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4], "extra": 1}}, "dtype, shape, data_offsets"),
+        ({"w": [1, 2]}, "dtype, shape, data_offsets"),
+        ({"__metadata__": {"a": 1}}, "__metadata__"),
+    ],
+)
+def test_a_malformed_safetensors_header_is_refused_with_the_tensor_named(tmp_path, header, match):
+    encoded = json.dumps(header).encode()
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes(struct.pack("<Q", len(encoded)) + encoded + bytes(16))
+    with pytest.raises(ValueError, match=match):
+        load_arrays(path)
+
+
+@pytest.mark.parametrize("header_length", [1 << 40, 200, (100 << 20) + 1])
+def test_a_safetensors_header_longer_than_the_file_is_refused(tmp_path, header_length):
+    path = tmp_path / "short.safetensors"
+    path.write_bytes(struct.pack("<Q", header_length) + b'{"w": {}}' + bytes(64))
+    with pytest.raises(ValueError):
+        load_arrays(path)
+
+
+def test_a_safetensors_header_with_a_repeated_name_is_refused(tmp_path):
+    encoded = b'{"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}, "w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}'  # noqa: E501
+    path = tmp_path / "twice.safetensors"
+    path.write_bytes(struct.pack("<Q", len(encoded)) + encoded + bytes(4))
+    with pytest.raises(ValueError, match="appears twice"):
+        load_arrays(path)
+
+
+def test_a_zero_stride_record_declaring_terabytes_loads_as_a_broadcast_view(tmp_path):
+    path = tmp_path / "stride0.pth"
+    write_torch_zip(path, tensor_pickle((1 << 20, 1 << 20), (0, 0)), {"0": np.float32(3).tobytes()})
+    assert os.path.getsize(path) < 1000
+
+    outcome = load_in_a_fresh_process(path)
+
+    assert outcome["loaded"] and outcome["shapes"] == {"w": [1 << 20, 1 << 20]}
+    array = load_arrays(path)["w"]
+    assert array.strides == (0, 0) and not array.flags.writeable and array[12345, 67] == 3
+
+
+def test_an_expanded_tensor_saved_by_torch_loads_as_a_broadcast_view(tmp_path):
+    path = tmp_path / "expanded.pth"
+    torch.save({"w": torch.zeros(1).expand(65536, 16384)}, path)  # 4 GiB as a view, 1.5 KB on disk
+    assert os.path.getsize(path) < 2000
+
+    outcome = load_in_a_fresh_process(path)
+
+    assert outcome["loaded"] and outcome["shapes"] == {"w": [65536, 16384]}
+
+
+def test_lazygrad_load_keeps_an_expanded_tensor_expanded(tmp_path):
+    path = tmp_path / "expanded.pth"
+    torch.save({"w": torch.zeros(1).expand(65536, 16384), "rows": torch.arange(3.0)[:, None].expand(3, 5)}, path)
+
+    outcome = load_in_a_fresh_process(path, "load")
+    loaded = load(path)
+
+    assert outcome["loaded"]
+    assert loaded["w"].shape == (65536, 16384)
+    np.testing.assert_array_equal(loaded["w"][:2, :3].numpy(), np.zeros((2, 3), np.float32))
+    np.testing.assert_array_equal(loaded["rows"].numpy(), torch.arange(3.0)[:, None].expand(3, 5).numpy())
+
+
+@pytest.mark.parametrize(
+    "tensor",
+    [
+        torch.arange(4.0).expand(3, 4),
+        torch.arange(6.0).reshape(2, 1, 3).expand(2, 5, 3),
+        torch.arange(6.0).reshape(2, 3).t().unsqueeze(0).expand(4, 3, 2),
+        torch.tensor(7, dtype=torch.int64).expand(2, 2),
+        torch.arange(3.0).to(torch.bfloat16).expand(2, 3),
+    ],
+    ids=["rows", "middle", "transposed", "int64-scalar", "bfloat16"],
+)
+def test_expanded_tensors_have_torchs_values(tmp_path, tensor):
+    torch.save({"w": tensor}, tmp_path / "expanded.pth")
+    np.testing.assert_array_equal(load_arrays(tmp_path / "expanded.pth")["w"], as_numpy(tensor))
+
+
+def test_overlapping_strides_are_bounded_by_the_files_size(tmp_path):
+    """Stride (1, 1) over 4096 x 4096 reads 8191 floats of storage but would copy 16 M of them: 64 MiB from 33 KB."""
+    path = tmp_path / "overlap.pth"
+    write_torch_zip(path, tensor_pickle((4096, 4096), (1, 1)), {"0": bytes(4 * 8191)})
+
+    outcome = load_in_a_fresh_process(path)
+
+    assert not outcome["loaded"] and "'w'" in outcome["error"] and "twice its size" in outcome["error"]
+
+
+def test_overlapping_strides_within_the_bound_load_like_torch(tmp_path):
+    storage = torch.arange(10.0)
+    tensor = storage.as_strided((8, 3), (1, 1))
+    torch.save({"w": tensor}, tmp_path / "overlap.pth")
+    np.testing.assert_array_equal(load_arrays(tmp_path / "overlap.pth")["w"], tensor.numpy())
+
+
+@pytest.mark.parametrize(
+    "size,stride,offset,match",
+    [
+        ((2, 2), (2, 1), 1, "reaches outside"),
+        ((2,), (1 << 62,), 0, "reaches outside"),
+        ((2, 2), (1,), 0, "differ in length"),
+        ((-1,), (1,), 0, "malformed tensor"),
+        ((2,), (-1,), 1, "malformed tensor"),
+        ((1,), (1,), -1, "storage offset"),
+        (tuple([1] * 65), tuple([1] * 65), 0, "malformed tensor"),
+    ],
+)
+def test_a_tensor_view_outside_its_storage_is_refused(tmp_path, size, stride, offset, match):
+    path = tmp_path / "outside.pth"
+    write_torch_zip(path, tensor_pickle(size, stride, offset), {"0": bytes(16)})
+    with pytest.raises(pickle.UnpicklingError, match=match):
+        load_arrays(path)
+
+
+def test_a_compressed_record_is_refused_without_inflating_it(tmp_path):
+    path = tmp_path / "deflated.pth"
+    write_torch_zip(path, tensor_pickle((64 << 20,), (1,)), {"0": bytes(256 << 20)}, zipfile.ZIP_DEFLATED)
+    assert os.path.getsize(path) < 400_000
+
+    outcome = load_in_a_fresh_process(path)
+
+    assert not outcome["loaded"] and "compressed" in outcome["error"] and "archive/data/0" in outcome["error"]
+
+
+@pytest.mark.parametrize("compression", [zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA])
+def test_any_compression_method_is_refused(tmp_path, compression):
+    path = tmp_path / "compressed.pth"
+    write_torch_zip(path, tensor_pickle((1,), (1,)), {"0": bytes(4)}, compression)
+    with pytest.raises(ValueError, match="compressed"):
+        load_arrays(path)
+
+
+def test_a_record_declaring_more_bytes_than_the_file_is_refused(tmp_path):
+    path = tmp_path / "long.pth"
+    write_torch_zip(path, tensor_pickle((4,), (1,)), {"0": bytes(16)})
+    data = bytearray(path.read_bytes())
+    # the central directory entry of data/0: its compressed and uncompressed sizes, made 2 GiB
+    index = data.index(b"PK\x01\x02" + data[data.index(b"PK\x01\x02") + 4 : data.index(b"PK\x01\x02") + 6])
+    entries = [i for i in range(index, len(data)) if data.startswith(b"PK\x01\x02", i)]
+    (entry,) = [i for i in entries if data[i + 46 : i + 46 + 14] == b"archive/data/0"]
+    data[entry + 20 : entry + 28] = struct.pack("<II", 1 << 31, 1 << 31)
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="past the end|malformed"):
+        load_arrays(path)
+
+
+def test_a_zip_directory_of_many_records_is_charged_before_zipfile_reads_it(tmp_path):
+    """zipfile keeps ~9 bytes of Python objects per byte of the directory: 60,000 directory entries (all naming
+    one record) are refused before zipfile reads them."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("archive/data.pkl", tensor_pickle((1,), (1,)))
+    data = buffer.getvalue()
+    central = data.index(b"PK\x01\x02")
+    end = data.index(b"PK\x05\x06")
+    entry = data[central:end]
+    name_length = struct.unpack("<H", entry[28:30])[0]
+    entries = [entry[:46] + f"{i:016x}".encode()[:name_length] + entry[46 + name_length :] for i in range(60_000)]
+    directory = entry + b"".join(entries)
+    end_record = data[end : end + 8] + struct.pack("<HHII", 60_001 & 0xFFFF, 60_001 & 0xFFFF, len(directory), central)
+    path = tmp_path / "records.pth"
+    path.write_bytes(data[:central] + directory + end_record + data[end + 20 :])
+
+    outcome = load_in_a_fresh_process(path)
+
+    assert not outcome["loaded"] and "the zip directory" in outcome["error"], outcome
+
+
+def shared_reference_pickle(depth: int) -> bytes:
+    """{"w": L[depth]} where L[0] is a tensor and L[k] = [L[k-1], L[k-1]]: 2**depth paths to one tensor."""
+    w = _TorchPickleWriter()
+    w.opcode(pickle.EMPTY_DICT)
+    w.string("w")
+    tensor_opcodes(w, (1,), (1,))
+    w.opcode(pickle.LONG_BINPUT + struct.pack("<I", 0))
+    for level in range(depth):
+        w.opcode(pickle.POP)
+        w.opcode(pickle.EMPTY_LIST)
+        w.opcode(pickle.MARK)
+        w.opcode(pickle.LONG_BINGET + struct.pack("<I", level))
+        w.opcode(pickle.LONG_BINGET + struct.pack("<I", level))
+        w.opcode(pickle.APPENDS)
+        w.opcode(pickle.LONG_BINPUT + struct.pack("<I", level + 1))
+    w.opcode(pickle.SETITEM)
+    w.opcode(pickle.STOP)
+    return w.getvalue()
+
+
+def test_shared_pickle_references_are_visited_once(tmp_path):
+    path = tmp_path / "shared.pth"
+    write_torch_zip(path, shared_reference_pickle(64), {"0": np.float32(5).tobytes()})  # 2**64 paths
+
+    tree = load_checkpoint(path)  # returned as stored: shared, not unfolded
+    node, depth = tree["w"], 0
+    while isinstance(node, list):
+        assert node[0] is node[1]
+        node, depth = node[0], depth + 1
+    assert depth == 64 and node.tolist() == [5.0]
+    with pytest.raises(ValueError, match="one container of tensors at two places"):
+        load_arrays(path)
+    outcome = load_in_a_fresh_process(path)
+    assert not outcome["loaded"] and "two places" in outcome["error"]
+
+
+def test_a_memo_index_near_two_to_the_32_costs_nothing(tmp_path):
+    """The C unpickler grows an array to the largest memo index a pickle names; lazygrad's does not."""
+    w = _TorchPickleWriter()
+    w.opcode(pickle.EMPTY_DICT)
+    w.string("w")
+    tensor_opcodes(w, (1,), (1,))
+    w.opcode(pickle.LONG_BINPUT + struct.pack("<I", 0xFFFFFFF0))
+    w.opcode(pickle.SETITEM)
+    w.opcode(pickle.STOP)
+    path = tmp_path / "memo.pth"
+    write_torch_zip(path, w.getvalue(), {"0": np.float32(1).tobytes()})
+
+    outcome = load_in_a_fresh_process(path)
+
+    assert outcome["loaded"]
+
+
+def test_a_pickle_of_many_small_objects_is_bounded(tmp_path):
+    """One opcode byte makes a 56-byte list: 4 MB of EMPTY_LIST would be 230 MB of lists."""
+    data = pickle.PROTO + b"\x02" + pickle.EMPTY_LIST * (4 << 20) + pickle.EMPTY_DICT + pickle.STOP
+    path = tmp_path / "lists.pth"
+    write_torch_zip(path, data, {})
+
+    outcome = load_in_a_fresh_process(path)
+
+    assert not outcome["loaded"] and "pickle" in outcome["error"] and "twice its size" in outcome["error"]
+
+
+def test_a_build_opcode_reaches_nothing_but_an_ordered_dicts_metadata(tmp_path):
+    w = _TorchPickleWriter()
+    w.opcode(pickle.EMPTY_DICT)
+    w.string("w")
+    tensor_opcodes(w, (1,), (1,))
+    w.opcode(pickle.EMPTY_DICT)
+    w.string("__class__")
+    w.integer(1)
+    w.opcode(pickle.SETITEM)
+    w.opcode(pickle.BUILD)
+    w.opcode(pickle.SETITEM)
+    w.opcode(pickle.STOP)
+    path = tmp_path / "build.pth"
+    write_torch_zip(path, w.getvalue(), {"0": np.float32(1).tobytes()})
+    with pytest.raises(pickle.UnpicklingError, match="BUILD"):
+        load_arrays(path)
+
+
+@pytest.mark.parametrize("opcode", [pickle.INST, pickle.OBJ, pickle.NEWOBJ, pickle.EXT1, pickle.PERSID])
+def test_opcodes_a_tensor_checkpoint_never_needs_are_refused(tmp_path, opcode):
+    path = tmp_path / "opcode.pth"
+    write_torch_zip(path, pickle.PROTO + b"\x02" + pickle.MARK + opcode + b"os\nsystem\n" + pickle.STOP, {})
+    with pytest.raises(ValueError, match="malformed checkpoint"):
+        load_arrays(path)
+
+
+def test_truncated_and_damaged_files_raise_value_errors(tmp_path):
+    torch.save(torch_state_dict(), tmp_path / "good.pth")
+    data = (tmp_path / "good.pth").read_bytes()
+    for cut in (30, 100, len(data) // 2, len(data) - 30):
+        (tmp_path / "cut.pth").write_bytes(data[:cut])
+        with pytest.raises((ValueError, pickle.UnpicklingError)):
+            load_arrays(tmp_path / "cut.pth")
+    damaged = bytearray(data)
+    record = data.index(b"/data/0") + len("/data/0")
+    damaged[record + 100] ^= 0xFF  # inside the first storage record's data (past its padding)
+    (tmp_path / "damaged.pth").write_bytes(bytes(damaged))
+    with pytest.raises(ValueError):
+        load_arrays(tmp_path / "damaged.pth")
+
+
+def test_a_real_checkpoint_needs_no_more_than_its_size(tmp_path):
+    generator = torch.Generator().manual_seed(0)
+    state = {f"layer{i}.weight": torch.randn(256, 1024, generator=generator) for i in range(16)}  # 16 MiB
+    torch.save(state, tmp_path / "model.pth")
+    outcome = load_in_a_fresh_process(tmp_path / "model.pth")
+    assert outcome["loaded"]
+    assert outcome["peak_growth"] <= os.path.getsize(tmp_path / "model.pth") + MEMORY_CONSTANT
 
 
 # ---------------------------------------------------------------------------------------------------------------
