@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from lazygrad import config, diskcache
-from lazygrad.codegen.lowering import KernelOptions, lower
+from lazygrad.codegen.lowering import KernelOptions, build_loop_nest, choose_options, lower
 from lazygrad.codegen.serialize import ProgramFormatError, decode_program, encode_program
 from lazygrad.graph import LazyBuffer
 from lazygrad.ops import ELEMENTWISE, AstOp, Op
@@ -242,12 +242,14 @@ def get_kernel(ast, buffer_dtypes: tuple, device: str, sizes: tuple) -> Compiled
         return entry
     backend = backend_for(device)
     t0 = time.perf_counter()
-    from lazygrad.codegen.lowering import build_loop_nest
-
     nest = build_loop_nest(ast)
     nest_shape = nest.shape
     name = kernel_name(ast, nest_shape)
     program = _lowered(ast, buffer_dtypes, name, backend.capabilities)
+    if config.DEBUG >= 2:  # what the code generator chose for this kernel, and why
+        print(
+            f"--- options of {name} (loops {nest_shape}): {kernel_options(ast, name, backend.capabilities).describe()}"
+        )
     if config.DEBUG >= 4:
         print(f"--- linear IR of {name}\n{program.dump()}")
     kernel = backend.compile(program)
@@ -285,15 +287,27 @@ def forced_options(choose):
         _kernel_cache.update(saved)
 
 
+def _forced(ast, name: str):
+    return None if _forced_options is None else _forced_options(name, build_loop_nest(ast))
+
+
+def kernel_options(ast, name: str, capabilities) -> KernelOptions:
+    """The option record a kernel is lowered with, reasons included: the one `forced_options` gives, none under
+    LAZYGRAD_OPTIMIZE=0, else the heuristics' choice for a device of these capabilities."""
+    forced = _forced(ast, name)
+    if forced is not None:
+        return forced
+    if not config.OPTIMIZE:
+        return KernelOptions(reasons=["LAZYGRAD_OPTIMIZE=0: the plain loop nest"])
+    return choose_options(build_loop_nest(ast), ast, capabilities)
+
+
 def _lowered(ast, buffer_dtypes: tuple, name: str, capabilities):
     """The linear IR of a kernel, from the disk cache when a process lowered the same kernel before
     (lowering is the slow part of a warm start: the compiled code is cached by the backend)."""
-    if _forced_options is not None:
-        from lazygrad.codegen.lowering import build_loop_nest
-
-        forced = _forced_options(name, build_loop_nest(ast))
-        if forced is not None:
-            return lower(ast, buffer_dtypes, name, forced, capabilities)
+    forced = _forced(ast, name)
+    if forced is not None:
+        return lower(ast, buffer_dtypes, name, forced, capabilities)
     key = f"program|{_LOWERING_VERSION}|{config.OPTIMIZE}|{capabilities!r}|{buffer_dtypes}|{name}|" + ast.structure()
     blob = diskcache.get(key)  # only an entry this user's lazygrad wrote for this key (HMAC): see docs/cache.md
     if blob is not None:
@@ -301,8 +315,7 @@ def _lowered(ast, buffer_dtypes: tuple, name: str, capabilities):
             return decode_program(blob)  # data, parsed strictly: never pickle
         except ProgramFormatError:  # an entry from an incompatible version: lower again
             pass
-    options = None if config.OPTIMIZE else KernelOptions()
-    program = lower(ast, buffer_dtypes, name, options, capabilities)
+    program = lower(ast, buffer_dtypes, name, kernel_options(ast, name, capabilities), capabilities)
     try:
         diskcache.put(key, encode_program(program))
     except ProgramFormatError:  # a program the format cannot express is lowered again next time

@@ -10,11 +10,16 @@
   profiler's FLOP count.
 """
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
 import lazygrad
 from lazygrad import Tensor, runtime
+from lazygrad.codegen.lowering import KernelOptions
 from lazygrad.ops import IrOp
 
 
@@ -172,3 +177,53 @@ def test_profiler_counts_a_products_flops_and_its_epilogue_once_per_output():
         ((a @ b) * 2 + 1).realize()  # two more ops per output, not per multiply-add
     assert [k.flops for k in plain.launches] == [2 * 32 * 48 * 40]
     assert [k.flops for k in epilogue.launches] == [2 * 32 * 48 * 40 + 2 * 32 * 40]
+
+
+# --- option records: printed with their reasons, replayed by hand ------------------------------------------------
+def test_debug_prints_each_kernels_option_record_with_reasons(backend):
+    code = (
+        "import numpy as np, lazygrad as lg\n"
+        "a = lg.tensor(np.ones((64, 96), np.float32)); b = lg.tensor(np.ones((96, 48), np.float32))\n"
+        "print((a @ b).numpy().sum())\n"
+    )
+    env = dict(os.environ, LAZYGRAD_DEBUG="2", LAZYGRAD_BACKEND=backend, LAZYGRAD_CACHE_DIR="off")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    blocks = done.stdout.split("--- options of ")[1:]
+    assert blocks, done.stdout[-2000:]
+    product = next(b for b in blocks if b.startswith("r_64_48_96"))
+    assert "tile=" in product.splitlines()[0]  # the record
+    assert "\n  - tile" in product  # and why
+    assert float(done.stdout.strip().splitlines()[-1]) == 64 * 48 * 96
+
+
+def test_a_kernel_replays_with_options_written_by_hand(lowered_programs, backend):
+    rng = np.random.default_rng(7)
+    a, b = rng.standard_normal((32, 200)).astype(np.float32), rng.standard_normal((200, 24)).astype(np.float32)
+    heuristic = (Tensor(a) @ Tensor(b)).numpy()
+    by_hand = KernelOptions(upcast=[(0, 2), (1, 3)], unroll=(2, 4), reasons=["written by hand"])
+    chosen = []
+
+    def choose(name, nest):
+        if nest.shape != (32, 24, 200):
+            return None
+        chosen.append(name)
+        return by_hand
+
+    lowered_programs.clear()
+    with runtime.forced_options(choose):
+        replayed = (Tensor(a) @ Tensor(b)).numpy()
+        assert runtime.kernel_options(_only_kernel_ast(a, b), chosen[0], None) is by_hand
+    np.testing.assert_allclose(replayed, heuristic, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(replayed, a.astype(np.float64) @ b, rtol=1e-4, atol=1e-4)
+    (program,) = [p for p in lowered_programs if p.name == chosen[0]]
+    assert sum(1 for u in program.uops if u.op is IrOp.ACC) == 6  # the 2x3 tile, as written
+    assert "written by hand" in by_hand.describe() and "tile=[(0, 2), (1, 3)]" in by_hand.describe()
+
+
+def _only_kernel_ast(a, b):
+    """The kernel AST of a @ b (one kernel), as the scheduler hands it to the code generator."""
+    from lazygrad.schedule import create_schedule
+
+    items = create_schedule([(Tensor(a) @ Tensor(b)).lazydata])
+    return next(item.ast for item in items if item.ast is not None)

@@ -35,6 +35,23 @@ class KernelOptions:
     # work-items that share each output's reduce (GPUs): lanes take every `group`-th element of the innermost
     # reduce dim, then combine their partial results in local memory; one work-group per output
     group: int | None = None
+    # why each choice was made, in words (printed at LAZYGRAD_DEBUG>=2); not part of what the record means
+    reasons: list = field(default_factory=list, compare=False)
+
+    def describe(self) -> str:
+        chosen = [
+            f"{name}={value}"
+            for name, value in (
+                ("lanes", self.vector),
+                ("tile", self.upcast),
+                ("unroll", self.unroll),
+                ("blocking", self.blocking),
+                ("group", self.group),
+            )
+            if value
+        ]
+        head = ", ".join(chosen) or "no optimizations"
+        return "\n".join([head, *(f"  - {reason}" for reason in self.reasons)])
 
 
 @dataclass
@@ -216,9 +233,17 @@ def choose_options(nest: LoopNest, ast: KernelOp, capabilities=None) -> KernelOp
         # the tile stays (each loaded value still feeds its accumulators); the innermost reduce dim is now
         # spread over the group, so no unroll of it
         opts.group, opts.unroll, opts.vector, opts.blocking = items, None, None, None
-        if prod(nest.shape[: nest.n_output]) // tile < capabilities.compute_units:
+        opts.reasons = [r for r in opts.reasons if r.startswith("tile")]  # what the group replaced goes
+        work_items = prod(nest.shape[: nest.n_output]) // tile
+        opts.reasons.append(
+            f"group: {work_items} work-items (one per tile) would fill {work_items / capabilities.compute_units:.0f} "
+            f"of {_ITEMS_PER_COMPUTE_UNIT} per compute unit; {opts.group} share each reduce of "
+            f"{prod(nest.shape[nest.n_output :])} instead"
+        )
+        if work_items < capabilities.compute_units:
             opts.upcast = []  # too few groups to keep every compute unit busy: one output per group
             opts.group = group_reduce_items(nest, capabilities, 1)
+            opts.reasons.append(f"no tile: {work_items} tiles are fewer groups than the device has compute units")
     return opts
 
 
@@ -261,7 +286,13 @@ def _tiled_options(nest: LoopNest, ast: KernelOp, vector_width: int, cache_block
                 )
                 if lane_score(best) > 0 or not gathers:  # without gathers, lanes beat scalars anyway
                     opts.vector = (best, lanes)
+                    opts.reasons.append(
+                        f"lanes: d{best} in vectors of {lanes}, lane cost score {lane_score(best):+.1f}, the best of "
+                        f"dims {candidates} (per-load strides along it {[ld[best] for ld in loads]})"
+                    )
                     break
+        if opts.vector is None:
+            opts.reasons.append(f"no lanes: no dim that every load and the store can read in vectors of {width}")
         width = opts.vector[1] if opts.vector else width
     if nest.n_output == len(nest.shape) and opts.vector is None:
         return opts
@@ -269,6 +300,8 @@ def _tiled_options(nest: LoopNest, ast: KernelOp, vector_width: int, cache_block
     reducing = nest.n_output < len(nest.shape)
     if reducing:
         opts.upcast = _register_tile(nest, loads, vdim, width)
+        if opts.upcast:
+            opts.reasons.append(f"tile {opts.upcast}: the most multiply-adds per load that stays in the cache")
     else:
         # elementwise: a small tile along dims where some load does not move (its value is reused)
         budget = 4
@@ -284,19 +317,27 @@ def _tiled_options(nest: LoopNest, ast: KernelOp, vector_width: int, cache_block
                 budget //= f
             if len(opts.upcast) == 2 or budget < 2:
                 break
+        if opts.upcast:
+            opts.reasons.append(f"tile {opts.upcast}: dims along which some load does not move (its value reused)")
     last = len(nest.shape) - 1
     if reducing and last != vdim and nest.shape[last] % 4 == 0 and nest.shape[last] > 4 and len(opts.upcast) < 2:
         opts.unroll = (last, 4)
+        opts.reasons.append(f"unroll d{last} by 4: the innermost reduce, with fewer than two tiled dims")
     if reducing and cache_blocking:
         opts.blocking = _cache_blocking(nest, ast, loads, opts)
         if opts.blocking:
+            opts.reasons.append(
+                f"blocking {opts.blocking}: the reduce in chunks of {opts.blocking[1]} for blocks of "
+                f"{opts.blocking[0]} outer iterations, so what each iteration re-reads stays in the cache"
+            )
             # a tile reads a chunk's strip now, not the whole reduce's: a wider tile may fit the cache
             chunked = nest.shape[nest.n_output] // opts.blocking[1]
             wider = _register_tile(nest, loads, vdim, width, chunks=chunked)
             if wider != opts.upcast:
-                trial = KernelOptions(wider, opts.unroll, opts.vector)
+                trial = KernelOptions(wider, opts.unroll, opts.vector, reasons=list(opts.reasons))
                 trial.blocking = _cache_blocking(nest, ast, loads, trial)
                 if trial.blocking:
+                    trial.reasons.append(f"tile {wider}: wider, since a chunk's strip is what the tile re-reads")
                     return trial
     return opts
 
