@@ -20,6 +20,7 @@ import numpy as np
 from lazygrad import config, diskcache
 from lazygrad.codegen.lowering import KernelOptions, lower
 from lazygrad.codegen.serialize import ProgramFormatError, decode_program, encode_program
+from lazygrad.codegen.verify import verify
 from lazygrad.graph import LazyBuffer
 from lazygrad.ops import ELEMENTWISE, AstOp, Op
 from lazygrad.schedule import ItemKind, ScheduleItem, create_schedule
@@ -248,6 +249,7 @@ def get_kernel(ast, buffer_dtypes: tuple, device: str, sizes: tuple) -> Compiled
     nest_shape = nest.shape
     name = kernel_name(ast, nest_shape)
     program = _lowered(ast, buffer_dtypes, name, backend.capabilities)
+    verify(program)  # once per compiled kernel (lowered or read from the disk cache): the IR's rules, checked
     if config.DEBUG >= 4:
         print(f"--- linear IR of {name}\n{program.dump()}")
     kernel = backend.compile(program)
