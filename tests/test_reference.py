@@ -198,7 +198,7 @@ def test_a_convnet_step_on_the_reference_matches_torch():
 
 
 @pytest.mark.backend_independent
-def test_integer_semantics_on_the_reference_are_cs():
+def test_the_reference_divides_shifts_and_wraps_integers_as_c_does():
     a = np.array([7, -7, 7, -7, -(2**31), 2**31 - 1], np.int32)
     b = np.array([2, 2, -2, -2, 1, 1], np.int32)
     x, y = Tensor(a, device="reference"), Tensor(b, device="reference")
