@@ -343,6 +343,34 @@ def _hreduce_with_another_op(b, out, data, g):
     return b(IrOp.HREDUCE, dt.float32, (vector,), Op.MUL)
 
 
+def _empty_loop(b, out, data, g):
+    loop = b(IrOp.RANGE, dt.int32, (), ("r0", 0, "loop"))
+    b(IrOp.ENDRANGE, None, (loop,))
+
+
+def _if_on_a_float(b, out, data, g):
+    b(IrOp.IF, None, (_load(b, data, g),))
+    b(IrOp.ENDIF, None, ())
+
+
+def _acc_update_of_a_load(b, out, data, g):
+    x = _load(b, data, g)
+    b(IrOp.ACC_UPDATE, None, (x, x))
+
+
+def _param_of_no_buffer(b, out, data, g):
+    b(IrOp.PARAM, dt.float32, (), (2, False))
+
+
+def _scatter_with_a_scalar_index(b, out, data, g):
+    b(IrOp.SCATTER, None, (out, g, b(IrOp.BROADCAST, dt.float32, (_load(b, data, g),), None, 4)))
+
+
+def _group_reduce_of_another_size(b, out, data, g):
+    b(IrOp.LOCAL_ID, dt.int32, (), 4)
+    return b(IrOp.GROUP_REDUCE, dt.float32, (_load(b, data, g),), (Op.ADD, 8))
+
+
 BAD = [
     (_unknown_op, {}, "neither an IrOp nor an elementwise Op"),
     (_wrong_arity, {}, "add takes 2 sources, not 1"),
@@ -366,6 +394,12 @@ BAD = [
     (_group_reduce_inside_an_if, {"local_size": 4}, "group_reduce inside an if"),
     (_store_to_an_input, {}, "stores to buffer 1, which is not an output"),
     (_hreduce_with_another_op, {}, "hreduce combines with Op.ADD or Op.MAX"),
+    (_empty_loop, {}, "a range's size must be a positive int"),
+    (_if_on_a_float, {}, "an if's condition is a scalar bool"),
+    (_acc_update_of_a_load, {}, "acc_update writes an acc, not load"),
+    (_param_of_no_buffer, {}, "buffer 2 does not exist"),
+    (_scatter_with_a_scalar_index, {}, "scatter's index has 4 lane"),
+    (_group_reduce_of_another_size, {"local_size": 4}, "group_reduce over 8 items in work-groups of 4"),
     (lambda b, out, data, g: _load(b, data, g), {"global_size": (5,)}, "global_size is \\(5,\\)"),
 ]
 
