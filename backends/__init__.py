@@ -19,6 +19,7 @@ from lazygrad.codegen.capabilities import Capabilities  # noqa: F401 (each backe
 REGISTRY = {
     "opencl": "lazygrad.backends.opencl",
     "llvm": "lazygrad.backends.llvm",
+    "reference": "lazygrad.backends.reference",  # numpy interpreter of the IR: the specification, slow
 }
 
 

@@ -20,6 +20,7 @@ import numpy as np
 from lazygrad import config, diskcache
 from lazygrad.codegen.lowering import KernelOptions, build_loop_nest, choose_options, lower
 from lazygrad.codegen.serialize import ProgramFormatError, decode_program, encode_program
+from lazygrad.codegen.verify import verify
 from lazygrad.graph import LazyBuffer
 from lazygrad.ops import ELEMENTWISE, AstOp, Op
 from lazygrad.schedule import ItemKind, ScheduleItem, create_schedule
@@ -246,10 +247,10 @@ def get_kernel(ast, buffer_dtypes: tuple, device: str, sizes: tuple) -> Compiled
     nest_shape = nest.shape
     name = kernel_name(ast, nest_shape)
     program = _lowered(ast, buffer_dtypes, name, backend.capabilities)
+    verify(program)  # once per compiled kernel (lowered or read from the disk cache): the IR's rules, checked
     if config.DEBUG >= 2:  # what the code generator chose for this kernel, and why
-        print(
-            f"--- options of {name} (loops {nest_shape}): {kernel_options(ast, name, backend.capabilities).describe()}"
-        )
+        options = kernel_options(ast, name, backend.capabilities)
+        print(f"--- options of {name} (loops {nest_shape}): {options.describe()}")
     if config.DEBUG >= 4:
         print(f"--- linear IR of {name}\n{program.dump()}")
     kernel = backend.compile(program)

@@ -22,6 +22,12 @@ import pytest
 import lazygrad
 from lazygrad import backends
 
+# the backends every test runs on unless told otherwise; "reference" (a numpy interpreter of the IR, too slow for
+# the whole suite) runs where it is asked for (--backend reference), and by default on the files below: the op table,
+# op, autograd and fusion tests (about a minute on one core), so that CI checks the executable specification too
+DEFAULT_BACKENDS = [name for name in backends.REGISTRY if name != "reference"]
+ALSO_ON_REFERENCE = {"test_op_table.py", "test_ops.py", "test_autograd.py", "test_fusion.py"}
+
 BACKEND_KEY = pytest.StashKey[str]()
 PREVIOUS_DEFAULT_KEY = pytest.StashKey[str | None]()
 
@@ -30,19 +36,20 @@ def pytest_addoption(parser):
     parser.addoption(
         "--backend",
         default=None,
-        help="comma-separated backends to run the tests on (default: $LAZYGRAD_TEST_BACKENDS, else all of "
-        f"{', '.join(backends.REGISTRY)})",
+        help="comma-separated backends to run the tests on (default: $LAZYGRAD_TEST_BACKENDS, else "
+        f"{', '.join(DEFAULT_BACKENDS)}; also: {', '.join(sorted(set(backends.REGISTRY) - set(DEFAULT_BACKENDS)))})",
     )
 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "backend_independent: run once, not once per backend")
     config.lazygrad_backends = selected_backends(config)
+    config.lazygrad_chosen = bool(config.getoption("--backend") or os.environ.get("LAZYGRAD_TEST_BACKENDS", ""))
 
 
 def selected_backends(config) -> list[str]:
     raw = config.getoption("--backend") or os.environ.get("LAZYGRAD_TEST_BACKENDS", "")
-    names = [name.strip().lower() for name in raw.split(",") if name.strip()] or list(backends.REGISTRY)
+    names = [name.strip().lower() for name in raw.split(",") if name.strip()] or DEFAULT_BACKENDS
     unknown = [name for name in names if name not in backends.REGISTRY]
     if unknown:
         raise pytest.UsageError(f"unknown backend(s) {', '.join(unknown)}; lazygrad has {', '.join(backends.REGISTRY)}")
@@ -71,7 +78,10 @@ def pytest_report_header(config):
 
 def pytest_generate_tests(metafunc):
     if "backend" in metafunc.fixturenames and not metafunc.definition.get_closest_marker("backend_independent"):
-        metafunc.parametrize("backend", metafunc.config.lazygrad_backends, indirect=True)
+        names = metafunc.config.lazygrad_backends
+        if not metafunc.config.lazygrad_chosen and metafunc.definition.path.name in ALSO_ON_REFERENCE:
+            names = [*names, "reference"]
+        metafunc.parametrize("backend", names, indirect=True)
 
 
 @pytest.fixture(autouse=True)
@@ -83,7 +93,7 @@ def backend(request) -> str | None:
 def pytest_collection_modifyitems(config, items):
     # Group the tests by backend (backend-independent ones first; stable, so file order is kept within a
     # group): each process then switches backend, and rebuilds wide-scoped fixtures, at most once or twice.
-    order = {name: i for i, name in enumerate(config.lazygrad_backends)}
+    order = {name: i for i, name in enumerate([*config.lazygrad_backends, "reference"])}
     items.sort(key=lambda item: order.get(backend_of(item), -1))
 
 
