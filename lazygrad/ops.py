@@ -5,7 +5,8 @@
   identity and the ALU op that folds one more element in. Its elementwise members are also the ALU ops of the
   kernel AST and of the linear IR, where they mean the same computation.
 - `AstOp`: the kernel AST's own node kinds (`KernelOp.op`, lazygrad/codegen/kernel_ast.py).
-- `IrOp`: the linear IR's own uop kinds (`UOp.op`, lazygrad/codegen/ir.py); both renderers render every one.
+- `IrOp`: the linear IR's own uop kinds (`UOp.op`, lazygrad/codegen/ir.py); every backend renders every one that
+  needs no declared capability (the work-group ones need `group_reduce`).
 
 A word names one thing: `Op.CONST` is a constant node of the graph, `AstOp.CONST` a constant read through a view
 inside a kernel, `IrOp.CONST` a literal of the IR. They are distinct members and compare unequal.
@@ -206,7 +207,7 @@ class AstOp(_Kind):
 @unique
 class IrOp(_Kind):
     """The linear IR's own uop kinds; its ALU uops are elementwise `Op`s (cast and bitcast: arg the source dtype).
-    Both renderers (LLVM and OpenCL) render every member that requires no capability; tests/test_op_table.py runs
+    Every backend (LLVM, OpenCL, the reference) renders every member that requires no capability; tests/test_op_table.py runs
     each. The work-group members need a device that declares `group_reduce` (OpenCL; tests/test_gpu_kernels.py);
     the LLVM renderer refuses them with a clear error."""
 

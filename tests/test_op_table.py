@@ -5,7 +5,7 @@
 - The three vocabularies (graph, kernel AST, linear IR) are distinct: no word means two things.
 - The frontend's names are converted once, at the graph's door; an unknown name is an error there.
 - Every differentiable primitive has one gradient rule, and no other primitive has one.
-- Both renderers render every elementwise primitive on every dtype kind its row accepts, and every IR op:
+- Every backend renders every elementwise primitive on every dtype kind its row accepts, and every IR op:
   small hand-written programs are compiled and run, and their results compared with numpy.
 - The compiler compares ops by member, never by name (read from its source).
 """
@@ -175,7 +175,7 @@ def test_every_differentiable_primitive_has_one_gradient_rule():
     assert set(autograd.RULES) - rules == {autograd.COMPOSITE}
 
 
-# --- both renderers: every elementwise primitive on every dtype kind its row accepts ------------------------------
+# --- every backend: every elementwise primitive on every dtype kind its row accepts ------------------------------
 KIND_DTYPE = {"b": dt.bool_, "u": dt.uint8, "i": dt.int32, "f": dt.float32}
 N = 8  # elements per buffer
 
@@ -356,7 +356,7 @@ def test_both_renderers_bitcast_between_dtypes_of_one_size(backend, vec):
         np.testing.assert_array_equal(result.view(np.uint8), expected.view(np.uint8), err_msg=f"{source} -> {target}")
 
 
-# --- both renderers: every IR op ---------------------------------------------------------------------------------
+# --- every backend: every IR op -----------------------------------------------------------------------------------
 def test_both_renderers_render_every_ir_op(backend):
     """One program that uses each IrOp: two global iterations of 4 lanes; a loop accumulating a vector; a
     horizontal sum stored under an `if`; contiguous, strided, shuffled and gathered vector loads; a masked scalar
