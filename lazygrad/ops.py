@@ -207,9 +207,9 @@ class AstOp(_Kind):
 @unique
 class IrOp(_Kind):
     """The linear IR's own uop kinds; its ALU uops are elementwise `Op`s (cast and bitcast: arg the source dtype).
-    Every backend (LLVM, OpenCL, the reference) renders every member that requires no capability; tests/test_op_table.py runs
-    each. The work-group members need a device that declares `group_reduce` (OpenCL; tests/test_gpu_kernels.py);
-    the LLVM renderer refuses them with a clear error."""
+    Every backend (LLVM, OpenCL, the reference) renders every member that requires no capability;
+    tests/test_op_table.py runs each. The work-group members need a device that declares `group_reduce` (OpenCL and
+    the reference; tests/test_gpu_kernels.py, tests/test_reference.py); the LLVM renderer refuses them clearly."""
 
     PARAM = "param", "-", "(buffer index, is_output)"
     CONST = "const", "-", "Python value: a literal"
