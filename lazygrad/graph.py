@@ -27,6 +27,7 @@ from lazygrad.ops import (  # noqa: F401
     TERNARY,
     UNARY,
     Op,
+    coerce,
 )
 from lazygrad.shape import ShapeTracker, prod
 
@@ -124,7 +125,7 @@ class LazyBuffer:
     # --- ops -------------------------------------------------------------------------------------
     # The frontend names primitives by Op member or by name ("add"): each method converts once, here.
     def alu(self, op: Op | str, *others: LazyBuffer, arg=None, dtype: DType | None = None) -> LazyBuffer:
-        op = Op.coerce(op)
+        op = coerce(op)
         srcs = (self, *others)
         if op not in ELEMENTWISE:
             raise ValueError(f"alu: {op} is not an elementwise primitive ({op.group.value})")
@@ -135,11 +136,11 @@ class LazyBuffer:
         if srcs[-1].dtype.kind not in op.kinds:  # the last operand: where's value, a comparison's or cast's input
             raise TypeError(f"{op} does not compute on {srcs[-1].dtype.name} (the op table's kinds: {op.kinds})")
         if dtype is None:
-            dtype = op.result_dtype(tuple(s.dtype for s in srcs), arg)
+            dtype = op.result_dtype(self.dtype, srcs[-1].dtype, arg)
         return LazyBuffer.new_base(self.device, self.shape, dtype, op, srcs, arg)
 
     def reduce(self, op: Op | str, axes: tuple) -> LazyBuffer:
-        op = Op.coerce(op)
+        op = coerce(op)
         if op not in REDUCE:
             raise ValueError(f"reduce: {op} is not a reduce ({op.group.value})")
         if self.dtype.kind not in op.combine.kinds:
@@ -184,7 +185,7 @@ class LazyBuffer:
 
     def move(self, op: Op | str, arg) -> LazyBuffer:
         """The movement primitive `op` applied to this node (a view; nothing is copied)."""
-        op = Op.coerce(op)
+        op = coerce(op)
         if op not in MOVEMENT:
             raise ValueError(f"move: {op} is not a movement primitive ({op.group.value})")
         return getattr(self, op.value)(arg)
