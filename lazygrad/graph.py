@@ -151,9 +151,9 @@ class LazyBuffer:
         new_shape = tuple(1 if i in axes else s for i, s in enumerate(self.shape))
         return LazyBuffer.new_base(self.device, new_shape, self.dtype, op, (self,), axes)
 
-    def _view(self, op: Op, arg) -> LazyBuffer:
-        new_st = getattr(self.st, op.value)(arg)
-        if new_st == self.st and op is not Op.RESHAPE:
+    def _view(self, op: Op, arg, new_st: ShapeTracker) -> LazyBuffer:
+        """This node seen through the movement op `op` (its ShapeTracker `new_st`, computed by the caller)."""
+        if new_st == self.st:
             return self
         if new_st.shape == self.base.shape and new_st.contiguous_view and self.base.st.contiguous_view:
             return self.base
@@ -162,26 +162,35 @@ class LazyBuffer:
         )
 
     def reshape(self, shape):
-        return self if tuple(shape) == self.shape else self._view(Op.RESHAPE, tuple(shape))
+        shape = tuple(shape)
+        return self if shape == self.shape else self._view(Op.RESHAPE, shape, self.st.reshape(shape))
 
     def permute(self, order):
-        return self if tuple(order) == tuple(range(len(order))) else self._view(Op.PERMUTE, tuple(order))
+        order = tuple(order)
+        return self if order == tuple(range(len(order))) else self._view(Op.PERMUTE, order, self.st.permute(order))
 
     def expand(self, shape):
-        return self if tuple(shape) == self.shape else self._view(Op.EXPAND, tuple(shape))
+        shape = tuple(shape)
+        return self if shape == self.shape else self._view(Op.EXPAND, shape, self.st.expand(shape))
 
     def pad(self, arg):
-        return self if all(a == (0, 0) for a in arg) else self._view(Op.PAD, tuple(arg))
+        arg = tuple(arg)
+        return self if all(a == (0, 0) for a in arg) else self._view(Op.PAD, arg, self.st.pad(arg))
 
     def shrink(self, arg):
-        return self if all(a == (0, s) for a, s in zip(arg, self.shape)) else self._view(Op.SHRINK, tuple(arg))
+        arg = tuple(arg)
+        return (
+            self
+            if all(a == (0, s) for a, s in zip(arg, self.shape))
+            else self._view(Op.SHRINK, arg, self.st.shrink(arg))
+        )
 
     def flip(self, axes):
         axes = tuple(a for a in axes if self.shape[a] > 1)
-        return self if not axes else self._view(Op.FLIP, axes)
+        return self if not axes else self._view(Op.FLIP, axes, self.st.flip(axes))
 
     def window(self, arg):
-        return self._view(Op.WINDOW, arg)
+        return self._view(Op.WINDOW, arg, self.st.window(arg))
 
     def move(self, op: Op | str, arg) -> LazyBuffer:
         """The movement primitive `op` applied to this node (a view; nothing is copied)."""
