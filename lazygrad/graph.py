@@ -27,6 +27,7 @@ from lazygrad.ops import (  # noqa: F401
     TERNARY,
     UNARY,
     Op,
+    coerce,
 )
 from lazygrad.shape import ShapeTracker, prod
 
@@ -124,7 +125,7 @@ class LazyBuffer:
     # --- ops -------------------------------------------------------------------------------------
     # The frontend names primitives by Op member or by name ("add"): each method converts once, here.
     def alu(self, op: Op | str, *others: LazyBuffer, arg=None, dtype: DType | None = None) -> LazyBuffer:
-        op = Op.coerce(op)
+        op = coerce(op)
         srcs = (self, *others)
         if op not in ELEMENTWISE:
             raise ValueError(f"alu: {op} is not an elementwise primitive ({op.group.value})")
@@ -135,11 +136,11 @@ class LazyBuffer:
         if srcs[-1].dtype.kind not in op.kinds:  # the last operand: where's value, a comparison's or cast's input
             raise TypeError(f"{op} does not compute on {srcs[-1].dtype.name} (the op table's kinds: {op.kinds})")
         if dtype is None:
-            dtype = op.result_dtype(tuple(s.dtype for s in srcs), arg)
+            dtype = op.result_dtype(self.dtype, srcs[-1].dtype, arg)
         return LazyBuffer.new_base(self.device, self.shape, dtype, op, srcs, arg)
 
     def reduce(self, op: Op | str, axes: tuple) -> LazyBuffer:
-        op = Op.coerce(op)
+        op = coerce(op)
         if op not in REDUCE:
             raise ValueError(f"reduce: {op} is not a reduce ({op.group.value})")
         if self.dtype.kind not in op.combine.kinds:
@@ -150,9 +151,9 @@ class LazyBuffer:
         new_shape = tuple(1 if i in axes else s for i, s in enumerate(self.shape))
         return LazyBuffer.new_base(self.device, new_shape, self.dtype, op, (self,), axes)
 
-    def _view(self, op: Op, arg) -> LazyBuffer:
-        new_st = getattr(self.st, op.value)(arg)
-        if new_st == self.st and op is not Op.RESHAPE:
+    def _view(self, op: Op, arg, new_st: ShapeTracker) -> LazyBuffer:
+        """This node seen through the movement op `op` (its ShapeTracker `new_st`, computed by the caller)."""
+        if new_st == self.st:
             return self
         if new_st.shape == self.base.shape and new_st.contiguous_view and self.base.st.contiguous_view:
             return self.base
@@ -161,30 +162,39 @@ class LazyBuffer:
         )
 
     def reshape(self, shape):
-        return self if tuple(shape) == self.shape else self._view(Op.RESHAPE, tuple(shape))
+        shape = tuple(shape)
+        return self if shape == self.shape else self._view(Op.RESHAPE, shape, self.st.reshape(shape))
 
     def permute(self, order):
-        return self if tuple(order) == tuple(range(len(order))) else self._view(Op.PERMUTE, tuple(order))
+        order = tuple(order)
+        return self if order == tuple(range(len(order))) else self._view(Op.PERMUTE, order, self.st.permute(order))
 
     def expand(self, shape):
-        return self if tuple(shape) == self.shape else self._view(Op.EXPAND, tuple(shape))
+        shape = tuple(shape)
+        return self if shape == self.shape else self._view(Op.EXPAND, shape, self.st.expand(shape))
 
     def pad(self, arg):
-        return self if all(a == (0, 0) for a in arg) else self._view(Op.PAD, tuple(arg))
+        arg = tuple(arg)
+        return self if all(a == (0, 0) for a in arg) else self._view(Op.PAD, arg, self.st.pad(arg))
 
     def shrink(self, arg):
-        return self if all(a == (0, s) for a, s in zip(arg, self.shape)) else self._view(Op.SHRINK, tuple(arg))
+        arg = tuple(arg)
+        return (
+            self
+            if all(a == (0, s) for a, s in zip(arg, self.shape))
+            else self._view(Op.SHRINK, arg, self.st.shrink(arg))
+        )
 
     def flip(self, axes):
         axes = tuple(a for a in axes if self.shape[a] > 1)
-        return self if not axes else self._view(Op.FLIP, axes)
+        return self if not axes else self._view(Op.FLIP, axes, self.st.flip(axes))
 
     def window(self, arg):
-        return self._view(Op.WINDOW, arg)
+        return self._view(Op.WINDOW, arg, self.st.window(arg))
 
     def move(self, op: Op | str, arg) -> LazyBuffer:
         """The movement primitive `op` applied to this node (a view; nothing is copied)."""
-        op = Op.coerce(op)
+        op = coerce(op)
         if op not in MOVEMENT:
             raise ValueError(f"move: {op} is not a movement primitive ({op.group.value})")
         return getattr(self, op.value)(arg)

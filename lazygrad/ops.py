@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from enum import Enum, unique
 
-from lazygrad.dtype import DType, lowest, zero
+from lazygrad.dtype import DType, bool_, lowest, zero
 
 
 class Group(Enum):
@@ -37,13 +37,20 @@ class Group(Enum):
 
 
 class DtypeRule(Enum):
-    """The dtype of a primitive's result."""
+    """The dtype of a primitive's result: a description, and the rule (first operand's dtype, last operand's, arg)
+    -> dtype."""
 
-    SAME = "the dtype of its first operand"
-    BOOL = "bool (a comparison)"
-    VALUE = "the dtype of its value operands (where's second and third)"
-    ARG = "the dtype in its arg (cast)"
-    GIVEN = "named by whoever builds the node (sources; bitcast, whose arg is the source dtype)"
+    def __new__(cls, description, rule):
+        member = object.__new__(cls)
+        member._value_ = description
+        member.rule = rule  # None: the caller names the dtype
+        return member
+
+    SAME = "the dtype of its first operand", lambda first, last, arg: first
+    BOOL = "bool (a comparison)", lambda first, last, arg: bool_
+    VALUE = "the dtype of its value operands (where's second and third)", lambda first, last, arg: last
+    ARG = "the dtype in its arg (cast)", lambda first, last, arg: arg
+    GIVEN = "named by whoever builds the node (sources; bitcast, whose arg is the source dtype)", None
 
     def __repr__(self):
         return f"DtypeRule.{self.name}"
@@ -111,28 +118,17 @@ class Op(str, Enum):
         member.combine = combine  # a reduce's ALU op folding one more element in (a name until the class exists)
         return member
 
-    def result_dtype(self, dtypes: tuple, arg=None) -> DType:
-        """The dtype of this primitive applied to operands of `dtypes`, by its row's rule."""
-        rule = self.dtype_rule
-        if rule is DtypeRule.SAME:
-            return dtypes[0]
-        if rule is DtypeRule.BOOL:
-            from lazygrad.dtype import bool_
-
-            return bool_
-        if rule is DtypeRule.VALUE:
-            return dtypes[-1]
-        if rule is DtypeRule.ARG:
-            return arg
-        raise ValueError(f"{self.value}: the caller names the result dtype (dtype=...)")
+    def result_dtype(self, first: DType, last: DType, arg=None) -> DType:
+        """The dtype of this primitive on operands whose first and last have these dtypes, by its row's rule."""
+        rule = self.dtype_rule.rule
+        if rule is None:
+            raise ValueError(f"{self.value}: the caller names the result dtype (dtype=...)")
+        return rule(first, last, arg)
 
     @staticmethod
     def coerce(op) -> Op:
         """The member for a primitive's name (or the member itself); a clear error for anything else."""
-        member = _BY_NAME.get(op) if isinstance(op, str) else None
-        if member is None:
-            raise ValueError(f"unknown primitive {op!r}; the primitives are: {', '.join(m.value for m in Op)}")
-        return member
+        return coerce(op)
 
     def __str__(self):
         return self.value
@@ -145,6 +141,17 @@ class Op(str, Enum):
 
 
 _BY_NAME = {member.value: member for member in Op}
+
+
+def coerce(op) -> Op:
+    """Op.coerce, as a module function: the graph calls it for every node it builds, and in Python 3.11 reading a
+    class attribute of an Enum costs a slow metaclass lookup."""
+    member = _BY_NAME.get(op) if isinstance(op, str) else None  # a member hashes and compares as its name
+    if member is None:
+        raise ValueError(f"unknown primitive {op!r}; the primitives are: {', '.join(m.value for m in Op)}")
+    return member
+
+
 for _member in Op:
     if _member.combine is not None:
         _member.combine = _BY_NAME[_member.combine]

@@ -31,6 +31,10 @@ from lazygrad.shape import ShapeTracker
 
 # primitives whose result always gets a buffer: they write memory
 _WRITES_MEMORY = frozenset({Op.HOST, Op.COPY, Op.ASSIGN, Op.CONTIGUOUS})
+# effects whose value is their source's, written to memory of their own (or, for an assign, into the target's)
+_STORES_ITS_SOURCE = frozenset({Op.CONTIGUOUS, Op.ASSIGN})
+# elementwise primitives whose arg a kernel needs: the target dtype of a cast, the source dtype of a bitcast
+_KEEPS_ARG = frozenset({Op.CAST, Op.BITCAST})
 
 
 class ItemKind(Enum):
@@ -95,14 +99,15 @@ class Scheduler:
         """Lazy values that read a buffer an assign here overwrites, and that will still be wanted after
         this schedule (a tensor holds them, or a node outside the schedule reads them): they are computed
         now, from the old data. (PyTorch: `before = a + 0; a.add_(1)` leaves `before` as it was.)"""
-        assigns = [n for n in self.nodes if n.op is Op.ASSIGN]
+        assign = Op.ASSIGN  # read once: an Enum class attribute is slow to read in Python 3.11
+        assigns = [n for n in self.nodes if n.op is assign]
         if not assigns:
             return []
         collected = {id(n) for n in self.nodes}
         wanted = {id(t) for t in self.targets}
         reads_old, stale = {id(n.arg) for n in assigns}, []
         for node in self.nodes:
-            if node.op is Op.ASSIGN or not any(id(s.base) in reads_old for s in node.srcs):
+            if node.op is assign or not any(id(s.base) in reads_old for s in node.srcs):
                 continue
             reads_old.add(id(node))
             if id(node) not in wanted and (len(node.holders) or any(id(r) not in collected for r in node.readers)):
@@ -122,12 +127,13 @@ class Scheduler:
                 self.realize[id(t)] = "output"
         holds_reduce: dict = {}
         self._holds_reduce, self._inline_cost, self._op_cost = holds_reduce, {}, {}
+        copy, const = Op.COPY, Op.CONST  # read once: an Enum class attribute is slow to read in Python 3.11
         for node in self.nodes:
             if node.op in _WRITES_MEMORY:
                 self.realize.setdefault(id(node), "effect")
-            if node.op is Op.COPY and node.srcs[0].base.buffer is None:  # a copy moves memory that must exist
+            if node.op is copy and node.srcs[0].base.buffer is None:  # a copy moves memory that must exist
                 self.realize.setdefault(id(node.srcs[0].base), "effect")
-            if node.op is Op.CONST:
+            if node.op is const:
                 continue
             # which reduce nodes would be inlined into this node's kernel
             reduces = set()
@@ -169,7 +175,7 @@ class Scheduler:
             return False
         for consumer_id in self.consumers[id(node)]:
             consumer = self.by_id[consumer_id]
-            if consumer.op not in ELEMENTWISE and consumer.op is not Op.ASSIGN and consumer.op is not Op.CONTIGUOUS:
+            if consumer.op not in ELEMENTWISE and consumer.op not in _STORES_ITS_SOURCE:
                 return False
             if any(s.base is node and s.size > node.size for s in consumer.srcs):
                 return False
@@ -197,7 +203,7 @@ class Scheduler:
             st = ShapeTracker.contiguous(node.shape).apply(movement)
             return KernelOp(AstOp.LOAD, (), (self._n_outputs + inputs.index(node), st), node.dtype)
         self._fused.add(id(node))
-        if node.op is Op.CONTIGUOUS or node.op is Op.ASSIGN:
+        if node.op in _STORES_ITS_SOURCE:
             src = node.srcs[0]
             return self._ast(src.base, src.movement + movement, inputs, None)
         if node.op not in REDUCE:
@@ -208,7 +214,7 @@ class Scheduler:
             srcs = tuple(self._ast(s.base, s.movement, inputs, None) for s in node.srcs)
             self._reduce_shape = node.shape
             return KernelOp(AstOp.REDUCE, srcs, (node.op, node.arg), node.dtype)
-        out = KernelOp(node.op, srcs, node.arg if node.op is Op.CAST or node.op is Op.BITCAST else None, node.dtype)
+        out = KernelOp(node.op, srcs, node.arg if node.op in _KEEPS_ARG else None, node.dtype)
         # a pad of a fused value must read 0 outside, whatever the math gives there
         st = ShapeTracker.contiguous(node.shape).apply(movement)
         if any(v.mask is not None for v in st.views):
@@ -366,7 +372,7 @@ class Scheduler:
                 continue
             if any(other is not item and id(other) not in merged_away and x in other.inputs for other in items):
                 continue  # another kernel reads it too (a value fused into both): folding could close a cycle
-            if (x.op is Op.CONTIGUOUS or x.op is Op.ASSIGN) and x.srcs[0].is_view:
+            if x.op in _STORES_ITS_SOURCE and x.srcs[0].is_view:
                 continue
             other = producer.reduces
             if reduces and other and other != reduces:

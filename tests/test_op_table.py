@@ -263,7 +263,7 @@ def _run(backend: str, name: str, build, outputs: list, inputs: list, global_siz
 def _elementwise_program(backend: str, ops: list, dtype: dt.DType, data: dict, vec: int, name: str) -> list:
     names = ["a", "b", "shift", "cond"]
     inputs = [(dtype, data["a"]), (dtype, data["b"]), (dtype, data["shift"]), (dt.bool_, data["cond"])]
-    outputs = [(op.result_dtype((dtype,)), None) for op in ops]
+    outputs = [(op.result_dtype(dtype, dtype), None) for op in ops]
 
     def build(b, params):
         gid = b(IrOp.RANGE, dt.int32, (), ("g0", N // vec, "global"))
