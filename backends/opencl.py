@@ -610,10 +610,10 @@ class OpenCLBackend:
         if array.nbytes:
             self.cl.enqueue_copy(self.queue, array.reshape(-1), handle, is_blocking=True)
 
-    def copy_between(self, dst, src, nbytes: int) -> None:
-        """A device-side copy (the JIT refreshes its input buffers with this)."""
+    def copy_between(self, dst, src, nbytes: int, src_offset: int = 0) -> None:
+        """A device-side copy of nbytes from src_offset on (the JIT stages inputs sliced from a bigger buffer)."""
         if nbytes:
-            self.cl.enqueue_copy(self.queue, dst, src, byte_count=nbytes)
+            self.cl.enqueue_copy(self.queue, dst, src, byte_count=nbytes, src_offset=src_offset)
 
     def synchronize(self) -> None:
         self.queue.finish()
