@@ -47,6 +47,16 @@ from lazygrad.tensor import Tensor
 MAX_CAPTURES = 8
 
 
+# bumped when something a capture relies on changes in a way its kernels cannot see (an optimizer's parameters,
+# state buffers or the kind of update it runs): every capture made before then is dropped at its next call
+_generation = [0]
+
+
+def invalidate_captures() -> None:
+    """Make every jitted function capture again (after two normal calls) instead of replaying."""
+    _generation[0] += 1
+
+
 class _Recorder:
     """Collects the kernels launched while a capture is active (runtime.CAPTURES)."""
 
@@ -71,6 +81,7 @@ class _Capture:
         self.structure = None  # the returned value, with its tensors replaced on each replay
         self.held: list = []  # the buffers of the non-rebound slots
         self.call_buffers: dict = {}  # the last replay's inputs and outputs
+        self.generation = _generation[0]
 
 
 def _structure_key(value, tensors: list):
@@ -195,6 +206,9 @@ class JitFunction:
         for t in inputs:
             t.realize()
         capture = self.captures.get(key)
+        if capture is not None and capture.generation != _generation[0]:
+            del self.captures[key]
+            capture = None
         if capture is not None:
             self.captures.move_to_end(key)
             self.last = capture
