@@ -208,3 +208,64 @@ def test_the_same_tensor_twice_and_constants_as_inputs():
         x = lazygrad.full((3,), float(i)).contiguous().realize()
         np.testing.assert_array_equal(add(x, x).numpy(), np.full(3, 2.0 * i))
         np.testing.assert_array_equal(add(x, lazygrad.ones(3) * i).numpy(), np.full(3, 2.0 * i))
+
+
+# --- a training loop: mini-batches sliced from one dataset, a cosine schedule ---------------------------
+
+
+def dataset_training(library, jitted: bool = False, epochs: int = 2, batch: int = 8) -> list:
+    """Losses and parameters after each step of SGD with momentum and a cosine schedule over mini-batches that are
+    slices of one dataset tensor."""
+    rng = np.random.default_rng(7)
+    images = rng.standard_normal((48, 6)).astype(np.float32)
+    labels = rng.integers(0, 3, 48)
+    w1, b1 = rng.uniform(-0.4, 0.4, (16, 6)).astype(np.float32), rng.uniform(-0.4, 0.4, 16).astype(np.float32)
+    w2, b2 = rng.uniform(-0.4, 0.4, (3, 16)).astype(np.float32), rng.uniform(-0.4, 0.4, 3).astype(np.float32)
+    steps = epochs * len(images) // batch
+    if library == "torch":
+        import torch
+
+        params = [torch.tensor(a, requires_grad=True) for a in (w1, b1, w2, b2)]
+        data, targets = torch.tensor(images), torch.tensor(labels)
+        opt = torch.optim.SGD(params, lr=0.2, momentum=0.9, weight_decay=1e-3)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+        functional = torch.nn.functional
+    else:
+        params = [nn.Parameter(lazygrad.tensor(a)) for a in (w1, b1, w2, b2)]
+        data, targets = lazygrad.tensor(images).realize(), lazygrad.tensor(labels).realize()
+        opt = optim.SGD(params, lr=0.2, momentum=0.9, weight_decay=1e-3)
+        schedule = optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+        functional = nn.functional
+
+    def step(x, y):
+        hidden = functional.linear(x, params[0], params[1]).relu()
+        loss = functional.cross_entropy(functional.linear(hidden, params[2], params[3]), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return loss
+
+    if jitted:
+        step = lazygrad.jit(step)
+    history = []
+    for epoch in range(epochs):
+        for start in range(0, len(images), batch):
+            loss = step(data[start : start + batch], targets[start : start + batch])
+            schedule.step()
+            values = [p.detach().numpy().copy() if library == "torch" else p.numpy() for p in params]
+            history.append([np.float32(loss.item()), *values])
+    if jitted:
+        assert step.replays == steps - 2
+    return history
+
+
+def test_a_jitted_training_loop_over_dataset_slices_matches_the_eager_loop_and_torch():
+    """Issue 13's done-when: mini-batches sliced from one dataset tensor, a cosine learning-rate schedule; the jitted
+    loop gives step for step the same losses and parameters as the eager loop, and tracks PyTorch's."""
+    eager, jitted = dataset_training("lazygrad"), dataset_training("lazygrad", jitted=True)
+    for step, (a, b) in enumerate(zip(jitted, eager)):
+        for index, (x, y) in enumerate(zip(a, b)):
+            np.testing.assert_array_equal(x, y, err_msg=f"step {step + 1}, item {index} (0: loss)")
+    for step, (a, b) in enumerate(zip(eager, dataset_training("torch"))):
+        for index, (x, y) in enumerate(zip(a, b)):
+            np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5, err_msg=f"step {step + 1}, item {index} (0: loss)")
