@@ -571,7 +571,14 @@ class OpenCLKernel:
         kernel object of its own, so launchers of one kernel with different buffers do not disturb each other."""
         kernel = self.backend.cl.Kernel(self.built, self.name)
         kernel.set_args(*buffers)
-        return lambda wait=False: self._launch(kernel, wait)
+
+        def launch(wait=False):
+            return self._launch(kernel, wait)
+
+        # a JIT replay rebinds its inputs and outputs in place: a new pyopencl Kernel per call would leave garbage
+        # in reference cycles
+        launch.set_buffer = kernel.set_arg
+        return launch
 
 
 class OpenCLBackend:

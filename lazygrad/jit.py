@@ -294,6 +294,11 @@ class JitFunction:
             call_buffers[("output", j)] = runtime.Buffer(device, size, dtype)
         bound = capture.bound
         for index, slots in capture.slots.items():
+            set_buffer = getattr(bound[index], "set_buffer", None)
+            if set_buffer is not None:  # the backend rebinds a launcher's buffers in place
+                for slot, name in slots:
+                    set_buffer(slot, call_buffers[name].handle)
+                continue
             handles = list(capture.templates[index])
             for slot, name in slots:
                 handles[slot] = call_buffers[name].handle
