@@ -45,6 +45,9 @@ class Backend(Protocol):
 
     def copy_out(self, handle, array) -> None: ...
 
+    def copy_between(self, dst, src, nbytes: int, src_offset: int = 0) -> None:
+        """nbytes from src (from byte src_offset on) into dst, both of this device."""
+
     def compile(self, program) -> CompiledKernel: ...
 
     def synchronize(self) -> None: ...

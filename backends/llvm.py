@@ -679,6 +679,10 @@ class LLVMBackend:
     def copy_out(self, handle, array: np.ndarray) -> None:
         array.reshape(-1).view(np.uint8)[:] = handle[: array.nbytes]
 
+    def copy_between(self, dst, src, nbytes: int, src_offset: int = 0) -> None:
+        """A copy of nbytes from src_offset on (the JIT stages inputs sliced from a bigger buffer)."""
+        dst[:nbytes] = src[src_offset : src_offset + nbytes]
+
     def synchronize(self) -> None:
         pass
 

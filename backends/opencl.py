@@ -658,7 +658,14 @@ class OpenCLKernel:
         kernel object of its own, so launchers of one kernel with different buffers do not disturb each other."""
         kernel = self.backend.cl.Kernel(self.built, self.name)
         kernel.set_args(*buffers)
-        return lambda wait=False: self._launch(kernel, wait)
+
+        def launch(wait=False):
+            return self._launch(kernel, wait)
+
+        # a JIT replay rebinds its inputs and outputs in place: a new pyopencl Kernel per call would leave garbage
+        # in reference cycles
+        launch.set_buffer = kernel.set_arg
+        return launch
 
 
 class OpenCLBackend:
@@ -713,10 +720,10 @@ class OpenCLBackend:
         if array.nbytes:
             self.cl.enqueue_copy(self.queue, array.reshape(-1), handle, is_blocking=True)
 
-    def copy_between(self, dst, src, nbytes: int) -> None:
-        """A device-side copy (the JIT refreshes its input buffers with this)."""
+    def copy_between(self, dst, src, nbytes: int, src_offset: int = 0) -> None:
+        """A device-side copy of nbytes from src_offset on (the JIT stages inputs sliced from a bigger buffer)."""
         if nbytes:
-            self.cl.enqueue_copy(self.queue, dst, src, byte_count=nbytes)
+            self.cl.enqueue_copy(self.queue, dst, src, byte_count=nbytes, src_offset=src_offset)
 
     def synchronize(self) -> None:
         self.queue.finish()

@@ -330,6 +330,9 @@ class ReferenceBackend:
     def copy_out(self, handle, array: np.ndarray) -> None:
         array.reshape(-1).view(np.uint8)[:] = handle[: array.nbytes]
 
+    def copy_between(self, dst, src, nbytes: int, src_offset: int = 0) -> None:
+        dst[:nbytes] = src[src_offset : src_offset + nbytes]
+
     def synchronize(self) -> None:
         pass
 

@@ -195,13 +195,13 @@ def note_launch(entry, seconds: float) -> None:
 CAPTURES: list = []
 
 
-def copy_buffer(dst: Buffer, src: Buffer) -> None:
-    """Device-side copy when the backend has one, else through the host."""
+def copy_buffer(dst: Buffer, src: Buffer, src_offset: int = 0) -> None:
+    """Fill dst with src's elements from src_offset on: a device-side copy on one device, else through the host."""
     backend = backend_for(dst.device)
-    if src.device == dst.device and hasattr(backend, "copy_between"):
-        backend.copy_between(dst.handle, src.handle, dst.nbytes)
+    if src.device == dst.device:
+        backend.copy_between(dst.handle, src.handle, dst.nbytes, src_offset * src.dtype.itemsize)
     else:
-        dst.copy_in(src.to_numpy())
+        dst.copy_in(src.to_numpy()[src_offset : src_offset + dst.size])
 
 
 # --- compiled kernels ----------------------------------------------------------------------------
@@ -390,8 +390,8 @@ def _run_item(item: ScheduleItem):
     seconds = entry.kernel([b.handle for b in buffers], wait=timed)
     for out, buffer in zip(item.outputs, outputs):
         out.buffer = buffer
-    for capture in CAPTURES:
-        capture.record(entry, buffers)
+    for capture in CAPTURES:  # the JIT gives the buffers this launch allocated a fresh one per replay
+        capture.record(entry, buffers, [b for out, b in zip(item.outputs, outputs) if out.op is not Op.ASSIGN])
     if timed:
         note_launch(entry, seconds)
     else:

@@ -452,15 +452,21 @@ def _not_a_reshape(src: LazyBuffer) -> bool:
     return src.is_view and not (src.st.contiguous_view and src.size == src.base.size)
 
 
-def _reshape_epilogue(node: KernelOp, shape: tuple) -> KernelOp:
+def _reshape_epilogue(node: KernelOp, shape: tuple, done: dict | None = None) -> KernelOp:
     """The epilogue (everything above the reduce) re-expressed in the reduce's output shape."""
+    done = {} if done is None else done  # each node once: epilogues are DAGs (a tree walk is exponential)
+    if id(node) in done:
+        return done[id(node)]
     if node.op is AstOp.REDUCE:
-        return node
-    if node.op is AstOp.LOAD or node.op is AstOp.CONST:
-        return KernelOp(node.op, (), (node.arg[0], node.arg[1].reshape(shape)), node.dtype)
-    if node.op is AstOp.VALID:
-        return KernelOp(AstOp.VALID, (), node.arg.reshape(shape), node.dtype)
-    return KernelOp(node.op, tuple(_reshape_epilogue(s, shape) for s in node.srcs), node.arg, node.dtype)
+        result = node
+    elif node.op is AstOp.LOAD or node.op is AstOp.CONST:
+        result = KernelOp(node.op, (), (node.arg[0], node.arg[1].reshape(shape)), node.dtype)
+    elif node.op is AstOp.VALID:
+        result = KernelOp(AstOp.VALID, (), node.arg.reshape(shape), node.dtype)
+    else:
+        result = KernelOp(node.op, tuple(_reshape_epilogue(s, shape, done) for s in node.srcs), node.arg, node.dtype)
+    done[id(node)] = result
+    return result
 
 
 def create_schedule(targets: list) -> list:

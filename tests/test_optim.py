@@ -193,3 +193,172 @@ def test_invalid_arguments_are_rejected():
         optim.SGD([param, param], lr=0.1)
     with pytest.raises(ValueError):
         optim.Adam([param], betas=(0.9, 1.5))
+
+
+# --- hyperparameters are device values ------------------------------------------------------------------
+
+
+def make_params(library):
+    arrays, target_arrays = initial_arrays()
+    if library is torch:
+        return [torch.tensor(a, requires_grad=True) for a in arrays], [torch.tensor(t) for t in target_arrays]
+    return [nn.Parameter(lazygrad.tensor(a)) for a in arrays], [lazygrad.tensor(t) for t in target_arrays]
+
+
+def run_with_changes(library, name, kwargs, changes, steps=8, jitted=False):
+    """Train, applying changes[step] (a dict of hyperparameters) to every param group before that step."""
+    params, targets = make_params(library)
+    optimizer = getattr(torch.optim if library is torch else optim, name)(params, **kwargs)
+
+    def step():
+        optimizer.zero_grad()
+        loss_of(params, targets).backward()
+        optimizer.step()
+
+    if jitted:
+        step = lazygrad.jit(step)
+    history = []
+    for i in range(steps):
+        for group in optimizer.param_groups:
+            group.update(changes.get(i, {}))
+        step()
+        history.append([p.detach().numpy().copy() if library is torch else p.numpy() for p in params])
+    return history, step
+
+
+CHANGES = {
+    "sgd": (
+        "SGD",
+        dict(lr=0.05, momentum=0.9),
+        {3: dict(lr=0.01), 4: dict(momentum=0.5, dampening=0.2), 5: dict(weight_decay=0.1), 6: dict(lr=0.0)},
+    ),
+    "sgd-nesterov": ("SGD", dict(lr=0.05, momentum=0.9, nesterov=True), {3: dict(lr=0.02, momentum=0.7)}),
+    "adam": (
+        "Adam",
+        dict(lr=0.05),
+        {3: dict(lr=0.01), 4: dict(betas=(0.8, 0.9)), 5: dict(eps=1e-3), 6: dict(weight_decay=0.2)},
+    ),
+    "adamw": ("AdamW", dict(lr=0.05, amsgrad=True), {3: dict(lr=0.02, weight_decay=0.3), 5: dict(betas=(0.5, 0.6))}),
+}
+
+
+@pytest.mark.parametrize("jitted", [False, True], ids=["eager", "jit"])
+@pytest.mark.parametrize("name, kwargs, changes", CHANGES.values(), ids=CHANGES.keys())
+def test_changed_hyperparameters_take_effect_like_torch(name, kwargs, changes, jitted):
+    """Issue 13: a changed lr was ignored under the JIT (it was a constant in the captured kernels)."""
+    expected, _ = run_with_changes(torch, name, kwargs, changes)
+    actual, step = run_with_changes(lazygrad, name, kwargs, changes, jitted=jitted)
+    assert_same_history(actual, expected)
+    if jitted:
+        assert step.replays == 6
+
+
+@pytest.mark.parametrize(
+    "name, kwargs, change",
+    [
+        (
+            "SGD",
+            dict(lr=0.05, momentum=0.9, dampening=0.1, weight_decay=0.01),
+            dict(lr=0.01, momentum=0.5, dampening=0.3, weight_decay=0.2),
+        ),
+        ("Adam", dict(lr=0.05), dict(lr=0.01, betas=(0.5, 0.7), eps=1e-4, weight_decay=0.1)),
+    ],
+)
+def test_changing_hyperparameters_compiles_nothing(name, kwargs, change):
+    """Issue 13: a changed lr recompiled the update kernels (it was a constant in them)."""
+    params, targets = make_params(lazygrad)
+    optimizer = getattr(optim, name)(params, **kwargs)
+    for i in range(3):
+        if i == 2:
+            optimizer.param_groups[0].update(change)
+        with lazygrad.profile(timed=False) as profile:
+            optimizer.zero_grad()
+            loss_of(params, targets).backward()
+            optimizer.step()
+    assert profile.compiled == 0
+
+
+def test_switching_momentum_on_recaptures_a_jitted_step():
+    """Momentum from 0 to 0.9 changes the kind of update (a momentum buffer appears): the JIT captures again."""
+    changes = {4: dict(momentum=0.9)}
+    expected, _ = run_with_changes(torch, "SGD", dict(lr=0.05), changes)
+    actual, step = run_with_changes(lazygrad, "SGD", dict(lr=0.05), changes, jitted=True)
+    assert_same_history(actual, expected)
+    assert step.replays == 2 + 2  # steps 3-4 replayed; 5 and 6 ran normally (then captured); 7-8 replayed
+
+
+def test_add_param_group_matches_torch():
+    def run(library):
+        params, targets = make_params(library)
+        optimizer = (torch.optim if library is torch else optim).SGD([params[0]], lr=0.05, momentum=0.9)
+        history = []
+        for i in range(4):
+            if i == 2:
+                optimizer.add_param_group({"params": [params[1]], "lr": 0.2, "momentum": 0.5})
+            optimizer.zero_grad()
+            loss_of(params, targets).backward()
+            optimizer.step()
+            history.append([p.detach().numpy().copy() if library is torch else p.numpy() for p in params])
+        return history, optimizer
+
+    (expected, torch_optimizer), (actual, optimizer) = run(torch), run(lazygrad)
+    assert_same_history(actual, expected)
+    assert [g["lr"] for g in optimizer.param_groups] == [g["lr"] for g in torch_optimizer.param_groups]
+
+
+def to_torch_state(state_dict):
+    def convert(value):
+        return torch.tensor(value.numpy()) if isinstance(value, lazygrad.Tensor) else value
+
+    return {
+        "state": {i: {k: convert(v) for k, v in s.items()} for i, s in state_dict["state"].items()},
+        "param_groups": [dict(g) for g in state_dict["param_groups"]],
+    }
+
+
+@pytest.mark.parametrize(
+    "name, kwargs",
+    [("SGD", dict(lr=0.05, momentum=0.9)), ("Adam", dict(lr=0.05)), ("AdamW", dict(lr=0.05, amsgrad=True))],
+)
+def test_state_dicts_move_between_torch_and_lazygrad(name, kwargs):
+    """Two steps in one library, the state dict loaded into the other, two more steps there: the same parameters
+    as four steps in torch. The layout is torch's: state keyed by parameter index, with torch's names."""
+    expected = run_torch(lambda params: getattr(torch.optim, name)(params, **kwargs), 4)[-1]
+
+    def continue_in(library, state_dict, values):
+        params, targets = make_params(library)
+        params = (
+            [torch.tensor(v, requires_grad=True) for v in values]
+            if library is torch
+            else [nn.Parameter(lazygrad.tensor(v)) for v in values]
+        )
+        optimizer = getattr(torch.optim if library is torch else optim, name)(params, lr=1.0)
+        optimizer.load_state_dict(state_dict)
+        for _ in range(2):
+            optimizer.zero_grad()
+            loss_of(params, targets).backward()
+            optimizer.step()
+        return [p.detach().numpy() if library is torch else p.numpy() for p in params]
+
+    # lazygrad -> torch
+    params, targets = make_params(lazygrad)
+    optimizer = getattr(optim, name)(params, **kwargs)
+    for _ in range(2):
+        optimizer.zero_grad()
+        loss_of(params, targets).backward()
+        optimizer.step()
+    state = optimizer.state_dict()
+    torch_keys = {"SGD": ["momentum_buffer"], "Adam": ["step", "exp_avg", "exp_avg_sq"]}
+    keys = torch_keys.get(name, ["step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"])
+    assert sorted(state["state"]) == [0, 1] and list(state["state"][0]) == keys
+    assert_same_history([continue_in(torch, to_torch_state(state), [p.numpy() for p in params])], [expected])
+
+    # torch -> lazygrad
+    torch_params, torch_targets = make_params(torch)
+    torch_optimizer = getattr(torch.optim, name)(torch_params, **kwargs)
+    for _ in range(2):
+        torch_optimizer.zero_grad()
+        loss_of(torch_params, torch_targets).backward()
+        torch_optimizer.step()
+    values = [p.detach().numpy().copy() for p in torch_params]
+    assert_same_history([continue_in(lazygrad, torch_optimizer.state_dict(), values)], [expected])

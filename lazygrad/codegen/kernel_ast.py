@@ -31,6 +31,22 @@ class KernelOp:
             object.__setattr__(self, "_hash", cached)
         return cached
 
+    def __eq__(self, other):  # each pair of nodes compared once: the generated field-by-field __eq__ unfolds DAGs
+        if self is other:
+            return True
+        if not isinstance(other, KernelOp):
+            return NotImplemented
+        compared, stack = set(), [(self, other)]
+        while stack:
+            a, b = stack.pop()
+            if a is b or (id(a), id(b)) in compared:
+                continue
+            if hash(a) != hash(b) or (a.op, a.arg, a.dtype, len(a.srcs)) != (b.op, b.arg, b.dtype, len(b.srcs)):
+                return False
+            compared.add((id(a), id(b)))
+            stack.extend(zip(a.srcs, b.srcs))
+        return True
+
     def walk(self):
         """Every node once, sources before users (iterative: no recursion limit, no reference cycle)."""
         seen, order, stack = set(), [], [(self, False)]

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from lazygrad import dtype as dt
+from lazygrad import random
 from lazygrad.device import canonical_device
 from lazygrad.graph import LazyBuffer
 
@@ -14,11 +15,9 @@ if TYPE_CHECKING:
     from lazygrad.tensor import Tensor
 # at run time `Tensor` is the finished class, bound in by lazygrad.tensor (tensor_ops.bind_tensor_class)
 
-_rng = [np.random.default_rng(0)]
-
 
 def manual_seed(seed: int) -> None:
-    _rng[0] = np.random.default_rng(seed)
+    random.manual_seed(seed)  # the device generator (lazygrad/random.py)
 
 
 def _flatten_shape(shape) -> tuple:
@@ -52,40 +51,27 @@ class CreationOps:
     def empty(*shape, dtype=None, device=None, requires_grad=False) -> Tensor:
         return Tensor.zeros(*shape, dtype=dtype, device=device, requires_grad=requires_grad)
 
-    @staticmethod
-    def _from_numpy_random(array, dtype, device, requires_grad):
-        dtype = dt.to_dtype(dtype) if dtype is not None else dt.default_float
-        t = Tensor(array.astype(dtype.np), device=device)
-        return t.requires_grad_() if requires_grad else t
-
+    # random numbers are kernels of the device generator (lazygrad/random.py)
     @staticmethod
     def rand(*shape, dtype=None, device=None, requires_grad=False) -> Tensor:
-        return Tensor._from_numpy_random(
-            _rng[0].random(_flatten_shape(shape), dtype=np.float32), dtype, device, requires_grad
-        )
+        return random.rand(*shape, dtype=dtype, device=device, requires_grad=requires_grad)
 
     @staticmethod
     def randn(*shape, dtype=None, device=None, requires_grad=False) -> Tensor:
-        return Tensor._from_numpy_random(
-            _rng[0].standard_normal(_flatten_shape(shape), dtype=np.float32), dtype, device, requires_grad
-        )
+        return random.randn(*shape, dtype=dtype, device=device, requires_grad=requires_grad)
 
     @staticmethod
     def randint(low, high=None, size=(), dtype=None, device=None) -> Tensor:
-        if high is None:
-            low, high = 0, low
-        data = _rng[0].integers(low, high, size=_flatten_shape(size if isinstance(size, (tuple, list)) else (size,)))
-        return Tensor(data.astype((dt.to_dtype(dtype) if dtype else dt.int64).np), device=device)
+        low, high = (0, low) if high is None else (low, high)
+        return random.randint(low, high, size if isinstance(size, (tuple, list)) else (size,), dtype, device)
 
     @staticmethod
     def uniform(*shape, low=0.0, high=1.0, dtype=None, device=None, requires_grad=False) -> Tensor:
-        data = _rng[0].uniform(low, high, _flatten_shape(shape)).astype(np.float32)
-        return Tensor._from_numpy_random(data, dtype, device, requires_grad)
+        return random.uniform(*shape, low=low, high=high, dtype=dtype, device=device, requires_grad=requires_grad)
 
     @staticmethod
     def normal(*shape, mean=0.0, std=1.0, dtype=None, device=None, requires_grad=False) -> Tensor:
-        data = _rng[0].normal(mean, std, _flatten_shape(shape)).astype(np.float32)
-        return Tensor._from_numpy_random(data, dtype, device, requires_grad)
+        return random.normal(*shape, mean=mean, std=std, dtype=dtype, device=device, requires_grad=requires_grad)
 
     @staticmethod
     def arange(start, end=None, step=1, dtype=None, device=None, requires_grad=False) -> Tensor:
