@@ -12,6 +12,8 @@ import os
 import tempfile
 from typing import Protocol
 
+import numpy as np
+
 from lazygrad import config
 from lazygrad.codegen.capabilities import Capabilities  # noqa: F401 (each backend declares one)
 
@@ -51,6 +53,26 @@ class Backend(Protocol):
     def compile(self, program) -> CompiledKernel: ...
 
     def synchronize(self) -> None: ...
+
+
+class HostMemory:
+    """Memory management for backends whose buffers are numpy byte arrays in host memory (LLVM, the reference):
+    copies are slice assignments, and there is nothing to free or wait for."""
+
+    def free(self, handle, nbytes: int) -> None:
+        pass
+
+    def copy_in(self, handle, array) -> None:
+        handle[: array.nbytes] = np.ascontiguousarray(array).reshape(-1).view(np.uint8)
+
+    def copy_out(self, handle, array) -> None:
+        array.reshape(-1).view(np.uint8)[:] = handle[: array.nbytes]
+
+    def copy_between(self, dst, src, nbytes: int, src_offset: int = 0) -> None:
+        dst[:nbytes] = src[src_offset : src_offset + nbytes]
+
+    def synchronize(self) -> None:
+        pass
 
 
 class BackendUnavailable(RuntimeError):

@@ -21,7 +21,7 @@ import numpy as np
 
 from lazygrad import config, diskcache
 from lazygrad import dtype as dt
-from lazygrad.backends import Capabilities, CompileError, compile_failure
+from lazygrad.backends import Capabilities, CompileError, HostMemory, compile_failure
 from lazygrad.codegen.ir import Program
 from lazygrad.ops import IrOp, Op
 
@@ -650,7 +650,7 @@ class LLVMKernel:
         return self.bind(buffers)(wait)
 
 
-class LLVMBackend:
+class LLVMBackend(HostMemory):
     name = "llvm"
     is_gpu = False
 
@@ -669,22 +669,6 @@ class LLVMBackend:
         raw = np.empty(max(nbytes, 1) + 128, dtype=np.uint8)
         offset = (-raw.ctypes.data) % 64
         return raw[offset : offset + max(nbytes, 1)]
-
-    def free(self, handle, nbytes: int) -> None:
-        pass
-
-    def copy_in(self, handle, array: np.ndarray) -> None:
-        handle[: array.nbytes] = np.ascontiguousarray(array).reshape(-1).view(np.uint8)
-
-    def copy_out(self, handle, array: np.ndarray) -> None:
-        array.reshape(-1).view(np.uint8)[:] = handle[: array.nbytes]
-
-    def copy_between(self, dst, src, nbytes: int, src_offset: int = 0) -> None:
-        """A copy of nbytes from src_offset on (the JIT stages inputs sliced from a bigger buffer)."""
-        dst[:nbytes] = src[src_offset : src_offset + nbytes]
-
-    def synchronize(self) -> None:
-        pass
 
     def compile(self, program: Program) -> LLVMKernel:
         source = render_llvm(program)

@@ -22,7 +22,7 @@ import time
 import numpy as np
 
 from lazygrad import dtype as dt
-from lazygrad.backends import Capabilities
+from lazygrad.backends import Capabilities, HostMemory
 from lazygrad.codegen.ir import Program, UOp
 from lazygrad.codegen.verify import verify
 from lazygrad.ops import IrOp, Op
@@ -306,7 +306,7 @@ class ReferenceKernel:
         return lambda wait=False: self(buffers, wait)
 
 
-class ReferenceBackend:
+class ReferenceBackend(HostMemory):
     name = "reference"
     device_name = "numpy interpreter of the linear IR"
     is_gpu = False
@@ -320,21 +320,6 @@ class ReferenceBackend:
 
     def allocate(self, nbytes: int):
         return np.zeros(max(nbytes, 1), dtype=np.uint8)
-
-    def free(self, handle, nbytes: int) -> None:
-        pass
-
-    def copy_in(self, handle, array: np.ndarray) -> None:
-        handle[: array.nbytes] = np.ascontiguousarray(array).reshape(-1).view(np.uint8)
-
-    def copy_out(self, handle, array: np.ndarray) -> None:
-        array.reshape(-1).view(np.uint8)[:] = handle[: array.nbytes]
-
-    def copy_between(self, dst, src, nbytes: int, src_offset: int = 0) -> None:
-        dst[:nbytes] = src[src_offset : src_offset + nbytes]
-
-    def synchronize(self) -> None:
-        pass
 
     def compile(self, program: Program) -> ReferenceKernel:
         return ReferenceKernel(program)

@@ -21,6 +21,7 @@ import math
 import numpy as np
 
 from lazygrad import dtype as dt
+from lazygrad.shape import shape_from_args
 
 MASK = 0xFFFFFFFF
 ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
@@ -117,15 +118,6 @@ def random_words(n: int, device: str):
     return threefry2x32(key0, key1, counter & constant(MASK), counter >> constant(32), constant)
 
 
-def _shape(shape) -> tuple:
-    if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
-        shape = tuple(shape[0])
-    shape = tuple(int(s) for s in shape)
-    if any(s < 0 for s in shape):
-        raise RuntimeError(f"negative dimension in shape {shape}")
-    return shape
-
-
 def _float_dtype(dtype):
     return dt.to_dtype(dtype) if dtype is not None else dt.default_float
 
@@ -177,7 +169,7 @@ def _integers(low: int, high: int, shape, device: str):
 def rand(*shape, dtype=None, device=None, requires_grad: bool = False):
     from lazygrad.device import canonical_device
 
-    shape, device, dtype = _shape(shape), canonical_device(device), _float_dtype(dtype)
+    shape, device, dtype = shape_from_args(shape), canonical_device(device), _float_dtype(dtype)
     out = _drawn(("rand", shape, dtype, device), lambda: uniform_unit(shape, device).cast(dtype))
     return out.requires_grad_() if requires_grad else out
 
@@ -185,7 +177,7 @@ def rand(*shape, dtype=None, device=None, requires_grad: bool = False):
 def randn(*shape, dtype=None, device=None, requires_grad: bool = False):
     from lazygrad.device import canonical_device
 
-    shape, device, dtype = _shape(shape), canonical_device(device), _float_dtype(dtype)
+    shape, device, dtype = shape_from_args(shape), canonical_device(device), _float_dtype(dtype)
     out = _drawn(("randn", shape, dtype, device), lambda: _normal(shape, device).cast(dtype))
     return out.requires_grad_() if requires_grad else out
 
@@ -193,7 +185,7 @@ def randn(*shape, dtype=None, device=None, requires_grad: bool = False):
 def randint(low: int, high: int, shape, dtype=None, device=None):
     from lazygrad.device import canonical_device
 
-    shape, device = _shape(shape), canonical_device(device)
+    shape, device = shape_from_args(shape), canonical_device(device)
     dtype = dt.to_dtype(dtype) if dtype is not None else dt.int64
     if high <= low:
         raise RuntimeError(f"random_ expects 'from' to be less than 'to', but got from={low} >= to={high}")

@@ -19,6 +19,16 @@ def prod(xs) -> int:
     return functools.reduce(operator.mul, xs, 1)
 
 
+def shape_from_args(shape) -> tuple:
+    """A shape given as torch takes it, `f(2, 3)` or `f((2, 3))`, as a tuple of ints; a negative size is refused."""
+    if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+        shape = tuple(shape[0])
+    shape = tuple(int(s) for s in shape)
+    if any(s < 0 for s in shape):
+        raise RuntimeError(f"negative dimension in shape {shape}")
+    return shape
+
+
 def contiguous_strides(shape: tuple) -> tuple:
     strides, acc = [], 1
     for s in reversed(shape):

@@ -10,6 +10,7 @@ from lazygrad import dtype as dt
 from lazygrad import random
 from lazygrad.device import canonical_device
 from lazygrad.graph import LazyBuffer
+from lazygrad.shape import shape_from_args
 
 if TYPE_CHECKING:
     from lazygrad.tensor import Tensor
@@ -20,32 +21,23 @@ def manual_seed(seed: int) -> None:
     random.manual_seed(seed)  # the device generator (lazygrad/random.py)
 
 
-def _flatten_shape(shape) -> tuple:
-    if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
-        shape = tuple(shape[0])
-    shape = tuple(int(s) for s in shape)
-    if any(s < 0 for s in shape):
-        raise RuntimeError(f"negative dimension in shape {shape}")
-    return shape
-
-
 class CreationOps:
     __slots__ = ()
 
     @staticmethod
     def full(shape, fill_value, dtype=None, device=None, requires_grad=False) -> Tensor:
-        shape = _flatten_shape(shape if isinstance(shape, (tuple, list)) else (shape,))
+        shape = shape_from_args(shape if isinstance(shape, (tuple, list)) else (shape,))
         dtype = dt.to_dtype(dtype) if dtype is not None else dt.python_type_dtype(fill_value)
         t = Tensor(LazyBuffer.const(fill_value, shape, dtype, canonical_device(device)))
         return t.requires_grad_() if requires_grad else t
 
     @staticmethod
     def zeros(*shape, dtype=None, device=None, requires_grad=False) -> Tensor:
-        return Tensor.full(_flatten_shape(shape), 0.0, dtype or dt.default_float, device, requires_grad)
+        return Tensor.full(shape_from_args(shape), 0.0, dtype or dt.default_float, device, requires_grad)
 
     @staticmethod
     def ones(*shape, dtype=None, device=None, requires_grad=False) -> Tensor:
-        return Tensor.full(_flatten_shape(shape), 1.0, dtype or dt.default_float, device, requires_grad)
+        return Tensor.full(shape_from_args(shape), 1.0, dtype or dt.default_float, device, requires_grad)
 
     @staticmethod
     def empty(*shape, dtype=None, device=None, requires_grad=False) -> Tensor:
