@@ -114,3 +114,17 @@ def check_grad(fn, *arrays, rtol: float = GRAD_RTOL, atol: float = GRAD_ATOL, to
             continue
         assert a.grad is not None, f"input {i}: no gradient"
         assert_same(a.grad, e.grad, rtol, atol, name=f"grad of input {i}")
+
+
+class ProgramBuilder:
+    """A linear IR program written by hand (tests of renderers and the verifier): uops numbered in order."""
+
+    def __init__(self):
+        self.uops: list = []
+
+    def __call__(self, op, dtype, srcs=(), arg=None, vec: int = 1):
+        from lazygrad.codegen.ir import UOp
+
+        u = UOp(op, dtype, tuple(srcs), arg, len(self.uops), vec)
+        self.uops.append(u)
+        return u

@@ -18,10 +18,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import ProgramBuilder as _Builder
 
 from lazygrad import autograd, backends, graph
 from lazygrad import dtype as dt
-from lazygrad.codegen.ir import Program, UOp
+from lazygrad.codegen.ir import Program
 from lazygrad.graph import LazyBuffer
 from lazygrad.ops import (
     COMPARISONS,
@@ -224,18 +225,6 @@ REFERENCE = {
     Op.SHR: (np.right_shift, "a shift"),
     Op.WHERE: (np.where, "cond a b"),
 }
-
-
-class _Builder:
-    """A linear IR program written by hand: uops numbered in order, params first."""
-
-    def __init__(self):
-        self.uops: list = []
-
-    def __call__(self, op, dtype, srcs=(), arg=None, vec: int = 1) -> UOp:
-        u = UOp(op, dtype, tuple(srcs), arg, len(self.uops), vec)
-        self.uops.append(u)
-        return u
 
 
 def _run(backend: str, name: str, build, outputs: list, inputs: list, global_size: tuple) -> list:

@@ -18,6 +18,7 @@ import random
 import numpy as np
 import pytest
 import torch
+from helpers import ProgramBuilder as _Builder
 from test_fuzz import Draws, generate
 from test_fuzz import run as run_fuzz_program
 
@@ -211,14 +212,6 @@ def test_the_reference_divides_shifts_and_wraps_integers_as_c_does():
 
 
 # --- the verifier -------------------------------------------------------------------------------------------------
-class _Builder:
-    def __init__(self):
-        self.uops: list = []
-
-    def __call__(self, op, dtype, srcs=(), arg=None, vec: int = 1) -> UOp:
-        u = UOp(op, dtype, tuple(srcs), arg, len(self.uops), vec)
-        self.uops.append(u)
-        return u
 
 
 def _program(body, local_size: int = 1, global_size: tuple = (4,)) -> Program:
