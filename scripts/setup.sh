@@ -2,7 +2,8 @@
 #
 #   1. system packages: PoCL, an OpenCL driver for the CPU, so the opencl backend runs without a GPU
 #   2. a virtual environment in .venv (inside the repo, ignored by git)
-#   3. torch==2.13.0 first, then lazygrad itself with its test extra, editable
+#   3. torch==2.13.0 first, then lazygrad itself with its test and distributed extras, editable (distributed: mpi4py
+#      and MPICH from PyPI, whose mpiexec lands in .venv/bin; MPICH, unlike Open MPI, needs no flag to run as root)
 #
 # Idempotent: a second run only checks, so it takes a second or two. Delete .venv to start over.
 # Afterwards $REPO is the repository root and $PYTHON the virtual environment's interpreter.
@@ -59,8 +60,8 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
     # download a multi-GB CUDA build. With 2.13.0 in place, the extra's range is already satisfied.
     say "pip install torch==2.13.0"
     "$PYTHON" -m pip install --disable-pip-version-check -q torch==2.13.0
-    say "pip install -e .[test]"
-    "$PYTHON" -m pip install --disable-pip-version-check -q -e "$REPO[test]"
+    say "pip install -e .[test,distributed]"
+    "$PYTHON" -m pip install --disable-pip-version-check -q -e "$REPO[test,distributed]"
     echo "$wanted" >"$stamp"
 fi
 say "ready: $("$PYTHON" --version) in $VENV"

@@ -1,6 +1,6 @@
 """Neural-network modules with PyTorch's names: `from lazygrad import nn`, then nn.Conv2d, nn.functional, nn.init."""
 
-from lazygrad.nn import functional, init
+from lazygrad.nn import functional, init, parallel
 from lazygrad.nn.layers import (
     AdaptiveAvgPool2d,
     AvgPool2d,
@@ -40,4 +40,5 @@ __all__ = [
     "Sequential",
     "functional",
     "init",
+    "parallel",
 ]
