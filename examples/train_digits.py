@@ -2,6 +2,7 @@
 
     python examples/train_digits.py --epochs 8 --optimizer adam
     python examples/train_digits.py --quick     # a short run, for tests
+    mpiexec -n 2 python examples/train_digits.py --distributed   # data-parallel on 2 ranks (docs/distributed.md)
 
 The data ships with scikit-learn (1797 images, no download). Training batches all have the same shape (the last
 partial batch of an epoch is dropped), so after the first step every kernel comes from the cache.
@@ -73,18 +74,34 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=None, help="default: 0.01 for Adam, 0.05 for SGD")
     parser.add_argument("--quick", action="store_true", help="a short run: 2 epochs")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--distributed", action="store_true", help="data-parallel on the ranks mpiexec started; --batch-size is global"
+    )
     args = parser.parse_args()
     epochs = 2 if args.quick else args.epochs
 
+    rank, world = 0, 1
+    if args.distributed:
+        import lazygrad.distributed as dist
+
+        dist.init_process_group()
+        rank, world = dist.get_rank(), dist.get_world_size()
     lazygrad.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     x_train, x_test, y_train, y_test = load_data(args.seed)
     model = make_model()
+    if args.distributed:
+        # rank 0's initial parameters everywhere; gradients averaged across ranks after each backward()
+        model = nn.parallel.DistributedDataParallel(model)
+        sampler = dist.DistributedSampler(len(x_train), shuffle=True, seed=args.seed, drop_last=True)
     if args.optimizer == "adam":
         optimizer = optim.Adam(model.parameters(), lr=args.lr or 1e-2)
     else:
         optimizer = optim.SGD(model.parameters(), lr=args.lr or 0.05, momentum=0.9, weight_decay=1e-4)
-    print(f"backend {lazygrad.Device.DEFAULT}: {len(x_train)} training and {len(x_test)} test images, {epochs} epochs")
+    say = print if rank == 0 else (lambda *_, **__: None)
+    say(f"backend {lazygrad.Device.DEFAULT}: {len(x_train)} training and {len(x_test)} test images, {epochs} epochs")
+    if world > 1:
+        say(f"{world} ranks, {args.batch_size // world} images of each batch of {args.batch_size} per rank")
 
     def train_step(images: lazygrad.Tensor, labels: lazygrad.Tensor) -> lazygrad.Tensor:
         def closure():
@@ -95,16 +112,25 @@ def main() -> None:
 
         return optimizer.step(closure)  # the loss is realized with the update, in one schedule
 
+    local_batch = args.batch_size // world
     batches_per_epoch = len(x_train) // args.batch_size
     for epoch in range(1, epochs + 1):
-        start, order, losses = time.perf_counter(), rng.permutation(len(x_train)), []
+        start, losses = time.perf_counter(), []
+        if args.distributed:
+            sampler.set_epoch(epoch)  # a new shuffle each epoch, the same on every rank; this rank's share of it
+            order = np.array(list(sampler))
+        else:
+            order = rng.permutation(len(x_train))
         for batch in range(batches_per_epoch):
-            index = order[batch * args.batch_size : (batch + 1) * args.batch_size]
+            index = order[batch * local_batch : (batch + 1) * local_batch]
             loss = train_step(lazygrad.tensor(x_train[index]), lazygrad.tensor(y_train[index]))
-            losses.append(loss.item())
-            progress_bar(epoch, epochs, batch + 1, batches_per_epoch, float(np.mean(losses)))
-        print(f"  {time.perf_counter() - start:.1f} s, test accuracy {accuracy(model, x_test, y_test):.4f}")
-    print(f"test accuracy: {accuracy(model, x_test, y_test):.4f}")
+            losses.append(loss.item())  # this rank's loss on its share of the batch
+            if rank == 0:
+                progress_bar(epoch, epochs, batch + 1, batches_per_epoch, float(np.mean(losses)))
+        test_accuracy = accuracy(model, x_test, y_test)  # on every rank: DDP's forward broadcasts the buffers
+        say(f"  {time.perf_counter() - start:.1f} s, test accuracy {test_accuracy:.4f}")
+    test_accuracy = accuracy(model, x_test, y_test)
+    say(f"test accuracy: {test_accuracy:.4f}")
 
 
 if __name__ == "__main__":
