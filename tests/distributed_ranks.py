@@ -154,6 +154,35 @@ def ddp(out_path: str) -> None:
         np.savez(out_path, **{f"{key}_{i}": p for key, ps in saved.items() for i, p in enumerate(ps)})
 
 
+def misuse() -> None:
+    """What DDP cannot do says so: a parameter left out of the loss, and a capture by lazygrad.jit."""
+    model = nn.parallel.DistributedDataParallel(nn.Sequential(nn.Linear(3, 2), nn.Linear(2, 2)))
+    opt = optim.SGD(model.parameters(), lr=0.1)
+    x = lazygrad.randn(4, 3)
+    model.module[0](x).sum().backward()  # the second layer gets no gradient
+    try:
+        model(x)
+        raise AssertionError("a forward after a backward that left parameters out did not raise")
+    except RuntimeError as e:
+        assert "gave no gradient to parameters 1.weight, 1.bias" in str(e), e
+    model.zero_grad()
+
+    @lazygrad.jit
+    def step(x):
+        loss = model(x).sum()
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        return loss
+
+    step(x)  # the first call runs normally
+    try:
+        step(x)  # the second is captured
+        raise AssertionError("a jit capture of a DDP step did not raise")
+    except RuntimeError as e:
+        assert "cannot run inside a lazygrad.jit capture" in str(e), e
+
+
 class _nothing:
     def __enter__(self):
         return self
@@ -162,7 +191,7 @@ class _nothing:
         return False
 
 
-SCENARIOS = {f.__name__: f for f in (collectives, mismatch, raises, killed, hangs, ddp)}
+SCENARIOS = {f.__name__: f for f in (collectives, mismatch, raises, killed, hangs, ddp, misuse)}
 
 if __name__ == "__main__":
     scenario, *arguments = sys.argv[1:]

@@ -100,6 +100,12 @@ def test_a_rank_that_never_joins_times_out_the_others():
     assert seconds < 30, f"the job took {seconds:.1f} s to end"
 
 
+@pytest.mark.backend_independent
+def test_ddp_refuses_unused_parameters_and_jit_captures():
+    status, output, _ = run_ranks(1, "misuse", backend="llvm")
+    assert status == 0 and "rank 0 ok" in output, output
+
+
 def torch_convnet() -> torch.nn.Module:
     return torch.nn.Sequential(
         torch.nn.Conv2d(1, 4, 3, padding=1),
