@@ -154,6 +154,54 @@ def ddp(out_path: str) -> None:
         np.savez(out_path, **{f"{key}_{i}": p for key, ps in saved.items() for i, p in enumerate(ps)})
 
 
+def resume(mode: str, checkpoint: str, out_path: str) -> None:
+    """Two epochs of DDP training with a DistributedSampler, straight through (mode "straight"), or the first epoch
+    then a checkpoint that rank 0 saves (model, optimizer, sampler), and a new job that loads it and trains the
+    second ("first", then "resume"). Rank 0 saves its per-step losses and final parameters for the test to compare."""
+    rank = dist.get_rank()
+    lazygrad.manual_seed(99)
+    model = nn.parallel.DistributedDataParallel(make_convnet())
+    opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    loss_fn = nn.CrossEntropyLoss()
+    rng = np.random.default_rng(3)
+    images, labels = rng.standard_normal((24, 1, 8, 8)).astype(np.float32), rng.integers(0, 3, 24)
+    sampler = dist.DistributedSampler(len(images), shuffle=True, seed=11)
+    start_epoch, epochs = 0, 2
+    if mode == "resume":
+        state = lazygrad.load(checkpoint)  # every rank reads it: the same start everywhere
+        model.module.load_state_dict({k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")})
+        opt.load_state_dict(
+            {
+                "state": {i: {"momentum_buffer": state[f"optimizer.{i}.momentum_buffer"]} for i in range(4)},
+                "param_groups": opt.state_dict()["param_groups"],
+            }
+        )
+        sampler.load_state_dict({name: int(state[f"sampler.{name}"].item()) for name in ("epoch", "seed")})
+        start_epoch = sampler.epoch + 1
+    elif mode == "first":
+        epochs = 1
+    losses = []
+    for epoch in range(start_epoch, epochs):
+        sampler.set_epoch(epoch)
+        order = list(sampler)
+        for step in range(len(order) // 4):
+            index = order[step * 4 : (step + 1) * 4]
+            loss = loss_fn(model(lazygrad.tensor(images[index])), lazygrad.tensor(labels[index]))
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            losses.append(loss.item())
+    if mode == "first" and rank == 0:
+        saved = {f"model.{k}": v for k, v in model.module.state_dict().items()}
+        for i, param_state in opt.state_dict()["state"].items():
+            saved[f"optimizer.{i}.momentum_buffer"] = param_state["momentum_buffer"]
+        saved.update({f"sampler.{k}": np.array(v) for k, v in sampler.state_dict().items()})
+        lazygrad.save(saved, checkpoint)
+    if rank == 0:
+        params = {f"arr_{i}": p.numpy() for i, p in enumerate(model.parameters())}
+        np.savez(out_path, losses=np.array(losses), **params)
+
+
 def misuse() -> None:
     """What DDP cannot do says so: a parameter left out of the loss, and a capture by lazygrad.jit."""
     model = nn.parallel.DistributedDataParallel(nn.Sequential(nn.Linear(3, 2), nn.Linear(2, 2)))
@@ -191,7 +239,7 @@ class _nothing:
         return False
 
 
-SCENARIOS = {f.__name__: f for f in (collectives, mismatch, raises, killed, hangs, ddp, misuse)}
+SCENARIOS = {f.__name__: f for f in (collectives, mismatch, raises, killed, hangs, ddp, misuse, resume)}
 
 if __name__ == "__main__":
     scenario, *arguments = sys.argv[1:]

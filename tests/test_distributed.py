@@ -146,6 +146,23 @@ def test_ddp_on_two_ranks_equals_one_process_on_the_whole_batch(backend, tmp_pat
 
 
 @pytest.mark.backend_independent
+def test_a_resumed_job_continues_the_loss_curve(tmp_path):
+    """Rank 0 checkpoints model, optimizer and sampler after epoch 0; a new job resumes from it: its losses and final
+    parameters are those of one job that trained both epochs."""
+    checkpoint = str(tmp_path / "checkpoint.pth")
+    results = {}
+    for mode in ("straight", "first", "resume"):
+        results[mode] = str(tmp_path / f"{mode}.npz")
+        status, output, _ = run_ranks(2, "resume", mode, checkpoint, results[mode], backend="llvm")
+        assert status == 0, output
+    straight, first, resumed = (np.load(results[mode]) for mode in ("straight", "first", "resume"))
+    assert len(first["losses"]) == len(resumed["losses"]) == len(straight["losses"]) // 2
+    np.testing.assert_allclose(np.concatenate([first["losses"], resumed["losses"]]), straight["losses"], rtol=1e-6)
+    for i in range(4):
+        np.testing.assert_allclose(resumed[f"arr_{i}"], straight[f"arr_{i}"], rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.backend_independent
 @pytest.mark.parametrize("drop_last", [False, True])
 def test_distributed_sampler_matches_torch_without_shuffle(drop_last):
     from torch.utils.data.distributed import DistributedSampler as TorchSampler
