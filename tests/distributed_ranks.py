@@ -102,9 +102,10 @@ def hangs() -> None:
     raise AssertionError("all_reduce returned although rank 1 never joined")
 
 
-def make_convnet() -> nn.Module:
+def make_convnet(batch_norm: bool = False) -> nn.Module:
     return nn.Sequential(
         nn.Conv2d(1, 4, 3, padding=1),
+        *([nn.BatchNorm2d(4)] if batch_norm else []),
         nn.ReLU(),
         nn.MaxPool2d(2),
         nn.Flatten(),
@@ -126,12 +127,13 @@ def ddp_batches(world: int, local: int = 4) -> list[list[tuple[np.ndarray, np.nd
 
 
 def ddp(out_path: str) -> None:
-    """Each rank trains on its half of each global batch; rank 0 saves the parameters after the wrap and after each
-    step for the test to compare with one process on the whole batch. In step 2 two micro-batches accumulate, the
-    first under no_sync()."""
+    """Each rank trains a convnet with SyncBatchNorm on its half of each global batch; rank 0 saves the parameters
+    after the wrap, and the parameters and BatchNorm running statistics after each step, for the test to compare with
+    one process on the whole batch. In step 2 two micro-batches accumulate, the first under no_sync()."""
     rank, world = dist.get_rank(), dist.get_world_size()
     lazygrad.manual_seed(1234 + rank)  # different initial weights on each rank: the wrap must broadcast rank 0's
-    model = nn.parallel.DistributedDataParallel(make_convnet())
+    model = nn.parallel.DistributedDataParallel(nn.SyncBatchNorm.convert_sync_batchnorm(make_convnet(batch_norm=True)))
+    assert isinstance(model.module[1], nn.SyncBatchNorm)
     opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     loss_fn = nn.CrossEntropyLoss()
     saved = {"initial": [p.numpy() for p in model.parameters()]}
@@ -150,6 +152,7 @@ def ddp(out_path: str) -> None:
         if not (everyone == everyone[0]).all():
             raise AssertionError(f"step {step}: the ranks' parameters differ")
         saved[f"step{step}"] = params
+        saved[f"buffers{step}"] = [model.module[1].running_mean.numpy(), model.module[1].running_var.numpy()]
     if rank == 0:
         np.savez(out_path, **{f"{key}_{i}": p for key, ps in saved.items() for i, p in enumerate(ps)})
 

@@ -58,11 +58,11 @@ def run_ranks(n: int, *arguments: str, backend: str | None, timeout: float = 240
     return done.returncode, done.stdout + done.stderr, time.monotonic() - start
 
 
-@pytest.mark.parametrize("ranks", [2, 3])
-def test_collectives_match_numpy(ranks, backend):
-    status, output, _ = run_ranks(ranks, "collectives", backend=backend)
+def test_collectives_on_three_ranks_match_numpy(backend):
+    # 3 ranks here (an odd count, where a pairwise algorithm has a rank left over); the other tests run 2
+    status, output, _ = run_ranks(3, "collectives", backend=backend)
     assert status == 0, output
-    assert all(f"rank {r} ok" in output for r in range(ranks)), output
+    assert all(f"rank {r} ok" in output for r in range(3)), output
 
 
 @pytest.mark.backend_independent
@@ -109,6 +109,7 @@ def test_ddp_refuses_unused_parameters_and_jit_captures():
 def torch_convnet() -> torch.nn.Module:
     return torch.nn.Sequential(
         torch.nn.Conv2d(1, 4, 3, padding=1),
+        torch.nn.BatchNorm2d(4),
         torch.nn.ReLU(),
         torch.nn.MaxPool2d(2),
         torch.nn.Flatten(),
@@ -116,10 +117,10 @@ def torch_convnet() -> torch.nn.Module:
     )
 
 
-def test_ddp_on_two_ranks_equals_one_process_on_the_whole_batch(backend, tmp_path):
-    """Two ranks with half of each global batch of 8 end every step with the parameters of one process (PyTorch)
-    that trains on the whole batch from rank 0's initial parameters; step 2 accumulates two micro-batches, the
-    first under no_sync()."""
+def test_ddp_with_sync_batchnorm_on_two_ranks_equals_one_process_on_the_whole_batch(backend, tmp_path):
+    """Two ranks with half of each global batch of 8 end every step with the parameters (and BatchNorm running
+    statistics) of one process (PyTorch) that trains on the whole batch from rank 0's initial parameters; the model's
+    BatchNorm is converted to SyncBatchNorm; step 2 accumulates two micro-batches, the first under no_sync()."""
     sys.path.insert(0, str(RANKS_SCRIPT.parent))
     from distributed_ranks import ddp_batches
 
@@ -142,6 +143,10 @@ def test_ddp_on_two_ranks_equals_one_process_on_the_whole_batch(backend, tmp_pat
         for i, p in enumerate(model.parameters()):
             np.testing.assert_allclose(
                 saved[f"step{step}_{i}"], p.detach().numpy(), rtol=1e-4, atol=1e-5, err_msg=f"step {step}, param {i}"
+            )
+        for i, b in enumerate((model[1].running_mean, model[1].running_var)):
+            np.testing.assert_allclose(
+                saved[f"buffers{step}_{i}"], b.numpy(), rtol=1e-4, atol=1e-5, err_msg=f"step {step}"
             )
 
 

@@ -19,6 +19,7 @@ from lazygrad.nn.layers import (
     Sequential,
 )
 from lazygrad.nn.module import Module, Parameter
+from lazygrad.nn.parallel import SyncBatchNorm
 
 __all__ = [
     "AdaptiveAvgPool2d",
@@ -38,6 +39,7 @@ __all__ = [
     "Parameter",
     "ReLU",
     "Sequential",
+    "SyncBatchNorm",
     "functional",
     "init",
     "parallel",

@@ -18,9 +18,12 @@ import contextlib
 import functools
 import weakref
 
+import lazygrad
 from lazygrad import distributed as dist
 from lazygrad import runtime
-from lazygrad.nn.module import Module
+from lazygrad.nn import functional as F
+from lazygrad.nn.layers import BatchNorm2d
+from lazygrad.nn.module import Module, note_buffer_update
 from lazygrad.tensor import Tensor, realize
 
 
@@ -149,6 +152,86 @@ def _buckets(params: list[Tensor], cap_bytes: float) -> list[list[Tensor]]:
     return buckets
 
 
+class SyncBatchNorm(BatchNorm2d):
+    """BatchNorm whose training statistics are those of the whole global batch, across ranks, as torch's: each
+    rank's per-channel sums and sums of squares are summed over the ranks (one message), and in backward() the
+    gradients of those sums are summed over the ranks too. Out of training, or on one rank, it is BatchNorm. Takes
+    inputs (N, C, ...) of any rank from 2."""
+
+    def forward(self, input: Tensor) -> Tensor:
+        if input.ndim < 2 or input.shape[1] != self.num_features:
+            raise ValueError(
+                f"SyncBatchNorm({self.num_features}) expects (N, {self.num_features}, ...), got {input.shape}"
+            )
+        momentum = 0.0 if self.momentum is None else self.momentum
+        if self.training and self.track_running_stats:
+            with lazygrad.no_grad():
+                counted = self.num_batches_tracked.assign(self.num_batches_tracked + 1)
+            note_buffer_update(counted)
+            if self.momentum is None:
+                momentum = 1.0 / counted.float()
+        use_batch_stats = self.training or not self.track_running_stats
+        if not (use_batch_stats and dist.is_initialized() and dist.get_world_size() > 1):
+            return F.batch_norm(
+                input, self.running_mean, self.running_var, self.weight, self.bias, use_batch_stats, momentum, self.eps
+            )
+        channels = input.shape[1]
+        reduce_dims = (0, *range(2, input.ndim))
+        channel_shape = (1, channels) + (1,) * (input.ndim - 2)
+        local = float(input.numel() // channels)
+        # the count of values per channel over all ranks (ranks may hold batches of different sizes)
+        count = int(dist.all_reduce_coalesced([Tensor([local], device=input.device)])[0].item())
+        if count <= 1:
+            raise ValueError(f"SyncBatchNorm needs more than 1 value per channel when training, got {count} in all")
+        sums = Tensor.cat([input.sum(reduce_dims), (input * input).sum(reduce_dims)])
+        totals = _all_reduce_sum(sums)
+        mean = (totals[:channels] / count).reshape(channel_shape)
+        var = (totals[channels:] / count).reshape(channel_shape) - mean * mean  # biased, as BatchNorm normalizes
+        if self.running_mean is not None and self.running_var is not None:
+            F._update_running_stats(self.running_mean, self.running_var, mean, var, momentum, count)
+        scale = (var + self.eps).rsqrt()
+        if self.weight is not None:
+            scale = scale * self.weight.reshape(channel_shape)
+        output = (input - mean) * scale
+        return output if self.bias is None else output + self.bias.reshape(channel_shape)
+
+    @classmethod
+    def convert_sync_batchnorm(cls, module: Module, process_group=None) -> Module:
+        """The module with every BatchNorm2d replaced by a SyncBatchNorm holding the same parameters and buffers."""
+        if process_group is not None:
+            raise NotImplementedError("lazygrad.distributed has one process group, the world (process_group=None)")
+        if isinstance(module, BatchNorm2d) and not isinstance(module, SyncBatchNorm):
+            converted = cls.__new__(cls)
+            Module.__init__(converted)
+            for name in ("num_features", "eps", "momentum", "affine", "track_running_stats", "training"):
+                object.__setattr__(converted, name, getattr(module, name))
+            for name, param in module._parameters.items():
+                converted.register_parameter(name, param)
+            for name, buffer in module._buffers.items():
+                converted.register_buffer(name, buffer, persistent=name not in module._non_persistent_buffers)
+            return converted
+        for name, child in list(module._modules.items()):
+            if child is not None:
+                replaced = cls.convert_sync_batchnorm(child)
+                if replaced is not child:
+                    module._modules[name] = replaced
+        return module
+
+
+def _all_reduce_sum(tensor: Tensor) -> Tensor:
+    """The sum over ranks of `tensor`, differentiable: the gradient that reaches each rank's copy of the sum is the
+    sum over ranks of the gradients each rank's loss gives it (a collective in backward(), in the same order on
+    every rank, since every rank differentiates the same graph)."""
+
+    def forward() -> Tensor:
+        return dist.all_reduce_coalesced([tensor.detach()])[0]
+
+    def backward(gradient: Tensor) -> tuple:
+        return (dist.all_reduce_coalesced([gradient])[0],)
+
+    return Tensor._composite("all_reduce", (tensor,), forward, backward)
+
+
 DDP = DistributedDataParallel
 
-__all__ = ["DDP", "DistributedDataParallel"]
+__all__ = ["DDP", "DistributedDataParallel", "SyncBatchNorm"]
