@@ -58,8 +58,22 @@ def worker(args) -> None:
             dist.barrier()
         if step >= args.warmup:
             times.append(time.perf_counter() - start)
+    result = {"world": world, "ddp": args.ddp, "median_s": statistics.median(times), "times": times}
+    if args.ddp:
+        # the exchange alone: what averaging gradients costs (pack on the device, to the host, MPI, upload), on
+        # realized tensors shaped like the gradients, in DDP's buckets
+        buckets = [[lazygrad.zeros_like(p).contiguous().realize() for p in bucket] for bucket in model._buckets]
+        exchange = []
+        for _ in range(3):
+            dist.barrier()
+            start = time.perf_counter()
+            averaged = dist.all_reduce_buckets(buckets, dist.ReduceOp.AVG)
+            lazygrad.realize(*[t for bucket in averaged for t in bucket])
+            exchange.append(time.perf_counter() - start)
+        result["exchange_s"] = statistics.median(exchange)
+        result["exchange_mb"] = sum(p.numel() * p.dtype.itemsize for p in model.parameters()) / 2**20
     if rank == 0:
-        print(json.dumps({"world": world, "ddp": args.ddp, "median_s": statistics.median(times), "times": times}))
+        print(json.dumps(result))
     if args.ddp:
         dist.destroy_process_group()
 
@@ -112,7 +126,8 @@ def main() -> None:
         results[ranks] = run(ranks, args)
         per_image = results[ranks]["median_s"] / (ranks * args.batch_size)
         print(f"  DDP on {ranks} rank{'s' if ranks > 1 else ' '}        {results[ranks]['median_s'] * 1e3:9.1f} ms"
-              f"   ({per_image * 1e3:.1f} ms per image)")  # fmt: skip
+              f"   ({per_image * 1e3:.1f} ms per image; of the step, averaging {results[ranks]['exchange_mb']:.0f} MB"
+              f" of gradients alone takes {results[ranks]['exchange_s'] * 1e3:.0f} ms)")  # fmt: skip
     print(f"scaling efficiency on 2 ranks: {single['median_s'] / results[2]['median_s']:.2f} against one process, "
           f"{results[1]['median_s'] / results[2]['median_s']:.2f} against DDP on 1 rank (1.00 is perfect)")  # fmt: skip
 

@@ -5,9 +5,9 @@
     dist.all_reduce(t, op=dist.ReduceOp.AVG)
 
 MPI (through mpi4py) is the transport: the ranks are the processes `mpiexec` starts, on one host or across hosts.
-A collective realizes its tensors, packs them on their device into one contiguous buffer (one kernel), copies that
-one buffer to the host, runs one MPI call on it, and uploads one buffer back; the tensors then become views of it.
-So a bucket of many tensors costs one message, not one per tensor (docs/distributed.md).
+A collective realizes its tensors (one schedule), copies each bucket of them into one contiguous host staging buffer,
+runs one MPI call on it, and hands back tensors holding their parts of the result: a bucket of many tensors costs one
+message, not one per tensor (docs/distributed.md).
 
 Failures end the job instead of hanging it: every collective first checks that all ranks bring the same shapes and
 dtypes (and says which rank differs), every wait has a timeout, and an exception that escapes on any rank aborts
@@ -250,30 +250,31 @@ def check_same_structure(kind: str, entries: list[str]) -> None:
 # ---- moving tensors through the host: one contiguous staging buffer per bucket ----
 
 
-def _packed(tensors: list[Tensor]) -> Tensor:
-    """The tensors' values one after another in one flat tensor (lazy: one kernel, a cat of flat views)."""
+def _pack(tensors: list[Tensor]) -> np.ndarray:
+    """The tensors' values one after another in one host array (the bucket's staging buffer, one MPI message).
+    Each tensor is copied into its place; a cat on the device first would cost more than it saves (lazygrad's cat
+    reads every input at every output element)."""
     for t in tensors[1:]:
         if t.dtype != tensors[0].dtype or t.device != tensors[0].device:
             raise TypeError(
                 f"a bucket holds one dtype on one device; got {tensors[0].dtype.name} on {tensors[0].device} and "
                 f"{t.dtype.name} on {t.device}"
             )
-    flat = [t.detach().reshape(-1) for t in tensors]
-    return flat[0] if len(flat) == 1 else Tensor.cat(flat)
-
-
-def _pack(tensors: list[Tensor]) -> np.ndarray:
-    """The tensors' values one after another in one host array, copied to the host once."""
-    return np.ascontiguousarray(_packed(tensors).numpy())
+    realize(*tensors)  # one schedule for all of them, so the kernels that compute them run together
+    staging = np.empty(sum(t.numel() for t in tensors), dtype=tensors[0].dtype.np)
+    offset = 0
+    for t in tensors:
+        staging[offset : offset + t.numel()] = t.numpy().reshape(-1)
+        offset += t.numel()
+    return staging
 
 
 def _unpack(staging: np.ndarray, like: list[Tensor]) -> list[Tensor]:
-    """Views of one uploaded buffer, shaped like each tensor of `like` (one upload for the whole bucket)."""
-    flat = Tensor(staging, dtype=like[0].dtype, device=like[0].device)
+    """Tensors shaped like each of `like`, holding their parts of the staging buffer (uploaded when used)."""
     pieces, offset = [], 0
     for t in like:
         n = t.numel()
-        pieces.append(flat[offset : offset + n].reshape(t.shape))
+        pieces.append(Tensor(staging[offset : offset + n].reshape(t.shape), dtype=t.dtype, device=t.device))
         offset += n
     return pieces
 
@@ -300,21 +301,20 @@ def _check_reducible(kind: str, tensors: list[Tensor], op: ReduceOp) -> None:
 
 
 def all_reduce_buckets(buckets: list[list[Tensor]], op=ReduceOp.SUM, check: bool = True) -> list[list[Tensor]]:
-    """Reduce buckets of tensors across ranks, one message per bucket; returns the results, per bucket views of one
-    uploaded buffer (the tensors themselves are not written: DistributedDataParallel rebinds gradients to these).
-    Every bucket is packed in one schedule (the kernels that compute the tensors run once, together); each bucket's
-    message starts as soon as its staging buffer is on the host, while the next bucket is copied out."""
+    """Reduce buckets of tensors across ranks, one message per bucket; returns the results as new tensors (the
+    tensors themselves are not written: DistributedDataParallel rebinds gradients to these). Every tensor is computed
+    in one schedule; each bucket's message starts as soon as its staging buffer is filled, while the next bucket is
+    copied out."""
     group = _require_group()
     op = _coerce_op(op)
     everything = [t for bucket in buckets for t in bucket]
     _check_reducible("all_reduce", everything, op)
     if check:
         _check_same("all_reduce", everything, list(ReduceOp).index(op), "reduce op")
-    packed = [_packed(bucket) for bucket in buckets]
-    realize(*packed)
+    realize(*everything)  # one schedule: the kernels that compute every bucket's tensors run once, together
     stagings, requests = [], []
-    for tensor in packed:
-        stagings.append(np.ascontiguousarray(tensor.numpy()))
+    for bucket in buckets:
+        stagings.append(_pack(bucket))
         if group.size > 1:
             requests.append(group.comm.Iallreduce(_MPI.IN_PLACE, stagings[-1], op=_mpi_op(op)))
     for request in requests:
