@@ -85,17 +85,33 @@ def is_initialized() -> bool:
     return _group is not None
 
 
-def init_process_group(backend: str = "mpi", timeout: timedelta | None = None, **_ignored) -> None:
-    """Join the job that mpiexec started: rank and world size come from MPI. torch's init_method, rank, world_size
-    and store arguments are accepted and ignored (MPI knows them). Installs an excepthook that aborts the job."""
+def init_process_group(
+    backend: str | None = None,
+    init_method: str | None = None,
+    timeout: timedelta | None = None,
+    world_size: int = -1,
+    rank: int = -1,
+    store=None,
+    group_name: str = "",
+    pg_options=None,
+    device_id=None,
+) -> None:
+    """Join the job that mpiexec started: rank and world size come from MPI. torch's other arguments are accepted;
+    a world_size or rank that contradicts MPI's is an error. Installs an excepthook that aborts the job."""
     global _group
-    if backend not in ("mpi", "gloo", "nccl"):
+    if backend not in (None, "mpi", "gloo", "nccl"):
         raise ValueError(f"lazygrad.distributed runs on MPI; backend {backend!r} is not supported")
     if _group is not None:
         raise RuntimeError("trying to initialize the default process group twice")
     MPI = _import_mpi()
     # a communicator of our own: the user's own MPI traffic on COMM_WORLD cannot match ours
-    _group = _ProcessGroup(MPI.COMM_WORLD.Dup(), timeout or DEFAULT_TIMEOUT)
+    group = _ProcessGroup(MPI.COMM_WORLD.Dup(), timeout or DEFAULT_TIMEOUT)
+    if world_size not in (-1, group.size) or rank not in (-1, group.rank):
+        raise ValueError(
+            f"init_process_group(world_size={world_size}, rank={rank}), but mpiexec started this process as rank "
+            f"{group.rank} of {group.size}: the ranks come from MPI"
+        )
+    _group = group
     _install_abort_on_exception()
 
 
