@@ -75,10 +75,14 @@ def mismatch() -> None:
     shape = (3, 5) if rank == 0 else (4, 5)
     try:
         dist.all_reduce(lazygrad.tensor(data_of(rank, shape)))
+        raise AssertionError("all_reduce of different shapes did not raise")
     except dist.DistributedError as e:
         print(f"rank {rank} caught: {e}", flush=True)
-        return
-    raise AssertionError("all_reduce of different shapes did not raise")
+    try:  # models that differ: said when wrapped, naming the parameter
+        nn.parallel.DistributedDataParallel(nn.Sequential(nn.Linear(3, 2 + rank)))
+        raise AssertionError("DistributedDataParallel of different models did not raise")
+    except dist.DistributedError as e:
+        print(f"rank {rank} caught: {e}", flush=True)
 
 
 def raises() -> None:

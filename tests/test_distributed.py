@@ -72,6 +72,10 @@ def test_shape_mismatch_is_an_error_naming_ranks_and_shapes():
     for rank in (0, 1):
         assert f"rank {rank} caught: all_reduce: the tensors differ between ranks" in output, output
     assert "rank 0: shape (3, 5) float32, rank 1: shape (4, 5) float32" in output, output
+    assert (
+        "DistributedDataParallel: rank 1 differs from rank 0 at entry 0: "
+        "rank 0 has parameter 0.weight: (2, 3) float32, rank 1 has parameter 0.weight: (3, 3) float32"
+    ) in output, output
 
 
 @pytest.mark.backend_independent
