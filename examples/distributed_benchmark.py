@@ -96,7 +96,7 @@ def run(ranks: int | None, args) -> dict:
             sys.exit("no mpiexec: pip install 'lazygrad[distributed]'")
         command = [launcher, "-n", str(ranks), *command, "--ddp"]
     env = {**os.environ, "LAZYGRAD_THREADS": "1", "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
-    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    done = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         sys.exit(f"{' '.join(command)} failed:\n{done.stdout}{done.stderr}")
     return json.loads(done.stdout.strip().splitlines()[-1])

@@ -51,7 +51,9 @@ def run_ranks(n: int, *arguments: str, backend: str | None, timeout: float = 240
     command = [launcher(), "-n", str(n), sys.executable, str(RANKS_SCRIPT), *arguments]
     start = time.monotonic()
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=environment)
+        done = subprocess.run(
+            command, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout, env=environment
+        )
     except subprocess.TimeoutExpired as e:
         out = (e.stdout or b"").decode() if isinstance(e.stdout, bytes) else e.stdout or ""
         pytest.fail(f"mpiexec -n {n} {' '.join(arguments)} did not finish in {timeout} s; output:\n{out}")
