@@ -10,6 +10,8 @@ optimizer reads them. DDP hooks each parameter's gradient accumulation: once eve
 received its gradient in a backward() call, it computes them all (one schedule), packs them into buckets of about
 bucket_cap_mb (in reverse order of registration, as torch: the last layers' gradients are ready first) and averages
 each bucket across ranks in one MPI message. The parameters' .grad then hold the averages.
+
+SyncBatchNorm (and SyncBatchNorm.convert_sync_batchnorm) normalizes with the statistics of the global batch.
 """
 
 from __future__ import annotations
