@@ -35,7 +35,51 @@ from lazygrad.shape import ShapeTracker, prod
 _HASH_CONSED = ELEMENTWISE | REDUCE | {Op.CONST}
 
 
+class WeakList:
+    """The live objects among those added, held weakly: a cheaper WeakSet (one weak reference per add, no
+    callbacks). Dead references are dropped when the list has doubled since the last sweep, so a long-lived
+    buffer read by a new node every step keeps a list as long as its live readers, not its history."""
+
+    __slots__ = ("refs", "sweep_at")
+
+    def __init__(self):
+        self.refs: list = []
+        self.sweep_at = 8
+
+    def add(self, obj) -> None:
+        refs = self.refs
+        refs.append(weakref.ref(obj))
+        if len(refs) >= self.sweep_at:
+            refs[:] = [r for r in refs if r() is not None]
+            self.sweep_at = max(8, 2 * len(refs))
+
+    def __iter__(self):
+        for r in self.refs:
+            obj = r()
+            if obj is not None:
+                yield obj
+
+    def __len__(self) -> int:
+        return sum(1 for r in self.refs if r() is not None)
+
+
 class LazyBuffer:
+    __slots__ = (
+        "device",
+        "st",
+        "shape",
+        "dtype",
+        "op",
+        "srcs",
+        "arg",
+        "_base",
+        "movement",
+        "buffer",
+        "readers",
+        "holders",
+        "__weakref__",
+        "__dict__",
+    )
     _cache: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 
     def __init__(
@@ -49,14 +93,14 @@ class LazyBuffer:
         base: LazyBuffer | None = None,
         movement: tuple = (),
     ):
-        self.device, self.st, self.dtype = device, st, dtype
+        self.device, self.st, self.shape, self.dtype = device, st, st.shape, dtype
         self.op, self.srcs, self.arg = op, srcs, arg  # op: an Op member, never a name
         self._base = base  # None for a base
         self.movement = movement  # movement ops from the base's shape to this view's shape
         self.buffer = None  # the device Buffer once realized (bases only)
         # the live nodes that read this base: an assign into it must first realize those that are still lazy
-        self.readers: weakref.WeakSet = weakref.WeakSet()
-        self.holders: weakref.WeakSet = weakref.WeakSet()  # the Tensors whose data this base (or a view of it) is
+        self.readers = WeakList()
+        self.holders = WeakList()  # the Tensors whose data this base (or a view of it) is
         for src in srcs:
             src.base.readers.add(self)
 
@@ -68,10 +112,6 @@ class LazyBuffer:
     @property
     def is_view(self) -> bool:
         return self._base is not None
-
-    @property
-    def shape(self) -> tuple:
-        return self.st.shape
 
     @property
     def size(self) -> int:

@@ -21,6 +21,7 @@ joins its loop, and elementwise work after a reduce on the reduced shape joins a
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -119,6 +120,55 @@ class Scheduler:
                 if r.buffer is None and id(r) not in collected and not (r.op is Op.ASSIGN and r.arg is a.arg)
             ]
         return stale
+
+    # --- structure: when two graphs get the same schedule ---------------------------------------------
+    def structure(self) -> tuple:
+        """(key, externals): a hashable description of everything the schedule depends on, and the realized
+        bases the graph reads, in first-read order.
+
+        The key lists every unrealized base (sources first) as its op, shape, dtype, device, arg (constants by
+        value, an assign's target and every source by position: a node's index, or -1 - an external's index)
+        and the movement ops it reads each source through; then the targets; then the externals' shapes,
+        dtypes and devices. Two graphs with equal keys are the same graph up to which buffers they read and
+        which host data they upload, so the schedule made for one, its kernels and launch order, is right for
+        the other. What the schedule also depends on outside the graph (which lazy values tensors still hold,
+        `_stale_readers`) is already decided here: it is in the targets. The key is None when an arg is not
+        hashable (nothing is then reused)."""
+        index = {id(n): i for i, n in enumerate(self.nodes)}
+        externals: list = []
+        external_index: dict = {}
+
+        def ref(base) -> int:
+            position = index.get(id(base))
+            if position is not None:
+                return position
+            position = external_index.get(id(base))
+            if position is None:
+                position = external_index[id(base)] = len(externals)
+                externals.append(base)
+            return -1 - position
+
+        const, assign, host = Op.CONST, Op.ASSIGN, Op.HOST  # read once: Enum class attributes are slow to read
+        parts = []
+        for node in self.nodes:
+            op = node.op
+            if op is const:
+                arg = _const_key(node.arg)
+            elif op is assign:
+                arg = ref(node.arg)
+            elif op is host:
+                arg = None  # the data is bound per run, like a buffer
+            else:
+                arg = node.arg
+            srcs = tuple((ref(s.base), s.movement) for s in node.srcs)
+            parts.append((op, node.st.shape, node.dtype, node.device, arg, srcs))
+        targets = tuple(index.get(id(t)) for t in self.targets)
+        key = (tuple(parts), targets, tuple((e.st.shape, e.dtype, e.device) for e in externals))
+        try:
+            hash(key)
+        except TypeError:
+            return None, externals
+        return key, externals
 
     # --- what gets a buffer ----------------------------------------------------------------------
     def decide(self):
@@ -446,6 +496,11 @@ def _loads_by_buffer(ast: KernelOp) -> dict:
         if n.op is AstOp.LOAD:
             loads.setdefault(n.arg[0], []).append(n.arg[1])
     return loads
+
+
+def _const_key(value):
+    """A constant's value as a key: 0.0 and -0.0 compare equal but are different constants."""
+    return (value, math.copysign(1.0, value)) if value == 0 and isinstance(value, float) else value
 
 
 def _not_a_reshape(src: LazyBuffer) -> bool:
