@@ -11,6 +11,7 @@ sources, which releases the graph behind them.
 
 from __future__ import annotations
 
+import math
 import weakref
 
 from lazygrad.dtype import DType
@@ -47,8 +48,11 @@ class WeakList:
         self.sweep_at = 8
 
     def add(self, obj) -> None:
+        self.add_ref(weakref.ref(obj))
+
+    def add_ref(self, ref: weakref.ref) -> None:
         refs = self.refs
-        refs.append(weakref.ref(obj))
+        refs.append(ref)
         if len(refs) >= self.sweep_at:
             refs[:] = [r for r in refs if r() is not None]
             self.sweep_at = max(8, 2 * len(refs))
@@ -101,8 +105,10 @@ class LazyBuffer:
         # the live nodes that read this base: an assign into it must first realize those that are still lazy
         self.readers = WeakList()
         self.holders = WeakList()  # the Tensors whose data this base (or a view of it) is
-        for src in srcs:
-            src.base.readers.add(self)
+        if srcs:
+            me = weakref.ref(self)
+            for src in srcs:
+                (src if src._base is None else src._base).readers.add_ref(me)
 
     # --- identity ------------------------------------------------------------------------------
     @property
@@ -132,7 +138,7 @@ class LazyBuffer:
         key = None
         if op in _HASH_CONSED:
             try:
-                key = (device, tuple(shape), dtype, op, tuple(id(s) for s in srcs), arg)
+                key = (device, tuple(shape), dtype, op, tuple(id(s) for s in srcs), const_key(arg))
                 hash(key)
             except TypeError:
                 key = None
@@ -260,6 +266,13 @@ class LazyBuffer:
         """The result of writing `value` into this (realized) base's memory."""
         assert not self.is_view and value.shape == self.shape and value.dtype == self.dtype
         return LazyBuffer(self.device, ShapeTracker.contiguous(self.shape), self.dtype, Op.ASSIGN, (value,), self)
+
+
+def const_key(value):
+    """A value as a key: 0.0 and -0.0 compare equal but are different constants (1 / x tells them apart)."""
+    if value == 0 and isinstance(value, float):
+        return (value, math.copysign(1.0, value))
+    return value
 
 
 def _normalize_const(value, dtype: DType):

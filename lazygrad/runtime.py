@@ -362,6 +362,8 @@ MAX_PLANS = 512  # distinct graph structures kept (the oldest is dropped): each 
 # bumped whenever compiled kernels must be looked up again (forced_options, a replaced _kernel_cache)
 _kernel_generation = [0]
 _plan_kernel_cache = [None]  # the _kernel_cache the plans' entries came from
+# how many realizations scheduled their graph ("made") and how many ran the plan of an equal structure ("reused")
+schedule_counts = {"made": 0, "reused": 0}
 
 
 def _plan(items: list, nodes: list, externals: list) -> list:
@@ -472,7 +474,10 @@ def realize(lazybuffers: list) -> None:
     scheduler = Scheduler(pending)
     key, externals = scheduler.structure()
     steps = _plans.get(key) if key is not None else None
-    if steps is None:
+    if steps is not None:
+        schedule_counts["reused"] += 1
+    else:
+        schedule_counts["made"] += 1
         steps = _plan(scheduler.schedule(), scheduler.nodes, externals)
         if key is not None:
             if len(_plans) >= MAX_PLANS:

@@ -21,12 +21,11 @@ joins its loop, and elementwise work after a reduce on the reduced shape joins a
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from enum import Enum
 
 from lazygrad.codegen.kernel_ast import KernelOp
-from lazygrad.graph import LazyBuffer
+from lazygrad.graph import LazyBuffer, const_key
 from lazygrad.ops import ELEMENTWISE, REDUCE, AstOp, Op, zero
 from lazygrad.shape import ShapeTracker
 
@@ -153,7 +152,7 @@ class Scheduler:
         for node in self.nodes:
             op = node.op
             if op is const:
-                arg = _const_key(node.arg)
+                arg = const_key(node.arg)
             elif op is assign:
                 arg = ref(node.arg)
             elif op is host:
@@ -496,11 +495,6 @@ def _loads_by_buffer(ast: KernelOp) -> dict:
         if n.op is AstOp.LOAD:
             loads.setdefault(n.arg[0], []).append(n.arg[1])
     return loads
-
-
-def _const_key(value):
-    """A constant's value as a key: 0.0 and -0.0 compare equal but are different constants."""
-    return (value, math.copysign(1.0, value)) if value == 0 and isinstance(value, float) else value
 
 
 def _not_a_reshape(src: LazyBuffer) -> bool:

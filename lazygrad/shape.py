@@ -29,6 +29,7 @@ def shape_from_args(shape) -> tuple:
     return shape
 
 
+@functools.lru_cache(maxsize=4096)  # a handful of shapes recur in every step of a training loop
 def contiguous_strides(shape: tuple) -> tuple:
     strides, acc = [], 1
     for s in reversed(shape):
@@ -227,13 +228,22 @@ class View:
         return expr, all_of(valid)
 
 
+_CONTIGUOUS: dict = {}  # shape -> its contiguous ShapeTracker (immutable, so shared)
+
+
 @dataclass(frozen=True)
 class ShapeTracker:
     views: tuple  # of View; the last one is the shape seen by the user
 
     @staticmethod
     def contiguous(shape) -> ShapeTracker:
-        return ShapeTracker((View.create(shape),))
+        shape = tuple(shape)
+        tracker = _CONTIGUOUS.get(shape)
+        if tracker is None:
+            tracker = ShapeTracker((View.create(shape),))
+            if len(_CONTIGUOUS) < 4096:  # every new base of a training loop's few shapes: built once
+                _CONTIGUOUS[shape] = tracker
+        return tracker
 
     @property
     def shape(self) -> tuple:
