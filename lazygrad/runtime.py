@@ -12,7 +12,6 @@ import hashlib
 import os
 import time
 import warnings
-import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -107,12 +106,12 @@ class Buffer:
         self.nbytes = size * dtype.itemsize
         self.handle = POOL.take(device, self.nbytes)
         Buffer.live_bytes += self.nbytes
-        weakref.finalize(self, Buffer._release, device, self.nbytes, self.handle)
 
-    @staticmethod
-    def _release(device, nbytes, handle):
-        Buffer.live_bytes -= nbytes
-        POOL.give_back(device, nbytes, handle)
+    def __del__(self):  # cheaper than a weakref.finalize per buffer (eager steps allocate several per kernel)
+        handle = self.__dict__.get("handle")
+        if handle is not None and Buffer is not None:  # None: a failed allocation, or interpreter shutdown
+            Buffer.live_bytes -= self.nbytes
+            POOL.give_back(self.device, self.nbytes, handle)
 
     def copy_in(self, array: np.ndarray):
         backend_for(self.device).copy_in(self.handle, array)
@@ -364,6 +363,9 @@ _kernel_generation = [0]
 _plan_kernel_cache = [None]  # the _kernel_cache the plans' entries came from
 # how many realizations scheduled their graph ("made") and how many ran the plan of an equal structure ("reused")
 schedule_counts = {"made": 0, "reused": 0}
+# seconds realize() spent finding or making schedules, and running them (launches, kernels, uploads): the split
+# examples/benchmark_eager.py reports (the rest of an eager step is building the graph)
+realize_seconds = {"schedule": 0.0, "run": 0.0}
 
 
 def _plan(items: list, nodes: list, externals: list) -> list:
@@ -471,6 +473,7 @@ def realize(lazybuffers: list) -> None:
     pending = [lb for lb in lazybuffers if not lb.realized and lb.base.op is not Op.CONST]
     if not pending:
         return
+    start = time.perf_counter()
     scheduler = Scheduler(pending)
     key, externals = scheduler.structure()
     steps = _plans.get(key) if key is not None else None
@@ -483,7 +486,10 @@ def realize(lazybuffers: list) -> None:
             if len(_plans) >= MAX_PLANS:
                 del _plans[next(iter(_plans))]
             _plans[key] = steps
+    scheduled = time.perf_counter()
     run_plan(steps, scheduler.nodes, externals)
+    realize_seconds["schedule"] += scheduled - start
+    realize_seconds["run"] += time.perf_counter() - scheduled
 
 
 def to_numpy(lb: LazyBuffer) -> np.ndarray:

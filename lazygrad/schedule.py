@@ -67,33 +67,45 @@ class Scheduler:
         self.targets = [t.base for t in targets]
         self.realize: dict = {}  # id(base) -> reason
         while True:
-            self.nodes: list = []  # unrealized bases, sources first
-            self.consumers: dict = {}  # id(base) -> set of consumer ids
-            self._collect()
+            self.nodes: list = self._collect()  # unrealized bases, sources first
             stale = self._stale_readers()
             if not stale:
                 break
             self.targets += stale
         self.by_id = {id(n): n for n in self.nodes}
+        self._consumers = None
+
+    @property
+    def consumers(self) -> dict:
+        """id(base) -> ids of the scheduled nodes that read it (made when a schedule is made, not on reuse)."""
+        if self._consumers is None:
+            consumers: dict = {}
+            for node in self.nodes:
+                for src in node.srcs:
+                    consumers.setdefault(id(src.base), set()).add(id(node))
+            self._consumers = consumers
+        return self._consumers
 
     # --- graph walk -------------------------------------------------------------------------------
-    def _collect(self):
-        seen = set()
+    def _collect(self) -> list:
+        """The unrealized bases the targets need, each after its sources (iterative depth-first)."""
+        nodes, seen = [], set()
         stack = [(t, False) for t in reversed(self.targets)]
+        pop, push, add = stack.pop, stack.append, seen.add
         while stack:
-            node, done = stack.pop()
+            node, done = pop()
             if done:
-                self.nodes.append(node)
+                nodes.append(node)
                 continue
             if id(node) in seen or node.buffer is not None:
                 continue
-            seen.add(id(node))
-            stack.append((node, True))
+            add(id(node))
+            push((node, True))
             for src in node.srcs:
-                base = src.base
-                self.consumers.setdefault(id(base), set()).add(id(node))
+                base = src if src._base is None else src._base
                 if base.buffer is None and id(base) not in seen:
-                    stack.append((base, False))
+                    push((base, False))
+        return nodes
 
     def _stale_readers(self) -> list:
         """Lazy values that read a buffer an assign here overwrites, and that will still be wanted after
@@ -133,19 +145,15 @@ class Scheduler:
         the other. What the schedule also depends on outside the graph (which lazy values tensors still hold,
         `_stale_readers`) is already decided here: it is in the targets. The key is None when an arg is not
         hashable (nothing is then reused)."""
-        index = {id(n): i for i, n in enumerate(self.nodes)}
+        index = {id(n): i for i, n in enumerate(self.nodes)}  # then the externals, as -1 - their position
         externals: list = []
-        external_index: dict = {}
 
         def ref(base) -> int:
             position = index.get(id(base))
-            if position is not None:
-                return position
-            position = external_index.get(id(base))
             if position is None:
-                position = external_index[id(base)] = len(externals)
+                position = index[id(base)] = -1 - len(externals)
                 externals.append(base)
-            return -1 - position
+            return position
 
         const, assign, host = Op.CONST, Op.ASSIGN, Op.HOST  # read once: Enum class attributes are slow to read
         parts = []
@@ -159,10 +167,14 @@ class Scheduler:
                 arg = None  # the data is bound per run, like a buffer
             else:
                 arg = node.arg
-            srcs = tuple((ref(s.base), s.movement) for s in node.srcs)
-            parts.append((op, node.st.shape, node.dtype, node.device, arg, srcs))
+            srcs = []
+            for src in node.srcs:
+                base = src if src._base is None else src._base
+                position = index.get(id(base))
+                srcs.append((ref(base) if position is None else position, src.movement))
+            parts.append((op, node.shape, node.dtype, node.device, arg, tuple(srcs)))
         targets = tuple(index.get(id(t)) for t in self.targets)
-        key = (tuple(parts), targets, tuple((e.st.shape, e.dtype, e.device) for e in externals))
+        key = (tuple(parts), targets, tuple((e.shape, e.dtype, e.device) for e in externals))
         try:
             hash(key)
         except TypeError:

@@ -45,6 +45,13 @@ class View:
     offset: int = 0
     mask: tuple | None = None  # ((start, end), ...) per dim, or None when every element is real
 
+    def __hash__(self):  # cached: views are keys of the graph's movement cache, looked up on every view made
+        cached = self.__dict__.get("_hash")
+        if cached is None:
+            cached = hash((self.shape, self.strides, self.offset, self.mask))
+            object.__setattr__(self, "_hash", cached)
+        return cached
+
     @staticmethod
     def create(shape, strides=None, offset=0, mask=None) -> View:
         shape = tuple(int(s) for s in shape)
@@ -234,6 +241,13 @@ _CONTIGUOUS: dict = {}  # shape -> its contiguous ShapeTracker (immutable, so sh
 @dataclass(frozen=True)
 class ShapeTracker:
     views: tuple  # of View; the last one is the shape seen by the user
+
+    def __hash__(self):  # cached, as View's
+        cached = self.__dict__.get("_hash")
+        if cached is None:
+            cached = hash(self.views)
+            object.__setattr__(self, "_hash", cached)
+        return cached
 
     @staticmethod
     def contiguous(shape) -> ShapeTracker:

@@ -199,7 +199,7 @@ def test_memory_stays_flat_over_ten_thousand_eager_steps():
                 runtime.Buffer.live_bytes,
                 runtime.POOL.bytes_held,
                 len(runtime._plans),
-                len(lazygrad.graph.LazyBuffer._cache),
+                len(lazygrad.graph._CONSED),
             )
 
     losses = _polynomial_fit(lazygrad, 10_000, COEFFICIENTS, on_step=on_step)
