@@ -75,6 +75,14 @@ class WeakList:
             if obj is not None:
                 yield obj
 
+    def any_alive(self, outside: set | frozenset = frozenset()) -> bool:
+        """Whether one of the objects is alive (and its id not in `outside`)."""
+        for r in self.refs:
+            obj = r()
+            if obj is not None and id(obj) not in outside:
+                return True
+        return False
+
     def __len__(self) -> int:
         return sum(1 for r in self.refs if r() is not None)
 

@@ -119,17 +119,28 @@ class Scheduler:
         wanted = {id(t) for t in self.targets}
         reads_old, stale = {id(n.arg) for n in assigns}, []
         for node in self.nodes:
-            if node.op is assign or not any(id(s.base) in reads_old for s in node.srcs):
+            if node.op is assign:
+                continue
+            for src in node.srcs:
+                if id(src if src._base is None else src._base) in reads_old:
+                    break
+            else:
                 continue
             reads_old.add(id(node))
-            if id(node) not in wanted and (len(node.holders) or any(id(r) not in collected for r in node.readers)):
+            if id(node) in wanted:
+                continue
+            holders, readers = node._holders, node._readers
+            if (holders is not None and holders.any_alive()) or (
+                readers is not None and readers.any_alive(outside=collected)
+            ):
                 stale.append(node)
         for a in assigns:  # readers of the target itself that this schedule does not reach
-            stale += [
-                r
-                for r in a.arg.readers
-                if r.buffer is None and id(r) not in collected and not (r.op is Op.ASSIGN and r.arg is a.arg)
-            ]
+            target, readers = a.arg, a.arg._readers
+            for ref in readers.refs if readers is not None else ():
+                r = ref()
+                if r is not None and r.buffer is None and id(r) not in collected:
+                    if not (r.op is assign and r.arg is target):
+                        stale.append(r)
         return stale
 
     # --- structure: when two graphs get the same schedule ---------------------------------------------
