@@ -13,7 +13,8 @@ The workloads, each written once for both libraries (the same names), each step 
 A new batch is uploaded from the host each step. The two libraries alternate step by step after warm-up, so that
 they see the same machine load; medians are reported. PyTorch runs on one thread (--torch-threads): its OpenMP
 threads spin while they wait, which on a shared 2-core machine makes its timings meaningless, and these steps are
-far too small to gain from threads.
+far too small to gain from threads. Wall and CPU time (time.process_time, all threads) are both reported: on a
+shared machine the CPU time is the steadier comparison.
 
 The split of a lazygrad step: `schedule` (realize finding the plan of a graph seen before, or scheduling a new
 one), `launch` (running the plan: allocating outputs, launching, uploads and reads, minus the kernels' own time),
@@ -118,14 +119,16 @@ def measure(workload: str, steps: int, warmup: int, torch) -> dict:
         for fn in step_fns.values():
             fn()
     times = {name: [] for name in step_fns}
+    cpu_times = {name: [] for name in step_fns}
     split = {"schedule": [], "run": []}
     for _ in range(steps):
         for name, fn in step_fns.items():
             if name == "lazygrad":
                 before = dict(runtime.realize_seconds)
-            t = time.perf_counter()
+            t, cpu = time.perf_counter(), time.process_time()
             fn()
             times[name].append(time.perf_counter() - t)
+            cpu_times[name].append(time.process_time() - cpu)
             if name == "lazygrad":
                 for part in split:
                     split[part].append(runtime.realize_seconds[part] - before[part])
@@ -136,6 +139,7 @@ def measure(workload: str, steps: int, warmup: int, torch) -> dict:
         kernel_seconds.append(sum(k.seconds for k in p.launches))
         kernels = p.kernels
     ms = {name: statistics.median(t) * 1e3 for name, t in times.items()}
+    cpu_ms = {name: statistics.median(t) * 1e3 for name, t in cpu_times.items()}
     schedule, run = (statistics.median(split[part]) * 1e3 for part in ("schedule", "run"))
     kernel_ms = statistics.median(kernel_seconds) * 1e3
     result = {
@@ -143,6 +147,7 @@ def measure(workload: str, steps: int, warmup: int, torch) -> dict:
         "backend": lazygrad.Device.DEFAULT,
         "steps": steps,
         "lazygrad_ms": ms["lazygrad"],
+        "lazygrad_cpu_ms": cpu_ms["lazygrad"],
         "kernels_per_step": kernels,
         "split_ms": {
             "build": ms["lazygrad"] - schedule - run,
@@ -153,7 +158,9 @@ def measure(workload: str, steps: int, warmup: int, torch) -> dict:
     }
     if "torch" in ms:
         result["torch_ms"] = ms["torch"]
+        result["torch_cpu_ms"] = cpu_ms["torch"]
         result["ratio"] = ms["lazygrad"] / ms["torch"]
+        result["cpu_ratio"] = cpu_ms["lazygrad"] / cpu_ms["torch"]
     return result
 
 
@@ -180,15 +187,21 @@ def main():
     if args.json:
         print(json.dumps(results, indent=2))
         return
-    print(f"eager steps (no @jit), lazygrad on {results[0]['backend']}, medians of {args.steps} steps")
-    print(f"{'workload':<9} {'lazygrad':>9} {'PyTorch':>9} {'ratio':>6}   build  schedule  launch  kernels  (ms)")
+    print(f"eager steps (no @jit), lazygrad on {results[0]['backend']}, medians of {args.steps} steps, in ms")
+    print("            wall time (ratio)             CPU time (ratio)        lazygrad's wall time, split")
+    header = f"{'lazygrad':>8} {'PyTorch':>8} {'':>6}"
+    print(f"{'workload':<9} {header}  {header}   build  schedule  launch  kernels")
     for r in results:
         s = r["split_ms"]
-        torch_ms = f"{r['torch_ms']:9.3f}" if "torch_ms" in r else f"{'-':>9}"
-        ratio = f"{r['ratio']:6.2f}" if "ratio" in r else f"{'-':>6}"
+        wall = f"{r['lazygrad_ms']:8.3f} " + (
+            f"{r['torch_ms']:8.3f} {r['ratio']:6.2f}" if "torch_ms" in r else " " * 15
+        )
+        cpu = f"{r['lazygrad_cpu_ms']:8.3f} " + (
+            f"{r['torch_cpu_ms']:8.3f} {r['cpu_ratio']:6.2f}" if "torch_ms" in r else " " * 15
+        )
         print(
-            f"{r['workload']:<9} {r['lazygrad_ms']:9.3f} {torch_ms} {ratio}   {s['build']:5.3f}  "
-            f"{s['schedule']:8.3f}  {s['launch']:6.3f}  {s['kernels']:7.3f}  ({r['kernels_per_step']} kernels)"
+            f"{r['workload']:<9} {wall}  {cpu}   {s['build']:5.3f}  {s['schedule']:8.3f}  {s['launch']:6.3f}  "
+            f"{s['kernels']:7.3f}  ({r['kernels_per_step']} kernels)"
         )
 
 

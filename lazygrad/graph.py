@@ -36,6 +36,8 @@ from lazygrad.shape import ShapeTracker, prod
 _HASH_CONSED = ELEMENTWISE | REDUCE | {Op.CONST}
 
 
+_CONST = Op.CONST  # read once: an Enum class attribute is slow to read in Python 3.11
+
 # the hash-consing table: (device, shape, dtype, op, ids of the sources..., arg) -> a weak reference to the node,
 # and back (a WeakValueDictionary, with plain weak references: it costs a third of one per node)
 _CONSED: dict = {}
@@ -138,6 +140,13 @@ class LazyBuffer:
             self._readers = WeakList()
         return self._readers
 
+    def hold(self, tensor) -> None:
+        """Note that `tensor`'s data is this node (a base, or a view of one): see `holders`."""
+        base = self if self._base is None else self._base
+        if base._holders is None:
+            base._holders = WeakList()
+        base._holders.add_ref(weakref.ref(tensor))
+
     @property
     def holders(self) -> WeakList:
         if self._holders is None:
@@ -171,7 +180,7 @@ class LazyBuffer:
         """A base node, shared with an existing identical one (hash-consing)."""
         key = None
         if op in _HASH_CONSED:
-            key = (device, tuple(shape), dtype, op, *[id(s) for s in srcs], const_key(arg))
+            key = (device, tuple(shape), dtype, op, tuple(map(id, srcs)), const_key(arg) if op is _CONST else arg)
             try:
                 hit = _CONSED.get(key)
             except TypeError:  # an arg that cannot be a key: the node is not shared

@@ -41,7 +41,7 @@ class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps):
         # the base remembers the tensors that hold it: an assign must not leave them to be computed later
         # from overwritten memory (see schedule.Scheduler)
         self._lazydata = lb
-        lb.base.holders.add(self)
+        lb.hold(self)
 
     __array_priority__ = 1000  # numpy defers to our reflected operators
     # in-place updates under autograd: the count of them, and the tensor as it was before each (see _inplace)
