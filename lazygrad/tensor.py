@@ -460,8 +460,9 @@ def _to_numpy_nested(data, dtype) -> np.ndarray:
 
 def realize(*tensors: Tensor) -> None:
     """Computes several tensors in one schedule (so their kernels can share work)."""
+    const = Op.CONST  # read once: an Enum class attribute is slow to read in Python 3.11
     for t in tensors:
-        if t.lazydata.base.op == Op.CONST:
+        if t._lazydata.base.op is const:
             # a constant is one shared node: the tensor gets memory of its own, which it may later overwrite
             t.lazydata = t.lazydata.contiguous()
     runtime.realize([t.lazydata for t in tensors])
