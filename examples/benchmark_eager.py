@@ -3,6 +3,7 @@
     python examples/benchmark_eager.py                      # all three workloads, 200 steps each
     python examples/benchmark_eager.py --workload poly --steps 500
     python examples/benchmark_eager.py --json
+    python examples/benchmark_eager.py --resnet --steps 10 --warmup 3   # ResNet-18: eager against @lazygrad.jit
 
 The workloads, each written once for both libraries (the same names), each step ending in `loss.item()`:
 - poly: "Learning PyTorch with examples", the polynomial fit: 2,000 points, four scalar parameters
@@ -164,6 +165,30 @@ def measure(workload: str, steps: int, warmup: int, torch) -> dict:
     return result
 
 
+def resnet18_eager_against_jit(steps: int, warmup: int) -> dict:
+    """The ResNet-18 step of examples/benchmark.py (1x3x64x64), eager and under @lazygrad.jit, alternating."""
+    import benchmark  # examples/benchmark.py, beside this file
+
+    step_fns = {"eager": benchmark.lazygrad_step_fn(1, 64, jitted=False), "jit": benchmark.lazygrad_step_fn(1, 64)}
+    for _ in range(warmup):
+        for fn in step_fns.values():
+            fn()
+    wall, cpu = {name: [] for name in step_fns}, {name: [] for name in step_fns}
+    for _ in range(steps):
+        for name, fn in step_fns.items():
+            t, c = time.perf_counter(), time.process_time()
+            fn()
+            wall[name].append(time.perf_counter() - t)
+            cpu[name].append(time.process_time() - c)
+    result = {"workload": "resnet18", "backend": lazygrad.Device.DEFAULT, "steps": steps}
+    for name in step_fns:
+        result[f"{name}_ms"] = statistics.median(wall[name]) * 1e3
+        result[f"{name}_cpu_ms"] = statistics.median(cpu[name]) * 1e3
+    result["ratio"] = result["eager_ms"] / result["jit_ms"]
+    result["cpu_ratio"] = result["eager_cpu_ms"] / result["jit_cpu_ms"]
+    return result
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workload", choices=(*WORKLOADS, "all"), default="all")
@@ -172,7 +197,20 @@ def main():
     parser.add_argument("--torch-threads", type=int, default=1)
     parser.add_argument("--no-torch", action="store_true")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument(
+        "--resnet", action="store_true", help="instead: the ResNet-18 step (1x64) eager against @lazygrad.jit"
+    )
     args = parser.parse_args()
+    if args.resnet:
+        r = resnet18_eager_against_jit(args.steps, args.warmup)
+        if args.json:
+            print(json.dumps(r, indent=2))
+            return
+        print(f"ResNet-18 training step, 1x3x64x64, lazygrad on {r['backend']}, medians of {args.steps} steps")
+        for name in ("eager", "jit"):
+            print(f"  {name:<6} wall {r[f'{name}_ms']:8.1f} ms   CPU {r[f'{name}_cpu_ms']:8.1f} ms")
+        print(f"  eager / jit: wall {r['ratio']:.2f}, CPU {r['cpu_ratio']:.2f}")
+        return
     torch = None
     if not args.no_torch:
         try:
