@@ -4,10 +4,12 @@
     python examples/benchmark.py --batch-size 8 --image-size 224 --steps 5
     python examples/benchmark.py --first-step             # cold and warm-cache first steps, in new processes
     python examples/benchmark.py --json
+    python examples/benchmark.py --no-jit --no-torch      # lazygrad's step without @lazygrad.jit
 
 A step is the PyTorch autograd tutorial's: forward, loss = (prediction - labels).sum(), backward,
-SGD(lr=1e-2, momentum=0.9).step(). lazygrad runs it under @lazygrad.jit; PyTorch runs eagerly. The two
-alternate step by step, after warm-up steps, so that both see the same machine load. Medians are reported.
+SGD(lr=1e-2, momentum=0.9).step(). lazygrad runs it under @lazygrad.jit (eagerly with --no-jit); PyTorch runs
+eagerly. The two alternate step by step, after warm-up steps, so that both see the same machine load. Medians are
+reported.
 """
 
 from __future__ import annotations
@@ -26,17 +28,19 @@ from lazygrad.models import resnet18
 from lazygrad.optim import SGD
 
 
-def lazygrad_step_fn(batch: int, size: int):
+def lazygrad_step_fn(batch: int, size: int, jitted: bool = True):
     model = resnet18()
     optimizer = SGD(model.parameters(), lr=1e-2, momentum=0.9)
 
-    @lazygrad.jit
     def step(data, labels):
         loss = (model(data) - labels).sum()
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
         return loss
+
+    if jitted:
+        step = lazygrad.jit(step)
 
     def run():
         data, labels = lazygrad.rand(batch, 3, size, size).realize(), lazygrad.rand(batch, 1000).realize()
@@ -123,7 +127,7 @@ def measure(args) -> dict:
     if args.no_torch:
         torch = None
     t0 = time.perf_counter()
-    lg_step = lazygrad_step_fn(args.batch_size, args.image_size)
+    lg_step = lazygrad_step_fn(args.batch_size, args.image_size, jitted=not args.no_jit)
     with lazygrad.profile(timed=False) as first:
         lg_step()
     result["first_step_s"] = time.perf_counter() - t0
@@ -200,6 +204,7 @@ def main():
     parser.add_argument("--no-torch", action="store_true", help="time lazygrad alone (PyTorch's idle threads spin)")
     parser.add_argument("--torch-device", default="cpu", help="where PyTorch runs (cpu, or cuda on a GPU machine)")
     parser.add_argument("--profile", type=int, default=0, metavar="N", help="print the N slowest kernels of a step")
+    parser.add_argument("--no-jit", action="store_true", help="run lazygrad's step eagerly, without @lazygrad.jit")
     args = parser.parse_args()
     result = measure(args)
     if args.first_step:
@@ -213,7 +218,8 @@ def main():
         f"lazygrad on {result['backend']}"
     )
     print(
-        f"  lazygrad (jit)  median {lg_ms['median']:8.1f} ms  (min {lg_ms['min']:.1f}, max {lg_ms['max']:.1f}, "
+        f"  lazygrad ({'eager' if args.no_jit else 'jit'})  median {lg_ms['median']:8.1f} ms  "
+        f"(min {lg_ms['min']:.1f}, max {lg_ms['max']:.1f}, "
         f"n={lg_ms['n']})  {result['lazygrad_gflops']:.1f} GFLOP/s"
     )
     if "torch_ms" in result:

@@ -350,5 +350,8 @@ def _topological(root) -> list:
 def _resolve_versions(ctx: Context) -> None:
     """Inputs updated in place since the op was recorded are replaced by their values back then."""
     if ctx.versions:
-        ctx.inputs = tuple(t._as_of(v) for t, v in zip(ctx.inputs, ctx.versions))
+        for t, v in zip(ctx.inputs, ctx.versions):
+            if t._version != v:  # (almost never: check before building a new tuple)
+                ctx.inputs = tuple(t._as_of(v) for t, v in zip(ctx.inputs, ctx.versions))
+                break
         ctx.versions = ()

@@ -29,6 +29,24 @@ class DType:
     def __repr__(self) -> str:
         return f"lazygrad.{self.name}"
 
+    # the dtypes are module singletons: identity answers almost every compare the graph makes on each op
+    def __eq__(self, other) -> bool:
+        if self is other:
+            return True
+        if not isinstance(other, DType):
+            return NotImplemented
+        return (self.name, self.itemsize, self.kind, self.priority) == (
+            other.name,
+            other.itemsize,
+            other.kind,
+            other.priority,
+        )
+
+    __hash__ = object.__hash__  # by identity: __reduce__ below keeps every dtype the one module-level instance
+
+    def __reduce__(self):
+        return (to_dtype, (self.name,))
+
 
 bool_ = DType("bool", 1, "b", 0)
 uint8 = DType("uint8", 1, "u", 1)

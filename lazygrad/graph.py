@@ -11,6 +11,7 @@ sources, which releases the graph behind them.
 
 from __future__ import annotations
 
+import math
 import weakref
 
 from lazygrad.dtype import DType
@@ -35,8 +36,76 @@ from lazygrad.shape import ShapeTracker, prod
 _HASH_CONSED = ELEMENTWISE | REDUCE | {Op.CONST}
 
 
+_CONST = Op.CONST  # read once: an Enum class attribute is slow to read in Python 3.11
+
+# the hash-consing table: (device, shape, dtype, op, ids of the sources..., arg) -> a weak reference to the node,
+# and back (a WeakValueDictionary, with plain weak references: it costs a third of one per node)
+_CONSED: dict = {}
+_CONSED_KEYS: dict = {}
+
+
+def _forget_consed(ref) -> None:
+    key = _CONSED_KEYS.pop(ref, None)
+    if key is not None and _CONSED.get(key) is ref:
+        del _CONSED[key]
+
+
+class WeakList:
+    """The live objects among those added, held weakly: a cheaper WeakSet (one weak reference per add, no
+    callbacks). Dead references are dropped when the list has doubled since the last sweep, so a long-lived
+    buffer read by a new node every step keeps a list as long as its live readers, not its history."""
+
+    __slots__ = ("refs", "sweep_at")
+
+    def __init__(self):
+        self.refs: list = []
+        self.sweep_at = 8
+
+    def add(self, obj) -> None:
+        self.add_ref(weakref.ref(obj))
+
+    def add_ref(self, ref: weakref.ref) -> None:
+        refs = self.refs
+        refs.append(ref)
+        if len(refs) >= self.sweep_at:
+            refs[:] = [r for r in refs if r() is not None]
+            self.sweep_at = max(8, 2 * len(refs))
+
+    def __iter__(self):
+        for r in self.refs:
+            obj = r()
+            if obj is not None:
+                yield obj
+
+    def any_alive(self, outside: set | frozenset = frozenset()) -> bool:
+        """Whether one of the objects is alive (and its id not in `outside`)."""
+        for r in self.refs:
+            obj = r()
+            if obj is not None and id(obj) not in outside:
+                return True
+        return False
+
+    def __len__(self) -> int:
+        return sum(1 for r in self.refs if r() is not None)
+
+
 class LazyBuffer:
-    _cache: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+    __slots__ = (
+        "device",
+        "st",
+        "shape",
+        "dtype",
+        "op",
+        "srcs",
+        "arg",
+        "_base",
+        "movement",
+        "buffer",
+        "_readers",
+        "_holders",
+        "__weakref__",
+        "__dict__",
+    )
 
     def __init__(
         self,
@@ -49,16 +118,40 @@ class LazyBuffer:
         base: LazyBuffer | None = None,
         movement: tuple = (),
     ):
-        self.device, self.st, self.dtype = device, st, dtype
+        self.device, self.st, self.shape, self.dtype = device, st, st.shape, dtype
         self.op, self.srcs, self.arg = op, srcs, arg  # op: an Op member, never a name
         self._base = base  # None for a base
         self.movement = movement  # movement ops from the base's shape to this view's shape
         self.buffer = None  # the device Buffer once realized (bases only)
         # the live nodes that read this base: an assign into it must first realize those that are still lazy
-        self.readers: weakref.WeakSet = weakref.WeakSet()
-        self.holders: weakref.WeakSet = weakref.WeakSet()  # the Tensors whose data this base (or a view of it) is
-        for src in srcs:
-            src.base.readers.add(self)
+        self._readers = None  # a WeakList, made at the first reader (most nodes are views, never read as bases)
+        self._holders = None  # the Tensors whose data this base (or a view of it) is: a WeakList, made at the first
+        if srcs:
+            me = weakref.ref(self)
+            for src in srcs:
+                base = src if src._base is None else src._base
+                if base._readers is None:
+                    base._readers = WeakList()
+                base._readers.add_ref(me)
+
+    @property
+    def readers(self) -> WeakList:
+        if self._readers is None:
+            self._readers = WeakList()
+        return self._readers
+
+    def hold(self, tensor) -> None:
+        """Note that `tensor`'s data is this node (a base, or a view of one): see `holders`."""
+        base = self if self._base is None else self._base
+        if base._holders is None:
+            base._holders = WeakList()
+        base._holders.add_ref(weakref.ref(tensor))
+
+    @property
+    def holders(self) -> WeakList:
+        if self._holders is None:
+            self._holders = WeakList()
+        return self._holders
 
     # --- identity ------------------------------------------------------------------------------
     @property
@@ -68,10 +161,6 @@ class LazyBuffer:
     @property
     def is_view(self) -> bool:
         return self._base is not None
-
-    @property
-    def shape(self) -> tuple:
-        return self.st.shape
 
     @property
     def size(self) -> int:
@@ -91,16 +180,18 @@ class LazyBuffer:
         """A base node, shared with an existing identical one (hash-consing)."""
         key = None
         if op in _HASH_CONSED:
+            key = (device, tuple(shape), dtype, op, tuple(map(id, srcs)), const_key(arg) if op is _CONST else arg)
             try:
-                key = (device, tuple(shape), dtype, op, tuple(id(s) for s in srcs), arg)
-                hash(key)
-            except TypeError:
-                key = None
-        if key is not None and (hit := LazyBuffer._cache.get(key)) is not None and hit.srcs == srcs:
-            return hit
+                hit = _CONSED.get(key)
+            except TypeError:  # an arg that cannot be a key: the node is not shared
+                key = hit = None
+            if hit is not None and (hit := hit()) is not None and hit.srcs == srcs:
+                return hit
         node = LazyBuffer(device, ShapeTracker.contiguous(shape), dtype, op, srcs, arg)
         if key is not None:
-            LazyBuffer._cache[key] = node
+            ref = weakref.ref(node, _forget_consed)
+            _CONSED[key] = ref
+            _CONSED_KEYS[ref] = key
         return node
 
     @staticmethod
@@ -151,46 +242,42 @@ class LazyBuffer:
         new_shape = tuple(1 if i in axes else s for i, s in enumerate(self.shape))
         return LazyBuffer.new_base(self.device, new_shape, self.dtype, op, (self,), axes)
 
-    def _view(self, op: Op, arg, new_st: ShapeTracker) -> LazyBuffer:
-        """This node seen through the movement op `op` (its ShapeTracker `new_st`, computed by the caller)."""
+    def _view(self, op: Op, arg) -> LazyBuffer:
+        """This node seen through the movement op `op`."""
+        new_st = _moved(self.st, op, arg)
         if new_st == self.st:
             return self
-        if new_st.shape == self.base.shape and new_st.contiguous_view and self.base.st.contiguous_view:
-            return self.base
-        return LazyBuffer(
-            self.device, new_st, self.dtype, Op.VIEW, base=self.base, movement=self.movement + ((op, arg),)
-        )
+        base = self.base
+        if new_st.shape == base.shape and new_st.contiguous_view and base.st.contiguous_view:
+            return base
+        return LazyBuffer(self.device, new_st, self.dtype, Op.VIEW, base=base, movement=self.movement + ((op, arg),))
 
     def reshape(self, shape):
         shape = tuple(shape)
-        return self if shape == self.shape else self._view(Op.RESHAPE, shape, self.st.reshape(shape))
+        return self if shape == self.shape else self._view(Op.RESHAPE, shape)
 
     def permute(self, order):
         order = tuple(order)
-        return self if order == tuple(range(len(order))) else self._view(Op.PERMUTE, order, self.st.permute(order))
+        return self if order == tuple(range(len(order))) else self._view(Op.PERMUTE, order)
 
     def expand(self, shape):
         shape = tuple(shape)
-        return self if shape == self.shape else self._view(Op.EXPAND, shape, self.st.expand(shape))
+        return self if shape == self.shape else self._view(Op.EXPAND, shape)
 
     def pad(self, arg):
         arg = tuple(arg)
-        return self if all(a == (0, 0) for a in arg) else self._view(Op.PAD, arg, self.st.pad(arg))
+        return self if all(a == (0, 0) for a in arg) else self._view(Op.PAD, arg)
 
     def shrink(self, arg):
         arg = tuple(arg)
-        return (
-            self
-            if all(a == (0, s) for a, s in zip(arg, self.shape))
-            else self._view(Op.SHRINK, arg, self.st.shrink(arg))
-        )
+        return self if all(a == (0, s) for a, s in zip(arg, self.shape)) else self._view(Op.SHRINK, arg)
 
     def flip(self, axes):
         axes = tuple(a for a in axes if self.shape[a] > 1)
-        return self if not axes else self._view(Op.FLIP, axes, self.st.flip(axes))
+        return self if not axes else self._view(Op.FLIP, axes)
 
     def window(self, arg):
-        return self._view(Op.WINDOW, arg, self.st.window(arg))
+        return self._view(Op.WINDOW, arg)
 
     def move(self, op: Op | str, arg) -> LazyBuffer:
         """The movement primitive `op` applied to this node (a view; nothing is copied)."""
@@ -220,6 +307,32 @@ class LazyBuffer:
         """The result of writing `value` into this (realized) base's memory."""
         assert not self.is_view and value.shape == self.shape and value.dtype == self.dtype
         return LazyBuffer(self.device, ShapeTracker.contiguous(self.shape), self.dtype, Op.ASSIGN, (value,), self)
+
+
+# (tracker, movement op, arg) -> the tracker it gives: a training loop moves the same few views every step
+_MOVES: dict = {}
+_MAX_MOVES = 65536
+
+
+def _moved(st: ShapeTracker, op: Op, arg) -> ShapeTracker:
+    key = (st, op, arg)
+    try:
+        moved = _MOVES.get(key)
+    except TypeError:  # an arg that cannot be a key (a list inside): computed each time
+        return getattr(st, op.value)(arg)
+    if moved is None:
+        moved = getattr(st, op.value)(arg)
+        if len(_MOVES) >= _MAX_MOVES:
+            _MOVES.clear()
+        _MOVES[key] = moved
+    return moved
+
+
+def const_key(value):
+    """A value as a key: 0.0 and -0.0 compare equal but are different constants (1 / x tells them apart)."""
+    if value == 0 and isinstance(value, float):
+        return (value, math.copysign(1.0, value))
+    return value
 
 
 def _normalize_const(value, dtype: DType):

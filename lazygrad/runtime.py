@@ -12,7 +12,6 @@ import hashlib
 import os
 import time
 import warnings
-import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,7 +22,7 @@ from lazygrad.codegen.serialize import ProgramFormatError, decode_program, encod
 from lazygrad.codegen.verify import verify
 from lazygrad.graph import LazyBuffer
 from lazygrad.ops import ELEMENTWISE, AstOp, Op
-from lazygrad.schedule import ItemKind, ScheduleItem, create_schedule
+from lazygrad.schedule import ItemKind, Scheduler
 from lazygrad.shape import prod
 
 
@@ -107,12 +106,12 @@ class Buffer:
         self.nbytes = size * dtype.itemsize
         self.handle = POOL.take(device, self.nbytes)
         Buffer.live_bytes += self.nbytes
-        weakref.finalize(self, Buffer._release, device, self.nbytes, self.handle)
 
-    @staticmethod
-    def _release(device, nbytes, handle):
-        Buffer.live_bytes -= nbytes
-        POOL.give_back(device, nbytes, handle)
+    def __del__(self):  # cheaper than a weakref.finalize per buffer (eager steps allocate several per kernel)
+        handle = self.__dict__.get("handle")
+        if handle is not None and Buffer is not None:  # None: a failed allocation, or interpreter shutdown
+            Buffer.live_bytes -= self.nbytes
+            POOL.give_back(self.device, self.nbytes, handle)
 
     def copy_in(self, array: np.ndarray):
         backend_for(self.device).copy_in(self.handle, array)
@@ -279,6 +278,7 @@ def forced_options(choose):
     global _forced_options
     saved = dict(_kernel_cache)
     _kernel_cache.clear()
+    _kernel_generation[0] += 1  # the schedules seen before look their kernels up again
     _forced_options = choose
     try:
         yield
@@ -286,6 +286,7 @@ def forced_options(choose):
         _forced_options = None
         _kernel_cache.clear()
         _kernel_cache.update(saved)
+        _kernel_generation[0] += 1
 
 
 def _forced(ast, name: str):
@@ -341,57 +342,112 @@ _LOWERING_VERSION = _codegen_digest()
 
 
 # --- running a schedule --------------------------------------------------------------------------
+class PlanStep:
+    """One item of a schedule with its nodes named by position (see Scheduler.structure): an index into the
+    scheduled nodes, or -1 - an index into the realized bases read. So the step applies to every graph of the
+    same structure, and it keeps the compiled kernel it launches."""
+
+    __slots__ = ("kind", "outputs", "inputs", "ast", "reason", "entry", "entry_generation")
+
+    def __init__(self, kind, outputs: tuple, inputs: tuple, ast, reason: str):
+        self.kind, self.outputs, self.inputs, self.ast, self.reason = kind, outputs, inputs, ast, reason
+        self.entry, self.entry_generation = None, -1
+
+
+# The schedules of graphs seen before, by structure (Scheduler.structure's key). A training loop without @jit
+# builds the same graph each step: its schedule, kernels and launch order are found here instead of made again.
+_plans: dict = {}
+MAX_PLANS = 512  # distinct graph structures kept (the oldest is dropped): each holds its kernel ASTs
+# bumped whenever compiled kernels must be looked up again (forced_options, a replaced _kernel_cache)
+_kernel_generation = [0]
+_plan_kernel_cache = [None]  # the _kernel_cache the plans' entries came from
+# how many realizations scheduled their graph ("made") and how many ran the plan of an equal structure ("reused")
+schedule_counts = {"made": 0, "reused": 0}
+# seconds realize() spent finding or making schedules, and running them (launches, kernels, uploads): the split
+# examples/benchmark_eager.py reports (the rest of an eager step is building the graph)
+realize_seconds = {"schedule": 0.0, "run": 0.0}
+
+
+def _plan(items: list, nodes: list, externals: list) -> list:
+    position = {id(n): i for i, n in enumerate(nodes)}
+    position.update({id(e): -1 - j for j, e in enumerate(externals)})
+    return [
+        PlanStep(
+            item.kind,
+            tuple(position[id(o)] for o in item.outputs),
+            tuple(position[id(b)] for b in item.inputs),
+            item.ast,
+            item.reason,
+        )
+        for item in items
+    ]
+
+
 def run_schedule(items: list) -> None:
+    """Run schedule items (from create_schedule) over the nodes they name."""
+    nodes = list({id(n): n for item in items for n in (*item.outputs, *item.inputs)}.values())
+    run_plan(_plan(items, nodes, []), nodes, [])
+
+
+def run_plan(steps: list, nodes: list, externals: list) -> None:
+    if _plan_kernel_cache[0] is not _kernel_cache:  # a test replaced the kernel cache: compile again
+        _plan_kernel_cache[0] = _kernel_cache
+        _kernel_generation[0] += 1
     if config.DEBUG >= 2:
-        print(f"--- schedule: {len(items)} items")
-        for item in items:
-            outs = f" (+{len(item.outputs) - 1} outputs)" if len(item.outputs) > 1 else ""
-            print(f"  {item.kind:6} {item.output.op:10} {str(item.output.shape):24} {item.reason}{outs}")
-    for item in items:
-        _run_item(item)
-        for out in item.outputs:
+        print(f"--- schedule: {len(steps)} items")
+        for step in steps:
+            node = nodes[step.outputs[0]]
+            outs = f" (+{len(step.outputs) - 1} outputs)" if len(step.outputs) > 1 else ""
+            print(f"  {step.kind:6} {node.op:10} {str(node.shape):24} {step.reason}{outs}")
+    for step in steps:
+        outputs = [nodes[i] for i in step.outputs]
+        inputs = [nodes[i] if i >= 0 else externals[-1 - i] for i in step.inputs]
+        _run_step(step, outputs, inputs)
+        for out in outputs:
             _release_graph(out)
 
 
-def _run_item(item: ScheduleItem):
-    node = item.output
-    if item.kind is ItemKind.HOST:
+def _run_step(step: PlanStep, outputs: list, inputs: list):
+    node = outputs[0]
+    if step.kind is ItemKind.HOST:
         node.buffer = Buffer(node.device, node.size, node.dtype)
         node.buffer.copy_in(np.ascontiguousarray(node.arg))
         _count_copy()
         return
-    if item.kind is ItemKind.COPY:
+    if step.kind is ItemKind.COPY:
         if CAPTURES:
             warnings.warn(
                 "lazygrad.jit: a copy between devices inside a jitted function is not replayed",
                 RuntimeWarning,
                 stacklevel=3,
             )
-        data = item.inputs[0].buffer.to_numpy()
+        data = inputs[0].buffer.to_numpy()
         node.buffer = Buffer(node.device, node.size, node.dtype)
         node.buffer.copy_in(data)
         _count_copy()
         return
     if node.size == 0:
-        for out in item.outputs:
+        for out in outputs:
             out.buffer = Buffer(out.device, 0, out.dtype)
         return
-    outputs = [
-        out.arg.buffer if out.op is Op.ASSIGN else Buffer(out.device, out.size, out.dtype) for out in item.outputs
-    ]
-    buffers = outputs + [b.buffer for b in item.inputs]
-    for b in item.inputs:
-        if b.device != node.device:
-            raise RuntimeError(f"kernel on {node.device} reads a buffer on {b.device}; copy it with .to() first")
-    dtypes = tuple(b.dtype for b in buffers)
-    sizes = tuple(b.size for b in buffers)
-    entry = get_kernel(item.ast, dtypes, node.device, sizes)
+    assign = Op.ASSIGN
+    buffers = [out.arg.buffer if out.op is assign else Buffer(out.device, out.size, out.dtype) for out in outputs]
+    buffers += [b.buffer for b in inputs]
+    entry = step.entry
+    if entry is None or step.entry_generation != _kernel_generation[0]:
+        for b in inputs:
+            if b.device != node.device:
+                raise RuntimeError(f"kernel on {node.device} reads a buffer on {b.device}; copy it with .to() first")
+        dtypes = tuple(b.dtype for b in buffers)
+        sizes = tuple(b.size for b in buffers)
+        entry = step.entry = get_kernel(step.ast, dtypes, node.device, sizes)
+        step.entry_generation = _kernel_generation[0]
     timed = _timing_wanted()
     seconds = entry.kernel([b.handle for b in buffers], wait=timed)
-    for out, buffer in zip(item.outputs, outputs):
+    for out, buffer in zip(outputs, buffers):
         out.buffer = buffer
     for capture in CAPTURES:  # the JIT gives the buffers this launch allocated a fresh one per replay
-        capture.record(entry, buffers, [b for out, b in zip(item.outputs, outputs) if out.op is not Op.ASSIGN])
+        capture.record(entry, buffers, [b for out, b in zip(outputs, buffers) if out.op is not assign])
     if timed:
         note_launch(entry, seconds)
     else:
@@ -417,7 +473,23 @@ def realize(lazybuffers: list) -> None:
     pending = [lb for lb in lazybuffers if not lb.realized and lb.base.op is not Op.CONST]
     if not pending:
         return
-    run_schedule(create_schedule(pending))
+    start = time.perf_counter()
+    scheduler = Scheduler(pending)
+    key, externals = scheduler.structure()
+    steps = _plans.get(key) if key is not None else None
+    if steps is not None:
+        schedule_counts["reused"] += 1
+    else:
+        schedule_counts["made"] += 1
+        steps = _plan(scheduler.schedule(), scheduler.nodes, externals)
+        if key is not None:
+            if len(_plans) >= MAX_PLANS:
+                del _plans[next(iter(_plans))]
+            _plans[key] = steps
+    scheduled = time.perf_counter()
+    run_plan(steps, scheduler.nodes, externals)
+    realize_seconds["schedule"] += scheduled - start
+    realize_seconds["run"] += time.perf_counter() - scheduled
 
 
 def to_numpy(lb: LazyBuffer) -> np.ndarray:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from lazygrad.codegen.kernel_ast import KernelOp
-from lazygrad.graph import LazyBuffer
+from lazygrad.graph import LazyBuffer, const_key
 from lazygrad.ops import ELEMENTWISE, REDUCE, AstOp, Op, zero
 from lazygrad.shape import ShapeTracker
 
@@ -67,33 +67,45 @@ class Scheduler:
         self.targets = [t.base for t in targets]
         self.realize: dict = {}  # id(base) -> reason
         while True:
-            self.nodes: list = []  # unrealized bases, sources first
-            self.consumers: dict = {}  # id(base) -> set of consumer ids
-            self._collect()
+            self.nodes: list = self._collect()  # unrealized bases, sources first
             stale = self._stale_readers()
             if not stale:
                 break
             self.targets += stale
         self.by_id = {id(n): n for n in self.nodes}
+        self._consumers = None
+
+    @property
+    def consumers(self) -> dict:
+        """id(base) -> ids of the scheduled nodes that read it (made when a schedule is made, not on reuse)."""
+        if self._consumers is None:
+            consumers: dict = {}
+            for node in self.nodes:
+                for src in node.srcs:
+                    consumers.setdefault(id(src.base), set()).add(id(node))
+            self._consumers = consumers
+        return self._consumers
 
     # --- graph walk -------------------------------------------------------------------------------
-    def _collect(self):
-        seen = set()
+    def _collect(self) -> list:
+        """The unrealized bases the targets need, each after its sources (iterative depth-first)."""
+        nodes, seen = [], set()
         stack = [(t, False) for t in reversed(self.targets)]
+        pop, push, add = stack.pop, stack.append, seen.add
         while stack:
-            node, done = stack.pop()
+            node, done = pop()
             if done:
-                self.nodes.append(node)
+                nodes.append(node)
                 continue
             if id(node) in seen or node.buffer is not None:
                 continue
-            seen.add(id(node))
-            stack.append((node, True))
+            add(id(node))
+            push((node, True))
             for src in node.srcs:
-                base = src.base
-                self.consumers.setdefault(id(base), set()).add(id(node))
+                base = src if src._base is None else src._base
                 if base.buffer is None and id(base) not in seen:
-                    stack.append((base, False))
+                    push((base, False))
+        return nodes
 
     def _stale_readers(self) -> list:
         """Lazy values that read a buffer an assign here overwrites, and that will still be wanted after
@@ -107,18 +119,78 @@ class Scheduler:
         wanted = {id(t) for t in self.targets}
         reads_old, stale = {id(n.arg) for n in assigns}, []
         for node in self.nodes:
-            if node.op is assign or not any(id(s.base) in reads_old for s in node.srcs):
+            if node.op is assign:
+                continue
+            for src in node.srcs:
+                if id(src if src._base is None else src._base) in reads_old:
+                    break
+            else:
                 continue
             reads_old.add(id(node))
-            if id(node) not in wanted and (len(node.holders) or any(id(r) not in collected for r in node.readers)):
+            if id(node) in wanted:
+                continue
+            holders, readers = node._holders, node._readers
+            if (holders is not None and holders.any_alive()) or (
+                readers is not None and readers.any_alive(outside=collected)
+            ):
                 stale.append(node)
         for a in assigns:  # readers of the target itself that this schedule does not reach
-            stale += [
-                r
-                for r in a.arg.readers
-                if r.buffer is None and id(r) not in collected and not (r.op is Op.ASSIGN and r.arg is a.arg)
-            ]
+            target, readers = a.arg, a.arg._readers
+            for ref in readers.refs if readers is not None else ():
+                r = ref()
+                if r is not None and r.buffer is None and id(r) not in collected:
+                    if not (r.op is assign and r.arg is target):
+                        stale.append(r)
         return stale
+
+    # --- structure: when two graphs get the same schedule ---------------------------------------------
+    def structure(self) -> tuple:
+        """(key, externals): a hashable description of everything the schedule depends on, and the realized
+        bases the graph reads, in first-read order.
+
+        The key lists every unrealized base (sources first) as its op, shape, dtype, device, arg (constants by
+        value, an assign's target and every source by position: a node's index, or -1 - an external's index)
+        and the movement ops it reads each source through; then the targets; then the externals' shapes,
+        dtypes and devices. Two graphs with equal keys are the same graph up to which buffers they read and
+        which host data they upload, so the schedule made for one, its kernels and launch order, is right for
+        the other. What the schedule also depends on outside the graph (which lazy values tensors still hold,
+        `_stale_readers`) is already decided here: it is in the targets. The key is None when an arg is not
+        hashable (nothing is then reused)."""
+        index = {id(n): i for i, n in enumerate(self.nodes)}  # then the externals, as -1 - their position
+        externals: list = []
+
+        def ref(base) -> int:
+            position = index.get(id(base))
+            if position is None:
+                position = index[id(base)] = -1 - len(externals)
+                externals.append(base)
+            return position
+
+        const, assign, host = Op.CONST, Op.ASSIGN, Op.HOST  # read once: Enum class attributes are slow to read
+        parts = []
+        for node in self.nodes:
+            op = node.op
+            if op is const:
+                arg = const_key(node.arg)
+            elif op is assign:
+                arg = ref(node.arg)
+            elif op is host:
+                arg = None  # the data is bound per run, like a buffer
+            else:
+                arg = node.arg
+            srcs = []
+            for src in node.srcs:
+                base = src if src._base is None else src._base
+                position = index.get(id(base))
+                srcs.append((ref(base) if position is None else position, src.movement))
+            parts.append((op, node.shape, node.dtype, node.device, arg, tuple(srcs)))
+        targets = tuple(index.get(id(t)) for t in self.targets)
+        key = (tuple(parts), targets, tuple((e.shape, e.dtype, e.device) for e in externals))
+        try:
+            hash(key)
+        except TypeError:
+            return None, externals
+        return key, externals
 
     # --- what gets a buffer ----------------------------------------------------------------------
     def decide(self):

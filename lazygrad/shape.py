@@ -29,6 +29,7 @@ def shape_from_args(shape) -> tuple:
     return shape
 
 
+@functools.lru_cache(maxsize=4096)  # a handful of shapes recur in every step of a training loop
 def contiguous_strides(shape: tuple) -> tuple:
     strides, acc = [], 1
     for s in reversed(shape):
@@ -43,6 +44,13 @@ class View:
     strides: tuple
     offset: int = 0
     mask: tuple | None = None  # ((start, end), ...) per dim, or None when every element is real
+
+    def __hash__(self):  # cached: views are keys of the graph's movement cache, looked up on every view made
+        cached = self.__dict__.get("_hash")
+        if cached is None:
+            cached = hash((self.shape, self.strides, self.offset, self.mask))
+            object.__setattr__(self, "_hash", cached)
+        return cached
 
     @staticmethod
     def create(shape, strides=None, offset=0, mask=None) -> View:
@@ -227,13 +235,29 @@ class View:
         return expr, all_of(valid)
 
 
+_CONTIGUOUS: dict = {}  # shape -> its contiguous ShapeTracker (immutable, so shared)
+
+
 @dataclass(frozen=True)
 class ShapeTracker:
     views: tuple  # of View; the last one is the shape seen by the user
 
+    def __hash__(self):  # cached, as View's
+        cached = self.__dict__.get("_hash")
+        if cached is None:
+            cached = hash(self.views)
+            object.__setattr__(self, "_hash", cached)
+        return cached
+
     @staticmethod
     def contiguous(shape) -> ShapeTracker:
-        return ShapeTracker((View.create(shape),))
+        shape = tuple(shape)
+        tracker = _CONTIGUOUS.get(shape)
+        if tracker is None:
+            tracker = ShapeTracker((View.create(shape),))
+            if len(_CONTIGUOUS) < 4096:  # every new base of a training loop's few shapes: built once
+                _CONTIGUOUS[shape] = tracker
+        return tracker
 
     @property
     def shape(self) -> tuple:

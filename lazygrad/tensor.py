@@ -41,7 +41,7 @@ class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps):
         # the base remembers the tensors that hold it: an assign must not leave them to be computed later
         # from overwritten memory (see schedule.Scheduler)
         self._lazydata = lb
-        lb.base.holders.add(self)
+        lb.hold(self)
 
     __array_priority__ = 1000  # numpy defers to our reflected operators
     # in-place updates under autograd: the count of them, and the tensor as it was before each (see _inplace)
@@ -85,27 +85,42 @@ class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps):
 
     # --- the two doors to the graph -----------------------------------------------------------------
     def _primitive(self, op: str, *others: Tensor, arg=None, dtype: DType | None = None) -> Tensor:
-        srcs = (self, *others)
-        devices = {t.device for t in srcs}
-        if len(devices) > 1:
-            raise RuntimeError(f"Expected all tensors to be on the same device, but found {sorted(devices)} ({op})")
+        lb = self._lazydata
+        for t in others:
+            if t._lazydata.device != lb.device:
+                devices = sorted({t.device for t in (self, *others)})
+                raise RuntimeError(f"Expected all tensors to be on the same device, but found {devices} ({op})")
         if op in REDUCE:
-            lb = self.lazydata.reduce(op, arg)
+            out = lb.reduce(op, arg)
         else:
-            lb = self.lazydata.alu(op, *(t.lazydata for t in others), arg=arg, dtype=dtype)
-        return self._record(Tensor(lb), op, srcs, arg)
+            out = lb.alu(op, *(t._lazydata for t in others), arg=arg, dtype=dtype)
+        return self._record(Tensor._wrap(out), op, (self, *others), arg)
 
     def _movement(self, op: str, arg) -> Tensor:
-        lb = getattr(self.lazydata, op)(arg)
-        if lb is self.lazydata:
+        lb = getattr(self._lazydata, op)(arg)
+        if lb is self._lazydata:
             return self
-        out = self._record(Tensor(lb), op, (self,), arg)
+        out = self._record(Tensor._wrap(lb), op, (self,), arg)
         out._view_of = (self, op, arg)  # so that an in-place update of the view writes through (_inplace)
         return out
 
     @staticmethod
+    def _wrap(lb: LazyBuffer) -> Tensor:
+        """Tensor(lb) for the graph's own results: what __init__ does for a LazyBuffer, without its checks (this
+        runs for every op the frontend builds)."""
+        out = Tensor.__new__(Tensor)
+        out.lazydata = lb
+        out.grad, out._ctx, out._retains_grad, out.requires_grad = None, None, False, False
+        return out
+
+    @staticmethod
     def _record(out: Tensor, op: str, inputs: tuple, arg) -> Tensor:
-        if autograd.is_grad_enabled() and any(t.requires_grad for t in inputs) and op in autograd.RULES:
+        for t in inputs:
+            if t.requires_grad:
+                break
+        else:
+            return out
+        if autograd.is_grad_enabled() and op in autograd.RULES:
             if op != Op.CAST or out.dtype.is_float:
                 out.requires_grad = True
                 out._ctx = autograd.Context(op, inputs, arg, out.shape, tuple(t._version for t in inputs))
@@ -114,19 +129,19 @@ class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps):
     # --- properties ---------------------------------------------------------------------------------
     @property
     def shape(self) -> tuple:
-        return self.lazydata.shape
+        return self._lazydata.shape
 
     @property
     def dtype(self) -> DType:
-        return self.lazydata.dtype
+        return self._lazydata.dtype
 
     @property
     def device(self) -> str:
-        return self.lazydata.device
+        return self._lazydata.device
 
     @property
     def ndim(self) -> int:
-        return len(self.shape)
+        return len(self._lazydata.shape)
 
     def dim(self) -> int:
         return self.ndim
@@ -445,8 +460,9 @@ def _to_numpy_nested(data, dtype) -> np.ndarray:
 
 def realize(*tensors: Tensor) -> None:
     """Computes several tensors in one schedule (so their kernels can share work)."""
+    const = Op.CONST  # read once: an Enum class attribute is slow to read in Python 3.11
     for t in tensors:
-        if t.lazydata.base.op == Op.CONST:
+        if t._lazydata.base.op is const:
             # a constant is one shared node: the tensor gets memory of its own, which it may later overwrite
             t.lazydata = t.lazydata.contiguous()
     runtime.realize([t.lazydata for t in tensors])

@@ -11,6 +11,7 @@ holds) or an elementwise `Op`.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from lazygrad.dtype import DType
@@ -43,6 +44,8 @@ class KernelOp:
                 continue
             if hash(a) != hash(b) or (a.op, a.arg, a.dtype, len(a.srcs)) != (b.op, b.arg, b.dtype, len(b.srcs)):
                 return False
+            if a.op is AstOp.CONST and a.arg[0] == 0 and _signed_zero(a.arg[0]) != _signed_zero(b.arg[0]):
+                return False  # 0.0 == -0.0, but not as a kernel's constant (1 / x tells them apart)
             compared.add((id(a), id(b)))
             stack.extend(zip(a.srcs, b.srcs))
         return True
@@ -79,3 +82,7 @@ class KernelOp:
             arg = (arg[0], [(v.shape, v.strides, v.offset, v.mask) for v in arg[1].views])
         head = f"{pad}{self.op} {self.dtype.name if self.dtype else ''} {arg if arg is not None else ''}"
         return "\n".join([head] + [s.describe(depth + 1) for s in self.srcs])
+
+
+def _signed_zero(value) -> bool:
+    return isinstance(value, float) and math.copysign(1.0, value) < 0

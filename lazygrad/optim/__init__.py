@@ -120,7 +120,14 @@ class Optimizer:
     def hyperparameter(self, group_index: int, name: str, like: Tensor) -> Tensor:
         """A 0-d view of one device hyperparameter of a group, in like's dtype."""
         state = self.group_state[group_index]
-        value = state["hyperparameters"][state["names"].index(name)]
+        buffer = state["hyperparameters"]
+        # the view is made once per buffer (indexing costs more than the rest of an eager update); it reads the
+        # buffer's memory, which a changed hyperparameter overwrites in place
+        views = state.setdefault("views", {})
+        cached = views.get(name)
+        if cached is None or cached[0] is not buffer.lazydata:
+            cached = views[name] = (buffer.lazydata, buffer[state["names"].index(name)])
+        value = cached[1]
         return value if value.dtype == like.dtype else value.cast(like.dtype)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
