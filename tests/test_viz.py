@@ -41,12 +41,13 @@ def require(tool: str | None, name: str, package: str):
         pytest.skip(message)
 
 
-def open_in_browser(page, tmp_path, screenshot=None) -> tuple[str, list]:
-    """(the DOM after the page's script ran, the console messages) of a page opened in headless Chromium."""
+def open_in_browser(page, tmp_path, screenshot=None, fragment="") -> tuple[str, list]:
+    """(the DOM after the page's script ran, the console messages) of a page opened in headless Chromium; a
+    fragment such as "#k3" opens that item's section, as a click on it does."""
     require(CHROMIUM, "chromium", "chromium")
     flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path / 'chromium'}"]
     result = subprocess.run(
-        [*flags, "--enable-logging=stderr", "--v=0", "--dump-dom", page.as_uri()],
+        [*flags, "--enable-logging=stderr", "--v=0", "--dump-dom", page.as_uri() + fragment],
         capture_output=True,
         text=True,
         timeout=180,
@@ -126,8 +127,8 @@ def captured(step, monkeypatch, page):
     return capture, profile, recorder
 
 
-def check_page_against_profile_and_scheduler(page, tmp_path, profile, recorder, screenshot=None):
-    dom, console = open_in_browser(page, tmp_path, screenshot)
+def check_page_against_profile_and_scheduler(page, tmp_path, profile, recorder, screenshot=None, fragment=""):
+    dom, console = open_in_browser(page, tmp_path, screenshot, fragment)
     assert console == [], "the page wrote to the console:\n" + "\n".join(console)
     assert 'data-rendered="yes"' in dom, "the page's script did not run to its end"
     data = embedded_data(dom)
@@ -167,9 +168,19 @@ def test_a_convnet_steps_page_renders_in_a_browser_and_agrees_with_the_profile_a
     step()  # compile once: the captured step then shows launches, and compilations count 0
     page = tmp_path / "convnet.html"
     capture, profile, recorder = captured(step, monkeypatch, page)
-    _, data = check_page_against_profile_and_scheduler(page, tmp_path, profile, recorder)
+    merged = next(
+        i for i, r in enumerate(capture.items) if len(r["outputs"]) > 1
+    )  # the optimizer's kernels have several
+    dom, data = check_page_against_profile_and_scheduler(page, tmp_path, profile, recorder, fragment=f"#k{merged}")
+    # the section the fragment opened was filled in by the script: outputs with reasons, options, its graph
+    section = dom.split(f'<details id="k{merged}"', 1)[1].split("</details>", 1)[0]
+    assert section.startswith(" open") or ' open=""' in section.split(">", 1)[0]
+    for reason in (o["reason"] for o in data["items"][merged]["outputs"]):
+        assert html.escape(reason, quote=False) in section
+    assert "options (the code generator" in section and "show generated source" in section
+    if shutil.which("dot"):
+        assert "<svg" in section
     kernels = [r for r in data["items"] if r["kind"] == "kernel"]
-    assert any(len(r["outputs"]) > 1 for r in kernels), "the optimizer's kernels store several outputs"
     assert {"output", "shared"} <= {r["reason"] for r in kernels}
     for record in kernels:
         assert data["sources"][record["name"]], "each kernel's source is in the page"
