@@ -460,7 +460,7 @@ def _run_item(item: ScheduleItem):
     sizes = tuple(b.size for b in buffers)
     entry = get_kernel(item.ast, dtypes, node.device, sizes)
     timed = _timing_wanted()
-    start = time.perf_counter()
+    start = time.perf_counter() if timed else 0.0
     seconds = entry.kernel([b.handle for b in buffers], wait=timed)
     for out, buffer in zip(item.outputs, outputs):
         out.buffer = buffer
