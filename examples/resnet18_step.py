@@ -2,6 +2,9 @@
 
     python examples/resnet18_step.py --weights none --batch-size 1 --image-size 64 --steps 1
 
+With --viz step.html, the first training step is captured as a page of its kernels and why they fused
+(docs/viz.md); with --trace step.json, as a Chrome trace (open it in https://ui.perfetto.dev or chrome://tracing).
+
 Everything is lazy: a phase's time is the time of what it computed. The forward phase computes the prediction (to
 show it); backward() only adds the gradient graph, so the optimizer step is where the backward pass and the update
 run, fused into one schedule. The first step includes compiling the kernels; later steps reuse them.
@@ -11,9 +14,10 @@ from __future__ import annotations
 
 import argparse
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
 import lazygrad
+import lazygrad.viz
 from lazygrad.models import resnet18
 from lazygrad.optim import SGD
 
@@ -50,6 +54,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=1, help="training steps before predicting again")
+    parser.add_argument(
+        "--viz", metavar="PAGE.html", help="write the first step's kernels and fusion reasons as a page"
+    )
+    parser.add_argument("--trace", metavar="TRACE.json", help="write the first step's timeline as a Chrome trace")
     args = parser.parse_args()
 
     lazygrad.manual_seed(0)
@@ -63,20 +71,30 @@ def main() -> None:
     optim = None
     for step in range(1, args.steps + 1):
         print(f"training step {step}:")
-        with phase("forward: prediction = model(data)"):
-            prediction = model(data).realize()
-        print(f"  prediction shape: {tuple(prediction.shape)}")
-        with phase("loss = (prediction - labels).sum()"):
-            loss = (prediction - labels).sum()
-            loss_value = loss.item()
-        print(f"  loss: {loss_value:.4f}")
-        with phase("loss.backward() (builds the graph)"):
-            loss.backward()
-        if optim is None:
-            optim = SGD(model.parameters(), lr=1e-2, momentum=0.9)
-        with phase("optim.step() (backward + update)"):
-            optim.step()
-        optim.zero_grad()
+        with ExitStack() as recording:
+            if step == 1 and args.viz:
+                viz = recording.enter_context(lazygrad.viz.capture(args.viz))
+            if step == 1 and args.trace:
+                trace = recording.enter_context(lazygrad.profile())
+            with phase("forward: prediction = model(data)"):
+                prediction = model(data).realize()
+            print(f"  prediction shape: {tuple(prediction.shape)}")
+            with phase("loss = (prediction - labels).sum()"):
+                loss = (prediction - labels).sum()
+                loss_value = loss.item()
+            print(f"  loss: {loss_value:.4f}")
+            with phase("loss.backward() (builds the graph)"):
+                loss.backward()
+            if optim is None:
+                optim = SGD(model.parameters(), lr=1e-2, momentum=0.9)
+            with phase("optim.step() (backward + update)"):
+                optim.step()
+            optim.zero_grad()
+        if step == 1 and args.viz:
+            print(f"  wrote {args.viz}: {viz.profile.kernels} kernels")
+        if step == 1 and args.trace:
+            trace.export_chrome_trace(args.trace)
+            print(f"  wrote {args.trace}: {len(trace.events)} events")
 
     print("predict again:")
     with phase("forward: prediction = model(data)"):

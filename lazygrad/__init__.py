@@ -4,7 +4,9 @@ Operations build a graph; nothing runs until a value is needed. Then the graph i
 kernels, compiled to OpenCL C or LLVM IR, cached and run.
 """
 
+from lazygrad import config as _config
 from lazygrad import dtype as dtypes
+from lazygrad import viz
 from lazygrad.autograd import enable_grad, is_grad_enabled, no_grad
 from lazygrad.device import Device
 from lazygrad.dtype import (
@@ -90,6 +92,7 @@ __all__ = [
     "manual_seed",
     "grad",
     "jit",
+    "viz",
     "bool_",
     "float16",
     "float32",
@@ -100,3 +103,6 @@ __all__ = [
     "int64",
     "uint8",
 ]
+
+if _config.VIZ:
+    viz.capture_whole_program(_config.VIZ)

@@ -36,3 +36,5 @@ LLVM_CPU = os.environ.get("LAZYGRAD_LLVM_CPU", "").strip()
 # gpu: the OpenCL backend generates the kernels a GPU gets (scalar code, work-group reductions) on any
 # device, e.g. PoCL on a CPU, so that GPU-shaped code is tested without a GPU
 OPENCL_PROFILE = os.environ.get("LAZYGRAD_OPENCL_PROFILE", "").strip().lower()
+# a path: write the lazygrad.viz page of everything the program computed (kernels, fusion reasons) when it exits
+VIZ = os.environ.get("LAZYGRAD_VIZ", "").strip()

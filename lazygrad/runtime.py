@@ -22,7 +22,7 @@ from lazygrad.codegen.serialize import ProgramFormatError, decode_program, encod
 from lazygrad.codegen.verify import verify
 from lazygrad.graph import LazyBuffer
 from lazygrad.ops import ELEMENTWISE, AstOp, Op
-from lazygrad.schedule import ItemKind, Scheduler
+from lazygrad.schedule import ItemKind, ScheduleItem, Scheduler
 from lazygrad.shape import prod
 
 
@@ -129,6 +129,22 @@ class KernelLaunch:
     seconds: float
     flops: int = 0
     bytes: int = 0
+    start: float = 0.0  # time.perf_counter() when it was launched (the host's clock): where a trace places it
+    device: str = ""
+    global_size: tuple = ()  # the program's global ranges, outermost first
+    local_size: int = 1  # work-items per point of the global ranges (a work-group sharing a reduce)
+
+
+@dataclass
+class TraceEvent:
+    """One span of a profile's timeline: a kernel, a copy, a compilation or a schedule being run."""
+
+    kind: str  # "kernel" | "copy" | "compile" | "schedule"
+    name: str
+    track: str  # the queue or thread it ran on: "<device>" for kernels, "<device> copies", "host"
+    start: float  # time.perf_counter()
+    seconds: float
+    args: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -139,6 +155,9 @@ class Profile:
     compile_seconds: float = 0.0
     launches: list = field(default_factory=list)
     timed: bool = True
+    # the timeline (timed profiles only): every launch, copy, compilation and schedule, in the order they ended
+    events: list = field(default_factory=list)
+    started: float = field(default_factory=time.perf_counter)
 
     def __str__(self) -> str:
         rows = [f"{'kernel':<40} {'ms':>9} {'GFLOP/s':>9} {'GB/s':>8}"]
@@ -153,6 +172,16 @@ class Profile:
         )
         return "\n".join(rows)
 
+    def export_chrome_trace(self, path) -> None:
+        """Write the timeline as a Chrome trace (JSON, the Trace Event Format; opens in Perfetto and
+        chrome://tracing): one track per device queue, one per device's copies, and the host's (schedules,
+        with the compilations inside them). PyTorch's name: `torch.profiler.profile.export_chrome_trace`."""
+        from lazygrad.viz.trace import write_chrome_trace
+
+        if not self.timed:
+            raise ValueError("profile(timed=False) records no times and no timeline; use profile() to export a trace")
+        write_chrome_trace(self, path)
+
 
 _profiles: list = []
 
@@ -164,12 +193,16 @@ class profile:
         self.p = Profile(timed=timed)
 
     def __enter__(self) -> Profile:
+        self.p.started = time.perf_counter()
         _profiles.append(self.p)
         return self.p
 
     def __exit__(self, *exc):
         _profiles.remove(self.p)
         return False
+
+    def export_chrome_trace(self, path) -> None:
+        self.p.export_chrome_trace(path)
 
 
 def _timing_wanted() -> bool:
@@ -180,14 +213,44 @@ def profiling_active() -> bool:
     return bool(_profiles) or config.DEBUG >= 1
 
 
-def note_launch(entry, seconds: float) -> None:
-    """Count a kernel launched outside a schedule (a JIT replay)."""
-    launch = KernelLaunch(entry.kernel.name, seconds or 0.0, entry.flops, entry.bytes)
+def note_launch(entry, seconds: float, start: float | None = None) -> KernelLaunch:
+    """Count a kernel launched (by a schedule, or by a JIT replay, which knows only its duration)."""
+    seconds = seconds or 0.0
+    program = entry.kernel.program
+    launch = KernelLaunch(
+        entry.kernel.name,
+        seconds,
+        entry.flops,
+        entry.bytes,
+        time.perf_counter() - seconds if start is None else start,
+        entry.device,
+        tuple(program.global_size),
+        program.local_size,
+    )
     for p in _profiles:
         p.kernels += 1
         p.launches.append(launch)
+        if p.timed:
+            args = {"flops": launch.flops, "bytes": launch.bytes, "global_size": list(launch.global_size)}
+            if launch.local_size > 1:
+                args["local_size"] = launch.local_size
+            p.events.append(TraceEvent("kernel", launch.name, launch.device, launch.start, seconds, args))
     if config.DEBUG >= 1:
-        print(f"  {launch.name:<44} {launch.seconds * 1e3:8.3f} ms  (replay)")
+        print(f"  {launch.name:<44} {launch.seconds * 1e3:8.3f} ms{'  (replay)' if start is None else ''}")
+    return launch
+
+
+def _note_event(kind: str, name: str, track: str, start: float, args: dict) -> None:
+    """A copy, compilation or schedule, on the timeline of every timed profile."""
+    event = TraceEvent(kind, name, track, start, time.perf_counter() - start, args)
+    for p in _profiles:
+        if p.timed:
+            p.events.append(event)
+
+
+# what lazygrad.viz listens with while a capture is open: `schedule(items)` before a schedule runs (its graph is
+# still there), `kernel(item, entry, launch)` after each kernel of it ran (launch: a KernelLaunch, None untimed)
+OBSERVERS: list = []
 
 
 # JIT captures in progress (lazygrad.jit): each records the kernels launched while it is active
@@ -209,6 +272,7 @@ class CompiledEntry:
     kernel: object
     flops: int
     bytes: int
+    device: str = ""
 
 
 _kernel_cache: dict = {}
@@ -259,8 +323,10 @@ def get_kernel(ast, buffer_dtypes: tuple, device: str, sizes: tuple) -> Compiled
     for p in _profiles:
         p.compiled += 1
         p.compile_seconds += seconds
+    if _profiles:
+        _note_event("compile", f"compile {name}", "host", t0, {"kernel": name, "device": device})
     flops, nbytes = _estimate_cost(ast, buffer_dtypes, sizes, nest)
-    entry = CompiledEntry(kernel, flops, nbytes)
+    entry = CompiledEntry(kernel, flops, nbytes, device)
     _kernel_cache[key] = entry
     return entry
 
@@ -386,10 +452,12 @@ def _plan(items: list, nodes: list, externals: list) -> list:
 def run_schedule(items: list) -> None:
     """Run schedule items (from create_schedule) over the nodes they name."""
     nodes = list({id(n): n for item in items for n in (*item.outputs, *item.inputs)}.values())
-    run_plan(_plan(items, nodes, []), nodes, [])
+    run_plan(_plan(items, nodes, []), nodes, [], items)
 
 
-def run_plan(steps: list, nodes: list, externals: list) -> None:
+def run_plan(steps: list, nodes: list, externals: list, items: list | None = None) -> None:
+    """Run a plan's steps over the nodes and externals of a graph of its structure. `items`, the schedule the
+    plan was made from (a graph scheduled now, not a reused plan), goes to the observers (lazygrad.viz)."""
     if _plan_kernel_cache[0] is not _kernel_cache:  # a test replaced the kernel cache: compile again
         _plan_kernel_cache[0] = _kernel_cache
         _kernel_generation[0] += 1
@@ -399,20 +467,27 @@ def run_plan(steps: list, nodes: list, externals: list) -> None:
             node = nodes[step.outputs[0]]
             outs = f" (+{len(step.outputs) - 1} outputs)" if len(step.outputs) > 1 else ""
             print(f"  {step.kind:6} {node.op:10} {str(node.shape):24} {step.reason}{outs}")
-    for step in steps:
+    if items is not None:
+        for observer in OBSERVERS:
+            observer.schedule(items)
+    start = time.perf_counter() if _profiles else 0.0
+    for number, step in enumerate(steps):
         outputs = [nodes[i] for i in step.outputs]
         inputs = [nodes[i] if i >= 0 else externals[-1 - i] for i in step.inputs]
-        _run_step(step, outputs, inputs)
+        _run_step(step, outputs, inputs, items[number] if items is not None else None)
         for out in outputs:
             _release_graph(out)
+    if _profiles:
+        _note_event("schedule", f"schedule ({len(steps)} items)", "host", start, {"items": len(steps)})
 
 
-def _run_step(step: PlanStep, outputs: list, inputs: list):
+def _run_step(step: PlanStep, outputs: list, inputs: list, item: ScheduleItem | None):
     node = outputs[0]
     if step.kind is ItemKind.HOST:
+        start = time.perf_counter()
         node.buffer = Buffer(node.device, node.size, node.dtype)
         node.buffer.copy_in(np.ascontiguousarray(node.arg))
-        _count_copy()
+        _count_copy("copy host -> device", node.device, node.buffer.nbytes, start)
         return
     if step.kind is ItemKind.COPY:
         if CAPTURES:
@@ -421,10 +496,11 @@ def _run_step(step: PlanStep, outputs: list, inputs: list):
                 RuntimeWarning,
                 stacklevel=3,
             )
+        start = time.perf_counter()
         data = inputs[0].buffer.to_numpy()
         node.buffer = Buffer(node.device, node.size, node.dtype)
         node.buffer.copy_in(data)
-        _count_copy()
+        _count_copy(f"copy {inputs[0].device} -> {node.device}", node.device, node.buffer.nbytes, start)
         return
     if node.size == 0:
         for out in outputs:
@@ -443,21 +519,28 @@ def _run_step(step: PlanStep, outputs: list, inputs: list):
         entry = step.entry = get_kernel(step.ast, dtypes, node.device, sizes)
         step.entry_generation = _kernel_generation[0]
     timed = _timing_wanted()
+    start = time.perf_counter() if timed else 0.0
     seconds = entry.kernel([b.handle for b in buffers], wait=timed)
     for out, buffer in zip(outputs, buffers):
         out.buffer = buffer
     for capture in CAPTURES:  # the JIT gives the buffers this launch allocated a fresh one per replay
         capture.record(entry, buffers, [b for out, b in zip(outputs, buffers) if out.op is not assign])
+    launch = None
     if timed:
-        note_launch(entry, seconds)
+        launch = note_launch(entry, seconds, start)
     else:
         for p in _profiles:
             p.kernels += 1
+    if item is not None:
+        for observer in OBSERVERS:
+            observer.kernel(item, entry, launch)
 
 
-def _count_copy():
+def _count_copy(name: str = "copy", device: str = "", nbytes: int = 0, start: float | None = None):
     for p in _profiles:
         p.copies += 1
+    if _profiles and start is not None:
+        _note_event("copy", name, f"{device} copies", start, {"bytes": nbytes})
 
 
 def _release_graph(node: LazyBuffer):
@@ -476,18 +559,21 @@ def realize(lazybuffers: list) -> None:
     start = time.perf_counter()
     scheduler = Scheduler(pending)
     key, externals = scheduler.structure()
-    steps = _plans.get(key) if key is not None else None
+    # an observer (lazygrad.viz) is shown the schedule with its graph and reasons, so it is made again
+    steps = _plans.get(key) if key is not None and not OBSERVERS else None
+    items = None
     if steps is not None:
         schedule_counts["reused"] += 1
     else:
         schedule_counts["made"] += 1
-        steps = _plan(scheduler.schedule(), scheduler.nodes, externals)
+        items = scheduler.schedule()
+        steps = _plan(items, scheduler.nodes, externals)
         if key is not None:
             if len(_plans) >= MAX_PLANS:
                 del _plans[next(iter(_plans))]
             _plans[key] = steps
     scheduled = time.perf_counter()
-    run_plan(steps, scheduler.nodes, externals)
+    run_plan(steps, scheduler.nodes, externals, items)
     realize_seconds["schedule"] += scheduled - start
     realize_seconds["run"] += time.perf_counter() - scheduled
 
@@ -500,6 +586,7 @@ def to_numpy(lb: LazyBuffer) -> np.ndarray:
     base = lb.base
     if base.size == 0:
         return np.zeros(lb.shape, dtype=lb.dtype.np)
+    start = time.perf_counter()
     data = base.buffer.to_numpy()
-    _count_copy()
+    _count_copy(f"copy {base.device} -> host", base.device, base.buffer.nbytes, start)
     return data.reshape(lb.shape)

@@ -56,6 +56,8 @@ class ScheduleItem:
     outputs: list = field(default_factory=list)  # every base this item realizes
     fused: set = field(default_factory=set)  # ids of the unrealized bases computed inside the kernel
     reduces: set = field(default_factory=set)  # ids of the reduce nodes among them (at most one)
+    # per output: why it has a buffer, and for the outputs after the first, why it is stored by this kernel
+    output_reasons: list = field(default_factory=list)
 
     def __post_init__(self):
         if not self.outputs:
@@ -66,6 +68,7 @@ class Scheduler:
     def __init__(self, targets: list):
         self.targets = [t.base for t in targets]
         self.realize: dict = {}  # id(base) -> reason
+        self.joined: dict = {}  # id(base) -> why a merge made it an extra output of another base's kernel
         while True:
             self.nodes: list = self._collect()  # unrealized bases, sources first
             stale = self._stale_readers()
@@ -319,9 +322,9 @@ class Scheduler:
             stores.append(KernelOp(AstOp.STORE, (value,), (index, store_st), out.dtype))
         sink = KernelOp(AstOp.SINK, tuple(stores))
         reduces = {i for i in self._fused if self.by_id[i].op in REDUCE}
-        return ScheduleItem(
-            ItemKind.KERNEL, node, inputs, sink, self.realize.get(id(node), ""), outputs, self._fused, reduces
-        )
+        reasons = [self.realize.get(id(node), "")]
+        reasons += [f"{self.realize.get(id(m), '')}; {self.joined.get(id(m), 'merged')}" for m in members]
+        return ScheduleItem(ItemKind.KERNEL, node, inputs, sink, reasons[0], outputs, self._fused, reduces, reasons)
 
     def _assign_hazard(self, value: KernelOp, inputs: list, target: LazyBuffer) -> bool:
         if target not in inputs:
@@ -363,6 +366,8 @@ class Scheduler:
                 if candidate is None:
                     break
                 members = tuple(item.outputs[1:]) + tuple(candidate.outputs)
+                for o in candidate.outputs:
+                    self.joined.setdefault(id(o), "folded into its only reader")
                 new = self._kernel(item.output, members)
                 merged_away.add(id(candidate))
                 item.__dict__.update(new.__dict__)
@@ -401,6 +406,7 @@ class Scheduler:
             if not read or any(st is None or not st.contiguous_view for st in read):
                 continue
             members = (*source.outputs[1:], out)
+            self.joined[id(out)] = "computed in the loop of the kernel it reads"
             source.__dict__.update(self._kernel(source.output, members).__dict__)
             merged_away.add(id(item))
             producer_of[id(out)] = source
@@ -422,6 +428,8 @@ class Scheduler:
                 continue
             root = items[group[0]]
             members = tuple(root.outputs[1:]) + tuple(o for j in group[1:] for o in items[j].outputs)
+            for o in members:
+                self.joined.setdefault(id(o), "shares a loop with unread kernels of its size")
             root.__dict__.update(self._kernel(root.output, members).__dict__)
             merged_away.update(group[1:])
         return [item for i, item in enumerate(items) if i not in merged_away]

@@ -1,6 +1,7 @@
 # Sourced by scripts/example.sh and scripts/test.sh: everything a fresh Debian/Ubuntu machine needs.
 #
-#   1. system packages: PoCL, an OpenCL driver for the CPU, so the opencl backend runs without a GPU
+#   1. system packages: PoCL, an OpenCL driver for the CPU, so the opencl backend runs without a GPU;
+#      Graphviz (`dot`), which lays out lazygrad.viz's graphs, and Chromium, in which tests/test_viz.py opens them
 #   2. a virtual environment in .venv (inside the repo, ignored by git)
 #   3. torch==2.13.0 first, then lazygrad itself with its test and distributed extras, editable (distributed: mpi4py
 #      and MPICH from PyPI, whose mpiexec lands in .venv/bin; MPICH, unlike Open MPI, needs no flag to run as root)
@@ -17,6 +18,8 @@ say() { echo "[setup] $*"; }
 # ---- 1. system packages ----
 system_packages=()
 dpkg -s pocl-opencl-icd >/dev/null 2>&1 || system_packages+=(pocl-opencl-icd)
+command -v dot >/dev/null 2>&1 || system_packages+=(graphviz)
+command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || system_packages+=(chromium)
 # Debian's own python3 ships without ensurepip; `python3 -m venv` needs python3-venv there.
 if [ ! -x "$PYTHON" ] && ! python3 -c "import ensurepip, venv" >/dev/null 2>&1; then
     system_packages+=(python3-venv)
@@ -44,6 +47,11 @@ if [ ${#system_packages[@]} -gt 0 ]; then
         fi
     fi
 fi
+
+command -v dot >/dev/null 2>&1 ||
+    say "no Graphviz (dot): lazygrad.viz pages list the kernels without graphs; install the package graphviz"
+command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 ||
+    say "no Chromium: tests/test_viz.py cannot open the viz page (skipped; failed under CI); install chromium"
 
 # ---- 2. virtual environment ----
 if [ ! -x "$PYTHON" ]; then
