@@ -1,6 +1,6 @@
 """Neural-network modules with PyTorch's names: `from lazygrad import nn`, then nn.Conv2d, nn.functional, nn.init."""
 
-from lazygrad.nn import functional, init
+from lazygrad.nn import functional, init, utils
 from lazygrad.nn.layers import (
     AdaptiveAvgPool2d,
     AvgPool2d,
@@ -19,8 +19,14 @@ from lazygrad.nn.layers import (
     Sequential,
 )
 from lazygrad.nn.module import Module, Parameter
+from lazygrad.nn.transformer import GELU, Embedding, LayerNorm, MultiheadAttention, TransformerEncoderLayer
 
 __all__ = [
+    "TransformerEncoderLayer",
+    "MultiheadAttention",
+    "LayerNorm",
+    "GELU",
+    "Embedding",
     "AdaptiveAvgPool2d",
     "AvgPool2d",
     "BatchNorm2d",
@@ -40,4 +46,5 @@ __all__ = [
     "Sequential",
     "functional",
     "init",
+    "utils",
 ]

@@ -1,0 +1,107 @@
+"""lazygrad.models.gpt against the same GPT in PyTorch (tests/torch_gpt.py, nanoGPT's names), built from one state
+dict: logits, loss, every gradient, and the parameters after three AdamW steps with gradient clipping.
+
+Tolerance, per element: |lazygrad - torch32| <= 1e-3 * |torch32| + floor, where the floor of each tensor is 10x the
+largest difference between torch's own float32 and float64 runs of it. A float32 result near zero (a gradient that
+nearly cancels) carries an absolute error of the size of the float32 rounding of its larger terms, which no relative
+bound can hold; torch32-vs-torch64 measures exactly that error, and 10x allows for a different (equally valid)
+order of summation. Everything else is held to 1e-3 relative."""
+
+import copy
+
+import numpy as np
+import pytest
+
+import lazygrad
+from lazygrad.models.gpt import GPT, GPTConfig
+
+torch = pytest.importorskip("torch")
+from torch_gpt import TorchGPT  # noqa: E402
+
+CONFIG = dict(block_size=8, vocab_size=11, n_layer=2, n_head=2, n_embd=16)
+BATCH, STEPS, CLIP, LR, WEIGHT_DECAY, BETAS = 3, 3, 0.5, 3e-2, 0.1, (0.9, 0.95)
+
+
+def torch_run(model, idx, targets):
+    """logits, loss, gradients (by name) of one step, then the parameters after STEPS clipped AdamW steps."""
+    opt = model.configure_optimizers(WEIGHT_DECAY, LR, BETAS)
+    record = {}
+    for step in range(STEPS):
+        opt.zero_grad()
+        logits, loss = model(idx, targets)
+        loss.backward()
+        if step == 0:
+            record["logits"], record["loss"] = logits.detach().clone(), loss.detach().clone()
+            record["grads"] = {n: p.grad.detach().clone() for n, p in model.named_parameters()}
+        torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP)
+        opt.step()
+    record["params"] = {n: p.detach().clone() for n, p in model.named_parameters()}
+    return record
+
+
+def lazygrad_run(model, idx, targets):
+    opt = model.configure_optimizers(WEIGHT_DECAY, LR, BETAS)
+    record = {}
+    for step in range(STEPS):
+        opt.zero_grad()
+        logits, loss = model(idx, targets)
+        loss.backward()
+        if step == 0:
+            record["logits"], record["loss"] = logits.numpy(), loss.numpy()
+            record["grads"] = {n: p.grad.numpy() for n, p in model.named_parameters()}
+        lazygrad.nn.utils.clip_grad_norm_(model.parameters(), CLIP)
+        opt.step()
+    record["params"] = {n: p.numpy() for n, p in model.named_parameters()}
+    return record
+
+
+@pytest.fixture(scope="module")
+def runs():
+    torch.manual_seed(0)
+    reference = TorchGPT(**CONFIG)
+    state = {k: v.detach().clone() for k, v in reference.state_dict().items()}
+    rng = np.random.default_rng(0)
+    idx = rng.integers(0, CONFIG["vocab_size"], (BATCH, CONFIG["block_size"]))
+    targets = rng.integers(0, CONFIG["vocab_size"], (BATCH, CONFIG["block_size"]))
+    targets[0, :3] = -1  # ignored positions (nanoGPT's ignore_index)
+    model64 = copy.deepcopy(reference).double()
+    torch32 = torch_run(reference, torch.tensor(idx), torch.tensor(targets))
+    torch64 = torch_run(model64, torch.tensor(idx), torch.tensor(targets))
+    model = GPT(GPTConfig(**CONFIG, dropout=0.0, bias=True))
+    model.load_state_dict({k: v.numpy() for k, v in state.items()})
+    ours = lazygrad_run(model, lazygrad.tensor(idx), lazygrad.tensor(targets))
+    return ours, torch32, torch64
+
+
+def assert_agrees(name, ours, torch32, torch64):
+    expected = np.asarray(torch32, dtype=np.float64)
+    floor = 10 * np.abs(expected - np.asarray(torch64, dtype=np.float64)).max() + 1e-12
+    np.testing.assert_allclose(ours, expected, rtol=1e-3, atol=floor, err_msg=f"{name} (floor {floor:.2e})")
+
+
+def test_gpt_logits_and_loss_match_torch(runs):
+    ours, torch32, torch64 = runs
+    assert_agrees("logits", ours["logits"], torch32["logits"], torch64["logits"])
+    assert_agrees("loss", ours["loss"], torch32["loss"], torch64["loss"])
+
+
+def test_gpt_every_gradient_matches_torch_including_the_tied_embedding(runs):
+    ours, torch32, torch64 = runs
+    assert set(ours["grads"]) == set(torch32["grads"])  # one tied parameter, named as torch names it
+    for name in torch32["grads"]:
+        assert_agrees(f"grad {name}", ours["grads"][name], torch32["grads"][name], torch64["grads"][name])
+
+
+def test_gpt_parameters_after_three_clipped_adamw_steps_match_torch(runs):
+    ours, torch32, torch64 = runs
+    for name in torch32["params"]:
+        assert_agrees(f"param {name}", ours["params"][name], torch32["params"][name], torch64["params"][name])
+
+
+@pytest.mark.backend_independent
+def test_gpt_state_dict_has_nanogpt_names_and_both_tied_keys():
+    model = GPT(GPTConfig(**CONFIG))
+    keys = set(model.state_dict())
+    assert keys == set(TorchGPT(**CONFIG).state_dict())
+    assert "lm_head.weight" in keys and "transformer.wte.weight" in keys
+    assert model.lm_head.weight is model.transformer.wte.weight
