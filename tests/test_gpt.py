@@ -8,6 +8,8 @@ bound can hold; torch32-vs-torch64 measures exactly that error, and 10x allows f
 order of summation. Everything else is held to 1e-3 relative."""
 
 import copy
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,7 +18,8 @@ import lazygrad
 from lazygrad.models.gpt import GPT, GPTConfig
 
 torch = pytest.importorskip("torch")
-from torch_gpt import TorchGPT  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+from torch_gpt import TorchGPT  # noqa: E402  (examples/torch_gpt.py: the same GPT in PyTorch)
 
 CONFIG = dict(block_size=8, vocab_size=11, n_layer=2, n_head=2, n_embd=16)
 BATCH, STEPS, CLIP, LR, WEIGHT_DECAY, BETAS = 3, 3, 0.5, 3e-2, 0.1, (0.9, 0.95)
@@ -58,7 +61,7 @@ def lazygrad_run(model, idx, targets):
 @pytest.fixture(scope="module")
 def runs():
     torch.manual_seed(0)
-    reference = TorchGPT(**CONFIG)
+    reference = TorchGPT(**CONFIG, test_init=True)
     state = {k: v.detach().clone() for k, v in reference.state_dict().items()}
     rng = np.random.default_rng(0)
     idx = rng.integers(0, CONFIG["vocab_size"], (BATCH, CONFIG["block_size"]))
@@ -105,3 +108,29 @@ def test_gpt_state_dict_has_nanogpt_names_and_both_tied_keys():
     assert keys == set(TorchGPT(**CONFIG).state_dict())
     assert "lm_head.weight" in keys and "transformer.wte.weight" in keys
     assert model.lm_head.weight is model.transformer.wte.weight
+
+
+GENERATION_CONFIG = dict(block_size=104, vocab_size=11, n_layer=1, n_head=2, n_embd=16)
+
+
+def test_cached_generation_compiles_once_for_100_tokens_and_matches_full_forward():
+    lazygrad.manual_seed(0)
+    model = GPT(GPTConfig(**GENERATION_CONFIG)).eval()
+    prompt = np.array([[1, 2, 3, 4]], dtype=np.int64)
+    step = model.cached_step(batch=1, temperature=1.0, top_k=1)  # top_k=1: greedy, so the tokens are comparable
+    tokens, compiled_later, launched_later = list(prompt[0]), 0, 0
+    for position in range(len(tokens) + 100 - 1):
+        given = lazygrad.tensor(np.array([[tokens[position]]], dtype=np.int64))
+        with lazygrad.profile(timed=False) as p:
+            token = step(given, lazygrad.tensor([position], dtype=lazygrad.int64))
+            token = int(token.numpy()[0, 0])
+        if position > 0:
+            compiled_later += p.compiled
+            launched_later += p.kernels
+        if position >= len(tokens) - 1:
+            tokens.append(token)
+    assert compiled_later == 0, f"{compiled_later} kernels compiled after the first position"
+    assert launched_later > 0
+    # the same greedy continuation from the whole sequence, without the cache
+    full = model.generate(lazygrad.tensor(prompt), 4, top_k=1, use_cache=False).numpy()[0]
+    assert tokens[:8] == list(full), (tokens[:8], list(full))
