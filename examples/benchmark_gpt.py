@@ -5,8 +5,8 @@
 
 Training step: forward, cross-entropy, backward, clip_grad_norm_(1.0), AdamW (nanoGPT's two param groups), on a
 character vocabulary (96), from one state dict. lazygrad's step is jitted (after two calls it replays its kernels);
-PyTorch's is eager. Each is timed per step (the loss read to the host ends a step); the median of --steps steps
-after --warmup is printed, with the kernels lazygrad launches per step.
+PyTorch's is eager. Each is timed per step (the loss read to the host ends a step), the two alternating step by
+step; the median of --steps steps after --warmup is printed, with the kernels lazygrad launches per step.
 
 Generation: batch 1, a 1-token prompt, --tokens new tokens sampled with a key/value cache (lazygrad: the jitted
 fixed-size cache of lazygrad.models.gpt; PyTorch: examples/torch_gpt.py, a cache grown by concatenation), timed
@@ -33,13 +33,16 @@ from torch_gpt import TorchGPT  # noqa: E402
 VOCAB = 96
 
 
-def time_steps(step, batches, warmup: int, steps: int) -> list[float]:
-    times = []
-    for i, (x, y) in enumerate(batches[: warmup + steps]):
-        t0 = time.perf_counter()
-        step(x, y)
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
+def time_interleaved(steps: dict, batches: dict, warmup: int, count: int) -> dict[str, list[float]]:
+    """Per-step seconds of each framework, their steps alternating, so that load from other processes (a shared
+    machine) falls on both alike."""
+    times = {name: [] for name in steps}
+    for i in range(warmup + count):
+        for name, step in steps.items():
+            t0 = time.perf_counter()
+            step(*batches[name][i])
+            if i >= warmup:
+                times[name].append(time.perf_counter() - t0)
     return times
 
 
@@ -106,8 +109,13 @@ def main() -> None:
     t0 = time.perf_counter()
     lazygrad_step(*ours_batches[0])
     print(f"lazygrad first step (compiles): {time.perf_counter() - t0:.1f} s")
-    ours = time_steps(lazygrad_step, ours_batches, args.warmup, args.steps)
-    theirs = time_steps(torch_step, torch_batches, args.warmup, args.steps)
+    times = time_interleaved(
+        {"lazygrad": lazygrad_step, "torch": torch_step},
+        {"lazygrad": ours_batches, "torch": torch_batches},
+        args.warmup,
+        args.steps,
+    )
+    ours, theirs = times["lazygrad"], times["torch"]
     ours_ms, theirs_ms = statistics.median(ours) * 1e3, statistics.median(theirs) * 1e3
     print(f"training step, median of {args.steps}: lazygrad {ours_ms:.1f} ms, PyTorch eager {theirs_ms:.1f} ms")
     print(f"ratio lazygrad / PyTorch: {ours_ms / theirs_ms:.2f}; lazygrad kernels per step: {kernels[-1]}")
