@@ -56,6 +56,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--tokens", type=int, default=100)
+    parser.add_argument("--profile", type=int, default=0, help="print the N slowest kernels of one lazygrad step")
     parser.add_argument("--torch-threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     args = parser.parse_args()
     if args.torch_threads:
@@ -116,6 +117,10 @@ def main() -> None:
         args.steps,
     )
     ours, theirs = times["lazygrad"], times["torch"]
+    if args.profile:
+        with lazygrad.profile() as p:
+            jitted_step(*ours_batches[-1]).item()
+        print("\n".join(str(p).splitlines()[: args.profile + 1] + str(p).splitlines()[-1:]))
     ours_ms, theirs_ms = statistics.median(ours) * 1e3, statistics.median(theirs) * 1e3
     print(f"training step, median of {args.steps}: lazygrad {ours_ms:.1f} ms, PyTorch eager {theirs_ms:.1f} ms")
     print(f"ratio lazygrad / PyTorch: {ours_ms / theirs_ms:.2f}; lazygrad kernels per step: {kernels[-1]}")
