@@ -213,3 +213,10 @@ def test_weight_tying_sums_the_gradient_of_both_uses():
     check_same_output_and_grads(
         t_out, head(embedding(lazygrad.tensor(idx))), (t_embedding.weight,), (embedding.weight,)
     )
+
+
+@pytest.mark.parametrize("dim", [0, -1])
+def test_cumsum_forward_and_backward(dim):
+    # multinomial's cumulative distribution; cumsum used to sum the elements after each position
+    tx, x = pair(BATCH, LENGTH, WIDTH)
+    check_same_output_and_grads(tx.cumsum(dim), x.cumsum(dim), (tx,), (x,))

@@ -1,4 +1,4 @@
-"""Reductions: sum, mean, max/min and their arg forms, prod, var/std, any/all, logsumexp, softmax, cumsum."""
+"""Reductions: sum, mean, max/min and their arg forms, prod, var/std, any/all, logsumexp, softmax, cumsum, topk."""
 
 from __future__ import annotations
 
