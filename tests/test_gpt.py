@@ -102,6 +102,10 @@ def test_gpt_state_dict_has_nanogpt_names_and_both_tied_keys():
     assert keys == set(TorchGPT(**CONFIG).state_dict())
     assert "lm_head.weight" in keys and "transformer.wte.weight" in keys
     assert model.lm_head.weight is model.transformer.wte.weight
+    # nanoGPT without flash attention saves its causal masks as buffers "attn.bias": loading skips them
+    state = {k: v.numpy() for k, v in model.state_dict().items()}
+    state["transformer.h.0.attn.bias"] = np.tril(np.ones((1, 1, CONFIG["block_size"], CONFIG["block_size"])))
+    assert model.load_state_dict(state) == ([], [])
 
 
 GENERATION_CONFIG = dict(block_size=104, vocab_size=11, n_layer=1, n_head=2, n_embd=16)
