@@ -207,9 +207,10 @@ class GPT(nn.Module):
 
     def cached_step(self, batch: int, temperature: float = 1.0, top_k: int | None = None):
         """A jitted function (token (B, 1) int64, position (1,) int64) -> the next token (B, 1), reading and writing
-        this model's key/value cache. Built once per (batch, temperature, top_k); the cache is cleared by
-        generate's first step writing position 0 (later positions are masked until they are written)."""
-        key = (batch, temperature, top_k)
+                this model's key/value cache. Built once per (batch, temperature, top_k, training mode: dropout is captured
+        with the step); the cache is cleared by
+                generate's first step writing position 0 (later positions are masked until they are written)."""
+        key = (batch, temperature, top_k, self.training)
         if self._cached_step is not None and self._cached_step[0] == key:
             return self._cached_step[1]
         config = self.config
