@@ -151,8 +151,9 @@ class GPT(nn.Module):
         batch, length = idx.shape
         if length > self.config.block_size:
             raise ValueError(f"cannot forward a sequence of length {length}: block_size is {self.config.block_size}")
-        positions = lazygrad.arange(length, device=idx.device)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(positions))
+        # positions 0..T-1 read the first T rows of wpe: a slice, not a one-hot product as for token indices
+        positions = self.transformer.wpe.weight[:length]
+        x = self.transformer.drop(self.transformer.wte(idx) + positions)
         for block in self.transformer.h:
             x = block(x)
         x = self.transformer.ln_f(x)
@@ -207,9 +208,9 @@ class GPT(nn.Module):
 
     def cached_step(self, batch: int, temperature: float = 1.0, top_k: int | None = None):
         """A jitted function (token (B, 1) int64, position (1,) int64) -> the next token (B, 1), reading and writing
-                this model's key/value cache. Built once per (batch, temperature, top_k, training mode: dropout is captured
-        with the step); the cache is cleared by
-                generate's first step writing position 0 (later positions are masked until they are written)."""
+        this model's key/value cache. Built once per (batch, temperature, top_k, training mode: dropout is captured
+        with the step); the cache is cleared by generate's first step writing position 0 (later positions are masked
+        until they are written)."""
         key = (batch, temperature, top_k, self.training)
         if self._cached_step is not None and self._cached_step[0] == key:
             return self._cached_step[1]
