@@ -1,5 +1,6 @@
-"""Model zoo with torchvision's architectures and parameter names."""
+"""Model zoo: torchvision's ResNets and a nanoGPT-style GPT, with their parameter names."""
 
+from lazygrad.models.gpt import GPT, GPTConfig
 from lazygrad.models.resnet import (
     BasicBlock,
     Bottleneck,
@@ -13,6 +14,8 @@ from lazygrad.models.resnet import (
 )
 
 __all__ = [
+    "GPT",
+    "GPTConfig",
     "BasicBlock",
     "Bottleneck",
     "ResNet",

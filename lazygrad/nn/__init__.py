@@ -1,6 +1,6 @@
 """Neural-network modules with PyTorch's names: `from lazygrad import nn`, then nn.Conv2d, nn.functional, nn.init."""
 
-from lazygrad.nn import functional, init, parallel
+from lazygrad.nn import functional, init, parallel, utils
 from lazygrad.nn.layers import (
     AdaptiveAvgPool2d,
     AvgPool2d,
@@ -20,8 +20,14 @@ from lazygrad.nn.layers import (
 )
 from lazygrad.nn.module import Module, Parameter
 from lazygrad.nn.parallel import SyncBatchNorm
+from lazygrad.nn.transformer import GELU, Embedding, LayerNorm, MultiheadAttention, TransformerEncoderLayer
 
 __all__ = [
+    "TransformerEncoderLayer",
+    "MultiheadAttention",
+    "LayerNorm",
+    "GELU",
+    "Embedding",
     "AdaptiveAvgPool2d",
     "AvgPool2d",
     "BatchNorm2d",
@@ -43,4 +49,5 @@ __all__ = [
     "functional",
     "init",
     "parallel",
+    "utils",
 ]

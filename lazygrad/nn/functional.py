@@ -218,3 +218,58 @@ def _class_target_loss(log_probs, target, weight, ignore_index, reduction, label
     smooth = -smooth.sum(1) * (target != ignore_index).cast(log_probs.dtype)
     smooth = smooth.sum() / weight_sum if reduction == "mean" else _reduce(smooth, reduction)
     return nll * (1 - label_smoothing) + smooth * (label_smoothing / num_classes)
+
+
+# ---- issue 16 (transformer workload): embedding, layer_norm, gelu, attention ----
+
+
+def embedding(input: Tensor, weight: Tensor, padding_idx: int | None = None) -> Tensor:
+    """Rows of weight (num_embeddings, dim) picked by the integer tensor input (any shape): a one-hot product, so
+    the gradient of each row is the sum over its uses. The padding_idx row gets no gradient, as in torch."""
+    if input.dtype.is_float:
+        raise RuntimeError(f"embedding: indices must be an integer tensor, got {input.dtype} of shape {input.shape}")
+    if weight.ndim != 2:
+        raise RuntimeError(f"embedding: weight must be 2-d (num_embeddings, embedding_dim), got {weight.shape}")
+    if padding_idx is not None:
+        padding_idx %= weight.shape[0]
+        is_padding = (lazygrad.arange(weight.shape[0], device=weight.device) == padding_idx).unsqueeze(-1)
+        weight = is_padding.where(weight.detach(), weight)
+    return weight[input]
+
+
+def layer_norm(
+    input: Tensor,
+    normalized_shape,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    eps: float = 1e-5,
+) -> Tensor:
+    """Normalize over the last len(normalized_shape) dims with the biased variance, then scale and shift."""
+    normalized_shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+    if tuple(input.shape[input.ndim - len(normalized_shape) :]) != normalized_shape:
+        raise RuntimeError(f"layer_norm: input {input.shape} does not end in normalized_shape {normalized_shape}")
+    dims = tuple(range(input.ndim - len(normalized_shape), input.ndim))
+    mean = input.mean(dims, keepdim=True)
+    centered = input - mean
+    output = centered * ((centered * centered).mean(dims, keepdim=True) + eps).rsqrt()
+    if weight is not None:
+        output = output * weight
+    return output if bias is None else output + bias
+
+
+def gelu(input: Tensor, approximate: str = "none") -> Tensor:
+    if approximate not in ("none", "tanh"):
+        raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
+    return input.gelu(approximate)
+
+
+def scaled_dot_product_attention(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attn_mask: Tensor | None = None,
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
+    scale: float | None = None,
+) -> Tensor:
+    return query.scaled_dot_product_attention(key, value, attn_mask, dropout_p, is_causal, scale)

@@ -2,9 +2,9 @@
 
 - elementwise: dtype conversions, arithmetic with PyTorch's promotion and broadcasting, math, activations,
   comparisons, bitwise and logical ops, the operators
-- reduce: sum, mean, max/min and their arg forms, prod, var/std, any/all, softmax, cumsum
+- reduce: sum, mean, max/min and their arg forms, prod, var/std, any/all, softmax, cumsum, topk
 - movement: views (reshape, permute, expand, pad, shrink, flip), indexing, cat/stack, split
-- creation: full/zeros/ones, random tensors, arange/linspace/eye, the *_like forms
+- creation: full/zeros/ones, random tensors, arange/linspace/eye, the *_like forms, multinomial
 - nn: matmul, linear, conv2d, pooling, dropout, attention
 
 Every op reaches the graph through the core's two doors (`Tensor._primitive`, `Tensor._movement`).

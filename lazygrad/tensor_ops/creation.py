@@ -105,3 +105,30 @@ class CreationOps:
         return Tensor.randn(
             *self.shape, dtype=dtype or self.dtype, device=device or self.device, requires_grad=requires_grad
         )
+
+    # ---- issue 16 (transformer workload): multinomial ----
+
+    def multinomial(self, num_samples: int, replacement: bool = False) -> Tensor:
+        """Indices drawn from the rows of self (unnormalized, non-negative weights; (n,) or (m, n)), as
+        torch.multinomial. With replacement, each draw counts the entries of the row's cumulative distribution below
+        a uniform number. Without, the Gumbel-top-k trick: the k largest log(weight) + Gumbel noise are a draw of k
+        distinct indices with exactly the sequential probabilities."""
+        if self.ndim not in (1, 2):
+            raise RuntimeError(f"multinomial: prob_dist must be 1 or 2 dim, got shape {self.shape}")
+        n = self.shape[-1]
+        if not replacement and num_samples > n:
+            raise RuntimeError(f"multinomial: cannot sample {num_samples} > {n} categories without replacement")
+        if num_samples <= 0:
+            raise RuntimeError(f"multinomial: num_samples must be positive, got {num_samples}")
+        rows = self if self.ndim == 2 else self.unsqueeze(0)
+        weights = rows.cast(dt.float32) if not rows.dtype.is_float else rows
+        if replacement or num_samples == 1:
+            cdf = weights.cumsum(-1)
+            cdf = cdf / cdf[:, -1:]
+            draws = Tensor.rand(rows.shape[0], num_samples, 1, device=self.device)
+            # entries of the cdf below the draw; the last is 1, so the count stays below n even if rounding lifts u
+            out = (cdf.unsqueeze(1)[..., :-1] <= draws).sum(-1).cast(dt.int64)
+        else:
+            gumbel = -(-Tensor.rand(*rows.shape, device=self.device).clamp(1e-20, 1.0).log()).log()
+            out = (weights.log() + gumbel).topk(num_samples, -1).indices
+        return out if self.ndim == 2 else out.squeeze(0)

@@ -247,13 +247,30 @@ class NNOps:
         # a product, as PyTorch's: a dropped inf or NaN gives NaN
         return self * keep * (1.0 / (1.0 - p))
 
-    def scaled_dot_product_attention(self, key, value, attn_mask=None, is_causal=False) -> Tensor:
-        scores = self @ key.transpose(-2, -1) / math.sqrt(self.shape[-1])
+    def scaled_dot_product_attention(
+        self, key, value, attn_mask=None, dropout_p: float = 0.0, is_causal: bool = False, scale=None
+    ) -> Tensor:
+        """softmax(q @ k^T * scale + mask) @ v, as F.scaled_dot_product_attention: (..., L, E) queries against
+        (..., S, E) keys and (..., S, Ev) values. A bool mask keeps where True; a float mask is added; is_causal keeps
+        key j <= query i (the top-left aligned lower triangle, as torch). Dropout acts on the attention weights."""
+        if key.shape[-1] != self.shape[-1] or key.shape[-2] != value.shape[-2]:
+            raise RuntimeError(
+                f"scaled_dot_product_attention: query {self.shape}, key {key.shape} and value {value.shape} "
+                "need query and key to share the last dim and key and value the sequence dim (-2)"
+            )
+        if is_causal and attn_mask is not None:
+            raise RuntimeError("scaled_dot_product_attention: pass either attn_mask or is_causal, not both (as torch)")
+        scale = 1 / math.sqrt(self.shape[-1]) if scale is None else scale
+        scores = (self * scale) @ key.transpose(-2, -1)
         if is_causal:
-            scores = scores.masked_fill(Tensor.ones(scores.shape[-2:], dtype=dt.bool_).triu(1), float("-inf"))
+            above = Tensor.ones(scores.shape[-2:], dtype=dt.bool_, device=self.device).triu(1)
+            scores = scores.masked_fill(above, float("-inf"))
         if attn_mask is not None:
             scores = scores + attn_mask if attn_mask.dtype != dt.bool_ else attn_mask.where(scores, float("-inf"))
-        return scores.softmax(-1) @ value
+        weights = scores.softmax(-1)
+        if dropout_p > 0.0:
+            weights = weights.dropout(dropout_p, True)
+        return weights @ value
 
 
 def _conv2d_input_grad(grad: Tensor, weight: Tensor, input_hw: tuple, stride, padding, dilation, groups) -> Tensor:

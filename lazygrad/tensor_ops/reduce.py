@@ -1,4 +1,4 @@
-"""Reductions: sum, mean, max/min and their arg forms, prod, var/std, any/all, logsumexp, softmax, cumsum."""
+"""Reductions: sum, mean, max/min and their arg forms, prod, var/std, any/all, logsumexp, softmax, cumsum, topk."""
 
 from __future__ import annotations
 
@@ -183,9 +183,29 @@ class ReduceOps:
         d = self._dim(dim)
         n = self.shape[d]
         x = self.transpose(d, -1)
-        # row i sums the first i+1 elements: a padded sliding window, reduced
-        padded = x.pad((n - 1, 0))
-        windows = padded.unsqueeze(-2).expand(*x.shape[:-1], n, 2 * n - 1)
-        windows = windows.reshape(*x.shape[:-1], n * (2 * n - 1)).pad((0, n))
-        windows = windows.reshape(*x.shape[:-1], n, 2 * n)[..., n:]
-        return windows.sum(-1).transpose(d, -1)
+        # row i sums the first i+1 elements: the row masked by a lower triangle, reduced
+        index = Tensor.arange(n, device=self.device)
+        upto = (index.unsqueeze(0) <= index.unsqueeze(1)).cast(x.dtype)  # [i, j]: j <= i
+        return (x.unsqueeze(-2) * upto).sum(-1).transpose(d, -1)
+
+    # ---- issue 16 (transformer workload): topk ----
+
+    def topk(self, k: int, dim: int = -1, largest: bool = True, sorted: bool = True):
+        """The k largest (or smallest) values along dim and their indices, in order, as torch.topk. Each element's
+        rank is the number of elements that come before it (larger, or equal and at a lower index, so ties keep
+        index order), an (n x n) comparison: exact and differentiable, meant for dims of up to a few thousand
+        (a vocabulary of characters or tokens when sampling), not for sorting large dims."""
+        d = self._dim(dim)
+        n = self.shape[d]
+        if not 0 <= k <= n:
+            raise RuntimeError(f"topk: k ({k}) is out of range for dimension {d} of size {n} (shape {self.shape})")
+        x = self.transpose(d, -1)
+        key = x if largest else -x
+        mine, other = key.unsqueeze(-1), key.unsqueeze(-2)  # (..., n, 1) against (..., 1, n)
+        index = Tensor.arange(n, device=self.device)
+        earlier = index.unsqueeze(0) < index.unsqueeze(1)  # [i, j]: j comes before i among equals
+        rank = ((other > mine) | ((other == mine) & earlier)).sum(-1)  # (..., n), a permutation of 0..n-1
+        picks = (rank.unsqueeze(-1) == Tensor.arange(k, device=self.device)).cast(self.dtype)  # (..., n, k)
+        values = (x.unsqueeze(-1) * picks).sum(-2)
+        indices = (index.unsqueeze(-1) * picks.cast(dt.int64)).sum(-2)
+        return MaxMin(values.transpose(d, -1), indices.transpose(d, -1))

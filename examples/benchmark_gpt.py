@@ -1,0 +1,147 @@
+"""GPT training step and cached generation: lazygrad against PyTorch eager, in the same run, on the same model.
+
+    python examples/benchmark_gpt.py                       # 4 layers, width 256, 4 heads, context 128, batch 16
+    python examples/benchmark_gpt.py --n-layer 2 --steps 5 # smaller and shorter
+
+Training step: forward, cross-entropy, backward, clip_grad_norm_(1.0), AdamW (nanoGPT's two param groups), on a
+character vocabulary (96), from one state dict. lazygrad's step is jitted (after two calls it replays its kernels);
+PyTorch's is eager. Each is timed per step (the loss read to the host ends a step), the two alternating step by
+step; the median of --steps steps after --warmup is printed, with the kernels lazygrad launches per step.
+
+Generation: batch 1, a 1-token prompt, --tokens new tokens sampled with a key/value cache (lazygrad: the jitted
+fixed-size cache of lazygrad.models.gpt; PyTorch: examples/torch_gpt.py, a cache grown by concatenation), timed
+after one warm-up generation, as tokens per second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import lazygrad
+from lazygrad.models.gpt import GPT, GPTConfig
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from torch_gpt import TorchGPT  # noqa: E402
+
+VOCAB = 96
+
+
+def time_interleaved(steps: dict, batches: dict, warmup: int, count: int) -> dict[str, list[float]]:
+    """Per-step seconds of each framework, their steps alternating, so that load from other processes (a shared
+    machine) falls on both alike."""
+    times = {name: [] for name in steps}
+    for i in range(warmup + count):
+        for name, step in steps.items():
+            t0 = time.perf_counter()
+            step(*batches[name][i])
+            if i >= warmup:
+                times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n-layer", type=int, default=4)
+    parser.add_argument("--n-embd", type=int, default=256)
+    parser.add_argument("--n-head", type=int, default=4)
+    parser.add_argument("--block-size", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--tokens", type=int, default=100)
+    parser.add_argument("--profile", type=int, default=0, help="print the N slowest kernels of one lazygrad step")
+    parser.add_argument("--torch-threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    args = parser.parse_args()
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
+    print(f"backend: {lazygrad.Device.DEFAULT}, torch threads: {torch.get_num_threads()}")
+    print(
+        f"config: {args.n_layer} layers, width {args.n_embd}, {args.n_head} heads, context {args.block_size}, "
+        f"batch {args.batch_size}, vocabulary {VOCAB}"
+    )
+
+    torch.manual_seed(0)
+    reference = TorchGPT(args.block_size, VOCAB, args.n_layer, args.n_head, args.n_embd)
+    model = GPT(GPTConfig(args.block_size, VOCAB, args.n_layer, args.n_head, args.n_embd, dropout=0.0, bias=True))
+    model.load_state_dict({k: v.detach().numpy() for k, v in reference.state_dict().items()})
+
+    rng = np.random.default_rng(0)
+    count = args.warmup + args.steps
+    data = [rng.integers(0, VOCAB, (2, args.batch_size, args.block_size)) for _ in range(count)]
+
+    torch_opt = reference.configure_optimizers(0.1, 1e-3, (0.9, 0.95))
+
+    def torch_step(x, y):
+        _, loss = reference(x, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(reference.parameters(), 1.0)
+        torch_opt.step()
+        torch_opt.zero_grad(set_to_none=True)
+        return loss.item()
+
+    opt = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95))
+
+    @lazygrad.jit
+    def jitted_step(x, y):
+        _, loss = model(x, y)
+        loss.backward()
+        lazygrad.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad()
+        return loss
+
+    kernels = []
+
+    def lazygrad_step(x, y):
+        with lazygrad.profile(timed=False) as p:
+            loss = jitted_step(x, y).item()
+        kernels.append(p.kernels)
+        return loss
+
+    ours_batches = [(lazygrad.tensor(d[0]), lazygrad.tensor(d[1])) for d in data]
+    torch_batches = [(torch.tensor(d[0]), torch.tensor(d[1])) for d in data]
+    t0 = time.perf_counter()
+    lazygrad_step(*ours_batches[0])
+    print(f"lazygrad first step (compiles): {time.perf_counter() - t0:.1f} s")
+    times = time_interleaved(
+        {"lazygrad": lazygrad_step, "torch": torch_step},
+        {"lazygrad": ours_batches, "torch": torch_batches},
+        args.warmup,
+        args.steps,
+    )
+    ours, theirs = times["lazygrad"], times["torch"]
+    if args.profile:
+        with lazygrad.profile() as p:
+            jitted_step(*ours_batches[-1]).item()
+        print("\n".join(str(p).splitlines()[: args.profile + 1] + str(p).splitlines()[-1:]))
+    ours_ms, theirs_ms = statistics.median(ours) * 1e3, statistics.median(theirs) * 1e3
+    print(f"training step, median of {args.steps}: lazygrad {ours_ms:.1f} ms, PyTorch eager {theirs_ms:.1f} ms")
+    print(f"ratio lazygrad / PyTorch: {ours_ms / theirs_ms:.2f}; lazygrad kernels per step: {kernels[-1]}")
+
+    model.eval()
+    reference.eval()
+    prompt = np.zeros((1, 1), dtype=np.int64)
+    rates = {}
+    for name, generate in (
+        ("lazygrad", lambda: model.generate(lazygrad.tensor(prompt), args.tokens, top_k=20)),
+        ("PyTorch", lambda: reference.generate(torch.tensor(prompt), args.tokens, top_k=20)),
+    ):
+        generate()  # warm-up: lazygrad compiles and captures its step here
+        t0 = time.perf_counter()
+        generate()
+        rates[name] = args.tokens / (time.perf_counter() - t0)
+    print(
+        f"cached generation, batch 1, {args.tokens} tokens: lazygrad {rates['lazygrad']:.0f} tokens/s, "
+        f"PyTorch {rates['PyTorch']:.0f} tokens/s"
+    )
+
+
+if __name__ == "__main__":
+    main()
