@@ -211,6 +211,20 @@ class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps):
     def detach(self) -> Tensor:
         return Tensor(self.lazydata)
 
+    @property
+    def data(self) -> Tensor:
+        """The same values outside autograd (torch's .data); in-place updates of it update this tensor."""
+        alias = Tensor(self.lazydata)
+        alias._view_of = (self, "data", None)
+        return alias
+
+    @data.setter
+    def data(self, value: Tensor) -> None:
+        # torch's `param.data = t`: the tensor takes t's values (and shape), its autograd identity stays
+        lb = value.lazydata if isinstance(value, Tensor) else Tensor(value, device=self.device).lazydata
+        if lb is not self.lazydata:  # `p.data -= x` sets back what the in-place update already wrote
+            self.lazydata = lb
+
     def detach_(self) -> Tensor:
         self._ctx, self.requires_grad = None, False
         return self
@@ -331,6 +345,10 @@ class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps):
     def _write_through(self, result: Tensor) -> Tensor:
         """An in-place update of a view updates the tensor it views (and so on up), as in PyTorch."""
         source, op, arg = self._view_of
+        if op == "data":  # an update through .data is not recorded by autograd, and writes the source itself
+            source.data = result
+            self.lazydata = source.lazydata
+            return self
         if op == Op.EXPAND:
             raise RuntimeError(
                 "unsupported operation: more than one element of the written-to tensor refers to a "
@@ -424,7 +442,8 @@ class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps):
         if dim is None:
             return tuple(range(self.ndim))
         dims = dim if isinstance(dim, (tuple, list)) else (dim,)
-        return tuple(sorted({self._dim(d) for d in dims}))
+        axes = tuple(sorted({self._dim(d) for d in dims}))
+        return axes if self.ndim else ()  # a 0-d tensor accepts dim 0 or -1, and has nothing to reduce
 
 
 def _to_numpy_nested(data, dtype) -> np.ndarray:

@@ -257,11 +257,39 @@ class MovementOps:
         return (one_hot * self).sum(idx.ndim)
 
     def gather(self, dim: int, index: Tensor) -> Tensor:
+        """out[i][j][k] = self[index[i][j][k]][j][k] (for dim 0): a one-hot of the index along a new last axis,
+        times the input with its `dim` moved last, summed over that axis."""
         d = self._dim(dim)
+        if index.dtype.is_float or index.dtype == dt.bool_:
+            raise RuntimeError(f"gather(): Expected dtype int64 for index, got {index.dtype.name}")
+        if index.ndim != self.ndim and not (index.ndim <= 1 and self.ndim <= 1):
+            raise RuntimeError(
+                f"Index tensor must have the same number of dimensions as input tensor "
+                f"(input {self.shape}, index {index.shape})"
+            )
+        if not self.ndim:
+            return self.reshape(index.shape) if index.ndim else self
+        index = index.reshape(index.shape or (1,))
+        for i, (a, b) in enumerate(zip(index.shape, self.shape)):
+            if i != d and a > b:
+                raise RuntimeError(
+                    f"Size does not match at dimension {i} expected index {index.shape} to be smaller than "
+                    f"self {self.shape} apart from dimension {d}"
+                )
         n = self.shape[d]
         x = self.shrink([(0, s) if i == d else (0, index.shape[i]) for i, s in enumerate(self.shape)])
+        # the input's dim d moved last, a size-1 axis in its place (broadcast against the index's dim d)
+        x = x.permute([i for i in range(self.ndim) if i != d] + [d]).unsqueeze(d)
         one_hot = index.unsqueeze(-1) == Tensor.arange(n, device=self.device)
-        return (one_hot.cast(self.dtype) * x.unsqueeze(d).transpose(d, -1)).sum(-1)
+        return (one_hot.cast(self.dtype) * x).sum(-1)
+
+    def take_along_dim(self, indices: Tensor, dim=None) -> Tensor:
+        if dim is None:
+            return self.reshape(-1).gather(0, indices.reshape(-1))
+        d = self._dim(dim)
+        shape = tuple(max(a, b) if i != d else b for i, (a, b) in enumerate(zip(self.shape, indices.shape)))
+        x = self.expand(tuple(s if i != d else self.shape[d] for i, s in enumerate(shape)))
+        return x.gather(d, indices.expand(shape))
 
     def one_hot(self, num_classes: int = -1) -> Tensor:
         """int64 one-hot encoding along a new last dim. num_classes=-1 reads max()+1, which computes the input."""

@@ -1,0 +1,126 @@
+"""PyTorch's surface where the OpInfo database (tests/test_opinfo.py) does not reach: calls that once gave wrong
+numbers or raised (issue 15), each against torch from the same inputs.
+"""
+
+import numpy as np
+import pytest
+import torch
+from helpers import assert_same, check_forward, check_grad, rand
+
+import lazygrad
+
+# ---- cumsum: once returned [14, 12, 9, 5, 0] for [1, 2, 3, 4, 5] ---------------------------------------
+
+
+def test_cumsum_of_a_vector_is_the_running_sum():
+    check_forward(lambda a: a.cumsum(0), np.array([1.0, 2, 3, 4, 5], dtype=np.float32))
+
+
+@pytest.mark.parametrize("dim", [0, 1, -1])
+def test_cumsum_along_each_dim_matches_torch_forward_and_backward(dim):
+    check_grad(lambda a: a.cumsum(dim), rand(3, 4))
+
+
+def test_cumsum_of_integers_is_int64_as_in_torch():
+    check_forward(lambda a: a.cumsum(0), np.array([1, 2, 3], dtype=np.int32))
+
+
+# ---- gather: once returned its input unchanged ------------------------------------------------------------
+
+
+def test_gather_picks_one_column_per_row_the_nll_idiom():
+    index = np.array([[1], [0], [3]])
+    check_grad(lambda a, i: a.gather(1, i), rand(3, 4), index)
+
+
+@pytest.mark.parametrize("dim", [0, 1, 2])
+def test_gather_along_each_dim_of_a_3d_tensor(dim):
+    index = np.random.default_rng(dim).integers(0, 3, size=(2, 3, 2))
+    check_grad(lambda a, i: a.gather(dim, i), rand(3, 3, 3), index)
+
+
+def test_gather_refuses_a_float_index():
+    with pytest.raises(RuntimeError, match="int64"):
+        lazygrad.tensor(rand(2, 2)).gather(0, lazygrad.tensor(rand(2, 2)))
+
+
+# ---- .data: `param.data = t` once changed nothing ---------------------------------------------------------
+
+
+def test_setting_data_replaces_the_values_and_keeps_requires_grad():
+    param = lazygrad.tensor([1.0, 2.0], requires_grad=True)
+    param.data = lazygrad.tensor([3.0, 4.0])
+    reference = torch.tensor([1.0, 2.0], requires_grad=True)
+    reference.data = torch.tensor([3.0, 4.0])
+    assert_same(param.detach(), reference.detach())
+    assert param.requires_grad and param.is_leaf
+
+
+def test_in_place_updates_through_data_write_the_parameter_as_manual_sgd_does():
+    param, reference = lazygrad.tensor([1.0, 2.0], requires_grad=True), torch.tensor([1.0, 2.0], requires_grad=True)
+    for p in (param, reference):
+        (p * p).sum().backward()
+        p.data -= 0.1 * p.grad  # the "Learning PyTorch with examples" update
+        p.data.mul_(2)
+        p.grad = None
+    assert_same(param.detach(), reference.detach())
+    (param * param).sum().backward()
+    (reference * reference).sum().backward()
+    assert_same(param.grad, reference.grad)
+
+
+def test_data_is_detached():
+    param = lazygrad.tensor([1.0], requires_grad=True)
+    assert not param.data.requires_grad
+
+
+# ---- var/std: a bool first argument is torch's `unbiased`, not a dim ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda a: a.var(True),
+        lambda a: a.var(False),
+        lambda a: a.std(False),
+        lambda a: a.var(0, True),
+        lambda a: a.var(1, False, True),
+        lambda a: a.std(1, True, keepdim=True),
+        lambda a: a.var(1, correction=0, keepdim=True),
+    ],
+    ids=["var(True)", "var(False)", "std(False)", "var(0,True)", "var(1,False,True)", "std(1,True)", "correction"],
+)
+def test_var_and_std_overloads_read_arguments_as_torch_does(call):
+    check_forward(call, rand(3, 4), rtol=1e-5)
+
+
+# ---- reductions with dim on a 0-d tensor: once raised -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda a: a.max(0)[0],
+        lambda a: a.max(-1, keepdim=True)[1],
+        lambda a: a.min(0)[0],
+        lambda a: a.argmax(0),
+        lambda a: a.argmin(-1),
+        lambda a: a.mean(0),
+        lambda a: a.sum(0),
+        lambda a: a.amax(0),
+        lambda a: a.cumsum(0),
+        lambda a: a.var(0, correction=0),
+    ],
+    ids=["max", "max_indices", "min", "argmax", "argmin", "mean", "sum", "amax", "cumsum", "var"],
+)
+def test_reductions_with_dim_on_a_0d_tensor_match_torch(call):
+    check_forward(call, np.array(3.0, dtype=np.float32))
+
+
+def test_max_with_dim_on_a_0d_tensor_passes_the_gradient():
+    check_grad(lambda a: a.max(0)[0], np.array(3.0, dtype=np.float32))
+
+
+def test_a_0d_tensor_refuses_dim_1():
+    with pytest.raises(IndexError, match="Dimension out of range"):
+        lazygrad.tensor(3.0).sum(1)
