@@ -406,11 +406,12 @@ class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps):
     def abs_(self):
         return self._inplace(self.abs())
 
+    # as a function of the old value with gradient 0 (torch's): a plain constant would keep the old grad_fn
     def zero_(self):
-        return self._inplace(self.zeros_like())
+        return self._inplace(self._zero_gradient(self.zeros_like()))
 
     def fill_(self, value):
-        return self._inplace(self.full_like(value))
+        return self._inplace(self._zero_gradient(self.full_like(value)))
 
     def copy_(self, src):
         src = src if isinstance(src, Tensor) else Tensor(src)

@@ -241,7 +241,8 @@ class ElementwiseOps:
         return self.sqrt().reciprocal()
 
     def square(self) -> Tensor:
-        return self * self
+        x = self.cast(dt.int64) if self.dtype == dt.bool_ else self  # as torch: pow(bool, 2) is int64
+        return x * x
 
     def sin(self) -> Tensor:
         return self._float()._primitive(Op.SIN)

@@ -137,8 +137,9 @@ class MovementOps:
     def expand_as(self, other: Tensor) -> Tensor:
         return self.expand(other.shape)
 
-    def flip(self, *dims) -> Tensor:
-        dims = dims[0] if len(dims) == 1 and isinstance(dims[0], (tuple, list)) else dims
+    def flip(self, *args, dims=None) -> Tensor:
+        dims = args[0] if len(args) == 1 and isinstance(args[0], (tuple, list)) else args if dims is None else dims
+        dims = (dims,) if isinstance(dims, int) else dims
         return _not_a_view(self, self._movement(Op.FLIP, tuple(self._dim(d) for d in dims)))  # torch.flip copies
 
     def shrink(self, arg) -> Tensor:
@@ -267,6 +268,8 @@ class MovementOps:
                 f"Index tensor must have the same number of dimensions as input tensor "
                 f"(input {self.shape}, index {index.shape})"
             )
+        if self.dtype == dt.bool_:  # the one-hot product is arithmetic
+            return self.cast(dt.uint8).gather(d, index).cast(dt.bool_)
         if not self.ndim:
             return self.reshape(index.shape) if index.ndim else self
         index = index.reshape(index.shape or (1,))

@@ -176,6 +176,8 @@ class ReduceOps:
         return self.bool().logical_not().any(dim, keepdim).logical_not()
 
     def logsumexp(self, dim=None, keepdim: bool = False) -> Tensor:
+        if not self.dtype.is_float:
+            return self._float().logsumexp(dim, keepdim)
         m = self.amax(dim, keepdim=True).detach()
         m = (m.abs() == float("inf")).where(m.zeros_like(), m)  # all -inf rows stay -inf, without NaN
         out = (self - m).exp().sum(dim, keepdim=True).log() + m
