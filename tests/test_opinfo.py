@@ -38,6 +38,7 @@ ONE_DTYPE_ONLY = {"llvm": False, "opencl": True, "reference": True}  # the first
 KNOWN_FAILURES = {
     "masked_fill": "a 0-d tensor as the fill value (transformer work, issue 16, owns masked_fill)",
     "nn.functional.conv2d": "unbatched (3-d) input",
+    "nn.functional.conv1d": "unbatched (2-d) input",
     "nn.functional.avg_pool2d": "ceil_mode",
     "nn.functional.max_pool2d": "ceil_mode and return_indices",
     "__getitem__": "several index tensors at once",
@@ -49,6 +50,7 @@ KNOWN_FAILURES = {
 VALUES_UNCHECKED = {
     "empty": "uninitialized memory in torch (lazygrad gives zeros)",
     "empty_like": "uninitialized memory in torch (lazygrad gives zeros)",
+    "new_empty": "uninitialized memory in torch (lazygrad gives zeros)",
     "randn": "random numbers: lazygrad's generator is not torch's",
     "randn_like": "random numbers: lazygrad's generator is not torch's",
     "rand_like": "random numbers: lazygrad's generator is not torch's",
@@ -112,10 +114,10 @@ def test_opinfo_samples_match_torch(info, backend, request):
 
 # the counts this file covers; a change to lazygrad's surface changes them, and this must be updated with it
 EXPECTED_COUNTS = {
-    "op_db entries run": 177,
-    "names provided": 158,
-    "top-level provided": 146,
-    "functional provided": 12,
+    "op_db entries run": 288,
+    "names provided": 264,
+    "top-level provided": 225,
+    "functional provided": 39,
 }
 
 
