@@ -91,8 +91,10 @@ def _lazy_attr(name):
 
 
 def __getattr__(name):
-    if name in ("nn", "optim", "models", "serialization", "hub", "backends"):
+    if name in ("nn", "optim", "models", "serialization", "hub", "backends", "utils"):
         return _lazy_attr(name)
+    if name == "Generator":
+        return _lazy_attr("utils.data").Generator
     if name in ("load", "save"):
         return getattr(_lazy_attr("serialization"), name)
     raise AttributeError(f"module 'lazygrad' has no attribute {name!r}")

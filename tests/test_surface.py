@@ -124,3 +124,62 @@ def test_max_with_dim_on_a_0d_tensor_passes_the_gradient():
 def test_a_0d_tensor_refuses_dim_1():
     with pytest.raises(IndexError, match="Dimension out of range"):
         lazygrad.tensor(3.0).sum(1)
+
+
+# ---- torch's function forms and the `axis` spelling ---------------------------------------------------------
+
+
+@pytest.mark.backend_independent
+def test_function_forms_are_the_tensor_methods_op_db_checks():
+    # one implementation: lazygrad.exp(x) is Tensor.exp, which tests/test_opinfo.py compares with torch.exp
+    for name in lazygrad.FUNCTION_FORMS:
+        assert getattr(lazygrad, name) is getattr(lazygrad.Tensor, name), name
+        assert callable(getattr(torch, name)), f"torch has no function {name}"
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda m, a: m.sum(a, axis=1),
+        lambda m, a: m.mean(a, axis=0, keepdim=True),
+        lambda m, a: a.max(axis=1)[0],
+        lambda m, a: a.argmax(axis=0),
+        lambda m, a: m.std(a, axis=1),
+        lambda m, a: a.softmax(axis=-1),
+        lambda m, a: m.flatten(m.exp(a)),
+    ],
+    ids=["sum", "mean", "max", "argmax", "std", "softmax", "flatten_exp"],
+)
+def test_function_forms_and_axis_match_torch(call):
+    check_forward(lambda a: call(lazygrad, a), rand(3, 4), torch_fn=lambda a: call(torch, a), rtol=1e-5)
+
+
+def test_dim_and_axis_together_is_an_error():
+    with pytest.raises(TypeError, match="alias"):
+        lazygrad.tensor(rand(2, 2)).sum(dim=0, axis=1)
+
+
+# ---- float64: lazygrad computes it when asked; a float64 numpy array still becomes float32 (docs/usage.md) ----
+
+
+def test_float64_is_computed_in_double_precision():
+    values = np.array([1.0, 1e-12, 2.0])
+    out = (lazygrad.tensor(values, dtype=lazygrad.float64) * 3 + 1e-13).exp().sum()
+    expected = (torch.tensor(values) * 3 + 1e-13).exp().sum()
+    assert out.dtype == lazygrad.float64
+    np.testing.assert_allclose(out.item(), expected.item(), rtol=1e-15)
+
+
+@pytest.mark.backend_independent
+def test_a_float64_array_becomes_float32_as_documented():
+    assert lazygrad.tensor(np.zeros(2)).dtype == lazygrad.float32
+
+
+# ---- indexing through several index tensors is refused with a clear error ---------------------------------
+
+
+def test_indexing_with_a_list_of_lists_and_a_bool_mask_refuse_clearly_or_match_torch():
+    x = rand(3, 4)
+    check_forward(lambda a: a[[0, 2]], x)
+    with pytest.raises(NotImplementedError, match="boolean-mask"):
+        lazygrad.tensor(x)[lazygrad.tensor(x > 0)]
