@@ -183,3 +183,58 @@ def test_indexing_with_a_list_of_lists_and_a_bool_mask_refuse_clearly_or_match_t
     check_forward(lambda a: a[[0, 2]], x)
     with pytest.raises(NotImplementedError, match="boolean-mask"):
         lazygrad.tensor(x)[lazygrad.tensor(x > 0)]
+
+
+# ---- in-place forms and the smaller public names (tests/test_public_surface.py points here) -------------------
+
+
+@pytest.mark.parametrize(
+    "name, args",
+    [("abs_", ()), ("exp_", ()), ("neg_", ()), ("relu_", ()), ("sqrt_", ()), ("pow_", (2,))],
+)
+def test_in_place_forms_match_torch_and_keep_the_gradient(name, args):
+    # on a non-leaf, as in torch: the in-place result carries the gradient of the out-of-place op
+    def call(a):
+        b = a * 1
+        out = getattr(b, name)(*args)
+        assert out is b
+        return b
+
+    check_grad(call, rand(2, 3, low=0.5, high=2.0))
+
+
+def test_function_forms_of_in_place_ops_update_their_argument():
+    x, reference = lazygrad.tensor([-1.0, 4.0]), torch.tensor([-1.0, 4.0])
+    lazygrad.abs_(x), torch.abs_(reference)
+    lazygrad.sqrt_(x), torch.sqrt_(reference)
+    lazygrad.exp_(x), torch.exp_(reference)
+    lazygrad.neg_(x), torch.neg_(reference)
+    lazygrad.relu_(x), torch.relu_(reference)
+    assert_same(x, reference)
+
+
+def test_detach_in_place_makes_a_leaf_without_grad():
+    x = lazygrad.tensor([1.0], requires_grad=True) * 2
+    reference = torch.tensor([1.0], requires_grad=True) * 2
+    lazygrad.detach_(x), reference.detach_()
+    assert x.requires_grad == reference.requires_grad and x.is_leaf == reference.is_leaf
+
+
+def test_new_tensor_takes_the_dtype_and_device_of_its_tensor():
+    a = lazygrad.tensor([1, 2], dtype=lazygrad.int32)
+    assert_same(a.new_tensor([3.7, 4.2]), torch.tensor([1, 2], dtype=torch.int32).new_tensor([3.7, 4.2]))
+
+
+def test_module_list_registers_parameters_as_torch():
+    ours = lazygrad.nn.ModuleList([lazygrad.nn.Linear(2, 3), lazygrad.nn.Linear(3, 1)])
+    theirs = torch.nn.ModuleList([torch.nn.Linear(2, 3), torch.nn.Linear(3, 1)])
+    assert list(ours.state_dict()) == list(theirs.state_dict()) and len(ours) == len(theirs)
+    assert [tuple(p.shape) for p in ours.parameters()] == [tuple(p.shape) for p in theirs.parameters()]
+
+
+def test_optimizers_are_optimizer_subclasses_with_torchs_param_groups():
+    weight = lazygrad.tensor([1.0, 2.0], requires_grad=True)
+    ours = lazygrad.optim.SGD([{"params": [weight], "lr": 0.5}], lr=0.1)
+    theirs = torch.optim.SGD([{"params": [torch.tensor([1.0, 2.0], requires_grad=True)], "lr": 0.5}], lr=0.1)
+    assert isinstance(ours, lazygrad.optim.Optimizer) and isinstance(theirs, torch.optim.Optimizer)
+    assert ours.param_groups[0]["lr"] == theirs.param_groups[0]["lr"] == 0.5
