@@ -14,6 +14,9 @@ time would make the full set cost minutes of CI.
 
 from __future__ import annotations
 
+import importlib.util
+import pathlib
+
 import pytest
 import torch
 from opinfo_harness import (
@@ -150,3 +153,13 @@ def test_coverage_of_op_db():
         + "".join(f"{table}: {len(names)}\n" for table, names in tables.items())
     )
     assert counts == EXPECTED_COUNTS, f"coverage changed: update EXPECTED_COUNTS to {counts}"
+
+
+@pytest.mark.backend_independent
+def test_usage_page_lists_the_differences_in_these_tables():
+    script = pathlib.Path(__file__).resolve().parent.parent / "scripts" / "usage_differences.py"
+    spec = importlib.util.spec_from_file_location("usage_differences", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    page = module.USAGE.read_text()
+    assert module.updated_page(page) == page, "docs/usage.md is stale: run scripts/usage_differences.py"
