@@ -6,6 +6,7 @@ checked name. A new public name without one fails here, so an untested op cannot
 from __future__ import annotations
 
 import ast
+import functools
 import pathlib
 import types
 
@@ -68,9 +69,15 @@ def checked_by_op_db() -> set[str]:
     return out
 
 
+@functools.cache
 def functions_in(path: str) -> set[str]:
-    tree = ast.parse((TESTS / path).read_text())
+    tree = ast.parse(source_of(path))
     return {node.name for node in tree.body if isinstance(node, ast.FunctionDef)}
+
+
+@functools.cache
+def source_of(path: str) -> str:
+    return (TESTS / path).read_text()
 
 
 @pytest.mark.backend_independent
@@ -99,5 +106,5 @@ def test_named_checks_exist_and_mention_their_name():
     for qualified, where in NAMED_CHECKS.items():
         path, test = where.split("::")
         assert test in functions_in(path), f"{qualified}: {where} does not exist"
-        source = (TESTS / path).read_text()
+        source = source_of(path)
         assert qualified.rsplit(".", 1)[1] in source, f"{qualified}: {path} never mentions it"
