@@ -20,7 +20,7 @@ from lazygrad.dtype import DType
 from lazygrad.graph import LazyBuffer
 from lazygrad.ops import REDUCE, Op
 from lazygrad.shape import prod
-from lazygrad.tensor_ops.arrange import ArrangeOps
+from lazygrad.tensor_ops.arrange import ArrangeOps, IndexingOps
 from lazygrad.tensor_ops.creation import CreationOps, manual_seed
 from lazygrad.tensor_ops.elementwise import ElementwiseOps
 from lazygrad.tensor_ops.math import MathOps
@@ -31,7 +31,7 @@ from lazygrad.tensor_ops.reduce import MaxMin, ReduceOps
 __all__ = ["MaxMin", "Tensor", "manual_seed", "realize"]
 
 
-class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps, MathOps, ArrangeOps):
+class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps, MathOps, ArrangeOps, IndexingOps):
     __slots__ = ("_lazydata", "requires_grad", "grad", "_ctx", "_retains_grad", "__weakref__", "__dict__")
 
     @property

@@ -175,14 +175,12 @@ def test_a_float64_array_becomes_float32_as_documented():
     assert lazygrad.tensor(np.zeros(2)).dtype == lazygrad.float32
 
 
-# ---- indexing through several index tensors is refused with a clear error ---------------------------------
+# ---- indexing that is not supported says so ------------------------------------------------------------------
 
 
-def test_indexing_with_a_list_of_lists_and_a_bool_mask_refuse_clearly_or_match_torch():
-    x = rand(3, 4)
-    check_forward(lambda a: a[[0, 2]], x)
-    with pytest.raises(NotImplementedError, match="boolean-mask"):
-        lazygrad.tensor(x)[lazygrad.tensor(x > 0)]
+def test_indexing_that_mixes_index_tensors_and_slices_is_refused_clearly():
+    with pytest.raises(NotImplementedError, match="slices"):
+        lazygrad.tensor(rand(3, 4))[lazygrad.tensor([0, 1]), 1:]
 
 
 # ---- in-place forms and the smaller public names (tests/test_public_surface.py points here) -------------------
@@ -238,3 +236,62 @@ def test_optimizers_are_optimizer_subclasses_with_torchs_param_groups():
     theirs = torch.optim.SGD([{"params": [torch.tensor([1.0, 2.0], requires_grad=True)], "lr": 0.5}], lr=0.1)
     assert isinstance(ours, lazygrad.optim.Optimizer) and isinstance(theirs, torch.optim.Optimizer)
     assert ours.param_groups[0]["lr"] == theirs.param_groups[0]["lr"] == 0.5
+
+
+# ---- advanced indexing: masks, several index tensors, assignment through them ------------------------------
+
+INDEXED = np.arange(24, dtype=np.float32).reshape(4, 3, 2)
+
+
+@pytest.mark.parametrize(
+    "index",
+    [
+        lambda m, a: a > 10,
+        lambda m, a: (m.tensor([0, 2]), m.tensor([1, 2])),
+        lambda m, a: ([0, -1], [[1], [2]]),
+        lambda m, a: (1, m.tensor([0, 2])),
+        lambda m, a: a[:, :, 0] > 5,
+        lambda m, a: m.tensor([[0, 1], [2, 3]]),
+    ],
+    ids=["mask", "two_tensors", "broadcast_lists", "int_and_tensor", "leading_mask", "2d_tensor"],
+)
+def test_advanced_indexing_matches_torch_forward_and_backward(index):
+    def call(a):
+        module = lazygrad if isinstance(a, lazygrad.Tensor) else torch
+        return a[index(module, a.detach())]
+
+    check_grad(call, INDEXED)
+
+
+@pytest.mark.parametrize(
+    "index, value",
+    [
+        (lambda m, a: m.tensor([0, 2]), 7.0),
+        (lambda m, a: a > 20, -1.0),
+        (lambda m, a: ([1, 3], [0, 2]), "column"),
+    ],
+    ids=["rows", "mask", "pairs"],
+)
+def test_assignment_through_index_tensors_matches_torch(index, value):
+    results = []
+    for m in (lazygrad, torch):
+        a = m.tensor(INDEXED.copy())
+        v = m.tensor([5.0, 6.0]).unsqueeze(-1) if value == "column" else value
+        a[index(m, a)] = v
+        results.append(a)
+    assert_same(*results)
+
+
+def test_index_put_accumulates_repeated_indices_as_torch():
+    ours, theirs = lazygrad.tensor(INDEXED.copy()), torch.tensor(INDEXED.copy())
+    ours.index_put_((lazygrad.tensor([0, 0, 3]),), lazygrad.tensor(1.0), accumulate=True)
+    theirs.index_put_((torch.tensor([0, 0, 3]),), torch.tensor(1.0), accumulate=True)
+    assert_same(ours, theirs)
+
+
+def test_nonzero_and_where_of_a_condition_match_torch():
+    a, t = lazygrad.tensor(INDEXED), torch.tensor(INDEXED)
+    assert_same(a.nonzero(), t.nonzero())
+    assert_same(lazygrad.argwhere(a > 20), torch.argwhere(t > 20))
+    assert_same(lazygrad.where(a > 20), torch.where(t > 20))
+    assert_same(a.masked_select(a > 3), t.masked_select(t > 3))

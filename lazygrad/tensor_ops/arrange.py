@@ -8,7 +8,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from lazygrad import dtype as dt
+from lazygrad.shape import prod
 
 if TYPE_CHECKING:
     from lazygrad.tensor import Tensor
@@ -296,3 +299,106 @@ def stack_functions() -> dict:
 
 def _flat(tensors) -> list:
     return list(tensors[0]) if len(tensors) == 1 and isinstance(tensors[0], (list, tuple)) else list(tensors)
+
+
+class IndexingOps:
+    """Advanced indexing with data-dependent or several index tensors: x[mask], x[rows, cols], x[idx] = v,
+    nonzero. Boolean masks and nonzero read their values on the host (the result's shape depends on them)."""
+
+    __slots__ = ()
+
+    def nonzero(self, *, as_tuple: bool = False):
+        positions = np.argwhere(self.numpy())  # realizes: the count of nonzeros is the result's shape
+        if as_tuple and not self.ndim:  # torch: a 0-d tensor's positions as those of one element
+            return self.reshape(1).nonzero(as_tuple=True)
+        if as_tuple:
+            return tuple(Tensor(positions[:, d].copy(), dtype=dt.int64, device=self.device) for d in range(self.ndim))
+        return Tensor(positions.astype(np.int64), dtype=dt.int64, device=self.device)
+
+    def argwhere(self) -> Tensor:
+        return self.nonzero()
+
+    def masked_select(self, mask: Tensor) -> Tensor:
+        from lazygrad.tensor_ops.elementwise import _broadcast_shape
+
+        shape = _broadcast_shape(self.shape, mask.shape)
+        return self.broadcast_to(shape)[mask.broadcast_to(shape)]
+
+    def _linear_index(self, indices: tuple) -> Tensor:
+        """The index tensors (ints, lists, arrays, tensors, bool masks) applied to the leading dims, as one int64
+        tensor of positions into those dims flattened, in the index tensors' broadcast shape."""
+        from lazygrad.tensor_ops.elementwise import _broadcast_shape
+
+        parts, dim = [], 0
+        for index in indices:
+            values = index.numpy() if isinstance(index, Tensor) and index.dtype == dt.bool_ else index
+            if isinstance(values, (list, np.ndarray, bool, np.bool_)) and np.asarray(values).dtype == np.bool_:
+                mask = np.asarray(values)
+                if mask.shape != self.shape[dim : dim + mask.ndim]:
+                    raise IndexError(
+                        f"The shape of the mask {mask.shape} at index {dim} does not match the shape of the "
+                        f"indexed tensor {self.shape}"
+                    )
+                parts += [Tensor(p.astype(np.int64), dtype=dt.int64, device=self.device) for p in np.nonzero(mask)]
+                dim += mask.ndim
+                continue
+            if not isinstance(index, Tensor):
+                index = Tensor(np.asarray(index, dtype=np.int64), dtype=dt.int64, device=self.device)
+            if index.dtype.is_float:
+                raise IndexError(
+                    f"tensors used as indices must be long, int, byte or bool tensors, got {index.dtype.name}"
+                )
+            parts.append(index.cast(dt.int64))
+            dim += 1
+        if dim > self.ndim:
+            raise IndexError(f"too many indices for tensor of dimension {self.ndim} (shape {self.shape})")
+        shape = _broadcast_shape(*(p.shape for p in parts))
+        linear, stride = None, 1
+        for d in range(len(parts) - 1, -1, -1):
+            size = self.shape[d]
+            part = (parts[d] < 0).where(parts[d] + size, parts[d]).broadcast_to(shape)
+            linear = part * stride if linear is None else linear + part * stride
+            stride *= size
+        return linear
+
+    def _index_with_tensors(self, indices: tuple) -> Tensor:
+        linear = self._linear_index(indices)
+        lead = self._lead_dims(indices)
+        flat = self.reshape(prod(self.shape[:lead]), *self.shape[lead:])
+        return flat._gather_index(linear)
+
+    def _lead_dims(self, indices: tuple) -> int:
+        return sum(np.ndim(i.numpy() if isinstance(i, Tensor) else i) if _is_mask(i) else 1 for i in indices)
+
+    def _put(self, indices: tuple, values, accumulate: bool) -> Tensor:
+        """This tensor with `values` written (or added) at the positions the index tensors name."""
+        indices = indices if isinstance(indices, tuple) else (indices,)
+        linear = self._linear_index(indices)
+        lead = self._lead_dims(indices)
+        positions = prod(self.shape[:lead])
+        rest = self.shape[lead:]
+        flat = self.reshape(positions, *rest)
+        values = values if isinstance(values, Tensor) else Tensor.full((), values, self.dtype, self.device)
+        values = values.cast(self.dtype).broadcast_to(linear.shape + rest).reshape(linear.numel(), *rest)
+        # hits[p, k]: write k lands on position p
+        hits = Tensor.arange(positions, device=self.device).unsqueeze(-1) == linear.reshape(1, -1)
+        hits = hits.reshape(positions, linear.numel(), *(1,) * len(rest))
+        zero = Tensor.zeros((), dtype=self.dtype, device=self.device)
+        written = hits.where(values.unsqueeze(0), zero).sum(1).cast(self.dtype)
+        if accumulate:
+            out = flat | written if self.dtype == dt.bool_ else flat + written
+        else:
+            out = hits.any(1).where(written, flat)  # a position written twice gets the sum: torch leaves it unspecified
+        return out.reshape(self.shape)
+
+    def index_put(self, indices, values, accumulate: bool = False) -> Tensor:
+        return self._put(tuple(indices), values, accumulate)
+
+    def index_put_(self, indices, values, accumulate: bool = False) -> Tensor:
+        return self._inplace(self._put(tuple(indices), values, accumulate))
+
+
+def _is_mask(index) -> bool:
+    if isinstance(index, Tensor):
+        return index.dtype == dt.bool_
+    return np.asarray(index).dtype == np.bool_

@@ -167,11 +167,19 @@ class MovementOps:
         return _not_a_view(self, out)  # F.pad makes a new tensor
 
     def __getitem__(self, index) -> Tensor:
+        if isinstance(index, list) and any(isinstance(i, (list, tuple, Tensor, np.ndarray, slice)) for i in index):
+            index = tuple(index)  # torch (and numpy's old rule): a list of sequences is a tuple of indices
         if isinstance(index, Tensor) or (isinstance(index, (list, np.ndarray))):
+            if isinstance(index, Tensor) and index.dtype == dt.bool_ or np.asarray(index).dtype == np.bool_:
+                return self._index_with_tensors((index,))  # a mask: its nonzeros, read on the host
             return self._gather_index(index)
         index = index if isinstance(index, tuple) else (index,)
         if any(isinstance(i, (Tensor, list, np.ndarray)) for i in index):
-            raise NotImplementedError("indexing with several tensor indices is not supported; use one tensor index")
+            if all(isinstance(i, (Tensor, list, np.ndarray, int, np.integer)) for i in index):
+                return self._index_with_tensors(index)  # several index tensors on the leading dims, broadcast
+            raise NotImplementedError(
+                "indexing that mixes tensor indices with slices, None or ... is not supported; index the tensors first"
+            )
         n_real = sum(1 for i in index if i is not None and i is not Ellipsis)
         if n_real > self.ndim:
             raise IndexError(f"too many indices for tensor of dimension {self.ndim}")
@@ -243,11 +251,16 @@ class MovementOps:
         """x[index] = value: an in-place copy into the view x[index] (basic indexing only)."""
         parts = index if isinstance(index, tuple) else (index,)
         if any(isinstance(i, (Tensor, list, np.ndarray)) for i in parts):
-            raise NotImplementedError("assignment through a tensor index is not supported; use where() instead")
+            if not all(isinstance(i, (Tensor, list, np.ndarray, int, np.integer)) for i in parts):
+                raise NotImplementedError("assignment through tensor indices mixed with slices is not supported")
+            self.index_put_(parts, value)  # index_put_: tensors, lists and bool masks on the leading dims
+            return
         self[index].copy_(value)
 
     def _gather_index(self, index) -> Tensor:
         """x[idx] with an integer (or bool mask) tensor on the first dim: a one-hot reduce."""
+        if self.dtype == dt.bool_:  # the one-hot product is arithmetic
+            return self.cast(dt.uint8)._gather_index(index).cast(dt.bool_)
         idx = index if isinstance(index, Tensor) else Tensor(np.asarray(index), device=self.device)
         if idx.dtype == dt.bool_:
             raise NotImplementedError("boolean-mask indexing has a data-dependent shape; use where() instead")
