@@ -24,6 +24,7 @@ from lazygrad.dtype import (
 from lazygrad.jit import jit
 from lazygrad.runtime import profile
 from lazygrad.tensor import Tensor, manual_seed, realize
+from lazygrad.tensor_ops import arrange as _arrange
 
 bool = bool_  # noqa: A001 (torch.bool)
 float = float32  # noqa: A001
@@ -40,9 +41,37 @@ rand, randn, randint = Tensor.rand, Tensor.randn, Tensor.randint
 zeros_like, ones_like, full_like, empty_like = Tensor.zeros_like, Tensor.ones_like, Tensor.full_like, Tensor.empty_like
 rand_like, randn_like = Tensor.rand_like, Tensor.randn_like
 cat, stack = Tensor.cat, Tensor.stack
-where = lambda cond, x, y: cond.where(x, y)  # noqa: E731
+
+
+def where(condition, input=None, other=None):
+    """torch.where(condition, input, other); torch.where(condition) is condition.nonzero(as_tuple=True)."""
+    if input is None and other is None:
+        return condition.nonzero(as_tuple=True)
+    return condition.where(input, other)
+
+
 maximum, minimum = Tensor.maximum, Tensor.minimum
 matmul = Tensor.matmul
+
+# torch's function forms of Tensor methods (torch.sum(x, 1) is x.sum(1)): the method itself, self as first argument
+FUNCTION_FORMS = """
+    abs abs_ acos acosh add addbmm addcdiv addcmul addmm addmv addr all allclose amax amin aminmax any arccos
+    arccosh arcsin arcsinh arctan arctan2 arctanh argmax argmin argwhere asin asinh atan atan2 atanh baddbmm
+    bitwise_and bitwise_left_shift bitwise_not bitwise_or bitwise_right_shift bitwise_xor bmm broadcast_to ceil
+    chunk clamp clamp_ clamp_max clamp_min clip clone conv1d conv2d copysign cos cosh count_nonzero cumprod
+    cumsum deg2rad detach detach_ diag diagonal div dot dropout eq erf erfc exp exp2 exp_ expm1 fill_ flatten
+    flip fliplr flipud floor floor_divide fmax fmin fmod frac gather ge ger gt heaviside hypot index_put
+    index_put_ index_select inner isclose isfinite isinf isnan isneginf isposinf kron le lerp log log10 log1p
+    log2 log_softmax logaddexp logaddexp2 logical_and logical_not logical_or logical_xor logit logsumexp lt
+    masked_select max max_pool2d mean min mm moveaxis movedim mul mv nan_to_num nanmean nansum narrow ne neg
+    neg_ nonzero numel outer permute positive pow prod rad2deg ravel reciprocal relu relu_ remainder
+    repeat_interleave reshape roll rot90 round rsqrt rsub scatter scatter_add select sigmoid sign signbit sin
+    sinc sinh softmax split sqrt sqrt_ square squeeze std std_mean sub sum swapaxes t take_along_dim tan tanh
+    tile trace transpose true_divide trunc unbind unflatten unsqueeze var var_mean xlogy zero_
+""".split()
+globals().update({name: getattr(Tensor, name) for name in FUNCTION_FORMS})
+# functions of several tensors (torch.hstack, torch.meshgrid...)
+globals().update(_arrange.stack_functions())
 
 
 def grad(outputs, inputs, grad_outputs=None, create_graph: bool = False, retain_graph=None):
@@ -72,8 +101,10 @@ def _lazy_attr(name):
 
 
 def __getattr__(name):
-    if name in ("nn", "optim", "models", "serialization", "hub", "backends"):
+    if name in ("nn", "optim", "models", "serialization", "hub", "backends", "utils"):
         return _lazy_attr(name)
+    if name == "Generator":
+        return _lazy_attr("utils.data").Generator
     if name in ("load", "save"):
         return getattr(_lazy_attr("serialization"), name)
     raise AttributeError(f"module 'lazygrad' has no attribute {name!r}")

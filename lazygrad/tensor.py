@@ -20,8 +20,10 @@ from lazygrad.dtype import DType
 from lazygrad.graph import LazyBuffer
 from lazygrad.ops import REDUCE, Op
 from lazygrad.shape import prod
+from lazygrad.tensor_ops.arrange import ArrangeOps, IndexingOps
 from lazygrad.tensor_ops.creation import CreationOps, manual_seed
 from lazygrad.tensor_ops.elementwise import ElementwiseOps
+from lazygrad.tensor_ops.math import MathOps
 from lazygrad.tensor_ops.movement import MovementOps
 from lazygrad.tensor_ops.nn import NNOps
 from lazygrad.tensor_ops.reduce import MaxMin, ReduceOps
@@ -29,7 +31,7 @@ from lazygrad.tensor_ops.reduce import MaxMin, ReduceOps
 __all__ = ["MaxMin", "Tensor", "manual_seed", "realize"]
 
 
-class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps):
+class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps, MathOps, ArrangeOps, IndexingOps):
     __slots__ = ("_lazydata", "requires_grad", "grad", "_ctx", "_retains_grad", "__weakref__", "__dict__")
 
     @property
@@ -226,6 +228,20 @@ class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps):
     def detach(self) -> Tensor:
         return Tensor(self.lazydata)
 
+    @property
+    def data(self) -> Tensor:
+        """The same values outside autograd (torch's .data); in-place updates of it update this tensor."""
+        alias = Tensor(self.lazydata)
+        alias._view_of = (self, "data", None)
+        return alias
+
+    @data.setter
+    def data(self, value: Tensor) -> None:
+        # torch's `param.data = t`: the tensor takes t's values (and shape), its autograd identity stays
+        lb = value.lazydata if isinstance(value, Tensor) else Tensor(value, device=self.device).lazydata
+        if lb is not self.lazydata:  # `p.data -= x` sets back what the in-place update already wrote
+            self.lazydata = lb
+
     def detach_(self) -> Tensor:
         self._ctx, self.requires_grad = None, False
         return self
@@ -346,6 +362,10 @@ class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps):
     def _write_through(self, result: Tensor) -> Tensor:
         """An in-place update of a view updates the tensor it views (and so on up), as in PyTorch."""
         source, op, arg = self._view_of
+        if op == "data":  # an update through .data is not recorded by autograd, and writes the source itself
+            source.data = result
+            self.lazydata = source.lazydata
+            return self
         if op == Op.EXPAND:
             raise RuntimeError(
                 "unsupported operation: more than one element of the written-to tensor refers to a "
@@ -403,11 +423,12 @@ class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps):
     def abs_(self):
         return self._inplace(self.abs())
 
+    # as a function of the old value with gradient 0 (torch's): a plain constant would keep the old grad_fn
     def zero_(self):
-        return self._inplace(self.zeros_like())
+        return self._inplace(self._zero_gradient(self.zeros_like()))
 
     def fill_(self, value):
-        return self._inplace(self.full_like(value))
+        return self._inplace(self._zero_gradient(self.full_like(value)))
 
     def copy_(self, src):
         src = src if isinstance(src, Tensor) else Tensor(src)
@@ -439,7 +460,8 @@ class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps):
         if dim is None:
             return tuple(range(self.ndim))
         dims = dim if isinstance(dim, (tuple, list)) else (dim,)
-        return tuple(sorted({self._dim(d) for d in dims}))
+        axes = tuple(sorted({self._dim(d) for d in dims}))
+        return axes if self.ndim else ()  # a 0-d tensor accepts dim 0 or -1, and has nothing to reduce
 
 
 def _to_numpy_nested(data, dtype) -> np.ndarray:

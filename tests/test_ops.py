@@ -760,9 +760,11 @@ def test_setitem_casts_and_broadcasts_the_value():
     assert_same(a, ta)
 
 
-def test_setitem_with_a_tensor_index_is_refused():
-    with pytest.raises(NotImplementedError):
-        Tensor(rand(3))[Tensor(np.array([0, 2]))] = 1.0
+def test_setitem_with_a_tensor_index_matches_torch():
+    a, ta = Tensor(rand(3)), torch.tensor(rand(3))
+    a[Tensor(np.array([0, 2]))] = 1.0
+    ta[torch.tensor([0, 2])] = 1.0
+    assert_same(a, ta)
 
 
 def test_inplace_result_shape_mismatch_is_an_error():

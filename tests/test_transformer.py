@@ -165,6 +165,21 @@ def test_masked_fill_tril_triu(diagonal):
     )
 
 
+def test_masked_fill_in_place_and_with_a_0d_value_tensor():
+    tx, x = pair(BATCH, LENGTH, WIDTH)
+    mask = np.random.default_rng(9).random((LENGTH, WIDTH)) < 0.5
+    # in place on a clone (autograd sees the fill), and a 0-d value tensor, which gets the filled places' gradient
+    tvalue, value = torch.tensor(2.5, requires_grad=True), lazygrad.tensor(2.5, requires_grad=True)
+    check_same_output_and_grads(
+        tx.clone().masked_fill_(torch.tensor(mask), tvalue),
+        x.clone().masked_fill_(lazygrad.tensor(mask), value),
+        (tx, tvalue),
+        (x, value),
+    )
+    with pytest.raises(RuntimeError, match="0-d value"):
+        x.masked_fill(lazygrad.tensor(mask), lazygrad.ones(2))
+
+
 @pytest.mark.parametrize("largest", [True, False])
 def test_topk_values_indices_and_gradient(largest):
     tx, x = pair(BATCH, LENGTH, WIDTH)

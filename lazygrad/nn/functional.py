@@ -273,3 +273,148 @@ def scaled_dot_product_attention(
     scale: float | None = None,
 ) -> Tensor:
     return query.scaled_dot_product_attention(key, value, attn_mask, dropout_p, is_causal, scale)
+
+
+# ---- more of torch.nn.functional, composed of Tensor ops (issue 15); tests/test_opinfo.py checks each ----
+
+
+def elu(input: Tensor, alpha: float = 1.0, inplace: bool = False) -> Tensor:
+    return input.elu(alpha)
+
+
+def celu(input: Tensor, alpha: float = 1.0, inplace: bool = False) -> Tensor:
+    return (input > 0).where(input, alpha * (input / alpha).expm1())
+
+
+def selu(input: Tensor, inplace: bool = False) -> Tensor:
+    return 1.0507009873554804934193349852946 * input.elu(1.6732632423543772848170429916717)
+
+
+def leaky_relu(input: Tensor, negative_slope: float = 0.01, inplace: bool = False) -> Tensor:
+    return input.leaky_relu(negative_slope)
+
+
+def relu6(input: Tensor, inplace: bool = False) -> Tensor:
+    return input.relu6()
+
+
+def silu(input: Tensor, inplace: bool = False) -> Tensor:
+    return input.silu()
+
+
+def mish(input: Tensor, inplace: bool = False) -> Tensor:
+    return input.mish()
+
+
+def softplus(input: Tensor, beta: float = 1.0, threshold: float = 20.0) -> Tensor:
+    return input.softplus(beta, threshold)
+
+
+def hardtanh(input: Tensor, min_val: float = -1.0, max_val: float = 1.0, inplace: bool = False) -> Tensor:
+    if not input.dtype.is_float:  # torch keeps an integer input's dtype
+        return input.clamp(int(min_val), int(max_val))
+    return input.hardtanh(min_val, max_val)
+
+
+def sigmoid(input: Tensor) -> Tensor:
+    return input.sigmoid()
+
+
+def tanh(input: Tensor) -> Tensor:
+    return input.tanh()
+
+
+def logsigmoid(input: Tensor) -> Tensor:
+    return -(-input).softplus()
+
+
+def softsign(input: Tensor) -> Tensor:
+    return input / (1 + input.abs())
+
+
+def hardsigmoid(input: Tensor, inplace: bool = False) -> Tensor:
+    return (input / 6 + 0.5).clamp(0, 1)
+
+
+def hardswish(input: Tensor, inplace: bool = False) -> Tensor:
+    return input * (input + 3).clamp(0, 6) / 6
+
+
+def tanhshrink(input: Tensor) -> Tensor:
+    return input - input.tanh()
+
+
+def softshrink(input: Tensor, lambd: float = 0.5) -> Tensor:
+    return (input > lambd).where(input - lambd, (input < -lambd).where(input + lambd, 0.0))
+
+
+def hardshrink(input: Tensor, lambd: float = 0.5) -> Tensor:
+    return ((input > lambd) | (input < -lambd)).where(input, 0.0)
+
+
+def threshold(input: Tensor, threshold: float, value: float, inplace: bool = False) -> Tensor:
+    return (input > threshold).where(input, value)
+
+
+def softmin(input: Tensor, dim: int, dtype=None) -> Tensor:
+    return (-input).softmax(dim, dtype)
+
+
+def glu(input: Tensor, dim: int = -1) -> Tensor:
+    a, b = input.chunk(2, dim)
+    return a * b.sigmoid()
+
+
+def l1_loss(input: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
+    return _reduce((input - target).abs(), reduction)
+
+
+def smooth_l1_loss(input: Tensor, target: Tensor, reduction: str = "mean", beta: float = 1.0) -> Tensor:
+    diff = (input - target).abs()
+    if beta == 0:
+        return _reduce(diff, reduction)
+    return _reduce((diff < beta).where(0.5 * diff * diff / beta, diff - 0.5 * beta), reduction)
+
+
+def huber_loss(input: Tensor, target: Tensor, reduction: str = "mean", delta: float = 1.0) -> Tensor:
+    diff = (input - target).abs()
+    return _reduce((diff < delta).where(0.5 * diff * diff, delta * (diff - 0.5 * delta)), reduction)
+
+
+def binary_cross_entropy(input: Tensor, target: Tensor, weight=None, reduction: str = "mean") -> Tensor:
+    # torch clamps the logarithms at -100, so that 0 and 1 give a finite loss
+    loss = -(target * input.log().clamp(min=-100) + (1 - target) * (1 - input).log().clamp(min=-100))
+    return _reduce(loss if weight is None else loss * weight, reduction)
+
+
+def binary_cross_entropy_with_logits(
+    input: Tensor, target: Tensor, weight=None, reduction: str = "mean", pos_weight=None
+) -> Tensor:
+    log_sigmoid, log_one_minus = logsigmoid(input), logsigmoid(-input)
+    positive = target * log_sigmoid if pos_weight is None else pos_weight * target * log_sigmoid
+    loss = -(positive + (1 - target) * log_one_minus)
+    return _reduce(loss if weight is None else loss * weight, reduction)
+
+
+def normalize(input: Tensor, p: float = 2.0, dim: int = 1, eps: float = 1e-12) -> Tensor:
+    if p == 2.0:
+        norm = (input * input).sum(dim, keepdim=True).sqrt()
+    elif p == float("inf"):
+        norm = input.abs().amax(dim, keepdim=True)
+    else:
+        norm = input.abs().pow(p).sum(dim, keepdim=True).pow(1 / p)
+    return input / norm.clamp(min=eps)
+
+
+def cosine_similarity(x1: Tensor, x2: Tensor, dim: int = 1, eps: float = 1e-8) -> Tensor:
+    # torch: the dot product over the product of the norms, each norm clamped at eps
+    n1 = (x1 * x1).sum(dim).sqrt().clamp(min=eps)
+    n2 = (x2 * x2).sum(dim).sqrt().clamp(min=eps)
+    return (x1 * x2).sum(dim) / (n1 * n2)
+
+
+def conv1d(input: Tensor, weight: Tensor, bias=None, stride=1, padding=0, dilation=1, groups: int = 1) -> Tensor:
+    if isinstance(padding, str):
+        raise NotImplementedError(f"conv1d: padding={padding!r}; give the padding as a number")
+    single = lambda v: v[0] if isinstance(v, (tuple, list)) else v  # noqa: E731 (torch takes (n,) too)
+    return input.conv1d(weight, bias, single(stride), single(padding), single(dilation), groups)

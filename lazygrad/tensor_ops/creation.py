@@ -53,8 +53,12 @@ class CreationOps:
         return random.randn(*shape, dtype=dtype, device=device, requires_grad=requires_grad)
 
     @staticmethod
-    def randint(low, high=None, size=(), dtype=None, device=None) -> Tensor:
+    def randint(low, high=None, size=(), dtype=None, device=None, requires_grad=False) -> Tensor:
+        if isinstance(high, (tuple, list)):  # torch's randint(high, size)
+            low, high, size = 0, low, high
         low, high = (0, low) if high is None else (low, high)
+        if requires_grad:
+            raise RuntimeError("randint(): only Tensors of floating point dtype can require gradients")
         return random.randint(low, high, size if isinstance(size, (tuple, list)) else (size,), dtype, device)
 
     @staticmethod
@@ -80,9 +84,10 @@ class CreationOps:
         return Tensor(np.linspace(start, end, steps).astype(dtype.np), device=device)
 
     @staticmethod
-    def eye(n: int, m: int | None = None, dtype=None, device=None) -> Tensor:
+    def eye(n: int, m: int | None = None, dtype=None, device=None, requires_grad=False) -> Tensor:
         dtype = dt.to_dtype(dtype) if dtype is not None else dt.default_float
-        return Tensor(np.eye(n, m if m is not None else n).astype(dtype.np), device=device)
+        t = Tensor(np.eye(n, m if m is not None else n).astype(dtype.np), device=device)
+        return t.requires_grad_() if requires_grad else t
 
     def full_like(self, fill_value, dtype=None, device=None, requires_grad=False) -> Tensor:
         return Tensor.full(self.shape, fill_value, dtype or self.dtype, device or self.device, requires_grad)

@@ -241,7 +241,8 @@ class ElementwiseOps:
         return self.sqrt().reciprocal()
 
     def square(self) -> Tensor:
-        return self * self
+        x = self.cast(dt.int64) if self.dtype == dt.bool_ else self  # as torch: pow(bool, 2) is int64
+        return x * x
 
     def sin(self) -> Tensor:
         return self._float()._primitive(Op.SIN)
@@ -416,6 +417,10 @@ class ElementwiseOps:
         return cond._primitive(Op.WHERE, x, y)
 
     def masked_fill(self, mask: Tensor, value) -> Tensor:
+        if isinstance(value, Tensor):  # torch takes a 0-d tensor too (its gradient is the sum over the filled places)
+            if value.ndim != 0:
+                raise RuntimeError(f"masked_fill takes a 0-d value tensor, got one of shape {value.shape}")
+            return mask.where(value.cast(self.dtype), self)
         return mask.where(
             Tensor.full((), value, dt.scalar_dtype(value, self.dtype), self.device).cast(self.dtype), self
         )

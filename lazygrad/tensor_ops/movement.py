@@ -137,8 +137,9 @@ class MovementOps:
     def expand_as(self, other: Tensor) -> Tensor:
         return self.expand(other.shape)
 
-    def flip(self, *dims) -> Tensor:
-        dims = dims[0] if len(dims) == 1 and isinstance(dims[0], (tuple, list)) else dims
+    def flip(self, *args, dims=None) -> Tensor:
+        dims = args[0] if len(args) == 1 and isinstance(args[0], (tuple, list)) else args if dims is None else dims
+        dims = (dims,) if isinstance(dims, int) else dims
         return _not_a_view(self, self._movement(Op.FLIP, tuple(self._dim(d) for d in dims)))  # torch.flip copies
 
     def shrink(self, arg) -> Tensor:
@@ -166,11 +167,19 @@ class MovementOps:
         return _not_a_view(self, out)  # F.pad makes a new tensor
 
     def __getitem__(self, index) -> Tensor:
+        if isinstance(index, list) and any(isinstance(i, (list, tuple, Tensor, np.ndarray, slice)) for i in index):
+            index = tuple(index)  # torch (and numpy's old rule): a list of sequences is a tuple of indices
         if isinstance(index, Tensor) or (isinstance(index, (list, np.ndarray))):
+            if isinstance(index, Tensor) and index.dtype == dt.bool_ or np.asarray(index).dtype == np.bool_:
+                return self._index_with_tensors((index,))  # a mask: its nonzeros, read on the host
             return self._gather_index(index)
         index = index if isinstance(index, tuple) else (index,)
         if any(isinstance(i, (Tensor, list, np.ndarray)) for i in index):
-            raise NotImplementedError("indexing with several tensor indices is not supported; use one tensor index")
+            if all(isinstance(i, (Tensor, list, np.ndarray, int, np.integer)) for i in index):
+                return self._index_with_tensors(index)  # several index tensors on the leading dims, broadcast
+            raise NotImplementedError(
+                "indexing that mixes tensor indices with slices, None or ... is not supported; index the tensors first"
+            )
         n_real = sum(1 for i in index if i is not None and i is not Ellipsis)
         if n_real > self.ndim:
             raise IndexError(f"too many indices for tensor of dimension {self.ndim}")
@@ -242,11 +251,16 @@ class MovementOps:
         """x[index] = value: an in-place copy into the view x[index] (basic indexing only)."""
         parts = index if isinstance(index, tuple) else (index,)
         if any(isinstance(i, (Tensor, list, np.ndarray)) for i in parts):
-            raise NotImplementedError("assignment through a tensor index is not supported; use where() instead")
+            if not all(isinstance(i, (Tensor, list, np.ndarray, int, np.integer)) for i in parts):
+                raise NotImplementedError("assignment through tensor indices mixed with slices is not supported")
+            self.index_put_(parts, value)  # index_put_: tensors, lists and bool masks on the leading dims
+            return
         self[index].copy_(value)
 
     def _gather_index(self, index) -> Tensor:
         """x[idx] with an integer (or bool mask) tensor on the first dim: a one-hot reduce."""
+        if self.dtype == dt.bool_:  # the one-hot product is arithmetic
+            return self.cast(dt.uint8)._gather_index(index).cast(dt.bool_)
         idx = index if isinstance(index, Tensor) else Tensor(np.asarray(index), device=self.device)
         if idx.dtype == dt.bool_:
             raise NotImplementedError("boolean-mask indexing has a data-dependent shape; use where() instead")
@@ -257,11 +271,41 @@ class MovementOps:
         return (one_hot * self).sum(idx.ndim)
 
     def gather(self, dim: int, index: Tensor) -> Tensor:
+        """out[i][j][k] = self[index[i][j][k]][j][k] (for dim 0): a one-hot of the index along a new last axis,
+        times the input with its `dim` moved last, summed over that axis."""
         d = self._dim(dim)
+        if index.dtype.is_float or index.dtype == dt.bool_:
+            raise RuntimeError(f"gather(): Expected dtype int64 for index, got {index.dtype.name}")
+        if index.ndim != self.ndim and not (index.ndim <= 1 and self.ndim <= 1):
+            raise RuntimeError(
+                f"Index tensor must have the same number of dimensions as input tensor "
+                f"(input {self.shape}, index {index.shape})"
+            )
+        if self.dtype == dt.bool_:  # the one-hot product is arithmetic
+            return self.cast(dt.uint8).gather(d, index).cast(dt.bool_)
+        if not self.ndim:
+            return self.reshape(index.shape) if index.ndim else self
+        index = index.reshape(index.shape or (1,))
+        for i, (a, b) in enumerate(zip(index.shape, self.shape)):
+            if i != d and a > b:
+                raise RuntimeError(
+                    f"Size does not match at dimension {i} expected index {index.shape} to be smaller than "
+                    f"self {self.shape} apart from dimension {d}"
+                )
         n = self.shape[d]
         x = self.shrink([(0, s) if i == d else (0, index.shape[i]) for i, s in enumerate(self.shape)])
+        # the input's dim d moved last, a size-1 axis in its place (broadcast against the index's dim d)
+        x = x.permute([i for i in range(self.ndim) if i != d] + [d]).unsqueeze(d)
         one_hot = index.unsqueeze(-1) == Tensor.arange(n, device=self.device)
-        return (one_hot.cast(self.dtype) * x.unsqueeze(d).transpose(d, -1)).sum(-1)
+        return (one_hot.cast(self.dtype) * x).sum(-1)
+
+    def take_along_dim(self, indices: Tensor, dim=None) -> Tensor:
+        if dim is None:
+            return self.reshape(-1).gather(0, indices.reshape(-1))
+        d = self._dim(dim)
+        shape = tuple(max(a, b) if i != d else b for i, (a, b) in enumerate(zip(self.shape, indices.shape)))
+        x = self.expand(tuple(s if i != d else self.shape[d] for i, s in enumerate(shape)))
+        return x.gather(d, indices.expand(shape))
 
     def one_hot(self, num_classes: int = -1) -> Tensor:
         """int64 one-hot encoding along a new last dim. num_classes=-1 reads max()+1, which computes the input."""

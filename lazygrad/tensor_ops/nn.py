@@ -26,7 +26,8 @@ class NNOps:
     __matmul__ = lambda self, other: self.matmul(other)  # noqa: E731
 
     def __rmatmul__(self, other):
-        return Tensor(other, device=self.device).matmul(self)
+        other = other if isinstance(other, Tensor) else Tensor(other, device=self.device)  # keeps its autograd
+        return other.matmul(self)
 
     def matmul(self, other: Tensor) -> Tensor:
         a, b = self, other if isinstance(other, Tensor) else Tensor(other, device=self.device)

@@ -22,7 +22,7 @@ class ReduceOps:
     __slots__ = ()
 
     def _reduce(self, op: str, dim, keepdim: bool) -> Tensor:
-        axes = self._axes(dim) if self.ndim else ()
+        axes = self._axes(dim)
         for a in axes:
             if self.shape[a] == 0 and op == Op.RMAX:
                 raise IndexError(f"max(): Expected reduction dim {a} to have non-zero size (shape {self.shape})")
@@ -89,7 +89,7 @@ class ReduceOps:
     def _value_at(self, indices: Tensor, dim: int, keepdim: bool, values: Tensor) -> Tensor:
         """`values` (the max or min along dim) such that the gradient goes to the element at `indices` only,
         as PyTorch's max(dim) and min(dim) do (amax and amin share it among ties instead)."""
-        if not (self.requires_grad and autograd.is_grad_enabled()):
+        if not (self.requires_grad and autograd.is_grad_enabled()) or not self.ndim:
             return values
         d = self._dim(dim)
         n = self.shape[d]
@@ -109,6 +109,8 @@ class ReduceOps:
         if dim is None:
             return self.reshape(-1).argmax(0)
         d = self._dim(dim)
+        if not self.ndim:  # a 0-d tensor's only element is at index 0
+            return Tensor.zeros((), dtype=dt.int64, device=self.device)
         n = self.shape[d]
         hit = self == self.amax(d, keepdim=True)
         if self.dtype.is_float:
@@ -141,18 +143,28 @@ class ReduceOps:
         x = x.transpose(d, -1) if self.ndim else x.reshape(())
         return x if keepdim or not self.ndim else x.squeeze(d)
 
-    def var(self, dim=None, keepdim: bool = False, correction=None, unbiased=None) -> Tensor:
+    def var(self, dim=None, unbiased=None, keepdim: bool = False, *, correction=None) -> Tensor:
+        """PyTorch's overloads: var(unbiased: bool), var(dim, unbiased, keepdim), var(dim, *, correction, keepdim)."""
+        if isinstance(dim, bool):
+            dim, unbiased = None, dim  # var(True): a bool is torch's `unbiased`, never a dim
         if correction is None:
             correction = 1 if unbiased is None or unbiased else 0
         n = prod(self.shape[a] for a in self._axes(dim))
         centered = self - self.mean(dim, keepdim=True)
         return (centered * centered).sum(dim, keepdim) / max(n - correction, 0)
 
-    def std(self, dim=None, keepdim: bool = False, correction=None, unbiased=None) -> Tensor:
-        return self.var(dim, keepdim, correction, unbiased).sqrt()
+    def std(self, dim=None, unbiased=None, keepdim: bool = False, *, correction=None) -> Tensor:
+        return self.var(dim, unbiased, keepdim, correction=correction).sqrt()
 
-    def var_mean(self, dim=None, keepdim=False, correction=None, unbiased=None):
-        return self.var(dim, keepdim, correction, unbiased), self.mean(dim, keepdim)
+    def var_mean(self, dim=None, unbiased=None, keepdim: bool = False, *, correction=None):
+        if isinstance(dim, bool):
+            dim, unbiased = None, dim
+        return self.var(dim, unbiased, keepdim, correction=correction), self.mean(dim, keepdim)
+
+    def std_mean(self, dim=None, unbiased=None, keepdim: bool = False, *, correction=None):
+        if isinstance(dim, bool):
+            dim, unbiased = None, dim
+        return self.std(dim, unbiased, keepdim, correction=correction), self.mean(dim, keepdim)
 
     def any(self, dim=None, keepdim: bool = False) -> Tensor:
         if self.ndim and any(self.shape[a] == 0 for a in self._axes(dim)):
@@ -164,6 +176,8 @@ class ReduceOps:
         return self.bool().logical_not().any(dim, keepdim).logical_not()
 
     def logsumexp(self, dim=None, keepdim: bool = False) -> Tensor:
+        if not self.dtype.is_float:
+            return self._float().logsumexp(dim, keepdim)
         m = self.amax(dim, keepdim=True).detach()
         m = (m.abs() == float("inf")).where(m.zeros_like(), m)  # all -inf rows stay -inf, without NaN
         out = (self - m).exp().sum(dim, keepdim=True).log() + m
@@ -179,7 +193,14 @@ class ReduceOps:
         shifted = x - x.amax(dim, keepdim=True).detach()
         return shifted - shifted.exp().sum(dim, keepdim=True).log()
 
-    def cumsum(self, dim: int = 0) -> Tensor:
+    def cumsum(self, dim: int = 0, dtype=None) -> Tensor:
+        if dtype is not None:
+            return self.cast(dtype).cumsum(dim)
+        if not self.dtype.is_float and self.dtype != dt.int64:
+            return self.cast(dt.int64).cumsum(dim)  # as torch: integer and bool running sums are int64
+        if not self.ndim:
+            self._dim(dim)
+            return self
         d = self._dim(dim)
         n = self.shape[d]
         x = self.transpose(d, -1)

@@ -1,0 +1,404 @@
+"""Shape and selection ops composed of views and the core ops: diagonal, diag, trace, roll, movedim, narrow,
+select, tile, the stacks (hstack, vstack, dstack, column_stack), atleast_Nd, fliplr/flipud, rot90, index_select,
+scatter/scatter_add, the *_as and new_* forms; and the products outer, mv, bmm, addmm, addmv, baddbmm, addr, kron.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from lazygrad import dtype as dt
+from lazygrad.shape import prod
+
+if TYPE_CHECKING:
+    from lazygrad.tensor import Tensor
+# at run time `Tensor` is the finished class, bound in by lazygrad.tensor (tensor_ops.bind_tensor_class)
+
+
+class ArrangeOps:
+    __slots__ = ()
+
+    # --- diagonals ----------------------------------------------------------------------------------
+    def diagonal(self, offset: int = 0, dim1: int = 0, dim2: int = 1) -> Tensor:
+        d1, d2 = self._dim(dim1), self._dim(dim2)
+        if d1 == d2:
+            raise RuntimeError(f"diagonal dimensions cannot be identical {dim1}, {dim2}")
+        rest = [i for i in range(self.ndim) if i not in (d1, d2)]
+        x = self.permute(*rest, d1, d2)
+        rows, cols = x.shape[-2], x.shape[-1]
+        # the offset-th diagonal starts at (max(-offset, 0), max(offset, 0))
+        x = x[..., max(-offset, 0) :, max(offset, 0) :]
+        n = max(0, min(x.shape[-2], x.shape[-1]))
+        batch = x.shape[:-2]
+        if n == 0:
+            return Tensor.zeros(*batch, 0, dtype=self.dtype, device=self.device)
+        x = x[..., :n, :n]
+        # a row of n+1 elements per step: flatten, pad by n, and every (n+1)-th element is on the diagonal
+        flat = x.reshape(*batch, n * n).pad((0, n))
+        del rows, cols
+        return flat.reshape(*batch, n, n + 1)[..., 0]
+
+    def diag(self, diagonal: int = 0) -> Tensor:
+        if self.ndim == 2:
+            return self.diagonal(diagonal)
+        if self.ndim != 1:
+            raise RuntimeError(f"diag(): Supports 1D or 2D tensors. Got {self.ndim}D (shape {self.shape})")
+        n, k = self.shape[0], abs(diagonal)
+        size = n + k
+        eye = Tensor.eye(n, dtype=dt.bool_, device=self.device)
+        square = eye.where(self.unsqueeze(0), Tensor.zeros((), dtype=self.dtype, device=self.device))
+        # place the n x n block so its diagonal is the `diagonal`-th of the size x size result
+        top, left = max(-diagonal, 0), max(diagonal, 0)
+        return square.pad((left, size - n - left, top, size - n - top))
+
+    def trace(self) -> Tensor:
+        if self.ndim != 2:
+            raise RuntimeError(f"trace: expected a matrix, but got tensor with dim {self.ndim}")
+        return self.diagonal().sum()
+
+    # --- moving and selecting -----------------------------------------------------------------------
+    def roll(self, shifts, dims=None) -> Tensor:
+        if dims is None:
+            return self.flatten().roll(shifts, 0).reshape(self.shape)
+        shifts = shifts if isinstance(shifts, (tuple, list)) else (shifts,)
+        dims = dims if isinstance(dims, (tuple, list)) else (dims,)
+        if len(shifts) != len(dims):
+            raise RuntimeError(f"shifts and dimensions must align. shifts: {len(shifts)}, dims:{len(dims)}")
+        x = self
+        for shift, dim in zip(shifts, dims):
+            d = x._dim(dim)
+            n = x.shape[d]
+            if n == 0:
+                continue
+            s = shift % n
+            if s:
+                head, tail = x.split([n - s, s], d)
+                x = Tensor.cat([tail, head], d)
+        return x.clone() if x is self else x
+
+    def movedim(self, source, destination) -> Tensor:
+        source = [self._dim(s) for s in (source if isinstance(source, (tuple, list)) else (source,))]
+        destination = [
+            self._dim(d) for d in (destination if isinstance(destination, (tuple, list)) else (destination,))
+        ]
+        order = [None] * self.ndim
+        for s, d in zip(source, destination):
+            order[d] = s
+        rest = iter(i for i in range(self.ndim) if i not in source)
+        return self.permute(*[o if o is not None else next(rest) for o in order])
+
+    moveaxis = movedim
+
+    def narrow(self, dim: int, start, length: int) -> Tensor:
+        d = self._dim(dim)
+        start = int(start) % self.shape[d] if int(start) < 0 else int(start)
+        return self.shrink([(start, start + length) if i == d else (0, s) for i, s in enumerate(self.shape)])
+
+    def select(self, dim: int, index: int) -> Tensor:
+        d = self._dim(dim)
+        return self[(slice(None),) * d + (index,)]
+
+    def tile(self, dims) -> Tensor:
+        dims = tuple(dims)
+        return self.repeat((1,) * (self.ndim - len(dims)) + dims) if self.ndim >= len(dims) else self.repeat(dims)
+
+    def fliplr(self) -> Tensor:
+        return self.flip(1)
+
+    def flipud(self) -> Tensor:
+        return self.flip(0)
+
+    def rot90(self, k: int = 1, dims=(0, 1)) -> Tensor:
+        d0, d1 = dims
+        k %= 4
+        if k == 1:
+            return self.flip(d1).transpose(d0, d1)
+        if k == 2:
+            return self.flip((d0, d1))
+        if k == 3:
+            return self.transpose(d0, d1).flip(d1)
+        return self * 1
+
+    def ravel(self) -> Tensor:
+        return self.reshape(-1)
+
+    def view_as(self, other: Tensor) -> Tensor:
+        return self.view(other.shape)
+
+    def reshape_as(self, other: Tensor) -> Tensor:
+        return self.reshape(other.shape)
+
+    def index_select(self, dim: int, index: Tensor) -> Tensor:
+        d = self._dim(dim)
+        if index.ndim > 1:
+            raise IndexError(f"index_select(): Index is supposed to be a vector, got shape {index.shape}")
+        if not self.ndim:
+            return self.clone()
+        return self.transpose(0, d)._gather_index(index.reshape(-1)).transpose(0, d)
+
+    def _scatter_one_hot(self, dim: int, index: Tensor, src) -> Tensor:
+        """Per position of self along dim, the sum of the src values whose index points there (and where any)."""
+        if self.dtype == dt.bool_:  # the one-hot product is arithmetic
+            contribution, hit = self.cast(dt.uint8)._scatter_one_hot(dim, index, src)
+            return contribution.cast(dt.bool_), hit
+        d = self._dim(dim)
+        n = self.shape[d]
+        if not isinstance(src, Tensor):
+            src = Tensor.full(index.shape, src, self.dtype, self.device)
+        src = src.shrink([(0, s) for s in index.shape]).cast(self.dtype)
+        # one_hot[..., j] (a new last axis): index points at position j of self's dim d
+        one_hot = index.unsqueeze(-1) == Tensor.arange(n, device=self.device)
+        contribution = (one_hot.cast(self.dtype) * src.unsqueeze(-1)).sum(d)  # index's dim d reduced
+        hit = one_hot.cast(dt.int64).sum(d) > 0
+        # the reduced axis is gone and the positions are last: move them back to dim d, pad to self's shape
+        contribution, hit = contribution.movedim(-1, d), hit.movedim(-1, d)
+        pads = [(0, s - c) for s, c in zip(self.shape, contribution.shape)]
+        flat = [p for pair in reversed(pads) for p in pair]
+        return contribution.pad(flat), hit.pad(flat, value=False)
+
+    def scatter_add(self, dim: int, index: Tensor, src: Tensor) -> Tensor:
+        contribution, _ = self._scatter_one_hot(dim, index, src)
+        return self | contribution if self.dtype == dt.bool_ else self + contribution
+
+    def scatter(self, dim: int, index: Tensor, src=None, value=None, reduce=None) -> Tensor:
+        """scatter with unique indices (with duplicates, torch leaves which write wins unspecified)."""
+        if reduce is not None:
+            raise NotImplementedError("scatter(reduce=...): use scatter_add or scatter_reduce")
+        src = value if src is None else src
+        contribution, hit = self._scatter_one_hot(dim, index, src)
+        return hit.where(contribution, self)
+
+    # --- new tensors like this one ------------------------------------------------------------------
+    def new_zeros(self, *size, dtype=None, device=None, requires_grad=False) -> Tensor:
+        return Tensor.zeros(*size, dtype=dtype or self.dtype, device=device or self.device, requires_grad=requires_grad)
+
+    def new_ones(self, *size, dtype=None, device=None, requires_grad=False) -> Tensor:
+        return Tensor.ones(*size, dtype=dtype or self.dtype, device=device or self.device, requires_grad=requires_grad)
+
+    def new_empty(self, *size, dtype=None, device=None, requires_grad=False) -> Tensor:
+        return self.new_zeros(*size, dtype=dtype, device=device, requires_grad=requires_grad)
+
+    def new_full(self, size, fill_value, dtype=None, device=None, requires_grad=False) -> Tensor:
+        return Tensor.full(size, fill_value, dtype or self.dtype, device or self.device, requires_grad)
+
+    def new_tensor(self, data, dtype=None, device=None, requires_grad=False) -> Tensor:
+        return Tensor(data, dtype=dtype or self.dtype, device=device or self.device, requires_grad=requires_grad)
+
+    # --- products -----------------------------------------------------------------------------------
+    def outer(self, vec2: Tensor) -> Tensor:
+        return self.unsqueeze(-1) * vec2.unsqueeze(0)
+
+    ger = outer
+
+    def mv(self, vec: Tensor) -> Tensor:
+        return self.matmul(vec)
+
+    def bmm(self, mat2: Tensor) -> Tensor:
+        if self.ndim != 3 or mat2.ndim != 3:
+            raise RuntimeError(f"batch1 and batch2 must be 3D tensors, got {self.shape} and {mat2.shape}")
+        return self.matmul(mat2)
+
+    def addmm(self, mat1: Tensor, mat2: Tensor, *, beta=1, alpha=1) -> Tensor:
+        return _scaled_sum(self, mat1.mm(mat2), beta, alpha)
+
+    def addmv(self, mat: Tensor, vec: Tensor, *, beta=1, alpha=1) -> Tensor:
+        return _scaled_sum(self, mat.mv(vec), beta, alpha)
+
+    def baddbmm(self, batch1: Tensor, batch2: Tensor, *, beta=1, alpha=1) -> Tensor:
+        return _scaled_sum(self, batch1.bmm(batch2), beta, alpha)
+
+    def addbmm(self, batch1: Tensor, batch2: Tensor, *, beta=1, alpha=1) -> Tensor:
+        return _scaled_sum(self, batch1.bmm(batch2).sum(0), beta, alpha)
+
+    def addr(self, vec1: Tensor, vec2: Tensor, *, beta=1, alpha=1) -> Tensor:
+        return _scaled_sum(self, vec1.outer(vec2), beta, alpha)
+
+    def inner(self, other: Tensor) -> Tensor:
+        if not self.ndim or not other.ndim:
+            return self * other
+        return (self.reshape(*self.shape, *(1,) * (other.ndim - 1)) * other.movedim(-1, 0)).sum(self.ndim - 1)
+
+    def kron(self, other: Tensor) -> Tensor:
+        n = max(self.ndim, other.ndim)
+        a = self.reshape((1,) * (n - self.ndim) + self.shape)
+        b = other.reshape((1,) * (n - other.ndim) + other.shape)
+        # a[i] * b[j] at (i, j) interleaved, then each pair of axes merged
+        out = a.reshape(tuple(v for s in a.shape for v in (s, 1))) * b.reshape(
+            tuple(v for s in b.shape for v in (1, s))
+        )
+        return out.reshape(tuple(sa * sb for sa, sb in zip(a.shape, b.shape)))
+
+
+def _scaled_sum(input: Tensor, product: Tensor, beta, alpha) -> Tensor:
+    scaled = product if alpha == 1 else product * alpha
+    if beta == 0:  # input is ignored, NaN and inf included (torch's rule)
+        return scaled
+    return (input if beta == 1 else input * beta) + scaled
+
+
+def stack_functions() -> dict:
+    """hstack, vstack, dstack, column_stack, atleast_1d/2d/3d, broadcast_tensors, meshgrid: functions of
+    several tensors, exported by lazygrad (torch.hstack...)."""
+
+    def atleast_1d(*tensors):
+        out = [t.reshape(1) if t.ndim == 0 else t for t in _flat(tensors)]
+        return out[0] if len(out) == 1 else tuple(out)
+
+    def atleast_2d(*tensors):
+        out = [t.reshape((1,) * (2 - t.ndim) + t.shape) if t.ndim < 2 else t for t in _flat(tensors)]
+        return out[0] if len(out) == 1 else tuple(out)
+
+    def atleast_3d(*tensors):
+        out = []
+        for t in _flat(tensors):
+            out.append(t.reshape(1, 1, 1) if t.ndim == 0 else t.reshape(1, -1, 1) if t.ndim == 1 else
+                       t.unsqueeze(-1) if t.ndim == 2 else t)  # fmt: skip
+        return out[0] if len(out) == 1 else tuple(out)
+
+    def hstack(tensors: Sequence[Tensor]) -> Tensor:
+        tensors = [atleast_1d(t) for t in tensors]
+        return Tensor.cat(tensors, 0 if tensors[0].ndim == 1 else 1)
+
+    def vstack(tensors: Sequence[Tensor]) -> Tensor:
+        return Tensor.cat([atleast_2d(t) for t in tensors], 0)
+
+    def dstack(tensors: Sequence[Tensor]) -> Tensor:
+        return Tensor.cat([atleast_3d(t) for t in tensors], 2)
+
+    def column_stack(tensors: Sequence[Tensor]) -> Tensor:
+        return Tensor.cat([t.reshape(-1, 1) if t.ndim <= 1 else t for t in tensors], 1)
+
+    def broadcast_tensors(*tensors):
+        from lazygrad.tensor_ops.elementwise import _broadcast_shape
+
+        shape = _broadcast_shape(*(t.shape for t in tensors))
+        return tuple(t.broadcast_to(shape) for t in tensors)
+
+    def meshgrid(*tensors, indexing: str = "ij"):
+        tensors = _flat(tensors)
+        if indexing not in ("ij", "xy"):
+            raise ValueError(f"meshgrid: indexing must be 'ij' or 'xy', got {indexing!r}")
+        swap = indexing == "xy" and len(tensors) >= 2
+        if swap:
+            tensors = [tensors[1], tensors[0], *tensors[2:]]
+        shape = tuple(t.numel() for t in tensors)
+        grids = [
+            t.reshape([-1 if i == k else 1 for i in range(len(tensors))]).expand(shape) for k, t in enumerate(tensors)
+        ]
+        if swap:
+            grids = [g.transpose(0, 1) for g in grids]
+            grids[0], grids[1] = grids[1], grids[0]
+        return tuple(grids)
+
+    names = (atleast_1d, atleast_2d, atleast_3d, hstack, vstack, dstack, column_stack, broadcast_tensors, meshgrid)
+    return {f.__name__: f for f in names} | {"row_stack": vstack}
+
+
+def _flat(tensors) -> list:
+    return list(tensors[0]) if len(tensors) == 1 and isinstance(tensors[0], (list, tuple)) else list(tensors)
+
+
+class IndexingOps:
+    """Advanced indexing with data-dependent or several index tensors: x[mask], x[rows, cols], x[idx] = v,
+    nonzero. Boolean masks and nonzero read their values on the host (the result's shape depends on them)."""
+
+    __slots__ = ()
+
+    def nonzero(self, *, as_tuple: bool = False):
+        positions = np.argwhere(self.numpy())  # realizes: the count of nonzeros is the result's shape
+        if as_tuple and not self.ndim:  # torch: a 0-d tensor's positions as those of one element
+            return self.reshape(1).nonzero(as_tuple=True)
+        if as_tuple:
+            return tuple(Tensor(positions[:, d].copy(), dtype=dt.int64, device=self.device) for d in range(self.ndim))
+        return Tensor(positions.astype(np.int64), dtype=dt.int64, device=self.device)
+
+    def argwhere(self) -> Tensor:
+        return self.nonzero()
+
+    def masked_select(self, mask: Tensor) -> Tensor:
+        from lazygrad.tensor_ops.elementwise import _broadcast_shape
+
+        shape = _broadcast_shape(self.shape, mask.shape)
+        return self.broadcast_to(shape)[mask.broadcast_to(shape)]
+
+    def _linear_index(self, indices: tuple) -> Tensor:
+        """The index tensors (ints, lists, arrays, tensors, bool masks) applied to the leading dims, as one int64
+        tensor of positions into those dims flattened, in the index tensors' broadcast shape."""
+        from lazygrad.tensor_ops.elementwise import _broadcast_shape
+
+        parts, dim = [], 0
+        for index in indices:
+            values = index.numpy() if isinstance(index, Tensor) and index.dtype == dt.bool_ else index
+            if isinstance(values, (list, np.ndarray, bool, np.bool_)) and np.asarray(values).dtype == np.bool_:
+                mask = np.asarray(values)
+                if mask.shape != self.shape[dim : dim + mask.ndim]:
+                    raise IndexError(
+                        f"The shape of the mask {mask.shape} at index {dim} does not match the shape of the "
+                        f"indexed tensor {self.shape}"
+                    )
+                parts += [Tensor(p.astype(np.int64), dtype=dt.int64, device=self.device) for p in np.nonzero(mask)]
+                dim += mask.ndim
+                continue
+            if not isinstance(index, Tensor):
+                index = Tensor(np.asarray(index, dtype=np.int64), dtype=dt.int64, device=self.device)
+            if index.dtype.is_float:
+                raise IndexError(
+                    f"tensors used as indices must be long, int, byte or bool tensors, got {index.dtype.name}"
+                )
+            parts.append(index.cast(dt.int64))
+            dim += 1
+        if dim > self.ndim:
+            raise IndexError(f"too many indices for tensor of dimension {self.ndim} (shape {self.shape})")
+        shape = _broadcast_shape(*(p.shape for p in parts))
+        linear, stride = None, 1
+        for d in range(len(parts) - 1, -1, -1):
+            size = self.shape[d]
+            part = (parts[d] < 0).where(parts[d] + size, parts[d]).broadcast_to(shape)
+            linear = part * stride if linear is None else linear + part * stride
+            stride *= size
+        return linear
+
+    def _index_with_tensors(self, indices: tuple) -> Tensor:
+        linear = self._linear_index(indices)
+        lead = self._lead_dims(indices)
+        flat = self.reshape(prod(self.shape[:lead]), *self.shape[lead:])
+        return flat._gather_index(linear)
+
+    def _lead_dims(self, indices: tuple) -> int:
+        return sum(np.ndim(i.numpy() if isinstance(i, Tensor) else i) if _is_mask(i) else 1 for i in indices)
+
+    def _put(self, indices: tuple, values, accumulate: bool) -> Tensor:
+        """This tensor with `values` written (or added) at the positions the index tensors name."""
+        indices = indices if isinstance(indices, tuple) else (indices,)
+        linear = self._linear_index(indices)
+        lead = self._lead_dims(indices)
+        positions = prod(self.shape[:lead])
+        rest = self.shape[lead:]
+        flat = self.reshape(positions, *rest)
+        values = values if isinstance(values, Tensor) else Tensor.full((), values, self.dtype, self.device)
+        values = values.cast(self.dtype).broadcast_to(linear.shape + rest).reshape(linear.numel(), *rest)
+        # hits[p, k]: write k lands on position p
+        hits = Tensor.arange(positions, device=self.device).unsqueeze(-1) == linear.reshape(1, -1)
+        hits = hits.reshape(positions, linear.numel(), *(1,) * len(rest))
+        zero = Tensor.zeros((), dtype=self.dtype, device=self.device)
+        written = hits.where(values.unsqueeze(0), zero).sum(1).cast(self.dtype)
+        if accumulate:
+            out = flat | written if self.dtype == dt.bool_ else flat + written
+        else:
+            out = hits.any(1).where(written, flat)  # a position written twice gets the sum: torch leaves it unspecified
+        return out.reshape(self.shape)
+
+    def index_put(self, indices, values, accumulate: bool = False) -> Tensor:
+        return self._put(tuple(indices), values, accumulate)
+
+    def index_put_(self, indices, values, accumulate: bool = False) -> Tensor:
+        return self._inplace(self._put(tuple(indices), values, accumulate))
+
+
+def _is_mask(index) -> bool:
+    if isinstance(index, Tensor):
+        return index.dtype == dt.bool_
+    return np.asarray(index).dtype == np.bool_

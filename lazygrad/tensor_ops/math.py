@@ -1,0 +1,231 @@
+"""Elementwise math and reductions beyond the core groups: inverse trigonometric and hyperbolic functions, atan2,
+hypot, erfc, logit, xlogy, copysign, logaddexp, addcmul/addcdiv, fmax/fmin, nan_to_num, isclose; nansum,
+nanmean, count_nonzero, aminmax, cumprod. Each is composed of the other ops, so autograd comes from theirs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import namedtuple
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from lazygrad import dtype as dt
+
+if TYPE_CHECKING:
+    from lazygrad.tensor import Tensor
+# at run time `Tensor` is the finished class, bound in by lazygrad.tensor (tensor_ops.bind_tensor_class)
+
+MinMax = namedtuple("MinMax", ["min", "max"])
+
+
+class MathOps:
+    __slots__ = ()
+
+    # --- inverse trigonometric and hyperbolic ------------------------------------------------------
+    def _magnitude_and_sign(self) -> tuple:
+        """(|x|, x < 0) with |x| taken by a where, so that its gradient at 0 is 1, not abs()'s 0: odd
+        functions built on it keep their slope at the origin."""
+        x = self._float()
+        negative = x < 0
+        return negative.where(-x, x), negative
+
+    def atan(self) -> Tensor:
+        # Cephes atanf: reduce |x| to [0, tan(pi/8)] around 0, pi/4 or pi/2, then a degree-9 odd polynomial
+        # (relative error about 1e-7 in float32)
+        a, negative = self._magnitude_and_sign()
+        big, mid = a > 2.414213562373095, a > 0.4142135623730950
+        safe = big.where(a, 1.0)  # -1/a is only taken where a is big: no inf (nor its NaN gradient) elsewhere
+        t = big.where(-1 / safe, mid.where((a - 1) / (a + 1), a))
+        z = t * t
+        poly = (((8.05374449538e-2 * z - 1.38776856032e-1) * z + 1.99777106478e-1) * z - 3.33329491539e-1) * z
+        y = big.where(math.pi / 2, mid.where(math.pi / 4, 0.0)) + poly * t + t
+        return negative.where(-y, y)
+
+    def atan2(self, other) -> Tensor:
+        """atan2(self, other): the angle of the point (other, self), in (-pi, pi]."""
+        y, x = self._float()._operand(other)
+        ay, ax = y.abs(), x.abs()
+        big, small = ay.maximum(ax), ay.minimum(ax)
+        angle = (small / (big == 0).where(1.0, big)).atan()  # in [0, pi/4]; atan2(0, 0) = 0
+        angle = (ay > ax).where(math.pi / 2 - angle, angle)
+        angle = (x < 0).where(math.pi - angle, angle)
+        return (y < 0).where(-angle, angle)
+
+    arctan2 = atan2
+
+    def asin(self) -> Tensor:
+        x = self._float()
+        out = x.atan2(((1 - x) * (1 + x)).sqrt())
+        return (x.abs() > 1).where(float("nan"), out)
+
+    def acos(self) -> Tensor:
+        x = self._float()
+        out = ((1 - x) * (1 + x)).sqrt().atan2(x)
+        return (x.abs() > 1).where(float("nan"), out)
+
+    def sinh(self) -> Tensor:
+        x = self._float()
+        return (x.exp() - (-x).exp()) * 0.5
+
+    def cosh(self) -> Tensor:
+        x = self._float()
+        return (x.exp() + (-x).exp()) * 0.5
+
+    def asinh(self) -> Tensor:
+        a, negative = self._magnitude_and_sign()
+        y = (a + (a * a + 1).sqrt()).log()
+        return negative.where(-y, y)
+
+    def acosh(self) -> Tensor:
+        x = self._float()
+        return (x + ((x - 1) * (x + 1)).sqrt()).log()
+
+    def atanh(self) -> Tensor:
+        x = self._float()
+        return ((1 + x) / (1 - x)).log() * 0.5
+
+    arcsin, arccos, arctan, arcsinh, arccosh, arctanh = asin, acos, atan, asinh, acosh, atanh
+
+    def deg2rad(self) -> Tensor:
+        return self._float() * (math.pi / 180)
+
+    def rad2deg(self) -> Tensor:
+        return self._float() * (180 / math.pi)
+
+    def sinc(self) -> Tensor:
+        x = self._float() * math.pi
+        zero = x == 0
+        return zero.where(1.0, x.sin() / zero.where(1.0, x))
+
+    # --- other elementwise math --------------------------------------------------------------------
+    def hypot(self, other) -> Tensor:
+        x, y = self._operand(other)
+        return (x * x + y * y).sqrt()
+
+    def erfc(self) -> Tensor:
+        return 1 - self.erf()
+
+    def logit(self, eps=None) -> Tensor:
+        x = self._float()
+        if eps is not None:
+            x = x.clamp(eps, 1 - eps)
+        return (x / (1 - x)).log()
+
+    def xlogy(self, other) -> Tensor:
+        x, y = self._float()._operand(other)
+        return ((x == 0) & (y == y)).where(0.0, x * y.log())  # 0 * log(0) is 0, NaN stays NaN
+
+    def copysign(self, other) -> Tensor:
+        x, y = self._float()._operand(other)
+        negative = (y < 0) | ((y == 0) & (y.reciprocal() < 0))  # -0.0 is negative
+        a = (x < 0).where(-x, x)
+        return negative.where(-a, a)
+
+    def logaddexp(self, other) -> Tensor:
+        a, b = self._float()._operand(other)
+        m = a.maximum(b)
+        same = a == b  # also both inf: log(e^inf + e^inf) is inf, where the formula gives NaN
+        return same.where(a + math.log(2), m + (-(a - b).abs()).exp().log1p())
+
+    def logaddexp2(self, other) -> Tensor:
+        a, b = self._float()._operand(other)
+        m = a.maximum(b)
+        same = a == b
+        return same.where(a + 1, m + ((-(a - b).abs()).exp2() + 1).log2())
+
+    def addcmul(self, tensor1, tensor2, value=1) -> Tensor:
+        return self + value * tensor1 * tensor2
+
+    def addcdiv(self, tensor1, tensor2, value=1) -> Tensor:
+        return self + value * tensor1 / tensor2
+
+    def clamp_min(self, min) -> Tensor:
+        return self.clamp(min=min)
+
+    def clamp_max(self, max) -> Tensor:
+        return self.clamp(max=max)
+
+    def fmax(self, other) -> Tensor:
+        a, b = self._operand(other)
+        return a.isnan().where(b, b.isnan().where(a, a.maximum(b)))
+
+    def fmin(self, other) -> Tensor:
+        a, b = self._operand(other)
+        return a.isnan().where(b, b.isnan().where(a, a.minimum(b)))
+
+    def true_divide(self, other) -> Tensor:
+        return self.div(other)
+
+    def rsub(self, other, alpha=1) -> Tensor:
+        x, y = self._operand(other)
+        return y - alpha * x
+
+    def positive(self) -> Tensor:
+        return self
+
+    def signbit(self) -> Tensor:
+        if not self.dtype.is_float:
+            return self < 0
+        return (self < 0) | ((self == 0) & (self.reciprocal() < 0))
+
+    def isposinf(self) -> Tensor:
+        return self == float("inf") if self.dtype.is_float else self.zeros_like(dtype=dt.bool_)
+
+    def isneginf(self) -> Tensor:
+        return self == float("-inf") if self.dtype.is_float else self.zeros_like(dtype=dt.bool_)
+
+    def heaviside(self, values) -> Tensor:
+        x, v = self._operand(values)
+        return (x == 0).where(v, (x > 0).cast(v.dtype))
+
+    def nan_to_num(self, nan: float = 0.0, posinf=None, neginf=None) -> Tensor:
+        if not self.dtype.is_float:
+            return self
+        largest = float(np.finfo(self.dtype.np).max)
+        out = self.isnan().where(nan, self)
+        out = (out == float("inf")).where(largest if posinf is None else posinf, out)
+        return (out == float("-inf")).where(-largest if neginf is None else neginf, out)
+
+    def isclose(self, other, rtol: float = 1e-05, atol: float = 1e-08, equal_nan: bool = False) -> Tensor:
+        a, b = self._operand(other)
+        if not a.dtype.is_float:
+            return a == b
+        close = (a - b).abs() <= atol + rtol * b.abs()
+        close = close | (a == b)  # equal infinities
+        return close | (a.isnan() & b.isnan()) if equal_nan else close
+
+    # --- reductions --------------------------------------------------------------------------------
+    def nansum(self, dim=None, keepdim: bool = False, dtype=None) -> Tensor:
+        x = self.isnan().where(0.0, self) if self.dtype.is_float else self
+        return x.sum(dim, keepdim, dtype=dtype)
+
+    def nanmean(self, dim=None, keepdim: bool = False, dtype=None) -> Tensor:
+        x = self.cast(dtype) if dtype is not None else self
+        present = x.isnan().logical_not()
+        return x.nansum(dim, keepdim) / present.sum(dim, keepdim).cast(x.dtype)
+
+    def count_nonzero(self, dim=None) -> Tensor:
+        return (self != 0).sum(dim)
+
+    def aminmax(self, *, dim=None, keepdim: bool = False):
+        return MinMax(self.amin(dim, keepdim), self.amax(dim, keepdim))
+
+    def cumprod(self, dim: int = 0, dtype=None) -> Tensor:
+        if dtype is not None:
+            return self.cast(dtype).cumprod(dim)
+        if not self.dtype.is_float and self.dtype != dt.int64:
+            return self.cast(dt.int64).cumprod(dim)
+        if not self.ndim:
+            self._dim(dim)
+            return self * 1
+        d = self._dim(dim)
+        n = self.shape[d]
+        x = self.transpose(d, -1)
+        # row i multiplies the first i+1 elements: the sliding window of cumsum, padded with ones
+        padded = x.pad((n - 1, 0), value=1)
+        windows = padded.unsqueeze(-2).expand(*x.shape[:-1], n, 2 * n - 1)
+        windows = windows.reshape(*x.shape[:-1], n * (2 * n - 1)).pad((0, n), value=1)
+        windows = windows.reshape(*x.shape[:-1], n, 2 * n)[..., :n]
+        return windows.prod(-1).transpose(d, -1)

@@ -1,0 +1,169 @@
+"""Conformance with PyTorch's own op database (torch.testing._internal.common_methods_invocations.op_db).
+
+For every OpInfo whose name lazygrad provides (tests/opinfo_harness.py says how a name maps to a lazygrad
+callable), its samples run through lazygrad and torch: values, dtypes and shapes compared, and the gradients of
+every input when the op supports autograd. Every op_db name lazygrad does not provide is in a table of
+tests/opinfo_tables.py with its reason; test_coverage_of_op_db prints the counts and fails when they drift.
+
+Samples per op (why: PoCL compiles each new kernel in about a second, and this file must stay within about a
+minute of CI per backend): on LLVM the first three float32 samples with gradients and the first int64 and bool
+samples; on OpenCL one sample of the first dtype the op takes, forward only. OpenCL runs less because its kernels
+are the same lowering as LLVM's up to the renderer (which test_backends checks op by op), and PoCL's compile
+time would make the full set cost minutes of CI.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+
+import pytest
+import torch
+from opinfo_harness import (
+    FUNCTIONAL_NAMES,
+    OP_DB,
+    OTHER_NAMES,
+    TOP_LEVEL_NAMES,
+    Unsupported,
+    check_sample,
+    lazygrad_callable,
+    op_id,
+    samples,
+)
+from opinfo_tables import BACKLOG, OUT_OF_SCOPE, TRANSFORMER_WORK
+
+# the first samples of each dtype, and whether gradients are compared, per backend (see the docstring)
+SAMPLES_PER_DTYPE = {"llvm": (3, 1, 1), "opencl": (1, 1, 1), "reference": (1, 1, 1)}  # float32, int64, bool
+GRADIENTS = {"llvm": True, "opencl": False, "reference": False}
+ONE_DTYPE_ONLY = {"llvm": False, "opencl": True, "reference": True}  # the first dtype the op takes, only
+
+# ops whose gradients compile into many kernels (prod's multiplication tree): one float32 sample on every backend
+ONE_FLOAT32_SAMPLE = {"prod", "cumprod"}
+
+# whole-op expected failures: what the op does not do yet (strict: the day it passes, this entry must go)
+KNOWN_FAILURES = {
+    "nn.functional.conv2d": "unbatched (3-d) input",
+    "nn.functional.conv1d": "unbatched (2-d) input",
+    "nn.functional.avg_pool2d": "ceil_mode",
+    "nn.functional.max_pool2d": "ceil_mode and return_indices",
+    "where": "Tensor.where(cond, y) is lazygrad's cond.where(x, y); torch.where(cond, x, y) is the same in both",
+    "__rpow__": "the gradient of a negative base's power with respect to the exponent is 0, torch's NaN",
+}
+
+# ops whose values are not comparable (random or uninitialized): shape and dtype only, as these reasons say
+VALUES_UNCHECKED = {
+    "empty": "uninitialized memory in torch (lazygrad gives zeros)",
+    "empty_like": "uninitialized memory in torch (lazygrad gives zeros)",
+    "new_empty": "uninitialized memory in torch (lazygrad gives zeros)",
+    "randn": "random numbers: lazygrad's generator is not torch's",
+    "randn_like": "random numbers: lazygrad's generator is not torch's",
+    "rand_like": "random numbers: lazygrad's generator is not torch's",
+    "randint": "random numbers: lazygrad's generator is not torch's",
+    "normal.in_place": "random numbers: lazygrad's generator is not torch's",
+    "uniform": "random numbers: lazygrad's generator is not torch's",
+    "nn.functional.dropout": "random mask: lazygrad's generator is not torch's",
+    "multinomial": "random draws: lazygrad's generator is not torch's",
+}
+
+# per-op tolerance where float32 rounding of an ill-conditioned function exceeds the default
+TOLERANCE = {
+    "tan": (1e-3, "tan near its poles: |tan'| = 1 + tan^2 reaches 4e7 on op_db's samples"),
+}
+
+
+def sample_skip(info, sample) -> str | None:
+    """Why this sample is not run (None: it is run). Each reason names what lazygrad does not take."""
+    for value in (*sample.args, *sample.kwargs.values()):
+        if isinstance(value, torch.memory_format):
+            return "memory_format: lazygrad has one memory layout"
+    if sample.kwargs.get("dropout_p", 0) > 0:
+        return "dropout_p > 0: a random mask, and lazygrad's generator is not torch's (tests/test_transformer.py checks it)"
+    if info.name == "nn.functional.batch_norm" and sample.input.numel() == 0:
+        return "batch_norm of a 0-element input"
+    return None
+
+
+def provided_infos() -> list:
+    return [info for info in OP_DB if lazygrad_callable(info) is not None]
+
+
+@pytest.mark.parametrize("info", [pytest.param(info, id=op_id(info)) for info in provided_infos()])
+def test_opinfo_samples_match_torch(info, backend, request):
+    if op_id(info) in KNOWN_FAILURES:
+        # strict where the full sample set runs (LLVM): the day the op passes, its entry must go
+        strict = not ONE_DTYPE_ONLY[backend]
+        request.applymarker(pytest.mark.xfail(reason=KNOWN_FAILURES[op_id(info)], strict=strict))
+    fn = lazygrad_callable(info)
+    rtol = TOLERANCE.get(op_id(info), (None,))[0]
+    dtypes = [d for d in (torch.float32, torch.int64, torch.bool) if d in info.supported_dtypes("cpu")]
+    limits = dict(zip((torch.float32, torch.int64, torch.bool), SAMPLES_PER_DTYPE[backend]))
+    ran, skipped = 0, []
+    for dtype in dtypes[:1] if ONE_DTYPE_ONLY[backend] else dtypes:
+        limit = 1 if dtype == torch.float32 and info.name in ONE_FLOAT32_SAMPLE else limits[dtype]
+        with_grad = dtype == torch.float32 and info.supports_autograd and GRADIENTS[backend]
+        for k, sample in enumerate(samples(info, dtype, limit, with_grad)):
+            name = f"{op_id(info)} {dtype} sample {k}"
+            reason = sample_skip(info, sample)
+            if reason is None:
+                try:
+                    check_sample(info, fn, sample, with_grad, name, rtol, values=op_id(info) not in VALUES_UNCHECKED)
+                    ran += 1
+                    continue
+                except Unsupported as e:
+                    reason = str(e)
+            skipped.append(f"{name}: {reason}")
+    if skipped:
+        print("skipped samples:\n  " + "\n  ".join(skipped))
+    if ran == 0:
+        why = "; ".join(skipped) or "op_db lists no CPU dtype among float32, int64 and bool for it"
+        pytest.skip(f"no sample could run: {why}")
+
+
+# the counts this file covers; a change to lazygrad's surface changes them, and this must be updated with it
+EXPECTED_COUNTS = {
+    "op_db entries run": 298,
+    "names provided": 274,
+    "top-level provided": 231,
+    "functional provided": 43,
+}
+
+
+@pytest.mark.backend_independent
+def test_coverage_of_op_db():
+    provided = {info.name for info in provided_infos()}
+    out_of_scope = {name: reason for reason, names in OUT_OF_SCOPE.items() for name in names}
+    tables = {"out of scope": set(out_of_scope), "transformer work": set(TRANSFORMER_WORK), "backlog": set(BACKLOG)}
+    all_names = set(TOP_LEVEL_NAMES) | set(FUNCTIONAL_NAMES) | set(OTHER_NAMES)
+    for table, names in tables.items():
+        assert not names & provided, f"lazygrad now provides {sorted(names & provided)}: remove from the {table} table"
+        assert names <= all_names, f"not in op_db: {sorted(names - all_names)} ({table} table)"
+    listed = [n for names in tables.values() for n in names]
+    assert len(listed) == len(set(listed)), "a name is in two tables"
+    unaccounted = all_names - provided - set(listed)
+    assert not unaccounted, f"op_db names neither provided nor in a table of tests/opinfo_tables.py: {unaccounted}"
+    counts = {
+        "op_db entries run": len(provided_infos()),
+        "names provided": len(provided),
+        "top-level provided": len(provided & set(TOP_LEVEL_NAMES)),
+        "functional provided": len(provided & set(FUNCTIONAL_NAMES)),
+    }
+    failing = sorted(KNOWN_FAILURES)
+    print(
+        f"\nop_db: {len(OP_DB)} entries, {len(all_names)} names ({len(TOP_LEVEL_NAMES)} top-level, "
+        f"{len(FUNCTIONAL_NAMES)} nn.functional)\n"
+        f"provided: {counts['names provided']} names ({counts['top-level provided']} top-level, "
+        f"{counts['functional provided']} nn.functional) in {counts['op_db entries run']} entries, "
+        f"{len(failing)} of them expected to fail: {failing}\n"
+        + "".join(f"{table}: {len(names)}\n" for table, names in tables.items())
+    )
+    assert counts == EXPECTED_COUNTS, f"coverage changed: update EXPECTED_COUNTS to {counts}"
+
+
+@pytest.mark.backend_independent
+def test_usage_page_lists_the_differences_in_these_tables():
+    script = pathlib.Path(__file__).resolve().parent.parent / "scripts" / "usage_differences.py"
+    spec = importlib.util.spec_from_file_location("usage_differences", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    page = module.USAGE.read_text()
+    assert module.updated_page(page) == page, "docs/usage.md is stale: run scripts/usage_differences.py"
