@@ -207,3 +207,28 @@ def test_memory_stays_flat_over_ten_thousand_eager_steps():
     (rss_before, *state_before), (rss_after, *state_after) = marks[1000], marks[9999]
     assert state_after == state_before, "device memory, the pool, the plans or the node cache grew"
     assert rss_after - rss_before < 2 * 2**20, f"RSS grew {(rss_after - rss_before) / 2**20:.1f} MiB in 9,000 steps"
+
+
+@pytest.mark.backend_independent  # the LLVM backend's own bookkeeping, whichever backend the run tests
+def test_llvm_launch_addresses_are_the_buffers_own():
+    """An LLVM launch takes each buffer's address from a table filled at allocation (numpy's .ctypes.data is
+    slow): it must give numpy's address for a buffer it allocated, for an array it did not, for a freed one, and
+    for a new array that reuses the id of an allocated one that died."""
+    from lazygrad import backends
+
+    llvm = backends.get("llvm")
+    handle = llvm.allocate(100)
+    assert llvm.address(handle) == handle.ctypes.data and llvm.address(handle) % 64 == 0
+    foreign = np.zeros(16, np.uint8)
+    assert llvm.address(foreign) == foreign.ctypes.data
+    llvm.free(handle, 100)
+    assert llvm.address(handle) == handle.ctypes.data
+    dead = llvm.allocate(8)
+    dead_id = id(dead)
+    del dead  # dropped without free: its entry stays, and CPython soon gives its id to a new array
+    reused = 0
+    for _ in range(100):
+        other = np.zeros(8, np.uint8)
+        reused += id(other) == dead_id
+        assert llvm.address(other) == other.ctypes.data
+    print(f"{reused} of 100 new arrays had the dead buffer's id")
