@@ -196,8 +196,16 @@ class LazyBuffer:
 
     @staticmethod
     def const(value, shape, dtype, device) -> LazyBuffer:
-        scalar = LazyBuffer.new_base(device, (), dtype, Op.CONST, (), _normalize_const(value, dtype))
-        return scalar.reshape((1,) * len(shape)).expand(tuple(shape)) if shape else scalar
+        value, shape = _normalize_const(value, dtype), tuple(shape)
+        key = (const_key(value), shape, dtype, device)
+        node = _CONST_VIEWS.get(key)
+        if node is None:
+            scalar = LazyBuffer.new_base(device, (), dtype, _CONST, (), value)
+            node = scalar.reshape((1,) * len(shape)).expand(shape) if shape else scalar
+            if len(_CONST_VIEWS) >= _MAX_CONST_VIEWS:
+                _CONST_VIEWS.clear()
+            _CONST_VIEWS[key] = node
+        return node
 
     @staticmethod
     def from_host(array, device) -> LazyBuffer:
@@ -311,6 +319,12 @@ class LazyBuffer:
 
 
 _ZEROS = (0,) * 64  # the starts of a shrink that changes nothing (no tensor has more dims)
+
+# (constant, shape, dtype, device) -> the constant's node seen in that shape. Nodes are immutable and a constant
+# is never realized in place, so one node serves every use: a scalar operand (`x * 0.5`) costs a look-up, not a
+# base and two views per op
+_CONST_VIEWS: dict = {}
+_MAX_CONST_VIEWS = 4096
 
 # (tracker, movement op, arg) -> the tracker it gives: a training loop moves the same few views every step
 _MOVES: dict = {}
