@@ -232,3 +232,20 @@ def test_llvm_launch_addresses_are_the_buffers_own():
         reused += id(other) == dead_id
         assert llvm.address(other) == other.ctypes.data
     print(f"{reused} of 100 new arrays had the dead buffer's id")
+
+
+def test_shared_constant_nodes_keep_their_value_shape_and_dtype():
+    """Equal constants share one node per (value, shape, dtype, device): constants that differ in any of these
+    (0.0 and -0.0 included) must still give their own values."""
+    x = lazygrad.tensor(np.arange(6, dtype=np.float32).reshape(2, 3))
+    cases = {
+        "float 1.0": (lazygrad.full((2, 3), 1.0), np.ones((2, 3), np.float32)),
+        "int 1": (lazygrad.full((2, 3), 1), np.ones((2, 3), np.int64)),
+        "other shape": (lazygrad.full((3, 2), 1.0), np.ones((3, 2), np.float32)),
+        "x * 1.0 + x * 2.0": (x * 1.0 + x * 2.0, np.arange(6, dtype=np.float32).reshape(2, 3) * 3),
+        "1 / -0.0": (1 / lazygrad.full((2, 3), -0.0), np.full((2, 3), -np.inf, np.float32)),
+        "1 / 0.0": (1 / lazygrad.full((2, 3), 0.0), np.full((2, 3), np.inf, np.float32)),
+    }
+    for name, (tensor, expected) in cases.items():
+        assert tensor.dtype.np == expected.dtype, name
+        np.testing.assert_array_equal(tensor.numpy(), expected, err_msg=name)
