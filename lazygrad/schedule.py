@@ -75,8 +75,15 @@ class Scheduler:
             if not stale:
                 break
             self.targets += stale
-        self.by_id = {id(n): n for n in self.nodes}
+        self._by_id = None
         self._consumers = None
+
+    @property
+    def by_id(self) -> dict:
+        """id(base) -> the scheduled node (made when a schedule is made, not when a plan is reused)."""
+        if self._by_id is None:
+            self._by_id = {id(n): n for n in self.nodes}
+        return self._by_id
 
     @property
     def consumers(self) -> dict:
