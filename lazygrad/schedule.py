@@ -69,12 +69,18 @@ class Scheduler:
         self.targets = [t.base for t in targets]
         self.realize: dict = {}  # id(base) -> reason
         self.joined: dict = {}  # id(base) -> why a merge made it an extra output of another base's kernel
+        self.nodes: list = []  # unrealized bases, sources first
+        seen: set = set()
+        new_targets = self.targets
         while True:
-            self.nodes: list = self._collect()  # unrealized bases, sources first
+            self._collect(new_targets, self.nodes, seen)
             stale = self._stale_readers()
-            if not stale:
+            if not stale or all(id(n) in seen for n in stale):
+                # (stale nodes already collected are now targets: that changes neither the nodes nor what is stale)
+                self.targets += stale
                 break
             self.targets += stale
+            new_targets = stale  # only what they add is walked: the nodes collected so far stay, in their order
         self._by_id = None
         self._consumers = None
 
@@ -97,10 +103,11 @@ class Scheduler:
         return self._consumers
 
     # --- graph walk -------------------------------------------------------------------------------
-    def _collect(self) -> list:
-        """The unrealized bases the targets need, each after its sources (iterative depth-first)."""
-        nodes, seen = [], set()
-        stack = [(t, False) for t in reversed(self.targets)]
+    @staticmethod
+    def _collect(targets: list, nodes: list, seen: set) -> None:
+        """Append to `nodes` the unrealized bases the targets need and `seen` does not hold yet, each after its
+        sources (iterative depth-first)."""
+        stack = [(t, False) for t in reversed(targets)]
         pop, push, add = stack.pop, stack.append, seen.add
         while stack:
             node, done = pop()
@@ -115,7 +122,6 @@ class Scheduler:
                 base = src if src._base is None else src._base
                 if base.buffer is None and id(base) not in seen:
                     push((base, False))
-        return nodes
 
     def _stale_readers(self) -> list:
         """Lazy values that read a buffer an assign here overwrites, and that will still be wanted after
