@@ -249,3 +249,21 @@ def test_shared_constant_nodes_keep_their_value_shape_and_dtype():
     for name, (tensor, expected) in cases.items():
         assert tensor.dtype.np == expected.dtype, name
         np.testing.assert_array_equal(tensor.numpy(), expected, err_msg=name)
+
+
+def test_values_held_from_before_an_update_keep_the_old_values_when_the_schedule_adds_them():
+    """A value a tensor holds, computed from a buffer an update overwrites, is added to the update's schedule
+    (the stale-reader rule); the scheduler walks only what it adds, beside nodes already collected. Run twice: the
+    second step reuses the first one's plan."""
+    start = np.array([1.0, -2.0, 3.0], np.float32)
+    w = lazygrad.tensor(start).realize()
+    expected = start.copy()
+    for _ in range(2):
+        shared = w * 2  # read by the update and by the held values
+        held_sum = (shared + w).sum()  # reads w itself and `shared`: not part of the update's graph
+        held_exp = (w - 1).exp()
+        w.sub_(shared * 0.25)
+        np.testing.assert_allclose(w.numpy(), expected - expected * 2 * 0.25, rtol=1e-6)
+        np.testing.assert_allclose(held_sum.item(), (expected * 3).sum(), rtol=1e-6)
+        np.testing.assert_allclose(held_exp.numpy(), np.exp(expected - 1), rtol=1e-6)
+        expected = expected - expected * 2 * 0.25
