@@ -71,16 +71,19 @@ class Scheduler:
         self.joined: dict = {}  # id(base) -> why a merge made it an extra output of another base's kernel
         self.nodes: list = []  # unrealized bases, sources first
         seen: set = set()
-        new_targets = self.targets
+        new_targets, checked = self.targets, 0
         while True:
             self._collect(new_targets, self.nodes, seen)
-            stale = self._stale_readers()
+            if any(n.op is Op.ASSIGN for n in self.nodes[checked:]):
+                checked = 0  # a new assign may make nodes checked before read old data: check them all again
+            stale = self._stale_readers(checked)
             if not stale or all(id(n) in seen for n in stale):
                 # (stale nodes already collected are now targets: that changes neither the nodes nor what is stale)
                 self.targets += stale
                 break
             self.targets += stale
             new_targets = stale  # only what they add is walked: the nodes collected so far stay, in their order
+            checked = len(self.nodes)
         self._by_id = None
         self._consumers = None
 
@@ -123,10 +126,13 @@ class Scheduler:
                 if base.buffer is None and id(base) not in seen:
                     push((base, False))
 
-    def _stale_readers(self) -> list:
+    def _stale_readers(self, checked: int = 0) -> list:
         """Lazy values that read a buffer an assign here overwrites, and that will still be wanted after
         this schedule (a tensor holds them, or a node outside the schedule reads them): they are computed
-        now, from the old data. (PyTorch: `before = a + 0; a.add_(1)` leaves `before` as it was.)"""
+        now, from the old data. (PyTorch: `before = a + 0; a.add_(1)` leaves `before` as it was.)
+        `checked`: the first nodes were checked by the call before, whose stale values are targets now; with the
+        nodes collected since (no new assign among them) they are not stale, so only the nodes after are
+        checked (Python would otherwise ask every node's holders and readers again)."""
         assign = Op.ASSIGN  # read once: an Enum class attribute is slow to read in Python 3.11
         assigns = [n for n in self.nodes if n.op is assign]
         if not assigns:
@@ -134,7 +140,7 @@ class Scheduler:
         collected = {id(n) for n in self.nodes}
         wanted = {id(t) for t in self.targets}
         reads_old, stale = {id(n.arg) for n in assigns}, []
-        for node in self.nodes:
+        for index, node in enumerate(self.nodes):
             if node.op is assign:
                 continue
             for src in node.srcs:
@@ -143,7 +149,7 @@ class Scheduler:
             else:
                 continue
             reads_old.add(id(node))
-            if id(node) in wanted:
+            if index < checked or id(node) in wanted:
                 continue
             holders, readers = node._holders, node._readers
             if (holders is not None and holders.any_alive()) or (
