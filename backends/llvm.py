@@ -13,6 +13,7 @@ import math
 import struct
 import threading
 import time
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 
 import llvmlite
@@ -621,7 +622,8 @@ class LLVMKernel:
 
     def bind(self, buffers: list):
         """A launcher with the arguments fixed: `launch(wait) -> seconds or None` (JIT replays)."""
-        ptrs = [b.ctypes.data for b in buffers]
+        address = self.backend.address
+        ptrs = [address(b) for b in buffers]
         fn, pool = self.fn, self.backend.pool
         threads = min(self.backend.threads, self.outer)
         if threads <= 1 or self.work < PARALLEL_MIN_ITERATIONS:
@@ -647,7 +649,14 @@ class LLVMKernel:
         return launch
 
     def __call__(self, buffers: list, wait: bool = False):
-        return self.bind(buffers)(wait)
+        """One launch (an eager step's): a kernel that runs on the calling thread alone is called directly,
+        without building a launcher first."""
+        if self.work >= PARALLEL_MIN_ITERATIONS and min(self.backend.threads, self.outer) > 1:
+            return self.bind(buffers)(wait)
+        address = self.backend.address
+        start = time.perf_counter() if wait else 0.0
+        self.fn(*[address(b) for b in buffers], 0, self.outer)
+        return time.perf_counter() - start if wait else None
 
 
 class LLVMBackend(HostMemory):
@@ -662,13 +671,28 @@ class LLVMBackend(HostMemory):
         # blocking (big matrix products reduce in cache-sized chunks)
         self.capabilities = Capabilities(vector_width=self.compiler.vector_width(), cache_blocking=True)
         self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="lazygrad-llvm")
+        self._addresses: dict = {}  # id(handle) -> (weak reference to it, address of its first byte)
 
     # memory is host memory: numpy byte arrays, 64-byte aligned for vector loads
     def allocate(self, nbytes: int):
         # 64-byte aligned, with 64 bytes of slack after the end
         raw = np.empty(max(nbytes, 1) + 128, dtype=np.uint8)
-        offset = (-raw.ctypes.data) % 64
-        return raw[offset : offset + max(nbytes, 1)]
+        start = raw.ctypes.data
+        offset = (-start) % 64
+        handle = raw[offset : offset + max(nbytes, 1)]
+        self._addresses[id(handle)] = (weakref.ref(handle), start + offset)
+        return handle
+
+    def address(self, handle) -> int:
+        """The address of a buffer's memory, for a launch's arguments: remembered at allocation, since numpy's
+        `.ctypes.data` costs more than a small kernel's launch (a weak reference tells a reused id apart)."""
+        entry = self._addresses.get(id(handle))
+        if entry is not None and entry[0]() is handle:
+            return entry[1]
+        return handle.ctypes.data  # an array not allocated here
+
+    def free(self, handle, nbytes: int) -> None:
+        self._addresses.pop(id(handle), None)
 
     def compile(self, program: Program) -> LLVMKernel:
         source = render_llvm(program)

@@ -196,8 +196,16 @@ class LazyBuffer:
 
     @staticmethod
     def const(value, shape, dtype, device) -> LazyBuffer:
-        scalar = LazyBuffer.new_base(device, (), dtype, Op.CONST, (), _normalize_const(value, dtype))
-        return scalar.reshape((1,) * len(shape)).expand(tuple(shape)) if shape else scalar
+        value, shape = _normalize_const(value, dtype), tuple(shape)
+        key = (const_key(value), shape, dtype, device)
+        node = _CONST_VIEWS.get(key)
+        if node is None:
+            scalar = LazyBuffer.new_base(device, (), dtype, _CONST, (), value)
+            node = scalar.reshape((1,) * len(shape)).expand(shape) if shape else scalar
+            if len(_CONST_VIEWS) >= _MAX_CONST_VIEWS:
+                _CONST_VIEWS.clear()
+            _CONST_VIEWS[key] = node
+        return node
 
     @staticmethod
     def from_host(array, device) -> LazyBuffer:
@@ -245,9 +253,9 @@ class LazyBuffer:
     def _view(self, op: Op, arg) -> LazyBuffer:
         """This node seen through the movement op `op`."""
         new_st = _moved(self.st, op, arg)
-        if new_st == self.st:
+        if new_st is self.st:  # _moved hands back the very tracker when the move changes nothing
             return self
-        base = self.base
+        base = self if self._base is None else self._base
         if new_st.shape == base.shape and new_st.contiguous_view and base.st.contiguous_view:
             return base
         return LazyBuffer(self.device, new_st, self.dtype, Op.VIEW, base=base, movement=self.movement + ((op, arg),))
@@ -266,11 +274,12 @@ class LazyBuffer:
 
     def pad(self, arg):
         arg = tuple(arg)
-        return self if all(a == (0, 0) for a in arg) else self._view(Op.PAD, arg)
+        return self if arg == ((0, 0),) * len(arg) else self._view(Op.PAD, arg)
 
     def shrink(self, arg):
         arg = tuple(arg)
-        return self if all(a == (0, s) for a, s in zip(arg, self.shape)) else self._view(Op.SHRINK, arg)
+        # (built in C, not a generator per call: pooling and slicing shrink often)
+        return self if arg == tuple(zip(_ZEROS, self.shape)) else self._view(Op.SHRINK, arg)
 
     def flip(self, axes):
         axes = tuple(a for a in axes if self.shape[a] > 1)
@@ -309,6 +318,14 @@ class LazyBuffer:
         return LazyBuffer(self.device, ShapeTracker.contiguous(self.shape), self.dtype, Op.ASSIGN, (value,), self)
 
 
+_ZEROS = (0,) * 64  # the starts of a shrink that changes nothing (no tensor has more dims)
+
+# (constant, shape, dtype, device) -> the constant's node seen in that shape. Nodes are immutable and a constant
+# is never realized in place, so one node serves every use: a scalar operand (`x * 0.5`) costs a look-up, not a
+# base and two views per op
+_CONST_VIEWS: dict = {}
+_MAX_CONST_VIEWS = 4096
+
 # (tracker, movement op, arg) -> the tracker it gives: a training loop moves the same few views every step
 _MOVES: dict = {}
 _MAX_MOVES = 65536
@@ -319,9 +336,12 @@ def _moved(st: ShapeTracker, op: Op, arg) -> ShapeTracker:
     try:
         moved = _MOVES.get(key)
     except TypeError:  # an arg that cannot be a key (a list inside): computed each time
-        return getattr(st, op.value)(arg)
+        moved = getattr(st, op.value)(arg)
+        return st if moved == st else moved
     if moved is None:
         moved = getattr(st, op.value)(arg)
+        if moved == st:
+            moved = st  # so that callers tell "no change" by identity
         if len(_MOVES) >= _MAX_MOVES:
             _MOVES.clear()
         _MOVES[key] = moved

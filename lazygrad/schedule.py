@@ -69,14 +69,30 @@ class Scheduler:
         self.targets = [t.base for t in targets]
         self.realize: dict = {}  # id(base) -> reason
         self.joined: dict = {}  # id(base) -> why a merge made it an extra output of another base's kernel
+        self.nodes: list = []  # unrealized bases, sources first
+        seen: set = set()
+        new_targets, checked = self.targets, 0
         while True:
-            self.nodes: list = self._collect()  # unrealized bases, sources first
-            stale = self._stale_readers()
-            if not stale:
+            self._collect(new_targets, self.nodes, seen)
+            if any(n.op is Op.ASSIGN for n in self.nodes[checked:]):
+                checked = 0  # a new assign may make nodes checked before read old data: check them all again
+            stale = self._stale_readers(checked)
+            if not stale or all(id(n) in seen for n in stale):
+                # (stale nodes already collected are now targets: that changes neither the nodes nor what is stale)
+                self.targets += stale
                 break
             self.targets += stale
-        self.by_id = {id(n): n for n in self.nodes}
+            new_targets = stale  # only what they add is walked: the nodes collected so far stay, in their order
+            checked = len(self.nodes)
+        self._by_id = None
         self._consumers = None
+
+    @property
+    def by_id(self) -> dict:
+        """id(base) -> the scheduled node (made when a schedule is made, not when a plan is reused)."""
+        if self._by_id is None:
+            self._by_id = {id(n): n for n in self.nodes}
+        return self._by_id
 
     @property
     def consumers(self) -> dict:
@@ -90,10 +106,11 @@ class Scheduler:
         return self._consumers
 
     # --- graph walk -------------------------------------------------------------------------------
-    def _collect(self) -> list:
-        """The unrealized bases the targets need, each after its sources (iterative depth-first)."""
-        nodes, seen = [], set()
-        stack = [(t, False) for t in reversed(self.targets)]
+    @staticmethod
+    def _collect(targets: list, nodes: list, seen: set) -> None:
+        """Append to `nodes` the unrealized bases the targets need and `seen` does not hold yet, each after its
+        sources (iterative depth-first)."""
+        stack = [(t, False) for t in reversed(targets)]
         pop, push, add = stack.pop, stack.append, seen.add
         while stack:
             node, done = pop()
@@ -108,12 +125,14 @@ class Scheduler:
                 base = src if src._base is None else src._base
                 if base.buffer is None and id(base) not in seen:
                     push((base, False))
-        return nodes
 
-    def _stale_readers(self) -> list:
+    def _stale_readers(self, checked: int = 0) -> list:
         """Lazy values that read a buffer an assign here overwrites, and that will still be wanted after
         this schedule (a tensor holds them, or a node outside the schedule reads them): they are computed
-        now, from the old data. (PyTorch: `before = a + 0; a.add_(1)` leaves `before` as it was.)"""
+        now, from the old data. (PyTorch: `before = a + 0; a.add_(1)` leaves `before` as it was.)
+        `checked`: the first nodes were checked by the call before, whose stale values are targets now; with the
+        nodes collected since (no new assign among them) they are not stale, so only the nodes after are
+        checked (Python would otherwise ask every node's holders and readers again)."""
         assign = Op.ASSIGN  # read once: an Enum class attribute is slow to read in Python 3.11
         assigns = [n for n in self.nodes if n.op is assign]
         if not assigns:
@@ -121,7 +140,7 @@ class Scheduler:
         collected = {id(n) for n in self.nodes}
         wanted = {id(t) for t in self.targets}
         reads_old, stale = {id(n.arg) for n in assigns}, []
-        for node in self.nodes:
+        for index, node in enumerate(self.nodes):
             if node.op is assign:
                 continue
             for src in node.srcs:
@@ -130,7 +149,7 @@ class Scheduler:
             else:
                 continue
             reads_old.add(id(node))
-            if id(node) in wanted:
+            if index < checked or id(node) in wanted:
                 continue
             holders, readers = node._holders, node._readers
             if (holders is not None and holders.any_alive()) or (

@@ -111,7 +111,8 @@ class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps, MathOps
         """Tensor(lb) for the graph's own results: what __init__ does for a LazyBuffer, without its checks (this
         runs for every op the frontend builds)."""
         out = Tensor.__new__(Tensor)
-        out.lazydata = lb
+        out._lazydata = lb  # the lazydata setter's work, without a property call
+        lb.hold(out)
         out.grad, out._ctx, out._retains_grad, out.requires_grad = None, None, False, False
         return out
 

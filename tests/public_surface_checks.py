@@ -8,7 +8,9 @@ NAMED_CHECKS = {
     "nn.LayerNorm": "test_transformer.py::test_layernorm_module_without_bias_has_torch_parameters",
     "nn.MultiheadAttention": "test_transformer.py::test_multihead_attention_with_masks_forward_and_backward",
     "nn.TransformerEncoderLayer": "test_transformer.py::test_transformer_encoder_layer_forward_and_backward",
-    "nn.SyncBatchNorm": "test_distributed.py::test_ddp_with_sync_batchnorm_on_two_ranks_equals_one_process_on_the_whole_batch",
+    "nn.SyncBatchNorm": (
+        "test_distributed.py::test_ddp_with_sync_batchnorm_on_two_ranks_equals_one_process_on_the_whole_batch"
+    ),
     "Tensor.abs_": "test_surface.py::test_in_place_forms_match_torch_and_keep_the_gradient",
     "Tensor.add_": "test_ops.py::test_inplace_result_shape_mismatch_is_an_error",
     "Tensor.backward": "test_errors.py::test_backward_on_a_tensor_that_does_not_require_grad",

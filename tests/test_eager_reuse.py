@@ -207,3 +207,63 @@ def test_memory_stays_flat_over_ten_thousand_eager_steps():
     (rss_before, *state_before), (rss_after, *state_after) = marks[1000], marks[9999]
     assert state_after == state_before, "device memory, the pool, the plans or the node cache grew"
     assert rss_after - rss_before < 2 * 2**20, f"RSS grew {(rss_after - rss_before) / 2**20:.1f} MiB in 9,000 steps"
+
+
+@pytest.mark.backend_independent  # the LLVM backend's own bookkeeping, whichever backend the run tests
+def test_llvm_launch_addresses_are_the_buffers_own():
+    """An LLVM launch takes each buffer's address from a table filled at allocation (numpy's .ctypes.data is
+    slow): it must give numpy's address for a buffer it allocated, for an array it did not, for a freed one, and
+    for a new array that reuses the id of an allocated one that died."""
+    from lazygrad import backends
+
+    llvm = backends.get("llvm")
+    handle = llvm.allocate(100)
+    assert llvm.address(handle) == handle.ctypes.data and llvm.address(handle) % 64 == 0
+    foreign = np.zeros(16, np.uint8)
+    assert llvm.address(foreign) == foreign.ctypes.data
+    llvm.free(handle, 100)
+    assert llvm.address(handle) == handle.ctypes.data
+    dead = llvm.allocate(8)
+    dead_id = id(dead)
+    del dead  # dropped without free: its entry stays, and CPython soon gives its id to a new array
+    reused = 0
+    for _ in range(100):
+        other = np.zeros(8, np.uint8)
+        reused += id(other) == dead_id
+        assert llvm.address(other) == other.ctypes.data
+    print(f"{reused} of 100 new arrays had the dead buffer's id")
+
+
+def test_shared_constant_nodes_keep_their_value_shape_and_dtype():
+    """Equal constants share one node per (value, shape, dtype, device): constants that differ in any of these
+    (0.0 and -0.0 included) must still give their own values."""
+    x = lazygrad.tensor(np.arange(6, dtype=np.float32).reshape(2, 3))
+    cases = {
+        "float 1.0": (lazygrad.full((2, 3), 1.0), np.ones((2, 3), np.float32)),
+        "int 1": (lazygrad.full((2, 3), 1), np.ones((2, 3), np.int64)),
+        "other shape": (lazygrad.full((3, 2), 1.0), np.ones((3, 2), np.float32)),
+        "x * 1.0 + x * 2.0": (x * 1.0 + x * 2.0, np.arange(6, dtype=np.float32).reshape(2, 3) * 3),
+        "1 / -0.0": (1 / lazygrad.full((2, 3), -0.0), np.full((2, 3), -np.inf, np.float32)),
+        "1 / 0.0": (1 / lazygrad.full((2, 3), 0.0), np.full((2, 3), np.inf, np.float32)),
+    }
+    for name, (tensor, expected) in cases.items():
+        assert tensor.dtype.np == expected.dtype, name
+        np.testing.assert_array_equal(tensor.numpy(), expected, err_msg=name)
+
+
+def test_values_held_from_before_an_update_keep_the_old_values_when_the_schedule_adds_them():
+    """A value a tensor holds, computed from a buffer an update overwrites, is added to the update's schedule
+    (the stale-reader rule); the scheduler walks only what it adds, beside nodes already collected. Run twice: the
+    second step reuses the first one's plan."""
+    start = np.array([1.0, -2.0, 3.0], np.float32)
+    w = lazygrad.tensor(start).realize()
+    expected = start.copy()
+    for _ in range(2):
+        shared = w * 2  # read by the update and by the held values
+        held_sum = (shared + w).sum()  # reads w itself and `shared`: not part of the update's graph
+        held_exp = (w - 1).exp()
+        w.sub_(shared * 0.25)
+        np.testing.assert_allclose(w.numpy(), expected - expected * 2 * 0.25, rtol=1e-6)
+        np.testing.assert_allclose(held_sum.item(), (expected * 3).sum(), rtol=1e-6)
+        np.testing.assert_allclose(held_exp.numpy(), np.exp(expected - 1), rtol=1e-6)
+        expected = expected - expected * 2 * 0.25

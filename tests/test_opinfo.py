@@ -77,7 +77,7 @@ def sample_skip(info, sample) -> str | None:
         if isinstance(value, torch.memory_format):
             return "memory_format: lazygrad has one memory layout"
     if sample.kwargs.get("dropout_p", 0) > 0:
-        return "dropout_p > 0: a random mask, and lazygrad's generator is not torch's (tests/test_transformer.py checks it)"
+        return "dropout_p > 0: a random mask, lazygrad's generator is not torch's (test_transformer.py checks it)"
     if info.name == "nn.functional.batch_norm" and sample.input.numel() == 0:
         return "batch_norm of a 0-element input"
     return None

@@ -10,6 +10,7 @@ import numpy as np
 
 from lazygrad import dtype as dt
 from lazygrad.dtype import DType
+from lazygrad.graph import LazyBuffer
 from lazygrad.ops import Op
 
 if TYPE_CHECKING:
@@ -85,6 +86,10 @@ class ElementwiseOps:
     def _operand(self, other, reverse=False) -> tuple:
         """Both operands as tensors of one dtype and one shape (PyTorch promotion and broadcasting)."""
         if isinstance(other, Tensor):
+            mine, theirs = self._lazydata, other._lazydata
+            if mine.dtype is theirs.dtype and mine.shape == theirs.shape:
+                # the common case of eager steps: nothing to promote or broadcast, so no casts or views to try
+                return (other, self) if reverse else (self, other)
             d = _result_dtype(self, other)
             x, y = self.cast(d), other.cast(d)
         else:
@@ -93,7 +98,11 @@ class ElementwiseOps:
             if not isinstance(other, (bool, int, float)):
                 raise TypeError(f"unsupported operand type {type(other).__name__} for a Tensor op")
             d = dt.scalar_dtype(other, self.dtype)
-            x, y = self.cast(d), Tensor.full((), other, d, self.device)
+            x = self.cast(d)
+            # the scalar as a constant node already of x's shape (what full(()) then broadcast_to builds), without
+            # the two intermediate tensors: a constant needs no gradient and is never written in place
+            y = Tensor._wrap(LazyBuffer.const(other, x.shape, d, x.device))
+            return (y, x) if reverse else (x, y)
         if x.shape != y.shape:
             shape = _broadcast_shape(x.shape, y.shape)
             x, y = x.broadcast_to(shape), y.broadcast_to(shape)
