@@ -30,7 +30,7 @@ from lazygrad.ops import (  # noqa: F401
     Op,
     coerce,
 )
-from lazygrad.shape import ShapeTracker, prod
+from lazygrad.shape import _CONTIGUOUS, ShapeTracker, prod
 
 # bases built twice from the same op over the same sources are one node
 _HASH_CONSED = ELEMENTWISE | REDUCE | {Op.CONST}
@@ -237,6 +237,37 @@ class LazyBuffer:
         if dtype is None:
             dtype = op.result_dtype(self.dtype, srcs[-1].dtype, arg)
         return LazyBuffer.new_base(self.device, self.shape, dtype, op, srcs, arg)
+
+    @staticmethod
+    def elementwise(op: Op, srcs: tuple, arg=None, dtype: DType | None = None) -> LazyBuffer:
+        """`alu` for the frontend's door (Tensor._primitive), in one call: `op` is already an Op member, and the
+        node is looked up or built here, not through new_base. The checks alu makes stay (they are what catch a
+        frontend bug); only the calls between them go. Every tensor op of an eager step comes through here."""
+        first, last = srcs[0], srcs[-1]
+        shape = first.shape
+        if op.arity != len(srcs) or op not in ELEMENTWISE:
+            return first.alu(op, *srcs[1:], arg=arg, dtype=dtype)  # (for its error)
+        for s in srcs:
+            if s.shape != shape:
+                return first.alu(op, *srcs[1:], arg=arg, dtype=dtype)
+        if last.dtype.kind not in op.kinds:
+            return first.alu(op, *srcs[1:], arg=arg, dtype=dtype)
+        if dtype is None:
+            dtype = op.result_dtype(first.dtype, last.dtype, arg)
+        device = first.device
+        key = (device, shape, dtype, op, tuple(map(id, srcs)), arg)
+        try:
+            hit = _CONSED.get(key)
+        except TypeError:  # an arg that cannot be a key: the node is not shared
+            return LazyBuffer(device, ShapeTracker.contiguous(shape), dtype, op, srcs, arg)
+        if hit is not None and (hit := hit()) is not None and hit.srcs == srcs:
+            return hit
+        st = _CONTIGUOUS.get(shape)
+        node = LazyBuffer(device, st if st is not None else ShapeTracker.contiguous(shape), dtype, op, srcs, arg)
+        ref = weakref.ref(node, _forget_consed)
+        _CONSED[key] = ref
+        _CONSED_KEYS[ref] = key
+        return node
 
     def reduce(self, op: Op | str, axes: tuple) -> LazyBuffer:
         op = coerce(op)

@@ -32,7 +32,8 @@ __all__ = ["MaxMin", "Tensor", "manual_seed", "realize"]
 
 
 class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps, MathOps, ArrangeOps, IndexingOps):
-    __slots__ = ("_lazydata", "requires_grad", "grad", "_ctx", "_retains_grad", "__weakref__", "__dict__")
+    # _view_of is a slot, not a class default: a default overridden per view gave each view tensor a __dict__
+    __slots__ = ("_lazydata", "requires_grad", "grad", "_ctx", "_retains_grad", "_view_of", "__weakref__", "__dict__")
 
     @property
     def lazydata(self) -> LazyBuffer:
@@ -49,7 +50,7 @@ class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps, MathOps
     # in-place updates under autograd: the count of them, and the tensor as it was before each (see _inplace)
     _version = 0
     _snapshots: dict | None = None
-    _view_of: tuple | None = None  # (source tensor, movement op, arg) of a view made by _movement
+    # _view_of: (source tensor, movement op, arg) of a view made by _movement, else None
 
     def __init__(self, data, dtype=None, device=None, requires_grad: bool = False):
         dtype = dt.to_dtype(dtype) if dtype is not None else None
@@ -81,6 +82,7 @@ class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps, MathOps
         self.grad: Tensor | None = None
         self._ctx: autograd.Context | None = None
         self._retains_grad = False
+        self._view_of = None
         self.requires_grad = False
         if requires_grad:
             self.requires_grad_(True)
@@ -92,7 +94,9 @@ class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps, MathOps
             if t._lazydata.device != lb.device:
                 devices = sorted({t.device for t in (self, *others)})
                 raise RuntimeError(f"Expected all tensors to be on the same device, but found {devices} ({op})")
-        if op in REDUCE:
+        if type(op) is Op and op not in REDUCE:
+            out = LazyBuffer.elementwise(op, (lb, *[t._lazydata for t in others]), arg, dtype)
+        elif op in REDUCE:
             out = lb.reduce(op, arg)
         else:
             out = lb.alu(op, *(t._lazydata for t in others), arg=arg, dtype=dtype)
@@ -113,7 +117,7 @@ class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps, MathOps
         out = Tensor.__new__(Tensor)
         out._lazydata = lb  # the lazydata setter's work, without a property call
         lb.hold(out)
-        out.grad, out._ctx, out._retains_grad, out.requires_grad = None, None, False, False
+        out.grad, out._ctx, out._retains_grad, out.requires_grad, out._view_of = None, None, False, False, None
         return out
 
     @staticmethod
@@ -123,10 +127,10 @@ class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps, MathOps
                 break
         else:
             return out
-        if autograd.is_grad_enabled() and op in autograd.RULES:
+        if autograd._grad_enabled[-1] and op in autograd.RULES:  # (is_grad_enabled(), without the call)
             if op != Op.CAST or out.dtype.is_float:
                 out.requires_grad = True
-                out._ctx = autograd.Context(op, inputs, arg, out.shape, tuple(t._version for t in inputs))
+                out._ctx = autograd.Context(op, inputs, arg, out._lazydata.shape, tuple([t._version for t in inputs]))
         return out
 
     # --- properties ---------------------------------------------------------------------------------
@@ -349,7 +353,7 @@ class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps, MathOps
             # value before the update: keep that value as a snapshot they find by version (Tensor._as_of).
             before = Tensor.__new__(Tensor)
             before.lazydata, before.grad, before._ctx = self.lazydata, None, self._ctx
-            before.requires_grad, before._retains_grad = self.requires_grad, False
+            before.requires_grad, before._retains_grad, before._view_of = self.requires_grad, False, None
             self._snapshots = {**(self._snapshots or {}), self._version: before}
             self._version += 1
             self.lazydata, self._ctx, self.requires_grad = result.lazydata, result._ctx, True
