@@ -211,31 +211,29 @@ def window_transpose(g, input_shape: tuple, kernel: tuple, stride: tuple, dilati
 
 def _class_sum(g, remainders: tuple, kernel, stride, dilation, quotients: tuple, lead: int, starts: tuple):
     """The positions y = i - start whose remainder mod stride is `remainders` (per spatial dim), as a tensor of
-    shape (..., *quotients): the sum of the kernel offsets that land there, each shifted into place."""
+    shape (..., *quotients): the sum of the kernel offsets that land there, each shifted into place.
+    Each offset's piece is three movement ops whatever the number of dims (one shrink and reshape to take the
+    offset, one pad and one shrink to move it into place): a conv2d's input gradient takes K*K of them per class,
+    and the eager step builds them every time."""
+    n = len(kernel)
+    outer = tuple((0, m) for m in g.shape[: lead + n])  # the lead and output-position dims, kept whole
     total = None
     for ks in itertools.product(*[range(k) for k in kernel]):
         if any((k * d - a) % s != r for k, d, s, r, a in zip(ks, dilation, stride, remainders, starts)):
             continue
-        piece = g[(Ellipsis, *ks)]
-        for j, (k, d, s, r, q, a) in enumerate(zip(ks, dilation, stride, remainders, quotients, starts)):
-            piece = _shifted(piece, lead + j, (k * d - a - r) // s, q)
+        # g[..., *ks], without indexing's parsing of its key
+        piece = g._movement(Op.SHRINK, outer + tuple((k, k + 1) for k in ks))._movement(Op.RESHAPE, g.shape[: lead + n])
+        pads, cuts = [], []
+        for k, d, s, r, q, a, length in zip(ks, dilation, stride, remainders, quotients, starts, piece.shape[lead:]):
+            shift = (k * d - a - r) // s  # moved `shift` places up (down if negative), cut or zero-filled to q
+            pads.append((max(shift, 0), max(q - shift - length, 0)))
+            cuts.append((max(-shift, 0), max(-shift, 0) + q))
+        piece = piece._movement(Op.PAD, ((0, 0),) * lead + tuple(pads))
+        piece = piece._movement(Op.SHRINK, outer[:lead] + tuple(cuts))
         total = piece if total is None else total + piece
     if total is None:  # no kernel offset reaches this class
         total = type(g).zeros(*g.shape[:lead], *quotients, dtype=g.dtype, device=g.device)
     return total
-
-
-def _shifted(piece, dim: int, shift: int, size: int):
-    """piece moved `shift` places up along dim (down if negative), cut or zero-filled to `size`."""
-    back = size - shift - piece.shape[dim]
-    if shift > 0 or back > 0:
-        pads = [(0, 0)] * piece.ndim
-        pads[dim] = (max(shift, 0), max(back, 0))
-        piece = piece._movement(Op.PAD, tuple(pads))
-    if shift < 0 or back < 0:
-        first = max(-shift, 0)
-        piece = piece.shrink([(0, m) if i != dim else (first, first + size) for i, m in enumerate(piece.shape)])
-    return piece
 
 
 def _composite(c, g):
