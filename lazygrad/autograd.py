@@ -212,8 +212,8 @@ def window_transpose(g, input_shape: tuple, kernel: tuple, stride: tuple, dilati
 def _class_sum(g, remainders: tuple, kernel, stride, dilation, quotients: tuple, lead: int, starts: tuple):
     """The positions y = i - start whose remainder mod stride is `remainders` (per spatial dim), as a tensor of
     shape (..., *quotients): the sum of the kernel offsets that land there, each shifted into place.
-    Each offset's piece is three movement ops whatever the number of dims (one shrink and reshape to take the
-    offset, one pad and one shrink to move it into place): a conv2d's input gradient takes K*K of them per class,
+    Each offset's piece is four movement ops whatever the number of dims (a shrink and a reshape take the
+    offset, one pad and one shrink move it into place): a conv2d's input gradient takes K*K of them per class,
     and the eager step builds them every time."""
     n = len(kernel)
     outer = tuple((0, m) for m in g.shape[: lead + n])  # the lead and output-position dims, kept whole

@@ -267,3 +267,23 @@ def test_values_held_from_before_an_update_keep_the_old_values_when_the_schedule
         np.testing.assert_allclose(held_sum.item(), (expected * 3).sum(), rtol=1e-6)
         np.testing.assert_allclose(held_exp.numpy(), np.exp(expected - 1), rtol=1e-6)
         expected = expected - expected * 2 * 0.25
+
+
+@pytest.mark.backend_independent  # builds graphs only: nothing runs
+def test_the_frontends_elementwise_path_builds_the_node_alu_builds_and_refuses_what_alu_refuses():
+    from lazygrad.graph import LazyBuffer
+    from lazygrad.ops import Op
+
+    x, y = lazygrad.Tensor.ones(3, 4).lazydata, lazygrad.Tensor.zeros(3, 4).lazydata
+    # one hash-consed node whichever door builds it, with alu's result dtype
+    assert LazyBuffer.elementwise(Op.ADD, (x, y)) is x.alu(Op.ADD, y)
+    assert LazyBuffer.elementwise(Op.CMPLT, (x, y)) is x.alu(Op.CMPLT, y)
+    assert LazyBuffer.elementwise(Op.CMPLT, (x, y)).dtype is lazygrad.bool
+    cast = LazyBuffer.elementwise(Op.CAST, (x,), arg=lazygrad.int32, dtype=lazygrad.int32)
+    assert cast is x.alu(Op.CAST, arg=lazygrad.int32, dtype=lazygrad.int32) and cast.dtype is lazygrad.int32
+    with pytest.raises(AssertionError, match=r"\(3, 4\)"):  # operands of two shapes: broadcasting comes first
+        LazyBuffer.elementwise(Op.ADD, (x, lazygrad.Tensor.ones(4).lazydata))
+    with pytest.raises(ValueError, match="takes 2 operands"):
+        LazyBuffer.elementwise(Op.ADD, (x,))
+    with pytest.raises(TypeError, match="does not compute on float32"):
+        LazyBuffer.elementwise(Op.XOR, (x, y))
