@@ -118,7 +118,7 @@ class LazyBuffer:
         base: LazyBuffer | None = None,
         movement: tuple = (),
     ):
-        self.device, self.st, self.shape, self.dtype = device, st, st.shape, dtype
+        self.device, self.st, self.shape, self.dtype = device, st, st.views[-1].shape, dtype  # (st.shape, uncalled)
         self.op, self.srcs, self.arg = op, srcs, arg  # op: an Op member, never a name
         self._base = base  # None for a base
         self.movement = movement  # movement ops from the base's shape to this view's shape

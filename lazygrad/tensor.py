@@ -11,13 +11,15 @@ reduce ops, recorded for autograd) and `_movement` (views). Nothing computes unt
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 
 from lazygrad import autograd, runtime, tensor_ops
 from lazygrad import dtype as dt
 from lazygrad.device import canonical_device, is_device_name
 from lazygrad.dtype import DType
-from lazygrad.graph import LazyBuffer
+from lazygrad.graph import LazyBuffer, WeakList
 from lazygrad.ops import REDUCE, Op
 from lazygrad.shape import prod
 from lazygrad.tensor_ops.arrange import ArrangeOps, IndexingOps
@@ -115,8 +117,12 @@ class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps, MathOps
         """Tensor(lb) for the graph's own results: what __init__ does for a LazyBuffer, without its checks (this
         runs for every op the frontend builds)."""
         out = Tensor.__new__(Tensor)
-        out._lazydata = lb  # the lazydata setter's work, without a property call
-        lb.hold(out)
+        out._lazydata = lb  # the lazydata setter's work (LazyBuffer.hold), without its two calls
+        base = lb if lb._base is None else lb._base
+        holders = base._holders
+        if holders is None:
+            holders = base._holders = WeakList()
+        holders.add_ref(weakref.ref(out))
         out.grad, out._ctx, out._retains_grad, out.requires_grad, out._view_of = None, None, False, False, None
         return out
 
