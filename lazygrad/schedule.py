@@ -439,7 +439,7 @@ class Scheduler:
                 continue
             refused: set = set()
             while True:
-                candidate = self._mergeable_input(item, by_output, merged_away | refused, items)
+                candidate = self._mergeable_input(item, by_output, merged_away, items, refused)
                 if candidate is None:
                     break
                 if _fold_closes_cycle(items, merged_away, candidate, item):
@@ -493,11 +493,15 @@ class Scheduler:
             if not read or any(st is None or not st.contiguous_view for st in read):
                 continue
             members = (*source.outputs[1:], out)
+            previous = self.joined.get(id(out))
             self.joined[id(out)] = "computed in the loop of the kernel it reads"
             try:
                 merged = self._kernel(source.output, members)
             except _UnsafeMerge:
-                del self.joined[id(out)]
+                if previous is None:
+                    del self.joined[id(out)]
+                else:
+                    self.joined[id(out)] = previous
                 continue
             source.__dict__.update(merged.__dict__)
             merged_away.add(id(item))
@@ -533,14 +537,16 @@ class Scheduler:
             merged_away.update(group[1:])
         return [item for i, item in enumerate(items) if i not in merged_away]
 
-    def _mergeable_input(self, item: ScheduleItem, by_output: dict, merged_away: set, items: list):
+    def _mergeable_input(self, item: ScheduleItem, by_output: dict, merged_away: set, items: list, refused: set):
         size = item.output.size
         group = {id(o) for o in item.outputs}
         reduces = item.reduces  # a kernel holds at most one
         loads = _loads_by_buffer(item.ast)
         for position, x in enumerate(item.inputs):
             producer = by_output.get(id(x))
-            if producer is None or id(producer) in merged_away or producer is item or x.size != size:
+            if producer is None or id(producer) in merged_away or id(producer) in refused or producer is item:
+                continue
+            if x.size != size:
                 continue
             if self.realize.get(id(x)) == "assign-hazard":  # it has a buffer so that an assign can read it whole
                 continue
