@@ -14,6 +14,8 @@ realized are recorded, and LAZYGRAD_DEBUG=2 prints them:
 - "broadcast-compute": a few ops or more, read through a broadcast at least 4x its size (fused, each
   element would be computed again for every copy)
 - "assign-hazard": an assign would overwrite memory that this value reads through another view
+- "assign-order": it reads a buffer's old value, and the kernel it was fused into must wait (through others) for
+  the assign that overwrites the buffer (`_break_cycle`)
 
 Everything else is fused: an elementwise chain is one kernel, elementwise work before a reduce
 joins its loop, and elementwise work after a reduce on the reduced shape joins as its epilogue.
@@ -339,11 +341,33 @@ class Scheduler:
                 self.realize[id(out.srcs[0].base)] = "assign-hazard"
                 raise _Reschedule()
             stores.append(KernelOp(AstOp.STORE, (value,), (index, store_st), out.dtype))
+        if members and self._overwrites_what_others_read(outputs, values, inputs):
+            raise _UnsafeMerge()
         sink = KernelOp(AstOp.SINK, tuple(stores))
         reduces = {i for i in self._fused if self.by_id[i].op in REDUCE}
         reasons = [self.realize.get(id(node), "")]
         reasons += [f"{self.realize.get(id(m), '')}; {self.joined.get(id(m), 'merged')}" for m in members]
         return ScheduleItem(ItemKind.KERNEL, node, inputs, sink, reasons[0], outputs, self._fused, reduces, reasons)
+
+    def _overwrites_what_others_read(self, outputs: list, values: list, inputs: list) -> bool:
+        """In a kernel with several outputs, stores run one after another in each iteration: an assign's store
+        must not come before another output's read of the old target, unless that read is one of the very loads
+        the assign's own value makes (computed once, before the first store that needs it) and element for
+        element. Otherwise another output could read an element that this iteration, or an earlier one, already
+        overwrote (`x0.mul_(x1.flip(0)); x1.mul_(...)` folded into one kernel)."""
+        for out, value in zip(outputs, values):
+            if out.op is not Op.ASSIGN or out.arg not in inputs:
+                continue
+            index = self._n_outputs + inputs.index(out.arg)
+            own = {id(n) for n in value.walk() if n.op is AstOp.LOAD and n.arg[0] == index}
+            for other in values:
+                if other is value:
+                    continue
+                for n in other.walk():
+                    if n.op is AstOp.LOAD and n.arg[0] == index:
+                        if id(n) not in own or not n.arg[1].contiguous_view:
+                            return True
+        return False
 
     def _assign_hazard(self, value: KernelOp, inputs: list, target: LazyBuffer) -> bool:
         if target not in inputs:
@@ -370,7 +394,40 @@ class Scheduler:
                 items.append(ScheduleItem(ItemKind.COPY, node, [node.srcs[0].base], None, "effect"))
             else:
                 items.append(self._kernel(node))
+        _, cycle = _topological(_dependencies(items))
+        if cycle:
+            self._break_cycle(items, cycle)
         return _order_assigns(self._merge_siblings(self._merge_readers(self._merge_outputs(items))))
+
+    def _break_cycle(self, items: list, cycle: list) -> None:
+        """Fusion made a kernel that must run both before an assign (it reads the old value of the target) and
+        after it (it reads, through other kernels, something that waits for the assign). The values it fuses that
+        read an old target directly get buffers of their own ("assign-order"), computed before the assign; then the
+        schedule is made again. (PyTorch: `t = b * 1; b.add_(1); mixed = a + b; a.add_(t)` with `t` not held.)
+        Every node reading an old target from a kernel of its own cannot close a cycle, so this ends; a cycle with
+        nothing left to cut is an error that names the buffers, never a wrong order."""
+        overwritten = {id(out.arg): out for item in items for out in item.outputs if out.op is Op.ASSIGN}
+        members = set(cycle)
+        cut = []
+        for i in cycle:
+            item = items[i]
+            if item.kind is not ItemKind.KERNEL:
+                continue
+            own = {id(o) for o in item.outputs}
+            for x in item.inputs:
+                assign = overwritten.get(id(x))
+                if assign is None or id(assign) in own or _item_of(items, assign) not in members:
+                    continue  # only the reads of old values that the cycle runs through
+                for fused_id in item.fused - own:
+                    node = self.by_id[fused_id]
+                    reads_old = any((s if s._base is None else s._base) is x for s in node.srcs)
+                    if reads_old and id(node) not in self.realize:
+                        cut.append(node)
+        if not cut:
+            raise RuntimeError(_cycle_message(items, cycle))
+        for node in cut:
+            self.realize[id(node)] = "assign-order"
+        raise _Reschedule()
 
     def _merge_outputs(self, items: list) -> list:
         """Fold a kernel into the kernel that reads it when that reader is its only consumer and reads
@@ -380,14 +437,25 @@ class Scheduler:
         for item in items:
             if item.kind is not ItemKind.KERNEL or id(item) in merged_away:
                 continue
+            refused: set = set()
             while True:
-                candidate = self._mergeable_input(item, by_output, merged_away, items)
+                candidate = self._mergeable_input(item, by_output, merged_away, items, refused)
                 if candidate is None:
                     break
+                if _fold_closes_cycle(items, merged_away, candidate, item):
+                    refused.add(id(candidate))  # it reads an old target whose assign waits, through others, on item
+                    continue
                 members = tuple(item.outputs[1:]) + tuple(candidate.outputs)
-                for o in candidate.outputs:
-                    self.joined.setdefault(id(o), "folded into its only reader")
-                new = self._kernel(item.output, members)
+                added = [o for o in candidate.outputs if id(o) not in self.joined]
+                for o in added:
+                    self.joined[id(o)] = "folded into its only reader"
+                try:
+                    new = self._kernel(item.output, members)
+                except _UnsafeMerge:
+                    for o in added:
+                        del self.joined[id(o)]
+                    refused.add(id(candidate))
+                    continue
                 merged_away.add(id(candidate))
                 item.__dict__.update(new.__dict__)
         return [item for item in items if id(item) not in merged_away]
@@ -425,8 +493,17 @@ class Scheduler:
             if not read or any(st is None or not st.contiguous_view for st in read):
                 continue
             members = (*source.outputs[1:], out)
+            previous = self.joined.get(id(out))
             self.joined[id(out)] = "computed in the loop of the kernel it reads"
-            source.__dict__.update(self._kernel(source.output, members).__dict__)
+            try:
+                merged = self._kernel(source.output, members)
+            except _UnsafeMerge:
+                if previous is None:
+                    del self.joined[id(out)]
+                else:
+                    self.joined[id(out)] = previous
+                continue
+            source.__dict__.update(merged.__dict__)
             merged_away.add(id(item))
             producer_of[id(out)] = source
         return [item for item in items if id(item) not in merged_away]
@@ -447,20 +524,29 @@ class Scheduler:
                 continue
             root = items[group[0]]
             members = tuple(root.outputs[1:]) + tuple(o for j in group[1:] for o in items[j].outputs)
-            for o in members:
-                self.joined.setdefault(id(o), "shares a loop with unread kernels of its size")
-            root.__dict__.update(self._kernel(root.output, members).__dict__)
+            added = [o for o in members if id(o) not in self.joined]
+            for o in added:
+                self.joined[id(o)] = "shares a loop with unread kernels of its size"
+            try:
+                merged = self._kernel(root.output, members)
+            except _UnsafeMerge:
+                for o in added:
+                    del self.joined[id(o)]
+                continue
+            root.__dict__.update(merged.__dict__)
             merged_away.update(group[1:])
         return [item for i, item in enumerate(items) if i not in merged_away]
 
-    def _mergeable_input(self, item: ScheduleItem, by_output: dict, merged_away: set, items: list):
+    def _mergeable_input(self, item: ScheduleItem, by_output: dict, merged_away: set, items: list, refused: set):
         size = item.output.size
         group = {id(o) for o in item.outputs}
         reduces = item.reduces  # a kernel holds at most one
         loads = _loads_by_buffer(item.ast)
         for position, x in enumerate(item.inputs):
             producer = by_output.get(id(x))
-            if producer is None or id(producer) in merged_away or producer is item or x.size != size:
+            if producer is None or id(producer) in merged_away or id(producer) in refused or producer is item:
+                continue
+            if x.size != size:
                 continue
             if self.realize.get(id(x)) == "assign-hazard":  # it has a buffer so that an assign can read it whole
                 continue
@@ -484,58 +570,122 @@ class _Reschedule(Exception):
     pass
 
 
+class _UnsafeMerge(Exception):
+    """A merge would make a kernel that overwrites a buffer another of its outputs reads: the merge is not made."""
+
+
 def _dependencies(items: list) -> list:
     """For each item, the items that must run before it: the producers of what it reads, and, for an
-    assign, every other kernel that reads the buffer it overwrites."""
+    assign, every other kernel that reads the buffer it overwrites (the old value)."""
     producer = {id(out): i for i, item in enumerate(items) for out in item.outputs}
+    readers: dict = {}  # id(base) -> the items that read it
+    for r, item in enumerate(items):
+        for b in item.inputs:
+            readers.setdefault(id(b), []).append(r)
     deps = [{producer[id(b)] for b in item.inputs if id(b) in producer} for item in items]
     for a, item in enumerate(items):
         for out in item.outputs:
-            if out.op is not Op.ASSIGN:
-                continue
-            for r, other in enumerate(items):
-                if r != a and out.arg in other.inputs:
-                    deps[a].add(r)
+            if out.op is Op.ASSIGN:
+                deps[a].update(r for r in readers.get(id(out.arg), ()) if r != a)
     return deps
 
 
-def _topological(deps: list) -> list:
-    """Indexes in an order where each comes after everything it depends on (iterative depth-first)."""
+def _topological(deps: list) -> tuple:
+    """(order, cycle): indexes in an order where each comes after everything it depends on (iterative
+    depth-first), and None; or, when there is none, a cycle (indexes, each depending on the next, the last on
+    the first) and None."""
     order, state = [], [0] * len(deps)  # 0 new, 1 on the current path, 2 done
     for start in range(len(deps)):
-        stack = [start]
-        while stack:
-            i = stack[-1]
-            if state[i] == 2:
-                stack.pop()
-                continue
-            state[i] = 1
-            waiting = [j for j in sorted(deps[i]) if state[j] != 2]
-            if any(state[j] == 1 for j in waiting):
-                raise RuntimeError(
-                    "schedule has a cycle: a value reads a buffer that an assign in the same step overwrites"
-                )
-            if waiting:
-                stack.extend(reversed(waiting))
-                continue
-            state[i] = 2
-            order.append(i)
-            stack.pop()
-    return order
+        if state[start]:
+            continue
+        state[start] = 1
+        path = [start]
+        pending = [iter(sorted(deps[start]))]
+        while path:
+            for j in pending[-1]:
+                if state[j] == 1:
+                    return None, path[path.index(j) :]
+                if state[j] == 0:
+                    state[j] = 1
+                    path.append(j)
+                    pending.append(iter(sorted(deps[j])))
+                    break
+            else:
+                state[path[-1]] = 2
+                order.append(path.pop())
+                pending.pop()
+    return order, None
+
+
+def _item_of(items: list, out: LazyBuffer):
+    return next((i for i, item in enumerate(items) if any(o is out for o in item.outputs)), None)
+
+
+def _cycle_message(items: list, cycle: list) -> str:
+    """Names what waits on what around a cycle: the kernels by output, the assigns by target."""
+
+    def name(item):
+        out = item.output
+        what = "assign into" if out.op is Op.ASSIGN else out.op.name.lower()
+        return f"{what} {out.dtype.name}{list(out.shape)}"
+
+    steps = " -> ".join(name(items[i]) for i in reversed(cycle))
+    return (
+        "schedule has a cycle: a kernel reads a buffer's old value and, through other kernels, a value that needs "
+        "the assign overwriting that buffer, so no order is right "
+        f"(each runs before the next: {steps} -> ...). Realize the value read before the in-place update "
+        "(`.realize()`) to break it."
+    )
+
+
+def _fold_closes_cycle(items: list, merged_away: set, producer: ScheduleItem, reader: ScheduleItem) -> bool:
+    """Would folding `producer` into `reader` (its only reader) make a kernel that waits on itself? Only when
+    the producer reads a buffer that an assign of another item overwrites, and that assign leads to the reader
+    through other items (PyTorch: `t = b * 1; b.add_(1); mixed = a + b; a.add_(t)`: t may not join a's update,
+    which waits for `mixed`, which waits for b's update, which waits for t). Without such a read, the reader is
+    the producer's only dependent, and folding cannot close a cycle."""
+    live = [item for item in items if id(item) not in merged_away]
+    targets = {id(out.arg) for item in live if item is not producer for out in item.outputs if out.op is Op.ASSIGN}
+    if not any(id(x) in targets for x in producer.inputs):
+        return False
+    deps = _dependencies(live)
+    index = {id(item): i for i, item in enumerate(live)}
+    source, goal = index[id(producer)], index[id(reader)]
+    dependents: list = [[] for _ in live]
+    for i, before in enumerate(deps):
+        for j in before:
+            dependents[j].append(i)
+    seen = {source, goal}
+    stack = [d for d in dependents[source] if d != goal]
+    while stack:  # is the reader reached from the producer other than directly?
+        i = stack.pop()
+        if i == goal:
+            return True
+        if i in seen:
+            continue
+        seen.add(i)
+        stack.extend(dependents[i])
+    return False
 
 
 def _ancestors(items: list) -> dict:
     """id(item) -> ids of every item that must run before it, directly or not."""
     deps = _dependencies(items)
     result: dict = {}
-    for i in _topological(deps):
+    order, cycle = _topological(deps)
+    if cycle:
+        raise RuntimeError(_cycle_message(items, cycle))
+    for i in order:
         result[id(items[i])] = set().union(*({id(items[j])} | result[id(items[j])] for j in deps[i]))
     return result
 
 
 def _order_assigns(items: list) -> list:
     """Topological order of the items under `_dependencies`."""
-    return [items[i] for i in _topological(_dependencies(items))]
+    order, cycle = _topological(_dependencies(items))
+    if cycle:
+        raise RuntimeError(_cycle_message(items, cycle))
+    return [items[i] for i in order]
 
 
 def _loads_by_buffer(ast: KernelOp) -> dict:

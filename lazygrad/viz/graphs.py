@@ -19,6 +19,7 @@ REASON_COLORS = {
     "second-reduce": "#9467bd",
     "broadcast-compute": "#ff7f0e",
     "assign-hazard": "#8c564b",
+    "assign-order": "#e377c2",
     "realized before the capture": "#bbbbbb",
 }
 MISSING = (
