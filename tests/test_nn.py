@@ -669,3 +669,17 @@ def test_small_convnet_loss_and_every_gradient_match_torch():
     for name, grad in grads.items():
         assert_close(grad, torch_params[name].grad, name=f"{name} grad")
     assert_same_state(torch_net, net)  # the running statistics after one training-mode forward
+
+
+def test_maxpool2d_module_with_ceil_mode_returns_torchs_values_indices_and_gradient():
+    x = np.random.default_rng(0).standard_normal((2, 3, 5, 5)).astype(np.float32)
+    torch_x = torch.tensor(x, requires_grad=True)
+    torch_out, torch_indices = torch.nn.MaxPool2d(2, return_indices=True, ceil_mode=True)(torch_x)
+    torch_out.sum().backward()
+    lazy_x = lazygrad.Tensor(x, requires_grad=True)
+    out, indices = nn.MaxPool2d(2, return_indices=True, ceil_mode=True)(lazy_x)
+    out.sum().backward()
+    np.testing.assert_allclose(out.numpy(), torch_out.detach().numpy())
+    np.testing.assert_array_equal(indices.numpy(), torch_indices.numpy())
+    assert indices.dtype == lazygrad.int64
+    np.testing.assert_allclose(lazy_x.grad.numpy(), torch_x.grad.numpy())

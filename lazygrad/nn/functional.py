@@ -414,7 +414,33 @@ def cosine_similarity(x1: Tensor, x2: Tensor, dim: int = 1, eps: float = 1e-8) -
 
 
 def conv1d(input: Tensor, weight: Tensor, bias=None, stride=1, padding=0, dilation=1, groups: int = 1) -> Tensor:
-    if isinstance(padding, str):
-        raise NotImplementedError(f"conv1d: padding={padding!r}; give the padding as a number")
-    single = lambda v: v[0] if isinstance(v, (tuple, list)) else v  # noqa: E731 (torch takes (n,) too)
-    return input.conv1d(weight, bias, single(stride), single(padding), single(dilation), groups)
+    return input.conv1d(weight, bias, stride, padding, dilation, groups)
+
+
+def max_pool1d(input: Tensor, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
+    return input.max_pool1d(kernel_size, stride, padding, dilation, ceil_mode, return_indices)
+
+
+def avg_pool1d(input: Tensor, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True) -> Tensor:
+    return input.avg_pool1d(kernel_size, stride, padding, ceil_mode, count_include_pad)
+
+
+def _one(size):
+    return size[0] if isinstance(size, (tuple, list)) else size
+
+
+def adaptive_avg_pool1d(input: Tensor, output_size) -> Tensor:
+    return input.unsqueeze(-2).adaptive_avg_pool2d((1, _one(output_size))).squeeze(-2)
+
+
+def adaptive_max_pool1d(input: Tensor, output_size, return_indices: bool = False):
+    out = input.unsqueeze(-2).adaptive_max_pool2d((1, _one(output_size)), return_indices)
+    return (out[0].squeeze(-2), out[1].squeeze(-2)) if return_indices else out.squeeze(-2)
+
+
+def adaptive_max_pool2d(input: Tensor, output_size, return_indices: bool = False):
+    return input.adaptive_max_pool2d(output_size, return_indices)
+
+
+def pad(input: Tensor, pad, mode: str = "constant", value: float | None = None) -> Tensor:
+    return input.pad(pad, mode, 0.0 if value is None else value)
