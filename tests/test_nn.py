@@ -683,3 +683,18 @@ def test_maxpool2d_module_with_ceil_mode_returns_torchs_values_indices_and_gradi
     np.testing.assert_array_equal(indices.numpy(), torch_indices.numpy())
     assert indices.dtype == lazygrad.int64
     np.testing.assert_allclose(lazy_x.grad.numpy(), torch_x.grad.numpy())
+
+
+def test_fold_is_the_adjoint_of_unfold_as_in_torch_forward_and_backward():
+    # op_db has no fold entry; (N, C * kh * kw, L) columns of a 2x3 kernel, stride 2, padding 1, dilation (1, 2)
+    columns = np.random.default_rng(1).standard_normal((2, 3 * 2 * 3, 4 * 2)).astype(np.float32)
+    arguments = dict(output_size=(7, 6), kernel_size=(2, 3), dilation=(1, 2), padding=1, stride=2)
+    torch_columns = torch.tensor(columns, requires_grad=True)
+    torch_out = torch.nn.functional.fold(torch_columns, **arguments)
+    projection = np.random.default_rng(2).standard_normal(tuple(torch_out.shape)).astype(np.float32)
+    (torch_out * torch.tensor(projection)).sum().backward()
+    lazy_columns = lazygrad.Tensor(columns, requires_grad=True)
+    out = F.fold(lazy_columns, **arguments)
+    (out * lazygrad.Tensor(projection)).sum().backward()
+    np.testing.assert_allclose(out.numpy(), torch_out.detach().numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(lazy_columns.grad.numpy(), torch_columns.grad.numpy(), rtol=1e-5, atol=1e-5)

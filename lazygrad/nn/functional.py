@@ -4,6 +4,15 @@ implementation of each op, in lazygrad.tensor_ops); batch norm and the losses ar
 from __future__ import annotations
 
 import lazygrad
+from lazygrad.nn.resample import (  # noqa: F401
+    fold,
+    interpolate,
+    pixel_shuffle,
+    pixel_unshuffle,
+    unfold,
+    upsample_bilinear,
+    upsample_nearest,
+)
 from lazygrad.tensor import Tensor
 
 _REDUCTIONS = ("mean", "sum", "none")

@@ -416,13 +416,13 @@ def _source_index(j: int, size: int, mode: str) -> int:
 
 
 def _pad_from_input(x: Tensor, pairs: list, mode: str) -> Tensor:
-    """Non-constant padding, one dim at a time: the output's source positions, taken as runs of slices (a run
-    that steps backwards is a flipped slice, one that repeats an element an expanded one), then concatenated."""
+    """Non-constant padding, one dim at a time: the output's source positions, taken by take_positions."""
     for dim, ((left, right), size) in enumerate(zip(pairs, x.shape)):
         if (left, right) == (0, 0):
             continue
-        if mode == "circular" and min(left, right) < 0:  # torch wraps before it crops: not this composition
-            raise NotImplementedError(f"circular padding with a negative pad ({left}, {right}) of shape {x.shape}")
+        if mode == "circular" and min(left, right) < 0:  # torch crops first, then wraps what is left
+            x = x.narrow(dim, max(0, -left), size - max(0, -left) - max(0, -right))
+            left, right, size = max(0, left), max(0, right), x.shape[dim]
         limit = {"reflect": size - 1, "circular": size}.get(mode)  # replicate repeats the border: no limit
         if size == 0 or limit is not None and max(left, right) > limit:
             raise RuntimeError(
@@ -432,22 +432,36 @@ def _pad_from_input(x: Tensor, pairs: list, mode: str) -> Tensor:
         sources = [_source_index(j, size, mode) for j in range(-left, size + right)]
         if not sources:
             raise RuntimeError(f"{mode} padding ({left}, {right}) leaves dim {dim} of shape {x.shape} empty")
-        runs, i = [], 0  # maximal runs of a constant step (-1, 0 or +1): (first source, last source, count)
-        while i < len(sources):
-            j = i + 1
-            step = sources[j] - sources[i] if j < len(sources) else 0
-            while j < len(sources) and step in (-1, 0, 1) and sources[j] - sources[j - 1] == step:
-                j += 1
-            runs.append((sources[i], sources[j - 1], j - i))
-            i = j
-        pieces = []
-        for first, last, count in runs:
-            low, high = min(first, last), max(first, last)
-            piece = x.narrow(dim, low, high - low + 1)
-            if first == last and count > 1:
-                piece = piece.expand(*[count if d == dim else -1 for d in range(x.ndim)])
-            elif first > last:
-                piece = piece.flip(dim)
-            pieces.append(piece)
-        x = pieces[0] if len(pieces) == 1 else Tensor.cat(pieces, dim=dim)
+        x = take_positions(x, dim, sources)
     return x
+
+
+def take_positions(x: Tensor, dim: int, positions: list) -> Tensor:
+    """x's elements at these (static, in-range) positions along dim, as views: runs of slices (a run that steps
+    backwards is a flipped slice, one that repeats an element an expanded one), concatenated. Exact, with the
+    views' own gradients (a one-hot gather would multiply every element, and a NaN or inf would spread)."""
+    size = x.shape[dim]
+    if positions == list(range(size)):
+        return x
+    repeat = len(positions) // size if size else 0
+    if repeat > 1 and positions == [p // repeat for p in range(len(positions))]:  # nearest upsampling by an integer
+        wide = x.unsqueeze(dim + 1).expand(*[repeat if d == dim + 1 else -1 for d in range(x.ndim + 1)])
+        return wide.flatten(dim, dim + 1)
+    runs, i = [], 0  # maximal runs of a constant step (-1, 0 or +1): (first position, last position, count)
+    while i < len(positions):
+        j = i + 1
+        step = positions[j] - positions[i] if j < len(positions) else 0
+        while j < len(positions) and step in (-1, 0, 1) and positions[j] - positions[j - 1] == step:
+            j += 1
+        runs.append((positions[i], positions[j - 1], j - i))
+        i = j
+    pieces = []
+    for first, last, count in runs:
+        low, high = min(first, last), max(first, last)
+        piece = x.narrow(dim, low, high - low + 1)
+        if first == last and count > 1:
+            piece = piece.expand(*[count if d == dim else -1 for d in range(x.ndim)])
+        elif first > last:
+            piece = piece.flip(dim)
+        pieces.append(piece)
+    return pieces[0] if len(pieces) == 1 else Tensor.cat(pieces, dim=dim)
