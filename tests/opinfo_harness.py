@@ -104,6 +104,8 @@ def to_lazygrad(value):
         return converted if isinstance(value, list) else tuple(converted)
     if isinstance(value, dict):
         return {k: to_lazygrad(v) for k, v in value.items()}
+    if isinstance(value, torch.nn.PairwiseDistance):  # a distance_function argument: the same distance
+        return lambda x1, x2: F.pairwise_distance(x1, x2, value.norm, value.eps, value.keepdim)
     if isinstance(value, (torch.memory_format, torch.layout, torch.device, torch.Generator)):
         raise Unsupported(f"a {type(value).__name__} argument")
     return value

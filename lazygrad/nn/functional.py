@@ -4,6 +4,21 @@ implementation of each op, in lazygrad.tensor_ops); batch norm and the losses ar
 from __future__ import annotations
 
 import lazygrad
+from lazygrad.nn.losses import (  # noqa: F401
+    cosine_embedding_loss,
+    gaussian_nll_loss,
+    hinge_embedding_loss,
+    kl_div,
+    margin_ranking_loss,
+    multi_margin_loss,
+    multilabel_soft_margin_loss,
+    pairwise_distance,
+    poisson_nll_loss,
+    soft_margin_loss,
+    triplet_margin_loss,
+    triplet_margin_with_distance_loss,
+)
+from lazygrad.nn.normalization import group_norm, instance_norm, local_response_norm, rms_norm  # noqa: F401
 from lazygrad.nn.resample import (  # noqa: F401
     fold,
     interpolate,
@@ -453,3 +468,28 @@ def adaptive_max_pool2d(input: Tensor, output_size, return_indices: bool = False
 
 def pad(input: Tensor, pad, mode: str = "constant", value: float | None = None) -> Tensor:
     return input.pad(pad, mode, 0.0 if value is None else value)
+
+
+def prelu(input: Tensor, weight: Tensor) -> Tensor:
+    """max(0, x) + weight * min(0, x), one weight per channel (dim 1) or one for all."""
+    if weight.numel() > 1:
+        if input.ndim < 2 or input.shape[1] != weight.numel():
+            raise RuntimeError(f"prelu: {weight.numel()} weights for input {input.shape} (one per channel, dim 1)")
+        weight = weight.reshape((1, -1) + (1,) * (input.ndim - 2))
+    else:
+        weight = weight.reshape(())  # the output keeps the input's shape (a 0-d input stays 0-d)
+    return (input > 0).where(input, weight * input)
+
+
+def bilinear(input1: Tensor, input2: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """out[..., o] = sum_ij input1[..., i] * weight[o, i, j] * input2[..., j] + bias[o]."""
+    out = (input1.unsqueeze(-2).unsqueeze(-1) * weight * input2.unsqueeze(-2).unsqueeze(-2)).sum((-2, -1))
+    return out + bias if bias is not None else out
+
+
+def channel_shuffle(input: Tensor, groups: int) -> Tensor:
+    """(N, g * c, *) -> the channels of each group interleaved: (N, g, c, *) transposed to (N, c, g, *)."""
+    n, channels, *rest = input.shape
+    if channels % groups:
+        raise RuntimeError(f"channel_shuffle: {channels} channels of input {input.shape} not divisible by {groups}")
+    return input.reshape(n, groups, channels // groups, *rest).transpose(1, 2).reshape(input.shape)
