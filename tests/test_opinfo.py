@@ -64,6 +64,11 @@ VALUES_UNCHECKED = {
 # per-op tolerance where float32 rounding of an ill-conditioned function exceeds the default
 TOLERANCE = {
     "tan": (1e-3, "tan near its poles: |tan'| = 1 + tan^2 reaches 4e7 on op_db's samples"),
+    "logcumsumexp": (
+        1e-2,
+        "op_db's sample holds 10000 beside values near 0: torch's own float32 gradient is 1.4e-3 off float64's "
+        "(lazygrad's is within 1.2e-7)",
+    ),
 }
 
 
@@ -74,6 +79,8 @@ def sample_skip(info, sample) -> str | None:
             return "memory_format: lazygrad has one memory layout"
     if sample.kwargs.get("dropout_p", 0) > 0:
         return "dropout_p > 0: a random mask, lazygrad's generator is not torch's (test_transformer.py checks it)"
+    if info.name == "norm" and "nuc" in sample.args:
+        return "the nuclear norm is a singular-value decomposition (LAPACK, out of scope as linalg.svd)"
     if info.name == "nn.functional.batch_norm" and sample.input.numel() == 0:
         return "batch_norm of a 0-element input"
     return None
@@ -117,9 +124,9 @@ def test_opinfo_samples_match_torch(info, backend, request):
 
 # the counts this file covers; a change to lazygrad's surface changes them, and this must be updated with it
 EXPECTED_COUNTS = {
-    "op_db entries run": 339,
-    "names provided": 305,
-    "top-level provided": 231,
+    "op_db entries run": 393,
+    "names provided": 355,
+    "top-level provided": 281,
     "functional provided": 74,
 }
 

@@ -37,6 +37,16 @@ class MovementOps:
     def mT(self) -> Tensor:
         return self.transpose(-2, -1)
 
+    @property
+    def H(self) -> Tensor:  # the conjugate transpose: the transpose, for real numbers
+        if self.ndim not in (0, 2):
+            raise RuntimeError(f"tensor.H is only supported on matrices (2-D tensors), got shape {self.shape}")
+        return self.T
+
+    @property
+    def mH(self) -> Tensor:
+        return self.mT
+
     def broadcast_to(self, shape) -> Tensor:
         shape = tuple(shape)
         if self.shape == shape:
