@@ -698,3 +698,17 @@ def test_fold_is_the_adjoint_of_unfold_as_in_torch_forward_and_backward():
     (out * lazygrad.Tensor(projection)).sum().backward()
     np.testing.assert_allclose(out.numpy(), torch_out.detach().numpy(), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(lazy_columns.grad.numpy(), torch_columns.grad.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_dropout2d_drops_whole_channels_and_alpha_dropout_keeps_selu_statistics():
+    x = lazygrad.Tensor(np.random.default_rng(3).standard_normal((4, 6, 3, 3)).astype(np.float32) + 5.0)
+    out = F.dropout2d(x, p=0.5, training=True).numpy()
+    kept = out.reshape(24, 9) != 0
+    assert np.all(kept.all(1) | ~kept.any(1)), "a channel is dropped whole or kept whole"
+    np.testing.assert_allclose(out.reshape(24, 9)[kept.all(1)], 2 * x.numpy().reshape(24, 9)[kept.all(1)], rtol=1e-6)
+    # alpha dropout of standard normal values keeps mean 0 and variance 1 (what SELU networks need)
+    y = F.alpha_dropout(lazygrad.randn(200_000), p=0.3, training=True).numpy()
+    assert abs(y.mean()) < 0.02 and abs(y.var() - 1) < 0.03
+    alpha, a = 1.7580993408473766, 1 / ((1.7580993408473766**2 * 0.3 + 1) * 0.7) ** 0.5
+    dropped = np.isclose(y, -alpha * a + alpha * a * 0.3, atol=1e-6)
+    assert 0.28 < dropped.mean() < 0.32

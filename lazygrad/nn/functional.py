@@ -3,6 +3,8 @@ implementation of each op, in lazygrad.tensor_ops); batch norm and the losses ar
 
 from __future__ import annotations
 
+import numpy as np
+
 import lazygrad
 from lazygrad.nn.losses import (  # noqa: F401
     cosine_embedding_loss,
@@ -493,3 +495,70 @@ def channel_shuffle(input: Tensor, groups: int) -> Tensor:
     if channels % groups:
         raise RuntimeError(f"channel_shuffle: {channels} channels of input {input.shape} not divisible by {groups}")
     return input.reshape(n, groups, channels // groups, *rest).transpose(1, 2).reshape(input.shape)
+
+
+def conv_transpose1d(
+    input: Tensor, weight: Tensor, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1
+):
+    return input.conv_transpose1d(weight, bias, stride, padding, output_padding, groups, dilation)
+
+
+def conv_transpose2d(
+    input: Tensor, weight: Tensor, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1
+):
+    return input.conv_transpose2d(weight, bias, stride, padding, output_padding, groups, dilation)
+
+
+def _feature_mask_shape(input: Tensor, batched_ndim: int) -> tuple:
+    """A mask with one value per (sample, channel): the spatial dims of size 1 (unbatched input: per channel)."""
+    if input.ndim == batched_ndim:
+        return (*input.shape[:2], *(1,) * (input.ndim - 2))
+    return (input.shape[0], *(1,) * (input.ndim - 1))
+
+
+def _dropout_with_mask(input: Tensor, p: float, training: bool, mask_shape: tuple, alpha: bool) -> Tensor:
+    """Dropout whose mask has mask_shape (broadcast over the rest); alpha: SELU's alpha dropout, which keeps the
+    mean and variance of a SELU activation (dropped values become -alpha * scale, then an affine correction)."""
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
+    if not training or p == 0:
+        return input
+    if p == 1:  # as torch: a product with zero, so an inf or NaN gives NaN
+        return input * 0.0
+    keep = (Tensor.rand(*mask_shape, device=input.device) >= p).cast(input.dtype)
+    if not alpha:
+        return input * keep * (1.0 / (1.0 - p))
+    selu_alpha = 1.7580993408473766  # torch's alpha * scale of SELU
+    a = 1.0 / ((selu_alpha * selu_alpha * p + 1) * (1 - p)) ** 0.5
+    b = (keep - 1) * (selu_alpha * a) + selu_alpha * a * p
+    return input * (keep * a) + b
+
+
+def dropout2d(input: Tensor, p: float = 0.5, training: bool = True, inplace: bool = False) -> Tensor:
+    return _dropout_with_mask(input, p, training, _feature_mask_shape(input, 4), alpha=False)
+
+
+def dropout3d(input: Tensor, p: float = 0.5, training: bool = True, inplace: bool = False) -> Tensor:
+    return _dropout_with_mask(input, p, training, _feature_mask_shape(input, 5), alpha=False)
+
+
+def alpha_dropout(input: Tensor, p: float = 0.5, training: bool = False, inplace: bool = False) -> Tensor:
+    return _dropout_with_mask(input, p, training, input.shape, alpha=True)
+
+
+def feature_alpha_dropout(input: Tensor, p: float = 0.5, training: bool = False, inplace: bool = False) -> Tensor:
+    return _dropout_with_mask(input, p, training, (*input.shape[:2], *(1,) * (input.ndim - 2)), alpha=True)
+
+
+def pdist(input: Tensor, p: float = 2.0) -> Tensor:
+    """The p-norm distances between the rows of an (N, M) input, for each pair i < j in row-major order."""
+    if input.ndim != 2:
+        raise RuntimeError(f"pdist only supports 2D tensors, got shape {input.shape}")
+    from lazygrad.nn.losses import vector_norm
+    from lazygrad.tensor_ops.movement import take_positions
+
+    first, second = np.triu_indices(input.shape[0], 1)
+    if len(first) == 0:
+        return input.reshape(-1).narrow(0, 0, 0) * 1  # empty, and in input's graph as torch's
+    difference = take_positions(input, 0, first.tolist()) - take_positions(input, 0, second.tolist())
+    return vector_norm(difference, p, -1)

@@ -175,6 +175,49 @@ class NNOps:
         stride, dilation = (1, single(stride)), (1, single(dilation))
         return self.unsqueeze(-2).conv2d(weight.unsqueeze(-2), bias, stride, padding, dilation, groups).squeeze(-2)
 
+    def conv_transpose2d(
+        self, weight: Tensor, bias=None, stride=1, padding=0, output_padding=0, groups: int = 1, dilation=1
+    ) -> Tensor:
+        """The adjoint of conv2d in its input (what conv2d's input gradient computes): weight (C_in, C_out /
+        groups, kh, kw); output size (H - 1) * stride - 2 * padding + dilation * (k - 1) + output_padding + 1."""
+        if self.ndim == 3 and weight.ndim == 4:  # unbatched (C, H, W), as torch
+            out = self.unsqueeze(0).conv_transpose2d(weight, bias, stride, padding, output_padding, groups, dilation)
+            return out.squeeze(0)
+        if self.ndim != 4 or weight.ndim != 4 or self.shape[1] != weight.shape[0] or weight.shape[0] % groups:
+            raise RuntimeError(
+                f"conv_transpose2d expects input (N, C_in, H, W) and weight (C_in, C_out / groups, kh, kw) with "
+                f"C_in divisible by groups={groups}; got input {self.shape} and weight {weight.shape}"
+            )
+        s, p, d = as_pair(stride), as_pair(padding), as_pair(dilation)
+        extra = as_pair(output_padding)
+        if any(e >= max(st, di) for e, st, di in zip(extra, s, d)):
+            raise RuntimeError(f"output_padding {extra} must be smaller than either stride {s} or dilation {d}")
+        out_hw = tuple(
+            (size - 1) * st - 2 * pad + di * (k - 1) + e + 1
+            for size, st, pad, di, k, e in zip(self.shape[2:], s, p, d, weight.shape[2:], extra)
+        )
+        # the full output (no padding: every position some window reaches), then cut by the padding on both
+        # sides and extended by output_padding: rows past the last window's reach are zeros
+        full_hw = tuple(
+            (size - 1) * st + di * (k - 1) + 1 for size, st, di, k in zip(self.shape[2:], s, d, weight.shape[2:])
+        )
+        full = _conv2d_input_grad(self, weight, full_hw, s, (0, 0), d, groups)
+        after = tuple(size - (f - pad) for size, f, pad in zip(out_hw, full_hw, p))
+        out = full.pad((-p[1], after[1], -p[0], after[0])) if any(p) or any(after) else full
+        return out + bias.reshape(1, -1, 1, 1) if bias is not None else out
+
+    def conv_transpose1d(
+        self, weight: Tensor, bias=None, stride=1, padding=0, output_padding=0, groups: int = 1, dilation=1
+    ) -> Tensor:
+        single = lambda v: v[0] if isinstance(v, (tuple, list)) else v  # noqa: E731 (torch takes (n,) too)
+        neutral = (1, 0, 0, 1)  # the height's stride, padding, output_padding and dilation
+        pairs = [(n, single(v)) for n, v in zip(neutral, (stride, padding, output_padding, dilation))]
+        stride, padding, output_padding, dilation = pairs
+        out = self.unsqueeze(-2).conv_transpose2d(
+            weight.unsqueeze(-2), bias, stride, padding, output_padding, groups, dilation
+        )
+        return out.squeeze(-2)
+
     def max_pool1d(self, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
         """max_pool2d over a height of 1: its flat indices are then the positions along the length."""
         k, s = as_pair(kernel_size)[0], as_pair(stride or kernel_size)[0]
