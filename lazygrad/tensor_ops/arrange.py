@@ -230,6 +230,38 @@ class ArrangeOps:
         """True when both have the same shape and elements (a Python bool, read on the host)."""
         return self.shape == other.shape and bool((self == other).all().item())
 
+    def _index_along(self, dim: int, index: Tensor, source: Tensor) -> tuple:
+        """(the sum of source's slices sent to self's positions index along dim, where any was sent)."""
+        d = self._dim(dim)
+        index = index.reshape(-1) if index.ndim else index.reshape(1)
+        source = source if source.ndim else source.reshape(1)
+        full = index.reshape([-1 if i == d else 1 for i in range(source.ndim)]).expand(*source.shape)
+        return self._scatter_one_hot(d, full, source)
+
+    def index_add(self, dim: int, index: Tensor, source: Tensor, *, alpha=1) -> Tensor:
+        """self with source's slices added at positions index along dim (repeated indices accumulate)."""
+        if not self.ndim:
+            return self + alpha * source.reshape(())
+        added, _ = self._index_along(dim, index, source)
+        return self + added * alpha if alpha != 1 else self + added
+
+    def index_copy(self, dim: int, index: Tensor, source: Tensor) -> Tensor:
+        """self with its slices at positions index along dim replaced by source's (indices must be unique)."""
+        if not self.ndim:
+            return source.reshape(()).cast(self.dtype)
+        copied, hit = self._index_along(dim, index, source)
+        return hit.where(copied, self)
+
+    def index_fill(self, dim: int, index: Tensor, value) -> Tensor:
+        """self with its slices at positions index along dim set to value."""
+        d = self._dim(dim) if self.ndim else 0
+        n = self.shape[d] if self.ndim else 1
+        chosen = (index.reshape(-1, 1) == Tensor.arange(n, device=self.device).reshape(1, n)).any(0)
+        chosen = chosen.reshape([-1 if i == d else 1 for i in range(self.ndim)]) if self.ndim else chosen.reshape(())
+        value = value.reshape(()) if isinstance(value, Tensor) else value
+        fill = value.cast(self.dtype) if isinstance(value, Tensor) else Tensor.full((), value, self.dtype, self.device)
+        return chosen.where(fill, self)
+
     def char(self) -> Tensor:
         return self.cast(dt.int8)
 
@@ -557,6 +589,9 @@ def copy_and_construction_functions() -> dict:
     functions = {f"{view.__name__}_copy": copy_of(view) for view in views}
     functions["alias_copy"] = lambda input: input.clone()
 
+    def constant_pad_nd(input, pad, value=0):
+        return input.pad(tuple(pad), "constant", value)
+
     def fill(input, value):
         """A tensor of input's shape and dtype filled with value; as torch, it stays in input's graph (with a
         zero gradient): a where that never takes input, so no NaN of input reaches the gradient."""
@@ -626,7 +661,7 @@ def copy_and_construction_functions() -> dict:
         return terms.cumsum(d)
 
     functions_of_several = stack_functions()
-    for function in (fill, scalar_tensor, logspace, tril_indices, triu_indices, cartesian_prod, block_diag,
-                     trapezoid, trapz, cumulative_trapezoid):  # fmt: skip
+    for function in (constant_pad_nd, fill, scalar_tensor, logspace, tril_indices, triu_indices, cartesian_prod,
+                     block_diag, trapezoid, trapz, cumulative_trapezoid):  # fmt: skip
         functions[function.__name__] = function
     return functions
