@@ -68,10 +68,15 @@ FUNCTION_FORMS = """
     repeat_interleave reshape roll rot90 round rsqrt rsub scatter scatter_add select sigmoid sign signbit sin
     sinc sinh softmax split sqrt sqrt_ square squeeze std std_mean sub sum swapaxes t take_along_dim tan tanh
     tile trace transpose true_divide trunc unbind unflatten unsqueeze var var_mean xlogy zero_
+    diag_embed diagflat narrow_copy split_with_sizes unsafe_split unsafe_chunk tensor_split hsplit vsplit dsplit
+    diff take vdot cross equal logcumsumexp cummax cummin norm dist renorm ldexp float_power index_add index_copy
+    index_fill
 """.split()
 globals().update({name: getattr(Tensor, name) for name in FUNCTION_FORMS})
 # functions of several tensors (torch.hstack, torch.meshgrid...)
 globals().update(_arrange.stack_functions())
+# torch's function-only forms (the *_copy views, fill, logspace, tril_indices, block_diag, trapezoid...)
+globals().update(_arrange.copy_and_construction_functions())
 
 
 def grad(outputs, inputs, grad_outputs=None, create_graph: bool = False, retain_graph=None):

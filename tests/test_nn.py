@@ -669,3 +669,46 @@ def test_small_convnet_loss_and_every_gradient_match_torch():
     for name, grad in grads.items():
         assert_close(grad, torch_params[name].grad, name=f"{name} grad")
     assert_same_state(torch_net, net)  # the running statistics after one training-mode forward
+
+
+def test_maxpool2d_module_with_ceil_mode_returns_torchs_values_indices_and_gradient():
+    x = np.random.default_rng(0).standard_normal((2, 3, 5, 5)).astype(np.float32)
+    torch_x = torch.tensor(x, requires_grad=True)
+    torch_out, torch_indices = torch.nn.MaxPool2d(2, return_indices=True, ceil_mode=True)(torch_x)
+    torch_out.sum().backward()
+    lazy_x = lazygrad.Tensor(x, requires_grad=True)
+    out, indices = nn.MaxPool2d(2, return_indices=True, ceil_mode=True)(lazy_x)
+    out.sum().backward()
+    np.testing.assert_allclose(out.numpy(), torch_out.detach().numpy())
+    np.testing.assert_array_equal(indices.numpy(), torch_indices.numpy())
+    assert indices.dtype == lazygrad.int64
+    np.testing.assert_allclose(lazy_x.grad.numpy(), torch_x.grad.numpy())
+
+
+def test_fold_is_the_adjoint_of_unfold_as_in_torch_forward_and_backward():
+    # op_db has no fold entry; (N, C * kh * kw, L) columns of a 2x3 kernel, stride 2, padding 1, dilation (1, 2)
+    columns = np.random.default_rng(1).standard_normal((2, 3 * 2 * 3, 4 * 2)).astype(np.float32)
+    arguments = dict(output_size=(7, 6), kernel_size=(2, 3), dilation=(1, 2), padding=1, stride=2)
+    torch_columns = torch.tensor(columns, requires_grad=True)
+    torch_out = torch.nn.functional.fold(torch_columns, **arguments)
+    projection = np.random.default_rng(2).standard_normal(tuple(torch_out.shape)).astype(np.float32)
+    (torch_out * torch.tensor(projection)).sum().backward()
+    lazy_columns = lazygrad.Tensor(columns, requires_grad=True)
+    out = F.fold(lazy_columns, **arguments)
+    (out * lazygrad.Tensor(projection)).sum().backward()
+    np.testing.assert_allclose(out.numpy(), torch_out.detach().numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(lazy_columns.grad.numpy(), torch_columns.grad.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_dropout2d_drops_whole_channels_and_alpha_dropout_keeps_selu_statistics():
+    x = lazygrad.Tensor(np.random.default_rng(3).standard_normal((4, 6, 3, 3)).astype(np.float32) + 5.0)
+    out = F.dropout2d(x, p=0.5, training=True).numpy()
+    kept = out.reshape(24, 9) != 0
+    assert np.all(kept.all(1) | ~kept.any(1)), "a channel is dropped whole or kept whole"
+    np.testing.assert_allclose(out.reshape(24, 9)[kept.all(1)], 2 * x.numpy().reshape(24, 9)[kept.all(1)], rtol=1e-6)
+    # alpha dropout of standard normal values keeps mean 0 and variance 1 (what SELU networks need)
+    y = F.alpha_dropout(lazygrad.randn(200_000), p=0.3, training=True).numpy()
+    assert abs(y.mean()) < 0.02 and abs(y.var() - 1) < 0.03
+    alpha, a = 1.7580993408473766, 1 / ((1.7580993408473766**2 * 0.3 + 1) * 0.7) ** 0.5
+    dropped = np.isclose(y, -alpha * a + alpha * a * 0.3, atol=1e-6)
+    assert 0.28 < dropped.mean() < 0.32

@@ -42,10 +42,6 @@ ONE_FLOAT32_SAMPLE = {"prod", "cumprod"}
 
 # whole-op expected failures: what the op does not do yet (strict: the day it passes, this entry must go)
 KNOWN_FAILURES = {
-    "nn.functional.conv2d": "unbatched (3-d) input",
-    "nn.functional.conv1d": "unbatched (2-d) input",
-    "nn.functional.avg_pool2d": "ceil_mode",
-    "nn.functional.max_pool2d": "ceil_mode and return_indices",
     "where": "Tensor.where(cond, y) is lazygrad's cond.where(x, y); torch.where(cond, x, y) is the same in both",
     "__rpow__": "the gradient of a negative base's power with respect to the exponent is 0, torch's NaN",
 }
@@ -68,16 +64,37 @@ VALUES_UNCHECKED = {
 # per-op tolerance where float32 rounding of an ill-conditioned function exceeds the default
 TOLERANCE = {
     "tan": (1e-3, "tan near its poles: |tan'| = 1 + tan^2 reaches 4e7 on op_db's samples"),
+    "logcumsumexp": (
+        1e-2,
+        "op_db's sample holds 10000 beside values near 0: torch's own float32 gradient is 1.4e-3 off float64's "
+        "(lazygrad's is within 1.2e-7)",
+    ),
+}
+
+
+# dropouts whose samples with 0 < p < 1 in training draw a random mask (value: the default of `training`); their
+# p = 0, p = 1 and evaluation samples are compared by value, the masks' structure by test_nn.py
+RANDOM_MASK_IN_TRAINING = {
+    "nn.functional.dropout2d": True,
+    "nn.functional.dropout3d": True,
+    "nn.functional.alpha_dropout": False,
+    "nn.functional.feature_alpha_dropout": False,
 }
 
 
 def sample_skip(info, sample) -> str | None:
     """Why this sample is not run (None: it is run). Each reason names what lazygrad does not take."""
+    if info.name in RANDOM_MASK_IN_TRAINING:
+        p = sample.kwargs.get("p", sample.args[0] if sample.args else 0.5)
+        if sample.kwargs.get("training", RANDOM_MASK_IN_TRAINING[info.name]) and 0 < p < 1:
+            return f"a random mask (p = {p}): lazygrad's generator is not torch's"
     for value in (*sample.args, *sample.kwargs.values()):
         if isinstance(value, torch.memory_format):
             return "memory_format: lazygrad has one memory layout"
     if sample.kwargs.get("dropout_p", 0) > 0:
         return "dropout_p > 0: a random mask, lazygrad's generator is not torch's (test_transformer.py checks it)"
+    if info.name == "norm" and "nuc" in sample.args:
+        return "the nuclear norm is a singular-value decomposition (LAPACK, out of scope as linalg.svd)"
     if info.name == "nn.functional.batch_norm" and sample.input.numel() == 0:
         return "batch_norm of a 0-element input"
     return None
@@ -121,10 +138,10 @@ def test_opinfo_samples_match_torch(info, backend, request):
 
 # the counts this file covers; a change to lazygrad's surface changes them, and this must be updated with it
 EXPECTED_COUNTS = {
-    "op_db entries run": 298,
-    "names provided": 274,
-    "top-level provided": 231,
-    "functional provided": 43,
+    "op_db entries run": 405,
+    "names provided": 366,
+    "top-level provided": 285,
+    "functional provided": 81,
 }
 
 

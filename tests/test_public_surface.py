@@ -36,8 +36,11 @@ def public_names() -> list[str]:
             out.append(f"{prefix}.{name}")
         return out
 
+    # nn.functional's own functions, and those it takes from lazygrad.nn's modules (resample's interpolate...)
     functional = [
-        n for n in dir(F) if callable(getattr(F, n)) and getattr(getattr(F, n), "__module__", "") == F.__name__
+        n
+        for n in dir(F)
+        if callable(getattr(F, n)) and getattr(getattr(F, n), "__module__", "").startswith("lazygrad.nn.")
     ]
     return (
         names("lazygrad", lazygrad)

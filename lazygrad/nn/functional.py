@@ -3,7 +3,33 @@ implementation of each op, in lazygrad.tensor_ops); batch norm and the losses ar
 
 from __future__ import annotations
 
+import numpy as np
+
 import lazygrad
+from lazygrad.nn.losses import (  # noqa: F401
+    cosine_embedding_loss,
+    gaussian_nll_loss,
+    hinge_embedding_loss,
+    kl_div,
+    margin_ranking_loss,
+    multi_margin_loss,
+    multilabel_soft_margin_loss,
+    pairwise_distance,
+    poisson_nll_loss,
+    soft_margin_loss,
+    triplet_margin_loss,
+    triplet_margin_with_distance_loss,
+)
+from lazygrad.nn.normalization import group_norm, instance_norm, local_response_norm, rms_norm  # noqa: F401
+from lazygrad.nn.resample import (  # noqa: F401
+    fold,
+    interpolate,
+    pixel_shuffle,
+    pixel_unshuffle,
+    unfold,
+    upsample_bilinear,
+    upsample_nearest,
+)
 from lazygrad.tensor import Tensor
 
 _REDUCTIONS = ("mean", "sum", "none")
@@ -414,7 +440,125 @@ def cosine_similarity(x1: Tensor, x2: Tensor, dim: int = 1, eps: float = 1e-8) -
 
 
 def conv1d(input: Tensor, weight: Tensor, bias=None, stride=1, padding=0, dilation=1, groups: int = 1) -> Tensor:
-    if isinstance(padding, str):
-        raise NotImplementedError(f"conv1d: padding={padding!r}; give the padding as a number")
-    single = lambda v: v[0] if isinstance(v, (tuple, list)) else v  # noqa: E731 (torch takes (n,) too)
-    return input.conv1d(weight, bias, single(stride), single(padding), single(dilation), groups)
+    return input.conv1d(weight, bias, stride, padding, dilation, groups)
+
+
+def max_pool1d(input: Tensor, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
+    return input.max_pool1d(kernel_size, stride, padding, dilation, ceil_mode, return_indices)
+
+
+def avg_pool1d(input: Tensor, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True) -> Tensor:
+    return input.avg_pool1d(kernel_size, stride, padding, ceil_mode, count_include_pad)
+
+
+def _one(size):
+    return size[0] if isinstance(size, (tuple, list)) else size
+
+
+def adaptive_avg_pool1d(input: Tensor, output_size) -> Tensor:
+    return input.unsqueeze(-2).adaptive_avg_pool2d((1, _one(output_size))).squeeze(-2)
+
+
+def adaptive_max_pool1d(input: Tensor, output_size, return_indices: bool = False):
+    out = input.unsqueeze(-2).adaptive_max_pool2d((1, _one(output_size)), return_indices)
+    return (out[0].squeeze(-2), out[1].squeeze(-2)) if return_indices else out.squeeze(-2)
+
+
+def adaptive_max_pool2d(input: Tensor, output_size, return_indices: bool = False):
+    return input.adaptive_max_pool2d(output_size, return_indices)
+
+
+def pad(input: Tensor, pad, mode: str = "constant", value: float | None = None) -> Tensor:
+    return input.pad(pad, mode, 0.0 if value is None else value)
+
+
+def prelu(input: Tensor, weight: Tensor) -> Tensor:
+    """max(0, x) + weight * min(0, x), one weight per channel (dim 1) or one for all."""
+    if weight.numel() > 1:
+        if input.ndim < 2 or input.shape[1] != weight.numel():
+            raise RuntimeError(f"prelu: {weight.numel()} weights for input {input.shape} (one per channel, dim 1)")
+        weight = weight.reshape((1, -1) + (1,) * (input.ndim - 2))
+    else:
+        weight = weight.reshape(())  # the output keeps the input's shape (a 0-d input stays 0-d)
+    return (input > 0).where(input, weight * input)
+
+
+def bilinear(input1: Tensor, input2: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """out[..., o] = sum_ij input1[..., i] * weight[o, i, j] * input2[..., j] + bias[o]."""
+    out = (input1.unsqueeze(-2).unsqueeze(-1) * weight * input2.unsqueeze(-2).unsqueeze(-2)).sum((-2, -1))
+    return out + bias if bias is not None else out
+
+
+def channel_shuffle(input: Tensor, groups: int) -> Tensor:
+    """(N, g * c, *) -> the channels of each group interleaved: (N, g, c, *) transposed to (N, c, g, *)."""
+    n, channels, *rest = input.shape
+    if channels % groups:
+        raise RuntimeError(f"channel_shuffle: {channels} channels of input {input.shape} not divisible by {groups}")
+    return input.reshape(n, groups, channels // groups, *rest).transpose(1, 2).reshape(input.shape)
+
+
+def conv_transpose1d(
+    input: Tensor, weight: Tensor, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1
+):
+    return input.conv_transpose1d(weight, bias, stride, padding, output_padding, groups, dilation)
+
+
+def conv_transpose2d(
+    input: Tensor, weight: Tensor, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1
+):
+    return input.conv_transpose2d(weight, bias, stride, padding, output_padding, groups, dilation)
+
+
+def _feature_mask_shape(input: Tensor, batched_ndim: int) -> tuple:
+    """A mask with one value per (sample, channel): the spatial dims of size 1 (unbatched input: per channel)."""
+    if input.ndim == batched_ndim:
+        return (*input.shape[:2], *(1,) * (input.ndim - 2))
+    return (input.shape[0], *(1,) * (input.ndim - 1))
+
+
+def _dropout_with_mask(input: Tensor, p: float, training: bool, mask_shape: tuple, alpha: bool) -> Tensor:
+    """Dropout whose mask has mask_shape (broadcast over the rest); alpha: SELU's alpha dropout, which keeps the
+    mean and variance of a SELU activation (dropped values become -alpha * scale, then an affine correction)."""
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
+    if not training or p == 0:
+        return input
+    if p == 1:  # as torch: a product with zero, so an inf or NaN gives NaN
+        return input * 0.0
+    keep = (Tensor.rand(*mask_shape, device=input.device) >= p).cast(input.dtype)
+    if not alpha:
+        return input * keep * (1.0 / (1.0 - p))
+    selu_alpha = 1.7580993408473766  # torch's alpha * scale of SELU
+    a = 1.0 / ((selu_alpha * selu_alpha * p + 1) * (1 - p)) ** 0.5
+    b = (keep - 1) * (selu_alpha * a) + selu_alpha * a * p
+    return input * (keep * a) + b
+
+
+def dropout2d(input: Tensor, p: float = 0.5, training: bool = True, inplace: bool = False) -> Tensor:
+    return _dropout_with_mask(input, p, training, _feature_mask_shape(input, 4), alpha=False)
+
+
+def dropout3d(input: Tensor, p: float = 0.5, training: bool = True, inplace: bool = False) -> Tensor:
+    return _dropout_with_mask(input, p, training, _feature_mask_shape(input, 5), alpha=False)
+
+
+def alpha_dropout(input: Tensor, p: float = 0.5, training: bool = False, inplace: bool = False) -> Tensor:
+    return _dropout_with_mask(input, p, training, input.shape, alpha=True)
+
+
+def feature_alpha_dropout(input: Tensor, p: float = 0.5, training: bool = False, inplace: bool = False) -> Tensor:
+    return _dropout_with_mask(input, p, training, (*input.shape[:2], *(1,) * (input.ndim - 2)), alpha=True)
+
+
+def pdist(input: Tensor, p: float = 2.0) -> Tensor:
+    """The p-norm distances between the rows of an (N, M) input, for each pair i < j in row-major order."""
+    if input.ndim != 2:
+        raise RuntimeError(f"pdist only supports 2D tensors, got shape {input.shape}")
+    from lazygrad.nn.losses import vector_norm
+    from lazygrad.tensor_ops.movement import take_positions
+
+    first, second = np.triu_indices(input.shape[0], 1)
+    if len(first) == 0:
+        return input.reshape(-1).narrow(0, 0, 0) * 1  # empty, and in input's graph as torch's
+    difference = take_positions(input, 0, first.tolist()) - take_positions(input, 0, second.tolist())
+    return vector_norm(difference, p, -1)

@@ -54,6 +54,26 @@ class ArrangeOps:
         top, left = max(-diagonal, 0), max(diagonal, 0)
         return square.pad((left, size - n - left, top, size - n - top))
 
+    def diag_embed(self, offset: int = 0, dim1: int = -2, dim2: int = -1) -> Tensor:
+        """The last dim of self as the offset-th diagonal of new (dim1, dim2) matrices, zero elsewhere."""
+        n = self.shape[-1] if self.ndim else 1
+        size, k = n + abs(offset), abs(offset)
+        eye = Tensor.eye(n, dtype=dt.bool_, device=self.device)
+        square = eye.where(self.unsqueeze(-2), Tensor.zeros((), dtype=self.dtype, device=self.device))
+        top, left = max(-offset, 0), max(offset, 0)
+        out = square.pad((left, size - n - left, top, size - n - top))  # (..., size, size), rows then columns
+        del k
+        rank = out.ndim
+        d1, d2 = dim1 % rank, dim2 % rank
+        if d1 == d2:
+            raise RuntimeError(f"diag_embed: dim1 and dim2 cannot be identical ({dim1}, {dim2})")
+        rest = iter(range(rank - 2))
+        order = [rank - 2 if i == d1 else rank - 1 if i == d2 else next(rest) for i in range(rank)]
+        return out.permute(*order)
+
+    def diagflat(self, offset: int = 0) -> Tensor:
+        return self.flatten().diag(offset)
+
     def trace(self) -> Tensor:
         if self.ndim != 2:
             raise RuntimeError(f"trace: expected a matrix, but got tensor with dim {self.ndim}")
@@ -100,6 +120,153 @@ class ArrangeOps:
     def select(self, dim: int, index: int) -> Tensor:
         d = self._dim(dim)
         return self[(slice(None),) * d + (index,)]
+
+    def narrow_copy(self, dim: int, start, length: int) -> Tensor:
+        return self.narrow(dim, start, length).clone()
+
+    def split_with_sizes(self, split_sizes, dim: int = 0) -> tuple:
+        return self.split(list(split_sizes), dim)
+
+    def unsafe_split(self, split_size, dim: int = 0) -> tuple:
+        return self.split(split_size, dim)  # torch's unsafe forms skip a view check that lazygrad has no need of
+
+    def unsafe_chunk(self, chunks: int, dim: int = 0) -> tuple:
+        return self.chunk(chunks, dim)
+
+    def tensor_split(self, indices_or_sections, dim: int = 0) -> tuple:
+        """Split at the given indices, or into n parts whose sizes differ by at most one (the first larger)."""
+        d = self._dim(dim)
+        n = self.shape[d]
+        if isinstance(indices_or_sections, Tensor):
+            indices_or_sections = indices_or_sections.tolist()
+        if isinstance(indices_or_sections, int):
+            sections = indices_or_sections
+            if sections <= 0:
+                raise RuntimeError(f"tensor_split: number of sections must be larger than 0, got {sections}")
+            sizes = [n // sections + (1 if i < n % sections else 0) for i in range(sections)]
+            bounds = [sum(sizes[:i]) for i in range(sections + 1)]
+        else:
+            bounds = [0, *indices_or_sections, n]
+        out = []
+        for start, end in zip(bounds[:-1], bounds[1:]):
+            start, end = min(max(start, 0), n), min(max(end, 0), n)
+            out.append(self.narrow(d, start, max(end - start, 0)))
+        return tuple(out)
+
+    def hsplit(self, sections) -> tuple:
+        if self.ndim < 1:
+            raise RuntimeError("torch.hsplit requires a tensor with at least 1 dimension, but got a 0-d tensor")
+        return self._split_evenly(sections, 1 if self.ndim > 1 else 0, "hsplit")
+
+    def vsplit(self, sections) -> tuple:
+        if self.ndim < 2:
+            raise RuntimeError(f"torch.vsplit requires a tensor with at least 2 dimensions, got shape {self.shape}")
+        return self._split_evenly(sections, 0, "vsplit")
+
+    def dsplit(self, sections) -> tuple:
+        if self.ndim < 3:
+            raise RuntimeError(f"torch.dsplit requires a tensor with at least 3 dimensions, got shape {self.shape}")
+        return self._split_evenly(sections, 2, "dsplit")
+
+    def _split_evenly(self, sections, dim: int, name: str) -> tuple:
+        if isinstance(sections, int) and self.shape[dim] % sections:
+            raise RuntimeError(
+                f"torch.{name} attempted to split along dimension {dim} of shape {self.shape} "
+                f"into {sections} equal parts"
+            )
+        return self.tensor_split(sections, dim)
+
+    def diff(self, n: int = 1, dim: int = -1, prepend=None, append=None) -> Tensor:
+        """The n-th forward difference along dim, after prepend and append are concatenated."""
+        d = self._dim(dim)
+        x = self
+        if prepend is not None or append is not None:
+            parts = [
+                t if t.ndim else t.reshape([1 if i == d else s for i, s in enumerate(self.shape)])
+                for t in (prepend, self, append)
+                if t is not None
+            ]
+            x = Tensor.cat(parts, dim=d)
+        for _ in range(n):
+            length = x.shape[d]
+            if length == 0:
+                break
+            later, earlier = x.narrow(d, 1, length - 1), x.narrow(d, 0, length - 1)
+            x = later.logical_xor(earlier) if x.dtype == dt.bool_ else later - earlier
+        return x
+
+    def take(self, index: Tensor) -> Tensor:
+        """The elements of the flattened input at these indices (negative from the end), in index's shape."""
+        return self.reshape(-1)._gather_index(index)
+
+    def sum_to_size(self, *size) -> Tensor:
+        """Sums over the dims that broadcasting self from `size` would have expanded."""
+        size = tuple(size[0]) if len(size) == 1 and isinstance(size[0], (tuple, list)) else size
+        lead = self.ndim - len(size)
+        dims = tuple(range(lead)) + tuple(lead + i for i, s in enumerate(size) if s == 1 and self.shape[lead + i] != 1)
+        if not dims:  # torch sums even then: a bool input comes back as int64
+            return self.cast(dt.int64).reshape(size) if self.dtype == dt.bool_ else self.reshape(size) * 1
+        return self.sum(dims, keepdim=True).reshape(size)
+
+    def vdot(self, other: Tensor) -> Tensor:
+        if self.ndim != 1 or other.ndim != 1:
+            raise RuntimeError(f"1D tensors expected, but got {self.ndim}D and {other.ndim}D tensors")
+        return (self * other).sum()
+
+    def cross(self, other: Tensor, dim=None) -> Tensor:
+        """The cross product of 3-vectors along dim (torch.cross's default: the first dim of size 3)."""
+        a, b = self, other
+        if a.shape != b.shape:
+            shape = np.broadcast_shapes(a.shape, b.shape)
+            a, b = a.expand(*shape), b.expand(*shape)
+        d = next((i for i, s in enumerate(a.shape) if s == 3), None) if dim is None else a._dim(dim)
+        if d is None or a.shape[d] != 3:
+            raise RuntimeError(f"cross: no dimension of size 3 in input of shapes {self.shape} and {other.shape}")
+        a0, a1, a2 = a.unbind(d)
+        b0, b1, b2 = b.unbind(d)
+        return Tensor.stack([a1 * b2 - a2 * b1, a2 * b0 - a0 * b2, a0 * b1 - a1 * b0], dim=d)
+
+    def equal(self, other: Tensor) -> bool:
+        """True when both have the same shape and elements (a Python bool, read on the host)."""
+        return self.shape == other.shape and bool((self == other).all().item())
+
+    def _index_along(self, dim: int, index: Tensor, source: Tensor) -> tuple:
+        """(the sum of source's slices sent to self's positions index along dim, where any was sent)."""
+        d = self._dim(dim)
+        index = index.reshape(-1) if index.ndim else index.reshape(1)
+        source = source if source.ndim else source.reshape(1)
+        full = index.reshape([-1 if i == d else 1 for i in range(source.ndim)]).expand(*source.shape)
+        return self._scatter_one_hot(d, full, source)
+
+    def index_add(self, dim: int, index: Tensor, source: Tensor, *, alpha=1) -> Tensor:
+        """self with source's slices added at positions index along dim (repeated indices accumulate)."""
+        if not self.ndim:
+            return self + alpha * source.reshape(())
+        added, _ = self._index_along(dim, index, source)
+        return self + added * alpha if alpha != 1 else self + added
+
+    def index_copy(self, dim: int, index: Tensor, source: Tensor) -> Tensor:
+        """self with its slices at positions index along dim replaced by source's (indices must be unique)."""
+        if not self.ndim:
+            return source.reshape(()).cast(self.dtype)
+        copied, hit = self._index_along(dim, index, source)
+        return hit.where(copied, self)
+
+    def index_fill(self, dim: int, index: Tensor, value) -> Tensor:
+        """self with its slices at positions index along dim set to value."""
+        d = self._dim(dim) if self.ndim else 0
+        n = self.shape[d] if self.ndim else 1
+        chosen = (index.reshape(-1, 1) == Tensor.arange(n, device=self.device).reshape(1, n)).any(0)
+        chosen = chosen.reshape([-1 if i == d else 1 for i in range(self.ndim)]) if self.ndim else chosen.reshape(())
+        value = value.reshape(()) if isinstance(value, Tensor) else value
+        fill = value.cast(self.dtype) if isinstance(value, Tensor) else Tensor.full((), value, self.dtype, self.device)
+        return chosen.where(fill, self)
+
+    def char(self) -> Tensor:
+        return self.cast(dt.int8)
+
+    def short(self) -> Tensor:
+        return self.cast(dt.int16)
 
     def tile(self, dims) -> Tensor:
         dims = tuple(dims)
@@ -402,3 +569,99 @@ def _is_mask(index) -> bool:
     if isinstance(index, Tensor):
         return index.dtype == dt.bool_
     return np.asarray(index).dtype == np.bool_
+
+
+def copy_and_construction_functions() -> dict:
+    """torch's function-only forms exported by lazygrad: the *_copy forms of views (the view as a new tensor),
+    fill, scalar_tensor, logspace, tril/triu_indices, cartesian_prod, block_diag, the trapezoid rules."""
+
+    def copy_of(view):
+        def copy(input, *args, **kwargs):
+            out = view(input, *args, **kwargs)
+            return tuple(t.clone() for t in out) if isinstance(out, tuple) else out.clone()
+
+        copy.__name__ = copy.__qualname__ = f"{view.__name__}_copy"
+        copy.__doc__ = f"torch.{copy.__name__}: Tensor.{view.__name__} as a new tensor."
+        return copy
+
+    views = (Tensor.expand, Tensor.permute, Tensor.t, Tensor.transpose, Tensor.unsqueeze, Tensor.squeeze,
+             Tensor.view, Tensor.unbind, Tensor.diagonal, Tensor.split_with_sizes)  # fmt: skip
+    functions = {f"{view.__name__}_copy": copy_of(view) for view in views}
+    functions["alias_copy"] = lambda input: input.clone()
+
+    def constant_pad_nd(input, pad, value=0):
+        return input.pad(tuple(pad), "constant", value)
+
+    def fill(input, value):
+        """A tensor of input's shape and dtype filled with value; as torch, it stays in input's graph (with a
+        zero gradient): a where that never takes input, so no NaN of input reaches the gradient."""
+        value = value.item() if isinstance(value, Tensor) else value
+        never = Tensor.full(input.shape, False, dt.bool_, input.device)
+        return never.where(input, Tensor.full((), value, input.dtype, input.device))
+
+    def scalar_tensor(s, *, dtype=None, device=None, requires_grad: bool = False):
+        out = Tensor.full((), s, dtype or dt.float32, device)
+        return out.requires_grad_(True) if requires_grad else out
+
+    def logspace(start, end, steps: int, base: float = 10.0, *, dtype=None, device=None, requires_grad=False):
+        """base ** linspace(start, end, steps), computed in float64 on the host as torch rounds it."""
+        exponents = np.linspace(float(start), float(end), steps, dtype=np.float64)
+        out = Tensor(np.power(float(base), exponents).astype((dtype or dt.float32).np), device=device)
+        return out.requires_grad_(True) if requires_grad else out
+
+    def tril_indices(row: int, col: int, offset: int = 0, *, dtype=None, device=None):
+        rows, cols = np.tril_indices(row, offset, col)
+        return Tensor(np.stack([rows, cols]).astype((dtype or dt.int64).np), device=device)
+
+    def triu_indices(row: int, col: int, offset: int = 0, *, dtype=None, device=None):
+        rows, cols = np.triu_indices(row, offset, col)
+        return Tensor(np.stack([rows, cols]).astype((dtype or dt.int64).np), device=device)
+
+    def cartesian_prod(*tensors):
+        if len(tensors) == 1:
+            return tensors[0].clone()
+        grids = functions_of_several["meshgrid"](*tensors, indexing="ij")
+        return Tensor.stack([g.reshape(-1) for g in grids], dim=1)
+
+    def block_diag(*tensors):
+        """The tensors (0-d, 1-d as a row, or 2-d) as blocks along the diagonal of one matrix, zero elsewhere."""
+        blocks = [t.reshape(1, 1) if t.ndim == 0 else t.reshape(1, -1) if t.ndim == 1 else t for t in tensors]
+        if any(b.ndim != 2 for b in blocks):
+            raise RuntimeError(f"torch.block_diag: inputs must have 2 or fewer dims, got {[t.shape for t in tensors]}")
+        result_dtype = blocks[0].dtype
+        for b in blocks[1:]:
+            result_dtype = dt.promote(result_dtype, b.dtype)
+        width, left, rows = sum(b.shape[1] for b in blocks), 0, []
+        for b in blocks:
+            rows.append(b.cast(result_dtype).pad((left, width - left - b.shape[1], 0, 0)))
+            left += b.shape[1]
+        return Tensor.cat(rows, dim=0)
+
+    def _trapezoid_terms(y, x=None, *, dx=None, dim: int = -1):
+        d = y._dim(dim)
+        n = y.shape[d]
+        average = (y.narrow(d, 1, n - 1) + y.narrow(d, 0, n - 1)) / 2 if n else y
+        if x is not None and isinstance(x, Tensor):
+            spacing = x.diff(dim=-1 if x.ndim == 1 else dim)
+            if x.ndim == 1:
+                spacing = spacing.reshape([-1 if i == d else 1 for i in range(y.ndim)])
+            return average * spacing, d
+        step = dx if dx is not None else (x if x is not None else 1)
+        return average * step, d
+
+    def trapezoid(y, x=None, *, dx=None, dim: int = -1):
+        terms, d = _trapezoid_terms(y, x, dx=dx, dim=dim)
+        return terms.sum(d)
+
+    def trapz(y, x=None, *, dx=None, dim: int = -1):
+        return trapezoid(y, x, dx=dx, dim=dim)
+
+    def cumulative_trapezoid(y, x=None, *, dx=None, dim: int = -1):
+        terms, d = _trapezoid_terms(y, x, dx=dx, dim=dim)
+        return terms.cumsum(d)
+
+    functions_of_several = stack_functions()
+    for function in (constant_pad_nd, fill, scalar_tensor, logspace, tril_indices, triu_indices, cartesian_prod,
+                     block_diag, trapezoid, trapz, cumulative_trapezoid):  # fmt: skip
+        functions[function.__name__] = function
+    return functions

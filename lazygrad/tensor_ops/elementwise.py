@@ -571,6 +571,8 @@ class ElementwiseOps:
         x, y = self._operand(other, reverse=True)
         return x.div(y)
 
+    __rdiv__ = __rtruediv__  # torch's name of the reflected division
+
     def __rfloordiv__(self, other):
         x, y = self._operand(other, reverse=True)
         return x.floor_divide(y)

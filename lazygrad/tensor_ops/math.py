@@ -229,3 +229,94 @@ class MathOps:
         windows = windows.reshape(*x.shape[:-1], n * (2 * n - 1)).pad((0, n), value=1)
         windows = windows.reshape(*x.shape[:-1], n, 2 * n)[..., :n]
         return windows.prod(-1).transpose(d, -1)
+
+    # --- scans as a masked reduce: row i of an (n, n) lower triangle holds the elements j <= i -------
+    def _prefixes(self, dim: int, fill) -> tuple:
+        """(x moved to the last dim and widened to (..., n, n) with fill where j > i, the mask j <= i)."""
+        d = self._dim(dim)
+        x = self.transpose(d, -1)
+        n = x.shape[-1]
+        earlier = Tensor.arange(n, device=self.device).reshape(1, n) <= Tensor.arange(n, device=self.device).reshape(
+            n, 1
+        )
+        return earlier.where(x.unsqueeze(-2), fill), earlier
+
+    def logcumsumexp(self, dim: int) -> Tensor:
+        """log(cumsum(exp(x))) along dim, each prefix a stable logsumexp (no underflow where the values differ
+        widely, as a shifted cumsum would have)."""
+        if not self.ndim:
+            self._dim(dim)
+            return self._float() * 1
+        x = self._float()
+        prefixes, _ = x._prefixes(dim, float("-inf"))
+        return prefixes.logsumexp(-1).transpose(self._dim(dim), -1)
+
+    def cummax(self, dim: int):
+        return self._cumulative_extreme(dim, largest=True)
+
+    def cummin(self, dim: int):
+        return self._cumulative_extreme(dim, largest=False)
+
+    def _cumulative_extreme(self, dim: int, largest: bool):
+        """(values, indices): the running max (min) along dim, the index of its last occurrence (as torch)."""
+        if not self.ndim:
+            self._dim(dim)
+            return Extreme(self * 1, Tensor.zeros((), dtype=dt.int64, device=self.device))
+        d = self._dim(dim)
+        fill = dt.lowest(self.dtype) if largest else -dt.lowest(self.dtype) if self.dtype.is_float else None
+        if fill is None:  # an integer min: the dtype's largest value
+            fill = int(np.iinfo(self.dtype.np).max) if self.dtype != dt.bool_ else True
+        prefixes, earlier = self._prefixes(d, fill)
+        values = prefixes.amax(-1) if largest else prefixes.amin(-1)
+        n = prefixes.shape[-1]
+        positions = Tensor.arange(n, device=self.device)
+        hit = earlier & (prefixes == values.unsqueeze(-1))
+        indices = hit.where(positions, -1).amax(-1)
+        return Extreme(values.transpose(d, -1), indices.transpose(d, -1).cast(dt.int64))
+
+    # --- norms -----------------------------------------------------------------------------------------
+    def norm(self, p="fro", dim=None, keepdim: bool = False, dtype=None) -> Tensor:
+        """torch.norm: the vector p-norm over dim (all elements by default); 'fro' is the 2-norm."""
+        if isinstance(p, str) and p != "fro":
+            raise NotImplementedError(f"norm: p={p!r} (the nuclear norm is a singular-value decomposition)")
+        p = 2.0 if p in ("fro", None) else p
+        x = self.cast(dtype) if dtype is not None else self._float()
+        dims = tuple(range(x.ndim)) if dim is None else dim
+        size = x.abs()
+        if p == math.inf:
+            return size.amax(dims, keepdim)
+        if p == -math.inf:
+            return size.amin(dims, keepdim)
+        if p == 0:  # the count of nonzeros; in the input's graph with a zero gradient, as torch
+            never = Tensor.full(size.shape, False, dt.bool_, size.device)
+            return (size != 0).cast(x.dtype).sum(dims, keepdim) + never.where(size, 0.0).sum(dims, keepdim)
+        if p == 1:
+            return size.sum(dims, keepdim)
+        if p == 2:
+            return (x * x).sum(dims, keepdim).sqrt()
+        return size.pow(p).sum(dims, keepdim).pow(1.0 / p)
+
+    def dist(self, other, p: float = 2) -> Tensor:
+        return (self - other).norm(p)
+
+    def renorm(self, p: float, dim: int, maxnorm: float) -> Tensor:
+        """Each slice along dim whose p-norm exceeds maxnorm scaled down to norm maxnorm (torch's 1e-7 guard)."""
+        d = self._dim(dim)
+        others = tuple(i for i in range(self.ndim) if i != d)
+        norms = self.norm(p, others, keepdim=True) if others else self.abs()  # torch differentiates the norm too
+        factor = (norms > maxnorm).where(maxnorm / (norms + 1e-7), 1.0)
+        return self * factor
+
+    def ldexp(self, other) -> Tensor:
+        """self * 2 ** other, in floating point."""
+        other = other if isinstance(other, Tensor) else Tensor(other, device=self.device)
+        return self._float() * other._float().exp2()
+
+    def float_power(self, exponent) -> Tensor:
+        """pow computed in float64 (torch's float_power), whatever the inputs' dtypes."""
+        base = self.cast(dt.float64)
+        exponent = exponent.cast(dt.float64) if isinstance(exponent, Tensor) else float(exponent)
+        return base.pow(exponent)
+
+
+Extreme = namedtuple("Extreme", ["values", "indices"])

@@ -37,6 +37,16 @@ class MovementOps:
     def mT(self) -> Tensor:
         return self.transpose(-2, -1)
 
+    @property
+    def H(self) -> Tensor:  # the conjugate transpose: the transpose, for real numbers
+        if self.ndim not in (0, 2):
+            raise RuntimeError(f"tensor.H is only supported on matrices (2-D tensors), got shape {self.shape}")
+        return self.T
+
+    @property
+    def mH(self) -> Tensor:
+        return self.mT
+
     def broadcast_to(self, shape) -> Tensor:
         shape = tuple(shape)
         if self.shape == shape:
@@ -146,14 +156,22 @@ class MovementOps:
         return self._movement(Op.SHRINK, tuple(arg))
 
     def pad(self, pad, mode: str = "constant", value=0.0) -> Tensor:
-        """torch.nn.functional.pad: pairs (left, right) from the last dim backwards; negative pads crop."""
-        if mode != "constant":
-            raise NotImplementedError(f"pad mode {mode!r}: only 'constant' is supported")
+        """torch.nn.functional.pad: pairs (left, right) from the last dim backwards; negative pads crop. Modes
+        'reflect', 'replicate' and 'circular' read the border from the input (views and a cat, never a gather)."""
         if len(pad) % 2 or len(pad) // 2 > self.ndim:
             raise RuntimeError(
                 f"Padding length must be divisible by 2 and at most 2*ndim, got {len(pad)} for shape {self.shape}"
             )
         pairs = [(0, 0)] * (self.ndim - len(pad) // 2) + [(pad[i], pad[i + 1]) for i in range(len(pad) - 2, -1, -2)]
+        if mode in ("reflect", "replicate", "circular"):
+            if not 1 <= len(pad) // 2 <= 3 or self.ndim - len(pad) // 2 not in (1, 2):  # torch's rule
+                raise NotImplementedError(
+                    f"{mode} padding of {len(pad) // 2} dims of a {self.ndim}-d input {self.shape}: non-constant "
+                    "padding pads the last 1, 2 or 3 dims of an input with 1 or 2 more (batch, channel)"
+                )
+            return _not_a_view(self, _pad_from_input(self, pairs, mode))
+        if mode != "constant":
+            raise NotImplementedError(f"pad mode {mode!r}: expected 'constant', 'reflect', 'replicate' or 'circular'")
         x = self
         crop = [(max(0, -a), s - max(0, -b)) for (a, b), s in zip(pairs, self.shape)]
         x = x.shrink(crop) if any(c != (0, s) for c, s in zip(crop, self.shape)) else x
@@ -394,3 +412,66 @@ class MovementOps:
         r = Tensor.arange(self.shape[-2], device=self.device).unsqueeze(-1)
         c = Tensor.arange(self.shape[-1], device=self.device).unsqueeze(0)
         return (c - r >= diagonal).where(self, self.zeros_like())
+
+
+def _source_index(j: int, size: int, mode: str) -> int:
+    """The input position that a padded position j (in input coordinates: negative is left of it) reads."""
+    if mode == "replicate":
+        return min(max(j, 0), size - 1)
+    if mode == "circular":
+        return j % size
+    period = 2 * (size - 1)  # reflect: mirrored about the first and last elements, which are not repeated
+    j = j % period if period else 0
+    return j if j < size else period - j
+
+
+def _pad_from_input(x: Tensor, pairs: list, mode: str) -> Tensor:
+    """Non-constant padding, one dim at a time: the output's source positions, taken by take_positions."""
+    for dim, ((left, right), size) in enumerate(zip(pairs, x.shape)):
+        if (left, right) == (0, 0):
+            continue
+        if mode == "circular" and min(left, right) < 0:  # torch crops first, then wraps what is left
+            x = x.narrow(dim, max(0, -left), size - max(0, -left) - max(0, -right))
+            left, right, size = max(0, left), max(0, right), x.shape[dim]
+        limit = {"reflect": size - 1, "circular": size}.get(mode)  # replicate repeats the border: no limit
+        if size == 0 or limit is not None and max(left, right) > limit:
+            raise RuntimeError(
+                f"{mode} padding ({left}, {right}) of dim {dim} of size {size} (input shape {x.shape}): a non-empty "
+                f"dim is needed{'' if limit is None else f', and each pad at most {limit}'}"
+            )
+        sources = [_source_index(j, size, mode) for j in range(-left, size + right)]
+        if not sources:
+            raise RuntimeError(f"{mode} padding ({left}, {right}) leaves dim {dim} of shape {x.shape} empty")
+        x = take_positions(x, dim, sources)
+    return x
+
+
+def take_positions(x: Tensor, dim: int, positions: list) -> Tensor:
+    """x's elements at these (static, in-range) positions along dim, as views: runs of slices (a run that steps
+    backwards is a flipped slice, one that repeats an element an expanded one), concatenated. Exact, with the
+    views' own gradients (a one-hot gather would multiply every element, and a NaN or inf would spread)."""
+    size = x.shape[dim]
+    if positions == list(range(size)):
+        return x
+    repeat = len(positions) // size if size else 0
+    if repeat > 1 and positions == [p // repeat for p in range(len(positions))]:  # nearest upsampling by an integer
+        wide = x.unsqueeze(dim + 1).expand(*[repeat if d == dim + 1 else -1 for d in range(x.ndim + 1)])
+        return wide.flatten(dim, dim + 1)
+    runs, i = [], 0  # maximal runs of a constant step (-1, 0 or +1): (first position, last position, count)
+    while i < len(positions):
+        j = i + 1
+        step = positions[j] - positions[i] if j < len(positions) else 0
+        while j < len(positions) and step in (-1, 0, 1) and positions[j] - positions[j - 1] == step:
+            j += 1
+        runs.append((positions[i], positions[j - 1], j - i))
+        i = j
+    pieces = []
+    for first, last, count in runs:
+        low, high = min(first, last), max(first, last)
+        piece = x.narrow(dim, low, high - low + 1)
+        if first == last and count > 1:
+            piece = piece.expand(*[count if d == dim else -1 for d in range(x.ndim)])
+        elif first > last:
+            piece = piece.flip(dim)
+        pieces.append(piece)
+    return pieces[0] if len(pieces) == 1 else Tensor.cat(pieces, dim=dim)

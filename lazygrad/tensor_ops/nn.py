@@ -16,8 +16,23 @@ if TYPE_CHECKING:
 
 
 def as_pair(value) -> tuple:
-    """An int or a pair of ints (kernel size, stride, padding, dilation) as a pair."""
+    """An int, a 1-tuple or a pair of ints (kernel size, stride, padding, dilation) as a pair."""
+    if isinstance(value, (tuple, list)) and len(value) == 1:
+        value = value[0]
     return (value, value) if isinstance(value, int) else tuple(value)
+
+
+def ceil_mode_extra(spatial: tuple, kernel: tuple, stride: tuple, padding: tuple, dilation: tuple) -> tuple:
+    """The padding beyond the right/bottom edge that ceil_mode adds per spatial dim: as PyTorch, the output
+    size rounds up, but a last window that would start in the right padding is dropped."""
+    extra = []
+    for size, k, s, p, d in zip(spatial, kernel, stride, padding, dilation):
+        span = size + 2 * p - d * (k - 1) - 1
+        out = -(-span // s) + 1
+        if (out - 1) * s >= size + p:
+            out -= 1
+        extra.append(max(0, (out - 1) * s + d * (k - 1) + 1 - (size + 2 * p)))
+    return tuple(extra)
 
 
 class NNOps:
@@ -75,6 +90,8 @@ class NNOps:
     def conv2d(
         self, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0, dilation=1, groups: int = 1
     ) -> Tensor:
+        if self.ndim == 3 and weight.ndim == 4:  # unbatched (C, H, W), as torch
+            return self.unsqueeze(0).conv2d(weight, bias, stride, padding, dilation, groups).squeeze(0)
         if self.ndim != 4 or weight.ndim != 4:
             raise RuntimeError(f"conv2d expects 4D input and weight, got input {self.shape} and weight {weight.shape}")
         n, cin, h, w = self.shape
@@ -153,22 +170,80 @@ class NNOps:
         return out + bias.reshape(1, -1, 1, 1) if bias is not None else out
 
     def conv1d(self, weight, bias=None, stride=1, padding=0, dilation=1, groups=1) -> Tensor:
-        out = self.unsqueeze(-2).conv2d(weight.unsqueeze(-2), bias, (1, stride), (0, padding), (1, dilation), groups)
+        single = lambda v: v[0] if isinstance(v, (tuple, list)) else v  # noqa: E731 (torch takes (n,) too)
+        padding = padding if isinstance(padding, str) else (0, single(padding))
+        stride, dilation = (1, single(stride)), (1, single(dilation))
+        return self.unsqueeze(-2).conv2d(weight.unsqueeze(-2), bias, stride, padding, dilation, groups).squeeze(-2)
+
+    def conv_transpose2d(
+        self, weight: Tensor, bias=None, stride=1, padding=0, output_padding=0, groups: int = 1, dilation=1
+    ) -> Tensor:
+        """The adjoint of conv2d in its input (what conv2d's input gradient computes): weight (C_in, C_out /
+        groups, kh, kw); output size (H - 1) * stride - 2 * padding + dilation * (k - 1) + output_padding + 1."""
+        if self.ndim == 3 and weight.ndim == 4:  # unbatched (C, H, W), as torch
+            out = self.unsqueeze(0).conv_transpose2d(weight, bias, stride, padding, output_padding, groups, dilation)
+            return out.squeeze(0)
+        if self.ndim != 4 or weight.ndim != 4 or self.shape[1] != weight.shape[0] or weight.shape[0] % groups:
+            raise RuntimeError(
+                f"conv_transpose2d expects input (N, C_in, H, W) and weight (C_in, C_out / groups, kh, kw) with "
+                f"C_in divisible by groups={groups}; got input {self.shape} and weight {weight.shape}"
+            )
+        s, p, d = as_pair(stride), as_pair(padding), as_pair(dilation)
+        extra = as_pair(output_padding)
+        if any(e >= max(st, di) for e, st, di in zip(extra, s, d)):
+            raise RuntimeError(f"output_padding {extra} must be smaller than either stride {s} or dilation {d}")
+        out_hw = tuple(
+            (size - 1) * st - 2 * pad + di * (k - 1) + e + 1
+            for size, st, pad, di, k, e in zip(self.shape[2:], s, p, d, weight.shape[2:], extra)
+        )
+        # the full output (no padding: every position some window reaches), then cut by the padding on both
+        # sides and extended by output_padding: rows past the last window's reach are zeros
+        full_hw = tuple(
+            (size - 1) * st + di * (k - 1) + 1 for size, st, di, k in zip(self.shape[2:], s, d, weight.shape[2:])
+        )
+        full = _conv2d_input_grad(self, weight, full_hw, s, (0, 0), d, groups)
+        after = tuple(size - (f - pad) for size, f, pad in zip(out_hw, full_hw, p))
+        out = full.pad((-p[1], after[1], -p[0], after[0])) if any(p) or any(after) else full
+        return out + bias.reshape(1, -1, 1, 1) if bias is not None else out
+
+    def conv_transpose1d(
+        self, weight: Tensor, bias=None, stride=1, padding=0, output_padding=0, groups: int = 1, dilation=1
+    ) -> Tensor:
+        single = lambda v: v[0] if isinstance(v, (tuple, list)) else v  # noqa: E731 (torch takes (n,) too)
+        neutral = (1, 0, 0, 1)  # the height's stride, padding, output_padding and dilation
+        pairs = [(n, single(v)) for n, v in zip(neutral, (stride, padding, output_padding, dilation))]
+        stride, padding, output_padding, dilation = pairs
+        out = self.unsqueeze(-2).conv_transpose2d(
+            weight.unsqueeze(-2), bias, stride, padding, output_padding, groups, dilation
+        )
         return out.squeeze(-2)
+
+    def max_pool1d(self, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
+        """max_pool2d over a height of 1: its flat indices are then the positions along the length."""
+        k, s = as_pair(kernel_size)[0], as_pair(stride or kernel_size)[0]
+        p, d = as_pair(padding)[0], as_pair(dilation)[0]
+        out = self.unsqueeze(-2).max_pool2d((1, k), (1, s), (0, p), (1, d), ceil_mode, return_indices)
+        return (out[0].squeeze(-2), out[1].squeeze(-2)) if return_indices else out.squeeze(-2)
+
+    def avg_pool1d(self, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True) -> Tensor:
+        k, s, p = as_pair(kernel_size)[0], as_pair(stride or kernel_size)[0], as_pair(padding)[0]
+        return self.unsqueeze(-2).avg_pool2d((1, k), (1, s), (0, p), ceil_mode, count_include_pad).squeeze(-2)
 
     def max_pool2d(
         self, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False
     ) -> Tensor:
-        if ceil_mode or return_indices:
-            raise NotImplementedError("max_pool2d: ceil_mode and return_indices are not supported")
         k = as_pair(kernel_size)
-        s = as_pair(stride if stride is not None else kernel_size)
+        s = as_pair(stride if stride else kernel_size)  # torch: None or () is the kernel size
         p = as_pair(padding)
         d = as_pair(dilation)
+        if any(2 * pad > size for pad, size in zip(p, k)):
+            raise RuntimeError(f"max_pool2d: padding {p} should be at most half of the kernel size {k}")
+        extra = ceil_mode_extra(self.shape[-2:], k, s, p, d) if ceil_mode else (0, 0)
         x_in = self
 
         def windows() -> Tensor:  # (..., oh, ow, kh, kw), a view of the input padded with max's identity (-inf)
-            x = x_in.pad((p[1], p[1], p[0], p[0]), value=dt.lowest(x_in.dtype)) if any(p) else x_in
+            pads = (p[1], p[1] + extra[1], p[0], p[0] + extra[0])
+            x = x_in.pad(pads, value=dt.lowest(x_in.dtype)) if any(pads) else x_in
             return x._pool(k, s, d)
 
         def forward() -> Tensor:
@@ -183,29 +258,57 @@ class NNOps:
             rank = Tensor.arange(k[0] * k[1], 0, -1, dtype=dt.float32, device=self.device).reshape(k)
             first = hit.where(rank, 0.0).amax((-2, -1), keepdim=True)  # the rank of the first hit
             spread = (rank == first).where(grad.unsqueeze(-1).unsqueeze(-1), 0.0)
-            padded = tuple(size + 2 * pad for size, pad in zip(x_in.shape[-2:], p))
+            padded = tuple(size + 2 * pad + e for size, pad, e in zip(x_in.shape[-2:], p, extra))
             crop = tuple(zip(p, x_in.shape[-2:]))  # the padding's positions get no gradient
             return (autograd.window_transpose(spread, (*x_in.shape[:-2], *padded), k, s, d, crop),)
 
-        return Tensor._composite("max_pool2d", (x_in,), forward, backward)
+        out = Tensor._composite("max_pool2d", (x_in,), forward, backward)
+        if not return_indices:
+            return out
+        # each window's first maximal element (a NaN counts as one), as its flat position h * W + w in the input
+        height, width = self.shape[-2:]
+        positions = Tensor.arange(height * width, dtype=dt.float32, device=self.device).reshape(height, width)
+        position_windows = positions.pad((p[1], p[1] + extra[1], p[0], p[0] + extra[0]), value=-1.0)._pool(k, s, d)
+        win = windows().detach()
+        hit = (win == out.detach().unsqueeze(-1).unsqueeze(-1)) | (win != win)
+        rank = Tensor.arange(k[0] * k[1], 0, -1, dtype=dt.float32, device=self.device).reshape(k)
+        ranks = hit.where(rank, 0.0)
+        first = ranks == ranks.amax((-2, -1), keepdim=True)
+        indices = first.where(position_windows, 0.0).sum((-2, -1))
+        return out, indices.cast(dt.int64)
 
     def avg_pool2d(
         self, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True, divisor_override=None
     ) -> Tensor:
-        if ceil_mode:
-            raise NotImplementedError("avg_pool2d: ceil_mode is not supported")
         k = as_pair(kernel_size)
-        s = as_pair(stride if stride is not None else kernel_size)
+        s = as_pair(stride if stride else kernel_size)  # torch: None or () is the kernel size
         p = as_pair(padding)
-        x = self.pad((p[1], p[1], p[0], p[0])) if any(p) else self
+        if any(2 * pad > size for pad, size in zip(p, k)):
+            raise RuntimeError(f"avg_pool2d: padding {p} should be at most half of the kernel size {k}")
+        height, width = self.shape[-2:]
+        extra = ceil_mode_extra((height, width), k, s, p, (1, 1)) if ceil_mode else (0, 0)
+        pads = (p[1], p[1] + extra[1], p[0], p[0] + extra[0])
+        x = self.pad(pads) if any(pads) else self
         sums = x._pool(k, s, (1, 1)).sum((-2, -1))
+        if not self.dtype.is_float:  # torch: an integer average truncates to the input's dtype
+            return sums._average(self, k, s, p, extra, count_include_pad, divisor_override).trunc().cast(self.dtype)
+        return sums._average(self, k, s, p, extra, count_include_pad, divisor_override)
+
+    def _average(self, input: Tensor, k, s, p, extra, count_include_pad, divisor_override) -> Tensor:
+        """avg_pool2d's window sums (self) divided as PyTorch divides them."""
+        sums, (height, width) = self, input.shape[-2:]
+        pads = (p[1], p[1] + extra[1], p[0], p[0] + extra[0])
         if divisor_override is not None:
             if divisor_override == 0:
                 raise RuntimeError("avg_pool2d: divisor must be not zero")
             return sums / divisor_override
-        if count_include_pad or not any(p):
+        if (count_include_pad or not any(p)) and not any(extra):
             return sums / (k[0] * k[1])
-        ones = self.ones_like(dtype=self.dtype)[:1, :1].pad((p[1], p[1], p[0], p[0]))
+        # as PyTorch: a window counts the padding (count_include_pad) but never ceil_mode's extra cells
+        counted = (height + 2 * p[0], width + 2 * p[1]) if count_include_pad else (height, width)
+        around = (extra[1], extra[0]) if count_include_pad else (0, 0)
+        ones = Tensor.ones(*counted, dtype=dt.float32, device=self.device)
+        ones = ones.pad(pads if not count_include_pad else (0, around[0], 0, around[1]))
         counts = ones._pool(k, s, (1, 1)).sum((-2, -1))
         return sums / counts
 
@@ -222,6 +325,29 @@ class NNOps:
             return self.avg_pool2d(kernel, stride=kernel)
         # the average of a rectangle is the average over rows of the averages over columns: one dim at a time
         return self._adaptive_avg_pool_dim(self.ndim - 2, out_h)._adaptive_avg_pool_dim(self.ndim - 1, out_w)
+
+    def adaptive_max_pool2d(self, output_size, return_indices: bool = False):
+        """PyTorch's adaptive windows (see adaptive_avg_pool2d), each cell's maximum; its indices are flat
+        positions h * W + w in the input."""
+        height, width = self.shape[-2:]
+        out_h, out_w = (output_size, output_size) if isinstance(output_size, int) else output_size
+        out_h, out_w = out_h or height, out_w or width
+        if height % out_h == 0 and width % out_w == 0:
+            kernel = (height // out_h, width // out_w)
+            return self.max_pool2d(kernel, kernel, return_indices=return_indices)
+        rows = [((i * height) // out_h, -(-(i + 1) * height // out_h)) for i in range(out_h)]
+        columns = [((j * width) // out_w, -(-(j + 1) * width // out_w)) for j in range(out_w)]
+        values, indices = [], []
+        for top, bottom in rows:
+            for left, right in columns:
+                cell = self[..., top:bottom, left:right].flatten(-2)
+                values.append(cell.amax(-1))
+                if return_indices:  # the cell's first maximum, mapped back to the input's flat position
+                    local = cell.detach().argmax(-1)
+                    indices.append((top + local // (right - left)) * width + left + local % (right - left))
+        shape = (*self.shape[:-2], out_h, out_w)
+        out = Tensor.stack(values, dim=-1).reshape(shape)
+        return (out, Tensor.stack(indices, dim=-1).reshape(shape).cast(dt.int64)) if return_indices else out
 
     def _adaptive_avg_pool_dim(self, dim: int, out_size: int) -> Tensor:
         in_size = self.shape[dim]
