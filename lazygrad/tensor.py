@@ -172,6 +172,12 @@ class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps, MathOps
     def is_leaf(self) -> bool:
         return self._ctx is None
 
+    def __format__(self, spec: str) -> str:
+        # torch: a 0-d tensor formats as its Python number (f"{loss:.4f}"); any other tensor only with an empty spec
+        if self.ndim == 0 and spec:
+            return format(self.item(), spec)
+        return object.__format__(self, spec)
+
     def __repr__(self):
         if self.lazydata.realized and not self.lazydata.is_view:
             body = np.array2string(runtime.to_numpy(self.lazydata), separator=", ", threshold=50)

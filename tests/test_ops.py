@@ -1413,6 +1413,14 @@ def test_realize_several_at_once():
     assert p.kernels == 0
 
 
+def test_format_of_a_0d_tensor_is_its_numbers_as_in_torch():
+    loss, tloss = lazygrad.tensor([1.25, 2.5]).sum(), torch.tensor([1.25, 2.5]).sum()
+    assert f"{loss:.4f}" == f"{tloss:.4f}" == "3.7500"
+    assert f"{lazygrad.tensor(3):>5d}" == f"{torch.tensor(3):>5d}"
+    with pytest.raises(TypeError):  # torch refuses a format spec for a tensor with dimensions too
+        f"{lazygrad.ones(2):.2f}"
+
+
 def test_repr_does_not_compute():
     a = Tensor(rand(3)).realize()
     with lazygrad.profile() as p:

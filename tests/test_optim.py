@@ -111,6 +111,26 @@ def test_parameters_without_gradient_are_left_alone():
     assert not np.allclose(used.numpy(), 1.0)
 
 
+def test_frozen_parameters_are_accepted_and_left_alone_as_in_torch():
+    def train(lib, model, optimizer_class):
+        with lib.no_grad():
+            model[0].weight.copy_(lib.tensor(np.full((3, 3), 0.5, np.float32)))
+            model[0].bias.copy_(lib.tensor(np.arange(3, dtype=np.float32)))
+        model[0].weight.requires_grad = False  # frozen, and still handed to the optimizer, as fine-tuning code does
+        optimizer = optimizer_class(model.parameters(), lr=0.1, momentum=0.9)
+        for _ in range(2):
+            optimizer.zero_grad()
+            (model(lib.ones(2, 3)) ** 2).sum().backward()
+            optimizer.step()
+        return [p.detach().numpy() for p in model.parameters()]
+
+    expected = train(torch, torch.nn.Sequential(torch.nn.Linear(3, 3)), torch.optim.SGD)
+    actual = train(lazygrad, nn.Sequential(nn.Linear(3, 3)), optim.SGD)
+    for a, e in zip(actual, expected):
+        np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(actual[0], np.full((3, 3), 0.5, np.float32))
+
+
 def test_zero_grad_sets_gradients_to_none_or_zero():
     param = nn.Parameter(lazygrad.ones(3))
     optimizer = optim.SGD([param], lr=0.1)

@@ -137,8 +137,8 @@ class Optimizer:
         for param in group["params"]:
             if not isinstance(param, Tensor):
                 raise TypeError(f"optimizer can only optimize Tensors, got {type(param).__name__}")
-            if not param.requires_grad:
-                raise ValueError("optimizing a tensor that does not require grad")
+            # a frozen parameter (requires_grad=False) is accepted, as torch does: it never gets a gradient, so
+            # step() leaves it alone, and it starts training if it is unfrozen later
         known = {id(p) for g in self.param_groups for p in g["params"]}
         if len({id(p) for p in group["params"]}) != len(group["params"]) or known & {id(p) for p in group["params"]}:
             raise ValueError("some parameters appear more than once in the optimizer's parameter groups")
