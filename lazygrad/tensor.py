@@ -303,6 +303,10 @@ class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps, MathOps
         return Tensor._record(out, autograd.COMPOSITE, inputs, (name, backward))
 
     # --- device and memory --------------------------------------------------------------------------
+    def cpu(self) -> Tensor:
+        """torch's `.cpu()`: this tensor on the host CPU's device ("cpu" is the llvm backend)."""
+        return self.to("cpu")
+
     def to(self, *args, dtype=None, device=None) -> Tensor:
         for a in args:
             if isinstance(a, Tensor):

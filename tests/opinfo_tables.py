@@ -289,7 +289,6 @@ BACKLOG = (
     "special.xlog1py",
     "special.zeta",
     "tensordot",
-    "unfold",
     "unfold_copy",
     "unique",
     "unique_consecutive",

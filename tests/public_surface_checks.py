@@ -2,6 +2,7 @@
 
 # qualified name -> the test that checks it against torch (or its own specification)
 NAMED_CHECKS = {
+    "Tensor.cpu": "test_nn.py::test_module_float_double_half_and_cpu_cast_like_torch",
     "Tensor.masked_fill_": "test_transformer.py::test_masked_fill_in_place_and_with_a_0d_value_tensor",
     "nn.Embedding": "test_transformer.py::test_embedding_with_padding_idx_sums_row_gradients_and_skips_the_padding_row",
     "nn.GELU": "test_transformer.py::test_gelu_forward_and_backward",

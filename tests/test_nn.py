@@ -712,3 +712,22 @@ def test_dropout2d_drops_whole_channels_and_alpha_dropout_keeps_selu_statistics(
     alpha, a = 1.7580993408473766, 1 / ((1.7580993408473766**2 * 0.3 + 1) * 0.7) ** 0.5
     dropped = np.isclose(y, -alpha * a + alpha * a * 0.3, atol=1e-6)
     assert 0.28 < dropped.mean() < 0.32
+
+
+@pytest.mark.parametrize("cast", ["double", "half", "float"])
+def test_module_float_double_half_and_cpu_cast_like_torch(cast):
+    ours = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm2d(4))
+    theirs = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm2d(4))
+    ours.load_state_dict({k: v.detach().numpy() for k, v in theirs.state_dict().items()})
+    getattr(ours, cast)().cpu()
+    getattr(theirs, cast)().cpu()
+    for (name, a), b in zip(ours.state_dict().items(), theirs.state_dict().values()):
+        assert a.dtype.name == str(b.dtype).removeprefix("torch."), f"{name}: {a.dtype} vs {b.dtype}"
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    x = np.random.default_rng(0).standard_normal((2, 3)).astype(str(theirs[0].weight.dtype).removeprefix("torch."))
+    np.testing.assert_allclose(
+        ours[0](lazygrad.tensor(x, dtype=ours[0].weight.dtype, device=ours[0].weight.device)).numpy(),
+        theirs[0](torch.tensor(x)).detach().numpy(),
+        rtol=1e-3 if cast == "half" else 1e-6,
+        atol=1e-3 if cast == "half" else 1e-6,
+    )

@@ -270,6 +270,36 @@ class Module:
             lazygrad.realize(*moved)
         return self
 
+    def cpu(self) -> Module:
+        return self.to("cpu")
+
+    def float(self) -> Module:
+        return self._cast_floating(lazygrad.float32)
+
+    def double(self) -> Module:
+        return self._cast_floating(lazygrad.float64)
+
+    def half(self) -> Module:
+        return self._cast_floating(lazygrad.float16)
+
+    def _cast_floating(self, dtype) -> Module:
+        """Cast floating-point parameters and buffers to dtype, as torch's Module.float/double/half (integer buffers,
+        such as BatchNorm's batch count, keep theirs). Cast parameters are new objects, as in `to`: build optimizers
+        afterwards."""
+        cast: list[Tensor] = []
+        for module in self.modules():
+            for name, param in module._parameters.items():
+                if param is not None and param.dtype.is_float and param.dtype != dtype:
+                    module._parameters[name] = Parameter(param.detach().cast(dtype), requires_grad=param.requires_grad)
+                    cast.append(module._parameters[name])
+            for name, buffer in module._buffers.items():
+                if buffer is not None and buffer.dtype.is_float and buffer.dtype != dtype:
+                    module._buffers[name] = buffer.cast(dtype).contiguous()
+                    cast.append(module._buffers[name])
+        if cast:
+            lazygrad.realize(*cast)
+        return self
+
     # ---- state dict ----
 
     def _state_entries(self, prefix: str = "") -> Iterator[tuple[str, Tensor]]:

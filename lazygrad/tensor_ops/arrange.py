@@ -117,6 +117,26 @@ class ArrangeOps:
         start = int(start) % self.shape[d] if int(start) < 0 else int(start)
         return self.shrink([(start, start + length) if i == d else (0, s) for i, s in enumerate(self.shape)])
 
+    def unfold(self, dimension: int, size: int, step: int) -> Tensor:
+        """Windows of `size` elements every `step` along `dimension`, as torch.Tensor.unfold: that dim becomes the
+        window count and a last dim of `size` is added. One strided slice per position within a window (views),
+        stacked: `size` pieces, whatever the number of windows."""
+        if step <= 0:
+            raise RuntimeError(f"unfold: step must be positive, got {step}")
+        x = self.reshape(1) if self.ndim == 0 else self  # torch treats a 0-d tensor as one element along dim 0
+        d = x._dim(dimension)
+        length = x.shape[d]
+        if not 0 <= size <= length:
+            raise RuntimeError(f"unfold: size {size} does not fit dimension {d} of size {length} (shape {self.shape})")
+        count = (length - size) // step + 1
+        if size == 0:  # empty windows: nothing to slice
+            shape = x.shape[:d] + (count,) + x.shape[d + 1 :] + (0,)
+            return Tensor.full(shape, 0, self.dtype, self.device)
+        last = x.movedim(d, -1)
+        pieces = [last[..., k : k + step * (count - 1) + 1 : step] for k in range(size)]
+        windows = Tensor.stack(pieces, -1).movedim(-2, d)  # (..., count at d, ..., size)
+        return windows.reshape(size) if self.ndim == 0 else windows
+
     def select(self, dim: int, index: int) -> Tensor:
         d = self._dim(dim)
         return self[(slice(None),) * d + (index,)]
