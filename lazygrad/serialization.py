@@ -957,9 +957,24 @@ def save_arrays(arrays: Mapping[str, np.ndarray], path_or_file: PathOrFile) -> N
 # Tensor-level API
 
 
-def load(path_or_file: PathOrFile, device=None) -> dict:
-    """Load a checkpoint (PyTorch .pth/.pt or safetensors) as {name: Tensor}, flattened like load_arrays."""
+def load(path_or_file: PathOrFile, device=None, *, map_location=None, weights_only: bool | None = None) -> dict:
+    """Load a checkpoint (PyTorch .pth/.pt or safetensors) as {name: Tensor}, flattened like load_arrays.
+
+    torch's keywords: `map_location` is the device the tensors go to (a device name; torch's dicts and functions
+    are refused), and `weights_only` may be True (or left out): lazygrad reads tensors only and never runs a
+    checkpoint's pickled code, so weights_only=False, which asks for that, is an error rather than ignored."""
     from lazygrad.tensor import Tensor
+
+    if weights_only is False:
+        raise ValueError(
+            "lazygrad.load reads tensors only and never runs pickled code: weights_only=False is not supported"
+        )
+    if map_location is not None:
+        if not isinstance(map_location, str):
+            raise TypeError(f"map_location must be a device name here, got {type(map_location).__name__}")
+        if device is not None and device != map_location:
+            raise ValueError(f"load: device={device!r} and map_location={map_location!r} disagree")
+        device = map_location
 
     def to_tensor(array: np.ndarray):
         repeated = tuple(n > 1 and s == 0 for n, s in zip(array.shape, array.strides))

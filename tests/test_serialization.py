@@ -832,3 +832,17 @@ def test_tensor_save_writes_safetensors_for_that_extension(tmp_path):
     save({"weight": Tensor(weight)}, tmp_path / "weights.safetensors")
     assert (tmp_path / "weights.safetensors").read_bytes()[8:9] == b"{"
     np.testing.assert_array_equal(load(tmp_path / "weights.safetensors")["weight"].numpy(), weight)
+
+
+def test_load_takes_torchs_map_location_and_weights_only(tmp_path):
+    path = tmp_path / "model.pt"
+    state = {"weight": torch.arange(6, dtype=torch.float32).reshape(2, 3), "steps": torch.tensor(3)}
+    torch.save(state, path)
+    loaded = load(path, map_location="cpu", weights_only=True)
+    assert loaded["weight"].device == "llvm"  # "cpu" is the llvm backend
+    np.testing.assert_array_equal(loaded["weight"].numpy(), state["weight"].numpy())
+    assert loaded["steps"].item() == 3
+    with pytest.raises(ValueError, match="weights_only=False"):
+        load(path, weights_only=False)
+    with pytest.raises(TypeError, match="map_location"):
+        load(path, map_location={"cuda:0": "cpu"})
