@@ -989,6 +989,12 @@ def load(path_or_file: PathOrFile, device=None, *, map_location=None, weights_on
 
 def save(state_dict: Mapping[str, Any], path_or_file: PathOrFile) -> None:
     """Save {name: Tensor or array}: safetensors if the path ends in .safetensors, else PyTorch's zip format."""
+    for name, value in state_dict.items():
+        if isinstance(value, (Mapping, list, tuple)):
+            raise TypeError(
+                f"lazygrad.save stores a flat {{name: tensor}}; {name!r} is a {type(value).__name__}: save nested "
+                "checkpoints (model, optimizer, epoch) as separate files, or flatten their names"
+            )
     arrays = {
         name: value.numpy() if hasattr(value, "numpy") else np.asarray(value) for name, value in state_dict.items()
     }

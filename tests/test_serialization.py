@@ -846,3 +846,8 @@ def test_load_takes_torchs_map_location_and_weights_only(tmp_path):
         load(path, weights_only=False)
     with pytest.raises(TypeError, match="map_location"):
         load(path, map_location={"cuda:0": "cpu"})
+
+
+def test_save_refuses_a_nested_checkpoint_naming_the_entry(tmp_path):
+    with pytest.raises(TypeError, match="'model' is a dict"):
+        save({"model": {"w": np.zeros(2, np.float32)}, "epoch": np.int64(1)}, tmp_path / "nested.pt")
