@@ -5,8 +5,8 @@ kernels, compiled to OpenCL C or LLVM IR, cached and run.
 """
 
 from lazygrad import config as _config
+from lazygrad import cuda, viz
 from lazygrad import dtype as dtypes
-from lazygrad import viz
 from lazygrad.autograd import enable_grad, is_grad_enabled, no_grad
 from lazygrad.device import Device
 from lazygrad.dtype import (
@@ -129,6 +129,7 @@ __all__ = [
     "grad",
     "jit",
     "viz",
+    "cuda",
     "bool_",
     "float16",
     "float32",

@@ -77,6 +77,19 @@ def test_available_lists_every_registered_backend():
         assert isinstance(ok, bool) and detail, f"{name}: no description"
 
 
+@pytest.mark.backend_independent
+def test_cuda_is_available_says_whether_opencl_runs_on_a_gpu():
+    # the driver's own device type (pyopencl), not the backend's flag; PoCL on this CPU is not a GPU
+    opencl_runs = backends.available()["opencl"][0]
+    expected = False
+    if opencl_runs:
+        import pyopencl as cl
+
+        expected = bool(backends.get("opencl").device.type & cl.device_type.GPU)
+        assert lazygrad.ones(1, device="cuda").device.startswith("opencl")  # "cuda" names the opencl backend
+    assert lazygrad.cuda.is_available() is expected
+
+
 def test_unknown_backend_fails_naming_the_real_ones():
     result = run_python("import lazygrad; lazygrad.rand(2).numpy()", LAZYGRAD_BACKEND="nonsense")
     assert result.returncode != 0
