@@ -7,6 +7,8 @@ import numpy as np
 
 import lazygrad
 from lazygrad.nn.losses import (  # noqa: F401
+    _REDUCTIONS,
+    _reduce,
     cosine_embedding_loss,
     gaussian_nll_loss,
     hinge_embedding_loss,
@@ -31,9 +33,6 @@ from lazygrad.nn.resample import (  # noqa: F401
     upsample_nearest,
 )
 from lazygrad.tensor import Tensor
-
-_REDUCTIONS = ("mean", "sum", "none")
-
 
 # ---- activations ----
 
@@ -137,16 +136,6 @@ def dropout(input: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
 
 
 # ---- losses ----
-
-
-def _reduce(loss: Tensor, reduction: str) -> Tensor:
-    if reduction == "mean":
-        return loss.mean()
-    if reduction == "sum":
-        return loss.sum()
-    if reduction == "none":
-        return loss
-    raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
 
 
 def mse_loss(input: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
