@@ -378,20 +378,23 @@ def broadcast(tensor: Tensor, src: int = 0, group=None, async_op: bool = False) 
     broadcast_coalesced([tensor], src)
 
 
+def _check_rank_list(call: str, list_name: str, tensors: list, like_name: str, like: Tensor, size: int) -> None:
+    """A collective's list of one tensor per rank: as long as the world, each of `like`'s shape and dtype."""
+    if len(tensors) != size:
+        raise ValueError(f"{call} needs a list of {size} tensors (the world size), got {len(tensors)}")
+    for r, t in enumerate(tensors):
+        if t.shape != like.shape or t.dtype != like.dtype:
+            raise ValueError(
+                f"{call}: {list_name}[{r}] is {tuple(t.shape)} {t.dtype.name}, the {like_name} "
+                f"{tuple(like.shape)} {like.dtype.name}"
+            )
+
+
 def all_gather(tensor_list: list[Tensor], tensor: Tensor, group=None, async_op: bool = False) -> None:
     """tensor_list[r] takes rank r's `tensor`, on every rank (in place, as torch's)."""
     _no_async(async_op, group)
     process_group = _require_group()
-    if len(tensor_list) != process_group.size:
-        raise ValueError(
-            f"all_gather needs a list of {process_group.size} tensors (the world size), got {len(tensor_list)}"
-        )
-    for r, t in enumerate(tensor_list):
-        if t.shape != tensor.shape or t.dtype != tensor.dtype:
-            raise ValueError(
-                f"all_gather: tensor_list[{r}] is {tuple(t.shape)} {t.dtype.name}, the input {tuple(tensor.shape)} "
-                f"{tensor.dtype.name}"
-            )
+    _check_rank_list("all_gather", "tensor_list", tensor_list, "input", tensor, process_group.size)
     _check_same("all_gather", [tensor])
     mine = _pack([tensor])
     gathered = np.empty(process_group.size * mine.size, dtype=mine.dtype)
@@ -405,16 +408,7 @@ def reduce_scatter(output: Tensor, input_list: list[Tensor], op=ReduceOp.SUM, gr
     _no_async(async_op, group)
     process_group = _require_group()
     op = _coerce_op(op)
-    if len(input_list) != process_group.size:
-        raise ValueError(
-            f"reduce_scatter needs a list of {process_group.size} tensors (the world size), got {len(input_list)}"
-        )
-    for r, t in enumerate(input_list):
-        if t.shape != output.shape or t.dtype != output.dtype:
-            raise ValueError(
-                f"reduce_scatter: input_list[{r}] is {tuple(t.shape)} {t.dtype.name}, the output "
-                f"{tuple(output.shape)} {output.dtype.name}"
-            )
+    _check_rank_list("reduce_scatter", "input_list", input_list, "output", output, process_group.size)
     _check_reducible("reduce_scatter", input_list, op)
     _check_same("reduce_scatter", input_list, list(ReduceOp).index(op), "reduce op")
     staging = _pack(input_list)
