@@ -256,19 +256,7 @@ class Module:
     def to(self, device: str) -> Module:
         """Move parameters and buffers to `device`. Moved parameters are new objects: build optimizers afterwards."""
         device = canonical_device(device)  # "cpu" -> "llvm", None -> the default device
-        moved: list[Tensor] = []
-        for module in self.modules():
-            for name, param in module._parameters.items():
-                if param is not None and param.device != device:
-                    module._parameters[name] = Parameter(param.to(device), requires_grad=param.requires_grad)
-                    moved.append(module._parameters[name])
-            for name, buffer in module._buffers.items():
-                if buffer is not None and buffer.device != device:
-                    module._buffers[name] = buffer.to(device).contiguous()
-                    moved.append(module._buffers[name])
-        if moved:
-            lazygrad.realize(*moved)
-        return self
+        return self._replace_tensors(lambda t: t.device != device, lambda t: t.to(device))
 
     def cpu(self) -> Module:
         return self.to("cpu")
@@ -284,20 +272,24 @@ class Module:
 
     def _cast_floating(self, dtype) -> Module:
         """Cast floating-point parameters and buffers to dtype, as torch's Module.float/double/half (integer buffers,
-        such as BatchNorm's batch count, keep theirs). Cast parameters are new objects, as in `to`: build optimizers
-        afterwards."""
-        cast: list[Tensor] = []
+        such as BatchNorm's batch count, keep theirs)."""
+        return self._replace_tensors(lambda t: t.dtype.is_float and t.dtype != dtype, lambda t: t.detach().cast(dtype))
+
+    def _replace_tensors(self, needs, convert) -> Module:
+        """Replace every parameter and buffer t for which needs(t) holds by convert(t), realized; parameters stay
+        Parameters with their requires_grad. They are new objects: build optimizers afterwards."""
+        replaced: list[Tensor] = []
         for module in self.modules():
-            for name, param in module._parameters.items():
-                if param is not None and param.dtype.is_float and param.dtype != dtype:
-                    module._parameters[name] = Parameter(param.detach().cast(dtype), requires_grad=param.requires_grad)
-                    cast.append(module._parameters[name])
-            for name, buffer in module._buffers.items():
-                if buffer is not None and buffer.dtype.is_float and buffer.dtype != dtype:
-                    module._buffers[name] = buffer.cast(dtype).contiguous()
-                    cast.append(module._buffers[name])
-        if cast:
-            lazygrad.realize(*cast)
+            for table, is_parameter in ((module._parameters, True), (module._buffers, False)):
+                for name, t in table.items():
+                    if t is not None and needs(t):
+                        new = convert(t)
+                        table[name] = (
+                            Parameter(new, requires_grad=t.requires_grad) if is_parameter else new.contiguous()
+                        )
+                        replaced.append(table[name])
+        if replaced:
+            lazygrad.realize(*replaced)
         return self
 
     # ---- state dict ----
