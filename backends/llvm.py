@@ -611,7 +611,7 @@ PARALLEL_MIN_ITERATIONS = 32768
 
 class LLVMKernel:
     def __init__(self, backend: LLVMBackend, program: Program, source: str, address: int):
-        self.name, self.source, self.program = program.name, source, program
+        self.name, self.source, self.program = program.name, source, program.summary()  # (the IR is not kept)
         nargs = len(program.buffer_dtypes)
         self.fn = ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * nargs), ctypes.c_int32, ctypes.c_int32)(address)
         self.backend = backend

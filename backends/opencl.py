@@ -624,7 +624,7 @@ def _power_of_two_at_most(n: int) -> int:
 
 class OpenCLKernel:
     def __init__(self, backend: OpenCLBackend, program: Program, source: str, built):
-        self.name, self.source, self.program = program.name, source, program
+        self.name, self.source, self.program = program.name, source, program.summary()  # (the IR is not kept)
         self.backend, self.built = backend, built
         self.kernel = backend.cl.Kernel(built, program.name)
         total = math.prod(program.global_size)

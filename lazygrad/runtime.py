@@ -300,7 +300,9 @@ def _estimate_cost(ast, buffer_dtypes, sizes, nest) -> tuple:
 
 
 def get_kernel(ast, buffer_dtypes: tuple, device: str, sizes: tuple) -> CompiledEntry:
-    key = (ast, buffer_dtypes, device)
+    # keyed by the AST's text, not the AST: a cache holding every kernel's tree of KernelOps (and their views) kept
+    # tens of thousands of objects for the garbage collector to walk at each full collection
+    key = (ast.structure(), buffer_dtypes, device)
     entry = _kernel_cache.get(key)
     if entry is not None:
         return entry
@@ -344,7 +346,7 @@ def forced_options(choose):
     global _forced_options
     saved = dict(_kernel_cache)
     _kernel_cache.clear()
-    _kernel_generation[0] += 1  # the schedules seen before look their kernels up again
+    _plans.clear()  # the plans seen before hold the kernels compiled without these options (and no ASTs)
     _forced_options = choose
     try:
         yield
@@ -352,7 +354,7 @@ def forced_options(choose):
         _forced_options = None
         _kernel_cache.clear()
         _kernel_cache.update(saved)
-        _kernel_generation[0] += 1
+        _plans.clear()
 
 
 def _forced(ast, name: str):
@@ -411,22 +413,22 @@ _LOWERING_VERSION = _codegen_digest()
 class PlanStep:
     """One item of a schedule with its nodes named by position (see Scheduler.structure): an index into the
     scheduled nodes, or -1 - an index into the realized bases read. So the step applies to every graph of the
-    same structure, and it keeps the compiled kernel it launches."""
+    same structure, and it keeps the compiled kernel it launches. Its kernel AST is dropped once the kernel is
+    found (a plan kept its ASTs' KernelOps, views and tuples alive for the garbage collector to walk): when the
+    compiled kernels must be looked up again (`forced_options`, a replaced kernel cache), the plans are dropped."""
 
-    __slots__ = ("kind", "outputs", "inputs", "ast", "reason", "entry", "entry_generation")
+    __slots__ = ("kind", "outputs", "inputs", "ast", "reason", "entry")
 
     def __init__(self, kind, outputs: tuple, inputs: tuple, ast, reason: str):
         self.kind, self.outputs, self.inputs, self.ast, self.reason = kind, outputs, inputs, ast, reason
-        self.entry, self.entry_generation = None, -1
+        self.entry = None
 
 
 # The schedules of graphs seen before, by structure (Scheduler.structure's key). A training loop without @jit
 # builds the same graph each step: its schedule, kernels and launch order are found here instead of made again.
 _plans: dict = {}
-MAX_PLANS = 512  # distinct graph structures kept (the oldest is dropped): each holds its kernel ASTs
-# bumped whenever compiled kernels must be looked up again (forced_options, a replaced _kernel_cache)
-_kernel_generation = [0]
-_plan_kernel_cache = [None]  # the _kernel_cache the plans' entries came from
+MAX_PLANS = 512  # distinct graph structures kept (the oldest is dropped): each holds its compiled kernels
+_plan_kernel_cache = [None]  # the _kernel_cache the plans' entries came from (a test may replace it)
 # how many realizations scheduled their graph ("made") and how many ran the plan of an equal structure ("reused")
 schedule_counts = {"made": 0, "reused": 0}
 # seconds realize() spent finding or making schedules, and running them (launches, kernels, uploads): the split
@@ -458,9 +460,6 @@ def run_schedule(items: list) -> None:
 def run_plan(steps: list, nodes: list, externals: list, items: list | None = None) -> None:
     """Run a plan's steps over the nodes and externals of a graph of its structure. `items`, the schedule the
     plan was made from (a graph scheduled now, not a reused plan), goes to the observers (lazygrad.viz)."""
-    if _plan_kernel_cache[0] is not _kernel_cache:  # a test replaced the kernel cache: compile again
-        _plan_kernel_cache[0] = _kernel_cache
-        _kernel_generation[0] += 1
     if config.DEBUG >= 2:
         print(f"--- schedule: {len(steps)} items")
         for step in steps:
@@ -510,14 +509,14 @@ def _run_step(step: PlanStep, outputs: list, inputs: list, item: ScheduleItem | 
     buffers = [out.arg.buffer if out.op is assign else Buffer(out.device, out.size, out.dtype) for out in outputs]
     buffers += [b.buffer for b in inputs]
     entry = step.entry
-    if entry is None or step.entry_generation != _kernel_generation[0]:
+    if entry is None:
         for b in inputs:
             if b.device != node.device:
                 raise RuntimeError(f"kernel on {node.device} reads a buffer on {b.device}; copy it with .to() first")
         dtypes = tuple(b.dtype for b in buffers)
         sizes = tuple(b.size for b in buffers)
         entry = step.entry = get_kernel(step.ast, dtypes, node.device, sizes)
-        step.entry_generation = _kernel_generation[0]
+        step.ast = None  # the compiled kernel is all the plan needs now (see PlanStep)
     timed = _timing_wanted()
     start = time.perf_counter() if timed else 0.0
     seconds = entry.kernel([b.handle for b in buffers], wait=timed)
@@ -557,6 +556,9 @@ def realize(lazybuffers: list) -> None:
     if not pending:
         return
     start = time.perf_counter()
+    if _plan_kernel_cache[0] is not _kernel_cache:  # a test replaced the kernel cache: plan and compile again
+        _plan_kernel_cache[0] = _kernel_cache
+        _plans.clear()
     scheduler = Scheduler(pending)
     key, externals = scheduler.structure()
     # an observer (lazygrad.viz) is shown the schedule with its graph and reasons, so it is made again

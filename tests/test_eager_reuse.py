@@ -181,6 +181,30 @@ def test_polynomial_fit_matches_torch_and_reuses_its_schedules():
     assert made[0] == made[1], "steps after the third were scheduled again instead of reusing their plan"
 
 
+def test_plans_and_compiled_kernels_keep_no_kernel_asts_or_linear_ir():
+    """What a plan and the kernel cache keep is what a launch needs: no kernel AST (KernelOps and their views)
+    and no linear IR (UOps), which the garbage collector would otherwise walk at every full collection. The
+    kernels are found again after the plans are dropped, and give the same values."""
+    from lazygrad.codegen.ir import UOp
+    from lazygrad.codegen.kernel_ast import KernelOp
+
+    x = lazygrad.tensor(np.arange(12, dtype=np.float32).reshape(3, 4))
+    before, plans_before = len(runtime._kernel_cache), set(runtime._plans)
+    first = ((x * 3.0).exp2().sum(1) + 1.0).numpy()
+    steps = [step for key, plan in runtime._plans.items() if key not in plans_before for step in plan]
+    assert steps and all(step.ast is None for step in steps), "a plan kept a kernel AST after its kernel was found"
+    entries = list(runtime._kernel_cache.items())[before:]
+    assert entries, "the graph compiled no new kernel: the check below would check nothing"
+    for key, entry in entries:
+        assert not any(isinstance(part, KernelOp) for part in key), "the kernel cache is keyed by an AST"
+        if entry.kernel.program is not None and lazygrad.Device.DEFAULT != "reference":  # (it interprets the IR)
+            assert not any(isinstance(u, UOp) for u in entry.kernel.program.uops), "a compiled kernel kept its IR"
+    with runtime.forced_options(lambda name, nest: None):  # drops the plans: the kernels are looked up again
+        again = ((x * 3.0).exp2().sum(1) + 1.0).numpy()
+    np.testing.assert_allclose(first, np.exp2(np.arange(12).reshape(3, 4) * 3.0).sum(1) + 1.0, rtol=1e-6)
+    np.testing.assert_array_equal(again, first)
+
+
 def _resident_bytes() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * 4096

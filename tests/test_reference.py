@@ -37,9 +37,9 @@ class _ComparedKernel:
     """A backend's kernel that, at each launch, also runs its program on the reference with copies of the buffers
     it was given, and compares every buffer afterwards."""
 
-    def __init__(self, kernel, device, dtypes: tuple, sizes: tuple, compared: list):
+    def __init__(self, kernel, program, device, dtypes: tuple, sizes: tuple, compared: list):
         self.kernel, self.device, self.dtypes, self.sizes, self.compared = kernel, device, dtypes, sizes, compared
-        self.name, self.source, self.program = kernel.name, kernel.source, kernel.program
+        self.name, self.source, self.program = kernel.name, kernel.source, program
 
     def read(self, handles: list) -> list:
         arrays = [np.empty(size, dtype=d.np) for d, size in zip(self.dtypes, self.sizes)]
@@ -74,7 +74,9 @@ def _compare_kernels_with_the_reference(monkeypatch, device_name: str, programs:
 
     def get_kernel(ast, buffer_dtypes, device_string, sizes):
         entry = original(ast, buffer_dtypes, device_string, sizes)
-        kernel = _ComparedKernel(entry.kernel, device, buffer_dtypes, sizes, compared)
+        # the compiled kernel keeps no IR (Program.summary): the program it was compiled from, lowered again
+        program = runtime._lowered(ast, buffer_dtypes, entry.kernel.name, device.capabilities)
+        kernel = _ComparedKernel(entry.kernel, program, device, buffer_dtypes, sizes, compared)
         return runtime.CompiledEntry(kernel, entry.flops, entry.bytes)
 
     monkeypatch.setattr(runtime, "get_kernel", get_kernel)
