@@ -11,7 +11,6 @@ from __future__ import annotations
 import itertools
 import math
 from contextlib import ContextDecorator
-from dataclasses import dataclass
 
 from lazygrad.ops import DIFFERENTIABLE, Op
 
@@ -48,21 +47,24 @@ def enable_grad() -> _GradMode:
 COMPOSITE = "composite"
 
 
-@dataclass(slots=True)  # one per recorded op: without a __dict__ it is one object less for the collector
 class Context:
-    """What backward needs of one primitive application."""
+    """What backward needs of one primitive application. One per recorded op: slotted (no __dict__, one object
+    less for the collector), and built by one call (a dataclass's __init__ and __post_init__ were two)."""
 
-    op: Op | str  # an Op (a name is converted here), or COMPOSITE
-    inputs: tuple  # Tensors
-    arg: object
-    out_shape: tuple
-    versions: tuple = ()  # each input's in-place version when recorded; () once resolved by _topological
+    __slots__ = ("op", "inputs", "arg", "out_shape", "versions")
 
-    def __post_init__(self):
-        key = _RULE_KEYS.get(self.op)  # the member for a name ("add" -> Op.ADD)
+    def __init__(self, op, inputs: tuple, arg, out_shape: tuple, versions: tuple = ()):
+        key = _RULE_KEYS.get(op)  # the member for a name ("add" -> Op.ADD)
         if key is None:
-            raise ValueError(f"no gradient rule for {self.op!r}")
-        self.op = key
+            raise ValueError(f"no gradient rule for {op!r}")
+        self.op = key  # an Op, or COMPOSITE
+        self.inputs = inputs  # Tensors
+        self.arg = arg
+        self.out_shape = out_shape
+        self.versions = versions  # each input's in-place version when recorded; () once resolved by _topological
+
+    def __repr__(self):
+        return f"Context({self.op!r}, {len(self.inputs)} inputs, arg={self.arg!r}, out_shape={self.out_shape})"
 
 
 # --- the rules ----------------------------------------------------------------------------------
@@ -106,23 +108,25 @@ def _add(c, g):
     return g, g
 
 
+# A rule builds the gradient of an input only when that input wants one: `x * w` with a constant `x` would
+# otherwise add `g * w` to every step's graph (built in Python, then dropped by backward unrealized).
 def _mul(c, g):
     a, b = c.inputs
-    return g * b, g * a
+    return (g * b if a.requires_grad else None), (g * a if b.requires_grad else None)
 
 
 def _max(c, g):
     # ties split the gradient evenly, as torch.maximum does
     a, b = c.inputs
     a_wins = (a > b).cast(g.dtype) + (a == b).cast(g.dtype) * 0.5
-    return g * a_wins, g * (1 - a_wins)
+    return (g * a_wins if a.requires_grad else None), (g * (1 - a_wins) if b.requires_grad else None)
 
 
 # ternary
 def _where(c, g):
-    cond, _, _ = c.inputs
+    cond, x, y = c.inputs
     zero = g.zeros_like()
-    return None, cond.where(g, zero), cond.where(zero, g)
+    return None, (cond.where(g, zero) if x.requires_grad else None), (cond.where(zero, g) if y.requires_grad else None)
 
 
 # reduce
@@ -154,9 +158,12 @@ def _permute(c, g):
 
 
 def _expand(c, g):
+    # (broadcast_to records new leading dims as part of the expand: they are summed away, then dropped)
     (x,) = c.inputs
-    axes = tuple(i for i, (a, b) in enumerate(zip(x.shape, c.out_shape)) if a != b)
-    return (g._primitive(Op.SUM, arg=axes) if axes else g,)
+    lead = len(c.out_shape) - len(x.shape)
+    axes = tuple(range(lead)) + tuple(lead + i for i, (a, b) in enumerate(zip(x.shape, c.out_shape[lead:])) if a != b)
+    g = g._primitive(Op.SUM, arg=axes) if axes else g
+    return (g._movement(Op.RESHAPE, x.shape) if lead else g,)
 
 
 def _pad(c, g):

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 
-@dataclass(frozen=True, eq=True)
+@dataclass(frozen=True, eq=False)
 class DType:
     name: str  # PyTorch's name: float32, int64, bool, ...
     itemsize: int
@@ -29,21 +29,9 @@ class DType:
     def __repr__(self) -> str:
         return f"lazygrad.{self.name}"
 
-    # the dtypes are module singletons: identity answers almost every compare the graph makes on each op
-    def __eq__(self, other) -> bool:
-        if self is other:
-            return True
-        if not isinstance(other, DType):
-            return NotImplemented
-        return (self.name, self.itemsize, self.kind, self.priority) == (
-            other.name,
-            other.itemsize,
-            other.kind,
-            other.priority,
-        )
-
-    __hash__ = object.__hash__  # by identity: __reduce__ below keeps every dtype the one module-level instance
-
+    # The dtypes are module singletons (__reduce__ below keeps every copy the one module-level instance), so equality
+    # is identity: object's own __eq__ and __hash__, in C. (A Python __eq__ cost ~0.4 us per compare, and an eager
+    # step compares dtypes on most ops.)
     def __reduce__(self):
         return (to_dtype, (self.name,))
 

@@ -89,6 +89,48 @@ class WeakList:
         return sum(1 for r in self.refs if r() is not None)
 
 
+# A base's readers and holders are None, one weak reference, or a WeakList once there are two: most bases have one
+# reader and one holder, and a WeakList with its list for each was two more objects per op for the garbage collector.
+_REF = weakref.ref
+
+
+def with_ref(refs, ref):
+    """Readers or holders (None, a weak reference or a WeakList) with `ref` added."""
+    if refs is None:
+        return ref
+    if type(refs) is WeakList:
+        refs.add_ref(ref)
+        return refs
+    both = WeakList()
+    both.refs.append(refs)
+    both.add_ref(ref)
+    return both
+
+
+def any_alive(refs, outside: set | frozenset = frozenset()) -> bool:
+    """Whether one of the readers or holders `refs` is alive (and its id not in `outside`)."""
+    if refs is None:
+        return False
+    if type(refs) is WeakList:
+        return refs.any_alive(outside)
+    obj = refs()
+    return obj is not None and id(obj) not in outside
+
+
+def refs_of(refs) -> list:
+    """The weak references among readers or holders `refs`."""
+    return [] if refs is None else refs.refs if type(refs) is WeakList else [refs]
+
+
+def _as_weak_list(refs) -> WeakList:
+    if type(refs) is WeakList:
+        return refs
+    out = WeakList()
+    if refs is not None:
+        out.refs.append(refs)
+    return out
+
+
 class LazyBuffer:
     __slots__ = (
         "device",
@@ -124,33 +166,31 @@ class LazyBuffer:
         self.movement = movement  # movement ops from the base's shape to this view's shape
         self.buffer = None  # the device Buffer once realized (bases only)
         # the live nodes that read this base: an assign into it must first realize those that are still lazy
-        self._readers = None  # a WeakList, made at the first reader (most nodes are views, never read as bases)
-        self._holders = None  # the Tensors whose data this base (or a view of it) is: a WeakList, made at the first
+        self._readers = None  # see with_ref: None, a weak reference, or a WeakList
+        self._holders = None  # the Tensors whose data this base (or a view of it) is: as _readers
         if srcs:
-            me = weakref.ref(self)
+            me = _REF(self)
             for src in srcs:
                 base = src if src._base is None else src._base
-                if base._readers is None:
-                    base._readers = WeakList()
-                base._readers.add_ref(me)
+                readers = base._readers
+                if readers is None:  # (the common case, without a call)
+                    base._readers = me
+                else:
+                    base._readers = with_ref(readers, me)
 
     @property
     def readers(self) -> WeakList:
-        if self._readers is None:
-            self._readers = WeakList()
+        self._readers = _as_weak_list(self._readers)
         return self._readers
 
     def hold(self, tensor) -> None:
         """Note that `tensor`'s data is this node (a base, or a view of one): see `holders`."""
         base = self if self._base is None else self._base
-        if base._holders is None:
-            base._holders = WeakList()
-        base._holders.add_ref(weakref.ref(tensor))
+        base._holders = with_ref(base._holders, _REF(tensor))
 
     @property
     def holders(self) -> WeakList:
-        if self._holders is None:
-            self._holders = WeakList()
+        self._holders = _as_weak_list(self._holders)
         return self._holders
 
     # --- identity ------------------------------------------------------------------------------

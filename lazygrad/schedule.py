@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from lazygrad.codegen.kernel_ast import KernelOp
-from lazygrad.graph import LazyBuffer, const_key
+from lazygrad.graph import LazyBuffer, any_alive, const_key, refs_of
 from lazygrad.ops import ELEMENTWISE, REDUCE, AstOp, Op, zero
 from lazygrad.shape import ShapeTracker
 
@@ -154,13 +154,13 @@ class Scheduler:
             if index < checked or id(node) in wanted:
                 continue
             holders, readers = node._holders, node._readers
-            if (holders is not None and holders.any_alive()) or (
-                readers is not None and readers.any_alive(outside=collected)
+            if (holders is not None and any_alive(holders)) or (
+                readers is not None and any_alive(readers, outside=collected)
             ):
                 stale.append(node)
         for a in assigns:  # readers of the target itself that this schedule does not reach
-            target, readers = a.arg, a.arg._readers
-            for ref in readers.refs if readers is not None else ():
+            target = a.arg
+            for ref in refs_of(target._readers):
                 r = ref()
                 if r is not None and r.buffer is None and id(r) not in collected:
                     if not (r.op is assign and r.arg is target):

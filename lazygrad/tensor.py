@@ -19,7 +19,7 @@ from lazygrad import autograd, runtime, tensor_ops
 from lazygrad import dtype as dt
 from lazygrad.device import canonical_device, is_device_name
 from lazygrad.dtype import DType
-from lazygrad.graph import LazyBuffer, WeakList
+from lazygrad.graph import LazyBuffer, with_ref
 from lazygrad.ops import REDUCE, Op
 from lazygrad.shape import prod
 from lazygrad.tensor_ops.arrange import ArrangeOps, IndexingOps
@@ -120,9 +120,7 @@ class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps, MathOps
         out._lazydata = lb  # the lazydata setter's work (LazyBuffer.hold), without its two calls
         base = lb if lb._base is None else lb._base
         holders = base._holders
-        if holders is None:
-            holders = base._holders = WeakList()
-        holders.add_ref(weakref.ref(out))
+        base._holders = weakref.ref(out) if holders is None else with_ref(holders, weakref.ref(out))
         out.grad, out._ctx, out._retains_grad, out.requires_grad, out._view_of = None, None, False, False, None
         return out
 

@@ -53,14 +53,20 @@ class MovementOps:
             return self
         if len(shape) < self.ndim:
             raise RuntimeError(f"cannot broadcast shape {self.shape} to {shape}: fewer dimensions")
-        x = self.reshape((1,) * (len(shape) - self.ndim) + self.shape) if len(shape) != self.ndim else self
-        for s, n in zip(x.shape, shape):
+        padded = (1,) * (len(shape) - self.ndim) + self.shape
+        for s, n in zip(padded, shape):
             if s != n and s != 1:
                 raise RuntimeError(
                     f"The expanded size of the tensor ({n}) must match the existing size ({s}) at a "
                     f"non-singleton dimension: cannot broadcast {self.shape} to {shape}"
                 )
-        return x._movement(Op.EXPAND, shape)
+        if len(shape) == self.ndim:
+            return self._movement(Op.EXPAND, shape)
+        # new leading dims: one tensor op, not a reshape's and an expand's (a scalar operand of each eager step takes
+        # this path): two views of one node, recorded as an EXPAND whose gradient sums the new dims away
+        out = self._record(self._wrap(self._lazydata.reshape(padded).expand(shape)), Op.EXPAND, (self,), shape)
+        out._view_of = (self, Op.EXPAND, shape)  # (an in-place update of it is refused, as of any expanded view)
+        return out
 
     def reshape(self, *shape) -> Tensor:
         shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
