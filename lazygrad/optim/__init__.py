@@ -285,23 +285,33 @@ class SGD(Optimizer):
         }
 
     def update_structure(self, group):
-        return (group["momentum"] != 0, group["nesterov"], group["maximize"])
+        # a weight decay and a dampening of 0 leave their terms out (as PyTorch's branches do): an eager step builds
+        # five ops less per parameter; their values stay data, so a replay reads changed ones, and a change to or
+        # from 0 changes the kind of update (captures are invalidated)
+        return (
+            group["momentum"] != 0,
+            group["nesterov"],
+            group["maximize"],
+            group["weight_decay"] != 0,
+            group["dampening"] != 0,
+        )
 
     def _update(self, index, group, params):
         assigned = []
         for param in params:
             lr, momentum = self.hyperparameter(index, "lr", param), self.hyperparameter(index, "momentum", param)
-            # with a weight decay of 0 this adds exactly 0: the decay is data, not a branch a replay would keep
-            step = (-param.grad if group["maximize"] else param.grad) + param * self.hyperparameter(
-                index, "weight_decay", param
-            )
+            step = -param.grad if group["maximize"] else param.grad
+            if group["weight_decay"] != 0:
+                step = step + param * self.hyperparameter(index, "weight_decay", param)
             if group["momentum"] != 0:
                 state = self.state_for(param)
                 if "momentum_buffer" not in state:  # PyTorch starts the buffer at the first gradient, undamped
                     state["momentum_buffer"] = _zeros_buffer(param).assign(step)
                 else:
                     buffer = state["momentum_buffer"]
-                    buffer.assign(buffer * momentum + step * self.hyperparameter(index, "1 - dampening", param))
+                    if group["dampening"] != 0:
+                        step = step * self.hyperparameter(index, "1 - dampening", param)
+                    buffer.assign(buffer * momentum + step)
                 buffer = state["momentum_buffer"]
                 assigned.append(buffer)
                 step = step + buffer * momentum if group["nesterov"] else buffer
