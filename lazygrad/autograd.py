@@ -199,6 +199,8 @@ def window_transpose(g, input_shape: tuple, kernel: tuple, stride: tuple, dilati
     n = len(kernel)
     lead = g.ndim - 2 * n
     crop = crop or tuple((0, size) for size in input_shape[-n:])
+    if tuple(stride) == tuple(kernel) and all(d == 1 for d in dilation):
+        return _tiles_transpose(g, input_shape, kernel, crop)
     quotients = tuple(-(-length // s) for (_, length), s in zip(crop, stride))  # class sizes, rounded up
     level = {
         r: _class_sum(g, r, kernel, stride, dilation, quotients, lead, tuple(start for start, _ in crop))
@@ -214,6 +216,24 @@ def window_transpose(g, input_shape: tuple, kernel: tuple, stride: tuple, dilati
             merged[prefix] = out
         level = merged
     return level[()]
+
+
+def _tiles_transpose(g, input_shape: tuple, kernel: tuple, crop: tuple):
+    """window_transpose when the windows tile the input (stride = kernel, no dilation: non-overlapping pooling, the
+    common max_pool2d(2)): each input position is in one window at most, so the gradient is g's windows laid side
+    by side again: a permute and a reshape, a pad for the positions no window reaches and a shrink for the crop
+    (four views, where the shifted classes took ~25 for a 2x2 pool)."""
+    n = len(kernel)
+    lead = g.ndim - 2 * n
+    outs = g.shape[lead : lead + n]
+    order = tuple(range(lead)) + tuple(axis for i in range(n) for axis in (lead + i, lead + n + i))
+    tiled = g._movement(Op.PERMUTE, order)._movement(
+        Op.RESHAPE, g.shape[:lead] + tuple(o * k for o, k in zip(outs, kernel))
+    )
+    spatial = input_shape[-n:]
+    whole = tuple((0, m) for m in g.shape[:lead])
+    tiled = tiled._movement(Op.PAD, whole + tuple((0, size - o * k) for size, o, k in zip(spatial, outs, kernel)))
+    return tiled._movement(Op.SHRINK, whole + tuple((start, start + length) for start, length in crop))
 
 
 def _class_sum(g, remainders: tuple, kernel, stride, dilation, quotients: tuple, lead: int, starts: tuple):

@@ -212,7 +212,14 @@ def test_conv2d_gradients(case):
 
 
 @pytest.mark.parametrize(
-    "case", [dict(kernel_size=2), dict(kernel_size=3, stride=2, padding=1), dict(kernel_size=(2, 3), stride=1)], ids=str
+    "case",
+    [
+        dict(kernel_size=2),  # windows that tile the input (autograd._tiles_transpose), its last row uncovered
+        dict(kernel_size=(2, 3), padding=1, ceil_mode=True),  # tiles over padding, cut by the crop
+        dict(kernel_size=3, stride=2, padding=1),
+        dict(kernel_size=(2, 3), stride=1),
+    ],
+    ids=str,
 )
 @pytest.mark.parametrize("name", ["max_pool2d", "avg_pool2d", "avg_pool2d_exclude_pad"])
 def test_pooling_gradients(name, case):
