@@ -331,6 +331,14 @@ class LazyBuffer:
             return base
         return LazyBuffer(self.device, new_st, self.dtype, Op.VIEW, base=base, movement=self.movement + ((op, arg),))
 
+    def broadcast(self, padded: tuple, shape: tuple) -> LazyBuffer:
+        """reshape(padded).expand(shape) as one node: broadcasting to more dims (`padded` is this shape with ones in
+        front) never uses the reshape's own node."""
+        st = _moved(_moved(self.st, Op.RESHAPE, padded), Op.EXPAND, shape)
+        base = self if self._base is None else self._base
+        movement = self.movement + ((Op.RESHAPE, padded), (Op.EXPAND, shape))
+        return LazyBuffer(self.device, st, self.dtype, Op.VIEW, base=base, movement=movement)
+
     def reshape(self, shape):
         shape = tuple(shape)
         return self if shape == self.shape else self._view(Op.RESHAPE, shape)

@@ -64,7 +64,7 @@ class MovementOps:
             return self._movement(Op.EXPAND, shape)
         # new leading dims: one tensor op, not a reshape's and an expand's (a scalar operand of each eager step takes
         # this path): two views of one node, recorded as an EXPAND whose gradient sums the new dims away
-        out = self._record(self._wrap(self._lazydata.reshape(padded).expand(shape)), Op.EXPAND, (self,), shape)
+        out = self._record(self._wrap(self._lazydata.broadcast(padded, shape)), Op.EXPAND, (self,), shape)
         out._view_of = (self, Op.EXPAND, shape)  # (an in-place update of it is refused, as of any expanded view)
         return out
 

@@ -23,21 +23,24 @@ class ReduceOps:
 
     def _reduce(self, op: str, dim, keepdim: bool) -> Tensor:
         axes = self._axes(dim)
-        for a in axes:
-            if self.shape[a] == 0 and op == Op.RMAX:
-                raise IndexError(f"max(): Expected reduction dim {a} to have non-zero size (shape {self.shape})")
+        shape = self.shape
         x = self
-        if op == Op.SUM and any(self.shape[a] == 0 for a in axes):
-            # a sum over nothing is 0: pad each empty axis with one zero, so no kernel reduces an empty range
-            x = x._movement(Op.PAD, tuple((0, 1 if i in axes and s == 0 else 0) for i, s in enumerate(x.shape)))
-        parts = layout.split_reduce_parts(x.numel()) if len(axes) == x.ndim else 1
+        if 0 in shape:  # (checked only then: every eager step reduces)
+            for a in axes:
+                if shape[a] == 0 and op == Op.RMAX:
+                    raise IndexError(f"max(): Expected reduction dim {a} to have non-zero size (shape {shape})")
+            if op == Op.SUM and any(shape[a] == 0 for a in axes):
+                # a sum over nothing is 0: pad each empty axis with one zero, so no kernel reduces an empty range
+                x = x._movement(Op.PAD, tuple((0, 1 if i in axes and s == 0 else 0) for i, s in enumerate(shape)))
+        parts = layout.split_reduce_parts(x.numel()) if len(axes) == len(shape) else 1
         if parts > 1:
-            out = x._split_reduce(op, parts).reshape((1,) * x.ndim)
+            out = x._split_reduce(op, parts).reshape((1,) * len(shape))
         else:
             out = x._primitive(op, arg=axes) if any(x.shape[a] != 1 for a in axes) else x
-        if keepdim or not self.shape:
+        if keepdim or not shape:
             return out
-        return out.reshape(tuple(s for i, s in enumerate(self.shape) if i not in axes))
+        # dropping the reduced ones: a valid reshape of a dense result, without reshape()'s checks
+        return out._movement(Op.RESHAPE, tuple(s for i, s in enumerate(shape) if i not in axes))
 
     def _split_reduce(self, op: str, parts: int) -> Tensor:
         """A big reduction to one value in two: `parts` partial results, then their reduction; the input is
