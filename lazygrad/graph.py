@@ -172,6 +172,10 @@ class LazyBuffer:
             me = _REF(self)
             for src in srcs:
                 base = src if src._base is None else src._base
+                if base.op is _CONST:
+                    # a constant is never assigned into, so its readers are never asked for; and one constant node
+                    # serves every use of its value (_CONST_VIEWS): its list would grow by hundreds every step
+                    continue
                 readers = base._readers
                 if readers is None:  # (the common case, without a call)
                     base._readers = me
