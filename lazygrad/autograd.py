@@ -344,7 +344,7 @@ def backward(root, gradient, retain_graph: bool = False, create_graph: bool = Fa
             for inp, ig in zip(ctx.inputs, input_grads):
                 if ig is None or not inp.requires_grad:
                     continue
-                assert ig.shape == inp.shape, f"gradient of {ctx.op}: {ig.shape} for input {inp.shape}"
+                assert ig._lazydata.shape == inp._lazydata.shape, f"gradient of {ctx.op}: {ig.shape} for {inp.shape}"
                 prev = grads.get(id(inp))
                 grads[id(inp)] = ig if prev is None else prev + ig
             if not retain_graph:

@@ -23,6 +23,7 @@ joins its loop, and elementwise work after a reduce on the reduced shape joins a
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -154,9 +155,9 @@ class Scheduler:
             if index < checked or id(node) in wanted:
                 continue
             holders, readers = node._holders, node._readers
-            if (holders is not None and any_alive(holders)) or (
-                readers is not None and any_alive(readers, outside=collected)
-            ):
+            if holders is not None and (holders() is not None if type(holders) is weakref.ref else holders.any_alive()):
+                stale.append(node)  # (any_alive for the one-reference case, without its call)
+            elif readers is not None and any_alive(readers, outside=collected):
                 stale.append(node)
         for a in assigns:  # readers of the target itself that this schedule does not reach
             target = a.arg

@@ -271,7 +271,8 @@ class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps, MathOps
         return self if version == self._version else self._snapshots[version]
 
     def _accumulate_grad(self, g: Tensor):
-        g = g if autograd.is_grad_enabled() else g.detach()
+        # a tensor of its own (a rule may hand one gradient to two inputs): detach() without __init__'s checks
+        g = g if autograd._grad_enabled[-1] else Tensor._wrap(g._lazydata)
         self.grad = g if self.grad is None else self.grad + g
 
     def backward(
