@@ -15,16 +15,19 @@ from lazygrad.dtype import (
     float16,
     float32,
     float64,
+    get_default_dtype,
     int8,
     int16,
     int32,
     int64,
+    set_default_dtype,
     uint8,
 )
 from lazygrad.jit import jit
 from lazygrad.runtime import profile
 from lazygrad.tensor import Tensor, manual_seed, realize
 from lazygrad.tensor_ops import arrange as _arrange
+from lazygrad.tensor_ops.creation import as_tensor, from_numpy, tensor
 
 bool = bool_  # noqa: A001 (torch.bool)
 float = float32  # noqa: A001
@@ -33,8 +36,6 @@ double = float64
 int = int32  # noqa: A001
 long = int64
 
-tensor = Tensor
-from_numpy = Tensor
 zeros, ones, full, empty = Tensor.zeros, Tensor.ones, Tensor.full, Tensor.empty
 arange, linspace, eye = Tensor.arange, Tensor.linspace, Tensor.eye
 rand, randn, randint = Tensor.rand, Tensor.randn, Tensor.randint
@@ -117,6 +118,11 @@ def __getattr__(name):
 
 __all__ = [
     "Tensor",
+    "tensor",
+    "from_numpy",
+    "as_tensor",
+    "set_default_dtype",
+    "get_default_dtype",
     "Device",
     "DType",
     "dtypes",

@@ -963,6 +963,7 @@ def load(path_or_file: PathOrFile, device=None, *, map_location=None, weights_on
     torch's keywords: `map_location` is the device the tensors go to (a device name; torch's dicts and functions
     are refused), and `weights_only` may be True (or left out): lazygrad reads tensors only and never runs a
     checkpoint's pickled code, so weights_only=False, which asks for that, is an error rather than ignored."""
+    from lazygrad.dtype import from_numpy_dtype
     from lazygrad.tensor import Tensor
 
     if weights_only is False:
@@ -979,10 +980,12 @@ def load(path_or_file: PathOrFile, device=None, *, map_location=None, weights_on
     def to_tensor(array: np.ndarray):
         repeated = tuple(n > 1 and s == 0 for n, s in zip(array.shape, array.strides))
         if not any(repeated):
-            return Tensor(array, device=device)
+            return Tensor(array, dtype=from_numpy_dtype(array.dtype), device=device)
         # torch's expanded tensors (stride 0) stay expanded: one copy of what they repeat, expanded lazily
         once = array[tuple(slice(0, 1) if r else slice(None) for r in repeated)]
-        return Tensor(np.ascontiguousarray(once), device=device).expand(array.shape)
+        return Tensor(np.ascontiguousarray(once), dtype=from_numpy_dtype(array.dtype), device=device).expand(
+            array.shape
+        )
 
     return {name: to_tensor(array) for name, array in load_arrays(path_or_file).items()}
 

@@ -75,7 +75,9 @@ class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps, MathOps
                 if dtype is not None:
                     data = data.astype(dtype.np)
                 elif data.dtype == np.float64:
-                    data = data.astype(np.float32)  # PyTorch's default float, as torch.tensor does
+                    # the default float, as torch.Tensor (the legacy constructor) does; lazygrad.tensor, from_numpy
+                    # and as_tensor keep float64 (they pass the array's dtype)
+                    data = data.astype(dt.default_float.np)
                 # a copy (as torch.tensor): the upload is lazy, so later writes to `data` must not show through;
                 # np.array also keeps 0-d arrays 0-d, where np.ascontiguousarray would make them 1-d
                 data = np.array(data, copy=True, order="C")

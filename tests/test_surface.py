@@ -170,11 +170,6 @@ def test_float64_is_computed_in_double_precision():
     np.testing.assert_allclose(out.item(), expected.item(), rtol=1e-15)
 
 
-@pytest.mark.backend_independent
-def test_a_float64_array_becomes_float32_as_documented():
-    assert lazygrad.tensor(np.zeros(2)).dtype == lazygrad.float32
-
-
 # ---- indexing that is not supported says so ------------------------------------------------------------------
 
 

@@ -108,7 +108,7 @@ class Optimizer:
         if index is None or "hyperparameters" not in self.group_state[index]:
             return  # still being built by add_param_group
         state = self.group_state[index]
-        values = np.array(list(self.device_hyperparameters(group).values()), dtype=np.float32)
+        values = np.array(list(self.device_hyperparameters(group).values()), dtype=state["written"].dtype)
         if not np.array_equal(values, state["written"]):
             state["hyperparameters"].lazydata.base.buffer.copy_in(values)
             state["written"] = values
@@ -146,7 +146,9 @@ class Optimizer:
             group.setdefault(name, default)
         group = ParamGroup(group, self._group_changed)
         names = list(self.device_hyperparameters(group))
-        values = np.array(list(self.device_hyperparameters(group).values()), dtype=np.float32)
+        # float64 parameters read float64 hyperparameters: torch's Python-float lr is double precision there
+        wide = any(p.dtype == lazygrad.float64 for p in group["params"])
+        values = np.array(list(self.device_hyperparameters(group).values()), dtype=np.float64 if wide else np.float32)
         device = group["params"][0].device if group["params"] else None
         buffer = lazygrad.tensor(values, device=device)
         self.param_groups.append(group)
@@ -356,9 +358,10 @@ class Adam(Optimizer):
     def _group_step_state(self, index: int, device: str) -> dict[str, Any]:
         state = self.group_state[index]
         if "step" not in state:
-            state["step"] = lazygrad.zeros((), device=device).contiguous()
-            state["bias_correction1"] = lazygrad.ones((), device=device).contiguous()
-            state["bias_correction2"] = lazygrad.ones((), device=device).contiguous()
+            dtype = state["hyperparameters"].dtype  # float64 for float64 parameters
+            state["step"] = lazygrad.zeros((), dtype=dtype, device=device).contiguous()
+            state["bias_correction1"] = lazygrad.ones((), dtype=dtype, device=device).contiguous()
+            state["bias_correction2"] = lazygrad.ones((), dtype=dtype, device=device).contiguous()
         return state
 
     def _group_step(self, index: int, device: str) -> list[Tensor]:
@@ -391,7 +394,7 @@ class Adam(Optimizer):
                 ("bias_correction1", 1 - beta1**count),
                 ("bias_correction2", 1 - beta2**count),
             ):
-                written.append(state[name].assign(_fresh_copy(np.float32(value), state[name])))
+                written.append(state[name].assign(_fresh_copy(np.array(value), state[name])))
         return written
 
     def _update(self, index, group, params):

@@ -620,13 +620,14 @@ def copy_and_construction_functions() -> dict:
         return never.where(input, Tensor.full((), value, input.dtype, input.device))
 
     def scalar_tensor(s, *, dtype=None, device=None, requires_grad: bool = False):
-        out = Tensor.full((), s, dtype or dt.float32, device)
+        out = Tensor.full((), s, dtype or dt.python_type_dtype(s), device)
         return out.requires_grad_(True) if requires_grad else out
 
     def logspace(start, end, steps: int, base: float = 10.0, *, dtype=None, device=None, requires_grad=False):
         """base ** linspace(start, end, steps), computed in float64 on the host as torch rounds it."""
         exponents = np.linspace(float(start), float(end), steps, dtype=np.float64)
-        out = Tensor(np.power(float(base), exponents).astype((dtype or dt.float32).np), device=device)
+        dtype = dt.to_dtype(dtype) if dtype is not None else dt.default_float
+        out = Tensor(np.power(float(base), exponents).astype(dtype.np), dtype=dtype, device=device)
         return out.requires_grad_(True) if requires_grad else out
 
     def tril_indices(row: int, col: int, offset: int = 0, *, dtype=None, device=None):
