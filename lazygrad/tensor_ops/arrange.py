@@ -12,6 +12,7 @@ import numpy as np
 
 from lazygrad import dtype as dt
 from lazygrad.shape import prod
+from lazygrad.tensor_ops.bounds import check_indices
 
 if TYPE_CHECKING:
     from lazygrad.tensor import Tensor
@@ -217,6 +218,7 @@ class ArrangeOps:
 
     def take(self, index: Tensor) -> Tensor:
         """The elements of the flattened input at these indices (negative from the end), in index's shape."""
+        check_indices(index, self.numel(), "take", None, negative=True)
         return self.reshape(-1)._gather_index(index)
 
     def sum_to_size(self, *size) -> Tensor:
@@ -250,9 +252,10 @@ class ArrangeOps:
         """True when both have the same shape and elements (a Python bool, read on the host)."""
         return self.shape == other.shape and bool((self == other).all().item())
 
-    def _index_along(self, dim: int, index: Tensor, source: Tensor) -> tuple:
+    def _index_along(self, dim: int, index: Tensor, source: Tensor, op: str) -> tuple:
         """(the sum of source's slices sent to self's positions index along dim, where any was sent)."""
         d = self._dim(dim)
+        check_indices(index, self.shape[d], op, d, negative=False)
         index = index.reshape(-1) if index.ndim else index.reshape(1)
         source = source if source.ndim else source.reshape(1)
         full = index.reshape([-1 if i == d else 1 for i in range(source.ndim)]).expand(*source.shape)
@@ -262,20 +265,22 @@ class ArrangeOps:
         """self with source's slices added at positions index along dim (repeated indices accumulate)."""
         if not self.ndim:
             return self + alpha * source.reshape(())
-        added, _ = self._index_along(dim, index, source)
+        added, _ = self._index_along(dim, index, source, "index_add")
         return self + added * alpha if alpha != 1 else self + added
 
     def index_copy(self, dim: int, index: Tensor, source: Tensor) -> Tensor:
         """self with its slices at positions index along dim replaced by source's (indices must be unique)."""
         if not self.ndim:
             return source.reshape(()).cast(self.dtype)
-        copied, hit = self._index_along(dim, index, source)
+        copied, hit = self._index_along(dim, index, source, "index_copy")
         return hit.where(copied, self)
 
     def index_fill(self, dim: int, index: Tensor, value) -> Tensor:
         """self with its slices at positions index along dim set to value."""
         d = self._dim(dim) if self.ndim else 0
         n = self.shape[d] if self.ndim else 1
+        check_indices(index, n, "index_fill", d, negative=True)
+        index = (index < 0).where(index + n, index)  # negative indices count from the end, as in torch
         chosen = (index.reshape(-1, 1) == Tensor.arange(n, device=self.device).reshape(1, n)).any(0)
         chosen = chosen.reshape([-1 if i == d else 1 for i in range(self.ndim)]) if self.ndim else chosen.reshape(())
         value = value.reshape(()) if isinstance(value, Tensor) else value
@@ -322,6 +327,7 @@ class ArrangeOps:
         d = self._dim(dim)
         if index.ndim > 1:
             raise IndexError(f"index_select(): Index is supposed to be a vector, got shape {index.shape}")
+        check_indices(index, self.shape[d] if self.ndim else 1, "index_select", d, negative=False)
         if not self.ndim:
             return self.clone()
         return self.transpose(0, d)._gather_index(index.reshape(-1)).transpose(0, d)
@@ -347,6 +353,8 @@ class ArrangeOps:
         return contribution.pad(flat), hit.pad(flat, value=False)
 
     def scatter_add(self, dim: int, index: Tensor, src: Tensor) -> Tensor:
+        d = self._dim(dim) if self.ndim else 0
+        check_indices(index, self.shape[d] if self.ndim else 1, "scatter_add", d, negative=False)
         contribution, _ = self._scatter_one_hot(dim, index, src)
         return self | contribution if self.dtype == dt.bool_ else self + contribution
 
@@ -355,6 +363,8 @@ class ArrangeOps:
         if reduce is not None:
             raise NotImplementedError("scatter(reduce=...): use scatter_add or scatter_reduce")
         src = value if src is None else src
+        d = self._dim(dim) if self.ndim else 0
+        check_indices(index, self.shape[d] if self.ndim else 1, "scatter", d, negative=False)
         contribution, hit = self._scatter_one_hot(dim, index, src)
         return hit.where(contribution, self)
 
@@ -535,6 +545,8 @@ class IndexingOps:
                 raise IndexError(
                     f"tensors used as indices must be long, int, byte or bool tensors, got {index.dtype.name}"
                 )
+            if dim < self.ndim:
+                check_indices(index, self.shape[dim], "index", dim, negative=True)
             parts.append(index.cast(dt.int64))
             dim += 1
         if dim > self.ndim:
