@@ -379,7 +379,10 @@ class Adam(Optimizer):
     def _param_state(self, index, param):
         state = dict(self._state.get(id(param), {}))
         if state and "step" in self.group_state[index]:
-            state = {"step": self.group_state[index]["step"], **state}  # torch keeps a step per parameter
+            # torch keeps a step tensor per parameter, and advances each in place: one tensor shared by all (as the
+            # group's is here) would be advanced once per parameter by a torch optimizer resuming from the checkpoint
+            step = self.group_state[index]["step"]
+            state = {"step": lazygrad.tensor(step.numpy(), device=step.device), **state}
         return state
 
     def _load_param_state(self, index, param, saved):
