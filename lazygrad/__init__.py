@@ -8,7 +8,7 @@ from lazygrad import config as _config
 from lazygrad import cuda, viz
 from lazygrad import dtype as dtypes
 from lazygrad.autograd import enable_grad, is_grad_enabled, no_grad
-from lazygrad.device import Device
+from lazygrad.device import Device, device  # the class (torch.device) shadows the submodule
 from lazygrad.dtype import (
     DType,
     bool_,
@@ -48,7 +48,7 @@ def where(condition, input=None, other=None):
     """torch.where(condition, input, other); torch.where(condition) is condition.nonzero(as_tuple=True)."""
     if input is None and other is None:
         return condition.nonzero(as_tuple=True)
-    return condition.where(input, other)
+    return condition._select(input, other)
 
 
 maximum, minimum = Tensor.maximum, Tensor.minimum
@@ -124,6 +124,7 @@ __all__ = [
     "set_default_dtype",
     "get_default_dtype",
     "Device",
+    "device",
     "DType",
     "dtypes",
     "no_grad",

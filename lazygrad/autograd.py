@@ -122,7 +122,7 @@ def _max(c, g):
 def _where(c, g):
     cond, _, _ = c.inputs
     zero = g.zeros_like()
-    return None, cond.where(g, zero), cond.where(zero, g)
+    return None, cond._select(g, zero), cond._select(zero, g)
 
 
 # reduce

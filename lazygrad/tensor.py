@@ -17,7 +17,7 @@ import numpy as np
 
 from lazygrad import autograd, runtime, tensor_ops
 from lazygrad import dtype as dt
-from lazygrad.device import canonical_device, is_device_name
+from lazygrad.device import canonical_device, device_of, is_device_name
 from lazygrad.dtype import DType
 from lazygrad.graph import LazyBuffer, WeakList
 from lazygrad.ops import REDUCE, Op
@@ -152,7 +152,7 @@ class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps, MathOps
 
     @property
     def device(self) -> str:
-        return self._lazydata.device
+        return device_of(self._lazydata.device)  # a lazygrad.device: torch.device's counterpart, and a str
 
     @property
     def ndim(self) -> int:
@@ -397,7 +397,7 @@ class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps, MathOps
         if op == Op.SHRINK:
             inverse = tuple((lo, size - hi) for (lo, hi), size in zip(arg, source.shape))
             region = Tensor.full(self.shape, True, dt.bool_, self.device)._movement(Op.PAD, inverse)
-            updated = region.where(result._movement(Op.PAD, inverse), source)
+            updated = region._select(result._movement(Op.PAD, inverse), source)
         elif op == Op.PAD:
             updated = result._movement(Op.SHRINK, tuple((lo, lo + size) for (lo, _), size in zip(arg, source.shape)))
         elif op == Op.PERMUTE:

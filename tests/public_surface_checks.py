@@ -64,6 +64,7 @@ NAMED_CHECKS = {
     "lazygrad.exp_": "test_surface.py::test_function_forms_of_in_place_ops_update_their_argument",
     "lazygrad.fill_": "test_ops.py::test_clamp_zero_fill_inplace",
     "lazygrad.from_numpy": "test_dtypes.py::test_from_numpy_keeps_the_arrays_dtype",
+    "lazygrad.device": "test_device_objects.py::test_device_type_index_str_and_repr_as_torch",
     "lazygrad.as_tensor": "test_dtypes.py::test_as_tensor_of_a_tensor_is_that_tensor_unless_converted",
     "lazygrad.set_default_dtype": "test_dtypes.py::test_set_default_dtype_float64_as_torch",
     "lazygrad.get_default_dtype": "test_dtypes.py::test_set_default_dtype_float64_as_torch",

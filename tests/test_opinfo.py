@@ -42,7 +42,6 @@ ONE_FLOAT32_SAMPLE = {"prod", "cumprod"}
 
 # whole-op expected failures: what the op does not do yet (strict: the day it passes, this entry must go)
 KNOWN_FAILURES = {
-    "where": "Tensor.where(cond, y) is lazygrad's cond.where(x, y); torch.where(cond, x, y) is the same in both",
     "__rpow__": "the gradient of a negative base's power with respect to the exponent is 0, torch's NaN",
 }
 

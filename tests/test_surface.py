@@ -290,3 +290,14 @@ def test_nonzero_and_where_of_a_condition_match_torch():
     assert_same(lazygrad.argwhere(a > 20), torch.argwhere(t > 20))
     assert_same(lazygrad.where(a > 20), torch.where(t > 20))
     assert_same(a.masked_select(a > 3), t.masked_select(t > 3))
+
+
+def test_tensor_where_takes_the_condition_first_as_torch():
+    x, y, cond = rand(2, 3), rand(2, 3, seed=1), rand(2, 3, seed=2) > 0
+    ours = lazygrad.tensor(x).where(lazygrad.tensor(cond), lazygrad.tensor(y))
+    assert_same(ours, torch.tensor(x).where(torch.tensor(cond), torch.tensor(y)))
+    assert_same(lazygrad.tensor(x).where(lazygrad.tensor(cond), 0.5), torch.tensor(x).where(torch.tensor(cond), 0.5))
+    with pytest.raises(RuntimeError):
+        torch.tensor(cond).where(torch.tensor(x), torch.tensor(y))  # lazygrad's old order: a float condition
+    with pytest.raises(TypeError, match="boolean"):
+        lazygrad.tensor(cond).where(lazygrad.tensor(x), lazygrad.tensor(y))

@@ -253,7 +253,7 @@ def embedding(input: Tensor, weight: Tensor, padding_idx: int | None = None) -> 
     if padding_idx is not None:
         padding_idx %= weight.shape[0]
         is_padding = (lazygrad.arange(weight.shape[0], device=weight.device) == padding_idx).unsqueeze(-1)
-        weight = is_padding.where(weight.detach(), weight)
+        weight = is_padding._select(weight.detach(), weight)
     return weight._gather_index(input)  # checked above: weight[input] would read the indices again
 
 
@@ -303,7 +303,7 @@ def elu(input: Tensor, alpha: float = 1.0, inplace: bool = False) -> Tensor:
 
 
 def celu(input: Tensor, alpha: float = 1.0, inplace: bool = False) -> Tensor:
-    return (input > 0).where(input, alpha * (input / alpha).expm1())
+    return (input > 0)._select(input, alpha * (input / alpha).expm1())
 
 
 def selu(input: Tensor, inplace: bool = False) -> Tensor:
@@ -365,15 +365,15 @@ def tanhshrink(input: Tensor) -> Tensor:
 
 
 def softshrink(input: Tensor, lambd: float = 0.5) -> Tensor:
-    return (input > lambd).where(input - lambd, (input < -lambd).where(input + lambd, 0.0))
+    return (input > lambd)._select(input - lambd, (input < -lambd)._select(input + lambd, 0.0))
 
 
 def hardshrink(input: Tensor, lambd: float = 0.5) -> Tensor:
-    return ((input > lambd) | (input < -lambd)).where(input, 0.0)
+    return ((input > lambd) | (input < -lambd))._select(input, 0.0)
 
 
 def threshold(input: Tensor, threshold: float, value: float, inplace: bool = False) -> Tensor:
-    return (input > threshold).where(input, value)
+    return (input > threshold)._select(input, value)
 
 
 def softmin(input: Tensor, dim: int, dtype=None) -> Tensor:
@@ -393,12 +393,12 @@ def smooth_l1_loss(input: Tensor, target: Tensor, reduction: str = "mean", beta:
     diff = (input - target).abs()
     if beta == 0:
         return _reduce(diff, reduction)
-    return _reduce((diff < beta).where(0.5 * diff * diff / beta, diff - 0.5 * beta), reduction)
+    return _reduce((diff < beta)._select(0.5 * diff * diff / beta, diff - 0.5 * beta), reduction)
 
 
 def huber_loss(input: Tensor, target: Tensor, reduction: str = "mean", delta: float = 1.0) -> Tensor:
     diff = (input - target).abs()
-    return _reduce((diff < delta).where(0.5 * diff * diff, delta * (diff - 0.5 * delta)), reduction)
+    return _reduce((diff < delta)._select(0.5 * diff * diff, delta * (diff - 0.5 * delta)), reduction)
 
 
 def binary_cross_entropy(input: Tensor, target: Tensor, weight=None, reduction: str = "mean") -> Tensor:
@@ -474,7 +474,7 @@ def prelu(input: Tensor, weight: Tensor) -> Tensor:
         weight = weight.reshape((1, -1) + (1,) * (input.ndim - 2))
     else:
         weight = weight.reshape(())  # the output keeps the input's shape (a 0-d input stays 0-d)
-    return (input > 0).where(input, weight * input)
+    return (input > 0)._select(input, weight * input)
 
 
 def bilinear(input1: Tensor, input2: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:

@@ -433,7 +433,7 @@ def _one_minus_exp(x: Tensor) -> Tensor:
     """1 - e**x for x <= 0, accurate for small |x| (1 - beta2**step at the first steps, beta2 near 1), where
     computing e**x first would cancel most of the digits: a Taylor series there, 1 - exp(x) elsewhere."""
     series = -x * (1 + x * (1 / 2 + x * (1 / 6 + x * (1 / 24 + x * (1 / 120 + x / 720)))))
-    return (x.abs() < 0.125).where(series, 1 - x.exp())
+    return (x.abs() < 0.125)._select(series, 1 - x.exp())
 
 
 class AdamW(Adam):

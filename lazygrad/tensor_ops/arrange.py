@@ -50,7 +50,7 @@ class ArrangeOps:
         n, k = self.shape[0], abs(diagonal)
         size = n + k
         eye = Tensor.eye(n, dtype=dt.bool_, device=self.device)
-        square = eye.where(self.unsqueeze(0), Tensor.zeros((), dtype=self.dtype, device=self.device))
+        square = eye._select(self.unsqueeze(0), Tensor.zeros((), dtype=self.dtype, device=self.device))
         # place the n x n block so its diagonal is the `diagonal`-th of the size x size result
         top, left = max(-diagonal, 0), max(diagonal, 0)
         return square.pad((left, size - n - left, top, size - n - top))
@@ -60,7 +60,7 @@ class ArrangeOps:
         n = self.shape[-1] if self.ndim else 1
         size, k = n + abs(offset), abs(offset)
         eye = Tensor.eye(n, dtype=dt.bool_, device=self.device)
-        square = eye.where(self.unsqueeze(-2), Tensor.zeros((), dtype=self.dtype, device=self.device))
+        square = eye._select(self.unsqueeze(-2), Tensor.zeros((), dtype=self.dtype, device=self.device))
         top, left = max(-offset, 0), max(offset, 0)
         out = square.pad((left, size - n - left, top, size - n - top))  # (..., size, size), rows then columns
         del k
@@ -273,19 +273,19 @@ class ArrangeOps:
         if not self.ndim:
             return source.reshape(()).cast(self.dtype)
         copied, hit = self._index_along(dim, index, source, "index_copy")
-        return hit.where(copied, self)
+        return hit._select(copied, self)
 
     def index_fill(self, dim: int, index: Tensor, value) -> Tensor:
         """self with its slices at positions index along dim set to value."""
         d = self._dim(dim) if self.ndim else 0
         n = self.shape[d] if self.ndim else 1
         check_indices(index, n, "index_fill", d, negative=True)
-        index = (index < 0).where(index + n, index)  # negative indices count from the end, as in torch
+        index = (index < 0)._select(index + n, index)  # negative indices count from the end, as in torch
         chosen = (index.reshape(-1, 1) == Tensor.arange(n, device=self.device).reshape(1, n)).any(0)
         chosen = chosen.reshape([-1 if i == d else 1 for i in range(self.ndim)]) if self.ndim else chosen.reshape(())
         value = value.reshape(()) if isinstance(value, Tensor) else value
         fill = value.cast(self.dtype) if isinstance(value, Tensor) else Tensor.full((), value, self.dtype, self.device)
-        return chosen.where(fill, self)
+        return chosen._select(fill, self)
 
     def char(self) -> Tensor:
         return self.cast(dt.int8)
@@ -366,7 +366,7 @@ class ArrangeOps:
         d = self._dim(dim) if self.ndim else 0
         check_indices(index, self.shape[d] if self.ndim else 1, "scatter", d, negative=False)
         contribution, hit = self._scatter_one_hot(dim, index, src)
-        return hit.where(contribution, self)
+        return hit._select(contribution, self)
 
     # --- new tensors like this one ------------------------------------------------------------------
     def new_zeros(self, *size, dtype=None, device=None, requires_grad=False) -> Tensor:
@@ -555,7 +555,7 @@ class IndexingOps:
         linear, stride = None, 1
         for d in range(len(parts) - 1, -1, -1):
             size = self.shape[d]
-            part = (parts[d] < 0).where(parts[d] + size, parts[d]).broadcast_to(shape)
+            part = (parts[d] < 0)._select(parts[d] + size, parts[d]).broadcast_to(shape)
             linear = part * stride if linear is None else linear + part * stride
             stride *= size
         return linear
@@ -583,11 +583,12 @@ class IndexingOps:
         hits = Tensor.arange(positions, device=self.device).unsqueeze(-1) == linear.reshape(1, -1)
         hits = hits.reshape(positions, linear.numel(), *(1,) * len(rest))
         zero = Tensor.zeros((), dtype=self.dtype, device=self.device)
-        written = hits.where(values.unsqueeze(0), zero).sum(1).cast(self.dtype)
+        written = hits._select(values.unsqueeze(0), zero).sum(1).cast(self.dtype)
         if accumulate:
             out = flat | written if self.dtype == dt.bool_ else flat + written
         else:
-            out = hits.any(1).where(written, flat)  # a position written twice gets the sum: torch leaves it unspecified
+            # a position written twice gets the sum: torch leaves it unspecified
+            out = hits.any(1)._select(written, flat)
         return out.reshape(self.shape)
 
     def index_put(self, indices, values, accumulate: bool = False) -> Tensor:
@@ -629,7 +630,7 @@ def copy_and_construction_functions() -> dict:
         zero gradient): a where that never takes input, so no NaN of input reaches the gradient."""
         value = value.item() if isinstance(value, Tensor) else value
         never = Tensor.full(input.shape, False, dt.bool_, input.device)
-        return never.where(input, Tensor.full((), value, input.dtype, input.device))
+        return never._select(input, Tensor.full((), value, input.dtype, input.device))
 
     def scalar_tensor(s, *, dtype=None, device=None, requires_grad: bool = False):
         out = Tensor.full((), s, dtype or dt.python_type_dtype(s), device)

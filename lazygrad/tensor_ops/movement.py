@@ -182,7 +182,7 @@ class MovementOps:
         out = x._movement(Op.PAD, grow)
         if value != 0:
             mask = Tensor.full(x.shape, True, dt.bool_, self.device)._movement(Op.PAD, grow)
-            out = mask.where(out, Tensor.full((), value, dt.scalar_dtype(value, out.dtype), self.device))
+            out = mask._select(out, Tensor.full((), value, dt.scalar_dtype(value, out.dtype), self.device))
         return _not_a_view(self, out)  # F.pad makes a new tensor
 
     def __getitem__(self, index) -> Tensor:
@@ -287,7 +287,7 @@ class MovementOps:
         if idx.dtype == dt.bool_:
             raise NotImplementedError("boolean-mask indexing has a data-dependent shape; use where() instead")
         n = self.shape[0]
-        idx = (idx < 0).where(idx + n, idx)
+        idx = (idx < 0)._select(idx + n, idx)
         one_hot = idx.unsqueeze(-1) == Tensor.arange(n, device=self.device)
         one_hot = one_hot.reshape(one_hot.shape + (1,) * (self.ndim - 1)).cast(self.dtype)
         return (one_hot * self).sum(idx.ndim)
@@ -335,7 +335,7 @@ class MovementOps:
             return self.reshape(-1).take_along_dim(indices.reshape(-1), 0)
         d = self._dim(dim)
         check_indices(indices, self.shape[d], "take_along_dim", d, negative=True)
-        indices = (indices < 0).where(indices + self.shape[d], indices)
+        indices = (indices < 0)._select(indices + self.shape[d], indices)
         shape = tuple(max(a, b) if i != d else b for i, (a, b) in enumerate(zip(self.shape, indices.shape)))
         x = self.expand(tuple(s if i != d else self.shape[d] for i, s in enumerate(shape)))
         return x._gather(d, indices.expand(shape))
@@ -421,12 +421,12 @@ class MovementOps:
     def tril(self, diagonal: int = 0) -> Tensor:
         r = Tensor.arange(self.shape[-2], device=self.device).unsqueeze(-1)
         c = Tensor.arange(self.shape[-1], device=self.device).unsqueeze(0)
-        return (c - r <= diagonal).where(self, self.zeros_like())
+        return (c - r <= diagonal)._select(self, self.zeros_like())
 
     def triu(self, diagonal: int = 0) -> Tensor:
         r = Tensor.arange(self.shape[-2], device=self.device).unsqueeze(-1)
         c = Tensor.arange(self.shape[-1], device=self.device).unsqueeze(0)
-        return (c - r >= diagonal).where(self, self.zeros_like())
+        return (c - r >= diagonal)._select(self, self.zeros_like())
 
 
 def _source_index(j: int, size: int, mode: str) -> int:

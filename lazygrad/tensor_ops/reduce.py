@@ -95,7 +95,7 @@ class ReduceOps:
         n = self.shape[d]
         idx = indices if keepdim else indices.unsqueeze(d)
         positions = Tensor.arange(n, device=self.device).reshape([n if i == d else 1 for i in range(self.ndim)])
-        return (idx == positions).where(self, 0.0).sum(d, keepdim)
+        return (idx == positions)._select(self, 0.0).sum(d, keepdim)
 
     def min(self, dim=None, keepdim: bool = False):
         if isinstance(dim, Tensor):
@@ -179,7 +179,7 @@ class ReduceOps:
         if not self.dtype.is_float:
             return self._float().logsumexp(dim, keepdim)
         m = self.amax(dim, keepdim=True).detach()
-        m = (m.abs() == float("inf")).where(m.zeros_like(), m)  # all -inf rows stay -inf, without NaN
+        m = (m.abs() == float("inf"))._select(m.zeros_like(), m)  # all -inf rows stay -inf, without NaN
         out = (self - m).exp().sum(dim, keepdim=True).log() + m
         return out if keepdim else out.squeeze(self._axes(dim)) if self.ndim else out
 
