@@ -300,3 +300,14 @@ def test_a_float64_checkpoint_loads_as_float64(tmp_path):
     loaded = lazygrad.load(tmp_path / "w.pt")["w"]
     assert loaded.dtype == lazygrad.float64
     np.testing.assert_array_equal(loaded.numpy(), values.numpy())
+
+
+def test_float64_on_an_opencl_device_without_doubles_names_the_ops(backend, monkeypatch):
+    if backend != "opencl":
+        pytest.skip("an OpenCL device's fp64 support is what is checked")
+    from lazygrad import backends
+
+    monkeypatch.setattr(backends.get("opencl"), "supports_float64", False)
+    x = lazygrad.tensor(np.linspace(0.0, 1.0, 7))  # float64, kept from numpy
+    with pytest.raises(RuntimeError, match=r"computes .*exp2.* in float64, which .* does not support"):
+        (x.exp2() * 3.25 + 0.5).sum().item()
