@@ -53,16 +53,23 @@ def main() -> None:
             for module in (F, movement, arrange):
                 module.check_indices = checked if mode == "checked" else (lambda *args, **kwargs: None)
             rounds[mode].append(median_step(10))
-    one = []
+    one, fresh = [], []
+    host_targets = rng.integers(0, VOCAB, (BATCH, LENGTH))
     for _ in range(200):
         start = time.perf_counter()
-        checked(targets, VOCAB, "cross_entropy", 1, negative=False, ignore=-1)
+        checked(targets, VOCAB, "cross_entropy", 1, negative=False, ignore=-1)  # a device buffer: read back
         one.append(time.perf_counter() - start)
+        not_uploaded = lazygrad.tensor(host_targets)
+        start = time.perf_counter()
+        checked(not_uploaded, VOCAB, "cross_entropy", 1, negative=False, ignore=-1)  # read from its host array
+        fresh.append(time.perf_counter() - start)
     print(f"backend {lazygrad.Device.DEFAULT}: eager GPT step (B={BATCH}, T={LENGTH}, 2 layers, n_embd 64)")
     for mode, times in rounds.items():
         listed = ", ".join(f"{1000 * t:.1f}" for t in times)
         print(f"  {mode}: median {1000 * statistics.median(times):.1f} ms/step (per round of 10: {listed})")
     print(f"  one check of a realized ({BATCH}, {LENGTH}) int64 index: median {1e6 * statistics.median(one):.0f} us")
+    fresh_us = 1e6 * statistics.median(fresh)
+    print(f"  one check of a not yet uploaded one (lazygrad.tensor(array)): median {fresh_us:.0f} us")
 
 
 if __name__ == "__main__":

@@ -100,3 +100,12 @@ def test_cross_entropy_allows_its_ignore_index_outside_the_classes():
         F.cross_entropy(lazygrad.tensor(X), lazygrad.tensor(target)),
         TF.cross_entropy(torch.tensor(X), torch.tensor(target)),
     )
+
+
+def test_an_index_not_uploaded_yet_is_checked_from_its_host_data():
+    index = lazygrad.tensor(np.array([[4], [0], [1]]))
+    with pytest.raises(IndexError, match="index 4 is out of bounds for dimension 1 with size 4"):
+        lazygrad.tensor(X).gather(1, index.reshape(3, 1))
+    assert index.lazydata.base.buffer is None  # read from the array it was made of: no upload, no device read
+    in_range = lazygrad.tensor(np.array([[3], [0], [1]]))
+    assert_same(lazygrad.tensor(X).gather(1, in_range), torch.tensor(X).gather(1, torch.tensor([[3], [0], [1]])))
