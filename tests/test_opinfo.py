@@ -96,6 +96,12 @@ def sample_skip(info, sample) -> str | None:
         return "the nuclear norm is a singular-value decomposition (LAPACK, out of scope as linalg.svd)"
     if info.name == "nn.functional.batch_norm" and sample.input.numel() == 0:
         return "batch_norm of a 0-element input"
+    if info.name in ("sort", "argsort", "msort") and not sample.kwargs.get("stable", False):
+        values = sample.input.flatten()
+        if values.numel() and values.unique().numel() < values.numel():
+            # ties in an unstable sort: torch's order among equal elements is its algorithm's (not index order for
+            # large inputs); lazygrad's sort is stable, and op_db's stable=True samples compare the order of ties
+            return "ties without stable=True: torch leaves the order of equal elements unspecified"
     return None
 
 
@@ -137,9 +143,9 @@ def test_opinfo_samples_match_torch(info, backend, request):
 
 # the counts this file covers; a change to lazygrad's surface changes them, and this must be updated with it
 EXPECTED_COUNTS = {
-    "op_db entries run": 406,
-    "names provided": 367,
-    "top-level provided": 286,
+    "op_db entries run": 409,
+    "names provided": 370,
+    "top-level provided": 289,
     "functional provided": 81,
 }
 

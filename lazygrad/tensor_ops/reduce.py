@@ -230,3 +230,36 @@ class ReduceOps:
         values = (x.unsqueeze(-1) * picks).sum(-2)
         indices = (index.unsqueeze(-1) * picks.cast(dt.int64)).sum(-2)
         return MaxMin(values.transpose(d, -1), indices.transpose(d, -1))
+
+    def sort(self, dim: int = -1, descending: bool = False, *, stable: bool = False):
+        """(values, indices) along dim in order, as torch.sort: NaN counts as the largest value, equal elements keep
+        their index order (a stable sort, which torch's stable=False allows too). Each element's rank is the number
+        of elements that come before it, an (n x n) comparison like topk's: exact and differentiable, for dims of
+        up to a few thousand."""
+        if not self.ndim:
+            return MaxMin(self * 1, Tensor.zeros((), dtype=dt.int64, device=self.device))
+        d = self._dim(dim)
+        n = self.shape[d]
+        x = self.transpose(d, -1)
+        key = x.cast(dt.uint8) if x.dtype == dt.bool_ else x
+        mine, other = key.unsqueeze(-1), key.unsqueeze(-2)  # (..., n, 1) against (..., 1, n)
+        before = other > mine if descending else other < mine  # [.., i, j]: element j comes before element i
+        same = other == mine
+        if key.dtype.is_float:  # NaN is the largest: first when descending, last otherwise
+            nan_mine, nan_other = mine.isnan(), other.isnan()
+            before = before | ((nan_other & ~nan_mine) if descending else (nan_mine & ~nan_other))
+            same = same | (nan_mine & nan_other)
+        index = Tensor.arange(n, device=self.device)
+        earlier = index.unsqueeze(0) < index.unsqueeze(1)  # [i, j]: j has a lower index than i
+        rank = (before | (same & earlier)).sum(-1)  # (..., n), a permutation of 0..n-1
+        picks = rank.unsqueeze(-1) == index  # (..., n elements, n positions)
+        # where, not a product with a one-hot: inf * 0 and NaN * 0 would be NaN
+        values = picks._select(x.unsqueeze(-1), Tensor.zeros((), dtype=x.dtype, device=self.device)).sum(-2)
+        indices = picks._select(index.unsqueeze(-1), 0).sum(-2)
+        return MaxMin(values.cast(self.dtype).transpose(d, -1), indices.transpose(d, -1))
+
+    def argsort(self, dim: int = -1, descending: bool = False, stable: bool = False) -> Tensor:
+        return self.sort(dim, descending, stable=stable).indices
+
+    def msort(self) -> Tensor:
+        return self.sort(0).values
