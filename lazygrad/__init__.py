@@ -71,7 +71,7 @@ FUNCTION_FORMS = """
     tile trace transpose true_divide trunc unbind unflatten unsqueeze var var_mean xlogy zero_
     diag_embed diagflat narrow_copy split_with_sizes unsafe_split unsafe_chunk tensor_split hsplit vsplit dsplit
     diff take vdot cross equal logcumsumexp cummax cummin norm dist renorm ldexp float_power index_add index_copy
-    index_fill tril triu topk masked_fill multinomial sort argsort msort
+    index_fill tril triu topk masked_fill multinomial sort argsort msort scatter_reduce
 """.split()
 globals().update({name: getattr(Tensor, name) for name in FUNCTION_FORMS})
 # functions of several tensors (torch.hstack, torch.meshgrid...)

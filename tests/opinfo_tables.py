@@ -234,7 +234,6 @@ BACKLOG = (
     "put",
     "quantile",
     "randint_like",
-    "scatter_reduce",
     "searchsorted",
     "select_scatter",
     "signal.windows.bartlett",

@@ -18,6 +18,7 @@ CALLS = {
     "gather": (lambda m, x, f, i: x.gather(1, m.tensor(i).reshape(3, 1)), 1, 4),
     "scatter": (lambda m, x, f, i: x.scatter(1, m.tensor(i).reshape(3, 1), 1.0), 1, 4),
     "scatter_add": (lambda m, x, f, i: x.scatter_add(1, m.tensor(i).reshape(3, 1), m.ones(3, 1)), 1, 4),
+    "scatter_reduce": (lambda m, x, f, i: x.scatter_reduce(1, m.tensor(i).reshape(3, 1), m.ones(3, 1), "amax"), 1, 4),
     "index_select": (lambda m, x, f, i: x.index_select(1, m.tensor(i)), 1, 4),
     "index_add": (lambda m, x, f, i: x.index_add(1, m.tensor(i), m.ones(3, 3)), 1, 4),
     "index_copy": (lambda m, x, f, i: x.index_copy(1, m.tensor(i), m.ones(3, 3)), 1, 4),

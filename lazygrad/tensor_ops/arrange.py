@@ -368,6 +368,55 @@ class ArrangeOps:
         contribution, hit = self._scatter_one_hot(dim, index, src)
         return hit._select(contribution, self)
 
+    def scatter_reduce(self, dim: int, index: Tensor, src: Tensor, reduce: str, *, include_self: bool = True):
+        """self with src's values reduced into the positions index names along dim (torch.scatter_reduce):
+        reduce is "sum", "prod", "mean", "amax" or "amin"; include_self counts self's value as one of them.
+        Positions no index names keep self's value. Integer "mean" rounds down, as torch."""
+        if reduce not in ("sum", "prod", "mean", "amax", "amin"):
+            raise RuntimeError(f"reduce argument must be either sum, prod, mean, amax or amin, got {reduce}")
+        if index.ndim != self.ndim and not (index.ndim <= 1 and self.ndim <= 1):
+            raise RuntimeError(
+                f"Index tensor must have the same number of dimensions as self (self {self.shape}, index {index.shape})"
+            )
+        if not self.ndim:
+            flat = self.reshape(1)
+            return flat.scatter_reduce(0, index.reshape(-1), src.reshape(-1), reduce, include_self=include_self)[0]
+        d = self._dim(dim)
+        n = self.shape[d]
+        check_indices(index, n, "scatter_reduce", d, negative=False)
+        src = src.shrink([(0, s) for s in index.shape]).cast(self.dtype)
+        # one_hot[..., j] (a new last axis): index points at position j of dim d; reduced over index's dim d
+        one_hot = index.unsqueeze(-1) == Tensor.arange(n, device=self.device)
+        count = one_hot.cast(dt.int64).sum(d)
+        values = src.unsqueeze(-1)
+        if reduce in ("sum", "mean"):
+            reduced = one_hot._select(values, Tensor.zeros((), dtype=self.dtype, device=self.device)).sum(d)
+        elif reduce == "prod":
+            reduced = one_hot._select(values, Tensor.ones((), dtype=self.dtype, device=self.device)).prod(d)
+        else:
+            identity = dt.lowest(self.dtype) if reduce == "amax" else _highest(self.dtype)
+            filler = Tensor.full((), identity, self.dtype, self.device)
+            reduced = one_hot._select(values, filler)
+            reduced = reduced.amax(d) if reduce == "amax" else reduced.amin(d)
+        # back to self's layout: positions last -> dim d; self's region that the index covers
+        reduced, count = reduced.movedim(-1, d), count.movedim(-1, d)
+        region = self.shrink([(0, n) if i == d else (0, s) for i, s in enumerate(index.shape)])
+        if include_self:
+            if reduce == "sum":
+                reduced = region + reduced
+            elif reduce == "prod":
+                reduced = region * reduced
+            elif reduce == "mean":
+                reduced, count = region + reduced, count + 1
+            else:
+                reduced = region.maximum(reduced) if reduce == "amax" else region.minimum(reduced)
+        if reduce == "mean":
+            divisor = count.maximum(1).cast(self.dtype)
+            reduced = reduced / divisor if self.dtype.is_float else reduced.div(divisor, rounding_mode="floor")
+        pads = [p for size, have in reversed(list(zip(self.shape, reduced.shape))) for p in (0, size - have)]
+        hit = (count > (1 if include_self and reduce == "mean" else 0)).pad(pads, value=False)
+        return hit._select(reduced.cast(self.dtype).pad(pads), self)
+
     # --- new tensors like this one ------------------------------------------------------------------
     def new_zeros(self, *size, dtype=None, device=None, requires_grad=False) -> Tensor:
         return Tensor.zeros(*size, dtype=dtype or self.dtype, device=device or self.device, requires_grad=requires_grad)
@@ -596,6 +645,16 @@ class IndexingOps:
 
     def index_put_(self, indices, values, accumulate: bool = False) -> Tensor:
         return self._inplace(self._put(tuple(indices), values, accumulate))
+
+
+def _highest(d: dt.DType):
+    """The greatest value of d: the identity of a min."""
+    if d.is_float:
+        return float("inf")
+    if d == dt.bool_:
+        return True
+    bits = d.itemsize * 8
+    return (1 << bits) - 1 if d.kind == "u" else (1 << (bits - 1)) - 1
 
 
 def _is_mask(index) -> bool:
