@@ -301,3 +301,11 @@ def test_tensor_where_takes_the_condition_first_as_torch():
         torch.tensor(cond).where(torch.tensor(x), torch.tensor(y))  # lazygrad's old order: a float condition
     with pytest.raises(TypeError, match="boolean"):
         lazygrad.tensor(cond).where(lazygrad.tensor(x), lazygrad.tensor(y))
+
+
+@pytest.mark.parametrize("largest", [True, False])
+def test_topk_and_sort_with_inf_and_nan_match_torch(largest):
+    values = np.array([[1.0, np.inf, -np.inf, 2.0, np.nan, 3.0]], dtype=np.float32)  # no ties: torch orders them freely
+    ours, theirs = lazygrad.tensor(values), torch.tensor(values)
+    assert_same(ours.topk(3, largest=largest), tuple(theirs.topk(3, largest=largest)))
+    assert_same(ours.sort(descending=largest), tuple(theirs.sort(stable=True, descending=largest)))

@@ -214,21 +214,19 @@ class ReduceOps:
     def topk(self, k: int, dim: int = -1, largest: bool = True, sorted: bool = True):
         """The k largest (or smallest) values along dim and their indices, in order, as torch.topk. Each element's
         rank is the number of elements that come before it (larger, or equal and at a lower index, so ties keep
-        index order), an (n x n) comparison: exact and differentiable, meant for dims of up to a few thousand
-        (a vocabulary of characters or tokens when sampling), not for sorting large dims."""
+        index order; NaN is the largest, as torch), an (n x n) comparison: exact and differentiable, meant for dims
+        of up to a few thousand (a vocabulary of characters or tokens when sampling), not for sorting large dims."""
         d = self._dim(dim)
         n = self.shape[d]
         if not 0 <= k <= n:
             raise RuntimeError(f"topk: k ({k}) is out of range for dimension {d} of size {n} (shape {self.shape})")
         x = self.transpose(d, -1)
-        key = x if largest else -x
-        mine, other = key.unsqueeze(-1), key.unsqueeze(-2)  # (..., n, 1) against (..., 1, n)
-        index = Tensor.arange(n, device=self.device)
-        earlier = index.unsqueeze(0) < index.unsqueeze(1)  # [i, j]: j comes before i among equals
-        rank = ((other > mine) | ((other == mine) & earlier)).sum(-1)  # (..., n), a permutation of 0..n-1
-        picks = (rank.unsqueeze(-1) == Tensor.arange(k, device=self.device)).cast(self.dtype)  # (..., n, k)
-        values = (x.unsqueeze(-1) * picks).sum(-2)
-        indices = (index.unsqueeze(-1) * picks.cast(dt.int64)).sum(-2)
+        rank, index = x._ranks(descending=largest)
+        picks = rank.unsqueeze(-1) == Tensor.arange(k, device=self.device)  # (..., n, k)
+        # where, not a product with a one-hot: inf * 0 and NaN * 0 would be NaN
+        values = picks._select(x.unsqueeze(-1), Tensor.zeros((), dtype=x.dtype, device=self.device)).sum(-2)
+        indices = picks._select(index.unsqueeze(-1), 0).sum(-2)
+        values = values.cast(self.dtype)
         return MaxMin(values.transpose(d, -1), indices.transpose(d, -1))
 
     def sort(self, dim: int = -1, descending: bool = False, *, stable: bool = False):
@@ -239,9 +237,19 @@ class ReduceOps:
         if not self.ndim:
             return MaxMin(self * 1, Tensor.zeros((), dtype=dt.int64, device=self.device))
         d = self._dim(dim)
-        n = self.shape[d]
         x = self.transpose(d, -1)
-        key = x.cast(dt.uint8) if x.dtype == dt.bool_ else x
+        rank, index = x._ranks(descending)
+        picks = rank.unsqueeze(-1) == index  # (..., n elements, n positions)
+        # where, not a product with a one-hot: inf * 0 and NaN * 0 would be NaN
+        values = picks._select(x.unsqueeze(-1), Tensor.zeros((), dtype=x.dtype, device=self.device)).sum(-2)
+        indices = picks._select(index.unsqueeze(-1), 0).sum(-2)
+        return MaxMin(values.cast(self.dtype).transpose(d, -1), indices.transpose(d, -1))
+
+    def _ranks(self, descending: bool) -> tuple:
+        """(each element's position in the sorted last dim, arange(n)): the number of elements that come before it,
+        larger (descending) or smaller, or equal at a lower index (stable). NaN counts as the largest value."""
+        n = self.shape[-1]
+        key = self.cast(dt.uint8) if self.dtype == dt.bool_ else self
         mine, other = key.unsqueeze(-1), key.unsqueeze(-2)  # (..., n, 1) against (..., 1, n)
         before = other > mine if descending else other < mine  # [.., i, j]: element j comes before element i
         same = other == mine
@@ -251,12 +259,7 @@ class ReduceOps:
             same = same | (nan_mine & nan_other)
         index = Tensor.arange(n, device=self.device)
         earlier = index.unsqueeze(0) < index.unsqueeze(1)  # [i, j]: j has a lower index than i
-        rank = (before | (same & earlier)).sum(-1)  # (..., n), a permutation of 0..n-1
-        picks = rank.unsqueeze(-1) == index  # (..., n elements, n positions)
-        # where, not a product with a one-hot: inf * 0 and NaN * 0 would be NaN
-        values = picks._select(x.unsqueeze(-1), Tensor.zeros((), dtype=x.dtype, device=self.device)).sum(-2)
-        indices = picks._select(index.unsqueeze(-1), 0).sum(-2)
-        return MaxMin(values.cast(self.dtype).transpose(d, -1), indices.transpose(d, -1))
+        return (before | (same & earlier)).sum(-1), index  # the ranks: a permutation of 0..n-1
 
     def argsort(self, dim: int = -1, descending: bool = False, stable: bool = False) -> Tensor:
         return self.sort(dim, descending, stable=stable).indices
