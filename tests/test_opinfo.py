@@ -38,7 +38,7 @@ GRADIENTS = {"llvm": True, "opencl": False, "reference": False}
 ONE_DTYPE_ONLY = {"llvm": False, "opencl": True, "reference": True}  # the first dtype the op takes, only
 
 # ops whose gradients compile into many kernels (prod's multiplication tree): one float32 sample on every backend
-ONE_FLOAT32_SAMPLE = {"prod", "cumprod"}
+ONE_FLOAT32_SAMPLE = {"prod", "cumprod", "scatter_reduce.prod"}
 
 # whole-op expected failures: what the op does not do yet (strict: the day it passes, this entry must go)
 KNOWN_FAILURES = {
