@@ -126,7 +126,7 @@ def test_abs_neg_keep_the_dtype(dtype):
 def test_where_promotes_its_branches(a, b):
     cond = Tensor(np.array([True, False]))
     (x, tx), (y, ty) = ones((2,), a), ones((2,), b)
-    assert LAZYGRAD_TO_TORCH[cond.where(x, y).dtype] == torch.where(torch.tensor([True, False]), tx, ty).dtype
+    assert LAZYGRAD_TO_TORCH[lazygrad.where(cond, x, y).dtype] == torch.where(torch.tensor([True, False]), tx, ty).dtype
 
 
 @only_dtypes
