@@ -730,8 +730,11 @@ class OpenCLBackend:
 
     def compile(self, program: Program) -> OpenCLKernel:
         if uses_float64(program) and not self.supports_float64:
+            # the ops that need doubles, so the message points at the user's computation, not only a kernel name
+            ops = sorted({u.op.name.lower() for u in program.uops if isinstance(u.op, Op) and u.dtype == dt.float64})
+            what = f"computes {', '.join(ops)} in float64" if ops else "reads or writes float64 buffers"
             raise CompileError(
-                f"kernel {program.name} uses float64, which {self.device_name} does not support "
+                f"kernel {program.name} {what}, which {self.device_name} does not support "
                 "(no cl_khr_fp64); use float32 tensors on this device"
             )
         source = render_opencl(program)

@@ -8,23 +8,26 @@ from lazygrad import config as _config
 from lazygrad import cuda, viz
 from lazygrad import dtype as dtypes
 from lazygrad.autograd import enable_grad, is_grad_enabled, no_grad
-from lazygrad.device import Device
+from lazygrad.device import Device, device  # the class (torch.device) shadows the submodule
 from lazygrad.dtype import (
     DType,
     bool_,
     float16,
     float32,
     float64,
+    get_default_dtype,
     int8,
     int16,
     int32,
     int64,
+    set_default_dtype,
     uint8,
 )
 from lazygrad.jit import jit
 from lazygrad.runtime import profile
 from lazygrad.tensor import Tensor, manual_seed, realize
 from lazygrad.tensor_ops import arrange as _arrange
+from lazygrad.tensor_ops.creation import as_tensor, from_numpy, tensor
 
 bool = bool_  # noqa: A001 (torch.bool)
 float = float32  # noqa: A001
@@ -33,8 +36,6 @@ double = float64
 int = int32  # noqa: A001
 long = int64
 
-tensor = Tensor
-from_numpy = Tensor
 zeros, ones, full, empty = Tensor.zeros, Tensor.ones, Tensor.full, Tensor.empty
 arange, linspace, eye = Tensor.arange, Tensor.linspace, Tensor.eye
 rand, randn, randint = Tensor.rand, Tensor.randn, Tensor.randint
@@ -47,7 +48,7 @@ def where(condition, input=None, other=None):
     """torch.where(condition, input, other); torch.where(condition) is condition.nonzero(as_tuple=True)."""
     if input is None and other is None:
         return condition.nonzero(as_tuple=True)
-    return condition.where(input, other)
+    return condition._select(input, other)
 
 
 maximum, minimum = Tensor.maximum, Tensor.minimum
@@ -70,7 +71,7 @@ FUNCTION_FORMS = """
     tile trace transpose true_divide trunc unbind unflatten unsqueeze var var_mean xlogy zero_
     diag_embed diagflat narrow_copy split_with_sizes unsafe_split unsafe_chunk tensor_split hsplit vsplit dsplit
     diff take vdot cross equal logcumsumexp cummax cummin norm dist renorm ldexp float_power index_add index_copy
-    index_fill
+    index_fill tril triu topk masked_fill multinomial sort argsort msort scatter_reduce
 """.split()
 globals().update({name: getattr(Tensor, name) for name in FUNCTION_FORMS})
 # functions of several tensors (torch.hstack, torch.meshgrid...)
@@ -117,7 +118,13 @@ def __getattr__(name):
 
 __all__ = [
     "Tensor",
+    "tensor",
+    "from_numpy",
+    "as_tensor",
+    "set_default_dtype",
+    "get_default_dtype",
     "Device",
+    "device",
     "DType",
     "dtypes",
     "no_grad",

@@ -126,7 +126,11 @@ def _max(c, g):
 def _where(c, g):
     cond, x, y = c.inputs
     zero = g.zeros_like()
-    return None, (cond.where(g, zero) if x.requires_grad else None), (cond.where(zero, g) if y.requires_grad else None)
+    return (
+        None,
+        (cond._select(g, zero) if x.requires_grad else None),
+        (cond._select(zero, g) if y.requires_grad else None),
+    )
 
 
 # reduce

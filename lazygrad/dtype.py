@@ -71,8 +71,21 @@ _BY_NAME = {d.name: d for d in ALL_DTYPES} | {
     "bool_": bool_,
 }
 
-default_float = float32
+default_float = float32  # torch.get_default_dtype(): what Python floats and float constructors become
 default_int = int64
+
+
+def set_default_dtype(d) -> None:
+    """torch.set_default_dtype: the dtype of Python floats, zeros/ones/rand..., and of `Tensor(float ndarray)`."""
+    global default_float
+    d = to_dtype(d)
+    if not d.is_float:
+        raise TypeError(f"only floating-point types are supported as the default type, got {d.name}")
+    default_float = d
+
+
+def get_default_dtype() -> DType:
+    return default_float
 
 
 def to_dtype(x) -> DType:

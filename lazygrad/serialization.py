@@ -9,8 +9,9 @@ Array-level API (numpy in, numpy out):
     load_checkpoint(f)   the whole object: nested dicts/lists as stored, tensors as numpy arrays
     load_arrays(f)       a flat {name: array}: nested containers are flattened with dotted names
     save_arrays(d, f)    torch.save-compatible zip, readable by torch.load(f, weights_only=True)
+    save_checkpoint(t, f) a nested tree (dicts, lists, numbers, strings, arrays) as torch.save writes it
     save_safetensors(d, f)
-Tensor-level API: load(f, device=None) -> {name: Tensor} and save(state_dict, f).
+Tensor-level API: load(f, device=None) -> the saved tree with Tensors, and save(tree, f), as torch.load/torch.save.
 """
 
 from __future__ import annotations
@@ -908,17 +909,76 @@ class _TorchPickleWriter:
         self.opcode(pickle.REDUCE)
 
 
-def _pickle_state_dict(arrays: list[tuple[str, np.ndarray]]) -> bytes:
+def _pickle_checkpoint(tree: Any) -> tuple[bytes, list[np.ndarray]]:
+    """The pickle of a checkpoint tree as torch.save writes it, and its tensors' arrays (one storage each, in order).
+
+    What torch.load(weights_only=True) reads back: dicts (str, int, float, bool or None keys), lists, tuples, str,
+    int, float, bool, None, and tensors (lazygrad Tensors, numpy arrays; numpy scalars are written as Python
+    numbers). One tensor object reached twice is one storage, as torch.save keeps it. Anything else is a TypeError
+    naming its place in the tree, raised before a byte is written.
+    """
     writer = _TorchPickleWriter()
-    writer.opcode(pickle.EMPTY_DICT)
-    if arrays:
-        writer.opcode(pickle.MARK)
-        for storage_key, (name, array) in enumerate(arrays):
-            writer.string(name)
-            writer.tensor(str(storage_key), array)
-        writer.opcode(pickle.SETITEMS)
+    arrays: list[np.ndarray] = []
+    storage_of: dict[int, int] = {}  # id(tensor object) -> its storage's index
+    reached: list[Any] = []  # keeps each tensor object alive, so that no id is reused while writing
+
+    def write(value: Any, path: str, depth: int) -> None:
+        if depth > _MAX_NESTING:
+            raise ValueError(f"lazygrad.save: containers nested more than {_MAX_NESTING} deep (at {path!r})")
+        if isinstance(value, np.generic) and value.dtype.kind in "biuf":
+            value = value.item()
+        if value is None:
+            writer.opcode(pickle.NONE)
+        elif isinstance(value, bool):
+            writer.opcode(pickle.NEWTRUE if value else pickle.NEWFALSE)
+        elif isinstance(value, int):
+            writer.integer(value)
+        elif isinstance(value, float):
+            writer.opcode(pickle.BINFLOAT + struct.pack(">d", value))
+        elif isinstance(value, str):
+            writer.string(value)
+        elif isinstance(value, Mapping):
+            writer.opcode(pickle.EMPTY_DICT)
+            if value:
+                writer.opcode(pickle.MARK)
+                for key, item in value.items():
+                    if not (key is None or isinstance(key, (str, int, float))):
+                        kind = type(key).__name__
+                        raise TypeError(f"lazygrad.save cannot store a {kind} as a dict key (in {path!r})")
+                    write(key, path, depth + 1)
+                    write(item, f"{path}.{key}" if path else str(key), depth + 1)
+                writer.opcode(pickle.SETITEMS)
+        elif isinstance(value, list):
+            writer.opcode(pickle.EMPTY_LIST)
+            if value:
+                writer.opcode(pickle.MARK)
+                for i, item in enumerate(value):
+                    write(item, f"{path}.{i}" if path else str(i), depth + 1)
+                writer.opcode(pickle.APPENDS)
+        elif isinstance(value, tuple):
+            writer.opcode(pickle.MARK)
+            for i, item in enumerate(value):
+                write(item, f"{path}.{i}" if path else str(i), depth + 1)
+            writer.opcode(pickle.TUPLE)
+        elif isinstance(value, np.ndarray) or (hasattr(value, "numpy") and hasattr(value, "shape")):
+            index = storage_of.get(id(value))
+            if index is None:
+                # order="C" rather than np.ascontiguousarray, which would turn 0-d arrays into 1-d ones
+                array = np.asarray(value if isinstance(value, np.ndarray) else value.numpy(), order="C")
+                _check_savable(path or "the tensor", array, _TORCH_DTYPE_NAMES, "PyTorch's checkpoint format")
+                index = storage_of[id(value)] = len(arrays)
+                arrays.append(array)
+                reached.append(value)
+            writer.tensor(str(index), arrays[index])
+        else:
+            raise TypeError(
+                f"lazygrad.save cannot store {path or 'the object'!r}: a {type(value).__name__} (it stores tensors, "
+                "arrays, dicts, lists, tuples, numbers, strings and None, which torch.load(weights_only=True) reads)"
+            )
+
+    write(tree, "", 0)
     writer.opcode(pickle.STOP)
-    return writer.getvalue()
+    return writer.getvalue(), arrays
 
 
 def _write_aligned_record(archive: zipfile.ZipFile, file: IO[bytes], name: str, data) -> None:
@@ -936,17 +996,20 @@ def save_arrays(arrays: Mapping[str, np.ndarray], path_or_file: PathOrFile) -> N
 
     Each array gets its own storage, written C-contiguous and little-endian.
     """
-    # order="C" rather than np.ascontiguousarray, which would turn 0-d arrays into 1-d ones
-    prepared = [(str(name), np.asarray(array, order="C")) for name, array in arrays.items()]
-    for name, array in prepared:
-        _check_savable(name, array, _TORCH_DTYPE_NAMES, "PyTorch's checkpoint format")
+    save_checkpoint({str(name): np.asarray(array) for name, array in arrays.items()}, path_or_file)
+
+
+def save_checkpoint(tree: Any, path_or_file: PathOrFile) -> None:
+    """Write a checkpoint tree (nested dicts, lists, tuples, numbers, strings, None and tensors) as torch.save
+    does; torch.load(path, weights_only=True) reads it back with the same structure."""
+    pickled, arrays = _pickle_checkpoint(tree)
     records: list[tuple[str, Any]] = [
-        ("data.pkl", _pickle_state_dict(prepared)),
+        ("data.pkl", pickled),
         (".format_version", b"1"),
         (".storage_alignment", str(_TORCH_RECORD_ALIGNMENT).encode()),
         ("byteorder", b"little"),
     ]
-    records += [(f"data/{key}", _little_endian_bytes(array)) for key, (_, array) in enumerate(prepared)]
+    records += [(f"data/{key}", _little_endian_bytes(array)) for key, array in enumerate(arrays)]
     records.append(("version", b"3\n"))
     with _open_for_writing(path_or_file) as file, zipfile.ZipFile(file, "w", zipfile.ZIP_STORED) as archive:
         for name, data in records:
@@ -958,11 +1021,13 @@ def save_arrays(arrays: Mapping[str, np.ndarray], path_or_file: PathOrFile) -> N
 
 
 def load(path_or_file: PathOrFile, device=None, *, map_location=None, weights_only: bool | None = None) -> dict:
-    """Load a checkpoint (PyTorch .pth/.pt or safetensors) as {name: Tensor}, flattened like load_arrays.
+    """torch.load: a checkpoint (PyTorch .pth/.pt or safetensors) with the structure it was saved with (a
+    state_dict is {name: Tensor}; {"model": ..., "optimizer": ..., "epoch": 3} stays nested), tensors as Tensors.
 
     torch's keywords: `map_location` is the device the tensors go to (a device name; torch's dicts and functions
     are refused), and `weights_only` may be True (or left out): lazygrad reads tensors only and never runs a
     checkpoint's pickled code, so weights_only=False, which asks for that, is an error rather than ignored."""
+    from lazygrad.dtype import from_numpy_dtype
     from lazygrad.tensor import Tensor
 
     if weights_only is False:
@@ -979,27 +1044,46 @@ def load(path_or_file: PathOrFile, device=None, *, map_location=None, weights_on
     def to_tensor(array: np.ndarray):
         repeated = tuple(n > 1 and s == 0 for n, s in zip(array.shape, array.strides))
         if not any(repeated):
-            return Tensor(array, device=device)
+            return Tensor(array, dtype=from_numpy_dtype(array.dtype), device=device)
         # torch's expanded tensors (stride 0) stay expanded: one copy of what they repeat, expanded lazily
         once = array[tuple(slice(0, 1) if r else slice(None) for r in repeated)]
-        return Tensor(np.ascontiguousarray(once), device=device).expand(array.shape)
+        return Tensor(np.ascontiguousarray(once), dtype=from_numpy_dtype(array.dtype), device=device).expand(
+            array.shape
+        )
 
-    return {name: to_tensor(array) for name, array in load_arrays(path_or_file).items()}
+    tensors: dict[int, Tensor] = {}  # one array reached twice (tied weights) is one Tensor
+
+    def rebuilt(node: Any, depth: int = 0) -> Any:
+        if isinstance(node, np.ndarray):
+            if id(node) not in tensors:
+                tensors[id(node)] = to_tensor(node)
+            return tensors[id(node)]
+        if depth > _MAX_NESTING:
+            return node
+        if isinstance(node, dict):
+            return type(node)((key, rebuilt(value, depth + 1)) for key, value in node.items())
+        if isinstance(node, (list, tuple)):
+            return type(node)(rebuilt(value, depth + 1) for value in node)
+        return node
+
+    return rebuilt(load_checkpoint(path_or_file))
 
 
-def save(state_dict: Mapping[str, Any], path_or_file: PathOrFile) -> None:
-    """Save {name: Tensor or array}: safetensors if the path ends in .safetensors, else PyTorch's zip format."""
-    for name, value in state_dict.items():
-        if isinstance(value, (Mapping, list, tuple)):
-            raise TypeError(
-                f"lazygrad.save stores a flat {{name: tensor}}; {name!r} is a {type(value).__name__}: save nested "
-                "checkpoints (model, optimizer, epoch) as separate files, or flatten their names"
-            )
-    arrays = {
-        name: value.numpy() if hasattr(value, "numpy") else np.asarray(value) for name, value in state_dict.items()
-    }
+def save(obj: Any, path_or_file: PathOrFile) -> None:
+    """torch.save: a checkpoint tree ({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": 3}, or
+    a plain state_dict, or one tensor) in PyTorch's zip format, which torch.load(weights_only=True) reads back.
+    A path ending in .safetensors writes safetensors, which holds a flat {name: tensor} only."""
     is_path = not hasattr(path_or_file, "write")
     if is_path and os.fspath(path_or_file).endswith(".safetensors"):
+        if not isinstance(obj, Mapping):
+            raise TypeError(f"safetensors stores a flat {{name: tensor}}, got a {type(obj).__name__}")
+        for name, value in obj.items():
+            if isinstance(value, (Mapping, list, tuple)):
+                raise TypeError(
+                    f"safetensors stores a flat {{name: tensor}}; {name!r} is a {type(value).__name__}: save nested "
+                    "checkpoints (model, optimizer, epoch) in PyTorch's format (a .pt or .pth path)"
+                )
+        arrays = {name: value.numpy() if hasattr(value, "numpy") else np.asarray(value) for name, value in obj.items()}
         save_safetensors(arrays, path_or_file)
     else:
-        save_arrays(arrays, path_or_file)
+        save_checkpoint(obj, path_or_file)

@@ -17,7 +17,7 @@ import numpy as np
 
 from lazygrad import autograd, runtime, tensor_ops
 from lazygrad import dtype as dt
-from lazygrad.device import canonical_device, is_device_name
+from lazygrad.device import canonical_device, device_of, is_device_name
 from lazygrad.dtype import DType
 from lazygrad.graph import LazyBuffer, with_ref
 from lazygrad.ops import REDUCE, Op
@@ -75,7 +75,9 @@ class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps, MathOps
                 if dtype is not None:
                     data = data.astype(dtype.np)
                 elif data.dtype == np.float64:
-                    data = data.astype(np.float32)  # PyTorch's default float, as torch.tensor does
+                    # the default float, as torch.Tensor (the legacy constructor) does; lazygrad.tensor, from_numpy
+                    # and as_tensor keep float64 (they pass the array's dtype)
+                    data = data.astype(dt.default_float.np)
                 # a copy (as torch.tensor): the upload is lazy, so later writes to `data` must not show through;
                 # np.array also keeps 0-d arrays 0-d, where np.ascontiguousarray would make them 1-d
                 data = np.array(data, copy=True, order="C")
@@ -148,7 +150,7 @@ class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps, MathOps
 
     @property
     def device(self) -> str:
-        return self._lazydata.device
+        return device_of(self._lazydata.device)  # a lazygrad.device: torch.device's counterpart, and a str
 
     @property
     def ndim(self) -> int:
@@ -394,7 +396,7 @@ class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps, MathOps
         if op == Op.SHRINK:
             inverse = tuple((lo, size - hi) for (lo, hi), size in zip(arg, source.shape))
             region = Tensor.full(self.shape, True, dt.bool_, self.device)._movement(Op.PAD, inverse)
-            updated = region.where(result._movement(Op.PAD, inverse), source)
+            updated = region._select(result._movement(Op.PAD, inverse), source)
         elif op == Op.PAD:
             updated = result._movement(Op.SHRINK, tuple((lo, lo + size) for (lo, _), size in zip(arg, source.shape)))
         elif op == Op.PERMUTE:

@@ -35,8 +35,10 @@ def render() -> str:
         f"- `{name}`: values not comparable ({reason})" for name, reason in sorted(test_opinfo.VALUES_UNCHECKED.items())
     ]
     lines += [
-        "- `torch.tensor(float64 ndarray)` keeps float64; lazygrad makes it float32 (its default float). Pass "
-        "`dtype=lazygrad.float64` to keep it: float64 is computed in double precision on LLVM and OpenCL.",
+        "- `lazygrad.Tensor(integer ndarray)` keeps the integer dtype; torch.Tensor, the legacy constructor, makes "
+        "every array the default float (`lazygrad.tensor`, `from_numpy` and `as_tensor` keep every dtype, float64 "
+        "included, as torch's do).",
+        "- `lazygrad.from_numpy` copies the array (the upload is lazy); torch's shares its memory.",
         "- `memory_format` arguments are refused: lazygrad has one memory layout.",
         "",
         "Left out on purpose:",

@@ -165,7 +165,6 @@ TRANSFORMER_WORK = ("nn.functional.multi_head_attention_forward",)
 
 # in scope, not provided yet: the backlog of issue 15 (elementwise math, reductions, indexing, shape ops, losses...)
 BACKLOG = (
-    "argsort",
     "bernoulli",
     "bfloat16",
     "bincount",
@@ -209,7 +208,6 @@ BACKLOG = (
     "masked_scatter",
     "median",
     "mode",
-    "msort",
     "mvlgamma",
     "nanmedian",
     "nanquantile",
@@ -236,7 +234,6 @@ BACKLOG = (
     "put",
     "quantile",
     "randint_like",
-    "scatter_reduce",
     "searchsorted",
     "select_scatter",
     "signal.windows.bartlett",
@@ -252,7 +249,6 @@ BACKLOG = (
     "signal.windows.nuttall",
     "slice",
     "slice_scatter",
-    "sort",
     "special.airy_ai",
     "special.bessel_j0",
     "special.bessel_j1",

@@ -518,7 +518,7 @@ def lowered_programs() -> list:
         x = lazygrad.tensor(np.random.default_rng(0).standard_normal((9, 17)).astype(np.float32))
         offset = float(np.random.default_rng().uniform(1, 2))  # new kernels, whatever ran before
         ((x + offset).exp().sum(1) + (x @ x.T).amax(0)).numpy()
-        ((x > offset).where(x.int(), -1).half() * offset).numpy()
+        (lazygrad.where(x > offset, x.int(), -1).half() * offset).numpy()
     finally:
         runtime.lower = original
     assert captured

@@ -126,7 +126,7 @@ def test_abs_neg_keep_the_dtype(dtype):
 def test_where_promotes_its_branches(a, b):
     cond = Tensor(np.array([True, False]))
     (x, tx), (y, ty) = ones((2,), a), ones((2,), b)
-    assert LAZYGRAD_TO_TORCH[cond.where(x, y).dtype] == torch.where(torch.tensor([True, False]), tx, ty).dtype
+    assert LAZYGRAD_TO_TORCH[lazygrad.where(cond, x, y).dtype] == torch.where(torch.tensor([True, False]), tx, ty).dtype
 
 
 @only_dtypes
@@ -170,3 +170,144 @@ def test_dtype_spellings_are_accepted(spelling):
 def test_torch_dtype_is_accepted():
     assert lazygrad.zeros(1, dtype=torch.int32).dtype == lazygrad.int32
     assert Tensor(rand(2)).to(torch.float16).dtype == lazygrad.float16
+
+
+# ---- float64 kept as torch keeps it; the default dtype ----
+
+FLOAT64_SOURCES = {
+    "float64_array": lambda: np.linspace(-1.0, 1.0, 6).reshape(2, 3),
+    "float32_array": lambda: np.linspace(-1.0, 1.0, 6, dtype=np.float32),
+    "float64_scalar": lambda: np.float64(2.5),
+    "python_floats": lambda: [[0.5, 1.5], [2.5, -1.0]],
+    "python_float": lambda: 1.25,
+}
+CONSTRUCTORS = {  # lazygrad's constructor, torch's
+    "tensor": (lazygrad.tensor, torch.tensor),
+    "as_tensor": (lazygrad.as_tensor, torch.as_tensor),
+    "Tensor": (lazygrad.Tensor, torch.Tensor),  # the legacy constructor: floats become the default dtype
+}
+
+
+@only_dtypes
+@pytest.mark.parametrize("source", FLOAT64_SOURCES)
+@pytest.mark.parametrize("constructor", CONSTRUCTORS)
+def test_constructors_keep_float64_as_torch(constructor, source):
+    ours, theirs = CONSTRUCTORS[constructor]
+    data = FLOAT64_SOURCES[source]()
+    if constructor == "Tensor" and not isinstance(data, (np.ndarray, list)):
+        pytest.skip("torch.Tensor(number) makes an uninitialized tensor of that size, not a 0-d tensor")
+    assert LAZYGRAD_TO_TORCH[ours(data).dtype] == theirs(data).dtype
+
+
+@only_dtypes
+@pytest.mark.parametrize("np_dtype", [np.float64, np.float32, np.float16, np.int64, np.int32, np.uint8, np.bool_])
+def test_from_numpy_keeps_the_arrays_dtype(np_dtype):
+    array = rand(2, 2, dtype=np_dtype, low=0, high=5)
+    assert LAZYGRAD_TO_TORCH[lazygrad.from_numpy(array).dtype] == torch.from_numpy(array).dtype
+
+
+def test_float64_is_computed_in_double_precision_forward_and_backward():
+    values = np.linspace(0.1, 2.0, 7)
+    ours = lazygrad.tensor(values, requires_grad=True)
+    theirs = torch.tensor(values, requires_grad=True)
+    ours_out, theirs_out = (ours.exp() * ours.sin()).sum(), (theirs.exp() * theirs.sin()).sum()
+    ours_out.backward(), theirs_out.backward()
+    assert ours_out.dtype == lazygrad.float64
+    np.testing.assert_allclose(ours_out.item(), theirs_out.item(), rtol=1e-13)
+    np.testing.assert_allclose(ours.grad.numpy(), theirs.grad.numpy(), rtol=1e-13)
+
+
+def test_as_tensor_of_a_tensor_is_that_tensor_unless_converted():
+    t = lazygrad.ones(3)
+    assert lazygrad.as_tensor(t) is t
+    assert lazygrad.as_tensor(t, dtype=lazygrad.float64).dtype == lazygrad.float64
+
+
+@pytest.fixture
+def default_float64():
+    """torch's and lazygrad's default dtype set to float64 for one test, and restored."""
+    torch.set_default_dtype(torch.float64)
+    lazygrad.set_default_dtype(lazygrad.float64)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(torch.float32)
+        lazygrad.set_default_dtype(lazygrad.float32)
+
+
+DEFAULT_DTYPE_MAKERS = {
+    "tensor_of_floats": lambda m: m.tensor([1.5, 2.0]),
+    "Tensor_of_float64": lambda m: m.Tensor(np.ones(2)),
+    "zeros": lambda m: m.zeros(2),
+    "rand": lambda m: m.rand(2),
+    "arange_float": lambda m: m.arange(0.5, 2.0),
+    "int_plus_float": lambda m: m.ones(2, dtype=m.int64) + 0.5,
+    "int_mean_of_float": lambda m: m.tensor([1, 2]).float() * 1.0,
+}
+
+
+@only_dtypes
+@pytest.mark.parametrize("maker", DEFAULT_DTYPE_MAKERS)
+def test_set_default_dtype_float64_as_torch(default_float64, maker):
+    assert lazygrad.get_default_dtype() == lazygrad.float64 and torch.get_default_dtype() == torch.float64
+    make = DEFAULT_DTYPE_MAKERS[maker]
+    assert LAZYGRAD_TO_TORCH[make(lazygrad).dtype] == make(torch).dtype
+
+
+@only_dtypes
+def test_set_default_dtype_refuses_integers_as_torch():
+    with pytest.raises(TypeError, match="floating"):
+        torch.set_default_dtype(torch.int64)
+    with pytest.raises(TypeError, match="floating"):
+        lazygrad.set_default_dtype(lazygrad.int64)
+    assert lazygrad.get_default_dtype() == lazygrad.float32
+
+
+@pytest.mark.parametrize("float64_operand", ["dimensioned", "zero_dim"])
+def test_mixed_float32_float64_promotes_as_torch(float64_operand):
+    shape = (3,) if float64_operand == "dimensioned" else ()
+    wide = np.full(shape, 1 / 3)
+    narrow = np.linspace(0.0, 1.0, 3, dtype=np.float32)
+    ours = lazygrad.tensor(narrow) + lazygrad.tensor(wide)
+    theirs = torch.tensor(narrow) + torch.tensor(wide)
+    assert LAZYGRAD_TO_TORCH[ours.dtype] == theirs.dtype
+    np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
+
+
+@pytest.mark.parametrize("optimizer", ["SGD", "Adam"])
+def test_optimizers_update_float64_parameters_in_double_precision_as_torch(optimizer):
+    torch.manual_seed(0)
+    reference = torch.nn.Linear(3, 2).double()
+    ours = lazygrad.nn.Linear(3, 2).double()
+    ours.load_state_dict({k: lazygrad.tensor(v.detach().numpy()) for k, v in reference.state_dict().items()})
+    kwargs = {"lr": 0.1, "momentum": 0.9} if optimizer == "SGD" else {"lr": 0.01}
+    ours_opt = getattr(lazygrad.optim, optimizer)(ours.parameters(), **kwargs)
+    reference_opt = getattr(torch.optim, optimizer)(reference.parameters(), **kwargs)
+    x = np.linspace(-1.0, 1.0, 12).reshape(4, 3)
+    for _ in range(3):
+        for model, opt, data in ((ours, ours_opt, lazygrad.tensor(x)), (reference, reference_opt, torch.tensor(x))):
+            opt.zero_grad()
+            (model(data) ** 2).mean().backward()
+            opt.step()
+    assert ours.weight.dtype == lazygrad.float64
+    # far inside float32's 1e-7; Adam's bias correction 1 - beta**step is a series good to ~1e-11 (optim/__init__.py)
+    np.testing.assert_allclose(ours.weight.numpy(), reference.weight.detach().numpy(), rtol=1e-9, atol=1e-12)
+
+
+def test_a_float64_checkpoint_loads_as_float64(tmp_path):
+    values = torch.linspace(0, 1, 5, dtype=torch.float64) / 3
+    torch.save({"w": values}, tmp_path / "w.pt")
+    loaded = lazygrad.load(tmp_path / "w.pt")["w"]
+    assert loaded.dtype == lazygrad.float64
+    np.testing.assert_array_equal(loaded.numpy(), values.numpy())
+
+
+def test_float64_on_an_opencl_device_without_doubles_names_the_ops(backend, monkeypatch):
+    if backend != "opencl":
+        pytest.skip("an OpenCL device's fp64 support is what is checked")
+    from lazygrad import backends
+
+    monkeypatch.setattr(backends.get("opencl"), "supports_float64", False)
+    x = lazygrad.tensor(np.linspace(0.0, 1.0, 7))  # float64, kept from numpy
+    with pytest.raises(RuntimeError, match=r"computes .*exp2.* in float64, which .* does not support"):
+        (x.exp2() * 3.25 + 0.5).sum().item()

@@ -38,11 +38,10 @@ GRADIENTS = {"llvm": True, "opencl": False, "reference": False}
 ONE_DTYPE_ONLY = {"llvm": False, "opencl": True, "reference": True}  # the first dtype the op takes, only
 
 # ops whose gradients compile into many kernels (prod's multiplication tree): one float32 sample on every backend
-ONE_FLOAT32_SAMPLE = {"prod", "cumprod"}
+ONE_FLOAT32_SAMPLE = {"prod", "cumprod", "scatter_reduce.prod"}
 
 # whole-op expected failures: what the op does not do yet (strict: the day it passes, this entry must go)
 KNOWN_FAILURES = {
-    "where": "Tensor.where(cond, y) is lazygrad's cond.where(x, y); torch.where(cond, x, y) is the same in both",
     "__rpow__": "the gradient of a negative base's power with respect to the exponent is 0, torch's NaN",
 }
 
@@ -97,6 +96,12 @@ def sample_skip(info, sample) -> str | None:
         return "the nuclear norm is a singular-value decomposition (LAPACK, out of scope as linalg.svd)"
     if info.name == "nn.functional.batch_norm" and sample.input.numel() == 0:
         return "batch_norm of a 0-element input"
+    if info.name in ("sort", "argsort", "msort") and not sample.kwargs.get("stable", False):
+        values = sample.input.flatten()
+        if values.numel() and values.unique().numel() < values.numel():
+            # ties in an unstable sort: torch's order among equal elements is its algorithm's (not index order for
+            # large inputs); lazygrad's sort is stable, and op_db's stable=True samples compare the order of ties
+            return "ties without stable=True: torch leaves the order of equal elements unspecified"
     return None
 
 
@@ -138,9 +143,9 @@ def test_opinfo_samples_match_torch(info, backend, request):
 
 # the counts this file covers; a change to lazygrad's surface changes them, and this must be updated with it
 EXPECTED_COUNTS = {
-    "op_db entries run": 406,
-    "names provided": 367,
-    "top-level provided": 286,
+    "op_db entries run": 414,
+    "names provided": 371,
+    "top-level provided": 290,
     "functional provided": 81,
 }
 

@@ -460,7 +460,7 @@ def test_where_with_scalars():
 def test_where_promotes_branch_dtypes():
     cond = rand(4, dtype=np.bool_)
     check_forward(
-        lambda c, x, y: c.where(x, y) if isinstance(c, Tensor) else torch.where(c, x, y),
+        lambda c, x, y: (lazygrad if isinstance(c, Tensor) else torch).where(c, x, y),
         cond,
         rand(4, dtype=np.int32, low=0, high=5),
         rand(4),

@@ -848,6 +848,109 @@ def test_load_takes_torchs_map_location_and_weights_only(tmp_path):
         load(path, map_location={"cuda:0": "cpu"})
 
 
-def test_save_refuses_a_nested_checkpoint_naming_the_entry(tmp_path):
+def test_safetensors_refuses_a_nested_checkpoint_naming_the_entry(tmp_path):
     with pytest.raises(TypeError, match="'model' is a dict"):
-        save({"model": {"w": np.zeros(2, np.float32)}, "epoch": np.int64(1)}, tmp_path / "nested.pt")
+        save({"model": {"w": np.zeros(2, np.float32)}, "epoch": np.int64(1)}, tmp_path / "nested.safetensors")
+
+
+# ---- nested checkpoints: PyTorch's "saving and loading a general checkpoint" ----
+
+
+def general_checkpoint_pair(steps: int = 2):
+    """The same small model and Adam run `steps` steps in torch and in lazygrad; each one's general checkpoint
+    ({"model", "optimizer", "epoch", "lr", "names"}), and the models and optimizers."""
+    import lazygrad
+
+    torch.manual_seed(0)
+    theirs = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    ours = lazygrad.nn.Sequential(lazygrad.nn.Linear(3, 4), lazygrad.nn.ReLU(), lazygrad.nn.Linear(4, 2))
+    ours.load_state_dict({k: lazygrad.tensor(v.numpy()) for k, v in theirs.state_dict().items()})
+    their_opt, our_opt = torch.optim.Adam(theirs.parameters(), lr=0.05), lazygrad.optim.Adam(ours.parameters(), lr=0.05)
+    for model, opt, module in ((theirs, their_opt, torch), (ours, our_opt, lazygrad)):
+        for step in range(steps):
+            x = module.tensor(np.linspace(-1, 1, 15, dtype=np.float32).reshape(5, 3) * (step + 1))
+            opt.zero_grad()
+            (model(x) ** 2).mean().backward()
+            opt.step()
+    checkpoints = [
+        {"model": m.state_dict(), "optimizer": o.state_dict(), "epoch": 3, "lr": 0.1, "names": ["a", "b"], "none": None}
+        for m, o in ((theirs, their_opt), (ours, our_opt))
+    ]
+    return checkpoints, (theirs, their_opt), (ours, our_opt)
+
+
+# torch's switches between its implementations of one update; lazygrad has one of each, and its param groups do not
+# carry them (torch.optim's load_state_dict fills them in with their defaults)
+TORCH_IMPLEMENTATION_SWITCHES = ("foreach", "capturable", "differentiable", "fused")
+
+
+def assert_same_tree(ours, theirs, path="checkpoint"):
+    """Same structure (container types, keys, order) and leaves: tensors by value, anything else by ==."""
+    import lazygrad
+
+    if isinstance(theirs, dict) and "params" in theirs:  # an optimizer's param group
+        theirs = {k: v for k, v in theirs.items() if k not in TORCH_IMPLEMENTATION_SWITCHES}
+        ours = {k: v for k, v in ours.items() if k not in TORCH_IMPLEMENTATION_SWITCHES}
+
+    if isinstance(theirs, torch.Tensor):
+        assert isinstance(ours, (lazygrad.Tensor, torch.Tensor)), f"{path}: {type(ours).__name__}, not a tensor"
+        assert tuple(ours.shape) == tuple(theirs.shape), path
+        np.testing.assert_allclose(np.asarray(ours.numpy()), theirs.numpy(), rtol=1e-6, atol=1e-7, err_msg=path)
+    elif isinstance(theirs, dict):
+        assert isinstance(ours, dict) and list(ours) == list(theirs), f"{path}: keys {list(ours)} != {list(theirs)}"
+        for key in theirs:
+            assert_same_tree(ours[key], theirs[key], f"{path}.{key}")
+    elif isinstance(theirs, (list, tuple)):
+        assert type(ours) is type(theirs) and len(ours) == len(theirs), f"{path}: {ours!r} != {theirs!r}"
+        for i, (a, b) in enumerate(zip(ours, theirs)):
+            assert_same_tree(a, b, f"{path}.{i}")
+    elif isinstance(theirs, (int, float)) and not isinstance(theirs, bool):  # torch's weight_decay default is 0
+        assert isinstance(ours, (int, float)) and not isinstance(ours, bool) and ours == theirs, path
+    else:
+        assert type(ours) is type(theirs) and ours == theirs, f"{path}: {ours!r} != {theirs!r}"
+
+
+def test_a_nested_checkpoint_saved_by_lazygrad_is_read_by_torch_as_torchs_own(tmp_path):
+    (theirs, ours), _, _ = general_checkpoint_pair()
+    save(ours, tmp_path / "ours.pt")
+    assert_same_tree(torch.load(tmp_path / "ours.pt", weights_only=True), theirs)
+
+
+def test_torchs_nested_checkpoint_loads_with_the_same_structure(tmp_path):
+    (theirs, _), _, _ = general_checkpoint_pair()
+    torch.save(theirs, tmp_path / "theirs.pt")
+    assert_same_tree(load(tmp_path / "theirs.pt"), theirs)
+
+
+@pytest.mark.parametrize("resumed_by", ["lazygrad", "torch"])
+def test_resuming_from_the_other_librarys_checkpoint_continues_as_torch(tmp_path, resumed_by):
+    """Train 2 steps in both, save each one's checkpoint; resume a fresh model and optimizer from the other
+    library's file, train 2 more steps in each, and compare with torch having trained 4 steps straight."""
+    import lazygrad
+
+    (their_checkpoint, our_checkpoint), (theirs, their_opt), (ours, our_opt) = general_checkpoint_pair()
+    torch.save(their_checkpoint, tmp_path / "theirs.pt")
+    save(our_checkpoint, tmp_path / "ours.pt")
+    if resumed_by == "lazygrad":
+        checkpoint, module = load(tmp_path / "theirs.pt"), lazygrad
+        model = lazygrad.nn.Sequential(lazygrad.nn.Linear(3, 4), lazygrad.nn.ReLU(), lazygrad.nn.Linear(4, 2))
+    else:
+        checkpoint, module = torch.load(tmp_path / "ours.pt", weights_only=True), torch
+        model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    model.load_state_dict(checkpoint["model"])
+    opt = module.optim.Adam(model.parameters(), lr=0.01)  # the checkpoint's lr (0.05) must win
+    opt.load_state_dict(checkpoint["optimizer"])
+    assert checkpoint["epoch"] == 3
+    for resumed, resumed_opt, m in ((theirs, their_opt, torch), (model, opt, module)):
+        for step in range(2, 4):
+            x = m.tensor(np.linspace(-1, 1, 15, dtype=np.float32).reshape(5, 3) * (step + 1))
+            resumed_opt.zero_grad()
+            (resumed(x) ** 2).mean().backward()
+            resumed_opt.step()
+    assert_same_tree(dict(model.state_dict()), dict(theirs.state_dict()))
+
+
+def test_save_refuses_what_torch_load_cannot_read_naming_where_it_is(tmp_path):
+    with pytest.raises(TypeError, match=r"'extras\.1\.hook': a builtin_function"):
+        save({"model": {"w": np.zeros(2, np.float32)}, "extras": [1, {"hook": print}]}, tmp_path / "bad.pt")
+    assert not (tmp_path / "bad.pt").exists()

@@ -70,8 +70,8 @@ class CausalSelfAttention(nn.Module):
         at_position (block_size, 1) is True, attend to the positions where visible (block_size,) is True."""
         q, k, v = self._heads(x)
         cache_k, cache_v = cache
-        cache_k.assign(at_position.where(k, cache_k))
-        cache_v.assign(at_position.where(v, cache_v))
+        cache_k.assign(at_position._select(k, cache_k))
+        cache_v.assign(at_position._select(v, cache_v))
         mask = visible.reshape(1, 1, 1, -1)
         return self._merge(F.scaled_dot_product_attention(q, cache_k, cache_v, attn_mask=mask))
 
@@ -244,5 +244,5 @@ def _sample(logits: Tensor, temperature: float, top_k: int | None) -> Tensor:
     logits = logits / temperature
     if top_k is not None:
         kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
-        logits = (logits < kth).where(float("-inf"), logits)
+        logits = (logits < kth)._select(float("-inf"), logits)
     return logits.softmax(-1).multinomial(1)

@@ -33,6 +33,7 @@ from lazygrad.nn.resample import (  # noqa: F401
     upsample_nearest,
 )
 from lazygrad.tensor import Tensor
+from lazygrad.tensor_ops.bounds import check_indices
 
 # ---- activations ----
 
@@ -172,8 +173,11 @@ def nll_loss(
     return loss[0] if unbatched and reduction == "none" else loss
 
 
-def _weighted_nll(input: Tensor, target: Tensor, weight: Tensor | None, ignore_index: int) -> tuple[Tensor, Tensor]:
+def _weighted_nll(
+    input: Tensor, target: Tensor, weight: Tensor | None, ignore_index: int, op: str = "nll_loss"
+) -> tuple[Tensor, Tensor]:
     """Per-element -weight[target] * input[target] (0 where ignored), and the total weight of non-ignored targets."""
+    check_indices(target, input.shape[1], op, 1, negative=False, ignore=ignore_index)  # torch: IndexError
     mask = _class_mask(target, input)
     if weight is not None:
         mask = mask * _channel_view(weight, input)
@@ -224,7 +228,7 @@ def _class_target_loss(log_probs, target, weight, ignore_index, reduction, label
     expected = (log_probs.shape[0], *log_probs.shape[2:])
     if tuple(target.shape) != expected:
         raise ValueError(f"class-index targets need shape {expected} for input {log_probs.shape}, got {target.shape}")
-    nll, weight_sum = _weighted_nll(log_probs, target, weight, ignore_index)
+    nll, weight_sum = _weighted_nll(log_probs, target, weight, ignore_index, "cross_entropy")
     nll = nll.sum() / weight_sum if reduction == "mean" else _reduce(nll, reduction)
     if label_smoothing <= 0.0:
         return nll
@@ -245,11 +249,12 @@ def embedding(input: Tensor, weight: Tensor, padding_idx: int | None = None) -> 
         raise RuntimeError(f"embedding: indices must be an integer tensor, got {input.dtype} of shape {input.shape}")
     if weight.ndim != 2:
         raise RuntimeError(f"embedding: weight must be 2-d (num_embeddings, embedding_dim), got {weight.shape}")
+    check_indices(input, weight.shape[0], "embedding", 0, negative=False)
     if padding_idx is not None:
         padding_idx %= weight.shape[0]
         is_padding = (lazygrad.arange(weight.shape[0], device=weight.device) == padding_idx).unsqueeze(-1)
-        weight = is_padding.where(weight.detach(), weight)
-    return weight[input]
+        weight = is_padding._select(weight.detach(), weight)
+    return weight._gather_index(input)  # checked above: weight[input] would read the indices again
 
 
 def layer_norm(
@@ -298,7 +303,7 @@ def elu(input: Tensor, alpha: float = 1.0, inplace: bool = False) -> Tensor:
 
 
 def celu(input: Tensor, alpha: float = 1.0, inplace: bool = False) -> Tensor:
-    return (input > 0).where(input, alpha * (input / alpha).expm1())
+    return (input > 0)._select(input, alpha * (input / alpha).expm1())
 
 
 def selu(input: Tensor, inplace: bool = False) -> Tensor:
@@ -360,15 +365,15 @@ def tanhshrink(input: Tensor) -> Tensor:
 
 
 def softshrink(input: Tensor, lambd: float = 0.5) -> Tensor:
-    return (input > lambd).where(input - lambd, (input < -lambd).where(input + lambd, 0.0))
+    return (input > lambd)._select(input - lambd, (input < -lambd)._select(input + lambd, 0.0))
 
 
 def hardshrink(input: Tensor, lambd: float = 0.5) -> Tensor:
-    return ((input > lambd) | (input < -lambd)).where(input, 0.0)
+    return ((input > lambd) | (input < -lambd))._select(input, 0.0)
 
 
 def threshold(input: Tensor, threshold: float, value: float, inplace: bool = False) -> Tensor:
-    return (input > threshold).where(input, value)
+    return (input > threshold)._select(input, value)
 
 
 def softmin(input: Tensor, dim: int, dtype=None) -> Tensor:
@@ -388,12 +393,12 @@ def smooth_l1_loss(input: Tensor, target: Tensor, reduction: str = "mean", beta:
     diff = (input - target).abs()
     if beta == 0:
         return _reduce(diff, reduction)
-    return _reduce((diff < beta).where(0.5 * diff * diff / beta, diff - 0.5 * beta), reduction)
+    return _reduce((diff < beta)._select(0.5 * diff * diff / beta, diff - 0.5 * beta), reduction)
 
 
 def huber_loss(input: Tensor, target: Tensor, reduction: str = "mean", delta: float = 1.0) -> Tensor:
     diff = (input - target).abs()
-    return _reduce((diff < delta).where(0.5 * diff * diff, delta * (diff - 0.5 * delta)), reduction)
+    return _reduce((diff < delta)._select(0.5 * diff * diff, delta * (diff - 0.5 * delta)), reduction)
 
 
 def binary_cross_entropy(input: Tensor, target: Tensor, weight=None, reduction: str = "mean") -> Tensor:
@@ -469,7 +474,7 @@ def prelu(input: Tensor, weight: Tensor) -> Tensor:
         weight = weight.reshape((1, -1) + (1,) * (input.ndim - 2))
     else:
         weight = weight.reshape(())  # the output keeps the input's shape (a 0-d input stays 0-d)
-    return (input > 0).where(input, weight * input)
+    return (input > 0)._select(input, weight * input)
 
 
 def bilinear(input1: Tensor, input2: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:

@@ -58,8 +58,8 @@ def margin_ranking_loss(input1: Tensor, input2: Tensor, target: Tensor, margin: 
 
 def hinge_embedding_loss(input: Tensor, target: Tensor, margin: float = 1.0, reduction: str = "mean") -> Tensor:
     """input where target is 1, max(0, margin - input) where it is -1 (torch: both terms where neither)."""
-    hinge = (target != 1).where((margin - input).clamp(min=0), 0.0)
-    return _reduce(hinge + (target != -1).where(input, 0.0), reduction)
+    hinge = (target != 1)._select((margin - input).clamp(min=0), 0.0)
+    return _reduce(hinge + (target != -1)._select(input, 0.0), reduction)
 
 
 def soft_margin_loss(input: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
@@ -80,7 +80,7 @@ def cosine_embedding_loss(input1: Tensor, input2: Tensor, target: Tensor, margin
     dim = 1 if input1.ndim == 2 else 0
     dot = (input1 * input2).sum(dim)
     cos = dot / (((input1 * input1).sum(dim) + 1e-12) * ((input2 * input2).sum(dim) + 1e-12)).sqrt()
-    loss = (target == 1).where(1 - cos, 0.0) + (target == -1).where((cos - margin).clamp(min=0), 0.0)
+    loss = (target == 1)._select(1 - cos, 0.0) + (target == -1)._select((cos - margin).clamp(min=0), 0.0)
     return _reduce(loss, reduction)
 
 
@@ -131,12 +131,12 @@ def multi_margin_loss(
     y = target.reshape(-1)
     classes = x.shape[1]
     chosen = Tensor.arange(classes, device=x.device).reshape(1, -1) == y.reshape(-1, 1)
-    correct = chosen.where(x, 0.0).sum(1, keepdim=True)
+    correct = chosen._select(x, 0.0).sum(1, keepdim=True)
     terms = (margin - correct + x).clamp(min=0)
     terms = terms * terms if p == 2 else terms
     if weight is not None:
         terms = terms * weight[y].reshape(-1, 1)
-    loss = chosen.where(0.0, terms).sum(1) / classes
+    loss = chosen._select(0.0, terms).sum(1) / classes
     loss = loss.reshape(()) if input.ndim <= 1 else loss
     return _reduce(loss, reduction)
 
@@ -156,7 +156,7 @@ def poisson_nll_loss(
     loss = input.exp() - target * input if log_input else input - target * (input + eps).log()
     if full:  # Stirling's approximation of log(target!), where target > 1
         stirling = target * target.log() - target + 0.5 * (2 * math.pi * target).log()
-        loss = loss + (target > 1).where(stirling, 0.0)
+        loss = loss + (target > 1)._select(stirling, 0.0)
     return _reduce(loss, reduction)
 
 

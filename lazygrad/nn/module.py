@@ -54,7 +54,7 @@ def tensor_from_array(value: Any, like: Tensor) -> Tensor:
     """A new Tensor holding value (numpy array, list or scalar) with like's dtype and device."""
     array = np.asarray(value, dtype=like.dtype.np)
     # WORKAROUND(core <= 921148a): Tensor(0-d array) came out with shape (1,); a no-op once the fix is committed
-    return Tensor(array, device=like.device).reshape(array.shape)
+    return Tensor(array, dtype=like.dtype, device=like.device).reshape(array.shape)
 
 
 def _as_tensor_like(value: Any, target: Tensor) -> Tensor:

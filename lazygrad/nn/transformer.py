@@ -182,7 +182,7 @@ class MultiheadAttention(Module):
 def _as_additive(mask: Tensor, dtype) -> Tensor:
     """A bool "may not attend" mask as -inf where True, 0 elsewhere; a float mask as it is."""
     if mask.dtype == dt.bool_:
-        return mask.where(float("-inf"), 0.0).cast(dtype)
+        return mask._select(float("-inf"), 0.0).cast(dtype)
     return mask
 
 

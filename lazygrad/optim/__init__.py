@@ -108,7 +108,7 @@ class Optimizer:
         if index is None or "hyperparameters" not in self.group_state[index]:
             return  # still being built by add_param_group
         state = self.group_state[index]
-        values = np.array(list(self.device_hyperparameters(group).values()), dtype=np.float32)
+        values = np.array(list(self.device_hyperparameters(group).values()), dtype=state["written"].dtype)
         if not np.array_equal(values, state["written"]):
             state["hyperparameters"].lazydata.base.buffer.copy_in(values)
             state["written"] = values
@@ -146,7 +146,9 @@ class Optimizer:
             group.setdefault(name, default)
         group = ParamGroup(group, self._group_changed)
         names = list(self.device_hyperparameters(group))
-        values = np.array(list(self.device_hyperparameters(group).values()), dtype=np.float32)
+        # float64 parameters read float64 hyperparameters: torch's Python-float lr is double precision there
+        wide = any(p.dtype == lazygrad.float64 for p in group["params"])
+        values = np.array(list(self.device_hyperparameters(group).values()), dtype=np.float64 if wide else np.float32)
         device = group["params"][0].device if group["params"] else None
         buffer = lazygrad.tensor(values, device=device)
         self.param_groups.append(group)
@@ -366,9 +368,10 @@ class Adam(Optimizer):
     def _group_step_state(self, index: int, device: str) -> dict[str, Any]:
         state = self.group_state[index]
         if "step" not in state:
-            state["step"] = lazygrad.zeros((), device=device).contiguous()
-            state["bias_correction1"] = lazygrad.ones((), device=device).contiguous()
-            state["bias_correction2"] = lazygrad.ones((), device=device).contiguous()
+            dtype = state["hyperparameters"].dtype  # float64 for float64 parameters
+            state["step"] = lazygrad.zeros((), dtype=dtype, device=device).contiguous()
+            state["bias_correction1"] = lazygrad.ones((), dtype=dtype, device=device).contiguous()
+            state["bias_correction2"] = lazygrad.ones((), dtype=dtype, device=device).contiguous()
         return state
 
     def _group_step(self, index: int, device: str) -> list[Tensor]:
@@ -386,7 +389,10 @@ class Adam(Optimizer):
     def _param_state(self, index, param):
         state = dict(self._state.get(id(param), {}))
         if state and "step" in self.group_state[index]:
-            state = {"step": self.group_state[index]["step"], **state}  # torch keeps a step per parameter
+            # torch keeps a step tensor per parameter, and advances each in place: one tensor shared by all (as the
+            # group's is here) would be advanced once per parameter by a torch optimizer resuming from the checkpoint
+            step = self.group_state[index]["step"]
+            state = {"step": lazygrad.tensor(step.numpy(), device=step.device), **state}
         return state
 
     def _load_param_state(self, index, param, saved):
@@ -401,7 +407,7 @@ class Adam(Optimizer):
                 ("bias_correction1", 1 - beta1**count),
                 ("bias_correction2", 1 - beta2**count),
             ):
-                written.append(state[name].assign(_fresh_copy(np.float32(value), state[name])))
+                written.append(state[name].assign(_fresh_copy(np.array(value), state[name])))
         return written
 
     def _update(self, index, group, params):
@@ -437,7 +443,7 @@ def _one_minus_exp(x: Tensor) -> Tensor:
     """1 - e**x for x <= 0, accurate for small |x| (1 - beta2**step at the first steps, beta2 near 1), where
     computing e**x first would cancel most of the digits: a Taylor series there, 1 - exp(x) elsewhere."""
     series = -x * (1 + x * (1 / 2 + x * (1 / 6 + x * (1 / 24 + x * (1 / 120 + x / 720)))))
-    return (x.abs() < 0.125).where(series, 1 - x.exp())
+    return (x.abs() < 0.125)._select(series, 1 - x.exp())
 
 
 class AdamW(Adam):

@@ -17,9 +17,9 @@ has one implementation.
 import functools
 import inspect
 
-from lazygrad.tensor_ops import arrange, creation, elementwise, math, movement, nn, reduce
+from lazygrad.tensor_ops import arrange, bounds, creation, elementwise, math, movement, nn, reduce
 
-_MODULES = (arrange, creation, elementwise, math, movement, nn, reduce)
+_MODULES = (arrange, bounds, creation, elementwise, math, movement, nn, reduce)
 
 
 def bind_tensor_class(tensor_class: type) -> None:

@@ -12,6 +12,7 @@ import numpy as np
 
 from lazygrad import dtype as dt
 from lazygrad.shape import prod
+from lazygrad.tensor_ops.bounds import check_indices
 
 if TYPE_CHECKING:
     from lazygrad.tensor import Tensor
@@ -49,7 +50,7 @@ class ArrangeOps:
         n, k = self.shape[0], abs(diagonal)
         size = n + k
         eye = Tensor.eye(n, dtype=dt.bool_, device=self.device)
-        square = eye.where(self.unsqueeze(0), Tensor.zeros((), dtype=self.dtype, device=self.device))
+        square = eye._select(self.unsqueeze(0), Tensor.zeros((), dtype=self.dtype, device=self.device))
         # place the n x n block so its diagonal is the `diagonal`-th of the size x size result
         top, left = max(-diagonal, 0), max(diagonal, 0)
         return square.pad((left, size - n - left, top, size - n - top))
@@ -59,7 +60,7 @@ class ArrangeOps:
         n = self.shape[-1] if self.ndim else 1
         size, k = n + abs(offset), abs(offset)
         eye = Tensor.eye(n, dtype=dt.bool_, device=self.device)
-        square = eye.where(self.unsqueeze(-2), Tensor.zeros((), dtype=self.dtype, device=self.device))
+        square = eye._select(self.unsqueeze(-2), Tensor.zeros((), dtype=self.dtype, device=self.device))
         top, left = max(-offset, 0), max(offset, 0)
         out = square.pad((left, size - n - left, top, size - n - top))  # (..., size, size), rows then columns
         del k
@@ -217,6 +218,7 @@ class ArrangeOps:
 
     def take(self, index: Tensor) -> Tensor:
         """The elements of the flattened input at these indices (negative from the end), in index's shape."""
+        check_indices(index, self.numel(), "take", None, negative=True)
         return self.reshape(-1)._gather_index(index)
 
     def sum_to_size(self, *size) -> Tensor:
@@ -250,9 +252,10 @@ class ArrangeOps:
         """True when both have the same shape and elements (a Python bool, read on the host)."""
         return self.shape == other.shape and bool((self == other).all().item())
 
-    def _index_along(self, dim: int, index: Tensor, source: Tensor) -> tuple:
+    def _index_along(self, dim: int, index: Tensor, source: Tensor, op: str) -> tuple:
         """(the sum of source's slices sent to self's positions index along dim, where any was sent)."""
         d = self._dim(dim)
+        check_indices(index, self.shape[d], op, d, negative=False)
         index = index.reshape(-1) if index.ndim else index.reshape(1)
         source = source if source.ndim else source.reshape(1)
         full = index.reshape([-1 if i == d else 1 for i in range(source.ndim)]).expand(*source.shape)
@@ -262,25 +265,27 @@ class ArrangeOps:
         """self with source's slices added at positions index along dim (repeated indices accumulate)."""
         if not self.ndim:
             return self + alpha * source.reshape(())
-        added, _ = self._index_along(dim, index, source)
+        added, _ = self._index_along(dim, index, source, "index_add")
         return self + added * alpha if alpha != 1 else self + added
 
     def index_copy(self, dim: int, index: Tensor, source: Tensor) -> Tensor:
         """self with its slices at positions index along dim replaced by source's (indices must be unique)."""
         if not self.ndim:
             return source.reshape(()).cast(self.dtype)
-        copied, hit = self._index_along(dim, index, source)
-        return hit.where(copied, self)
+        copied, hit = self._index_along(dim, index, source, "index_copy")
+        return hit._select(copied, self)
 
     def index_fill(self, dim: int, index: Tensor, value) -> Tensor:
         """self with its slices at positions index along dim set to value."""
         d = self._dim(dim) if self.ndim else 0
         n = self.shape[d] if self.ndim else 1
+        check_indices(index, n, "index_fill", d, negative=True)
+        index = (index < 0)._select(index + n, index)  # negative indices count from the end, as in torch
         chosen = (index.reshape(-1, 1) == Tensor.arange(n, device=self.device).reshape(1, n)).any(0)
         chosen = chosen.reshape([-1 if i == d else 1 for i in range(self.ndim)]) if self.ndim else chosen.reshape(())
         value = value.reshape(()) if isinstance(value, Tensor) else value
         fill = value.cast(self.dtype) if isinstance(value, Tensor) else Tensor.full((), value, self.dtype, self.device)
-        return chosen.where(fill, self)
+        return chosen._select(fill, self)
 
     def char(self) -> Tensor:
         return self.cast(dt.int8)
@@ -322,6 +327,7 @@ class ArrangeOps:
         d = self._dim(dim)
         if index.ndim > 1:
             raise IndexError(f"index_select(): Index is supposed to be a vector, got shape {index.shape}")
+        check_indices(index, self.shape[d] if self.ndim else 1, "index_select", d, negative=False)
         if not self.ndim:
             return self.clone()
         return self.transpose(0, d)._gather_index(index.reshape(-1)).transpose(0, d)
@@ -347,6 +353,8 @@ class ArrangeOps:
         return contribution.pad(flat), hit.pad(flat, value=False)
 
     def scatter_add(self, dim: int, index: Tensor, src: Tensor) -> Tensor:
+        d = self._dim(dim) if self.ndim else 0
+        check_indices(index, self.shape[d] if self.ndim else 1, "scatter_add", d, negative=False)
         contribution, _ = self._scatter_one_hot(dim, index, src)
         return self | contribution if self.dtype == dt.bool_ else self + contribution
 
@@ -355,8 +363,59 @@ class ArrangeOps:
         if reduce is not None:
             raise NotImplementedError("scatter(reduce=...): use scatter_add or scatter_reduce")
         src = value if src is None else src
+        d = self._dim(dim) if self.ndim else 0
+        check_indices(index, self.shape[d] if self.ndim else 1, "scatter", d, negative=False)
         contribution, hit = self._scatter_one_hot(dim, index, src)
-        return hit.where(contribution, self)
+        return hit._select(contribution, self)
+
+    def scatter_reduce(self, dim: int, index: Tensor, src: Tensor, reduce: str, *, include_self: bool = True):
+        """self with src's values reduced into the positions index names along dim (torch.scatter_reduce):
+        reduce is "sum", "prod", "mean", "amax" or "amin"; include_self counts self's value as one of them.
+        Positions no index names keep self's value. Integer "mean" rounds down, as torch."""
+        if reduce not in ("sum", "prod", "mean", "amax", "amin"):
+            raise RuntimeError(f"reduce argument must be either sum, prod, mean, amax or amin, got {reduce}")
+        if index.ndim != self.ndim and not (index.ndim <= 1 and self.ndim <= 1):
+            raise RuntimeError(
+                f"Index tensor must have the same number of dimensions as self (self {self.shape}, index {index.shape})"
+            )
+        if not self.ndim:
+            flat = self.reshape(1)
+            return flat.scatter_reduce(0, index.reshape(-1), src.reshape(-1), reduce, include_self=include_self)[0]
+        d = self._dim(dim)
+        n = self.shape[d]
+        check_indices(index, n, "scatter_reduce", d, negative=False)
+        src = src.shrink([(0, s) for s in index.shape]).cast(self.dtype)
+        # one_hot[..., j] (a new last axis): index points at position j of dim d; reduced over index's dim d
+        one_hot = index.unsqueeze(-1) == Tensor.arange(n, device=self.device)
+        count = one_hot.cast(dt.int64).sum(d)
+        values = src.unsqueeze(-1)
+        if reduce in ("sum", "mean"):
+            reduced = one_hot._select(values, Tensor.zeros((), dtype=self.dtype, device=self.device)).sum(d)
+        elif reduce == "prod":
+            reduced = one_hot._select(values, Tensor.ones((), dtype=self.dtype, device=self.device)).prod(d)
+        else:
+            identity = dt.lowest(self.dtype) if reduce == "amax" else _highest(self.dtype)
+            filler = Tensor.full((), identity, self.dtype, self.device)
+            reduced = one_hot._select(values, filler)
+            reduced = reduced.amax(d) if reduce == "amax" else reduced.amin(d)
+        # back to self's layout: positions last -> dim d; self's region that the index covers
+        reduced, count = reduced.movedim(-1, d), count.movedim(-1, d)
+        region = self.shrink([(0, n) if i == d else (0, s) for i, s in enumerate(index.shape)])
+        if include_self:
+            if reduce == "sum":
+                reduced = region + reduced
+            elif reduce == "prod":
+                reduced = region * reduced
+            elif reduce == "mean":
+                reduced, count = region + reduced, count + 1
+            else:
+                reduced = region.maximum(reduced) if reduce == "amax" else region.minimum(reduced)
+        if reduce == "mean":
+            divisor = count.maximum(1).cast(self.dtype)
+            reduced = reduced / divisor if self.dtype.is_float else reduced.div(divisor, rounding_mode="floor")
+        pads = [p for size, have in reversed(list(zip(self.shape, reduced.shape))) for p in (0, size - have)]
+        hit = (count > (1 if include_self and reduce == "mean" else 0)).pad(pads, value=False)
+        return hit._select(reduced.cast(self.dtype).pad(pads), self)
 
     # --- new tensors like this one ------------------------------------------------------------------
     def new_zeros(self, *size, dtype=None, device=None, requires_grad=False) -> Tensor:
@@ -535,6 +594,8 @@ class IndexingOps:
                 raise IndexError(
                     f"tensors used as indices must be long, int, byte or bool tensors, got {index.dtype.name}"
                 )
+            if dim < self.ndim:
+                check_indices(index, self.shape[dim], "index", dim, negative=True)
             parts.append(index.cast(dt.int64))
             dim += 1
         if dim > self.ndim:
@@ -543,7 +604,7 @@ class IndexingOps:
         linear, stride = None, 1
         for d in range(len(parts) - 1, -1, -1):
             size = self.shape[d]
-            part = (parts[d] < 0).where(parts[d] + size, parts[d]).broadcast_to(shape)
+            part = (parts[d] < 0)._select(parts[d] + size, parts[d]).broadcast_to(shape)
             linear = part * stride if linear is None else linear + part * stride
             stride *= size
         return linear
@@ -571,11 +632,12 @@ class IndexingOps:
         hits = Tensor.arange(positions, device=self.device).unsqueeze(-1) == linear.reshape(1, -1)
         hits = hits.reshape(positions, linear.numel(), *(1,) * len(rest))
         zero = Tensor.zeros((), dtype=self.dtype, device=self.device)
-        written = hits.where(values.unsqueeze(0), zero).sum(1).cast(self.dtype)
+        written = hits._select(values.unsqueeze(0), zero).sum(1).cast(self.dtype)
         if accumulate:
             out = flat | written if self.dtype == dt.bool_ else flat + written
         else:
-            out = hits.any(1).where(written, flat)  # a position written twice gets the sum: torch leaves it unspecified
+            # a position written twice gets the sum: torch leaves it unspecified
+            out = hits.any(1)._select(written, flat)
         return out.reshape(self.shape)
 
     def index_put(self, indices, values, accumulate: bool = False) -> Tensor:
@@ -583,6 +645,16 @@ class IndexingOps:
 
     def index_put_(self, indices, values, accumulate: bool = False) -> Tensor:
         return self._inplace(self._put(tuple(indices), values, accumulate))
+
+
+def _highest(d: dt.DType):
+    """The greatest value of d: the identity of a min."""
+    if d.is_float:
+        return float("inf")
+    if d == dt.bool_:
+        return True
+    bits = d.itemsize * 8
+    return (1 << bits) - 1 if d.kind == "u" else (1 << (bits - 1)) - 1
 
 
 def _is_mask(index) -> bool:
@@ -617,16 +689,17 @@ def copy_and_construction_functions() -> dict:
         zero gradient): a where that never takes input, so no NaN of input reaches the gradient."""
         value = value.item() if isinstance(value, Tensor) else value
         never = Tensor.full(input.shape, False, dt.bool_, input.device)
-        return never.where(input, Tensor.full((), value, input.dtype, input.device))
+        return never._select(input, Tensor.full((), value, input.dtype, input.device))
 
     def scalar_tensor(s, *, dtype=None, device=None, requires_grad: bool = False):
-        out = Tensor.full((), s, dtype or dt.float32, device)
+        out = Tensor.full((), s, dtype or dt.python_type_dtype(s), device)
         return out.requires_grad_(True) if requires_grad else out
 
     def logspace(start, end, steps: int, base: float = 10.0, *, dtype=None, device=None, requires_grad=False):
         """base ** linspace(start, end, steps), computed in float64 on the host as torch rounds it."""
         exponents = np.linspace(float(start), float(end), steps, dtype=np.float64)
-        out = Tensor(np.power(float(base), exponents).astype((dtype or dt.float32).np), device=device)
+        dtype = dt.to_dtype(dtype) if dtype is not None else dt.default_float
+        out = Tensor(np.power(float(base), exponents).astype(dtype.np), dtype=dtype, device=device)
         return out.requires_grad_(True) if requires_grad else out
 
     def tril_indices(row: int, col: int, offset: int = 0, *, dtype=None, device=None):

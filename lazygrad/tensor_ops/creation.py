@@ -17,6 +17,41 @@ if TYPE_CHECKING:
 # at run time `Tensor` is the finished class, bound in by lazygrad.tensor (tensor_ops.bind_tensor_class)
 
 
+def _numpy_float_dtype(data):
+    """The float dtype that torch.tensor keeps from numpy data (an ndarray or numpy scalar), else None: a Python
+    float or a list of them takes the default dtype instead."""
+    if isinstance(data, (np.ndarray, np.generic)) and data.dtype.kind == "f":
+        return dt.from_numpy_dtype(data.dtype)
+    return None
+
+
+def tensor(data, dtype=None, device=None, requires_grad: bool = False) -> Tensor:
+    """torch.tensor: a copy of data. numpy data keeps its dtype (float64 stays float64, as in torch); Python
+    floats take the default dtype (set_default_dtype). `Tensor(data)` is torch.Tensor: floats become the default."""
+    if dtype is None:
+        dtype = _numpy_float_dtype(data)
+    if isinstance(data, Tensor):
+        data = data.detach()
+    return Tensor(data, dtype=dtype, device=device, requires_grad=requires_grad)
+
+
+def from_numpy(array: np.ndarray) -> Tensor:
+    """torch.from_numpy: a tensor of the array's dtype. Unlike torch it copies (the upload is lazy), so later writes
+    to the array do not show in the tensor."""
+    if not isinstance(array, np.ndarray):
+        raise TypeError(f"from_numpy: expected np.ndarray (got {type(array).__name__})")
+    return Tensor(array, dtype=dt.from_numpy_dtype(array.dtype))
+
+
+def as_tensor(data, dtype=None, device=None) -> Tensor:
+    """torch.as_tensor: data itself when it is already a tensor of that dtype and device, else as tensor()."""
+    if isinstance(data, Tensor):
+        same_dtype = dtype is None or dt.to_dtype(dtype) == data.dtype
+        same_device = device is None or canonical_device(device) == data.device
+        return data if same_dtype and same_device else data.to(device=device, dtype=dtype)
+    return tensor(data, dtype=dtype, device=device)
+
+
 def manual_seed(seed: int) -> None:
     random.manual_seed(seed)  # the device generator (lazygrad/random.py)
 
@@ -75,18 +110,18 @@ class CreationOps:
             start, end = 0, start
         is_float = any(isinstance(v, float) for v in (start, end, step))
         dtype = dt.to_dtype(dtype) if dtype is not None else (dt.default_float if is_float else dt.int64)
-        t = Tensor(np.arange(start, end, step).astype(dtype.np), device=device)
+        t = Tensor(np.arange(start, end, step).astype(dtype.np), dtype=dtype, device=device)
         return t.requires_grad_() if requires_grad else t
 
     @staticmethod
     def linspace(start, end, steps: int, dtype=None, device=None) -> Tensor:
         dtype = dt.to_dtype(dtype) if dtype is not None else dt.default_float
-        return Tensor(np.linspace(start, end, steps).astype(dtype.np), device=device)
+        return Tensor(np.linspace(start, end, steps).astype(dtype.np), dtype=dtype, device=device)
 
     @staticmethod
     def eye(n: int, m: int | None = None, dtype=None, device=None, requires_grad=False) -> Tensor:
         dtype = dt.to_dtype(dtype) if dtype is not None else dt.default_float
-        t = Tensor(np.eye(n, m if m is not None else n).astype(dtype.np), device=device)
+        t = Tensor(np.eye(n, m if m is not None else n).astype(dtype.np), dtype=dtype, device=device)
         return t.requires_grad_() if requires_grad else t
 
     def full_like(self, fill_value, dtype=None, device=None, requires_grad=False) -> Tensor:

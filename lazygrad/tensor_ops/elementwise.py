@@ -212,25 +212,25 @@ class ElementwiseOps:
             out_dtype = x.dtype
             x, y = x.cast(dt.default_float), y.cast(dt.default_float)
             r = x.pow(y)
-            return (r + (r < 0).where(-0.5, 0.5)).cast(out_dtype)  # round half away from zero, then cast
+            return (r + (r < 0)._select(-0.5, 0.5)).cast(out_dtype)  # round half away from zero, then cast
         # |x|**y, then the sign for negative bases with odd integer exponents; NaN for non-integers
         y_int = y == y.trunc()
         y_odd = y_int & ((y / 2).trunc() * 2 != y)
         zero = x == 0
         # log2(0) = -inf would make the gradient 0 * inf = NaN: take the logarithm of a safe base and give
         # x == 0 its value (0, or inf for negative y) through a where, which carries no gradient but for y == 1
-        safe = zero.where(x.ones_like(), x)
+        safe = zero._select(x.ones_like(), x)
         magnitude = (y * safe.abs().log2()).exp2()
         nan = Tensor.full((), float("nan"), x.dtype, x.device)  # a constant: no NaN flows into the gradient
-        fractional = (safe == float("-inf")).where(magnitude, nan)  # (-inf)**2.5 is inf, (-8)**(1/3) is NaN
-        signed = (safe < 0).where(y_odd.where(-magnitude, y_int.where(magnitude, fractional)), magnitude)
+        fractional = (safe == float("-inf"))._select(magnitude, nan)  # (-inf)**2.5 is inf, (-8)**(1/3) is NaN
+        signed = (safe < 0)._select(y_odd._select(-magnitude, y_int._select(magnitude, fractional)), magnitude)
         inf = Tensor.full((), float("inf"), x.dtype, x.device)
         negative_zero = x.detach().reciprocal() < 0
-        at_zero = (y > 0).where(x.zeros_like().detach(), (y_odd & negative_zero).where(-inf, inf))
-        signed = zero.where((y == 1).where(x, at_zero), signed)
+        at_zero = (y > 0)._select(x.zeros_like().detach(), (y_odd & negative_zero)._select(-inf, inf))
+        signed = zero._select((y == 1)._select(x, at_zero), signed)
         # x**0 is 1 for every x; only where the formula fails (0, inf, NaN), so the gradient of y stays log(x)
         formula_fails = zero | (x != x) | (x.abs() == float("inf"))
-        return ((y == 0) & formula_fails).where(x.ones_like(), signed)
+        return ((y == 0) & formula_fails)._select(x.ones_like(), signed)
 
     def neg(self) -> Tensor:
         if self.dtype == dt.bool_:
@@ -290,28 +290,28 @@ class ElementwiseOps:
         gradient at 0 is -1 (abs() splits the kink into 0)."""
         x = self._float()
         positive = x >= 0
-        return positive, positive.where(-x, x).exp()
+        return positive, positive._select(-x, x).exp()
 
     def sigmoid(self) -> Tensor:
         # 1 / (1 + e^-x) for x >= 0, e^x / (1 + e^x) below: stable, in value and in gradient, for any x
         positive, e = self._exp_of_minus_abs()
-        return positive.where(1.0, e) / (1 + e)
+        return positive._select(1.0, e) / (1 + e)
 
     def tanh(self) -> Tensor:
         return 2 * (2 * self._float()).sigmoid() - 1
 
     def relu(self) -> Tensor:
         # where(x <= 0, 0, x) keeps NaN and gives gradient 0 at 0, as PyTorch does
-        return self.le(0).where(self.zeros_like(), self)
+        return self.le(0)._select(self.zeros_like(), self)
 
     def relu6(self) -> Tensor:
         return self.clamp(0, 6)
 
     def leaky_relu(self, negative_slope: float = 0.01) -> Tensor:
-        return (self > 0).where(self, self * negative_slope)
+        return (self > 0)._select(self, self * negative_slope)
 
     def elu(self, alpha: float = 1.0) -> Tensor:
-        return (self > 0).where(self, alpha * self.expm1())
+        return (self > 0)._select(self, alpha * self.expm1())
 
     def erf(self) -> Tensor:
         # Abramowitz & Stegun 7.1.26 refined: |error| < 1.5e-7
@@ -332,8 +332,8 @@ class ElementwiseOps:
         scaled = self._float() * beta
         # log(1 + e^s) = max(s, 0) + log(1 + e^-|s|): no overflow in any branch
         positive, e = scaled._exp_of_minus_abs()
-        stable = (positive.where(scaled, 0.0) + (1 + e).log()) / beta
-        return (scaled > threshold).where(self, stable)
+        stable = (positive._select(scaled, 0.0) + (1 + e).log()) / beta
+        return (scaled > threshold)._select(self, stable)
 
     def mish(self) -> Tensor:
         return self * self.softplus().tanh()
@@ -359,7 +359,7 @@ class ElementwiseOps:
         big = self.abs() >= 2.0**52  # also inf; NaN fails every comparison and goes through the cast
         as_int = self.cast(dt.int64).cast(self.dtype)
         nan_or_big = big | (self != self)
-        return self._zero_gradient(nan_or_big.where(self, as_int))
+        return self._zero_gradient(nan_or_big._select(self, as_int))
 
     def _zero_gradient(self, value: Tensor) -> Tensor:
         """`value`, as a function of self whose gradient is zero (as PyTorch's for sign, floor, round...).
@@ -389,7 +389,7 @@ class ElementwiseOps:
         # halfway cases round to even
         tie = (r - self) == 0.5
         odd = (r / 2).floor() * 2 != r
-        return (tie & odd).where(r - 1, r)
+        return (tie & odd)._select(r - 1, r)
 
     def frac(self) -> Tensor:
         return self - self.trunc()
@@ -400,10 +400,10 @@ class ElementwiseOps:
         out = self
         if min is not None:
             lo = min if isinstance(min, Tensor) else Tensor.full((), min, dt.scalar_dtype(min, self.dtype), self.device)
-            out = (out < lo).where(lo.cast(dt.promote(out.dtype, lo.dtype)), out)
+            out = (out < lo)._select(lo.cast(dt.promote(out.dtype, lo.dtype)), out)
         if max is not None:
             hi = max if isinstance(max, Tensor) else Tensor.full((), max, dt.scalar_dtype(max, self.dtype), self.device)
-            out = (out > hi).where(hi.cast(dt.promote(out.dtype, hi.dtype)), out)
+            out = (out > hi)._select(hi.cast(dt.promote(out.dtype, hi.dtype)), out)
         return out
 
     clip = clamp
@@ -426,8 +426,16 @@ class ElementwiseOps:
             return self.logical_not()
         return self ^ -1 if self.dtype.kind == "i" else self ^ ((1 << (8 * self.dtype.itemsize)) - 1)
 
-    def where(self, x, y) -> Tensor:
-        """torch.where(self, x, y): x where self is true."""
+    def where(self, condition, y) -> Tensor:
+        """torch's Tensor.where: self where condition is true, else y (torch.where(condition, self, y)). lazygrad's
+        own code writes condition._select(x, y), the condition first."""
+        if not isinstance(condition, Tensor) or condition.dtype != dt.bool_:
+            got = condition.dtype.name if isinstance(condition, Tensor) else type(condition).__name__
+            raise TypeError(f"where expected condition to be a boolean tensor, but got {got}: x.where(condition, y)")
+        return condition._select(self, y)
+
+    def _select(self, x, y) -> Tensor:
+        """torch.where(self, x, y): x where self (the condition) is true, else y."""
         cond = self if self.dtype == dt.bool_ else self.bool()
         if not isinstance(x, Tensor) and not isinstance(y, Tensor):
             d = (
@@ -448,8 +456,8 @@ class ElementwiseOps:
         if isinstance(value, Tensor):  # torch takes a 0-d tensor too (its gradient is the sum over the filled places)
             if value.ndim != 0:
                 raise RuntimeError(f"masked_fill takes a 0-d value tensor, got one of shape {value.shape}")
-            return mask.where(value.cast(self.dtype), self)
-        return mask.where(
+            return mask._select(value.cast(self.dtype), self)
+        return mask._select(
             Tensor.full((), value, dt.scalar_dtype(value, self.dtype), self.device).cast(self.dtype), self
         )
 

@@ -29,41 +29,41 @@ class MathOps:
         functions built on it keep their slope at the origin."""
         x = self._float()
         negative = x < 0
-        return negative.where(-x, x), negative
+        return negative._select(-x, x), negative
 
     def atan(self) -> Tensor:
         # Cephes atanf: reduce |x| to [0, tan(pi/8)] around 0, pi/4 or pi/2, then a degree-9 odd polynomial
         # (relative error about 1e-7 in float32)
         a, negative = self._magnitude_and_sign()
         big, mid = a > 2.414213562373095, a > 0.4142135623730950
-        safe = big.where(a, 1.0)  # -1/a is only taken where a is big: no inf (nor its NaN gradient) elsewhere
-        t = big.where(-1 / safe, mid.where((a - 1) / (a + 1), a))
+        safe = big._select(a, 1.0)  # -1/a is only taken where a is big: no inf (nor its NaN gradient) elsewhere
+        t = big._select(-1 / safe, mid._select((a - 1) / (a + 1), a))
         z = t * t
         poly = (((8.05374449538e-2 * z - 1.38776856032e-1) * z + 1.99777106478e-1) * z - 3.33329491539e-1) * z
-        y = big.where(math.pi / 2, mid.where(math.pi / 4, 0.0)) + poly * t + t
-        return negative.where(-y, y)
+        y = big._select(math.pi / 2, mid._select(math.pi / 4, 0.0)) + poly * t + t
+        return negative._select(-y, y)
 
     def atan2(self, other) -> Tensor:
         """atan2(self, other): the angle of the point (other, self), in (-pi, pi]."""
         y, x = self._float()._operand(other)
         ay, ax = y.abs(), x.abs()
         big, small = ay.maximum(ax), ay.minimum(ax)
-        angle = (small / (big == 0).where(1.0, big)).atan()  # in [0, pi/4]; atan2(0, 0) = 0
-        angle = (ay > ax).where(math.pi / 2 - angle, angle)
-        angle = (x < 0).where(math.pi - angle, angle)
-        return (y < 0).where(-angle, angle)
+        angle = (small / (big == 0)._select(1.0, big)).atan()  # in [0, pi/4]; atan2(0, 0) = 0
+        angle = (ay > ax)._select(math.pi / 2 - angle, angle)
+        angle = (x < 0)._select(math.pi - angle, angle)
+        return (y < 0)._select(-angle, angle)
 
     arctan2 = atan2
 
     def asin(self) -> Tensor:
         x = self._float()
         out = x.atan2(((1 - x) * (1 + x)).sqrt())
-        return (x.abs() > 1).where(float("nan"), out)
+        return (x.abs() > 1)._select(float("nan"), out)
 
     def acos(self) -> Tensor:
         x = self._float()
         out = ((1 - x) * (1 + x)).sqrt().atan2(x)
-        return (x.abs() > 1).where(float("nan"), out)
+        return (x.abs() > 1)._select(float("nan"), out)
 
     def sinh(self) -> Tensor:
         x = self._float()
@@ -76,7 +76,7 @@ class MathOps:
     def asinh(self) -> Tensor:
         a, negative = self._magnitude_and_sign()
         y = (a + (a * a + 1).sqrt()).log()
-        return negative.where(-y, y)
+        return negative._select(-y, y)
 
     def acosh(self) -> Tensor:
         x = self._float()
@@ -97,7 +97,7 @@ class MathOps:
     def sinc(self) -> Tensor:
         x = self._float() * math.pi
         zero = x == 0
-        return zero.where(1.0, x.sin() / zero.where(1.0, x))
+        return zero._select(1.0, x.sin() / zero._select(1.0, x))
 
     # --- other elementwise math --------------------------------------------------------------------
     def hypot(self, other) -> Tensor:
@@ -115,25 +115,25 @@ class MathOps:
 
     def xlogy(self, other) -> Tensor:
         x, y = self._float()._operand(other)
-        return ((x == 0) & (y == y)).where(0.0, x * y.log())  # 0 * log(0) is 0, NaN stays NaN
+        return ((x == 0) & (y == y))._select(0.0, x * y.log())  # 0 * log(0) is 0, NaN stays NaN
 
     def copysign(self, other) -> Tensor:
         x, y = self._float()._operand(other)
         negative = (y < 0) | ((y == 0) & (y.reciprocal() < 0))  # -0.0 is negative
-        a = (x < 0).where(-x, x)
-        return negative.where(-a, a)
+        a = (x < 0)._select(-x, x)
+        return negative._select(-a, a)
 
     def logaddexp(self, other) -> Tensor:
         a, b = self._float()._operand(other)
         m = a.maximum(b)
         same = a == b  # also both inf: log(e^inf + e^inf) is inf, where the formula gives NaN
-        return same.where(a + math.log(2), m + (-(a - b).abs()).exp().log1p())
+        return same._select(a + math.log(2), m + (-(a - b).abs()).exp().log1p())
 
     def logaddexp2(self, other) -> Tensor:
         a, b = self._float()._operand(other)
         m = a.maximum(b)
         same = a == b
-        return same.where(a + 1, m + ((-(a - b).abs()).exp2() + 1).log2())
+        return same._select(a + 1, m + ((-(a - b).abs()).exp2() + 1).log2())
 
     def addcmul(self, tensor1, tensor2, value=1) -> Tensor:
         return self + value * tensor1 * tensor2
@@ -149,11 +149,11 @@ class MathOps:
 
     def fmax(self, other) -> Tensor:
         a, b = self._operand(other)
-        return a.isnan().where(b, b.isnan().where(a, a.maximum(b)))
+        return a.isnan()._select(b, b.isnan()._select(a, a.maximum(b)))
 
     def fmin(self, other) -> Tensor:
         a, b = self._operand(other)
-        return a.isnan().where(b, b.isnan().where(a, a.minimum(b)))
+        return a.isnan()._select(b, b.isnan()._select(a, a.minimum(b)))
 
     def true_divide(self, other) -> Tensor:
         return self.div(other)
@@ -178,15 +178,15 @@ class MathOps:
 
     def heaviside(self, values) -> Tensor:
         x, v = self._operand(values)
-        return (x == 0).where(v, (x > 0).cast(v.dtype))
+        return (x == 0)._select(v, (x > 0).cast(v.dtype))
 
     def nan_to_num(self, nan: float = 0.0, posinf=None, neginf=None) -> Tensor:
         if not self.dtype.is_float:
             return self
         largest = float(np.finfo(self.dtype.np).max)
-        out = self.isnan().where(nan, self)
-        out = (out == float("inf")).where(largest if posinf is None else posinf, out)
-        return (out == float("-inf")).where(-largest if neginf is None else neginf, out)
+        out = self.isnan()._select(nan, self)
+        out = (out == float("inf"))._select(largest if posinf is None else posinf, out)
+        return (out == float("-inf"))._select(-largest if neginf is None else neginf, out)
 
     def isclose(self, other, rtol: float = 1e-05, atol: float = 1e-08, equal_nan: bool = False) -> Tensor:
         a, b = self._operand(other)
@@ -198,7 +198,7 @@ class MathOps:
 
     # --- reductions --------------------------------------------------------------------------------
     def nansum(self, dim=None, keepdim: bool = False, dtype=None) -> Tensor:
-        x = self.isnan().where(0.0, self) if self.dtype.is_float else self
+        x = self.isnan()._select(0.0, self) if self.dtype.is_float else self
         return x.sum(dim, keepdim, dtype=dtype)
 
     def nanmean(self, dim=None, keepdim: bool = False, dtype=None) -> Tensor:
@@ -239,7 +239,7 @@ class MathOps:
         earlier = Tensor.arange(n, device=self.device).reshape(1, n) <= Tensor.arange(n, device=self.device).reshape(
             n, 1
         )
-        return earlier.where(x.unsqueeze(-2), fill), earlier
+        return earlier._select(x.unsqueeze(-2), fill), earlier
 
     def logcumsumexp(self, dim: int) -> Tensor:
         """log(cumsum(exp(x))) along dim, each prefix a stable logsumexp (no underflow where the values differ
@@ -271,7 +271,7 @@ class MathOps:
         n = prefixes.shape[-1]
         positions = Tensor.arange(n, device=self.device)
         hit = earlier & (prefixes == values.unsqueeze(-1))
-        indices = hit.where(positions, -1).amax(-1)
+        indices = hit._select(positions, -1).amax(-1)
         return Extreme(values.transpose(d, -1), indices.transpose(d, -1).cast(dt.int64))
 
     # --- norms -----------------------------------------------------------------------------------------
@@ -289,7 +289,7 @@ class MathOps:
             return size.amin(dims, keepdim)
         if p == 0:  # the count of nonzeros; in the input's graph with a zero gradient, as torch
             never = Tensor.full(size.shape, False, dt.bool_, size.device)
-            return (size != 0).cast(x.dtype).sum(dims, keepdim) + never.where(size, 0.0).sum(dims, keepdim)
+            return (size != 0).cast(x.dtype).sum(dims, keepdim) + never._select(size, 0.0).sum(dims, keepdim)
         if p == 1:
             return size.sum(dims, keepdim)
         if p == 2:
@@ -304,7 +304,7 @@ class MathOps:
         d = self._dim(dim)
         others = tuple(i for i in range(self.ndim) if i != d)
         norms = self.norm(p, others, keepdim=True) if others else self.abs()  # torch differentiates the norm too
-        factor = (norms > maxnorm).where(maxnorm / (norms + 1e-7), 1.0)
+        factor = (norms > maxnorm)._select(maxnorm / (norms + 1e-7), 1.0)
         return self * factor
 
     def ldexp(self, other) -> Tensor:

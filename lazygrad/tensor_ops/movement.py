@@ -12,6 +12,7 @@ from lazygrad import dtype as dt
 from lazygrad.dtype import DType
 from lazygrad.ops import Op
 from lazygrad.shape import prod
+from lazygrad.tensor_ops.bounds import check_indices
 
 if TYPE_CHECKING:
     from lazygrad.tensor import Tensor
@@ -187,7 +188,7 @@ class MovementOps:
         out = x._movement(Op.PAD, grow)
         if value != 0:
             mask = Tensor.full(x.shape, True, dt.bool_, self.device)._movement(Op.PAD, grow)
-            out = mask.where(out, Tensor.full((), value, dt.scalar_dtype(value, out.dtype), self.device))
+            out = mask._select(out, Tensor.full((), value, dt.scalar_dtype(value, out.dtype), self.device))
         return _not_a_view(self, out)  # F.pad makes a new tensor
 
     def __getitem__(self, index) -> Tensor:
@@ -196,6 +197,9 @@ class MovementOps:
         if isinstance(index, Tensor) or (isinstance(index, (list, np.ndarray))):
             if isinstance(index, Tensor) and index.dtype == dt.bool_ or np.asarray(index).dtype == np.bool_:
                 return self._index_with_tensors((index,))  # a mask: its nonzeros, read on the host
+            if not self.ndim:
+                raise IndexError("invalid index of a 0-dim tensor: a tensor index needs a dimension to index")
+            check_indices(index, self.shape[0], "index", 0, negative=True)
             return self._gather_index(index)
         index = index if isinstance(index, tuple) else (index,)
         if any(isinstance(i, (Tensor, list, np.ndarray)) for i in index):
@@ -289,14 +293,22 @@ class MovementOps:
         if idx.dtype == dt.bool_:
             raise NotImplementedError("boolean-mask indexing has a data-dependent shape; use where() instead")
         n = self.shape[0]
-        idx = (idx < 0).where(idx + n, idx)
+        idx = (idx < 0)._select(idx + n, idx)
         one_hot = idx.unsqueeze(-1) == Tensor.arange(n, device=self.device)
         one_hot = one_hot.reshape(one_hot.shape + (1,) * (self.ndim - 1)).cast(self.dtype)
         return (one_hot * self).sum(idx.ndim)
 
     def gather(self, dim: int, index: Tensor) -> Tensor:
         """out[i][j][k] = self[index[i][j][k]][j][k] (for dim 0): a one-hot of the index along a new last axis,
-        times the input with its `dim` moved last, summed over that axis."""
+        times the input with its `dim` moved last, summed over that axis. An index outside [0, size) is an
+        IndexError (read on the host: tensor_ops/bounds.py)."""
+        d = self._dim(dim)
+        if not (index.dtype.is_float or index.dtype == dt.bool_):
+            check_indices(index, self.shape[d] if self.ndim else 1, "gather", d, negative=False)
+        return self._gather(d, index)
+
+    def _gather(self, dim: int, index: Tensor) -> Tensor:
+        """gather without the bounds check (take_along_dim checks before it wraps negative indices)."""
         d = self._dim(dim)
         if index.dtype.is_float or index.dtype == dt.bool_:
             raise RuntimeError(f"gather(): Expected dtype int64 for index, got {index.dtype.name}")
@@ -306,7 +318,7 @@ class MovementOps:
                 f"(input {self.shape}, index {index.shape})"
             )
         if self.dtype == dt.bool_:  # the one-hot product is arithmetic
-            return self.cast(dt.uint8).gather(d, index).cast(dt.bool_)
+            return self.cast(dt.uint8)._gather(d, index).cast(dt.bool_)
         if not self.ndim:
             return self.reshape(index.shape) if index.ndim else self
         index = index.reshape(index.shape or (1,))
@@ -324,12 +336,15 @@ class MovementOps:
         return (one_hot.cast(self.dtype) * x).sum(-1)
 
     def take_along_dim(self, indices: Tensor, dim=None) -> Tensor:
+        """gather along dim, with indices broadcast against self; negative indices count from the end (torch)."""
         if dim is None:
-            return self.reshape(-1).gather(0, indices.reshape(-1))
+            return self.reshape(-1).take_along_dim(indices.reshape(-1), 0)
         d = self._dim(dim)
+        check_indices(indices, self.shape[d], "take_along_dim", d, negative=True)
+        indices = (indices < 0)._select(indices + self.shape[d], indices)
         shape = tuple(max(a, b) if i != d else b for i, (a, b) in enumerate(zip(self.shape, indices.shape)))
         x = self.expand(tuple(s if i != d else self.shape[d] for i, s in enumerate(shape)))
-        return x.gather(d, indices.expand(shape))
+        return x._gather(d, indices.expand(shape))
 
     def one_hot(self, num_classes: int = -1) -> Tensor:
         """int64 one-hot encoding along a new last dim. num_classes=-1 reads max()+1, which computes the input."""
@@ -412,12 +427,12 @@ class MovementOps:
     def tril(self, diagonal: int = 0) -> Tensor:
         r = Tensor.arange(self.shape[-2], device=self.device).unsqueeze(-1)
         c = Tensor.arange(self.shape[-1], device=self.device).unsqueeze(0)
-        return (c - r <= diagonal).where(self, self.zeros_like())
+        return (c - r <= diagonal)._select(self, self.zeros_like())
 
     def triu(self, diagonal: int = 0) -> Tensor:
         r = Tensor.arange(self.shape[-2], device=self.device).unsqueeze(-1)
         c = Tensor.arange(self.shape[-1], device=self.device).unsqueeze(0)
-        return (c - r >= diagonal).where(self, self.zeros_like())
+        return (c - r >= diagonal)._select(self, self.zeros_like())
 
 
 def _source_index(j: int, size: int, mode: str) -> int:

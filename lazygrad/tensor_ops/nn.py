@@ -256,8 +256,8 @@ class NNOps:
             best = forward().detach().unsqueeze(-1).unsqueeze(-1)
             hit = (win == best) | (win != win)
             rank = Tensor.arange(k[0] * k[1], 0, -1, dtype=dt.float32, device=self.device).reshape(k)
-            first = hit.where(rank, 0.0).amax((-2, -1), keepdim=True)  # the rank of the first hit
-            spread = (rank == first).where(grad.unsqueeze(-1).unsqueeze(-1), 0.0)
+            first = hit._select(rank, 0.0).amax((-2, -1), keepdim=True)  # the rank of the first hit
+            spread = (rank == first)._select(grad.unsqueeze(-1).unsqueeze(-1), 0.0)
             padded = tuple(size + 2 * pad + e for size, pad, e in zip(x_in.shape[-2:], p, extra))
             crop = tuple(zip(p, x_in.shape[-2:]))  # the padding's positions get no gradient
             return (autograd.window_transpose(spread, (*x_in.shape[:-2], *padded), k, s, d, crop),)
@@ -272,9 +272,9 @@ class NNOps:
         win = windows().detach()
         hit = (win == out.detach().unsqueeze(-1).unsqueeze(-1)) | (win != win)
         rank = Tensor.arange(k[0] * k[1], 0, -1, dtype=dt.float32, device=self.device).reshape(k)
-        ranks = hit.where(rank, 0.0)
+        ranks = hit._select(rank, 0.0)
         first = ranks == ranks.amax((-2, -1), keepdim=True)
-        indices = first.where(position_windows, 0.0).sum((-2, -1))
+        indices = first._select(position_windows, 0.0).sum((-2, -1))
         return out, indices.cast(dt.int64)
 
     def avg_pool2d(
@@ -393,7 +393,7 @@ class NNOps:
             above = Tensor.ones(scores.shape[-2:], dtype=dt.bool_, device=self.device).triu(1)
             scores = scores.masked_fill(above, float("-inf"))
         if attn_mask is not None:
-            scores = scores + attn_mask if attn_mask.dtype != dt.bool_ else attn_mask.where(scores, float("-inf"))
+            scores = scores + attn_mask if attn_mask.dtype != dt.bool_ else attn_mask._select(scores, float("-inf"))
         weights = scores.softmax(-1)
         if dropout_p > 0.0:
             weights = weights.dropout(dropout_p, True)

@@ -98,7 +98,7 @@ class ReduceOps:
         n = self.shape[d]
         idx = indices if keepdim else indices.unsqueeze(d)
         positions = Tensor.arange(n, device=self.device).reshape([n if i == d else 1 for i in range(self.ndim)])
-        return (idx == positions).where(self, 0.0).sum(d, keepdim)
+        return (idx == positions)._select(self, 0.0).sum(d, keepdim)
 
     def min(self, dim=None, keepdim: bool = False):
         if isinstance(dim, Tensor):
@@ -182,7 +182,7 @@ class ReduceOps:
         if not self.dtype.is_float:
             return self._float().logsumexp(dim, keepdim)
         m = self.amax(dim, keepdim=True).detach()
-        m = (m.abs() == float("inf")).where(m.zeros_like(), m)  # all -inf rows stay -inf, without NaN
+        m = (m.abs() == float("inf"))._select(m.zeros_like(), m)  # all -inf rows stay -inf, without NaN
         out = (self - m).exp().sum(dim, keepdim=True).log() + m
         return out if keepdim else out.squeeze(self._axes(dim)) if self.ndim else out
 
@@ -217,19 +217,55 @@ class ReduceOps:
     def topk(self, k: int, dim: int = -1, largest: bool = True, sorted: bool = True):
         """The k largest (or smallest) values along dim and their indices, in order, as torch.topk. Each element's
         rank is the number of elements that come before it (larger, or equal and at a lower index, so ties keep
-        index order), an (n x n) comparison: exact and differentiable, meant for dims of up to a few thousand
-        (a vocabulary of characters or tokens when sampling), not for sorting large dims."""
+        index order; NaN is the largest, as torch), an (n x n) comparison: exact and differentiable, meant for dims
+        of up to a few thousand (a vocabulary of characters or tokens when sampling), not for sorting large dims."""
         d = self._dim(dim)
         n = self.shape[d]
         if not 0 <= k <= n:
             raise RuntimeError(f"topk: k ({k}) is out of range for dimension {d} of size {n} (shape {self.shape})")
         x = self.transpose(d, -1)
-        key = x if largest else -x
-        mine, other = key.unsqueeze(-1), key.unsqueeze(-2)  # (..., n, 1) against (..., 1, n)
-        index = Tensor.arange(n, device=self.device)
-        earlier = index.unsqueeze(0) < index.unsqueeze(1)  # [i, j]: j comes before i among equals
-        rank = ((other > mine) | ((other == mine) & earlier)).sum(-1)  # (..., n), a permutation of 0..n-1
-        picks = (rank.unsqueeze(-1) == Tensor.arange(k, device=self.device)).cast(self.dtype)  # (..., n, k)
-        values = (x.unsqueeze(-1) * picks).sum(-2)
-        indices = (index.unsqueeze(-1) * picks.cast(dt.int64)).sum(-2)
+        rank, index = x._ranks(descending=largest)
+        picks = rank.unsqueeze(-1) == Tensor.arange(k, device=self.device)  # (..., n, k)
+        # where, not a product with a one-hot: inf * 0 and NaN * 0 would be NaN
+        values = picks._select(x.unsqueeze(-1), Tensor.zeros((), dtype=x.dtype, device=self.device)).sum(-2)
+        indices = picks._select(index.unsqueeze(-1), 0).sum(-2)
+        values = values.cast(self.dtype)
         return MaxMin(values.transpose(d, -1), indices.transpose(d, -1))
+
+    def sort(self, dim: int = -1, descending: bool = False, *, stable: bool = False):
+        """(values, indices) along dim in order, as torch.sort: NaN counts as the largest value, equal elements keep
+        their index order (a stable sort, which torch's stable=False allows too). Each element's rank is the number
+        of elements that come before it, an (n x n) comparison like topk's: exact and differentiable, for dims of
+        up to a few thousand."""
+        if not self.ndim:
+            return MaxMin(self * 1, Tensor.zeros((), dtype=dt.int64, device=self.device))
+        d = self._dim(dim)
+        x = self.transpose(d, -1)
+        rank, index = x._ranks(descending)
+        picks = rank.unsqueeze(-1) == index  # (..., n elements, n positions)
+        # where, not a product with a one-hot: inf * 0 and NaN * 0 would be NaN
+        values = picks._select(x.unsqueeze(-1), Tensor.zeros((), dtype=x.dtype, device=self.device)).sum(-2)
+        indices = picks._select(index.unsqueeze(-1), 0).sum(-2)
+        return MaxMin(values.cast(self.dtype).transpose(d, -1), indices.transpose(d, -1))
+
+    def _ranks(self, descending: bool) -> tuple:
+        """(each element's position in the sorted last dim, arange(n)): the number of elements that come before it,
+        larger (descending) or smaller, or equal at a lower index (stable). NaN counts as the largest value."""
+        n = self.shape[-1]
+        key = self.cast(dt.uint8) if self.dtype == dt.bool_ else self
+        mine, other = key.unsqueeze(-1), key.unsqueeze(-2)  # (..., n, 1) against (..., 1, n)
+        before = other > mine if descending else other < mine  # [.., i, j]: element j comes before element i
+        same = other == mine
+        if key.dtype.is_float:  # NaN is the largest: first when descending, last otherwise
+            nan_mine, nan_other = mine.isnan(), other.isnan()
+            before = before | ((nan_other & ~nan_mine) if descending else (nan_mine & ~nan_other))
+            same = same | (nan_mine & nan_other)
+        index = Tensor.arange(n, device=self.device)
+        earlier = index.unsqueeze(0) < index.unsqueeze(1)  # [i, j]: j has a lower index than i
+        return (before | (same & earlier)).sum(-1), index  # the ranks: a permutation of 0..n-1
+
+    def argsort(self, dim: int = -1, descending: bool = False, stable: bool = False) -> Tensor:
+        return self.sort(dim, descending, stable=stable).indices
+
+    def msort(self) -> Tensor:
+        return self.sort(0).values
