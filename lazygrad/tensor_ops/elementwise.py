@@ -318,10 +318,10 @@ class ElementwiseOps:
                 # d/dx 0.5 x (1 + t) = 0.5 (1 + t) + 0.5 x (1 - t^2) k (1 + 3 * 0.044715 x^2)
                 slope = 0.5 * (1 + t) + (0.5 * k) * x * (1 - t * t) * (1 + (3 * 0.044715) * x * x)
             else:
-                # Phi(x) + x phi(x): the normal distribution's cdf and density
-                slope = 0.5 * (1 + (x * (1 / math.sqrt(2))).erf()) + x * (-0.5 * x * x).exp() * (
-                    1 / math.sqrt(2 * math.pi)
-                )
+                # Phi(x) + x phi(x): the normal distribution's cdf and density; the density is written as erf's own
+                # exp(-z * z) of z = x / sqrt(2), so that the kernel computes that exponential once for both
+                z = x * (1 / math.sqrt(2))
+                slope = 0.5 * (1 + z.erf()) + x * (-z * z).exp() * (1 / math.sqrt(2 * math.pi))
             return (grad * slope,)
 
         return type(self)._composite("gelu", (x,), forward, backward)
