@@ -295,11 +295,20 @@ class ElementwiseOps:
         return (self > 0).where(self, alpha * self.expm1())
 
     def erf(self) -> Tensor:
-        # Abramowitz & Stegun 7.1.26 refined: |error| < 1.5e-7
         x = self._float()
-        t = 1 / (1 + 0.3275911 * x.abs())
-        poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
-        return x.sign() * (1 - poly * (-x * x).exp())
+
+        def forward() -> Tensor:
+            # Abramowitz & Stegun 7.1.26 refined: |error| < 1.5e-7
+            t = 1 / (1 + 0.3275911 * x.abs())
+            poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
+            return x.sign() * (1 - poly * (-x * x).exp())
+
+        def backward(grad: Tensor) -> tuple:
+            # the exact derivative, 2/sqrt(pi) exp(-x^2): the polynomial's own is longer and, through |x|, wrong at 0
+            # in the second derivative; exp(-x * x) is the forward's node, computed once where both are needed
+            return (grad * (-x * x).exp() * (2 / math.sqrt(math.pi)),)
+
+        return type(self)._composite("erf", (x,), forward, backward)
 
     def gelu(self, approximate: str = "none") -> Tensor:
         # a composite with the closed-form derivative: differentiating erf's polynomial (or tanh's sigmoid) instead
