@@ -473,6 +473,62 @@ def _reciprocal(r: _Renderer, u, a: list) -> str:
     return f"fdiv {_ty(u.dtype, u.vec)} {one if u.vec == 1 else r.splat(one, u.dtype, u.vec)}, {a[0]}"
 
 
+# 2**f on [-0.5, 0.5]: Taylor coefficients ln(2)**k / k!; the degree-7 remainder is below 6e-9, under float32's
+# rounding, so the result is within about 2 ulp of the exact value
+_EXP2_COEFFICIENTS = tuple(math.log(2) ** k / math.factorial(k) for k in range(8))
+
+
+def _exp2(r: _Renderer, u, a: list) -> str:
+    """exp2 on float32 as inline code: 2**round(x) built in the exponent bits times a polynomial in the rest. The
+    llvm.exp2 intrinsic has no vector form on x86, so a vector of 16 became 16 calls into libm (10x the cost of the
+    vector code), in every kernel with an exp: softmax, GELU, the optimizer's bias corrections. Scalars take the same
+    code, so a value does not depend on whether its kernel was vectorized."""
+    d, vec = u.dtype, u.vec
+    if _REG_TYPE[d.name] != "float":
+        t = _ty(d, vec)
+        return f"call {t} {r.intrinsic('exp2', d, 1, vec)}({t} {a[0]})"
+    t, it = _ty(d, vec), ("i32" if vec == 1 else f"<{vec} x i32>")
+    x = a[0]
+
+    def const(value):
+        literal = _const(value, d)
+        return literal if vec == 1 else r.splat(literal, d, vec)
+
+    def int_const(value):
+        return str(value) if vec == 1 else r.splat(str(value), dt.int32, vec)
+
+    def step(text: str, hint: str = "e") -> str:
+        out = r.fresh(hint)
+        r.emit(f"{out} = {text}")
+        return out
+
+    cmp_t = _ty(dt.bool_, vec)
+    # clamp to [-151, 129] (2**-151 rounds to 0, 2**129 is inf); NaN goes to -151 here and is put back at the end
+    above = step(f"fcmp ogt {t} {x}, {const(-151.0)}")
+    low = step(f"select {cmp_t} {above}, {t} {x}, {t} {const(-151.0)}")
+    below = step(f"fcmp olt {t} {low}, {const(129.0)}")
+    clamped = step(f"select {cmp_t} {below}, {t} {low}, {t} {const(129.0)}")
+    whole = step(f"call {t} {r.intrinsic('rint', d, 1, vec)}({t} {clamped})")
+    frac = step(f"fsub {t} {clamped}, {whole}")
+    poly = const(_EXP2_COEFFICIENTS[-1])
+    for c in reversed(_EXP2_COEFFICIENTS[:-1]):
+        poly = step(f"fmul contract {t} {poly}, {frac}")
+        poly = step(f"fadd contract {t} {poly}, {const(c)}")
+    # 2**n as two factors 2**(n//2) and 2**(n - n//2), each a normal float, so results down to 2**-149 (subnormal)
+    # and up to inf come out right
+    n = step(f"fptosi {t} {whole} to {it}")
+    half = step(f"ashr {it} {n}, {int_const(1)}")
+    rest = step(f"sub {it} {n}, {half}")
+    result = poly
+    for part in (half, rest):
+        biased = step(f"add {it} {part}, {int_const(127)}")
+        bits = step(f"shl {it} {biased}, {int_const(23)}")
+        scale = step(f"bitcast {it} {bits} to {t}")
+        result = step(f"fmul {t} {result}, {scale}")
+    nan = step(f"fcmp uno {t} {x}, {x}")
+    return f"select {cmp_t} {nan}, {t} {x}, {t} {result}"
+
+
 def _math(name: str):
     """A float function with an LLVM intrinsic of the same name."""
 
@@ -484,7 +540,7 @@ def _math(name: str):
 
 
 _ALU = {
-    Op.EXP2: _math("exp2"),
+    Op.EXP2: _exp2,
     Op.LOG2: _math("log2"),
     Op.SIN: _math("sin"),
     Op.SQRT: _math("sqrt"),

@@ -33,17 +33,43 @@ from torch_gpt import TorchGPT  # noqa: E402
 VOCAB = 96
 
 
-def time_interleaved(steps: dict, batches: dict, warmup: int, count: int) -> dict[str, list[float]]:
+def time_interleaved(steps: dict, batches: dict, warmup: int, count: int, clock=time.perf_counter):
     """Per-step seconds of each framework, their steps alternating, so that load from other processes (a shared
-    machine) falls on both alike."""
+    machine) falls on both alike. `clock`: wall time, or time.process_time (CPU seconds of all this process's
+    threads), which other processes on a shared machine disturb far less."""
     times = {name: [] for name in steps}
     for i in range(warmup + count):
         for name, step in steps.items():
-            t0 = time.perf_counter()
+            t0 = clock()
             step(*batches[name][i])
             if i >= warmup:
-                times[name].append(time.perf_counter() - t0)
+                times[name].append(clock() - t0)
     return times
+
+
+def print_kernel_times(step, batch, count: int, repeats: int = 3) -> None:
+    """The `count` kernels that cost the step most, grouped by name (one compiled program, e.g. the same product in
+    every layer): launches per step, median milliseconds per step over `repeats` timed steps, share of the step."""
+    per_step = []
+    for _ in range(repeats):
+        with lazygrad.profile() as p:
+            step(*batch).item()
+        totals: dict[str, list] = {}
+        for launch in p.launches:
+            entry = totals.setdefault(launch.name, [0, 0.0, 0.0])
+            entry[0] += 1
+            entry[1] += launch.seconds
+            entry[2] += launch.flops
+        per_step.append(totals)
+    names = per_step[0].keys()
+    median_ms = {name: statistics.median(t[name][1] for t in per_step) * 1e3 for name in names}
+    total = sum(median_ms.values())
+    print(f"{'kernel':<40} {'launches':>8} {'ms/step':>9} {'share':>6} {'GFLOP/s':>8}")
+    for name in sorted(names, key=lambda n: -median_ms[n])[:count]:
+        launches, _, flops = per_step[0][name]
+        gflops = flops / (median_ms[name] / 1e3) / 1e9 if median_ms[name] else 0.0
+        print(f"{name:<40} {launches:>8} {median_ms[name]:9.2f} {median_ms[name] / total:6.1%} {gflops:8.1f}")
+    print(f"{sum(t[0] for t in per_step[0].values())} kernels, {total:.1f} ms summed (median per kernel)")
 
 
 def main() -> None:
@@ -56,8 +82,16 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--tokens", type=int, default=100)
-    parser.add_argument("--profile", type=int, default=0, help="print the N slowest kernels of one lazygrad step")
+    parser.add_argument(
+        "--profile", type=int, default=0, help="print the N kernels (grouped by name) that cost a lazygrad step most"
+    )
     parser.add_argument("--torch-threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument(
+        "--cpu-time",
+        action="store_true",
+        help="time steps in CPU seconds of the process (time.process_time), not wall time: on a shared machine, with "
+        "LAZYGRAD_THREADS=1 and --torch-threads 1, the work each step does, little disturbed by other processes",
+    )
     args = parser.parse_args()
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
@@ -115,14 +149,14 @@ def main() -> None:
         {"lazygrad": ours_batches, "torch": torch_batches},
         args.warmup,
         args.steps,
+        time.process_time if args.cpu_time else time.perf_counter,
     )
     ours, theirs = times["lazygrad"], times["torch"]
     if args.profile:
-        with lazygrad.profile() as p:
-            jitted_step(*ours_batches[-1]).item()
-        print("\n".join(str(p).splitlines()[: args.profile + 1] + str(p).splitlines()[-1:]))
+        print_kernel_times(jitted_step, ours_batches[-1], args.profile)
     ours_ms, theirs_ms = statistics.median(ours) * 1e3, statistics.median(theirs) * 1e3
-    print(f"training step, median of {args.steps}: lazygrad {ours_ms:.1f} ms, PyTorch eager {theirs_ms:.1f} ms")
+    unit = "CPU ms" if args.cpu_time else "ms"
+    print(f"training step, median of {args.steps}: lazygrad {ours_ms:.1f} {unit}, PyTorch eager {theirs_ms:.1f} {unit}")
     print(f"ratio lazygrad / PyTorch: {ours_ms / theirs_ms:.2f}; lazygrad kernels per step: {kernels[-1]}")
 
     model.eval()
@@ -134,12 +168,13 @@ def main() -> None:
         ("PyTorch", lambda: reference.generate(torch.tensor(prompt), args.tokens, top_k=20)),
     ):
         generate()  # warm-up: lazygrad compiles and captures its step here
-        t0 = time.perf_counter()
+        clock = time.process_time if args.cpu_time else time.perf_counter
+        t0 = clock()
         generate()
-        rates[name] = args.tokens / (time.perf_counter() - t0)
+        rates[name] = args.tokens / (clock() - t0)
     print(
-        f"cached generation, batch 1, {args.tokens} tokens: lazygrad {rates['lazygrad']:.0f} tokens/s, "
-        f"PyTorch {rates['PyTorch']:.0f} tokens/s"
+        f"cached generation, batch 1, {args.tokens} tokens: lazygrad {rates['lazygrad']:.0f} tokens/{unit[:-2]}s, "
+        f"PyTorch {rates['PyTorch']:.0f} tokens/{unit[:-2]}s"
     )
 
 

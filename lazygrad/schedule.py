@@ -40,6 +40,14 @@ _STORES_ITS_SOURCE = frozenset({Op.CONTIGUOUS, Op.ASSIGN})
 _KEEPS_ARG = frozenset({Op.CAST, Op.BITCAST})
 
 
+# _merge_readers leaves an elementwise kernel of more than this many ops per element, over at least this many
+# elements, on its own rather than in the loop of a reduce it reads (GELU after the MLP's first product): a product
+# whose lanes run along its reduce dim computes its epilogue one output at a time, which for a long epilogue costs
+# far more than the one extra read of the product's output that a separate, vectorized kernel costs
+_HEAVY_EPILOGUE_OPS = 16
+_HEAVY_EPILOGUE_SIZE = 65536
+
+
 class ItemKind(Enum):
     KERNEL = "kernel"
     HOST = "host"  # an upload of host data
@@ -482,6 +490,8 @@ class Scheduler:
                 continue
             if out.size != source.output.size:
                 continue
+            if source.reduces and out.size >= _HEAVY_EPILOGUE_SIZE and _alu_count(item.ast) > _HEAVY_EPILOGUE_OPS:
+                continue  # on its own it is vectorized; in a product whose lanes run along the reduce, it is not
             if out.op is Op.ASSIGN and any(out.arg in other.inputs for other in items if other is not item):
                 continue  # others must read the old value first: the assign keeps its own place in the order
             loads = _loads_by_buffer(item.ast)
@@ -721,3 +731,8 @@ def _reshape_epilogue(node: KernelOp, shape: tuple, done: dict | None = None) ->
 
 def create_schedule(targets: list) -> list:
     return Scheduler(targets).schedule()
+
+
+def _alu_count(ast: KernelOp) -> int:
+    """Elementwise ops a kernel computes per element (each distinct node once)."""
+    return sum(1 for node in ast.walk() if node.op in ELEMENTWISE)

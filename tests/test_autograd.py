@@ -583,6 +583,24 @@ def test_second_derivative_matches_torch(name):
     assert_same(x.grad, tx.grad, GRAD_RTOL, GRAD_ATOL)
 
 
+@pytest.mark.parametrize("name", ["erf", "gelu", "gelu_tanh"])
+def test_second_derivative_of_erf_and_gelu_matches_torch_at_zero_too(name):
+    # erf and GELU have closed-form gradients: differentiating erf's polynomial went through |x|, wrong at 0
+    ours, theirs = {
+        "erf": (lambda x: x.erf(), torch.erf),
+        "gelu": (lambda x: x.gelu(), F.gelu),
+        "gelu_tanh": (lambda x: x.gelu("tanh"), lambda x: F.gelu(x, approximate="tanh")),
+    }[name]
+    data = np.array([-2.5, -1.0, -0.25, 0.0, 0.5, 1.5, 3.0], dtype=np.float32)
+    x, tx = Tensor(data, requires_grad=True), torch.tensor(data, requires_grad=True)
+    (g,) = lazygrad.grad(ours(x).sum(), x, create_graph=True)
+    (tg,) = torch.autograd.grad(theirs(tx).sum(), tx, create_graph=True)
+    assert_same(g, tg, GRAD_RTOL, GRAD_ATOL)
+    g.sum().backward()
+    tg.sum().backward()
+    assert_same(x.grad, tx.grad, GRAD_RTOL, GRAD_ATOL)
+
+
 def test_backward_with_create_graph_gives_differentiable_grad():
     data = rand(3)
     x, tx = Tensor(data, requires_grad=True), torch.tensor(data, requires_grad=True)

@@ -4,6 +4,8 @@
 is one). Each test states the kernel budget of one pattern and checks the values too.
 """
 
+import math
+
 import numpy as np
 import pytest
 from helpers import rand
@@ -185,3 +187,20 @@ def test_a_reduce_read_through_two_views_is_not_folded_into_its_reader():
     values, _ = run_counted(lambda: s.flip(1) * tx.flip(1) + (s.flip(1) * tx).flip(1))
     sn = g.sum(0)
     np.testing.assert_allclose(values, sn[:, ::-1] * x[:, ::-1] + (sn[:, ::-1] * x)[:, ::-1], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("rows, kernels", [(256, 3), (8, 2)])
+def test_a_long_elementwise_kernel_over_many_elements_is_not_computed_in_a_product_it_reads(rows, kernels):
+    # GELU of a product that another kernel reads too (as the backward reads GELU's input): with 65,536 outputs or
+    # more it gets a vectorized kernel of its own; a small one is computed in the product's loop, as an extra output
+    a, b = rand(rows, 64, seed=1), rand(64, 256, seed=2)
+    ta, tb = realized(a, b)
+    with lazygrad.profile() as p:
+        product = ta @ tb
+        activated, column_sums = product.gelu(), product.sum(0)
+        lazygrad.realize(activated, column_sums)
+    assert p.kernels == kernels
+    expected = a.astype(np.float64) @ b
+    np.testing.assert_allclose(column_sums.numpy(), expected.sum(0), rtol=1e-4, atol=1e-3)
+    gelu = 0.5 * expected * (1 + np.vectorize(math.erf)(expected / math.sqrt(2)))
+    np.testing.assert_allclose(activated.numpy(), gelu, rtol=1e-4, atol=1e-5)

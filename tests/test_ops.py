@@ -409,6 +409,22 @@ def test_exp_overflow_and_underflow():
     check_forward(lambda a: a.exp(), np.array([100.0, -200.0, 88.0, -np.inf, np.inf], dtype=np.float32), rtol=1e-5)
 
 
+def test_exp2_is_within_a_few_ulp_over_the_float32_range_in_vectors_and_scalars():
+    # the LLVM backend computes exp2 inline (exponent bits times a polynomial), not through libm: check it everywhere,
+    # subnormal results, overflow to inf, NaN and the infinities included, in a vectorized kernel and a 3-element one
+    special = [np.nan, np.inf, -np.inf, 0.0, -0.0, 128.0, 127.99, -149.0, -126.5, -150.0, 1e-30]
+    x = np.concatenate([np.linspace(-160, 140, 30001, dtype=np.float32), np.array(special, dtype=np.float32)])
+    for data in (x, x[-3:]):
+        got = Tensor(data).exp2().numpy().astype(np.float64)
+        exact = np.exp2(data.astype(np.float64))
+        normal = (exact > 2.0**-126) & (exact < 2.0**128)
+        assert np.max(np.abs(got[normal] - exact[normal]) / exact[normal]) < 4 * 2.0**-24  # numpy's own: 3.2
+        subnormal = exact <= 2.0**-126
+        assert np.max(np.abs(got[subnormal] - exact[subnormal]), initial=0) <= 2 * 2.0**-149
+        assert np.array_equal(np.isnan(got), np.isnan(exact))
+        assert np.array_equal(np.isposinf(got), exact >= 2.0**128)
+
+
 def test_sigmoid_saturates_without_nan():
     check_forward(lambda a: a.sigmoid(), np.array([-1000.0, 1000.0, -90.0, 90.0], dtype=np.float32))
 

@@ -365,6 +365,7 @@ def group_reduce_items(nest: LoopNest, capabilities, tile: int = 1) -> int | Non
 
 
 _CHUNK_ELEMENTS = 1 << 17  # what the inner loops re-read per chunk: half of a 1 MiB L2 in float32
+_L1_TILE_BYTES = 40 << 10  # a register tile's rows of one chunk: most of a 48 KiB L1 (32 KiB on older cores)
 
 
 def partial_sum_store(ast: KernelOp) -> KernelOp | None:
@@ -399,6 +400,13 @@ def _cache_blocking(nest: LoopNest, ast: KernelOp, loads: list, opts: KernelOpti
     )
     if chunk is None:
         return None
+    # and short enough that the rows one register tile reads in a chunk stay in L1 for the tiles beside it, which
+    # read the same rows of the operand they share (a weight gradient over 2048 tokens: chunks of 512 -> 128, 2x)
+    per_step = _tile_lines_per_reduce_step(nest, loads, opts) * 64
+    if per_step:
+        chunk = next(
+            (c for c in range(chunk, 0, -step) if size % c == 0 and c // step * per_step <= _L1_TILE_BYTES), chunk
+        )
     # a block of outer iterations shares one read of that chunk, and the block's partial sums stay in the
     # cache too; an even number of blocks, at least four, for the threads to share
     outer = nest.shape[0] // ((width if vdim == 0 else 1) * dict(opts.upcast).get(0, 1))
@@ -409,6 +417,27 @@ def _cache_blocking(nest: LoopNest, ast: KernelOp, loads: list, opts: KernelOpti
         if outer % b == 0 and (outer // b) % 2 == 0 and outputs_per_outer * b <= _CHUNK_ELEMENTS // 2
     ]
     return (max(blocks), chunk) if blocks else None
+
+
+def _tile_lines_per_reduce_step(nest: LoopNest, loads: list, opts: KernelOptions) -> int:
+    """Cache lines (16 float32) that one step of the reduce loop reads for a register tile, over the loads that move
+    with the reduce; 0 when lanes run along the reduce (the rows are then read contiguously anyway)."""
+    vdim, width = opts.vector or (None, 1)
+    rdim = nest.n_output
+    if vdim is not None and vdim >= rdim:
+        return 0
+    tile = dict(opts.upcast)
+    lines = 0
+    for ld in loads:
+        if not ld[rdim]:
+            continue
+        count = 1
+        for d in range(nest.n_output):
+            factor = tile.get(d, 1) * (width if d == vdim else 1)
+            if ld[d] and factor > 1:
+                count *= -(-factor // 16) if ld[d] == 1 else factor
+        lines += count
+    return lines
 
 
 def _register_tile(nest: LoopNest, loads: list, vdim: int | None, width: int, chunks: int = 1) -> list:

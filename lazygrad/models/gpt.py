@@ -53,8 +53,11 @@ class CausalSelfAttention(nn.Module):
     def _heads(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(B, T, C) -> query, key, value, each (B, n_head, T, head_dim)."""
         batch, length, channels = x.shape
-        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
-        return tuple(t.reshape(batch, length, self.n_head, channels // self.n_head).transpose(1, 2) for t in (q, k, v))
+        # (B, T, 3, heads, head_dim), then one slice each: the gradient puts the three back along a dim of their own,
+        # so that its kernel reads each head's gradient in rows (through split's flat (B, T, 3C) view it indexed them
+        # with divides and remainders, on scalars)
+        qkv = self.c_attn(x).reshape(batch, length, 3, self.n_head, channels // self.n_head)
+        return tuple(qkv[:, :, i].transpose(1, 2) for i in range(3))
 
     def _merge(self, y: Tensor) -> Tensor:
         batch, heads, length, head_dim = y.shape

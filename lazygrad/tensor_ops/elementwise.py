@@ -314,16 +314,45 @@ class ElementwiseOps:
         return (self > 0)._select(self, alpha * self.expm1())
 
     def erf(self) -> Tensor:
-        # Abramowitz & Stegun 7.1.26 refined: |error| < 1.5e-7
         x = self._float()
-        t = 1 / (1 + 0.3275911 * x.abs())
-        poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
-        return x.sign() * (1 - poly * (-x * x).exp())
+
+        def forward() -> Tensor:
+            # Abramowitz & Stegun 7.1.26 refined: |error| < 1.5e-7
+            t = 1 / (1 + 0.3275911 * x.abs())
+            poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
+            return x.sign() * (1 - poly * (-x * x).exp())
+
+        def backward(grad: Tensor) -> tuple:
+            # the exact derivative, 2/sqrt(pi) exp(-x^2): the polynomial's own is longer and, through |x|, wrong at 0
+            # in the second derivative; exp(-x * x) is the forward's node, computed once where both are needed
+            return (grad * (-x * x).exp() * (2 / math.sqrt(math.pi)),)
+
+        return type(self)._composite("erf", (x,), forward, backward)
 
     def gelu(self, approximate: str = "none") -> Tensor:
-        if approximate == "tanh":
-            return 0.5 * self * (1 + (math.sqrt(2 / math.pi) * (self + 0.044715 * self * self * self)).tanh())
-        return 0.5 * self * (1 + (self * (1 / math.sqrt(2))).erf())
+        # a composite with the closed-form derivative: differentiating erf's polynomial (or tanh's sigmoid) instead
+        # gives a gradient several times longer, which is the epilogue of the MLP's largest backward product
+        x = self
+
+        def forward() -> Tensor:
+            if approximate == "tanh":
+                return 0.5 * x * (1 + (math.sqrt(2 / math.pi) * (x + 0.044715 * x * x * x)).tanh())
+            return 0.5 * x * (1 + (x * (1 / math.sqrt(2))).erf())
+
+        def backward(grad: Tensor) -> tuple:
+            if approximate == "tanh":
+                k = math.sqrt(2 / math.pi)
+                t = (k * (x + 0.044715 * x * x * x)).tanh()
+                # d/dx 0.5 x (1 + t) = 0.5 (1 + t) + 0.5 x (1 - t^2) k (1 + 3 * 0.044715 x^2)
+                slope = 0.5 * (1 + t) + (0.5 * k) * x * (1 - t * t) * (1 + (3 * 0.044715) * x * x)
+            else:
+                # Phi(x) + x phi(x): the normal distribution's cdf and density; the density is written as erf's own
+                # exp(-z * z) of z = x / sqrt(2), so that the kernel computes that exponential once for both
+                z = x * (1 / math.sqrt(2))
+                slope = 0.5 * (1 + z.erf()) + x * (-z * z).exp() * (1 / math.sqrt(2 * math.pi))
+            return (grad * slope,)
+
+        return type(self)._composite("gelu", (x,), forward, backward)
 
     def silu(self) -> Tensor:
         return self * self.sigmoid()

@@ -397,7 +397,13 @@ class NNOps:
         weights = scores.softmax(-1)
         if dropout_p > 0.0:
             weights = weights.dropout(dropout_p, True)
-        return weights @ value
+        if weights.ndim != 4 or value.ndim != 4:
+            return weights @ value
+        # heads in dim 1 (batch, heads, L, S): the product is stored (batch, L, heads, Ev) and returned as a view, so
+        # that merging the heads afterwards (transpose(1, 2).reshape(batch, L, heads * Ev)) reads plain rows and the
+        # output projection after it is an ordinary product (reading through the transpose, it ran 4x slower)
+        merged = (weights.permute(0, 2, 1, 3).unsqueeze(-1) * value.unsqueeze(1)).sum(3)
+        return merged.permute(0, 2, 1, 3)
 
 
 def _conv2d_input_grad(grad: Tensor, weight: Tensor, input_hw: tuple, stride, padding, dilation, groups) -> Tensor:
