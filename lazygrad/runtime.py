@@ -309,14 +309,24 @@ def get_kernel(ast, buffer_dtypes: tuple, device: str, sizes: tuple) -> Compiled
     nest = build_loop_nest(ast)
     nest_shape = nest.shape
     name = kernel_name(ast, nest_shape)
-    program = _lowered(ast, buffer_dtypes, name, backend.capabilities)
-    verify(program)  # once per compiled kernel (lowered or read from the disk cache): the IR's rules, checked
+
+    def compile_heuristic():
+        program = _lowered(ast, buffer_dtypes, name, backend.capabilities)
+        verify(program)  # once per compiled kernel (lowered or read from the disk cache): the IR's rules, checked
+        return backend.compile(program)
+
+    if config.SEARCH and config.OPTIMIZE and _forced_options is None:  # LAZYGRAD_SEARCH: lazygrad/search.py
+        from lazygrad import search
+
+        kernel = search.tuned_kernel(ast, buffer_dtypes, sizes, name, backend, compile_heuristic, _LOWERING_VERSION)
+    else:
+        kernel = compile_heuristic()
+    program = kernel.program
     if config.DEBUG >= 2:  # what the code generator chose for this kernel, and why
         options = kernel_options(ast, name, backend.capabilities)
         print(f"--- options of {name} (loops {nest_shape}): {options.describe()}")
     if config.DEBUG >= 4:
         print(f"--- linear IR of {name}\n{program.dump()}")
-    kernel = backend.compile(program)
     if config.DEBUG >= 3:
         print(f"--- source of {name}\n{kernel.source}")
     seconds = time.perf_counter() - t0
