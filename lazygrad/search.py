@@ -298,7 +298,7 @@ def tolerance(dtype, reduce_length: int) -> float:
     """Relative tolerance between two correct orders of the same computation: rounding errors of a sum grow
     like the square root of its length (the order of additions is what candidates change)."""
     eps = float(np.finfo(dtype.np).eps) if dtype.is_float else 0.0
-    return 16 * eps * math.sqrt(max(reduce_length, 1))
+    return 8 * eps * math.sqrt(max(reduce_length, 1))
 
 
 def agree(reference: np.ndarray, out: np.ndarray, dtype, reduce_length: int) -> bool:
