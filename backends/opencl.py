@@ -181,7 +181,8 @@ class _Renderer:
         params = []
         for i, d in enumerate(self.p.buffer_dtypes):
             const = "" if i in written else "const "  # read-only buffers may go through a read-only cache
-            params.append(f"__global {const}{_MEM_TYPE[d.name]}* restrict buf{i}")
+            restrict = "" if i in self.p.aliased else " restrict"  # restrict on aliased memory is undefined
+            params.append(f"__global {const}{_MEM_TYPE[d.name]}*{restrict} buf{i}")
         total = math.prod(self.p.global_size)
         if self.p.local_size > 1:  # a work-group per output point, launched exactly: no work-item may leave
             # early, since every one must reach the barriers of the group's reduce

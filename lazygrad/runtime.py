@@ -8,6 +8,7 @@ graph behind every realized node.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import os
 import time
@@ -299,8 +300,15 @@ def _estimate_cost(ast, buffer_dtypes, sizes, nest) -> tuple:
     return flops, sum(d.itemsize * s for d, s in zip(buffer_dtypes, sizes))
 
 
-def get_kernel(ast, buffer_dtypes: tuple, device: str, sizes: tuple) -> CompiledEntry:
-    key = (ast, buffer_dtypes, device)
+def aliased_arguments(buffers: list) -> frozenset:
+    """The positions of a launch's buffers that another position shares (an assign's target, read by its kernel)."""
+    ids = [id(b) for b in buffers]
+    return frozenset(i for i, b in enumerate(ids) if ids.count(b) > 1) if len(set(ids)) < len(ids) else frozenset()
+
+
+def get_kernel(ast, buffer_dtypes: tuple, device: str, sizes: tuple, aliased: frozenset = frozenset()) -> CompiledEntry:
+    """`aliased`: positions whose buffer another position shares at launch (aliased_arguments)."""
+    key = (ast, buffer_dtypes, device, aliased)
     entry = _kernel_cache.get(key)
     if entry is not None:
         return entry
@@ -313,9 +321,10 @@ def get_kernel(ast, buffer_dtypes: tuple, device: str, sizes: tuple) -> Compiled
     def compile_heuristic():
         program = _lowered(ast, buffer_dtypes, name, backend.capabilities)
         verify(program)  # once per compiled kernel (lowered or read from the disk cache): the IR's rules, checked
-        return backend.compile(program)
+        return backend.compile(dataclasses.replace(program, aliased=aliased) if aliased else program)
 
-    if config.SEARCH and config.OPTIMIZE and _forced_options is None:  # LAZYGRAD_SEARCH: lazygrad/search.py
+    # LAZYGRAD_SEARCH (lazygrad/search.py); its scratch buffers never alias, so an aliased launch keeps the heuristics'
+    if config.SEARCH and config.OPTIMIZE and _forced_options is None and not aliased:
         from lazygrad import search
 
         kernel = search.tuned_kernel(ast, buffer_dtypes, sizes, name, backend, compile_heuristic, _LOWERING_VERSION)
@@ -526,7 +535,7 @@ def _run_step(step: PlanStep, outputs: list, inputs: list, item: ScheduleItem | 
                 raise RuntimeError(f"kernel on {node.device} reads a buffer on {b.device}; copy it with .to() first")
         dtypes = tuple(b.dtype for b in buffers)
         sizes = tuple(b.size for b in buffers)
-        entry = step.entry = get_kernel(step.ast, dtypes, node.device, sizes)
+        entry = step.entry = get_kernel(step.ast, dtypes, node.device, sizes, aliased_arguments(buffers))
         step.entry_generation = _kernel_generation[0]
     timed = _timing_wanted()
     start = time.perf_counter() if timed else 0.0

@@ -57,6 +57,9 @@ class Program:
     buffer_dtypes: tuple  # per buffer index, output first
     global_size: tuple  # sizes of the global ranges, outermost first
     local_size: int = 1  # work-items per point of the global ranges (a work-group sharing a reduce), else 1
+    # buffer indexes that share memory with another argument of the launch (an assign's target that the kernel
+    # also reads): renderers must not promise the compiler that they do not alias (no restrict, no noalias)
+    aliased: frozenset = frozenset()
 
     def dump(self) -> str:
         return "\n".join(repr(u) for u in self.uops)
