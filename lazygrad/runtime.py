@@ -306,6 +306,27 @@ def aliased_arguments(buffers: list) -> frozenset:
     return frozenset(i for i, b in enumerate(ids) if ids.count(b) > 1) if len(set(ids)) < len(ids) else frozenset()
 
 
+# kernels index buffers and count loops in 32-bit integers (int32 in the IR, i32 in LLVM, int in OpenCL C)
+_INDEX_LIMIT = 2**31 - 1
+
+
+def _check_32_bit_indexes(name: str, buffer_dtypes: tuple, sizes: tuple, nest_shape: tuple) -> None:
+    """Refuse, before anything runs, a kernel whose indexes would overflow 32 bits (wrong addresses, not an error)."""
+    for position, (dtype, size) in enumerate(zip(buffer_dtypes, sizes)):
+        if size > _INDEX_LIMIT:
+            raise RuntimeError(
+                f"kernel {name}: buffer {position} holds {size} {dtype.name} elements "
+                f"({_size(size * dtype.itemsize)}); "
+                f"kernels index with 32-bit integers, so a buffer may hold at most {_INDEX_LIMIT} elements. "
+                "Split the tensor (e.g. with .chunk) into parts below that"
+            )
+    if any(d > _INDEX_LIMIT for d in nest_shape):  # a reduce over a broadcast dim: no buffer that big
+        raise RuntimeError(
+            f"kernel {name}: loops of {nest_shape} iterations; kernels count with 32-bit integers, so a loop may run "
+            f"at most {_INDEX_LIMIT} times. Split the tensor into parts below that"
+        )
+
+
 def get_kernel(ast, buffer_dtypes: tuple, device: str, sizes: tuple, aliased: frozenset = frozenset()) -> CompiledEntry:
     """`aliased`: positions whose buffer another position shares at launch (aliased_arguments)."""
     key = (ast, buffer_dtypes, device, aliased)
@@ -316,6 +337,7 @@ def get_kernel(ast, buffer_dtypes: tuple, device: str, sizes: tuple, aliased: fr
     t0 = time.perf_counter()
     nest = build_loop_nest(ast)
     nest_shape = nest.shape
+    _check_32_bit_indexes(kernel_name(ast, nest_shape), buffer_dtypes, sizes, nest_shape)
     name = kernel_name(ast, nest_shape)
 
     def compile_heuristic():
