@@ -17,6 +17,7 @@ from lazygrad.codegen.lowering import KernelOptions, build_loop_nest, lower
 from lazygrad.ops import IrOp
 
 ROWS, COLUMNS = 8, 64
+EVERY_NEIGHBOUR = search.neighbours  # the tests cut the candidates down to a few of these
 
 
 @pytest.fixture
@@ -33,10 +34,9 @@ def searching(tmp_path, monkeypatch):
     monkeypatch.setattr(config, "SEARCH", 1)
     monkeypatch.setattr(search, "stats", dict.fromkeys(search.stats, 0))
     monkeypatch.setattr(search, "SECONDS_PER_EFFORT", 600.0)  # the candidate list, not the clock, ends the search
-    few = search.neighbours
 
     def three_neighbours(centre, nest, capabilities, launch_sizes):
-        return few(centre, nest, capabilities, False)[:3]
+        return EVERY_NEIGHBOUR(centre, nest, capabilities, False)[:3]
 
     monkeypatch.setattr(search, "neighbours", three_neighbours)
     return directory
@@ -253,3 +253,26 @@ def test_every_neighbour_fits_its_loop_nest():
             assert len({c.key() for c in found}) == len(found)
     assert search._invalid(search.Candidate(KernelOptions(upcast=[(0, 5)])), nest)  # 5 does not divide 12
     assert search._invalid(search.Candidate(KernelOptions(unroll=(3, 4))), nest)
+
+
+def test_an_opencl_work_group_size_can_win_and_is_reused(searching, monkeypatch, backend):
+    if backend != "opencl":
+        pytest.skip("the work-group size of a launch is OpenCL's to choose; other backends have none")
+
+    def launch_sizes_only(centre, nest, capabilities, launch_sizes):
+        return [c for c in EVERY_NEIGHBOUR(centre, nest, capabilities, True) if c.local_size][:2]
+
+    monkeypatch.setattr(search, "neighbours", launch_sizes_only)
+    monkeypatch.setattr(search, "launch_timer", timer_favouring(lambda c: c.local_size == 4))
+    got, expected = row_dot()
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    ast, dtypes, entry = only_kernel()
+    payload = diskcache.get(the_record(searching, ast, dtypes, entry.device))
+    assert search.decode_record(payload, build_loop_nest(ast)).local_size == 4
+    monkeypatch.setattr(runtime, "_kernel_cache", {})
+    monkeypatch.setattr(search, "launch_timer", no_timing)
+    got, expected = row_dot(seed=2)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    _, _, entry = only_kernel()
+    work_items = int(np.prod(entry.kernel.program.global_size))
+    assert entry.kernel.local_size == min(4, work_items) and search.stats["reused"] == 1
