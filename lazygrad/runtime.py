@@ -349,7 +349,9 @@ def get_kernel(ast, buffer_dtypes: tuple, device: str, sizes: tuple, aliased: fr
     if config.SEARCH and config.OPTIMIZE and _forced_options is None and not aliased:
         from lazygrad import search
 
-        kernel = search.tuned_kernel(ast, buffer_dtypes, sizes, name, backend, compile_heuristic, _LOWERING_VERSION)
+        kernel = search.tuned_kernel(
+            ast, nest, buffer_dtypes, sizes, name, backend, compile_heuristic, _LOWERING_VERSION
+        )
     else:
         kernel = compile_heuristic()
     program = kernel.program

@@ -32,12 +32,13 @@ import numpy as np
 
 from lazygrad import config, diskcache
 from lazygrad.codegen.kernel_ast import KernelOp
-from lazygrad.codegen.lowering import KernelOptions, LoopNest, build_loop_nest, choose_options, lower, stores_of
+from lazygrad.codegen.lowering import KernelOptions, LoopNest, choose_options, lower, stores_of
+from lazygrad.codegen.serialize import ProgramFormatError, decode_program, encode_program
 from lazygrad.codegen.verify import verify
 from lazygrad.ops import AstOp, Op
 from lazygrad.shape import prod
 
-_RECORD_VERSION = 1  # bumped when a record's fields change meaning
+_RECORD_VERSION = 2  # bumped when a record's fields change meaning
 RUNS = 3  # launches timed per candidate (the minimum counts)
 SLOWER = 1.5  # a first launch this much slower than the best so far ends a candidate's timing
 MARGIN = 0.03  # a candidate replaces the heuristics' record only when it is this much faster (timing noise)
@@ -55,6 +56,8 @@ class Candidate:
 
     options: KernelOptions
     local_size: int | None = None
+    # the options are the heuristics' (a record says so, and a warm process compiles them without choosing again)
+    heuristic: bool = False
 
     def key(self) -> tuple:
         o = self.options
@@ -94,6 +97,7 @@ def encode_record(candidate: Candidate) -> bytes:
         "blocking": list(o.blocking) if o.blocking else None,
         "group": o.group,
         "local_size": candidate.local_size,
+        "heuristic": candidate.heuristic,
     }
     return json.dumps(fields, sort_keys=True).encode()
 
@@ -122,7 +126,7 @@ def decode_record(payload: bytes, nest: LoopNest) -> Candidate:
         fields = json.loads(payload.decode())
     except (UnicodeDecodeError, ValueError) as e:
         raise SearchRecordError(f"not JSON: {e}") from e
-    expected = {"version", "upcast", "unroll", "vector", "blocking", "group", "local_size"}
+    expected = {"version", "upcast", "unroll", "vector", "blocking", "group", "local_size", "heuristic"}
     if not isinstance(fields, dict) or set(fields) != expected:
         raise SearchRecordError(
             f"fields {sorted(fields) if isinstance(fields, dict) else fields!r}, not {sorted(expected)}"
@@ -147,7 +151,10 @@ def decode_record(payload: bytes, nest: LoopNest) -> Candidate:
         reasons=["search: the winner of an earlier search on this device (disk cache)"],
     )
     local = fields["local_size"]
-    candidate = Candidate(options, None if local is None else _integer(local, 1, 1024, "local_size"))
+    if not isinstance(fields["heuristic"], bool):
+        raise SearchRecordError(f"heuristic is {fields['heuristic']!r}, not true or false")
+    local_size = None if local is None else _integer(local, 1, 1024, "local_size")
+    candidate = Candidate(options, local_size, fields["heuristic"])
     problem = _invalid(candidate, nest)
     if problem:
         raise SearchRecordError(problem)
@@ -359,20 +366,19 @@ def _compile(ast, buffer_dtypes, name, candidate: Candidate, backend, compiled: 
     return kernel
 
 
-def tuned_kernel(ast: KernelOp, buffer_dtypes: tuple, sizes: tuple, name: str, backend, compile_heuristic, version):
+def tuned_kernel(
+    ast: KernelOp, nest: LoopNest, buffer_dtypes: tuple, sizes: tuple, name: str, backend, compile_heuristic, version
+):
     """The compiled kernel to launch: the winner of a search (from the disk cache, or searched now), else the
     heuristics' (`compile_heuristic()` compiles that)."""
-    nest = build_loop_nest(ast)
     if _searchable(ast, nest) is not None:
         return compile_heuristic()
-    capabilities = backend.capabilities
-    heuristic = Candidate(choose_options(nest, ast, capabilities))
     key = record_key(ast, buffer_dtypes, sizes, backend, version)
     payload = diskcache.get(key)  # only an entry this user's lazygrad wrote for this key (HMAC)
     if payload is not None:
         try:
             winner = decode_record(payload, nest)
-            kernel = _winner_kernel(ast, buffer_dtypes, name, winner, heuristic, backend, compile_heuristic)
+            kernel = _winner_kernel(ast, buffer_dtypes, name, winner, key, backend, compile_heuristic)
             stats["reused"] += 1
             if config.DEBUG >= 2:
                 print(f"--- search of {name}: the record in the disk cache, {winner.describe()}")
@@ -384,18 +390,38 @@ def tuned_kernel(ast: KernelOp, buffer_dtypes: tuple, sizes: tuple, name: str, b
                 RuntimeWarning,
                 stacklevel=2,
             )
+    heuristic = Candidate(choose_options(nest, ast, backend.capabilities), heuristic=True)
     winner, kernel = _search(ast, nest, buffer_dtypes, sizes, name, backend, heuristic, compile_heuristic)
+    winner = dataclasses.replace(winner, heuristic=Candidate(winner.options).key() == heuristic.key())
     diskcache.put(key, encode_record(winner))
     return kernel
 
 
-def _winner_kernel(ast, buffer_dtypes, name, winner: Candidate, heuristic: Candidate, backend, compile_heuristic):
-    if Candidate(winner.options).key() == heuristic.key():
-        kernel = compile_heuristic()  # through the cache of lowered programs, like any kernel
-        if winner.local_size is not None:
-            kernel.set_local_size(winner.local_size)
-        return kernel
-    return _compile(ast, buffer_dtypes, name, winner, backend, {})
+def _winner_kernel(ast, buffer_dtypes, name, winner: Candidate, key: str, backend, compile_heuristic):
+    """A stored winner, compiled: the heuristics' through their cache of lowered programs, any other record
+    lowered once and its program kept in the disk cache next to the record (lowering is a warm start's slow part)."""
+    if winner.heuristic:
+        kernel = compile_heuristic()
+    else:
+        program_key = "searched program|" + key
+        blob = diskcache.get(program_key)
+        program = None
+        if blob is not None:
+            try:
+                program = decode_program(blob)  # data, parsed strictly: never pickle
+            except ProgramFormatError:
+                pass
+        if program is None:
+            program = _lower_candidate(ast, buffer_dtypes, name, winner, backend.capabilities)
+            try:
+                diskcache.put(program_key, encode_program(program))
+            except ProgramFormatError:  # a program the format cannot express is lowered again next time
+                pass
+        verify(program)
+        kernel = backend.compile(program)
+    if winner.local_size is not None:
+        kernel.set_local_size(winner.local_size)
+    return kernel
 
 
 def _search(ast, nest, buffer_dtypes, sizes, name, backend, heuristic: Candidate, compile_heuristic):

@@ -195,24 +195,27 @@ def test_a_corrupted_search_record_is_discarded_loudly_and_searched_again(search
 
 
 @pytest.mark.parametrize(
-    "payload",
+    "payload, reason",
     [
-        b"not json",
-        b'{"version": 1}',
+        (b"not json", "not JSON"),
+        (b'{"version": 2}', "fields"),
         # a tile that does not divide its dim (the loops would run past the buffers' ends)
-        b'{"blocking": null, "group": null, "local_size": null, "unroll": null, "upcast": [[0, 3]], "vector": null,'
-        b' "version": 1}',
+        (
+            b'{"blocking": null, "group": null, "heuristic": false, "local_size": null, "unroll": null, '
+            b'"upcast": [[0, 3]], "vector": null, "version": 2}',
+            r"tile \[\(0, 3\)\] does not divide d0",
+        ),
     ],
     ids=["not-json", "missing-fields", "tile-past-the-end"],
 )
-def test_a_search_record_that_does_not_fit_its_kernel_is_refused_loudly(searching, monkeypatch, payload):
+def test_a_search_record_that_does_not_fit_its_kernel_is_refused_loudly(searching, monkeypatch, payload, reason):
     """An entry whose HMAC verifies (written by this user's lazygrad) but that names no valid record."""
     monkeypatch.setattr(search, "launch_timer", timer_favouring(lambda c: False))
     row_dot()
     ast, dtypes, entry = only_kernel()
     diskcache.put(the_record(searching, ast, dtypes, entry.device), payload)
     monkeypatch.setattr(runtime, "_kernel_cache", {})
-    with pytest.warns(RuntimeWarning, match="refused the kernel search record"):
+    with pytest.warns(RuntimeWarning, match=f"refused the kernel search record .*{reason}"):
         got, expected = row_dot()
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
     assert search.stats["searched"] == 2
