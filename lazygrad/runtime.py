@@ -357,7 +357,8 @@ def get_kernel(ast, buffer_dtypes: tuple, device: str, sizes: tuple, aliased: fr
     program = kernel.program
     if config.DEBUG >= 2:  # what the code generator chose for this kernel, and why
         options = kernel_options(ast, name, backend.capabilities)
-        print(f"--- options of {name} (loops {nest_shape}): {options.describe()}")
+        searched = " (the heuristics'; the search's choice is on its own line)" if config.SEARCH else ""
+        print(f"--- options of {name} (loops {nest_shape}){searched}: {options.describe()}")
     if config.DEBUG >= 4:
         print(f"--- linear IR of {name}\n{program.dump()}")
     if config.DEBUG >= 3:
