@@ -44,6 +44,8 @@ SLOWER = 1.5  # a first launch this much slower than the best so far ends a cand
 MARGIN = 0.03  # a candidate replaces the heuristics' record only when it is this much faster (timing noise)
 SECONDS_PER_EFFORT = 2.0  # the time budget of one kernel's search per unit of effort
 SEED = 1234  # the scratch inputs' values
+PROGRESS_SECONDS = 10.0  # without LAZYGRAD_DEBUG, a line on stderr at most this often while kernels are searched
+_last_progress = [time.perf_counter()]
 
 # what a search did in this process (examples/benchmark.py reports it)
 stats = {"searched": 0, "reused": 0, "candidates": 0, "discarded": 0, "improved": 0, "seconds": 0.0}
@@ -497,6 +499,13 @@ def _search(ast, nest, buffer_dtypes, sizes, name, backend, heuristic: Candidate
     stats["discarded"] += discarded
     stats["seconds"] += seconds
     stats["improved"] += best is not heuristic
+    if config.DEBUG == 0 and time.perf_counter() - _last_progress[0] > PROGRESS_SECONDS:  # a long search says so
+        _last_progress[0] = time.perf_counter()
+        print(
+            f"lazygrad: kernel search: {stats['searched']} kernels searched in {stats['seconds']:.0f} s, "
+            f"{stats['improved']} faster than the heuristics (LAZYGRAD_DEBUG=1 shows each)",
+            file=sys.stderr,
+        )
     if config.DEBUG >= 1:
         change = "the heuristics' record" if best is heuristic else best.describe()
         print(
