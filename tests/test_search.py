@@ -279,3 +279,18 @@ def test_an_opencl_work_group_size_can_win_and_is_reused(searching, monkeypatch,
     _, _, entry = only_kernel()
     work_items = int(np.prod(entry.kernel.program.global_size))
     assert entry.kernel.local_size == min(4, work_items) and search.stats["reused"] == 1
+
+
+def test_an_unroll_of_a_reduce_dim_beside_the_lane_dim_is_right(backend):
+    """The search's check found this one: an unroll of one reduce dim while vector lanes run along another moved
+    the lane dim too (each unrolled step read the next vector of the other dim). Sums per channel, as BatchNorm's."""
+    x = np.random.default_rng(5).uniform(0.5, 2.0, (2, 16, 8, 8)).astype(np.float32)
+
+    def unrolled_beside_lanes(name, nest):
+        if nest.shape == (16, 2, 64):
+            return KernelOptions(vector=(2, 8), unroll=(1, 2))
+        return None
+
+    with runtime.forced_options(unrolled_beside_lanes):
+        got = Tensor(x).sum(axis=(0, 2, 3)).numpy()
+    np.testing.assert_allclose(got, x.astype(np.float64).sum(axis=(0, 2, 3)), rtol=1e-5)
