@@ -442,8 +442,9 @@ def _search(ast, nest, buffer_dtypes, sizes, name, backend, heuristic: Candidate
     budget = SECONDS_PER_EFFORT * effort
     reduce_length = prod(nest.shape[nest.n_output :])
     outputs = len(stores_of(ast))
-    launch_sizes = hasattr(backend, "queue")  # OpenCL: the work-group size is the launch's to choose
     reference_kernel = compile_heuristic()
+    # a kernel whose launch takes a work-group size (OpenCL's) tries several
+    launch_sizes = hasattr(reference_kernel, "set_local_size")
     compiled = {heuristic.key(): reference_kernel}
     tried, discarded = 1, 0
     scratch = _Scratch(backend, buffer_dtypes, sizes, outputs)
