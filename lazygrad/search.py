@@ -60,6 +60,7 @@ class Candidate:
     local_size: int | None = None
     # the options are the heuristics' (a record says so, and a warm process compiles them without choosing again)
     heuristic: bool = False
+    effort: int = 0  # of the search that chose it: a later process asking for more searches again
 
     def key(self) -> tuple:
         o = self.options
@@ -68,6 +69,10 @@ class Candidate:
     def describe(self) -> str:
         head = self.options.describe().splitlines()[0]
         return head + (f", local_size={self.local_size}" if self.local_size else "")
+
+
+class _MoreEffort(Exception):
+    """A stored winner of a search with less effort than this process asks for."""
 
 
 class SearchRecordError(ValueError):
@@ -100,6 +105,7 @@ def encode_record(candidate: Candidate) -> bytes:
         "group": o.group,
         "local_size": candidate.local_size,
         "heuristic": candidate.heuristic,
+        "effort": candidate.effort,
     }
     return json.dumps(fields, sort_keys=True).encode()
 
@@ -128,7 +134,7 @@ def decode_record(payload: bytes, nest: LoopNest) -> Candidate:
         fields = json.loads(payload.decode())
     except (UnicodeDecodeError, ValueError) as e:
         raise SearchRecordError(f"not JSON: {e}") from e
-    expected = {"version", "upcast", "unroll", "vector", "blocking", "group", "local_size", "heuristic"}
+    expected = {"version", "upcast", "unroll", "vector", "blocking", "group", "local_size", "heuristic", "effort"}
     if not isinstance(fields, dict) or set(fields) != expected:
         raise SearchRecordError(
             f"fields {sorted(fields) if isinstance(fields, dict) else fields!r}, not {sorted(expected)}"
@@ -156,7 +162,8 @@ def decode_record(payload: bytes, nest: LoopNest) -> Candidate:
     if not isinstance(fields["heuristic"], bool):
         raise SearchRecordError(f"heuristic is {fields['heuristic']!r}, not true or false")
     local_size = None if local is None else _integer(local, 1, 1024, "local_size")
-    candidate = Candidate(options, local_size, fields["heuristic"])
+    effort = _integer(fields["effort"], 1, 1000, "effort")
+    candidate = Candidate(options, local_size, fields["heuristic"], effort)
     problem = _invalid(candidate, nest)
     if problem:
         raise SearchRecordError(problem)
@@ -390,11 +397,16 @@ def tuned_kernel(
     if payload is not None:
         try:
             winner = decode_record(payload, nest)
+            if winner.effort < config.SEARCH:
+                raise _MoreEffort(winner.effort)
             kernel = _winner_kernel(ast, buffer_dtypes, name, winner, key, backend, compile_heuristic)
             stats["reused"] += 1
             if config.DEBUG >= 2:
                 print(f"--- search of {name}: the record in the disk cache, {winner.describe()}")
             return kernel
+        except _MoreEffort as e:
+            if config.DEBUG >= 1:
+                print(f"  search {name}: the stored winner was searched with effort {e}, searching again")
         except Exception as e:  # a record this version cannot use: said loudly, then searched again
             warnings.warn(
                 f"lazygrad: refused the kernel search record of {name} in the disk cache ({type(e).__name__}: "
@@ -404,7 +416,8 @@ def tuned_kernel(
             )
     heuristic = Candidate(choose_options(nest, ast, backend.capabilities), heuristic=True)
     winner, kernel = _search(ast, nest, buffer_dtypes, sizes, name, backend, heuristic, compile_heuristic)
-    winner = dataclasses.replace(winner, heuristic=Candidate(winner.options).key() == heuristic.key())
+    chose_heuristics = Candidate(winner.options).key() == heuristic.key()
+    winner = dataclasses.replace(winner, heuristic=chose_heuristics, effort=max(config.SEARCH, 1))
     diskcache.put(key, encode_record(winner))
     return kernel
 

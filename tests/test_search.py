@@ -147,6 +147,16 @@ def test_winners_persist_and_are_reused_without_timing(searching, monkeypatch):
     assert options_of(reused, ast, dtypes, second_neighbour(ast, entry.device).options)
 
 
+def test_a_winner_is_searched_again_only_for_more_effort(searching, monkeypatch):
+    monkeypatch.setattr(search, "launch_timer", timer_favouring(lambda c: False))
+    row_dot()
+    for effort, searched in ((1, 1), (2, 2), (1, 2), (2, 2)):  # a winner of effort 2 serves efforts 1 and 2
+        monkeypatch.setattr(runtime, "_kernel_cache", {})
+        monkeypatch.setattr(config, "SEARCH", effort)
+        row_dot()
+        assert search.stats["searched"] == searched, f"effort {effort}"
+
+
 def test_winners_do_not_cross_devices(searching, monkeypatch):
     monkeypatch.setattr(search, "launch_timer", timer_favouring(lambda c: False))
     row_dot()
@@ -201,7 +211,7 @@ def test_a_corrupted_search_record_is_discarded_loudly_and_searched_again(search
         (b'{"version": 2}', "fields"),
         # a tile that does not divide its dim (the loops would run past the buffers' ends)
         (
-            b'{"blocking": null, "group": null, "heuristic": false, "local_size": null, "unroll": null, '
+            b'{"blocking": null, "effort": 1, "group": null, "heuristic": false, "local_size": null, "unroll": null, '
             b'"upcast": [[0, 3]], "vector": null, "version": 2}',
             r"tile \[\(0, 3\)\] does not divide d0",
         ),
