@@ -137,7 +137,9 @@ class _Renderer:
 
     def render(self) -> str:
         p = self.p
-        params = [f"ptr noalias align 16 %buf{i}" for i in range(len(p.buffer_dtypes))] + ["i32 %start", "i32 %end"]
+        # noalias on memory another argument shares (an assign's target the kernel reads) would be undefined
+        params = [f"ptr{'' if i in p.aliased else ' noalias'} align 16 %buf{i}" for i in range(len(p.buffer_dtypes))]
+        params += ["i32 %start", "i32 %end"]
         self.first_global = True
         for u in p.uops:
             handler = _STRUCTURE.get(u.op)

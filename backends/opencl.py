@@ -181,7 +181,8 @@ class _Renderer:
         params = []
         for i, d in enumerate(self.p.buffer_dtypes):
             const = "" if i in written else "const "  # read-only buffers may go through a read-only cache
-            params.append(f"__global {const}{_MEM_TYPE[d.name]}* restrict buf{i}")
+            restrict = "" if i in self.p.aliased else " restrict"  # restrict on aliased memory is undefined
+            params.append(f"__global {const}{_MEM_TYPE[d.name]}*{restrict} buf{i}")
         total = math.prod(self.p.global_size)
         if self.p.local_size > 1:  # a work-group per output point, launched exactly: no work-item may leave
             # early, since every one must reach the barriers of the group's reduce
@@ -629,7 +630,7 @@ class OpenCLKernel:
         self.kernel = backend.cl.Kernel(built, program.name)
         total = math.prod(program.global_size)
         info = backend.cl.kernel_work_group_info.WORK_GROUP_SIZE
-        max_group = self.kernel.get_work_group_info(info, backend.device)
+        max_group = self.max_group = self.kernel.get_work_group_info(info, backend.device)
         if program.local_size > 1:  # one work-group per output point, of exactly the size the kernel was made for
             if program.local_size > max_group:
                 raise CompileError(
@@ -640,6 +641,15 @@ class OpenCLKernel:
         else:
             self.local_size = _local_size(total, max_group, backend.is_gpu)
             self.global_size = -(-total // self.local_size) * self.local_size
+
+    def set_local_size(self, local_size: int) -> None:
+        """Launch in work-groups of `local_size` items (at most what the device allows for this kernel): the kernel
+        search tries several. Not for a kernel whose work-groups share a reduce (its size is part of its code)."""
+        if self.program.local_size > 1:
+            raise ValueError(f"kernel {self.name} shares each reduce among {self.program.local_size} work-items")
+        total = math.prod(self.program.global_size)
+        self.local_size = max(1, min(local_size, self.max_group, total))
+        self.global_size = -(-total // self.local_size) * self.local_size
 
     def _launch(self, kernel, wait: bool) -> float | None:
         cl = self.backend.cl

@@ -30,6 +30,9 @@ THREADS = _int("LAZYGRAD_THREADS", os.cpu_count() or 1)
 OPENCL_DEVICE = os.environ.get("LAZYGRAD_OPENCL_DEVICE", "")
 # 0 disables the heuristic kernel optimizations (upcast/unroll), for debugging the code generator
 OPTIMIZE = _int("LAZYGRAD_OPTIMIZE", 1)
+# the kernel search's effort (0: off): each new kernel's option records are timed on the device and the winner kept
+# in the disk cache (lazygrad/search.py, docs/search.md); 1 is a quick search, each step up searches longer
+SEARCH = _int("LAZYGRAD_SEARCH", 0)
 # the CPU LLVM compiles for: empty or "host" for this machine's (with all its features), or an LLVM CPU name
 # ("x86-64", "haswell", ...) for code that runs on older machines; results do not depend on it
 LLVM_CPU = os.environ.get("LAZYGRAD_LLVM_CPU", "").strip()

@@ -8,6 +8,7 @@ graph behind every realized node.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import os
 import time
@@ -299,10 +300,38 @@ def _estimate_cost(ast, buffer_dtypes, sizes, nest) -> tuple:
     return flops, sum(d.itemsize * s for d, s in zip(buffer_dtypes, sizes))
 
 
-def get_kernel(ast, buffer_dtypes: tuple, device: str, sizes: tuple) -> CompiledEntry:
+def aliased_arguments(buffers: list) -> frozenset:
+    """The positions of a launch's buffers that another position shares (an assign's target, read by its kernel)."""
+    ids = [id(b) for b in buffers]
+    return frozenset(i for i, b in enumerate(ids) if ids.count(b) > 1) if len(set(ids)) < len(ids) else frozenset()
+
+
+# kernels index buffers and count loops in 32-bit integers (int32 in the IR, i32 in LLVM, int in OpenCL C)
+_INDEX_LIMIT = 2**31 - 1
+
+
+def _check_32_bit_indexes(name: str, buffer_dtypes: tuple, sizes: tuple, nest_shape: tuple) -> None:
+    """Refuse, before anything runs, a kernel whose indexes would overflow 32 bits (wrong addresses, not an error)."""
+    for position, (dtype, size) in enumerate(zip(buffer_dtypes, sizes)):
+        if size > _INDEX_LIMIT:
+            raise RuntimeError(
+                f"kernel {name}: buffer {position} holds {size} {dtype.name} elements "
+                f"({_size(size * dtype.itemsize)}); "
+                f"kernels index with 32-bit integers, so a buffer may hold at most {_INDEX_LIMIT} elements. "
+                "Split the tensor (e.g. with .chunk) into parts below that"
+            )
+    if any(d > _INDEX_LIMIT for d in nest_shape):  # a reduce over a broadcast dim: no buffer that big
+        raise RuntimeError(
+            f"kernel {name}: loops of {nest_shape} iterations; kernels count with 32-bit integers, so a loop may run "
+            f"at most {_INDEX_LIMIT} times. Split the tensor into parts below that"
+        )
+
+
+def get_kernel(ast, buffer_dtypes: tuple, device: str, sizes: tuple, aliased: frozenset = frozenset()) -> CompiledEntry:
+    """`aliased`: positions whose buffer another position shares at launch (aliased_arguments)."""
     # keyed by the AST's text, not the AST: a cache holding every kernel's tree of KernelOps (and their views) kept
     # tens of thousands of objects for the garbage collector to walk at each full collection
-    key = (ast.structure(), buffer_dtypes, device)
+    key = (ast.structure(), buffer_dtypes, device, aliased)
     entry = _kernel_cache.get(key)
     if entry is not None:
         return entry
@@ -311,14 +340,28 @@ def get_kernel(ast, buffer_dtypes: tuple, device: str, sizes: tuple) -> Compiled
     nest = build_loop_nest(ast)
     nest_shape = nest.shape
     name = kernel_name(ast, nest_shape)
-    program = _lowered(ast, buffer_dtypes, name, backend.capabilities)
-    verify(program)  # once per compiled kernel (lowered or read from the disk cache): the IR's rules, checked
+    _check_32_bit_indexes(name, buffer_dtypes, sizes, nest_shape)
+
+    def compile_heuristic():
+        program = _lowered(ast, buffer_dtypes, name, backend.capabilities)
+        verify(program)  # once per compiled kernel (lowered or read from the disk cache): the IR's rules, checked
+        if config.DEBUG >= 4:
+            print(f"--- linear IR of {name}\n{program.dump()}")
+        return backend.compile(dataclasses.replace(program, aliased=aliased) if aliased else program)
+
+    # LAZYGRAD_SEARCH (lazygrad/search.py); its scratch buffers never alias, so an aliased launch keeps the heuristics'
+    if config.SEARCH and config.OPTIMIZE and _forced_options is None and not aliased:
+        from lazygrad import search
+
+        kernel = search.tuned_kernel(
+            ast, nest, buffer_dtypes, sizes, name, backend, compile_heuristic, _LOWERING_VERSION
+        )
+    else:
+        kernel = compile_heuristic()
     if config.DEBUG >= 2:  # what the code generator chose for this kernel, and why
         options = kernel_options(ast, name, backend.capabilities)
-        print(f"--- options of {name} (loops {nest_shape}): {options.describe()}")
-    if config.DEBUG >= 4:
-        print(f"--- linear IR of {name}\n{program.dump()}")
-    kernel = backend.compile(program)
+        searched = " (the heuristics'; the search's choice is on its own line)" if config.SEARCH else ""
+        print(f"--- options of {name} (loops {nest_shape}){searched}: {options.describe()}")
     if config.DEBUG >= 3:
         print(f"--- source of {name}\n{kernel.source}")
     seconds = time.perf_counter() - t0
@@ -515,7 +558,7 @@ def _run_step(step: PlanStep, outputs: list, inputs: list, item: ScheduleItem | 
                 raise RuntimeError(f"kernel on {node.device} reads a buffer on {b.device}; copy it with .to() first")
         dtypes = tuple(b.dtype for b in buffers)
         sizes = tuple(b.size for b in buffers)
-        entry = step.entry = get_kernel(step.ast, dtypes, node.device, sizes)
+        entry = step.entry = get_kernel(step.ast, dtypes, node.device, sizes, aliased_arguments(buffers))
         step.ast = None  # the compiled kernel is all the plan needs now (see PlanStep)
     timed = _timing_wanted()
     start = time.perf_counter() if timed else 0.0

@@ -72,8 +72,8 @@ def _compare_kernels_with_the_reference(monkeypatch, device_name: str, programs:
     compared: list = []
     original = runtime.get_kernel
 
-    def get_kernel(ast, buffer_dtypes, device_string, sizes):
-        entry = original(ast, buffer_dtypes, device_string, sizes)
+    def get_kernel(ast, buffer_dtypes, device_string, sizes, aliased=frozenset()):
+        entry = original(ast, buffer_dtypes, device_string, sizes, aliased)
         # the compiled kernel keeps no IR (Program.summary): the program it was compiled from, lowered again
         program = runtime._lowered(ast, buffer_dtypes, entry.kernel.name, device.capabilities)
         kernel = _ComparedKernel(entry.kernel, program, device, buffer_dtypes, sizes, compared)

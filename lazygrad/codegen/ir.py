@@ -27,6 +27,7 @@ support are lowered with vector width 1 and never see these.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from lazygrad.dtype import DType
@@ -57,6 +58,9 @@ class Program:
     buffer_dtypes: tuple  # per buffer index, output first
     global_size: tuple  # sizes of the global ranges, outermost first
     local_size: int = 1  # work-items per point of the global ranges (a work-group sharing a reduce), else 1
+    # buffer indexes that share memory with another argument of the launch (an assign's target that the kernel
+    # also reads): renderers must not promise the compiler that they do not alias (no restrict, no noalias)
+    aliased: frozenset = frozenset()
 
     def dump(self) -> str:
         return "\n".join(repr(u) for u in self.uops)
@@ -64,4 +68,4 @@ class Program:
     def summary(self) -> Program:
         """This program without its IR: what a compiled kernel keeps to be launched and reported. (Kept whole, the
         IR of every compiled kernel, ~200 UOps and their tuples each, is walked by every full garbage collection.)"""
-        return Program(self.name, [], self.buffer_dtypes, self.global_size, self.local_size)
+        return dataclasses.replace(self, uops=[])

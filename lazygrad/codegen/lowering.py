@@ -796,7 +796,8 @@ class Lowerer:
                 e.open_scope()
             for combo in [] if empty else out_combos:
                 for k in range(unroll):
-                    idx = out_idx(combo) + [red_index[d](k) for d in nest.reduce_dims]
+                    # the k-th unrolled step moves the unrolled dim only (a lane dim among the reduce dims stays)
+                    idx = out_idx(combo) + [red_index[d](k if d == unroll_dim else 0) for d in nest.reduce_dims]
                     val = self.broadcast(self._value(self.reduce.srcs[0], idx, vars_uop, {}, None), acc_vec)
                     new = e.emit(alu, acc_dtype, (accs[combo], val), pure=False, vec=acc_vec)
                     e.emit(IrOp.ACC_UPDATE, None, (accs[combo], new), pure=False)
