@@ -32,10 +32,13 @@ from lazygrad.tensor_ops.reduce import MaxMin, ReduceOps
 
 __all__ = ["MaxMin", "Tensor", "manual_seed", "realize"]
 
+# the "movement op" of a view made by detach() or .data: the same memory, seen whole, outside autograd
+ALIAS = "alias"
+
 
 class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps, MathOps, ArrangeOps, IndexingOps):
     # _view_of is a slot, not a class default: a default overridden per view gave each view tensor a __dict__
-    __slots__ = ("_lazydata", "requires_grad", "grad", "_ctx", "_retains_grad", "_view_of", "__weakref__", "__dict__")
+    __slots__ = ("_lazydata", "requires_grad", "grad", "_ctx", "_retains_grad", "_view_of", "_views", "__weakref__", "__dict__")
 
     @property
     def lazydata(self) -> LazyBuffer:
@@ -52,7 +55,9 @@ class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps, MathOps
     # in-place updates under autograd: the count of them, and the tensor as it was before each (see _inplace)
     _version = 0
     _snapshots: dict | None = None
-    # _view_of: (source tensor, movement op, arg) of a view made by _movement, else None
+    # _view_of: (source tensor, movement op, arg) of a view made by _movement (op ALIAS for detach() and .data),
+    # else None. _views: the views made of this tensor (a WeakList), which an in-place update of it refreshes
+    # (_refresh_views); None, and nothing to pay, for a tensor no view was ever made of
 
     def __init__(self, data, dtype=None, device=None, requires_grad: bool = False):
         dtype = dt.to_dtype(dtype) if dtype is not None else None
@@ -84,7 +89,7 @@ class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps, MathOps
         self.grad: Tensor | None = None
         self._ctx: autograd.Context | None = None
         self._retains_grad = False
-        self._view_of = None
+        self._view_of = self._views = None
         self.requires_grad = False
         if requires_grad:
             self.requires_grad_(True)
@@ -110,7 +115,17 @@ class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps, MathOps
             return self
         out = self._record(Tensor._wrap(lb), op, (self,), arg)
         out._view_of = (self, op, arg)  # so that an in-place update of the view writes through (_inplace)
+        views = self._views  # (_add_view, inline: views are made often)
+        if views is None:
+            views = self._views = WeakList()
+        views.add_ref(weakref.ref(out))
         return out
+
+    def _add_view(self, view: Tensor) -> None:
+        views = self._views
+        if views is None:
+            views = self._views = WeakList()
+        views.add(view)
 
     @staticmethod
     def _wrap(lb: LazyBuffer) -> Tensor:
@@ -124,6 +139,7 @@ class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps, MathOps
             holders = base._holders = WeakList()
         holders.add_ref(weakref.ref(out))
         out.grad, out._ctx, out._retains_grad, out.requires_grad, out._view_of = None, None, False, False, None
+        out._views = None
         return out
 
     @staticmethod
@@ -243,14 +259,16 @@ class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps, MathOps
         return self
 
     def detach(self) -> Tensor:
-        return Tensor(self.lazydata)
+        """This tensor's memory outside autograd (torch's): in-place updates of either are seen by the other."""
+        alias = Tensor._wrap(self._lazydata)
+        alias._view_of = (self, ALIAS, None)
+        self._add_view(alias)
+        return alias
 
     @property
     def data(self) -> Tensor:
-        """The same values outside autograd (torch's .data); in-place updates of it update this tensor."""
-        alias = Tensor(self.lazydata)
-        alias._view_of = (self, "data", None)
-        return alias
+        """The same memory outside autograd (torch's .data), as detach()."""
+        return self.detach()
 
     @data.setter
     def data(self, value: Tensor) -> None:
@@ -334,7 +352,10 @@ class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps, MathOps
         return self.contiguous() if self.lazydata.is_view else self * 1 if self.dtype != dt.bool_ else self | False
 
     # --- in-place updates ---------------------------------------------------------------------------
-    # in-place forms: compute out of place, then assign
+    # An in-place op computes its result out of place, then stores it. A tensor and the views made of it (by
+    # movement ops, detach() and .data) share memory as in PyTorch: an update of a view is placed into its source
+    # (and so on up to the root, the tensor that is no view), stored there, and every live view of the root is then
+    # made again from the root's new value (_refresh_views). A tensor of which no view was made pays nothing.
     def assign(self, value) -> Tensor:
         """Writes value into this tensor's memory (lazily). The optimizer's and BatchNorm's way to update."""
         if not isinstance(value, Tensor):
@@ -347,16 +368,24 @@ class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps, MathOps
             value = value.cast(self.dtype)
         if value.lazydata is self.lazydata:
             return self
+        if self._view_of is not None:
+            with autograd.no_grad():  # assign is outside autograd
+                return self._write_through(value)
+        self._store(value.lazydata)
+        if self._views is not None:
+            self._refresh_views()
+        return self
+
+    def _store(self, lb: LazyBuffer) -> None:
         target = self.lazydata
         if target.realized and not target.is_view and target.op == Op.BUFFER:
-            self.lazydata = target.assign(value.lazydata.contiguous())
+            self.lazydata = target.assign(lb.contiguous())
         else:
             # no memory of its own yet (lazy, a constant, or a view of another tensor's): it gets a buffer of its
             # own, which later assigns overwrite in place, so the buffer stays the same from step to step
-            self.lazydata = value.lazydata.own_copy()
-        return self
+            self.lazydata = lb.own_copy()
 
-    def _inplace(self, result: Tensor, through_view: bool = False) -> Tensor:
+    def _inplace(self, result: Tensor) -> Tensor:
         if self.requires_grad and self.is_leaf and autograd.is_grad_enabled():
             raise RuntimeError("a leaf Variable that requires grad is being used in an in-place operation.")
         if result.shape != self.shape:
@@ -364,52 +393,74 @@ class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps, MathOps
         result = result.cast(self.dtype)
         if self._view_of is not None:
             return self._write_through(result)
-        if autograd.is_grad_enabled() and result.requires_grad:
-            # Graphs recorded so far (the result's own among them) hold this object as an input, meaning its
-            # value before the update: keep that value as a snapshot they find by version (Tensor._as_of).
-            before = Tensor.__new__(Tensor)
-            before.lazydata, before.grad, before._ctx = self.lazydata, None, self._ctx
-            before.requires_grad, before._retains_grad, before._view_of = self.requires_grad, False, None
-            self._snapshots = {**(self._snapshots or {}), self._version: before}
-            self._version += 1
+        self._update(result)
+        if self._views is not None:
+            self._refresh_views()
+        return self
+
+    def _update(self, result: Tensor, through_view: bool = False, detached: bool = False) -> None:
+        """Stores result as this tensor's new value; under autograd it becomes the tensor's graph."""
+        if not detached and autograd.is_grad_enabled() and result.requires_grad:
+            self._snapshot()
             self.lazydata, self._ctx, self.requires_grad = result.lazydata, result._ctx, True
-            return self
-        if through_view:
-            # the update reads this tensor through a view while writing it: into a new buffer, not this one
-            self.lazydata = result.lazydata
-            return self
-        return self.assign(result)
+            return
+        if self._ctx is not None:  # updated outside autograd (no_grad, detach): its graph stays, its old value too
+            self._snapshot()
+        self._store(result.lazydata)
+
+    def _snapshot(self) -> None:
+        """Graphs recorded so far hold this object as an input, meaning its value now: keep that value as a
+        snapshot they find by version (Tensor._as_of), before the value changes."""
+        before = Tensor._wrap(self._lazydata)
+        before._ctx, before.requires_grad = self._ctx, self.requires_grad
+        self._snapshots = {**(self._snapshots or {}), self._version: before}
+        self._version += 1
 
     def _write_through(self, result: Tensor) -> Tensor:
-        """An in-place update of a view updates the tensor it views (and so on up), as in PyTorch."""
-        source, op, arg = self._view_of
-        if op == "data":  # an update through .data is not recorded by autograd, and writes the source itself
-            source.data = result
-            self.lazydata = source.lazydata
-            return self
-        if op == Op.EXPAND:
+        """An in-place update of a view: placed into its source, and so on up to the root, which stores it."""
+        view, value, detached = self, result, False
+        while view._view_of is not None:
+            source, op, arg = view._view_of
+            if op == ALIAS:  # detach(), .data: the same memory, outside autograd
+                value, detached = value.detach(), True
+            else:
+                value = _place_into(source, value, op, arg)
+            view = source
+        root = view
+        if not detached and root.requires_grad and root.is_leaf and autograd.is_grad_enabled():
             raise RuntimeError(
-                "unsupported operation: more than one element of the written-to tensor refers to a "
-                f"single memory location (an in-place update of an expanded view of {source.shape})"
+                f"a view of a leaf Variable that requires grad is being used in an in-place operation "
+                f"(a view of shape {self.shape} of a leaf of shape {root.shape})."
             )
-        if op == Op.SHRINK:
-            inverse = tuple((lo, size - hi) for (lo, hi), size in zip(arg, source.shape))
-            region = Tensor.full(self.shape, True, dt.bool_, self.device)._movement(Op.PAD, inverse)
-            updated = region.where(result._movement(Op.PAD, inverse), source)
-        elif op == Op.PAD:
-            updated = result._movement(Op.SHRINK, tuple((lo, lo + size) for (lo, _), size in zip(arg, source.shape)))
-        elif op == Op.PERMUTE:
-            updated = result._movement(Op.PERMUTE, tuple(sorted(range(len(arg)), key=lambda i: arg[i])))
-        elif op == Op.RESHAPE:
-            updated = result._movement(Op.RESHAPE, source.shape)
-        else:  # flip
-            updated = result._movement(op, arg)
-        source._inplace(updated, through_view=True)
-        if autograd.is_grad_enabled() and result.requires_grad:
-            self._view_of = None  # from now on an intermediate of the graph, like any in-place result
-            return self._inplace(result)
-        self.lazydata = getattr(source.lazydata, op)(arg)  # a view of the updated source again
+        root._update(value, through_view=True, detached=detached)
+        root._refresh_views()
         return self
+
+    def _refresh_views(self) -> None:
+        """Every live view of this tensor (and of those views, ...) made again from its new value."""
+        views = self._views
+        if views is None:
+            return
+        for view in list(views):
+            link = view._view_of
+            if link is None or link[0] is not self:  # made as a view, then turned into a copy (_not_a_view)
+                continue
+            view._remake(self, link[1], link[2])
+            view._refresh_views()
+
+    def _remake(self, source: Tensor, op, arg) -> None:
+        """This view made again from its source's new value: a new version, as an in-place update would make."""
+        if self._ctx is not None:
+            self._snapshot()
+        else:
+            self._version += 1
+        if op == ALIAS:
+            self.lazydata = source._lazydata
+            return
+        self.lazydata = getattr(source._lazydata, op)(arg)
+        if source.requires_grad and (autograd.is_grad_enabled() or self._ctx is not None):
+            self._ctx = autograd.Context(op, (source,), arg, self.shape, (source._version,))
+            self.requires_grad = True
 
     def add_(self, other, alpha=1):
         return self._inplace(self.add(other, alpha=alpha))
@@ -453,7 +504,9 @@ class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps, MathOps
 
     def copy_(self, src):
         src = src if isinstance(src, Tensor) else Tensor(src)
-        return self._inplace(src.to(self.device).cast(self.dtype).broadcast_to(self.shape))
+        value = src.to(self.device).cast(self.dtype).broadcast_to(self.shape)
+        # torch's CopyBackwards: the old value gets a zero gradient (not the graph it had), src its own
+        return self._inplace(self._zero_gradient(value) if self.requires_grad and not value.requires_grad else value)
 
     def uniform_(self, a=0.0, b=1.0):
         return self._inplace(Tensor.uniform(*self.shape, low=a, high=b, dtype=self.dtype, device=self.device))
@@ -483,6 +536,28 @@ class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps, MathOps
         dims = dim if isinstance(dim, (tuple, list)) else (dim,)
         axes = tuple(sorted({self._dim(d) for d in dims}))
         return axes if self.ndim else ()  # a 0-d tensor accepts dim 0 or -1, and has nothing to reduce
+
+
+def _place_into(source: Tensor, value: Tensor, op, arg) -> Tensor:
+    """source with `value` written where the view `source.<op>(arg)` sees it: the inverse of one movement op."""
+    if op == Op.SHRINK:
+        inverse = tuple((lo, size - hi) for (lo, hi), size in zip(arg, source.shape))
+        region = Tensor.full(value.shape, True, dt.bool_, value.device)._movement(Op.PAD, inverse)
+        return region.where(value._movement(Op.PAD, inverse), source)
+    if op == Op.PAD:  # (a strided slice pads to a multiple of its step: the padding is no element of source)
+        return value._movement(Op.SHRINK, tuple((lo, lo + size) for (lo, _), size in zip(arg, source.shape)))
+    if op == Op.PERMUTE:
+        return value._movement(Op.PERMUTE, tuple(sorted(range(len(arg)), key=lambda i: arg[i])))
+    if op == Op.RESHAPE:
+        return value._movement(Op.RESHAPE, source.shape)
+    if op == Op.FLIP:
+        return value._movement(Op.FLIP, arg)
+    # expand, window: several elements of the view are one element of source
+    raise RuntimeError(
+        "unsupported operation: more than one element of the written-to tensor refers to a single memory "
+        f"location (an in-place update of a {op.value if isinstance(op, Op) else op} view of shape {value.shape} "
+        f"of a tensor of shape {source.shape}); clone() the view first"
+    )
 
 
 def _to_numpy_nested(data, dtype) -> np.ndarray:
