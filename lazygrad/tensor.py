@@ -38,7 +38,17 @@ ALIAS = "alias"
 
 class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps, MathOps, ArrangeOps, IndexingOps):
     # _view_of is a slot, not a class default: a default overridden per view gave each view tensor a __dict__
-    __slots__ = ("_lazydata", "requires_grad", "grad", "_ctx", "_retains_grad", "_view_of", "_views", "__weakref__", "__dict__")
+    __slots__ = (
+        "_lazydata",
+        "requires_grad",
+        "grad",
+        "_ctx",
+        "_retains_grad",
+        "_view_of",
+        "_views",
+        "__weakref__",
+        "__dict__",
+    )
 
     @property
     def lazydata(self) -> LazyBuffer:
