@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from lazygrad import dtype as dt
+from lazygrad.ops import Op
 from lazygrad.shape import prod
 
 if TYPE_CHECKING:
@@ -36,10 +37,11 @@ class ArrangeOps:
         if n == 0:
             return Tensor.zeros(*batch, 0, dtype=self.dtype, device=self.device)
         x = x[..., :n, :n]
-        # a row of n+1 elements per step: flatten, pad by n, and every (n+1)-th element is on the diagonal
-        flat = x.reshape(*batch, n * n).pad((0, n))
+        # a row of n+1 elements per step: flatten, pad by n, and every (n+1)-th element is on the diagonal. Movement
+        # primitives, not reshape() and pad() (which copy where PyTorch would): the diagonal is a view, as torch's
+        flat = x._movement(Op.RESHAPE, (*batch, n * n))._movement(Op.PAD, ((0, 0),) * len(batch) + ((0, n),))
         del rows, cols
-        return flat.reshape(*batch, n, n + 1)[..., 0]
+        return flat._movement(Op.RESHAPE, (*batch, n, n + 1))[..., 0]
 
     def diag(self, diagonal: int = 0) -> Tensor:
         if self.ndim == 2:
