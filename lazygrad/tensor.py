@@ -408,7 +408,7 @@ class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps, MathOps
             self._refresh_views()
         return self
 
-    def _update(self, result: Tensor, through_view: bool = False, detached: bool = False) -> None:
+    def _update(self, result: Tensor, detached: bool = False) -> None:
         """Stores result as this tensor's new value; under autograd it becomes the tensor's graph."""
         if not detached and autograd.is_grad_enabled() and result.requires_grad:
             self._snapshot()
@@ -442,7 +442,7 @@ class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps, MathOps
                 f"a view of a leaf Variable that requires grad is being used in an in-place operation "
                 f"(a view of shape {self.shape} of a leaf of shape {root.shape})."
             )
-        root._update(value, through_view=True, detached=detached)
+        root._update(value, detached=detached)
         root._refresh_views()
         return self
 
