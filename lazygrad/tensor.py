@@ -35,6 +35,24 @@ __all__ = ["MaxMin", "Tensor", "manual_seed", "realize"]
 # the "movement op" of a view made by detach() or .data: the same memory, seen whole, outside autograd
 ALIAS = "alias"
 
+# While the JIT captures a step (runtime.CAPTURES): the tensors that left their realized buffer for one of their own
+# (a second in-place update in one step, see Tensor._store), with that buffer's node. The JIT writes their final
+# values back into those buffers (write_back_moved), so that every replay updates the memory the tensors hold.
+_MOVED_OFF: list = []
+
+
+def write_back_moved() -> list:
+    """Each tensor that left its buffer during the capture assigns its value back into it; returns those tensors."""
+    moved, written = list(_MOVED_OFF), []
+    _MOVED_OFF.clear()
+    for ref, node in moved:
+        t = ref()
+        if t is not None and t._lazydata.base is not node:
+            t.lazydata = node.assign(t._lazydata.contiguous())
+            t._refresh_views()
+            written.append(t)
+    return written
+
 
 class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps, MathOps, ArrangeOps, IndexingOps):
     # _view_of is a slot, not a class default: a default overridden per view gave each view tensor a __dict__
@@ -391,6 +409,10 @@ class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps, MathOps
         if target.realized and not target.is_view and target.op == Op.BUFFER:
             self.lazydata = target.assign(lb.contiguous())
         else:
+            if runtime.CAPTURES and target.op is Op.ASSIGN and not target.is_view:
+                # a second update in one step gets a buffer of its own (the scheduler orders one assign per buffer):
+                # the JIT writes it back into the first one's buffer (write_back_moved)
+                _MOVED_OFF.append((weakref.ref(self), target.arg))
             # no memory of its own yet (lazy, a constant, or a view of another tensor's): it gets a buffer of its
             # own, which later assigns overwrite in place, so the buffer stays the same from step to step
             self.lazydata = lb.own_copy()
@@ -428,22 +450,31 @@ class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps, MathOps
 
     def _write_through(self, result: Tensor) -> Tensor:
         """An in-place update of a view: placed into its source, and so on up to the root, which stores it."""
-        view, value, detached = self, result, False
+        view, value, alias = self, result, None
         while view._view_of is not None:
             source, op, arg = view._view_of
             if op == ALIAS:  # detach(), .data: the same memory, outside autograd
-                value, detached = value.detach(), True
+                if alias is None:
+                    alias = (view, value)  # where the update's graph stops (torch's non-differentiable view)
+                value = value.detach()
             else:
                 value = _place_into(source, value, op, arg)
             view = source
-        root = view
-        if not detached and root.requires_grad and root.is_leaf and autograd.is_grad_enabled():
+        graph_root, graph_value = alias if alias is not None else (view, value)
+        if graph_root.requires_grad and graph_root.is_leaf and autograd.is_grad_enabled():
             raise RuntimeError(
                 f"a view of a leaf Variable that requires grad is being used in an in-place operation "
-                f"(a view of shape {self.shape} of a leaf of shape {root.shape})."
+                f"(a view of shape {self.shape} of a leaf of shape {graph_root.shape})."
             )
-        root._update(value, detached=detached)
-        root._refresh_views()
+        if alias is not None:
+            # the memory is the root's, the graph the alias's: the root's autograd is not touched (as in torch)
+            if autograd.is_grad_enabled() and graph_value.requires_grad:
+                graph_root._snapshot()
+                graph_root._ctx, graph_root.requires_grad = graph_value._ctx, True
+            view._update(value, detached=True)
+        else:
+            view._update(value)
+        view._refresh_views()
         return self
 
     def _refresh_views(self) -> None:
@@ -464,7 +495,7 @@ class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps, MathOps
             self._snapshot()
         else:
             self._version += 1
-        if op == ALIAS:
+        if op == ALIAS:  # the same memory; its graph, if an update gave it one, stays (a non-differentiable view's)
             self.lazydata = source._lazydata
             return
         self.lazydata = getattr(source._lazydata, op)(arg)
@@ -515,8 +546,9 @@ class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps, MathOps
     def copy_(self, src):
         src = src if isinstance(src, Tensor) else Tensor(src)
         value = src.to(self.device).cast(self.dtype).broadcast_to(self.shape)
-        # torch's CopyBackwards: the old value gets a zero gradient (not the graph it had), src its own
-        return self._inplace(self._zero_gradient(value) if self.requires_grad and not value.requires_grad else value)
+        if self.requires_grad:  # torch's CopyBackwards: the old value stays in the graph with a zero gradient
+            value = Tensor.full(self.shape, True, dt.bool_, self.device).where(value, self)
+        return self._inplace(value)
 
     def uniform_(self, a=0.0, b=1.0):
         return self._inplace(Tensor.uniform(*self.shape, low=a, high=b, dtype=self.dtype, device=self.device))
@@ -562,11 +594,35 @@ def _place_into(source: Tensor, value: Tensor, op, arg) -> Tensor:
         return value._movement(Op.RESHAPE, source.shape)
     if op == Op.FLIP:
         return value._movement(Op.FLIP, arg)
-    # expand, window: several elements of the view are one element of source
+    if op == Op.WINDOW and _windows_are_disjoint(*arg):
+        region = Tensor.full(value.shape, True, dt.bool_, value.device)
+        return _place_windows(region, source, arg).where(_place_windows(value, source, arg), source)
+    # expand, overlapping windows: several elements of the view are one element of source
     raise RuntimeError(
         "unsupported operation: more than one element of the written-to tensor refers to a single memory "
         f"location (an in-place update of a {op.value if isinstance(op, Op) else op} view of shape {value.shape} "
         f"of a tensor of shape {source.shape}); clone() the view first"
+    )
+
+
+def _windows_are_disjoint(kernel: tuple, stride: tuple, dilation: tuple) -> bool:
+    return all(d == 1 and s >= k for k, s, d in zip(kernel, stride, dilation))
+
+
+def _place_windows(windows: Tensor, source: Tensor, arg) -> Tensor:
+    """Disjoint windows (..., o1..on, k1..kn) back at their places in source's shape (zero between and after):
+    each window dim next to its position dim, padded from k to the stride, merged, then cut or padded to size."""
+    kernel, stride, _ = arg
+    n, lead = len(kernel), source.ndim - len(kernel)
+    order = tuple(range(lead)) + tuple(i for j in range(n) for i in (lead + j, lead + n + j))
+    x = windows._movement(Op.PERMUTE, order)
+    x = x._movement(Op.PAD, ((0, 0),) * lead + tuple(p for k, s in zip(kernel, stride) for p in ((0, 0), (0, s - k))))
+    counts = windows.shape[lead : lead + n]
+    x = x._movement(Op.RESHAPE, source.shape[:lead] + tuple(o * s for o, s in zip(counts, stride)))
+    spans = [(0, min(o * s, size)) for o, s, size in zip(counts, stride, source.shape[lead:])]
+    x = x._movement(Op.SHRINK, tuple((0, size) for size in source.shape[:lead]) + tuple(spans))
+    return x._movement(
+        Op.PAD, ((0, 0),) * lead + tuple((0, size - hi) for (_, hi), size in zip(spans, source.shape[lead:]))
     )
 
 

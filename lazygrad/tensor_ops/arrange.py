@@ -121,8 +121,8 @@ class ArrangeOps:
 
     def unfold(self, dimension: int, size: int, step: int) -> Tensor:
         """Windows of `size` elements every `step` along `dimension`, as torch.Tensor.unfold: that dim becomes the
-        window count and a last dim of `size` is added. One strided slice per position within a window (views),
-        stacked: `size` pieces, whatever the number of windows."""
+        window count and a last dim of `size` is added. A view (the window primitive along the last dim), as
+        torch's: in-place updates of it reach its base where its windows do not overlap (step >= size)."""
         if step <= 0:
             raise RuntimeError(f"unfold: step must be positive, got {step}")
         x = self.reshape(1) if self.ndim == 0 else self  # torch treats a 0-d tensor as one element along dim 0
@@ -130,13 +130,11 @@ class ArrangeOps:
         length = x.shape[d]
         if not 0 <= size <= length:
             raise RuntimeError(f"unfold: size {size} does not fit dimension {d} of size {length} (shape {self.shape})")
-        count = (length - size) // step + 1
-        if size == 0:  # empty windows: nothing to slice
-            shape = x.shape[:d] + (count,) + x.shape[d + 1 :] + (0,)
+        if size == 0:  # empty windows: nothing to view
+            shape = x.shape[:d] + ((length - size) // step + 1,) + x.shape[d + 1 :] + (0,)
             return Tensor.full(shape, 0, self.dtype, self.device)
-        last = x.movedim(d, -1)
-        pieces = [last[..., k : k + step * (count - 1) + 1 : step] for k in range(size)]
-        windows = Tensor.stack(pieces, -1).movedim(-2, d)  # (..., count at d, ..., size)
+        windows = x.movedim(d, -1)._movement(Op.WINDOW, ((size,), (step,), (1,)))  # (..., count, size)
+        windows = windows.movedim(-2, d)  # (..., count at d, ..., size)
         return windows.reshape(size) if self.ndim == 0 else windows
 
     def select(self, dim: int, index: int) -> Tensor:
