@@ -48,8 +48,9 @@ def write_back_moved() -> list:
     for ref, node in moved:
         t = ref()
         if t is not None and t._lazydata.base is not node:
+            before = t._lazydata.base
             t.lazydata = node.assign(t._lazydata.contiguous())
-            t._refresh_views()
+            t._refresh_views(before)
             written.append(t)
     return written
 
@@ -63,7 +64,6 @@ class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps, MathOps
         "_ctx",
         "_retains_grad",
         "_view_of",
-        "_views",
         "__weakref__",
         "__dict__",
     )
@@ -84,8 +84,8 @@ class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps, MathOps
     _version = 0
     _snapshots: dict | None = None
     # _view_of: (source tensor, movement op, arg) of a view made by _movement (op ALIAS for detach() and .data),
-    # else None. _views: the views made of this tensor (a WeakList), which an in-place update of it refreshes
-    # (_refresh_views); None, and nothing to pay, for a tensor no view was ever made of
+    # else None. The views of a tensor are found when it is updated in place, among the holders of its node's base
+    # (_refresh_views): making a view costs nothing more than the view
 
     def __init__(self, data, dtype=None, device=None, requires_grad: bool = False):
         dtype = dt.to_dtype(dtype) if dtype is not None else None
@@ -117,7 +117,7 @@ class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps, MathOps
         self.grad: Tensor | None = None
         self._ctx: autograd.Context | None = None
         self._retains_grad = False
-        self._view_of = self._views = None
+        self._view_of = None
         self.requires_grad = False
         if requires_grad:
             self.requires_grad_(True)
@@ -143,17 +143,7 @@ class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps, MathOps
             return self
         out = self._record(Tensor._wrap(lb), op, (self,), arg)
         out._view_of = (self, op, arg)  # so that an in-place update of the view writes through (_inplace)
-        views = self._views  # (_add_view, inline: views are made often)
-        if views is None:
-            views = self._views = WeakList()
-        views.add_ref(weakref.ref(out))
         return out
-
-    def _add_view(self, view: Tensor) -> None:
-        views = self._views
-        if views is None:
-            views = self._views = WeakList()
-        views.add(view)
 
     @staticmethod
     def _wrap(lb: LazyBuffer) -> Tensor:
@@ -167,7 +157,6 @@ class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps, MathOps
             holders = base._holders = WeakList()
         holders.add_ref(weakref.ref(out))
         out.grad, out._ctx, out._retains_grad, out.requires_grad, out._view_of = None, None, False, False, None
-        out._views = None
         return out
 
     @staticmethod
@@ -290,7 +279,6 @@ class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps, MathOps
         """This tensor's memory outside autograd (torch's): in-place updates of either are seen by the other."""
         alias = Tensor._wrap(self._lazydata)
         alias._view_of = (self, ALIAS, None)
-        self._add_view(alias)
         return alias
 
     @property
@@ -383,7 +371,7 @@ class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps, MathOps
     # An in-place op computes its result out of place, then stores it. A tensor and the views made of it (by
     # movement ops, detach() and .data) share memory as in PyTorch: an update of a view is placed into its source
     # (and so on up to the root, the tensor that is no view), stored there, and every live view of the root is then
-    # made again from the root's new value (_refresh_views). A tensor of which no view was made pays nothing.
+    # made again from the root's new value (_refresh_views).
     def assign(self, value) -> Tensor:
         """Writes value into this tensor's memory (lazily). The optimizer's and BatchNorm's way to update."""
         if not isinstance(value, Tensor):
@@ -399,9 +387,9 @@ class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps, MathOps
         if self._view_of is not None:
             with autograd.no_grad():  # assign is outside autograd
                 return self._write_through(value)
+        before = self._lazydata.base
         self._store(value.lazydata)
-        if self._views is not None:
-            self._refresh_views()
+        self._refresh_views(before)
         return self
 
     def _store(self, lb: LazyBuffer) -> None:
@@ -425,9 +413,9 @@ class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps, MathOps
         result = result.cast(self.dtype)
         if self._view_of is not None:
             return self._write_through(result)
+        before = self._lazydata.base
         self._update(result)
-        if self._views is not None:
-            self._refresh_views()
+        self._refresh_views(before)
         return self
 
     def _update(self, result: Tensor, detached: bool = False) -> None:
@@ -466,6 +454,7 @@ class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps, MathOps
                 f"a view of a leaf Variable that requires grad is being used in an in-place operation "
                 f"(a view of shape {self.shape} of a leaf of shape {graph_root.shape})."
             )
+        before = view._lazydata.base
         if alias is not None:
             # the memory is the root's, the graph the alias's: the root's autograd is not touched (as in torch)
             if autograd.is_grad_enabled() and graph_value.requires_grad:
@@ -474,20 +463,34 @@ class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps, MathOps
             view._update(value, detached=True)
         else:
             view._update(value)
-        view._refresh_views()
+        view._refresh_views(before)
         return self
 
-    def _refresh_views(self) -> None:
-        """Every live view of this tensor (and of those views, ...) made again from its new value."""
-        views = self._views
-        if views is None:
+    def _refresh_views(self, before: LazyBuffer) -> None:
+        """Every live view of this tensor (and of those views, ...) made again from its new value. Its views are
+        tensors whose node has the base `before` (this tensor's node's base until the update: a view's node is a
+        view of its source's base), so they are among that base's holders; their chains of sources tell which."""
+        holders = before._holders
+        if holders is None:
             return
-        for view in list(views):
-            link = view._view_of
-            if link is None or link[0] is not self:  # made as a view, then turned into a copy (_not_a_view)
-                continue
-            view._remake(self, link[1], link[2])
-            view._refresh_views()
+        pending = []
+        for ref in holders.refs:  # (not WeakList's generator: this runs for every update, and mostly finds none)
+            t = ref()
+            if t is not None and t._view_of is not None:
+                pending.append(t)
+        remade = {id(self)}
+        while pending:  # sources before their views: each round remakes the views whose source is remade
+            rest = []
+            for view in pending:
+                source, op, arg = view._view_of
+                if id(source) in remade:
+                    view._remake(source, op, arg)
+                    remade.add(id(view))
+                else:
+                    rest.append(view)
+            if len(rest) == len(pending):  # the others are views of other tensors that share this base
+                return
+            pending = rest
 
     def _remake(self, source: Tensor, op, arg) -> None:
         """This view made again from its source's new value: a new version, as an in-place update would make."""
@@ -647,8 +650,17 @@ def realize(*tensors: Tensor) -> None:
     const = Op.CONST  # read once: an Enum class attribute is slow to read in Python 3.11
     for t in tensors:
         if t._lazydata.base.op is const:
-            # a constant is one shared node: the tensor gets memory of its own, which it may later overwrite
-            t.lazydata = t.lazydata.contiguous()
+            # a constant is one shared node: the tensor gets memory of its own, which it may later overwrite; a
+            # view's root gets it, and its views are views of that memory
+            root = t
+            while root._view_of is not None:
+                root = root._view_of[0]
+            if root._lazydata.base.op is const:
+                before = root._lazydata.base
+                root.lazydata = root._lazydata.contiguous()
+                root._refresh_views(before)
+            if t._lazydata.base.op is const:
+                t.lazydata = t._lazydata.contiguous()
     runtime.realize([t.lazydata for t in tensors])
 
 
