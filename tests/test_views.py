@@ -44,6 +44,19 @@ def test_a_view_sees_a_later_update_of_its_base():
         assert_same(v, vt, f"realized first: {realize_first}")
 
 
+def test_a_realized_view_of_a_tensor_of_zeros_stays_a_view():
+    """zeros() is a constant until realized: realizing a view of it gives the base its memory, shared by the view."""
+    x, xt = lazygrad.zeros(*SHAPE), torch.zeros(*SHAPE)
+    v, vt = x[1], xt[1]
+    v.realize()
+    x.add_(2)
+    xt.add_(2)
+    v.mul_(3)
+    vt.mul_(3)
+    assert_same(v, vt)
+    assert_same(x, xt)
+
+
 def test_siblings_and_chains_of_views_see_each_others_updates():
     ours, theirs = [], []
     for lib, out in ((lazygrad, ours), (torch, theirs)):
