@@ -302,9 +302,10 @@ class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps, MathOps
             raise RuntimeError("can't retain_grad on Tensor that has requires_grad=False")
         self._retains_grad = True
 
-    def _as_of(self, version: int) -> Tensor:
-        """This tensor as it was at `version` (itself, or the snapshot an in-place update left)."""
-        return self if version == self._version else self._snapshots[version]
+    def _as_of(self, version: int) -> Tensor | None:
+        """This tensor as it was at `version` (itself, or the snapshot an in-place update left); None where its
+        value then was not kept (a leaf's, see _update)."""
+        return self if version == self._version else (self._snapshots or {}).get(version)
 
     def _accumulate_grad(self, g: Tensor):
         g = g if autograd.is_grad_enabled() else g.detach()
@@ -393,6 +394,9 @@ class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps, MathOps
         return self
 
     def _store(self, lb: LazyBuffer) -> None:
+        # a new version without a snapshot: a graph that saved the old value raises at backward, as in PyTorch
+        # (a leaf keeps no old values: an optimizer updates parameters every step)
+        self._version += 1
         target = self.lazydata
         if target.realized and not target.is_view and target.op == Op.BUFFER:
             self.lazydata = target.assign(lb.contiguous())
@@ -424,8 +428,12 @@ class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps, MathOps
             self._snapshot()
             self.lazydata, self._ctx, self.requires_grad = result.lazydata, result._ctx, True
             return
-        if self._ctx is not None:  # updated outside autograd (no_grad, detach): its graph stays, its old value too
+        if self._ctx is not None:
+            # updated outside autograd (no_grad, detach): its graph stays, and its old value too, for the graphs that
+            # read it, so the new value goes to new memory (an assign would overwrite the old one)
             self._snapshot()
+            self.lazydata = result.lazydata
+            return
         self._store(result.lazydata)
 
     def _snapshot(self) -> None:
@@ -473,6 +481,9 @@ class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps, MathOps
         holders = before._holders
         if holders is None:
             return
+        # the views' old values are kept (snapshots) where the root has a graph: a leaf's views, like the leaf itself,
+        # keep none (an optimizer updates parameters every step, and their views would pile up snapshots)
+        keep_old_values = self._ctx is not None
         pending = []
         for ref in holders.refs:  # (not WeakList's generator: this runs for every update, and mostly finds none)
             t = ref()
@@ -484,7 +495,7 @@ class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps, MathOps
             for view in pending:
                 source, op, arg = view._view_of
                 if id(source) in remade:
-                    view._remake(source, op, arg)
+                    view._remake(source, op, arg, keep_old_values)
                     remade.add(id(view))
                 else:
                     rest.append(view)
@@ -492,17 +503,18 @@ class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps, MathOps
                 return
             pending = rest
 
-    def _remake(self, source: Tensor, op, arg) -> None:
-        """This view made again from its source's new value: a new version, as an in-place update would make."""
-        if self._ctx is not None:
+    def _remake(self, source: Tensor, op, arg, keep_old_value: bool) -> None:
+        """This view made again from its source's new value: a new version (with a snapshot of the old value for
+        the graphs that read it) where it is part of a graph, as an in-place update of it would make."""
+        if keep_old_value and self._ctx is not None:
             self._snapshot()
         else:
-            self._version += 1
+            self._version += 1  # (as its root's: a graph that saved the old value raises at backward)
         if op == ALIAS:  # the same memory; its graph, if an update gave it one, stays (a non-differentiable view's)
             self.lazydata = source._lazydata
             return
         self.lazydata = getattr(source._lazydata, op)(arg)
-        if source.requires_grad and (autograd.is_grad_enabled() or self._ctx is not None):
+        if source.requires_grad and (autograd.is_grad_enabled() or self.requires_grad):  # (not if made under no_grad)
             self._ctx = autograd.Context(op, (source,), arg, self.shape, (source._version,))
             self.requires_grad = True
 

@@ -196,6 +196,53 @@ def test_a_value_saved_for_backward_then_modified_gets_the_gradient_of_the_value
     assert_same(v, yt[1:3], "the view still follows its base")
 
 
+def test_a_saved_leaf_or_view_of_one_modified_in_place_raises_as_in_torch():
+    """A leaf keeps no old values (an optimizer updates parameters every step): where torch raises, so does lazygrad,
+    and where the gradient needs no value (an add), neither does."""
+    for lib in (lazygrad, torch):
+        x, w = start(lib), start(lib, 1, requires_grad=True)
+        row = x[0]
+        saved = (row * w[0]).sum()  # saves row: its value is w's gradient
+        added = (row + w[1]).sum()  # saves nothing
+        x.add_(1)
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            saved.backward()
+        added.backward()
+        np.testing.assert_allclose(values(w.grad)[1], np.ones(SHAPE[1]), err_msg=lib.__name__)
+
+
+def test_a_non_leaf_modified_under_no_grad_keeps_its_value_for_earlier_graphs():
+    """torch raises here; lazygrad gives the gradient of the values the graph saw (the update goes to new memory,
+    so the realized old value stays)."""
+    x = start(lazygrad, requires_grad=True)
+    y = (x * 1).realize()
+    z = (y[1:] * y[1:]).sum()
+    with lazygrad.no_grad():
+        y.mul_(10)
+    z.backward()
+    xt = start(torch, requires_grad=True)
+    (xt[1:] * xt[1:]).sum().backward()
+    assert_same(x.grad, xt.grad)
+    assert_same(y, xt.detach() * 10)
+
+
+def test_a_view_of_a_parameter_held_across_optimizer_steps_follows_it():
+    results = []
+    for lib in (lazygrad, torch):
+        p = start(lib, requires_grad=True)
+        transposed = p.t()
+        opt = lib.optim.SGD([p], lr=0.1)
+        for _ in range(3):
+            loss = (transposed * transposed).sum()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        results.append((p, transposed))
+    assert_same(results[0][0], results[1][0], "the parameter")
+    assert_same(results[0][1], results[1][1], "its view")
+    assert not results[0][1]._snapshots, "a view of a leaf keeps no old values"
+
+
 # --- a fuzzer: random view chains and in-place updates, every live tensor checked after each step ---------
 def _view_recipes(shape: tuple) -> list:
     """(name, make, writable) for the views of a tensor of this shape (the same few recur: shared kernels)."""
