@@ -351,7 +351,9 @@ def backward(root, gradient, retain_graph: bool = False, create_graph: bool = Fa
                 assert ig._lazydata.shape == inp._lazydata.shape, f"gradient of {ctx.op}: {ig.shape} for {inp.shape}"
                 prev = grads.get(id(inp))
                 grads[id(inp)] = ig if prev is None else prev + ig
-            if not retain_graph:
+            if not retain_graph and t._view_of is None:
+                # (a view keeps its movement: its source is held anyway, and a view held across steps, as torch's,
+                # carries its gradient to the source again)
                 t._ctx = None
     return results
 
@@ -376,11 +378,34 @@ def _topological(root) -> list:
     return order
 
 
+# the rules that read only their inputs' shapes and dtypes, never their values
+_VALUE_FREE = frozenset(
+    {Op.NEG, Op.CAST, Op.ADD, Op.SUM, Op.RESHAPE, Op.PERMUTE, Op.EXPAND, Op.PAD, Op.SHRINK, Op.FLIP, Op.WINDOW}
+    | {Op.CONTIGUOUS, Op.COPY}
+)
+
+
 def _resolve_versions(ctx: Context) -> None:
-    """Inputs updated in place since the op was recorded are replaced by their values back then."""
+    """Inputs updated in place since the op was recorded are replaced by their values back then (snapshots). An
+    input whose old value was not kept (a leaf updated in place) may only be one whose value the rule does not read;
+    otherwise this is PyTorch's error."""
     if ctx.versions:
         for t, v in zip(ctx.inputs, ctx.versions):
             if t._version != v:  # (almost never: check before building a new tuple)
-                ctx.inputs = tuple(t._as_of(v) for t, v in zip(ctx.inputs, ctx.versions))
+                ctx.inputs = tuple(_as_of(t, v, ctx) for t, v in zip(ctx.inputs, ctx.versions))
                 break
         ctx.versions = ()
+
+
+def _as_of(t, version: int, ctx: Context):
+    old = t._as_of(version)
+    if old is not None:
+        return old
+    if ctx.op in _VALUE_FREE or ctx.op is Op.WHERE and t is not ctx.inputs[0]:  # (where reads its condition only)
+        return t  # the gradient needs the shape only, which an in-place update keeps
+    raise RuntimeError(
+        "one of the variables needed for gradient computation has been modified by an inplace operation: "
+        f"[{t.dtype.name}{list(t.shape)}] is at version {t._version}; expected version {version} instead "
+        f"(an input of {ctx.op.value if isinstance(ctx.op, Op) else ctx.op}, updated in place after it was recorded, "
+        "whose old value was not kept: a leaf, or a view of one)"
+    )

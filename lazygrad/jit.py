@@ -38,6 +38,7 @@ import warnings
 from collections import OrderedDict
 
 from lazygrad import runtime
+from lazygrad import tensor as tensor_module
 from lazygrad.graph import LazyBuffer
 from lazygrad.shape import contiguous_strides
 from lazygrad.tensor import Tensor
@@ -247,10 +248,14 @@ class JitFunction:
 
         recorder = _Recorder()
         runtime.CAPTURES.append(recorder)
+        tensor_module.write_back_moved()  # (none are left from before: this only clears)
         try:
             result = self.fn(*args, **kwargs)
             returned = _flatten_tensors(result)
-            runtime.realize([t.lazydata for t in returned])
+            # a tensor updated twice in the step left its buffer for a new one: its value goes back into the buffer
+            # (one more kernel, captured), so that a replay updates the memory the tensor and its views read
+            written = tensor_module.write_back_moved()
+            runtime.realize([t.lazydata for t in returned] + [t.lazydata for t in written])
         finally:
             runtime.CAPTURES.remove(recorder)
 

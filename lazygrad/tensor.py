@@ -32,10 +32,41 @@ from lazygrad.tensor_ops.reduce import MaxMin, ReduceOps
 
 __all__ = ["MaxMin", "Tensor", "manual_seed", "realize"]
 
+# the "movement op" of a view made by detach() or .data: the same memory, seen whole, outside autograd
+ALIAS = "alias"
+
+# While the JIT captures a step (runtime.CAPTURES): the tensors that left their realized buffer for one of their own
+# (a second in-place update in one step, see Tensor._store), with that buffer's node. The JIT writes their final
+# values back into those buffers (write_back_moved), so that every replay updates the memory the tensors hold.
+_MOVED_OFF: list = []
+
+
+def write_back_moved() -> list:
+    """Each tensor that left its buffer during the capture assigns its value back into it; returns those tensors."""
+    moved, written = list(_MOVED_OFF), []
+    _MOVED_OFF.clear()
+    for ref, node in moved:
+        t = ref()
+        if t is not None and t._lazydata.base is not node:
+            before = t._lazydata.base
+            t.lazydata = node.assign(t._lazydata.contiguous())
+            t._refresh_views(before)
+            written.append(t)
+    return written
+
 
 class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps, MathOps, ArrangeOps, IndexingOps):
     # _view_of is a slot, not a class default: a default overridden per view gave each view tensor a __dict__
-    __slots__ = ("_lazydata", "requires_grad", "grad", "_ctx", "_retains_grad", "_view_of", "__weakref__", "__dict__")
+    __slots__ = (
+        "_lazydata",
+        "requires_grad",
+        "grad",
+        "_ctx",
+        "_retains_grad",
+        "_view_of",
+        "__weakref__",
+        "__dict__",
+    )
 
     @property
     def lazydata(self) -> LazyBuffer:
@@ -52,7 +83,9 @@ class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps, MathOps
     # in-place updates under autograd: the count of them, and the tensor as it was before each (see _inplace)
     _version = 0
     _snapshots: dict | None = None
-    # _view_of: (source tensor, movement op, arg) of a view made by _movement, else None
+    # _view_of: (source tensor, movement op, arg) of a view made by _movement (op ALIAS for detach() and .data),
+    # else None. The views of a tensor are found when it is updated in place, among the holders of its node's base
+    # (_refresh_views): making a view costs nothing more than the view
 
     def __init__(self, data, dtype=None, device=None, requires_grad: bool = False):
         dtype = dt.to_dtype(dtype) if dtype is not None else None
@@ -243,14 +276,15 @@ class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps, MathOps
         return self
 
     def detach(self) -> Tensor:
-        return Tensor(self.lazydata)
+        """This tensor's memory outside autograd (torch's): in-place updates of either are seen by the other."""
+        alias = Tensor._wrap(self._lazydata)
+        alias._view_of = (self, ALIAS, None)
+        return alias
 
     @property
     def data(self) -> Tensor:
-        """The same values outside autograd (torch's .data); in-place updates of it update this tensor."""
-        alias = Tensor(self.lazydata)
-        alias._view_of = (self, "data", None)
-        return alias
+        """The same memory outside autograd (torch's .data), as detach()."""
+        return self.detach()
 
     @data.setter
     def data(self, value: Tensor) -> None:
@@ -268,9 +302,10 @@ class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps, MathOps
             raise RuntimeError("can't retain_grad on Tensor that has requires_grad=False")
         self._retains_grad = True
 
-    def _as_of(self, version: int) -> Tensor:
-        """This tensor as it was at `version` (itself, or the snapshot an in-place update left)."""
-        return self if version == self._version else self._snapshots[version]
+    def _as_of(self, version: int) -> Tensor | None:
+        """This tensor as it was at `version` (itself, or the snapshot an in-place update left); None where its
+        value then was not kept (a leaf's, see _update)."""
+        return self if version == self._version else (self._snapshots or {}).get(version)
 
     def _accumulate_grad(self, g: Tensor):
         # a tensor of its own (a rule may hand one gradient to two inputs): detach() without __init__'s checks
@@ -335,7 +370,10 @@ class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps, MathOps
         return self.contiguous() if self.lazydata.is_view else self * 1 if self.dtype != dt.bool_ else self | False
 
     # --- in-place updates ---------------------------------------------------------------------------
-    # in-place forms: compute out of place, then assign
+    # An in-place op computes its result out of place, then stores it. A tensor and the views made of it (by
+    # movement ops, detach() and .data) share memory as in PyTorch: an update of a view is placed into its source
+    # (and so on up to the root, the tensor that is no view), stored there, and every live view of the root is then
+    # made again from the root's new value (_refresh_views).
     def assign(self, value) -> Tensor:
         """Writes value into this tensor's memory (lazily). The optimizer's and BatchNorm's way to update."""
         if not isinstance(value, Tensor):
@@ -348,16 +386,31 @@ class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps, MathOps
             value = value.cast(self.dtype)
         if value.lazydata is self.lazydata:
             return self
-        target = self.lazydata
-        if target.realized and not target.is_view and target.op == Op.BUFFER:
-            self.lazydata = target.assign(value.lazydata.contiguous())
-        else:
-            # no memory of its own yet (lazy, a constant, or a view of another tensor's): it gets a buffer of its
-            # own, which later assigns overwrite in place, so the buffer stays the same from step to step
-            self.lazydata = value.lazydata.own_copy()
+        if self._view_of is not None:
+            with autograd.no_grad():  # assign is outside autograd
+                return self._write_through(value)
+        before = self._lazydata.base
+        self._store(value.lazydata)
+        self._refresh_views(before)
         return self
 
-    def _inplace(self, result: Tensor, through_view: bool = False) -> Tensor:
+    def _store(self, lb: LazyBuffer) -> None:
+        # a new version without a snapshot: a graph that saved the old value raises at backward, as in PyTorch
+        # (a leaf keeps no old values: an optimizer updates parameters every step)
+        self._version += 1
+        target = self.lazydata
+        if target.realized and not target.is_view and target.op == Op.BUFFER:
+            self.lazydata = target.assign(lb.contiguous())
+        else:
+            if runtime.CAPTURES and target.op is Op.ASSIGN and not target.is_view:
+                # a second update in one step gets a buffer of its own (the scheduler orders one assign per buffer):
+                # the JIT writes it back into the first one's buffer (write_back_moved)
+                _MOVED_OFF.append((weakref.ref(self), target.arg))
+            # no memory of its own yet (lazy, a constant, or a view of another tensor's): it gets a buffer of its
+            # own, which later assigns overwrite in place, so the buffer stays the same from step to step
+            self.lazydata = lb.own_copy()
+
+    def _inplace(self, result: Tensor) -> Tensor:
         if self.requires_grad and self.is_leaf and autograd.is_grad_enabled():
             raise RuntimeError("a leaf Variable that requires grad is being used in an in-place operation.")
         if result.shape != self.shape:
@@ -365,52 +418,106 @@ class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps, MathOps
         result = result.cast(self.dtype)
         if self._view_of is not None:
             return self._write_through(result)
-        if autograd.is_grad_enabled() and result.requires_grad:
-            # Graphs recorded so far (the result's own among them) hold this object as an input, meaning its
-            # value before the update: keep that value as a snapshot they find by version (Tensor._as_of).
-            before = Tensor.__new__(Tensor)
-            before.lazydata, before.grad, before._ctx = self.lazydata, None, self._ctx
-            before.requires_grad, before._retains_grad, before._view_of = self.requires_grad, False, None
-            self._snapshots = {**(self._snapshots or {}), self._version: before}
-            self._version += 1
+        before = self._lazydata.base
+        self._update(result)
+        self._refresh_views(before)
+        return self
+
+    def _update(self, result: Tensor, detached: bool = False) -> None:
+        """Stores result as this tensor's new value; under autograd it becomes the tensor's graph."""
+        if not detached and autograd.is_grad_enabled() and result.requires_grad:
+            self._snapshot()
             self.lazydata, self._ctx, self.requires_grad = result.lazydata, result._ctx, True
-            return self
-        if through_view:
-            # the update reads this tensor through a view while writing it: into a new buffer, not this one
+            return
+        if self._ctx is not None:
+            # updated outside autograd (no_grad, detach): its graph stays, and its old value too, for the graphs that
+            # read it, so the new value goes to new memory (an assign would overwrite the old one)
+            self._snapshot()
             self.lazydata = result.lazydata
-            return self
-        return self.assign(result)
+            return
+        self._store(result.lazydata)
+
+    def _snapshot(self) -> None:
+        """Graphs recorded so far hold this object as an input, meaning its value now: keep that value as a
+        snapshot they find by version (Tensor._as_of), before the value changes."""
+        before = Tensor._wrap(self._lazydata)
+        before._ctx, before.requires_grad = self._ctx, self.requires_grad
+        self._snapshots = {**(self._snapshots or {}), self._version: before}
+        self._version += 1
 
     def _write_through(self, result: Tensor) -> Tensor:
-        """An in-place update of a view updates the tensor it views (and so on up), as in PyTorch."""
-        source, op, arg = self._view_of
-        if op == "data":  # an update through .data is not recorded by autograd, and writes the source itself
-            source.data = result
-            self.lazydata = source.lazydata
-            return self
-        if op == Op.EXPAND:
+        """An in-place update of a view: placed into its source, and so on up to the root, which stores it."""
+        view, value, alias = self, result, None
+        while view._view_of is not None:
+            source, op, arg = view._view_of
+            if op == ALIAS:  # detach(), .data: the same memory, outside autograd
+                if alias is None:
+                    alias = (view, value)  # where the update's graph stops (torch's non-differentiable view)
+                value = value.detach()
+            else:
+                value = _place_into(source, value, op, arg)
+            view = source
+        graph_root, graph_value = alias if alias is not None else (view, value)
+        if graph_root.requires_grad and graph_root.is_leaf and autograd.is_grad_enabled():
             raise RuntimeError(
-                "unsupported operation: more than one element of the written-to tensor refers to a "
-                f"single memory location (an in-place update of an expanded view of {source.shape})"
+                f"a view of a leaf Variable that requires grad is being used in an in-place operation "
+                f"(a view of shape {self.shape} of a leaf of shape {graph_root.shape})."
             )
-        if op == Op.SHRINK:
-            inverse = tuple((lo, size - hi) for (lo, hi), size in zip(arg, source.shape))
-            region = Tensor.full(self.shape, True, dt.bool_, self.device)._movement(Op.PAD, inverse)
-            updated = region._select(result._movement(Op.PAD, inverse), source)
-        elif op == Op.PAD:
-            updated = result._movement(Op.SHRINK, tuple((lo, lo + size) for (lo, _), size in zip(arg, source.shape)))
-        elif op == Op.PERMUTE:
-            updated = result._movement(Op.PERMUTE, tuple(sorted(range(len(arg)), key=lambda i: arg[i])))
-        elif op == Op.RESHAPE:
-            updated = result._movement(Op.RESHAPE, source.shape)
-        else:  # flip
-            updated = result._movement(op, arg)
-        source._inplace(updated, through_view=True)
-        if autograd.is_grad_enabled() and result.requires_grad:
-            self._view_of = None  # from now on an intermediate of the graph, like any in-place result
-            return self._inplace(result)
-        self.lazydata = getattr(source.lazydata, op)(arg)  # a view of the updated source again
+        before = view._lazydata.base
+        if alias is not None:
+            # the memory is the root's, the graph the alias's: the root's autograd is not touched (as in torch)
+            if autograd.is_grad_enabled() and graph_value.requires_grad:
+                graph_root._snapshot()
+                graph_root._ctx, graph_root.requires_grad = graph_value._ctx, True
+            view._update(value, detached=True)
+        else:
+            view._update(value)
+        view._refresh_views(before)
         return self
+
+    def _refresh_views(self, before: LazyBuffer) -> None:
+        """Every live view of this tensor (and of those views, ...) made again from its new value. Its views are
+        tensors whose node has the base `before` (this tensor's node's base until the update: a view's node is a
+        view of its source's base), so they are among that base's holders; their chains of sources tell which."""
+        holders = before._holders
+        if holders is None:
+            return
+        # the views' old values are kept (snapshots) where the root has a graph: a leaf's views, like the leaf itself,
+        # keep none (an optimizer updates parameters every step, and their views would pile up snapshots)
+        keep_old_values = self._ctx is not None
+        pending = []
+        for ref in holders.refs:  # (not WeakList's generator: this runs for every update, and mostly finds none)
+            t = ref()
+            if t is not None and t._view_of is not None:
+                pending.append(t)
+        remade = {id(self)}
+        while pending:  # sources before their views: each round remakes the views whose source is remade
+            rest = []
+            for view in pending:
+                source, op, arg = view._view_of
+                if id(source) in remade:
+                    view._remake(source, op, arg, keep_old_values)
+                    remade.add(id(view))
+                else:
+                    rest.append(view)
+            if len(rest) == len(pending):  # the others are views of other tensors that share this base
+                return
+            pending = rest
+
+    def _remake(self, source: Tensor, op, arg, keep_old_value: bool) -> None:
+        """This view made again from its source's new value: a new version (with a snapshot of the old value for
+        the graphs that read it) where it is part of a graph, as an in-place update of it would make."""
+        if keep_old_value and self._ctx is not None:
+            self._snapshot()
+        else:
+            self._version += 1  # (as its root's: a graph that saved the old value raises at backward)
+        if op == ALIAS:  # the same memory; its graph, if an update gave it one, stays (a non-differentiable view's)
+            self.lazydata = source._lazydata
+            return
+        self.lazydata = getattr(source._lazydata, op)(arg)
+        if source.requires_grad and (autograd.is_grad_enabled() or self.requires_grad):  # (not if made under no_grad)
+            self._ctx = autograd.Context(op, (source,), arg, self.shape, (source._version,))
+            self.requires_grad = True
 
     def add_(self, other, alpha=1):
         return self._inplace(self.add(other, alpha=alpha))
@@ -454,7 +561,10 @@ class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps, MathOps
 
     def copy_(self, src):
         src = src if isinstance(src, Tensor) else Tensor(src)
-        return self._inplace(src.to(self.device).cast(self.dtype).broadcast_to(self.shape))
+        value = src.to(self.device).cast(self.dtype).broadcast_to(self.shape)
+        if self.requires_grad:  # torch's CopyBackwards: the old value stays in the graph with a zero gradient
+            value = Tensor.full(self.shape, True, dt.bool_, self.device)._select(value, self)
+        return self._inplace(value)
 
     def uniform_(self, a=0.0, b=1.0):
         return self._inplace(Tensor.uniform(*self.shape, low=a, high=b, dtype=self.dtype, device=self.device))
@@ -486,6 +596,52 @@ class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps, MathOps
         return axes if self.ndim else ()  # a 0-d tensor accepts dim 0 or -1, and has nothing to reduce
 
 
+def _place_into(source: Tensor, value: Tensor, op, arg) -> Tensor:
+    """source with `value` written where the view `source.<op>(arg)` sees it: the inverse of one movement op."""
+    if op == Op.SHRINK:
+        inverse = tuple((lo, size - hi) for (lo, hi), size in zip(arg, source.shape))
+        region = Tensor.full(value.shape, True, dt.bool_, value.device)._movement(Op.PAD, inverse)
+        return region._select(value._movement(Op.PAD, inverse), source)
+    if op == Op.PAD:  # (a strided slice pads to a multiple of its step: the padding is no element of source)
+        return value._movement(Op.SHRINK, tuple((lo, lo + size) for (lo, _), size in zip(arg, source.shape)))
+    if op == Op.PERMUTE:
+        return value._movement(Op.PERMUTE, tuple(sorted(range(len(arg)), key=lambda i: arg[i])))
+    if op == Op.RESHAPE:
+        return value._movement(Op.RESHAPE, source.shape)
+    if op == Op.FLIP:
+        return value._movement(Op.FLIP, arg)
+    if op == Op.WINDOW and _windows_are_disjoint(*arg):
+        region = Tensor.full(value.shape, True, dt.bool_, value.device)
+        return _place_windows(region, source, arg)._select(_place_windows(value, source, arg), source)
+    # expand, overlapping windows: several elements of the view are one element of source
+    raise RuntimeError(
+        "unsupported operation: more than one element of the written-to tensor refers to a single memory "
+        f"location (an in-place update of a {op.value if isinstance(op, Op) else op} view of shape {value.shape} "
+        f"of a tensor of shape {source.shape}); clone() the view first"
+    )
+
+
+def _windows_are_disjoint(kernel: tuple, stride: tuple, dilation: tuple) -> bool:
+    return all(d == 1 and s >= k for k, s, d in zip(kernel, stride, dilation))
+
+
+def _place_windows(windows: Tensor, source: Tensor, arg) -> Tensor:
+    """Disjoint windows (..., o1..on, k1..kn) back at their places in source's shape (zero between and after):
+    each window dim next to its position dim, padded from k to the stride, merged, then cut or padded to size."""
+    kernel, stride, _ = arg
+    n, lead = len(kernel), source.ndim - len(kernel)
+    order = tuple(range(lead)) + tuple(i for j in range(n) for i in (lead + j, lead + n + j))
+    x = windows._movement(Op.PERMUTE, order)
+    x = x._movement(Op.PAD, ((0, 0),) * lead + tuple(p for k, s in zip(kernel, stride) for p in ((0, 0), (0, s - k))))
+    counts = windows.shape[lead : lead + n]
+    x = x._movement(Op.RESHAPE, source.shape[:lead] + tuple(o * s for o, s in zip(counts, stride)))
+    spans = [(0, min(o * s, size)) for o, s, size in zip(counts, stride, source.shape[lead:])]
+    x = x._movement(Op.SHRINK, tuple((0, size) for size in source.shape[:lead]) + tuple(spans))
+    return x._movement(
+        Op.PAD, ((0, 0),) * lead + tuple((0, size - hi) for (_, hi), size in zip(spans, source.shape[lead:]))
+    )
+
+
 def _to_numpy_nested(data, dtype) -> np.ndarray:
     def flatten(x):
         if isinstance(x, Tensor):
@@ -507,8 +663,17 @@ def realize(*tensors: Tensor) -> None:
     const = Op.CONST  # read once: an Enum class attribute is slow to read in Python 3.11
     for t in tensors:
         if t._lazydata.base.op is const:
-            # a constant is one shared node: the tensor gets memory of its own, which it may later overwrite
-            t.lazydata = t.lazydata.contiguous()
+            # a constant is one shared node: the tensor gets memory of its own, which it may later overwrite; a
+            # view's root gets it, and its views are views of that memory
+            root = t
+            while root._view_of is not None:
+                root = root._view_of[0]
+            if root._lazydata.base.op is const:
+                before = root._lazydata.base
+                root.lazydata = root._lazydata.contiguous()
+                root._refresh_views(before)
+            if t._lazydata.base.op is const:
+                t.lazydata = t._lazydata.contiguous()
     runtime.realize([t.lazydata for t in tensors])
 
 

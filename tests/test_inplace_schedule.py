@@ -88,10 +88,11 @@ def test_the_same_structure_runs_its_plan_again_with_other_values():
 
 
 def test_a_kernel_reading_one_buffer_both_before_and_after_its_update_is_a_clear_error():
-    """A detached alias still names the old buffer after x's update, so `alias + x` reads the old and the new
-    values of one buffer in one kernel: no order is right, and the error says so instead of giving a wrong value."""
+    """A tensor made of x's node (not a view of x, which would follow the update) still names the old buffer after
+    x's update, so `stale + x` reads the old and the new values of one buffer in one kernel: no order is right, and
+    the error says so instead of giving a wrong value."""
     x = lazygrad.Tensor(np.arange(4, dtype=np.float32)).realize()
-    alias = x.detach()
+    alias = lazygrad.Tensor(x.lazydata)
     x.add_(1)
     with pytest.raises(RuntimeError, match=r"schedule has a cycle.*assign into float32\[4\]"):
         (alias + x).numpy()

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from lazygrad import dtype as dt
+from lazygrad.ops import Op
 from lazygrad.shape import prod
 from lazygrad.tensor_ops.bounds import check_indices
 
@@ -37,10 +38,11 @@ class ArrangeOps:
         if n == 0:
             return Tensor.zeros(*batch, 0, dtype=self.dtype, device=self.device)
         x = x[..., :n, :n]
-        # a row of n+1 elements per step: flatten, pad by n, and every (n+1)-th element is on the diagonal
-        flat = x.reshape(*batch, n * n).pad((0, n))
+        # a row of n+1 elements per step: flatten, pad by n, and every (n+1)-th element is on the diagonal. Movement
+        # primitives, not reshape() and pad() (which copy where PyTorch would): the diagonal is a view, as torch's
+        flat = x._movement(Op.RESHAPE, (*batch, n * n))._movement(Op.PAD, ((0, 0),) * len(batch) + ((0, n),))
         del rows, cols
-        return flat.reshape(*batch, n, n + 1)[..., 0]
+        return flat._movement(Op.RESHAPE, (*batch, n, n + 1))[..., 0]
 
     def diag(self, diagonal: int = 0) -> Tensor:
         if self.ndim == 2:
@@ -120,8 +122,8 @@ class ArrangeOps:
 
     def unfold(self, dimension: int, size: int, step: int) -> Tensor:
         """Windows of `size` elements every `step` along `dimension`, as torch.Tensor.unfold: that dim becomes the
-        window count and a last dim of `size` is added. One strided slice per position within a window (views),
-        stacked: `size` pieces, whatever the number of windows."""
+        window count and a last dim of `size` is added. A view (the window primitive along the last dim), as
+        torch's: in-place updates of it reach its base where its windows do not overlap (step >= size)."""
         if step <= 0:
             raise RuntimeError(f"unfold: step must be positive, got {step}")
         x = self.reshape(1) if self.ndim == 0 else self  # torch treats a 0-d tensor as one element along dim 0
@@ -129,13 +131,11 @@ class ArrangeOps:
         length = x.shape[d]
         if not 0 <= size <= length:
             raise RuntimeError(f"unfold: size {size} does not fit dimension {d} of size {length} (shape {self.shape})")
-        count = (length - size) // step + 1
-        if size == 0:  # empty windows: nothing to slice
-            shape = x.shape[:d] + (count,) + x.shape[d + 1 :] + (0,)
+        if size == 0:  # empty windows: nothing to view
+            shape = x.shape[:d] + ((length - size) // step + 1,) + x.shape[d + 1 :] + (0,)
             return Tensor.full(shape, 0, self.dtype, self.device)
-        last = x.movedim(d, -1)
-        pieces = [last[..., k : k + step * (count - 1) + 1 : step] for k in range(size)]
-        windows = Tensor.stack(pieces, -1).movedim(-2, d)  # (..., count at d, ..., size)
+        windows = x.movedim(d, -1)._movement(Op.WINDOW, ((size,), (step,), (1,)))  # (..., count, size)
+        windows = windows.movedim(-2, d)  # (..., count at d, ..., size)
         return windows.reshape(size) if self.ndim == 0 else windows
 
     def select(self, dim: int, index: int) -> Tensor:
