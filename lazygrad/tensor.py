@@ -19,7 +19,7 @@ from lazygrad import autograd, runtime, tensor_ops
 from lazygrad import dtype as dt
 from lazygrad.device import canonical_device, device_of, is_device_name
 from lazygrad.dtype import DType
-from lazygrad.graph import LazyBuffer, with_ref
+from lazygrad.graph import LazyBuffer, WeakList, with_ref
 from lazygrad.ops import REDUCE, Op
 from lazygrad.shape import prod
 from lazygrad.tensor_ops.arrange import ArrangeOps, IndexingOps
@@ -486,7 +486,9 @@ class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps, MathOps
         # keep none (an optimizer updates parameters every step, and their views would pile up snapshots)
         keep_old_values = self._ctx is not None
         pending = []
-        for ref in holders.refs:  # (not WeakList's generator: this runs for every update, and mostly finds none)
+        # (None, one weak reference or a WeakList: graph.with_ref) (not WeakList's generator: this runs for every
+        # update, and mostly finds none)
+        for ref in holders.refs if type(holders) is WeakList else (holders,):
             t = ref()
             if t is not None and t._view_of is not None:
                 pending.append(t)
