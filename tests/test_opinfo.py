@@ -15,6 +15,7 @@ time would make the full set cost minutes of CI.
 from __future__ import annotations
 
 import importlib.util
+import os
 import pathlib
 
 import pytest
@@ -36,9 +37,17 @@ from opinfo_tables import BACKLOG, OUT_OF_SCOPE, TRANSFORMER_WORK
 SAMPLES_PER_DTYPE = {"llvm": (3, 1, 1), "opencl": (1, 1, 1), "reference": (1, 1, 1)}  # float32, int64, bool
 GRADIENTS = {"llvm": True, "opencl": False, "reference": False}
 ONE_DTYPE_ONLY = {"llvm": False, "opencl": True, "reference": True}  # the first dtype the op takes, only
+if os.environ.get("LAZYGRAD_OPINFO_SAMPLES") == "all":
+    # every sample of every dtype, with gradients, on every backend: the full conformance run (by hand, not in CI:
+    # about 6 minutes on LLVM with one worker; PoCL's compile time makes it hours on OpenCL)
+    SAMPLES_PER_DTYPE = dict.fromkeys(SAMPLES_PER_DTYPE, (None, None, None))
+    GRADIENTS = dict.fromkeys(GRADIENTS, True)
+    ONE_DTYPE_ONLY = dict.fromkeys(ONE_DTYPE_ONLY, False)
 
 # ops whose gradients compile into many kernels (prod's multiplication tree): one float32 sample on every backend
 ONE_FLOAT32_SAMPLE = {"prod", "cumprod", "scatter_reduce.prod"}
+if os.environ.get("LAZYGRAD_OPINFO_SAMPLES") == "all":
+    ONE_FLOAT32_SAMPLE = set()
 
 # whole-op expected failures: what the op does not do yet (strict: the day it passes, this entry must go)
 KNOWN_FAILURES = {

@@ -26,6 +26,13 @@ class _Activation(Module):
         return ", ".join(f"{k}={v}" for k, v in self.arguments.items())
 
 
+class _InplaceOnly(_Activation):
+    """An activation whose one argument is torch's `inplace` (positional, as in torch: nn.SiLU(True))."""
+
+    def __init__(self, inplace: bool = False):
+        super().__init__(inplace=inplace)
+
+
 class Tanh(_Activation):
     function = "tanh"
 
@@ -46,46 +53,28 @@ class Tanhshrink(_Activation):
     function = "tanhshrink"
 
 
-class SiLU(_Activation):
+class SiLU(_InplaceOnly):
     function = "silu"
 
-    def __init__(self, inplace: bool = False):
-        super().__init__(inplace=inplace)
 
-
-class Mish(_Activation):
+class Mish(_InplaceOnly):
     function = "mish"
 
-    def __init__(self, inplace: bool = False):
-        super().__init__(inplace=inplace)
 
-
-class ReLU6(_Activation):
+class ReLU6(_InplaceOnly):
     function = "relu6"
 
-    def __init__(self, inplace: bool = False):
-        super().__init__(inplace=inplace)
 
-
-class SELU(_Activation):
+class SELU(_InplaceOnly):
     function = "selu"
 
-    def __init__(self, inplace: bool = False):
-        super().__init__(inplace=inplace)
 
-
-class Hardswish(_Activation):
+class Hardswish(_InplaceOnly):
     function = "hardswish"
 
-    def __init__(self, inplace: bool = False):
-        super().__init__(inplace=inplace)
 
-
-class Hardsigmoid(_Activation):
+class Hardsigmoid(_InplaceOnly):
     function = "hardsigmoid"
-
-    def __init__(self, inplace: bool = False):
-        super().__init__(inplace=inplace)
 
 
 class LeakyReLU(_Activation):
