@@ -444,6 +444,23 @@ def _arithmetic(signed: str, unsigned: str | None = None, float_op: str | None =
     return render
 
 
+def _division(signed: str, unsigned: str):
+    """Integer division and remainder with a divisor of 0 taken as 1 (x / 0 is x, x % 0 is 0). Dividing by zero is
+    undefined behaviour in LLVM, and the lowering also computes padded positions, where a masked load reads 0: LLVM
+    then assumed those positions valid and dropped the pad's select (wrong values, found by op_db's scatter_reduce
+    mean on int64). Constant divisors (index arithmetic) fold the guard away."""
+
+    def render(r: _Renderer, u, a: list) -> str:
+        t = _ty(u.dtype, u.vec)
+        zero, one = ("0", "1") if u.vec == 1 else ("zeroinitializer", r.splat("1", u.dtype, u.vec))
+        is_zero, divisor = r.fresh("z"), r.fresh("d")
+        r.emit(f"{is_zero} = icmp eq {t} {a[1]}, {zero}")
+        r.emit(f"{divisor} = select {_ty(dt.bool_, u.vec)} {is_zero}, {t} {one}, {t} {a[1]}")
+        return f"{unsigned if u.srcs[0].dtype.kind in 'ub' else signed} {t} {a[0]}, {divisor}"
+
+    return render
+
+
 def _compare(float_predicate: str, signed: str, unsigned: str):
     def render(r: _Renderer, u, a: list) -> str:
         source = u.srcs[0].dtype
@@ -555,8 +572,8 @@ _ALU = {
     Op.MAX: _maximum,
     Op.CMPLT: _compare("olt", "slt", "ult"),
     Op.CMPNE: _compare("une", "ne", "ne"),
-    Op.IDIV: _arithmetic("sdiv", "udiv"),
-    Op.MOD: _arithmetic("srem", "urem"),
+    Op.IDIV: _division("sdiv", "udiv"),
+    Op.MOD: _division("srem", "urem"),
     Op.AND: _arithmetic("and"),
     Op.OR: _arithmetic("or"),
     Op.XOR: _arithmetic("xor"),

@@ -435,6 +435,24 @@ def _operator(symbol: str, floats: bool = False):
     return render
 
 
+def _division(symbol: str):
+    """/ and % on integers with a divisor of 0 taken as 1 (x / 0 is x, x % 0 is 0), as the LLVM backend does: C's
+    division by zero is undefined, and padded positions are computed too, with 0 where a masked load reads."""
+
+    def render(r: _Renderer, u: UOp, s: list) -> str:
+        if u.srcs[0].dtype.is_float:
+            raise NotImplementedError(f"OpenCL renderer: {u.op} on {u.srcs[0].dtype.name}")
+        d = u.srcs[1].dtype
+        if u.vec == 1:
+            divisor = f"({s[1]} + ({s[1]} == 0))"  # (b == 0) is 1 or 0
+        else:  # a lane-wise select (the comparison's lanes are -1 or 0, of the operands' width)
+            element = _VECTOR_ELEMENT[d.name]
+            divisor = f"select({s[1]}, ({_type(d, u.vec)})(1), {s[1]} == ({element})0)"
+        return f"({s[0]} {symbol} {divisor})"
+
+    return render
+
+
 def _compare(symbol: str):
     def render(r: _Renderer, u: UOp, s: list) -> str:
         if u.vec > 1 and u.srcs[0].dtype == dt.bool_:  # true is -1 in a bool vector: compare as 1/0
@@ -476,8 +494,8 @@ _ALU = {
     Op.MAX: lambda r, u, s: _max(s[0], s[1], u.dtype) if u.vec == 1 else _vector_max(s[0], s[1], u.dtype, u.vec),
     Op.CMPLT: _compare("<"),
     Op.CMPNE: _compare("!="),
-    Op.IDIV: _operator("/"),
-    Op.MOD: _operator("%"),
+    Op.IDIV: _division("/"),
+    Op.MOD: _division("%"),
     Op.AND: _operator("&"),
     Op.OR: _operator("|"),
     Op.XOR: _operator("^"),

@@ -29,7 +29,9 @@ from lazygrad.ops import IrOp, Op
 
 
 def _truncated_quotient(a, b):
-    """C's integer division: the quotient rounded toward zero (numpy's // rounds down)."""
+    """C's integer division: the quotient rounded toward zero (numpy's // rounds down); a divisor of 0 is taken
+    as 1, as the compiled backends do (x / 0 is x, x % 0 is 0)."""
+    b = np.where(b == 0, np.ones_like(b), b)
     if a.dtype.kind == "u":
         return a // b
     quotient = np.abs(a) // np.abs(b)
@@ -54,7 +56,7 @@ _ALU = {
     Op.CMPLT: np.less,
     Op.CMPNE: np.not_equal,
     Op.IDIV: _truncated_quotient,
-    Op.MOD: lambda a, b: a - _truncated_quotient(a, b) * b,
+    Op.MOD: lambda a, b: a - _truncated_quotient(a, b) * np.where(b == 0, np.ones_like(b), b),
     Op.AND: np.bitwise_and,
     Op.OR: np.bitwise_or,
     Op.XOR: np.bitwise_xor,

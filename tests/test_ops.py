@@ -234,6 +234,37 @@ def test_integer_floor_division_and_modulo_signs(dtype):
     check_forward(lambda x, y: x.fmod(y), a, b)
 
 
+@pytest.mark.parametrize("rounding_mode", ["trunc", "floor"])
+def test_integer_division_inside_a_pad_keeps_the_pad(rounding_mode):
+    """The lowering divides in padded positions too, where the divisor's masked load reads 0: a division by zero,
+    undefined in LLVM, which then took those positions for valid and dropped the pad's select (rows 5-9 came out
+    as the quotient's 0 instead of `fallback`: found by op_db's scatter_reduce mean on int64)."""
+    rng = np.random.default_rng(0)
+    fallback, numerator, count = (
+        rng.integers(-9, 10, (10, 5)),
+        rng.integers(-20, 20, (5, 5)),
+        rng.integers(0, 3, (5, 5)),
+    )
+    pads = [0, 0, 0, 5]  # rows 5-9 are padding
+
+    def padded_mean(f, n, c):
+        hit = (c > 0).pad(pads, value=False) if isinstance(c, Tensor) else F.pad(c > 0, pads, value=False)
+        quotient = n.div(c.clamp(min=1), rounding_mode=rounding_mode)
+        padded = quotient.pad(pads) if isinstance(quotient, Tensor) else F.pad(quotient, pads)
+        return (lazygrad if isinstance(f, Tensor) else torch).where(hit, padded, f)
+
+    check_forward(padded_mean, fallback, numerator, count)
+
+
+def test_integer_division_by_zero_is_defined_on_every_backend():
+    """torch raises for an integer division by zero; a kernel cannot, so every backend takes a divisor of 0 as 1
+    (x // 0 is x, x % 0 is 0) instead of the undefined behaviour of LLVM's and C's division."""
+    a = Tensor(np.array([7, -7, 0, 5], dtype=np.int64))
+    zero = Tensor(np.zeros(4, dtype=np.int64))
+    np.testing.assert_array_equal(a.div(zero, rounding_mode="trunc").numpy(), [7, -7, 0, 5])
+    np.testing.assert_array_equal(a.fmod(zero).numpy(), [0, 0, 0, 0])
+
+
 def test_integer_division_by_scalar_with_negative_operands():
     a = np.array([-9, -8, -1, 0, 1, 8, 9], dtype=np.int64)
     check_forward(lambda x: x // 4, a)
