@@ -226,8 +226,10 @@ class ArrangeOps:
         size = tuple(size[0]) if len(size) == 1 and isinstance(size[0], (tuple, list)) else size
         lead = self.ndim - len(size)
         dims = tuple(range(lead)) + tuple(lead + i for i, s in enumerate(size) if s == 1 and self.shape[lead + i] != 1)
-        if not dims:  # torch sums even then: a bool input comes back as int64
-            return self.cast(dt.int64).reshape(size) if self.dtype == dt.bool_ else self.reshape(size) * 1
+        if not size:  # torch's sum_to: an empty size is a full sum (a bool input comes back as int64)
+            return self.sum()
+        if not dims:  # nothing to sum: torch returns the input itself (a bool input stays bool)
+            return self
         return self.sum(dims, keepdim=True).reshape(size)
 
     def vdot(self, other: Tensor) -> Tensor:
@@ -312,7 +314,7 @@ class ArrangeOps:
             return self.flip((d0, d1))
         if k == 3:
             return self.transpose(d0, d1).flip(d1)
-        return self * 1
+        return self.clone()  # a copy in the input's dtype (a bool stays bool)
 
     def ravel(self) -> Tensor:
         return self.reshape(-1)
@@ -460,6 +462,13 @@ class ArrangeOps:
         return _scaled_sum(self, batch1.bmm(batch2).sum(0), beta, alpha)
 
     def addr(self, vec1: Tensor, vec2: Tensor, *, beta=1, alpha=1) -> Tensor:
+        if not self.dtype.is_float:  # torch's rule for addr alone (addmm and the others truncate instead)
+            for name, scalar in (("beta", beta), ("alpha", alpha)):
+                if isinstance(scalar, float):
+                    raise RuntimeError(
+                        f"addr: for integral input tensors ({self.dtype}), argument {name} must not be a floating "
+                        f"point number (got {scalar})"
+                    )
         return _scaled_sum(self, vec1.outer(vec2), beta, alpha)
 
     def inner(self, other: Tensor) -> Tensor:
@@ -479,6 +488,13 @@ class ArrangeOps:
 
 
 def _scaled_sum(input: Tensor, product: Tensor, beta, alpha) -> Tensor:
+    """beta * input + alpha * product, as torch's addmm family: the scalars take the result's dtype (truncated
+    toward zero for integers, so an int64 result stays int64; truth values for bool, where + is `or`)."""
+    if product.dtype == dt.bool_:
+        scaled = product if alpha else product.zeros_like()
+        return scaled if not beta else input.logical_or(scaled)
+    if not product.dtype.is_float:
+        beta, alpha = int(beta), int(alpha)
     scaled = product if alpha == 1 else product * alpha
     if beta == 0:  # input is ignored, NaN and inf included (torch's rule)
         return scaled
