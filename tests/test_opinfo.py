@@ -63,6 +63,12 @@ EXTRA_SAMPLES = {
     "rot90": ((torch.bool, 4),),  # k = -4: a bool copy
     "prod": ((torch.bool, 19),),  # dtype=bool
     "nn.functional.pad.constant": ((torch.int64, 1), (torch.bool, 26)),  # the fill takes the input's dtype
+    # integer dtypes: torch truncates float bounds (and step) to integers first
+    "arange": ((torch.int64, 10), (torch.int64, 14), (torch.int64, 18), (torch.int64, 22)),
+    "linspace": ((torch.int64, 32),),
+    "linspace.tensor_overload": ((torch.int64, 96),),
+    "logspace": ((torch.int64, 50), (torch.int64, 305)),
+    "logspace.tensor_overload": ((torch.int64, 150),),
 }
 
 # whole-op expected failures: what the op does not do yet (strict: the day it passes, this entry must go)

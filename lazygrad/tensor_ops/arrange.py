@@ -14,6 +14,7 @@ from lazygrad import dtype as dt
 from lazygrad.ops import Op
 from lazygrad.shape import prod
 from lazygrad.tensor_ops.bounds import check_indices
+from lazygrad.tensor_ops.creation import integer_linspace_points
 
 if TYPE_CHECKING:
     from lazygrad.tensor import Tensor
@@ -713,9 +714,13 @@ def copy_and_construction_functions() -> dict:
 
     def logspace(start, end, steps: int, base: float = 10.0, *, dtype=None, device=None, requires_grad=False):
         """base ** linspace(start, end, steps), computed in float64 on the host as torch rounds it."""
-        exponents = np.linspace(float(start), float(end), steps, dtype=np.float64)
         dtype = dt.to_dtype(dtype) if dtype is not None else dt.default_float
-        out = Tensor(np.power(float(base), exponents).astype(dtype.np), dtype=dtype, device=device)
+        if dtype.is_float:
+            exponents = np.linspace(float(start), float(end), steps, dtype=np.float64)
+            values = np.power(float(base), exponents)
+        else:  # torch's integer kernel: exponents from truncated bounds, the powers truncated toward zero
+            values = np.trunc(np.power(float(base), integer_linspace_points(start, end, steps)))
+        out = Tensor(values.astype(dtype.np), dtype=dtype, device=device)
         return out.requires_grad_(True) if requires_grad else out
 
     def tril_indices(row: int, col: int, offset: int = 0, *, dtype=None, device=None):
