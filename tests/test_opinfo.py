@@ -69,6 +69,7 @@ EXTRA_SAMPLES = {
     "linspace.tensor_overload": ((torch.int64, 96),),
     "logspace": ((torch.int64, 50), (torch.int64, 305)),
     "logspace.tensor_overload": ((torch.int64, 150),),
+    "pow": ((torch.int64, 2),),  # an int64 exponent tensor: exact (5 ** 9), not through float32
 }
 
 # whole-op expected failures: what the op does not do yet (strict: the day it passes, this entry must go)
