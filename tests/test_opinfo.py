@@ -70,6 +70,8 @@ EXTRA_SAMPLES = {
     "logspace": ((torch.int64, 50), (torch.int64, 305)),
     "logspace.tensor_overload": ((torch.int64, 150),),
     "pow": ((torch.int64, 2),),  # an int64 exponent tensor: exact (5 ** 9), not through float32
+    "scatter_reduce.mean": ((torch.int64, 3),),  # rows the index does not reach keep self's values
+    "nn.functional.local_response_norm": ((torch.int64, 10),),  # an empty input comes back itself
 }
 
 # whole-op expected failures: what the op does not do yet (strict: the day it passes, this entry must go)

@@ -413,12 +413,15 @@ class ArrangeOps:
                 reduced, count = region + reduced, count + 1
             else:
                 reduced = region.maximum(reduced) if reduce == "amax" else region.minimum(reduced)
+        # padded to self's shape before the mean divides: an integer division inside a pad came out wrong on LLVM
+        # (op_db's int64 mean samples read 0 where self's values belong)
+        pads = [p for size, have in reversed(list(zip(self.shape, reduced.shape))) for p in (0, size - have)]
+        reduced, count = reduced.pad(pads), count.pad(pads)
         if reduce == "mean":
             divisor = count.maximum(1).cast(self.dtype)
             reduced = reduced / divisor if self.dtype.is_float else reduced.div(divisor, rounding_mode="floor")
-        pads = [p for size, have in reversed(list(zip(self.shape, reduced.shape))) for p in (0, size - have)]
-        hit = (count > (1 if include_self and reduce == "mean" else 0)).pad(pads, value=False)
-        return hit._select(reduced.cast(self.dtype).pad(pads), self)
+        hit = count > (1 if include_self and reduce == "mean" else 0)
+        return hit._select(reduced.cast(self.dtype), self)
 
     # --- new tensors like this one ------------------------------------------------------------------
     def new_zeros(self, *size, dtype=None, device=None, requires_grad=False) -> Tensor:
