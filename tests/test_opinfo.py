@@ -33,6 +33,8 @@ from opinfo_harness import (
 )
 from opinfo_tables import BACKLOG, OUT_OF_SCOPE, TRANSFORMER_WORK
 
+import lazygrad
+
 # the first samples of each dtype, and whether gradients are compared, per backend (see the docstring)
 SAMPLES_PER_DTYPE = {"llvm": (3, 1, 1), "opencl": (1, 1, 1), "reference": (1, 1, 1)}  # float32, int64, bool
 GRADIENTS = {"llvm": True, "opencl": False, "reference": False}
@@ -231,3 +233,21 @@ def test_usage_page_lists_the_differences_in_these_tables():
     spec.loader.exec_module(module)
     page = module.USAGE.read_text()
     assert module.updated_page(page) == page, "docs/usage.md is stale: run scripts/usage_differences.py"
+
+
+@pytest.mark.backend_independent
+@pytest.mark.parametrize(
+    "call",
+    [
+        pytest.param(lambda m, t: m.addr(t([[1]]), t([1]), t([1]), alpha=0.5), id="addr-int-float-alpha"),
+        pytest.param(lambda m, t: m.arange(0, 5, 0.5, dtype=m.int64), id="arange-int-step-truncated-to-0"),
+        pytest.param(lambda m, t: t([2, 3]) ** -1, id="int-pow-negative-scalar"),
+    ],
+)
+def test_integer_dtype_errors_match_torch(call):
+    """Where torch refuses an integer-dtype call that op_db's samples do not reach, lazygrad refuses it too."""
+    with pytest.raises((RuntimeError, ValueError)) as torch_error:  # torch's arange raises ValueError here
+        call(torch, torch.tensor)
+    with pytest.raises(RuntimeError) as error:
+        call(lazygrad, lazygrad.tensor)
+    print(f"torch: {torch_error.value}\nlazygrad: {error.value}")
