@@ -7,9 +7,10 @@ tests/opinfo_tables.py with its reason; test_coverage_of_op_db prints the counts
 
 Samples per op (why: PoCL compiles each new kernel in about a second, and this file must stay within about a
 minute of CI per backend): on LLVM the first three float32 samples with gradients and the first int64 and bool
-samples; on OpenCL one sample of the first dtype the op takes, forward only. OpenCL runs less because its kernels
-are the same lowering as LLVM's up to the renderer (which test_backends checks op by op), and PoCL's compile
-time would make the full set cost minutes of CI.
+samples, and the samples EXTRA_SAMPLES names (each once wrong; they keep its fix); on OpenCL one sample of the
+first dtype the op takes, forward only. OpenCL runs less because its kernels are the same lowering as LLVM's up
+to the renderer (which test_backends checks op by op), and PoCL's compile time would make the full set cost
+minutes of CI.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from opinfo_harness import (
 )
 from opinfo_tables import BACKLOG, OUT_OF_SCOPE, TRANSFORMER_WORK
 
+import lazygrad
+
 # the first samples of each dtype, and whether gradients are compared, per backend (see the docstring)
 SAMPLES_PER_DTYPE = {"llvm": (3, 1, 1), "opencl": (1, 1, 1), "reference": (1, 1, 1)}  # float32, int64, bool
 GRADIENTS = {"llvm": True, "opencl": False, "reference": False}
@@ -48,6 +51,31 @@ if os.environ.get("LAZYGRAD_OPINFO_SAMPLES") == "all":
 ONE_FLOAT32_SAMPLE = {"prod", "cumprod", "scatter_reduce.prod"}
 if os.environ.get("LAZYGRAD_OPINFO_SAMPLES") == "all":
     ONE_FLOAT32_SAMPLE = set()
+
+# samples beyond the first few that CI runs too, on LLVM: each once gave a wrong value, dtype or shape (found by
+# LAZYGRAD_OPINFO_SAMPLES=all) and keeps its fix; (dtype, index into op_db's samples of that dtype)
+EXTRA_SAMPLES = {
+    "addmv": ((torch.int64, 1),),  # float alpha and beta truncate to an int64 result's 0
+    "addbmm": ((torch.int64, 2),),
+    "baddbmm": ((torch.int64, 2),),
+    "addr": ((torch.bool, 2),),  # bool: beta * input + alpha * outer is (beta and input) or (alpha and outer)
+    "sum_to_size": ((torch.bool, 10),),  # nothing to sum: the bool input itself
+    "cummax": ((torch.bool, 2),),  # a 0-d bool input
+    "cummin": ((torch.bool, 2),),
+    "sort": ((torch.bool, 49),),  # a 0-d bool input
+    "rot90": ((torch.bool, 4),),  # k = -4: a bool copy
+    "prod": ((torch.bool, 19),),  # dtype=bool
+    "nn.functional.pad.constant": ((torch.int64, 1), (torch.bool, 26)),  # the fill takes the input's dtype
+    # integer dtypes: torch truncates float bounds (and step) to integers first
+    "arange": ((torch.int64, 10), (torch.int64, 14), (torch.int64, 18), (torch.int64, 22)),
+    "linspace": ((torch.int64, 32),),
+    "linspace.tensor_overload": ((torch.int64, 96),),
+    "logspace": ((torch.int64, 50), (torch.int64, 305)),
+    "logspace.tensor_overload": ((torch.int64, 150),),
+    "pow": ((torch.int64, 2),),  # an int64 exponent tensor: exact (5 ** 9), not through float32
+    "scatter_reduce.mean": ((torch.int64, 3),),  # rows the index does not reach keep self's values
+    "nn.functional.local_response_norm": ((torch.int64, 10),),  # an empty input comes back itself
+}
 
 # whole-op expected failures: what the op does not do yet (strict: the day it passes, this entry must go)
 KNOWN_FAILURES = {
@@ -143,6 +171,14 @@ def test_opinfo_samples_match_torch(info, backend, request):
                 except Unsupported as e:
                     reason = str(e)
             skipped.append(f"{name}: {reason}")
+    for dtype, k in EXTRA_SAMPLES.get(op_id(info), ()) if backend == "llvm" else ():
+        limit = 1 if dtype == torch.float32 and info.name in ONE_FLOAT32_SAMPLE else limits[dtype]
+        if limit is not None and k >= limit:  # not run above already
+            with_grad = dtype == torch.float32 and info.supports_autograd and GRADIENTS[backend]
+            sample = samples(info, dtype, k + 1, with_grad)[k]
+            assert sample_skip(info, sample) is None, f"EXTRA_SAMPLES: {op_id(info)} {dtype} sample {k} is skipped"
+            check_sample(info, fn, sample, with_grad, f"{op_id(info)} {dtype} sample {k}", rtol, values=True)
+            ran += 1
     if skipped:
         print("skipped samples:\n  " + "\n  ".join(skipped))
     if ran == 0:
@@ -198,3 +234,21 @@ def test_usage_page_lists_the_differences_in_these_tables():
     spec.loader.exec_module(module)
     page = module.USAGE.read_text()
     assert module.updated_page(page) == page, "docs/usage.md is stale: run scripts/usage_differences.py"
+
+
+@pytest.mark.backend_independent
+@pytest.mark.parametrize(
+    "call",
+    [
+        pytest.param(lambda m, t: m.addr(t([[1]]), t([1]), t([1]), alpha=0.5), id="addr-int-float-alpha"),
+        pytest.param(lambda m, t: m.arange(0, 5, 0.5, dtype=m.int64), id="arange-int-step-truncated-to-0"),
+        pytest.param(lambda m, t: t([2, 3]) ** -1, id="int-pow-negative-scalar"),
+    ],
+)
+def test_integer_dtype_errors_match_torch(call):
+    """Where torch refuses an integer-dtype call that op_db's samples do not reach, lazygrad refuses it too."""
+    with pytest.raises((RuntimeError, ValueError)) as torch_error:  # torch's arange raises ValueError here
+        call(torch, torch.tensor)
+    with pytest.raises(RuntimeError) as error:
+        call(lazygrad, lazygrad.tensor)
+    print(f"torch: {torch_error.value}\nlazygrad: {error.value}")

@@ -81,6 +81,8 @@ def local_response_norm(input: Tensor, size: int, alpha: float = 1e-4, beta: flo
     zeros (size // 2 before, (size - 1) // 2 after) and always divided by size, as torch."""
     if input.ndim < 3:
         raise ValueError(f"local_response_norm expects input of 3 or more dims, got shape {input.shape}")
+    if input.numel() == 0:  # torch returns an empty input itself (an int64 one stays int64)
+        return input
     channels = input.shape[1]
     squares = input * input
     pads = [(0, 0)] * input.ndim

@@ -14,6 +14,7 @@ from lazygrad import dtype as dt
 from lazygrad.ops import Op
 from lazygrad.shape import prod
 from lazygrad.tensor_ops.bounds import check_indices
+from lazygrad.tensor_ops.creation import integer_linspace_points
 
 if TYPE_CHECKING:
     from lazygrad.tensor import Tensor
@@ -226,8 +227,10 @@ class ArrangeOps:
         size = tuple(size[0]) if len(size) == 1 and isinstance(size[0], (tuple, list)) else size
         lead = self.ndim - len(size)
         dims = tuple(range(lead)) + tuple(lead + i for i, s in enumerate(size) if s == 1 and self.shape[lead + i] != 1)
-        if not dims:  # torch sums even then: a bool input comes back as int64
-            return self.cast(dt.int64).reshape(size) if self.dtype == dt.bool_ else self.reshape(size) * 1
+        if not size:  # torch's sum_to: an empty size is a full sum (a bool input comes back as int64)
+            return self.sum()
+        if not dims:  # nothing to sum: torch returns the input itself (a bool input stays bool)
+            return self
         return self.sum(dims, keepdim=True).reshape(size)
 
     def vdot(self, other: Tensor) -> Tensor:
@@ -312,7 +315,7 @@ class ArrangeOps:
             return self.flip((d0, d1))
         if k == 3:
             return self.transpose(d0, d1).flip(d1)
-        return self * 1
+        return self.clone()  # a copy in the input's dtype (a bool stays bool)
 
     def ravel(self) -> Tensor:
         return self.reshape(-1)
@@ -410,12 +413,15 @@ class ArrangeOps:
                 reduced, count = region + reduced, count + 1
             else:
                 reduced = region.maximum(reduced) if reduce == "amax" else region.minimum(reduced)
+        # padded to self's shape before the mean divides: an integer division inside a pad came out wrong on LLVM
+        # (op_db's int64 mean samples read 0 where self's values belong)
+        pads = [p for size, have in reversed(list(zip(self.shape, reduced.shape))) for p in (0, size - have)]
+        reduced, count = reduced.pad(pads), count.pad(pads)
         if reduce == "mean":
             divisor = count.maximum(1).cast(self.dtype)
             reduced = reduced / divisor if self.dtype.is_float else reduced.div(divisor, rounding_mode="floor")
-        pads = [p for size, have in reversed(list(zip(self.shape, reduced.shape))) for p in (0, size - have)]
-        hit = (count > (1 if include_self and reduce == "mean" else 0)).pad(pads, value=False)
-        return hit._select(reduced.cast(self.dtype).pad(pads), self)
+        hit = count > (1 if include_self and reduce == "mean" else 0)
+        return hit._select(reduced.cast(self.dtype), self)
 
     # --- new tensors like this one ------------------------------------------------------------------
     def new_zeros(self, *size, dtype=None, device=None, requires_grad=False) -> Tensor:
@@ -460,6 +466,13 @@ class ArrangeOps:
         return _scaled_sum(self, batch1.bmm(batch2).sum(0), beta, alpha)
 
     def addr(self, vec1: Tensor, vec2: Tensor, *, beta=1, alpha=1) -> Tensor:
+        if not self.dtype.is_float:  # torch's rule for addr alone (addmm and the others truncate instead)
+            for name, scalar in (("beta", beta), ("alpha", alpha)):
+                if isinstance(scalar, float):
+                    raise RuntimeError(
+                        f"addr: for integral input tensors ({self.dtype}), argument {name} must not be a floating "
+                        f"point number (got {scalar})"
+                    )
         return _scaled_sum(self, vec1.outer(vec2), beta, alpha)
 
     def inner(self, other: Tensor) -> Tensor:
@@ -479,6 +492,13 @@ class ArrangeOps:
 
 
 def _scaled_sum(input: Tensor, product: Tensor, beta, alpha) -> Tensor:
+    """beta * input + alpha * product, as torch's addmm family: the scalars take the result's dtype (truncated
+    toward zero for integers, so an int64 result stays int64; truth values for bool, where + is `or`)."""
+    if product.dtype == dt.bool_:
+        scaled = product if alpha else product.zeros_like()
+        return scaled if not beta else input.logical_or(scaled)
+    if not product.dtype.is_float:
+        beta, alpha = int(beta), int(alpha)
     scaled = product if alpha == 1 else product * alpha
     if beta == 0:  # input is ignored, NaN and inf included (torch's rule)
         return scaled
@@ -697,9 +717,13 @@ def copy_and_construction_functions() -> dict:
 
     def logspace(start, end, steps: int, base: float = 10.0, *, dtype=None, device=None, requires_grad=False):
         """base ** linspace(start, end, steps), computed in float64 on the host as torch rounds it."""
-        exponents = np.linspace(float(start), float(end), steps, dtype=np.float64)
         dtype = dt.to_dtype(dtype) if dtype is not None else dt.default_float
-        out = Tensor(np.power(float(base), exponents).astype(dtype.np), dtype=dtype, device=device)
+        if dtype.is_float:
+            exponents = np.linspace(float(start), float(end), steps, dtype=np.float64)
+            values = np.power(float(base), exponents)
+        else:  # torch's integer kernel: exponents from truncated bounds, the powers truncated toward zero
+            values = np.trunc(np.power(float(base), integer_linspace_points(start, end, steps)))
+        out = Tensor(values.astype(dtype.np), dtype=dtype, device=device)
         return out.requires_grad_(True) if requires_grad else out
 
     def tril_indices(row: int, col: int, offset: int = 0, *, dtype=None, device=None):

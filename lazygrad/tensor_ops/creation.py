@@ -17,6 +17,20 @@ if TYPE_CHECKING:
 # at run time `Tensor` is the finished class, bound in by lazygrad.tensor (tensor_ops.bind_tensor_class)
 
 
+def integer_linspace_points(start, end, steps: int) -> np.ndarray:
+    """The float64 points of torch's linspace kernel for an integer dtype: start and end truncated to integers
+    first, a float64 step, the first half counted from start and the second from end (so end is exact). The
+    caller truncates them (linspace) or raises a base to them (logspace)."""
+    start, end = (int(v.item() if hasattr(v, "item") else v) for v in (start, end))
+    if steps < 0:
+        raise RuntimeError(f"number of steps must be non-negative, got {steps}")
+    if steps == 1:  # torch fills with start
+        return np.full(1, float(start))
+    step = (end - start) / (steps - 1)
+    index = np.arange(steps, dtype=np.float64)
+    return np.where(index < steps // 2, start + step * index, end - step * (steps - 1 - index))
+
+
 def _numpy_float_dtype(data):
     """The float dtype that torch.tensor keeps from numpy data (an ndarray or numpy scalar), else None: a Python
     float or a list of them takes the default dtype instead."""
@@ -110,12 +124,19 @@ class CreationOps:
             start, end = 0, start
         is_float = any(isinstance(v, float) for v in (start, end, step))
         dtype = dt.to_dtype(dtype) if dtype is not None else (dt.default_float if is_float else dt.int64)
+        if not dtype.is_float:  # torch casts the bounds and the step to an integer dtype first
+            start, end, step = int(start), int(end), int(step)
+        if step == 0:
+            raise RuntimeError(f"arange: step must be nonzero (start {start}, end {end}, dtype {dtype})")
         t = Tensor(np.arange(start, end, step).astype(dtype.np), dtype=dtype, device=device)
         return t.requires_grad_() if requires_grad else t
 
     @staticmethod
     def linspace(start, end, steps: int, dtype=None, device=None) -> Tensor:
         dtype = dt.to_dtype(dtype) if dtype is not None else dt.default_float
+        if not dtype.is_float:  # torch's integer kernel: truncated bounds, points truncated toward zero
+            points = np.trunc(integer_linspace_points(start, end, steps))
+            return Tensor(points.astype(dtype.np), dtype=dtype, device=device)
         return Tensor(np.linspace(start, end, steps).astype(dtype.np), dtype=dtype, device=device)
 
     @staticmethod

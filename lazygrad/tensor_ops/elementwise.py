@@ -183,6 +183,10 @@ class ElementwiseOps:
 
     def pow(self, exponent) -> Tensor:
         if not isinstance(exponent, Tensor):
+            if isinstance(exponent, int) and exponent < 0 and not self.dtype.is_float:
+                raise RuntimeError(
+                    f"Integers to negative integer powers are not allowed ({self.dtype} tensor ** {exponent})"
+                )
             if exponent == 2:
                 return self * self
             if exponent == 1:
@@ -208,6 +212,8 @@ class ElementwiseOps:
                     square = square * square if exponent else square
                 return out
         x, y = self._operand(exponent)
+        if x.dtype.is_int:
+            return x._integer_pow(y)
         if not x.dtype.is_float:
             out_dtype = x.dtype
             x, y = x.cast(dt.default_float), y.cast(dt.default_float)
@@ -231,6 +237,21 @@ class ElementwiseOps:
         # x**0 is 1 for every x; only where the formula fails (0, inf, NaN), so the gradient of y stays log(x)
         formula_fails = zero | (x != x) | (x.abs() == float("inf"))
         return ((y == 0) & formula_fails)._select(x.ones_like(), signed)
+
+    def _integer_pow(self, exponent: Tensor) -> Tensor:
+        """self ** exponent for integer tensors, exact as torch's: square and multiply over every bit of the
+        exponent (a fixed loop: no read of the exponent's values), wrapping around on overflow; a negative
+        exponent gives 1 for a base of 1, +-1 for -1, and 0 for any other base (torch's integer rule)."""
+        positive = exponent.maximum(exponent.zeros_like())
+        out, square = self.ones_like(), self
+        bits = self.dtype.itemsize * 8 - (self.dtype.kind == "i")  # a signed exponent's sign bit: the case below
+        for bit in range(bits):
+            odd = (positive >> bit) & 1
+            out = (odd != 0)._select(out * square, out)
+            square = square * square
+        one, minus_one = self == 1, self == -1
+        negative = one._select(self.ones_like(), minus_one._select(((exponent & 1) != 0)._select(self, -self), 0))
+        return (exponent < 0)._select(negative, out)
 
     def neg(self) -> Tensor:
         if self.dtype == dt.bool_:

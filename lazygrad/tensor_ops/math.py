@@ -261,7 +261,7 @@ class MathOps:
         """(values, indices): the running max (min) along dim, the index of its last occurrence (as torch)."""
         if not self.ndim:
             self._dim(dim)
-            return Extreme(self * 1, Tensor.zeros((), dtype=dt.int64, device=self.device))
+            return Extreme(self.clone(), Tensor.zeros((), dtype=dt.int64, device=self.device))
         d = self._dim(dim)
         fill = dt.lowest(self.dtype) if largest else -dt.lowest(self.dtype) if self.dtype.is_float else None
         if fill is None:  # an integer min: the dtype's largest value

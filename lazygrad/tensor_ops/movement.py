@@ -186,9 +186,11 @@ class MovementOps:
         if all(g == (0, 0) for g in grow):
             return _not_a_view(self, x)
         out = x._movement(Op.PAD, grow)
+        # the fill takes the input's dtype, as torch's fill_ (1.7 pads an int64 tensor with 1, a bool with True)
+        value = value if self.dtype.is_float else bool(value) if self.dtype == dt.bool_ else int(value)
         if value != 0:
             mask = Tensor.full(x.shape, True, dt.bool_, self.device)._movement(Op.PAD, grow)
-            out = mask._select(out, Tensor.full((), value, dt.scalar_dtype(value, out.dtype), self.device))
+            out = mask._select(out, Tensor.full((), value, out.dtype, self.device))
         return _not_a_view(self, out)  # F.pad makes a new tensor
 
     def __getitem__(self, index) -> Tensor:

@@ -238,7 +238,7 @@ class ReduceOps:
         of elements that come before it, an (n x n) comparison like topk's: exact and differentiable, for dims of
         up to a few thousand."""
         if not self.ndim:
-            return MaxMin(self * 1, Tensor.zeros((), dtype=dt.int64, device=self.device))
+            return MaxMin(self.clone(), Tensor.zeros((), dtype=dt.int64, device=self.device))
         d = self._dim(dim)
         x = self.transpose(d, -1)
         rank, index = x._ranks(descending)
