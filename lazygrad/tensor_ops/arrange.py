@@ -413,8 +413,8 @@ class ArrangeOps:
                 reduced, count = region + reduced, count + 1
             else:
                 reduced = region.maximum(reduced) if reduce == "amax" else region.minimum(reduced)
-        # padded to self's shape before the mean divides: an integer division inside a pad came out wrong on LLVM
-        # (op_db's int64 mean samples read 0 where self's values belong)
+        # padded to self's shape before the mean divides (written so while LLVM miscompiled an integer division
+        # under a pad; the backends now define division by zero, tests/test_ops.py)
         pads = [p for size, have in reversed(list(zip(self.shape, reduced.shape))) for p in (0, size - have)]
         reduced, count = reduced.pad(pads), count.pad(pads)
         if reduce == "mean":
