@@ -200,6 +200,8 @@ class ArrangeOps:
     def diff(self, n: int = 1, dim: int = -1, prepend=None, append=None) -> Tensor:
         """The n-th forward difference along dim, after prepend and append are concatenated."""
         d = self._dim(dim)
+        if n == 0:  # torch: the input itself, prepend and append ignored
+            return self.clone()
         x = self
         if prepend is not None or append is not None:
             parts = [
@@ -353,16 +355,29 @@ class ArrangeOps:
         return contribution.pad(flat), hit.pad(flat, value=False)
 
     def scatter_add(self, dim: int, index: Tensor, src: Tensor) -> Tensor:
+        if not self.ndim:  # a 0-d self: the same on one element
+            self._dim(dim)
+            return self.reshape(1).scatter_add(0, index.reshape(-1), src.reshape(-1)).reshape(())
         d = self._dim(dim) if self.ndim else 0
         check_indices(index, self.shape[d] if self.ndim else 1, "scatter_add", d, negative=False)
         contribution, _ = self._scatter_one_hot(dim, index, src)
         return self | contribution if self.dtype == dt.bool_ else self + contribution
 
     def scatter(self, dim: int, index: Tensor, src=None, value=None, reduce=None) -> Tensor:
-        """scatter with unique indices (with duplicates, torch leaves which write wins unspecified)."""
-        if reduce is not None:
-            raise NotImplementedError("scatter(reduce=...): use scatter_add or scatter_reduce")
+        """scatter with unique indices (with duplicates, torch leaves which write wins unspecified); reduce="add"
+        or "multiply" combines each write with self's value (and with the other writes to the same position)."""
         src = value if src is None else src
+        if reduce not in (None, "add", "multiply"):
+            raise RuntimeError(f"scatter: reduce argument must be either add or multiply, got {reduce!r}")
+        if not isinstance(src, Tensor):
+            src = Tensor.full(index.shape, src, self.dtype, self.device)
+        if not self.ndim:  # a 0-d self: the same on one element
+            self._dim(dim)
+            return self.reshape(1).scatter(0, index.reshape(-1), src.reshape(-1), reduce=reduce).reshape(())
+        if reduce == "add":
+            return self.scatter_add(dim, index, src)
+        if reduce == "multiply":
+            return self.scatter_reduce(dim, index, src, "prod")
         d = self._dim(dim) if self.ndim else 0
         check_indices(index, self.shape[d] if self.ndim else 1, "scatter", d, negative=False)
         contribution, hit = self._scatter_one_hot(dim, index, src)
@@ -534,8 +549,7 @@ def stack_functions() -> dict:
         grids = [
             t.reshape([-1 if i == k else 1 for i in range(len(tensors))]).expand(shape) for k, t in enumerate(tensors)
         ]
-        if swap:
-            grids = [g.transpose(0, 1) for g in grids]
+        if swap:  # as torch: the ij grids of the swapped inputs, the first two grids swapped back (no transpose)
             grids[0], grids[1] = grids[1], grids[0]
         return tuple(grids)
 
@@ -567,7 +581,7 @@ class IndexingOps:
     def masked_select(self, mask: Tensor) -> Tensor:
         from lazygrad.tensor_ops.elementwise import _broadcast_shape
 
-        shape = _broadcast_shape(self.shape, mask.shape)
+        shape = _broadcast_shape(self.shape, mask.shape) or (1,)  # a 0-d pair selects from one element, as torch
         return self.broadcast_to(shape)[mask.broadcast_to(shape)]
 
     def _linear_index(self, indices: tuple) -> Tensor:
