@@ -72,6 +72,8 @@ EXTRA_SAMPLES: dict[str, tuple[tuple[torch.dtype, int], ...]] = {
     "gather": ((torch.float32, 4), (torch.bool, 3)),  # an empty index
     "nn.functional.pdist": ((torch.float32, 4),),  # p=0: the output is in the input's graph
     "repeat_interleave": ((torch.float32, 3), (torch.float32, 4)),  # a tensor of repeats, output_size
+    # tensor indices mixed with slices and ...: adjacent (in place) and separated (in front)
+    "__getitem__": ((torch.float32, 5), (torch.float32, 11), (torch.float32, 15), (torch.int64, 8)),
 }
 
 # whole-op expected failures: what the op does not do yet (strict: the day it passes, this entry must go)

@@ -623,6 +623,54 @@ class IndexingOps:
             stride *= size
         return linear
 
+    def _index_mixed(self, index: tuple) -> Tensor:
+        """x[...] with tensor (list, array, bool mask) indices mixed with slices, None and ...: numpy's (and
+        torch's) advanced indexing. The basic part first, each tensor-indexed dim kept whole; then those dims are
+        gathered together. Their broadcast shape takes the place of the first of them when they are adjacent in
+        the index, else it goes first (x[:, idx] keeps the dims in place; x[idx, :, idx2] puts them in front).
+        Integers are basic indices here, as torch's (numpy would count them as 0-d index tensors)."""
+        if sum(1 for i in index if i is Ellipsis) > 1:
+            raise IndexError("an index can only have a single ellipsis ('...')")
+        dims = [0 if i is None or i is Ellipsis else np.ndim(_host(i)) if _is_mask(i) else 1 for i in index]
+        if sum(dims) > self.ndim:
+            raise IndexError(f"too many indices for tensor of dimension {self.ndim} (shape {self.shape})")
+        fill = (slice(None),) * (self.ndim - sum(dims))
+        at = next((k for k, i in enumerate(index) if i is Ellipsis), len(index))  # not .index(): Tensor's ==
+        index = index[:at] + fill + index[at + 1 :]
+        entries, dim = [], 0  # None, slices, ints and int64 index tensors (a mask: its nonzeros, one per dim)
+        for i in index:
+            if i is None:
+                entries.append(i)
+                continue
+            if isinstance(i, (slice, int, np.integer)):
+                entries.append(i)
+            elif _is_mask(i):
+                mask = _host(i)
+                if mask.shape != self.shape[dim : dim + mask.ndim]:
+                    raise IndexError(
+                        f"The shape of the mask {mask.shape} at index {dim} does not match the shape of the "
+                        f"indexed tensor {self.shape}"
+                    )
+                entries += [Tensor(p.astype(np.int64), dtype=dt.int64, device=self.device) for p in np.nonzero(mask)]
+                dim += mask.ndim
+                continue
+            elif isinstance(i, Tensor):
+                entries.append(i)
+            else:
+                entries.append(Tensor(np.asarray(i, dtype=np.int64), dtype=dt.int64, device=self.device))
+            dim += 1
+        basic = self[tuple(slice(None) if isinstance(e, Tensor) else e for e in entries)]
+        # every entry but an int is one dim of `basic` (None a new one, a slice or a tensor-indexed one kept whole)
+        entries = [e for e in entries if not isinstance(e, (int, np.integer))]
+        tensor_dims = [k for k, e in enumerate(entries) if isinstance(e, Tensor)]
+        others = [d for d in range(basic.ndim) if d not in tensor_dims]
+        gathered = basic.permute(tensor_dims + others)._index_with_tensors(tuple(entries[k] for k in tensor_dims))
+        first = tensor_dims[0]
+        if tensor_dims != list(range(first, first + len(tensor_dims))):
+            return gathered  # not adjacent: the broadcast dims first
+        n = gathered.ndim - len(others)  # the broadcast dims: moved to where the first tensor-indexed dim was
+        return gathered.permute(list(range(n, n + first)) + list(range(n)) + list(range(n + first, gathered.ndim)))
+
     def _index_with_tensors(self, indices: tuple) -> Tensor:
         linear = self._linear_index(indices)
         lead = self._lead_dims(indices)
@@ -669,6 +717,10 @@ def _highest(d: dt.DType):
         return True
     bits = d.itemsize * 8
     return (1 << bits) - 1 if d.kind == "u" else (1 << (bits - 1)) - 1
+
+
+def _host(index) -> np.ndarray:
+    return index.numpy() if isinstance(index, Tensor) else np.asarray(index)
 
 
 def _is_mask(index) -> bool:

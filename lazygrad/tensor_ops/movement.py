@@ -205,9 +205,7 @@ class MovementOps:
         if any(isinstance(i, (Tensor, list, np.ndarray)) for i in index):
             if all(isinstance(i, (Tensor, list, np.ndarray, int, np.integer)) for i in index):
                 return self._index_with_tensors(index)  # several index tensors on the leading dims, broadcast
-            raise NotImplementedError(
-                "indexing that mixes tensor indices with slices, None or ... is not supported; index the tensors first"
-            )
+            return self._index_mixed(index)  # with slices, None or ...: numpy's rules
         n_real = sum(1 for i in index if i is not None and i is not Ellipsis)
         if n_real > self.ndim:
             raise IndexError(f"too many indices for tensor of dimension {self.ndim}")
