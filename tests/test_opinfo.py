@@ -7,9 +7,10 @@ tests/opinfo_tables.py with its reason; test_coverage_of_op_db prints the counts
 
 Samples per op (why: PoCL compiles each new kernel in about a second, and this file must stay within about a
 minute of CI per backend): on LLVM the first three float32 samples with gradients and the first int64 and bool
-samples; on OpenCL one sample of the first dtype the op takes, forward only. OpenCL runs less because its kernels
-are the same lowering as LLVM's up to the renderer (which test_backends checks op by op), and PoCL's compile
-time would make the full set cost minutes of CI.
+samples, and the samples EXTRA_SAMPLES names (ones a full run once found wrong, kept fixed); on OpenCL one sample
+of the first dtype the op takes, forward only. OpenCL runs less because its kernels are the same lowering as
+LLVM's up to the renderer (which test_backends checks op by op), and PoCL's compile time would make the full set
+cost minutes of CI. LAZYGRAD_OPINFO_SAMPLES=all runs every sample of every dtype with gradients (by hand).
 """
 
 from __future__ import annotations
