@@ -47,7 +47,10 @@ REORDERED = {"nn.functional.embedding": lambda weight, indices, **kwargs: F.embe
 
 def _topk_outputs(input, out, k, dim=-1, *rest, **kwargs):
     """topk's indices of tied values are unspecified (torch's CPU order depends on the kernel it takes): compare
-    the values, and the input's elements at the indices, which must be those values."""
+    the values, and the input's elements at the indices, which must be those values. A 0-d input has one element
+    and no tie (and torch's take_along_dim takes no 0-d input): its index is compared as it is."""
+    if not out.indices.ndim:
+        return out.values, out.indices
     if isinstance(input, torch.Tensor):
         return out.values, torch.take_along_dim(input, out.indices, dim)
     return out.values, input.take_along_dim(out.indices, dim)
@@ -122,10 +125,13 @@ def leaves(value) -> list:
     return []
 
 
-def samples(info, dtype: torch.dtype, limit: int, requires_grad: bool) -> list:
-    """The first `limit` samples of the OpInfo for this dtype (op_db orders them from plain to exotic)."""
+def samples(info, dtype: torch.dtype, limit: int | None, requires_grad: bool, extra=()) -> list:
+    """The first `limit` samples of the OpInfo for this dtype (op_db orders them from plain to exotic), and up to
+    the largest index in `extra` (the caller picks those by index)."""
     generator = info.sample_inputs("cpu", dtype, requires_grad=requires_grad)
-    return list(itertools.islice(generator, limit))
+    if limit is None:
+        return list(generator)
+    return list(itertools.islice(generator, max(limit, max(extra, default=-1) + 1)))
 
 
 def compare_outputs(actual, expected, name: str, rtol: float = RTOL, values: bool = True) -> None:

@@ -7,10 +7,10 @@ tests/opinfo_tables.py with its reason; test_coverage_of_op_db prints the counts
 
 Samples per op (why: PoCL compiles each new kernel in about a second, and this file must stay within about a
 minute of CI per backend): on LLVM the first three float32 samples with gradients and the first int64 and bool
-samples, and the samples EXTRA_SAMPLES names (each once wrong; they keep its fix); on OpenCL one sample of the
-first dtype the op takes, forward only. OpenCL runs less because its kernels are the same lowering as LLVM's up
-to the renderer (which test_backends checks op by op), and PoCL's compile time would make the full set cost
-minutes of CI.
+samples, and the samples EXTRA_SAMPLES names (ones a full run once found wrong, kept fixed); on OpenCL one sample
+of the first dtype the op takes, forward only. OpenCL runs less because its kernels are the same lowering as
+LLVM's up to the renderer (which test_backends checks op by op), and PoCL's compile time would make the full set
+cost minutes of CI. LAZYGRAD_OPINFO_SAMPLES=all runs every sample of every dtype with gradients (by hand).
 """
 
 from __future__ import annotations
@@ -52,9 +52,10 @@ ONE_FLOAT32_SAMPLE = {"prod", "cumprod", "scatter_reduce.prod"}
 if os.environ.get("LAZYGRAD_OPINFO_SAMPLES") == "all":
     ONE_FLOAT32_SAMPLE = set()
 
-# samples beyond the first few that CI runs too, on LLVM: each once gave a wrong value, dtype or shape (found by
-# LAZYGRAD_OPINFO_SAMPLES=all) and keeps its fix; (dtype, index into op_db's samples of that dtype)
-EXTRA_SAMPLES = {
+# samples beyond the first few that CI runs too (on LLVM): each once gave a wrong value, dtype or shape, or raised,
+# in the full run (LAZYGRAD_OPINFO_SAMPLES=all), so CI keeps its fix.
+# {op_id: ((dtype, index of the sample in op_db's order for that dtype), ...)}
+EXTRA_SAMPLES: dict[str, tuple[tuple[torch.dtype, int], ...]] = {
     "addmv": ((torch.int64, 1),),  # float alpha and beta truncate to an int64 result's 0
     "addbmm": ((torch.int64, 2),),
     "baddbmm": ((torch.int64, 2),),
@@ -75,6 +76,28 @@ EXTRA_SAMPLES = {
     "pow": ((torch.int64, 2),),  # an int64 exponent tensor: exact (5 ** 9), not through float32
     "scatter_reduce.mean": ((torch.int64, 3),),  # rows the index does not reach keep self's values
     "nn.functional.local_response_norm": ((torch.int64, 10),),  # an empty input comes back itself
+    "cumprod": ((torch.float32, 5),),  # an empty dim
+    "diff": ((torch.float32, 22), (torch.bool, 30)),  # n=0 with prepend/append: the input itself
+    "masked_select": ((torch.float32, 4),),  # 0-d input and mask
+    "meshgrid.variadic_tensors": ((torch.float32, 4), (torch.float32, 6)),  # indexing="xy" with a 0-d tensor
+    "meshgrid.list_of_tensors": ((torch.float32, 4),),
+    "softmax": ((torch.float32, 5),),  # an empty reduced dim
+    "softmax.with_dtype": ((torch.int64, 5),),
+    "log_softmax": ((torch.float32, 5),),
+    "log_softmax.with_dtype": ((torch.float32, 5),),
+    "nn.functional.softmin": ((torch.float32, 5),),
+    "nn.functional.softmin.with_dtype": ((torch.int64, 5),),
+    "nn.functional.normalize": ((torch.float32, 4),),  # p=0
+    "nn.functional.cosine_similarity": ((torch.float32, 7),),  # inputs that broadcast along dim
+    "nn.functional.group_norm": ((torch.float32, 12),),  # an empty batch
+    "topk": ((torch.float32, 7), (torch.int64, 8)),  # 0-d input
+    "scatter": ((torch.float32, 7), (torch.float32, 8), (torch.int64, 1), (torch.int64, 15), (torch.bool, 3)),
+    "scatter_add": ((torch.float32, 6),),  # 0-d
+    "gather": ((torch.float32, 4), (torch.bool, 3)),  # an empty index
+    "nn.functional.pdist": ((torch.float32, 4),),  # p=0: the output is in the input's graph
+    "repeat_interleave": ((torch.float32, 3), (torch.float32, 4)),  # a tensor of repeats, output_size
+    # tensor indices mixed with slices and ...: adjacent (in place) and separated (in front)
+    "__getitem__": ((torch.float32, 5), (torch.float32, 11), (torch.float32, 15), (torch.int64, 8)),
 }
 
 # whole-op expected failures: what the op does not do yet (strict: the day it passes, this entry must go)
@@ -157,12 +180,19 @@ def test_opinfo_samples_match_torch(info, backend, request):
     dtypes = [d for d in (torch.float32, torch.int64, torch.bool) if d in info.supported_dtypes("cpu")]
     limits = dict(zip((torch.float32, torch.int64, torch.bool), SAMPLES_PER_DTYPE[backend]))
     ran, skipped = 0, []
-    for dtype in dtypes[:1] if ONE_DTYPE_ONLY[backend] else dtypes:
+    extra = EXTRA_SAMPLES.get(op_id(info), ()) if backend == "llvm" else ()
+    run_dtypes = dtypes[:1] if ONE_DTYPE_ONLY[backend] else dtypes
+    for dtype in run_dtypes + [d for d, _ in extra if d not in run_dtypes and d in dtypes]:
         limit = 1 if dtype == torch.float32 and info.name in ONE_FLOAT32_SAMPLE else limits[dtype]
+        limit = limit if dtype in run_dtypes else 0
         with_grad = dtype == torch.float32 and info.supports_autograd and GRADIENTS[backend]
-        for k, sample in enumerate(samples(info, dtype, limit, with_grad)):
+        wanted = {k for d, k in extra if d == dtype}
+        for k, sample in enumerate(samples(info, dtype, limit, with_grad, wanted)):
+            if not (limit is None or k < limit or k in wanted):
+                continue
             name = f"{op_id(info)} {dtype} sample {k}"
             reason = sample_skip(info, sample)
+            assert reason is None or k not in wanted, f"EXTRA_SAMPLES names {name}, which is skipped: {reason}"
             if reason is None:
                 try:
                     check_sample(info, fn, sample, with_grad, name, rtol, values=op_id(info) not in VALUES_UNCHECKED)
@@ -171,14 +201,6 @@ def test_opinfo_samples_match_torch(info, backend, request):
                 except Unsupported as e:
                     reason = str(e)
             skipped.append(f"{name}: {reason}")
-    for dtype, k in EXTRA_SAMPLES.get(op_id(info), ()) if backend == "llvm" else ():
-        limit = 1 if dtype == torch.float32 and info.name in ONE_FLOAT32_SAMPLE else limits[dtype]
-        if limit is not None and k >= limit:  # not run above already
-            with_grad = dtype == torch.float32 and info.supports_autograd and GRADIENTS[backend]
-            sample = samples(info, dtype, k + 1, with_grad)[k]
-            assert sample_skip(info, sample) is None, f"EXTRA_SAMPLES: {op_id(info)} {dtype} sample {k} is skipped"
-            check_sample(info, fn, sample, with_grad, f"{op_id(info)} {dtype} sample {k}", rtol, values=True)
-            ran += 1
     if skipped:
         print("skipped samples:\n  " + "\n  ".join(skipped))
     if ran == 0:

@@ -170,12 +170,29 @@ def test_float64_is_computed_in_double_precision():
     np.testing.assert_allclose(out.item(), expected.item(), rtol=1e-15)
 
 
-# ---- indexing that is not supported says so ------------------------------------------------------------------
+# ---- index tensors mixed with slices, None and ...: torch's advanced-indexing rules -----------------------------
 
 
-def test_indexing_that_mixes_index_tensors_and_slices_is_refused_clearly():
+@pytest.mark.parametrize(
+    "index",
+    [
+        (slice(None), [2, 0, -1]),  # adjacent: the index's dims in place of the indexed dim
+        ([1, 0], slice(1, None)),
+        (Ellipsis, [0, 3]),
+        ([2, 1], None),
+        ([0, 2], slice(None), [1, 4]),  # separated by a slice: the broadcast dims first
+        (1, slice(None), [0, 0, 3]),  # an int is a basic index, as torch's (numpy's rule differs)
+        (slice(None), [True, False, True, True]),  # a mask among slices: its nonzeros
+    ],
+    ids=str,
+)
+def test_index_tensors_mixed_with_slices_match_torch(index):
+    check_grad(lambda x: x[index], rand(3, 4, 5))
+
+
+def test_assignment_through_index_tensors_mixed_with_slices_is_refused_clearly():
     with pytest.raises(NotImplementedError, match="slices"):
-        lazygrad.tensor(rand(3, 4))[lazygrad.tensor([0, 1]), 1:]
+        lazygrad.tensor(rand(3, 4))[lazygrad.tensor([0, 1]), 1:] = 0.0
 
 
 # ---- in-place forms and the smaller public names (tests/test_public_surface.py points here) -------------------

@@ -417,17 +417,15 @@ def binary_cross_entropy_with_logits(
 
 
 def normalize(input: Tensor, p: float = 2.0, dim: int = 1, eps: float = 1e-12) -> Tensor:
-    if p == 2.0:
-        norm = (input * input).sum(dim, keepdim=True).sqrt()
-    elif p == float("inf"):
-        norm = input.abs().amax(dim, keepdim=True)
-    else:
-        norm = input.abs().pow(p).sum(dim, keepdim=True).pow(1 / p)
-    return input / norm.clamp(min=eps)
+    from lazygrad.nn.losses import vector_norm
+
+    return input / vector_norm(input, p, dim, keepdim=True).clamp(min=eps)
 
 
 def cosine_similarity(x1: Tensor, x2: Tensor, dim: int = 1, eps: float = 1e-8) -> Tensor:
-    # torch: the dot product over the product of the norms, each norm clamped at eps
+    # torch: the inputs broadcast first (a norm over a broadcast dim counts each copy), then the dot product over
+    # the product of the norms, each norm clamped at eps
+    x1, x2 = lazygrad.broadcast_tensors(x1, x2)
     n1 = (x1 * x1).sum(dim).sqrt().clamp(min=eps)
     n2 = (x2 * x2).sum(dim).sqrt().clamp(min=eps)
     return (x1 * x2).sum(dim) / (n1 * n2)

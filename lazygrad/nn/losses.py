@@ -29,7 +29,9 @@ def vector_norm(x: Tensor, p: float, dim: int, keepdim: bool = False) -> Tensor:
     if p == -math.inf:
         return size.amin(dim, keepdim=keepdim)
     if p == 0:
-        return (size != 0).cast(x.dtype).sum(dim, keepdim=keepdim)
+        # the count of nonzeros; plus zeros computed from x, so the result is in x's graph (gradient 0) as torch's
+        zeros = size.isnan()._select(0.0, size).clamp(max=0)
+        return (size != 0).cast(x.dtype).sum(dim, keepdim=keepdim) + zeros.sum(dim, keepdim=keepdim)
     if p == 2:
         return (x * x).sum(dim, keepdim=keepdim).sqrt()
     if p == 1:

@@ -3,6 +3,8 @@ local_response_norm, composed of Tensor ops with PyTorch's formulas. nn.function
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 import lazygrad
@@ -26,7 +28,8 @@ def group_norm(input: Tensor, num_groups: int, weight=None, bias=None, eps: floa
     n, channels = input.shape[:2]
     if channels % num_groups:
         raise RuntimeError(f"group_norm: {channels} channels of input {input.shape} are not divisible by {num_groups}")
-    grouped = input.reshape(n, num_groups, -1)
+    # the group's size spelled out: reshape cannot infer -1 when the batch is empty
+    grouped = input.reshape(n, num_groups, channels // num_groups * math.prod(input.shape[2:]))
     return _channel_affine(_normalized(grouped, (2,), eps).reshape(input.shape), weight, bias)
 
 

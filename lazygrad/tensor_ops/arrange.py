@@ -201,6 +201,8 @@ class ArrangeOps:
     def diff(self, n: int = 1, dim: int = -1, prepend=None, append=None) -> Tensor:
         """The n-th forward difference along dim, after prepend and append are concatenated."""
         d = self._dim(dim)
+        if n == 0:  # torch: the input itself, prepend and append ignored
+            return self.clone()
         x = self
         if prepend is not None or append is not None:
             parts = [
@@ -356,16 +358,29 @@ class ArrangeOps:
         return contribution.pad(flat), hit.pad(flat, value=False)
 
     def scatter_add(self, dim: int, index: Tensor, src: Tensor) -> Tensor:
+        if not self.ndim:  # a 0-d self: the same on one element
+            self._dim(dim)
+            return self.reshape(1).scatter_add(0, index.reshape(-1), src.reshape(-1)).reshape(())
         d = self._dim(dim) if self.ndim else 0
         check_indices(index, self.shape[d] if self.ndim else 1, "scatter_add", d, negative=False)
         contribution, _ = self._scatter_one_hot(dim, index, src)
         return self | contribution if self.dtype == dt.bool_ else self + contribution
 
     def scatter(self, dim: int, index: Tensor, src=None, value=None, reduce=None) -> Tensor:
-        """scatter with unique indices (with duplicates, torch leaves which write wins unspecified)."""
-        if reduce is not None:
-            raise NotImplementedError("scatter(reduce=...): use scatter_add or scatter_reduce")
+        """scatter with unique indices (with duplicates, torch leaves which write wins unspecified); reduce="add"
+        or "multiply" combines each write with self's value (and with the other writes to the same position)."""
         src = value if src is None else src
+        if reduce not in (None, "add", "multiply"):
+            raise RuntimeError(f"scatter: reduce argument must be either add or multiply, got {reduce!r}")
+        if not isinstance(src, Tensor):
+            src = Tensor.full(index.shape, src, self.dtype, self.device)
+        if not self.ndim:  # a 0-d self: the same on one element
+            self._dim(dim)
+            return self.reshape(1).scatter(0, index.reshape(-1), src.reshape(-1), reduce=reduce).reshape(())
+        if reduce == "add":
+            return self.scatter_add(dim, index, src)
+        if reduce == "multiply":
+            return self.scatter_reduce(dim, index, src, "prod")
         d = self._dim(dim) if self.ndim else 0
         check_indices(index, self.shape[d] if self.ndim else 1, "scatter", d, negative=False)
         contribution, hit = self._scatter_one_hot(dim, index, src)
@@ -554,8 +569,7 @@ def stack_functions() -> dict:
         grids = [
             t.reshape([-1 if i == k else 1 for i in range(len(tensors))]).expand(shape) for k, t in enumerate(tensors)
         ]
-        if swap:
-            grids = [g.transpose(0, 1) for g in grids]
+        if swap:  # as torch: the ij grids of the swapped inputs, the first two grids swapped back (no transpose)
             grids[0], grids[1] = grids[1], grids[0]
         return tuple(grids)
 
@@ -587,7 +601,7 @@ class IndexingOps:
     def masked_select(self, mask: Tensor) -> Tensor:
         from lazygrad.tensor_ops.elementwise import _broadcast_shape
 
-        shape = _broadcast_shape(self.shape, mask.shape)
+        shape = _broadcast_shape(self.shape, mask.shape) or (1,)  # a 0-d pair selects from one element, as torch
         return self.broadcast_to(shape)[mask.broadcast_to(shape)]
 
     def _linear_index(self, indices: tuple) -> Tensor:
@@ -628,6 +642,54 @@ class IndexingOps:
             linear = part * stride if linear is None else linear + part * stride
             stride *= size
         return linear
+
+    def _index_mixed(self, index: tuple) -> Tensor:
+        """x[...] with tensor (list, array, bool mask) indices mixed with slices, None and ...: numpy's (and
+        torch's) advanced indexing. The basic part first, each tensor-indexed dim kept whole; then those dims are
+        gathered together. Their broadcast shape takes the place of the first of them when they are adjacent in
+        the index, else it goes first (x[:, idx] keeps the dims in place; x[idx, :, idx2] puts them in front).
+        Integers are basic indices here, as torch's (numpy would count them as 0-d index tensors)."""
+        if sum(1 for i in index if i is Ellipsis) > 1:
+            raise IndexError("an index can only have a single ellipsis ('...')")
+        dims = [0 if i is None or i is Ellipsis else np.ndim(_host(i)) if _is_mask(i) else 1 for i in index]
+        if sum(dims) > self.ndim:
+            raise IndexError(f"too many indices for tensor of dimension {self.ndim} (shape {self.shape})")
+        fill = (slice(None),) * (self.ndim - sum(dims))
+        at = next((k for k, i in enumerate(index) if i is Ellipsis), len(index))  # not .index(): Tensor's ==
+        index = index[:at] + fill + index[at + 1 :]
+        entries, dim = [], 0  # None, slices, ints and int64 index tensors (a mask: its nonzeros, one per dim)
+        for i in index:
+            if i is None:
+                entries.append(i)
+                continue
+            if isinstance(i, (slice, int, np.integer)):
+                entries.append(i)
+            elif _is_mask(i):
+                mask = _host(i)
+                if mask.shape != self.shape[dim : dim + mask.ndim]:
+                    raise IndexError(
+                        f"The shape of the mask {mask.shape} at index {dim} does not match the shape of the "
+                        f"indexed tensor {self.shape}"
+                    )
+                entries += [Tensor(p.astype(np.int64), dtype=dt.int64, device=self.device) for p in np.nonzero(mask)]
+                dim += mask.ndim
+                continue
+            elif isinstance(i, Tensor):
+                entries.append(i)
+            else:
+                entries.append(Tensor(np.asarray(i, dtype=np.int64), dtype=dt.int64, device=self.device))
+            dim += 1
+        basic = self[tuple(slice(None) if isinstance(e, Tensor) else e for e in entries)]
+        # every entry but an int is one dim of `basic` (None a new one, a slice or a tensor-indexed one kept whole)
+        entries = [e for e in entries if not isinstance(e, (int, np.integer))]
+        tensor_dims = [k for k, e in enumerate(entries) if isinstance(e, Tensor)]
+        others = [d for d in range(basic.ndim) if d not in tensor_dims]
+        gathered = basic.permute(tensor_dims + others)._index_with_tensors(tuple(entries[k] for k in tensor_dims))
+        first = tensor_dims[0]
+        if tensor_dims != list(range(first, first + len(tensor_dims))):
+            return gathered  # not adjacent: the broadcast dims first
+        n = gathered.ndim - len(others)  # the broadcast dims: moved to where the first tensor-indexed dim was
+        return gathered.permute(list(range(n, n + first)) + list(range(n)) + list(range(n + first, gathered.ndim)))
 
     def _index_with_tensors(self, indices: tuple) -> Tensor:
         linear = self._linear_index(indices)
@@ -675,6 +737,10 @@ def _highest(d: dt.DType):
         return True
     bits = d.itemsize * 8
     return (1 << bits) - 1 if d.kind == "u" else (1 << (bits - 1)) - 1
+
+
+def _host(index) -> np.ndarray:
+    return index.numpy() if isinstance(index, Tensor) else np.asarray(index)
 
 
 def _is_mask(index) -> bool:

@@ -222,6 +222,8 @@ class MathOps:
             return self * 1
         d = self._dim(dim)
         n = self.shape[d]
+        if n == 0:  # no windows to multiply: the empty result, in the input's graph
+            return self * 1
         x = self.transpose(d, -1)
         # row i multiplies the first i+1 elements: the sliding window of cumsum, padded with ones
         padded = x.pad((n - 1, 0), value=1)

@@ -207,9 +207,7 @@ class MovementOps:
         if any(isinstance(i, (Tensor, list, np.ndarray)) for i in index):
             if all(isinstance(i, (Tensor, list, np.ndarray, int, np.integer)) for i in index):
                 return self._index_with_tensors(index)  # several index tensors on the leading dims, broadcast
-            raise NotImplementedError(
-                "indexing that mixes tensor indices with slices, None or ... is not supported; index the tensors first"
-            )
+            return self._index_mixed(index)  # with slices, None or ...: numpy's rules
         n_real = sum(1 for i in index if i is not None and i is not Ellipsis)
         if n_real > self.ndim:
             raise IndexError(f"too many indices for tensor of dimension {self.ndim}")
@@ -307,6 +305,8 @@ class MovementOps:
         d = self._dim(dim)
         if not (index.dtype.is_float or index.dtype == dt.bool_):
             check_indices(index, self.shape[d] if self.ndim else 1, "gather", d, negative=False)
+            if index.numel() == 0:  # torch checks no shapes for an empty index: the empty result, in self's graph
+                return self.reshape(-1).narrow(0, 0, 0).reshape(index.shape).clone()
         return self._gather(d, index)
 
     def _gather(self, dim: int, index: Tensor) -> Tensor:
@@ -387,9 +387,32 @@ class MovementOps:
         expanded = expanded.expand(tuple(v for r, s in zip(sizes, x.shape) for v in (r, s)))
         return _not_a_view(self, expanded.reshape(tuple(r * s for r, s in zip(sizes, x.shape))))
 
-    def repeat_interleave(self, repeats: int, dim=None) -> Tensor:
+    def repeat_interleave(self, repeats, dim=None, *, output_size=None) -> Tensor:
+        """Each element (or slice along dim) repeated: `repeats` times, or repeats[i] times for element i when
+        repeats is a 1-d tensor (read on the host: the counts are the result's shape)."""
         x = self.reshape(-1) if dim is None else self
         d = 0 if dim is None else x._dim(dim)
+        if isinstance(repeats, Tensor) and repeats.numel() == 1:
+            repeats = int(repeats.item())
+        if isinstance(repeats, Tensor):
+            counts = repeats.numpy()
+            if repeats.ndim != 1 or counts.shape[0] != x.shape[d]:
+                raise RuntimeError(
+                    f"repeat_interleave: repeats must have the same size as input along dim {d}: repeats "
+                    f"{repeats.shape}, input {self.shape}"
+                )
+            if (counts < 0).any():
+                raise RuntimeError("repeat_interleave: repeats can not be negative")
+            positions = np.repeat(np.arange(x.shape[d]), counts).tolist()
+            if output_size is not None and output_size != len(positions):
+                raise RuntimeError(
+                    f"repeat_interleave: output_size {output_size} != the sum of repeats {len(positions)}"
+                )
+            if not positions:
+                return x.narrow(d, 0, 0) * 1
+            return _not_a_view(self, take_positions(x, d, positions))
+        if output_size is not None and output_size != repeats * x.shape[d]:
+            raise RuntimeError(f"repeat_interleave: output_size {output_size} != {repeats} * {x.shape[d]}")
         y = x.unsqueeze(d + 1)
         y = y.expand(y.shape[: d + 1] + (repeats,) + y.shape[d + 2 :])
         return y.flatten(d, d + 1)

@@ -188,11 +188,15 @@ class ReduceOps:
 
     def softmax(self, dim: int = -1, dtype=None) -> Tensor:
         x = self.cast(dtype) if dtype is not None else self._float()
+        if x.numel() == 0:  # nothing to normalize (amax of an empty dim would raise): the empty result
+            return x * 1
         e = (x - x.amax(dim, keepdim=True).detach()).exp()
         return e / e.sum(dim, keepdim=True)
 
     def log_softmax(self, dim: int = -1, dtype=None) -> Tensor:
         x = self.cast(dtype) if dtype is not None else self._float()
+        if x.numel() == 0:  # nothing to normalize (amax of an empty dim would raise): the empty result
+            return x * 1
         shifted = x - x.amax(dim, keepdim=True).detach()
         return shifted - shifted.exp().sum(dim, keepdim=True).log()
 
@@ -219,6 +223,11 @@ class ReduceOps:
         rank is the number of elements that come before it (larger, or equal and at a lower index, so ties keep
         index order; NaN is the largest, as torch), an (n x n) comparison: exact and differentiable, meant for dims
         of up to a few thousand (a vocabulary of characters or tokens when sampling), not for sorting large dims."""
+        if not self.ndim:  # a 0-d input: the same on one element (dim 0 or -1, as torch)
+            if dim not in (0, -1):
+                raise IndexError(f"topk: dimension out of range (expected to be in range of [-1, 0], but got {dim})")
+            values, indices = self.reshape(1).topk(k, 0, largest, sorted)
+            return MaxMin(values.reshape(()), indices.reshape(())) if k == 1 else MaxMin(values, indices)
         d = self._dim(dim)
         n = self.shape[d]
         if not 0 <= k <= n:
