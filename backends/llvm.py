@@ -663,8 +663,33 @@ class _LLVMCompiler:
             return self.engine.get_function_address(name)
 
 
-# a kernel of fewer loop iterations runs on the calling thread alone: waking a pool thread costs more
-PARALLEL_MIN_ITERATIONS = 32768
+# a kernel that executes fewer IR operations than this runs on the calling thread alone: waking a pool thread
+# (~15 us round trip) costs more than it saves. Measured: GPT generation's 1024x256 matrix-vector product (141K
+# operations) split made generation slower (1150 -> 970 tokens/s); the training step's kernels above 200K gain
+PARALLEL_MIN_OPERATIONS = 200_000
+
+# uops that are declarations, not work done per iteration
+_NOT_WORK = (IrOp.PARAM, IrOp.CONST, IrOp.RANGE, IrOp.ENDRANGE, IrOp.ENDIF, IrOp.ACC)
+# uops that render to many instructions: exp2 is ~30 inline (_exp2), log2 and sin are calls into libm
+_HEAVY_OPERATIONS = {Op.EXP2: 16, Op.LOG2: 16, Op.SIN: 16}
+
+
+def executed_operations(uops: list) -> int:
+    """The IR operations a kernel executes: each uop counted once per iteration of the loops around it (a
+    transcendental as several). A vector operation counts as one, like a scalar one (it costs about as much), so a
+    kernel's count does not shrink when it is vectorized or tiled: counting loop iterations instead took a
+    1M-element softmax exp (2048 x 8 iterations of 4 rows of 16 lanes) for a small kernel and ran it on one
+    thread."""
+    total, trips, depth = 0, 1, []
+    for u in uops:
+        if u.op is IrOp.RANGE:
+            depth.append(trips)
+            trips *= u.arg[1]
+        elif u.op is IrOp.ENDRANGE:
+            trips = depth.pop()
+        elif u.op not in _NOT_WORK:
+            total += trips * _HEAVY_OPERATIONS.get(u.op, 1)
+    return total
 
 
 class LLVMKernel:
@@ -674,9 +699,7 @@ class LLVMKernel:
         self.fn = ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * nargs), ctypes.c_int32, ctypes.c_int32)(address)
         self.backend = backend
         self.outer = program.global_size[0] if program.global_size else 1
-        # loop iterations of the whole kernel: below a few tens of thousands, waking a second thread
-        # costs more than it saves
-        self.work = math.prod(u.arg[1] for u in program.uops if u.op is IrOp.RANGE)
+        self.work = executed_operations(program.uops)
 
     def bind(self, buffers: list):
         """A launcher with the arguments fixed: `launch(wait) -> seconds or None` (JIT replays)."""
@@ -684,7 +707,7 @@ class LLVMKernel:
         ptrs = [address(b) for b in buffers]
         fn, pool = self.fn, self.backend.pool
         threads = min(self.backend.threads, self.outer)
-        if threads <= 1 or self.work < PARALLEL_MIN_ITERATIONS:
+        if threads <= 1 or self.work < PARALLEL_MIN_OPERATIONS:
 
             def run():
                 fn(*ptrs, 0, self.outer)
@@ -709,7 +732,7 @@ class LLVMKernel:
     def __call__(self, buffers: list, wait: bool = False):
         """One launch (an eager step's): a kernel that runs on the calling thread alone is called directly,
         without building a launcher first."""
-        if self.work >= PARALLEL_MIN_ITERATIONS and min(self.backend.threads, self.outer) > 1:
+        if self.work >= PARALLEL_MIN_OPERATIONS and min(self.backend.threads, self.outer) > 1:
             return self.bind(buffers)(wait)
         address = self.backend.address
         start = time.perf_counter() if wait else 0.0
