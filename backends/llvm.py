@@ -666,10 +666,17 @@ class _LLVMCompiler:
             return self.engine.get_function_address(name)
 
 
-# a kernel that executes fewer IR operations than this runs on the calling thread alone: waking a pool thread
-# (~15 us round trip) costs more than it saves. Measured: GPT generation's 1024x256 matrix-vector product (141K
-# operations) split made generation slower (1150 -> 970 tokens/s); the training step's kernels above 200K gain
+# a kernel that executes fewer IR operations than this runs on the calling thread alone, untimed: GPT generation's
+# 1024x256 matrix-vector product (141K operations) split made generation slower (1150 -> 970 tokens/s)
 PARALLEL_MIN_OPERATIONS = 200_000
+# one that does more is timed on one thread over its first launches, and split among the threads from then on if
+# the least of those times reached this: operation counts do not tell a memory-bound kernel's time (a 1M-element
+# LayerNorm step: ~1 ms) from a product's (2.6M operations in ~150 us), and waking a pool thread costs ~15 us on a
+# quiet machine but far more when the other core is busy (a 64x784x128 product, split, took 30 us longer at load
+# 2.5, on the shared 2-core machine)
+PARALLEL_MIN_SECONDS = 300e-6
+# the least of these launches counts: the first runs with cold caches, and any may be preempted
+TIMED_LAUNCHES = 3
 
 # uops that are declarations, not work done per iteration
 _NOT_WORK = (IrOp.PARAM, IrOp.CONST, IrOp.RANGE, IrOp.ENDRANGE, IrOp.ENDIF, IrOp.ACC)
@@ -703,27 +710,46 @@ class LLVMKernel:
         self.backend = backend
         self.outer = program.global_size[0] if program.global_size else 1
         self.work = executed_operations(program.uops)
+        # a kernel worth splitting: its first launches time it alone (alone_times), then alone_seconds decides
+        self.candidate = self.outer > 1 and self.work >= PARALLEL_MIN_OPERATIONS
+        self.alone_times: list = []
+        self.alone_seconds: float | None = None
+
+    def splits(self) -> bool:
+        """Whether a launch now shares the outer loop among the threads (a candidate, once timed)."""
+        return self.alone_seconds is not None and self.alone_seconds >= PARALLEL_MIN_SECONDS
+
+    def _note_alone(self, seconds: float) -> None:
+        self.alone_times.append(seconds)
+        if len(self.alone_times) >= TIMED_LAUNCHES:
+            self.alone_seconds = min(self.alone_times)
 
     def bind(self, buffers: list):
         """A launcher with the arguments fixed: `launch(wait) -> seconds or None` (JIT replays)."""
         address = self.backend.address
         ptrs = [address(b) for b in buffers]
-        fn, pool = self.fn, self.backend.pool
-        threads = min(self.backend.threads, self.outer)
-        if threads <= 1 or self.work < PARALLEL_MIN_OPERATIONS:
+        fn, pool, outer = self.fn, self.backend.pool, self.outer
+        threads = min(self.backend.threads, outer)
+        if threads <= 1 or not self.candidate:
 
             def run():
-                fn(*ptrs, 0, self.outer)
+                fn(*ptrs, 0, outer)
         else:
-            bounds = [self.outer * i // threads for i in range(threads + 1)]
+            bounds = [outer * i // threads for i in range(threads + 1)]
             chunks = [(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
             first, rest = chunks[0], chunks[1:]
 
             def run():
-                futures = [pool.submit(fn, *ptrs, a, b) for a, b in rest]
-                fn(*ptrs, *first)  # this thread takes a share too
-                for f in futures:
-                    f.result()
+                if self.splits():
+                    futures = [pool.submit(fn, *ptrs, a, b) for a, b in rest]
+                    fn(*ptrs, *first)  # this thread takes a share too
+                    for f in futures:
+                        f.result()
+                    return
+                t0 = time.perf_counter()
+                fn(*ptrs, 0, outer)
+                if self.alone_seconds is None:
+                    self._note_alone(time.perf_counter() - t0)
 
         def launch(wait: bool = False):
             t0 = time.perf_counter()
@@ -735,7 +761,7 @@ class LLVMKernel:
     def __call__(self, buffers: list, wait: bool = False):
         """One launch (an eager step's): a kernel that runs on the calling thread alone is called directly,
         without building a launcher first."""
-        if self.work >= PARALLEL_MIN_OPERATIONS and min(self.backend.threads, self.outer) > 1:
+        if self.candidate and self.backend.threads > 1:
             return self.bind(buffers)(wait)
         address = self.backend.address
         start = time.perf_counter() if wait else 0.0

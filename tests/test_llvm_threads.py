@@ -1,10 +1,13 @@
 """How the LLVM backend splits a kernel among its threads (backends/llvm.py): the outermost loop in near-equal
-shares, one per thread, when the kernel executes enough operations to pay for waking a thread.
+shares, one per thread, when the kernel executes enough operations and, timed alone over its first launches,
+runs long enough to pay for waking a thread.
 
 - A vectorized, tiled kernel is judged by the operations it executes, not its loop iterations (a 1M-element
-  softmax exp has only 16K iterations of 4 rows x 16 lanes), so it is split; a tiny one is not.
+  softmax exp has only 16K iterations of 4 rows x 16 lanes); a tiny one is never split; a candidate is split
+  only once timed, and only if it ran long enough alone.
 - Split into shares that do not divide the outer loop evenly, a kernel gives the same values, bit for bit, as
   on one thread.
+- exp2 under the float range is 0, and its subnormal results are exact.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import pytest
 
 import lazygrad
 from lazygrad import backends
+from lazygrad.backends import llvm as llvm_backend
 
 pytestmark = pytest.mark.backend_independent
 
@@ -53,14 +57,22 @@ def run_with_threads(llvm, monkeypatch, threads: int, fn, *args):
     return result, pool.submitted
 
 
-def test_a_big_vectorized_kernel_is_split_and_a_tiny_one_is_not(llvm, monkeypatch):
+def launches_with_threads(llvm, monkeypatch, threads: int, fn, *args) -> int:
+    """Shares given to the pool over enough launches of fn(*args) for its kernels to be timed and decided."""
+    return sum(
+        run_with_threads(llvm, monkeypatch, threads, fn, *args)[1] for _ in range(llvm_backend.TIMED_LAUNCHES + 1)
+    )
+
+
+def test_a_big_vectorized_kernel_is_split_once_timed_and_a_tiny_one_never(llvm, monkeypatch):
     rng = np.random.default_rng(0)
-    big = rng.standard_normal((1001, 160)).astype(np.float32)  # ~10K loop iterations of 16 lanes, ~50 ops each
-    _, shares = run_with_threads(llvm, monkeypatch, 2, softmax_exp, big)
-    assert shares >= 1
+    big = rng.standard_normal((1001, 160)).astype(np.float32)  # ~10K loop iterations of 16 lanes
+    monkeypatch.setattr(llvm_backend, "PARALLEL_MIN_SECONDS", 0.0)  # any time alone is long enough
+    assert launches_with_threads(llvm, monkeypatch, 2, softmax_exp, big) >= 1
     tiny = rng.standard_normal((7, 9)).astype(np.float32)
-    _, shares = run_with_threads(llvm, monkeypatch, 2, softmax_exp, tiny)
-    assert shares == 0
+    assert launches_with_threads(llvm, monkeypatch, 2, softmax_exp, tiny) == 0
+    monkeypatch.setattr(llvm_backend, "PARALLEL_MIN_SECONDS", 1e9)  # no kernel runs that long alone
+    assert launches_with_threads(llvm, monkeypatch, 2, softmax_exp, big) == 0
 
 
 @pytest.mark.parametrize("threads", [2, 3])
@@ -69,6 +81,8 @@ def test_uneven_shares_give_the_values_of_one_thread(llvm, monkeypatch, threads)
     values = rng.standard_normal((1001, 160)).astype(np.float32)
     values[::7, 5:] = -np.inf  # masked entries: exp gives exactly 0
     alone, _ = run_with_threads(llvm, monkeypatch, 1, softmax_exp, values)
+    monkeypatch.setattr(llvm_backend, "PARALLEL_MIN_SECONDS", 0.0)
+    launches_with_threads(llvm, monkeypatch, threads, softmax_exp, values)  # timed: split from now on
     split, shares = run_with_threads(llvm, monkeypatch, threads, softmax_exp, values)
     assert shares >= threads - 1  # every thread got a share of the outer loop
     np.testing.assert_array_equal(split, alone)
