@@ -759,9 +759,9 @@ class LLVMKernel:
         return launch
 
     def __call__(self, buffers: list, wait: bool = False):
-        """One launch (an eager step's): a kernel that runs on the calling thread alone is called directly,
-        without building a launcher first."""
-        if self.candidate and self.backend.threads > 1:
+        """One launch (an eager step's): a kernel that runs on the calling thread alone (and is not being timed)
+        is called directly, without building a launcher first."""
+        if self.candidate and self.backend.threads > 1 and (self.alone_seconds is None or self.splits()):
             return self.bind(buffers)(wait)
         address = self.backend.address
         start = time.perf_counter() if wait else 0.0
