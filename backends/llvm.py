@@ -522,9 +522,11 @@ def _exp2(r: _Renderer, u, a: list) -> str:
         return out
 
     cmp_t = _ty(dt.bool_, vec)
-    # clamp to [-151, 129] (2**-151 rounds to 0, 2**129 is inf); NaN goes to -151 here and is put back at the end
+    # clamp to [-151, 129] (2**-151 rounds to 0, 2**129 is inf). Below -151 (a softmax's masked -inf) the result is
+    # 0, put in at the end: computed, it would underflow, and each float underflow costs the CPU a microcode
+    # assist (a causal softmax's exp, half -inf, ran 6x slower). NaN goes to 0 here and is put back at the end.
     above = step(f"fcmp ogt {t} {x}, {const(-151.0)}")
-    low = step(f"select {cmp_t} {above}, {t} {x}, {t} {const(-151.0)}")
+    low = step(f"select {cmp_t} {above}, {t} {x}, {t} {const(0.0)}")
     below = step(f"fcmp olt {t} {low}, {const(129.0)}")
     clamped = step(f"select {cmp_t} {below}, {t} {low}, {t} {const(129.0)}")
     whole = step(f"call {t} {r.intrinsic('rint', d, 1, vec)}({t} {clamped})")
@@ -544,6 +546,7 @@ def _exp2(r: _Renderer, u, a: list) -> str:
         bits = step(f"shl {it} {biased}, {int_const(23)}")
         scale = step(f"bitcast {it} {bits} to {t}")
         result = step(f"fmul {t} {result}, {scale}")
+    result = step(f"select {cmp_t} {above}, {t} {result}, {t} {const(0.0)}")
     nan = step(f"fcmp uno {t} {x}, {x}")
     return f"select {cmp_t} {nan}, {t} {x}, {t} {result}"
 
@@ -680,8 +683,40 @@ class _LLVMCompiler:
             return self.engine.get_function_address(name)
 
 
-# a kernel of fewer loop iterations runs on the calling thread alone: waking a pool thread costs more
-PARALLEL_MIN_ITERATIONS = 32768
+# a kernel that executes fewer IR operations than this runs on the calling thread alone, untimed: GPT generation's
+# 1024x256 matrix-vector product (141K operations) split made generation slower (1150 -> 970 tokens/s)
+PARALLEL_MIN_OPERATIONS = 200_000
+# one that does more is timed on one thread over its first launches, and split among the threads from then on if
+# the least of those times reached this: operation counts do not tell a memory-bound kernel's time (a 1M-element
+# LayerNorm step: ~1 ms) from a product's (2.6M operations in ~150 us), and waking a pool thread costs ~15 us on a
+# quiet machine but far more when the other core is busy (a 64x784x128 product, split, took 30 us longer at load
+# 2.5, on the shared 2-core machine)
+PARALLEL_MIN_SECONDS = 300e-6
+# the least of these launches counts: the first runs with cold caches, and any may be preempted
+TIMED_LAUNCHES = 3
+
+# uops that are declarations, not work done per iteration
+_NOT_WORK = (IrOp.PARAM, IrOp.CONST, IrOp.RANGE, IrOp.ENDRANGE, IrOp.ENDIF, IrOp.ACC)
+# uops that render to many instructions: exp2 is ~30 inline (_exp2), log2 and sin are calls into libm
+_HEAVY_OPERATIONS = {Op.EXP2: 16, Op.LOG2: 16, Op.SIN: 16}
+
+
+def executed_operations(uops: list) -> int:
+    """The IR operations a kernel executes: each uop counted once per iteration of the loops around it (a
+    transcendental as several). A vector operation counts as one, like a scalar one (it costs about as much), so a
+    kernel's count does not shrink when it is vectorized or tiled: counting loop iterations instead took a
+    1M-element softmax exp (2048 x 8 iterations of 4 rows of 16 lanes) for a small kernel and ran it on one
+    thread."""
+    total, trips, depth = 0, 1, []
+    for u in uops:
+        if u.op is IrOp.RANGE:
+            depth.append(trips)
+            trips *= u.arg[1]
+        elif u.op is IrOp.ENDRANGE:
+            trips = depth.pop()
+        elif u.op not in _NOT_WORK:
+            total += trips * _HEAVY_OPERATIONS.get(u.op, 1)
+    return total
 
 
 class LLVMKernel:
@@ -691,30 +726,47 @@ class LLVMKernel:
         self.fn = ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * nargs), ctypes.c_int32, ctypes.c_int32)(address)
         self.backend = backend
         self.outer = program.global_size[0] if program.global_size else 1
-        # loop iterations of the whole kernel: below a few tens of thousands, waking a second thread
-        # costs more than it saves
-        self.work = math.prod(u.arg[1] for u in program.uops if u.op is IrOp.RANGE)
+        self.work = executed_operations(program.uops)
+        # a kernel worth splitting: its first launches time it alone (alone_times), then alone_seconds decides
+        self.candidate = self.outer > 1 and self.work >= PARALLEL_MIN_OPERATIONS
+        self.alone_times: list = []
+        self.alone_seconds: float | None = None
+
+    def splits(self) -> bool:
+        """Whether a launch now shares the outer loop among the threads (a candidate, once timed)."""
+        return self.alone_seconds is not None and self.alone_seconds >= PARALLEL_MIN_SECONDS
+
+    def _note_alone(self, seconds: float) -> None:
+        self.alone_times.append(seconds)
+        if len(self.alone_times) >= TIMED_LAUNCHES:
+            self.alone_seconds = min(self.alone_times)
 
     def bind(self, buffers: list):
         """A launcher with the arguments fixed: `launch(wait) -> seconds or None` (JIT replays)."""
         address = self.backend.address
         ptrs = [address(b) for b in buffers]
-        fn, pool = self.fn, self.backend.pool
-        threads = min(self.backend.threads, self.outer)
-        if threads <= 1 or self.work < PARALLEL_MIN_ITERATIONS:
+        fn, pool, outer = self.fn, self.backend.pool, self.outer
+        threads = min(self.backend.threads, outer)
+        if threads <= 1 or not self.candidate:
 
             def run():
-                fn(*ptrs, 0, self.outer)
+                fn(*ptrs, 0, outer)
         else:
-            bounds = [self.outer * i // threads for i in range(threads + 1)]
+            bounds = [outer * i // threads for i in range(threads + 1)]
             chunks = [(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
             first, rest = chunks[0], chunks[1:]
 
             def run():
-                futures = [pool.submit(fn, *ptrs, a, b) for a, b in rest]
-                fn(*ptrs, *first)  # this thread takes a share too
-                for f in futures:
-                    f.result()
+                if self.splits():
+                    futures = [pool.submit(fn, *ptrs, a, b) for a, b in rest]
+                    fn(*ptrs, *first)  # this thread takes a share too
+                    for f in futures:
+                        f.result()
+                    return
+                t0 = time.perf_counter()
+                fn(*ptrs, 0, outer)
+                if self.alone_seconds is None:
+                    self._note_alone(time.perf_counter() - t0)
 
         def launch(wait: bool = False):
             t0 = time.perf_counter()
@@ -724,9 +776,9 @@ class LLVMKernel:
         return launch
 
     def __call__(self, buffers: list, wait: bool = False):
-        """One launch (an eager step's): a kernel that runs on the calling thread alone is called directly,
-        without building a launcher first."""
-        if self.work >= PARALLEL_MIN_ITERATIONS and min(self.backend.threads, self.outer) > 1:
+        """One launch (an eager step's): a kernel that runs on the calling thread alone (and is not being timed)
+        is called directly, without building a launcher first."""
+        if self.candidate and self.backend.threads > 1 and (self.alone_seconds is None or self.splits()):
             return self.bind(buffers)(wait)
         address = self.backend.address
         start = time.perf_counter() if wait else 0.0

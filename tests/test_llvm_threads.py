@@ -1,0 +1,102 @@
+"""How the LLVM backend splits a kernel among its threads (backends/llvm.py): the outermost loop in near-equal
+shares, one per thread, when the kernel executes enough operations and, timed alone over its first launches,
+runs long enough to pay for waking a thread.
+
+- A vectorized, tiled kernel is judged by the operations it executes, not its loop iterations (a 1M-element
+  softmax exp has only 16K iterations of 4 rows x 16 lanes); a tiny one is never split; a candidate is split
+  only once timed, and only if it ran long enough alone.
+- Split into shares that do not divide the outer loop evenly, a kernel gives the same values, bit for bit, as
+  on one thread.
+- exp2 under the float range is 0, and its subnormal results are exact.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import lazygrad
+from lazygrad import backends
+from lazygrad.backends import llvm as llvm_backend
+
+pytestmark = pytest.mark.backend_independent
+
+
+@pytest.fixture
+def llvm():
+    try:
+        return backends.get("llvm")
+    except backends.BackendUnavailable as e:
+        pytest.fail(f"the LLVM backend must run everywhere: {e}")
+
+
+class CountingPool:
+    """The backend's pool, counting the shares handed to other threads."""
+
+    def __init__(self, pool):
+        self.pool, self.submitted = pool, 0
+
+    def submit(self, *args):
+        self.submitted += 1
+        return self.pool.submit(*args)
+
+
+def softmax_exp(values: np.ndarray) -> np.ndarray:
+    """exp(x - rowmax): an elementwise kernel (after the max's), vectorized along the rows."""
+    x = lazygrad.Tensor(values, device="llvm")
+    return (x - x.max(-1, keepdim=True).values).exp().numpy()
+
+
+def run_with_threads(llvm, monkeypatch, threads: int, fn, *args):
+    """fn(*args) with the backend running kernels on `threads` threads; (result, shares given to the pool)."""
+    pool = CountingPool(llvm.pool)
+    with monkeypatch.context() as m:
+        m.setattr(llvm, "threads", threads)
+        m.setattr(llvm, "pool", pool)
+        result = fn(*args)
+    return result, pool.submitted
+
+
+def launches_with_threads(llvm, monkeypatch, threads: int, fn, *args) -> int:
+    """Shares given to the pool over enough launches of fn(*args) for its kernels to be timed and decided."""
+    return sum(
+        run_with_threads(llvm, monkeypatch, threads, fn, *args)[1] for _ in range(llvm_backend.TIMED_LAUNCHES + 1)
+    )
+
+
+def test_a_big_vectorized_kernel_is_split_once_timed_and_a_tiny_one_never(llvm, monkeypatch):
+    rng = np.random.default_rng(0)
+    big = rng.standard_normal((1001, 160)).astype(np.float32)  # ~10K loop iterations of 16 lanes
+    monkeypatch.setattr(llvm_backend, "PARALLEL_MIN_SECONDS", 0.0)  # any time alone is long enough
+    assert launches_with_threads(llvm, monkeypatch, 2, softmax_exp, big) >= 1
+    tiny = rng.standard_normal((7, 9)).astype(np.float32)
+    assert launches_with_threads(llvm, monkeypatch, 2, softmax_exp, tiny) == 0
+    monkeypatch.setattr(llvm_backend, "PARALLEL_MIN_SECONDS", 1e9)  # no kernel runs that long alone
+    assert launches_with_threads(llvm, monkeypatch, 2, softmax_exp, big) == 0
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_uneven_shares_give_the_values_of_one_thread(llvm, monkeypatch, threads):
+    rng = np.random.default_rng(1)
+    values = rng.standard_normal((1001, 160)).astype(np.float32)
+    values[::7, 5:] = -np.inf  # masked entries: exp gives exactly 0
+    alone, _ = run_with_threads(llvm, monkeypatch, 1, softmax_exp, values)
+    monkeypatch.setattr(llvm_backend, "PARALLEL_MIN_SECONDS", 0.0)
+    launches_with_threads(llvm, monkeypatch, threads, softmax_exp, values)  # timed: split from now on
+    split, shares = run_with_threads(llvm, monkeypatch, threads, softmax_exp, values)
+    assert shares >= threads - 1  # every thread got a share of the outer loop
+    np.testing.assert_array_equal(split, alone)
+    expected = np.exp(values.astype(np.float64) - values.max(-1, keepdims=True))
+    np.testing.assert_allclose(alone, expected, rtol=1e-5, atol=1e-30)
+
+
+def test_exp2_below_the_float_range_is_zero_and_subnormals_stay_exact(llvm):
+    """Inputs under -151 (a masked softmax's -inf) give 0 without computing an underflow (which costs a microcode
+    assist per lane); those whose result is subnormal still get it, correctly rounded as numpy does."""
+    values = np.array(
+        [-np.inf, -1e30, -200.0, -151.5, -151.0, -150.5, -150.0, -149.2, -149.0, -140.3, -126.5, -0.5, np.nan] * 3,
+        dtype=np.float32,
+    )  # 39 values: the vectorized loop and its scalar remainder both see them
+    ours = lazygrad.Tensor(values, device="llvm").exp2().numpy()
+    expected = np.exp2(values.astype(np.float64)).astype(np.float32)
+    np.testing.assert_array_equal(ours, expected)
