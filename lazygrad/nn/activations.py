@@ -119,24 +119,20 @@ class Threshold(_Activation):
         super().__init__(threshold=threshold, value=value, inplace=inplace)
 
 
-class Hardshrink(_Activation):
+class _Shrink(_Activation):
+    def __init__(self, lambd: float = 0.5):
+        super().__init__(lambd=lambd)
+
+    def extra_repr(self) -> str:
+        return f"{self.arguments['lambd']}"  # torch prints the bare number
+
+
+class Hardshrink(_Shrink):
     function = "hardshrink"
 
-    def __init__(self, lambd: float = 0.5):
-        super().__init__(lambd=lambd)
 
-    def extra_repr(self) -> str:
-        return f"{self.arguments['lambd']}"  # torch prints the bare number
-
-
-class Softshrink(_Activation):
+class Softshrink(_Shrink):
     function = "softshrink"
-
-    def __init__(self, lambd: float = 0.5):
-        super().__init__(lambd=lambd)
-
-    def extra_repr(self) -> str:
-        return f"{self.arguments['lambd']}"  # torch prints the bare number
 
 
 class GLU(_Activation):

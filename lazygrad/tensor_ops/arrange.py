@@ -614,12 +614,7 @@ class IndexingOps:
             values = index.numpy() if isinstance(index, Tensor) and index.dtype == dt.bool_ else index
             if isinstance(values, (list, np.ndarray, bool, np.bool_)) and np.asarray(values).dtype == np.bool_:
                 mask = np.asarray(values)
-                if mask.shape != self.shape[dim : dim + mask.ndim]:
-                    raise IndexError(
-                        f"The shape of the mask {mask.shape} at index {dim} does not match the shape of the "
-                        f"indexed tensor {self.shape}"
-                    )
-                parts += [Tensor(p.astype(np.int64), dtype=dt.int64, device=self.device) for p in np.nonzero(mask)]
+                parts += self._mask_indices(mask, dim)
                 dim += mask.ndim
                 continue
             if not isinstance(index, Tensor):
@@ -642,6 +637,15 @@ class IndexingOps:
             linear = part * stride if linear is None else linear + part * stride
             stride *= size
         return linear
+
+    def _mask_indices(self, mask: np.ndarray, dim: int) -> list:
+        """A bool mask over this tensor's dims from `dim` on, as one int64 index tensor per dim (its nonzeros)."""
+        if mask.shape != self.shape[dim : dim + mask.ndim]:
+            raise IndexError(
+                f"The shape of the mask {mask.shape} at index {dim} does not match the shape of the "
+                f"indexed tensor {self.shape}"
+            )
+        return [Tensor(p.astype(np.int64), dtype=dt.int64, device=self.device) for p in np.nonzero(mask)]
 
     def _index_mixed(self, index: tuple) -> Tensor:
         """x[...] with tensor (list, array, bool mask) indices mixed with slices, None and ...: numpy's (and
@@ -666,12 +670,7 @@ class IndexingOps:
                 entries.append(i)
             elif _is_mask(i):
                 mask = _host(i)
-                if mask.shape != self.shape[dim : dim + mask.ndim]:
-                    raise IndexError(
-                        f"The shape of the mask {mask.shape} at index {dim} does not match the shape of the "
-                        f"indexed tensor {self.shape}"
-                    )
-                entries += [Tensor(p.astype(np.int64), dtype=dt.int64, device=self.device) for p in np.nonzero(mask)]
+                entries += self._mask_indices(mask, dim)
                 dim += mask.ndim
                 continue
             elif isinstance(i, Tensor):
