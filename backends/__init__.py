@@ -83,6 +83,15 @@ class CompileError(RuntimeError):
     """A kernel the backend's compiler rejected: a bug in lazygrad's code generator."""
 
 
+class WorkGroupTooLarge(CompileError):
+    """A kernel compiled for work-groups bigger than the device runs it in (the registers it needs decide that,
+    known only once it is built): the runtime lowers it again for `allowed` work-items."""
+
+    def __init__(self, message: str, allowed: int):
+        super().__init__(message)
+        self.allowed = allowed
+
+
 def compile_failure(
     compiler: str, language: str, suffix: str, name: str, source: str, log: str, max_lines: int = 12
 ) -> str:

@@ -382,7 +382,7 @@ class _Renderer:
     def refuse_work_groups(self, u):
         raise CompileError(
             f"kernel {self.p.name}: {u.op} needs work-groups, which the LLVM backend does not have (its capabilities "
-            "declare group_reduce=0, so the heuristics never ask for them; a forced KernelOptions.group did)"
+            "declare group_reduce=0, so the heuristics never ask for them; forced KernelOptions did)"
         )
 
     def render_hreduce(self, u):
@@ -606,6 +606,10 @@ _STRUCTURE = {
     IrOp.HREDUCE: _Renderer.render_hreduce,
     IrOp.LOCAL_ID: _Renderer.refuse_work_groups,
     IrOp.GROUP_REDUCE: _Renderer.refuse_work_groups,
+    IrOp.LOCAL: _Renderer.refuse_work_groups,
+    IrOp.LOCAL_LOAD: _Renderer.refuse_work_groups,
+    IrOp.LOCAL_STORE: _Renderer.refuse_work_groups,
+    IrOp.BARRIER: _Renderer.refuse_work_groups,
 }
 
 

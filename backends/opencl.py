@@ -25,7 +25,7 @@ import numpy as np
 
 from lazygrad import config, diskcache
 from lazygrad import dtype as dt
-from lazygrad.backends import Capabilities, CompileError, compile_failure
+from lazygrad.backends import Capabilities, CompileError, WorkGroupTooLarge, compile_failure
 from lazygrad.codegen.ir import Program, UOp
 from lazygrad.ops import IrOp, Op
 
@@ -377,6 +377,21 @@ class _Renderer:
         self.emit("}")
         self.define(u, f"({shared}[0] != 0)" if is_bool else f"{shared}[0]")
 
+    def render_local(self, u: UOp):
+        name = f"local{u.id}"
+        self.local_declarations.append(f"__local {_type(u.dtype)} {name}[{u.arg}];")
+        self.names[u.id] = name
+
+    def render_local_load(self, u: UOp):
+        self.define(u, f"{self.val(u.srcs[0])}[{self.val(u.srcs[1])}]")
+
+    def render_local_store(self, u: UOp):
+        array, index, value = (self.val(s) for s in u.srcs)
+        self.emit(f"{array}[{index}] = {value};")
+
+    def render_barrier(self, u: UOp):
+        self.emit("barrier(CLK_LOCAL_MEM_FENCE);")
+
     # --- arithmetic (the ALU table is below the class) -------------------------------------------
     def cast_expression(self, u: UOp, value: str) -> str:
         src, dst, vec = u.arg, u.dtype, u.vec
@@ -523,6 +538,10 @@ _STRUCTURE = {
     IrOp.HREDUCE: _Renderer.render_hreduce,
     IrOp.LOCAL_ID: _Renderer.render_local_id,
     IrOp.GROUP_REDUCE: _Renderer.render_group_reduce,
+    IrOp.LOCAL: _Renderer.render_local,
+    IrOp.LOCAL_LOAD: _Renderer.render_local_load,
+    IrOp.LOCAL_STORE: _Renderer.render_local_store,
+    IrOp.BARRIER: _Renderer.render_barrier,
 }
 _STORES = frozenset({IrOp.STORE, IrOp.SCATTER})
 
@@ -651,9 +670,10 @@ class OpenCLKernel:
         max_group = self.max_group = self.kernel.get_work_group_info(info, backend.device)
         if program.local_size > 1:  # one work-group per output point, of exactly the size the kernel was made for
             if program.local_size > max_group:
-                raise CompileError(
+                raise WorkGroupTooLarge(
                     f"kernel {program.name} needs work-groups of {program.local_size} items; "
-                    f"{backend.device_name} allows {max_group} for it"
+                    f"{backend.device_name} allows {max_group} for it",
+                    max_group,
                 )
             self.local_size, self.global_size = program.local_size, total * program.local_size
         else:

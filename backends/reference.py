@@ -207,6 +207,30 @@ class _Run:
         values = self.full(self.values[u.srcs[0].id]).reshape(-1, size)
         self.values[u.id] = np.repeat(_combine(combine, values, axis=1), size)
 
+    def local(self, u: UOp):
+        # one array per work-group; work-items run in lockstep here, so a barrier has nothing to wait for
+        groups = math.prod(self.program.global_size)
+        self.values[u.id] = np.zeros((groups, u.arg), dtype=u.dtype.np)
+
+    def local_load(self, u: UOp):
+        array, index = self.values[u.srcs[0].id], self.full(self.values[u.srcs[1].id])
+        active = self.active
+        self.check_local(u, array, index[active])
+        self.values[u.id] = np.where(active, array[self.group, np.where(active, index, 0)], 0).astype(array.dtype)
+
+    def local_store(self, u: UOp):
+        array, index = self.values[u.srcs[0].id], self.full(self.values[u.srcs[1].id])
+        value, active = self.full(self.values[u.srcs[2].id]), self.active
+        self.check_local(u, array, index[active])
+        array[self.group[active], index[active]] = value[active]
+
+    def check_local(self, u: UOp, array: np.ndarray, indexes: np.ndarray):
+        if indexes.size and (indexes.min() < 0 or indexes.max() >= array.shape[1]):
+            raise IndexError(
+                f"kernel {self.program.name}: {u!r} reaches elements {int(indexes.min())}..{int(indexes.max())} "
+                f"of a local array of {array.shape[1]}"
+            )
+
     # --- memory -------------------------------------------------------------------------------
     def lane_indexes(self, u: UOp, index, lanes: int) -> np.ndarray:
         """The element each lane of a vector load or store reads: from the lane-0 index by the arg's stride or
@@ -282,6 +306,10 @@ _STRUCTURE = {
     IrOp.HREDUCE: _Run.hreduce,
     IrOp.LOCAL_ID: _Run.local_id,
     IrOp.GROUP_REDUCE: _Run.group_reduce,
+    IrOp.LOCAL: _Run.local,
+    IrOp.LOCAL_LOAD: _Run.local_load,
+    IrOp.LOCAL_STORE: _Run.local_store,
+    IrOp.BARRIER: _Run.nothing,
 }
 # IF and ENDIF change which work-items are active: the interpreter's loop handles them
 RENDERED = frozenset(_STRUCTURE) | {IrOp.IF, IrOp.ENDIF}

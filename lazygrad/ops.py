@@ -241,3 +241,13 @@ class IrOp(_Kind):
         "(Op.ADD or Op.MAX, group size): the group's values combined; every work-item gets the result",
         "group_reduce",
     )
+    # local memory, shared by the work-items of a group (the tiled matrix products of codegen/tiling.py)
+    LOCAL = "local", "-", "element count: an array in the work-group's local memory, of the uop's dtype", "group_reduce"
+    LOCAL_LOAD = "local_load", "(local, index)", "-", "group_reduce"
+    LOCAL_STORE = "local_store", "(local, index, value)", "-", "group_reduce"
+    BARRIER = (
+        "barrier",
+        "-",
+        "-: every work-item of the group waits here; what they stored to local memory before it is seen after it",
+        "group_reduce",
+    )

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from lazygrad import config, diskcache
+from lazygrad.codegen import tiling
 from lazygrad.codegen.kernel_ast import KernelOp
 from lazygrad.codegen.lowering import KernelOptions, LoopNest, choose_options, lower, stores_of
 from lazygrad.codegen.serialize import ProgramFormatError, decode_program, encode_program
@@ -38,7 +39,7 @@ from lazygrad.codegen.verify import verify
 from lazygrad.ops import AstOp, Op
 from lazygrad.shape import prod
 
-_RECORD_VERSION = 2  # bumped when a record's fields change meaning
+_RECORD_VERSION = 3  # bumped when a record's fields change meaning
 RUNS = 3  # launches timed per candidate (the minimum counts)
 SLOWER = 1.5  # a first launch this much slower than the best so far ends a candidate's timing
 MARGIN = 0.03  # a candidate replaces the heuristics' record only when it is this much faster (timing noise)
@@ -64,7 +65,7 @@ class Candidate:
 
     def key(self) -> tuple:
         o = self.options
-        return (tuple(map(tuple, o.upcast)), o.unroll, o.vector, o.blocking, o.group, self.local_size)
+        return (tuple(map(tuple, o.upcast)), o.unroll, o.vector, o.blocking, o.group, o.local_tile, self.local_size)
 
     def describe(self) -> str:
         head = self.options.describe().splitlines()[0]
@@ -103,6 +104,7 @@ def encode_record(candidate: Candidate) -> bytes:
         "vector": list(o.vector) if o.vector else None,
         "blocking": list(o.blocking) if o.blocking else None,
         "group": o.group,
+        "local_tile": list(o.local_tile) if o.local_tile else None,
         "local_size": candidate.local_size,
         "heuristic": candidate.heuristic,
         "effort": candidate.effort,
@@ -127,6 +129,16 @@ def _pair(value, what: str, dims: range, nest: LoopNest) -> tuple | None:
     return dim, _integer(value[1], 1, max(nest.shape[dim], 1), f"{what}'s factor")
 
 
+def _local_tile(value) -> tuple | None:
+    """A record's local tile: one of the tiles the lowering knows (tiling.TILES), or none."""
+    known = [dataclasses.astuple(t) for t in tiling.TILES]
+    if value is None:
+        return None
+    if not isinstance(value, list) or tuple(value) not in known:
+        raise SearchRecordError(f"local_tile is {value!r}, not one of {known}")
+    return tuple(value)
+
+
 def decode_record(payload: bytes, nest: LoopNest) -> Candidate:
     """The candidate a record names, parsed strictly (known fields, integers within the kernel's loop nest);
     anything else raises SearchRecordError."""
@@ -134,7 +146,8 @@ def decode_record(payload: bytes, nest: LoopNest) -> Candidate:
         fields = json.loads(payload.decode())
     except (UnicodeDecodeError, ValueError) as e:
         raise SearchRecordError(f"not JSON: {e}") from e
-    expected = {"version", "upcast", "unroll", "vector", "blocking", "group", "local_size", "heuristic", "effort"}
+    expected = {"version", "upcast", "unroll", "vector", "blocking", "group", "local_tile", "local_size"}
+    expected |= {"heuristic", "effort"}
     if not isinstance(fields, dict) or set(fields) != expected:
         raise SearchRecordError(
             f"fields {sorted(fields) if isinstance(fields, dict) else fields!r}, not {sorted(expected)}"
@@ -156,6 +169,7 @@ def decode_record(payload: bytes, nest: LoopNest) -> Candidate:
         vector=_pair(fields["vector"], "vector", range(len(nest.shape)), nest),
         blocking=blocking,
         group=None if fields["group"] is None else _integer(fields["group"], 2, 1024, "group"),
+        local_tile=_local_tile(fields["local_tile"]),
         reasons=["search: the winner of an earlier search on this device (disk cache)"],
     )
     local = fields["local_size"]
@@ -202,6 +216,8 @@ def _invalid(candidate: Candidate, nest: LoopNest) -> str | None:
             return f"blocking {o.blocking} does not divide {shape}"
     if candidate.local_size is not None and o.group:
         return "a work-group size for a kernel whose groups share a reduce"
+    if o.local_tile and (o.upcast or o.unroll or o.vector or o.blocking or o.group or candidate.local_size):
+        return "a local tile takes no other option"
     return None
 
 
@@ -214,6 +230,13 @@ def neighbours(centre: Candidate, nest: LoopNest, capabilities, launch_sizes: bo
     o, shape = centre.options, nest.shape
     reducing = nest.n_output < len(shape)
     found = []
+    if o.local_tile:  # a tiled product: the other tiles that fit the device, or no local tile (plain scalar code)
+        for tile in tiling.TILES:
+            fits = tile.threads <= capabilities.max_work_group and tile.local_bytes() <= capabilities.local_memory
+            if fits and dataclasses.astuple(tile) != o.local_tile:
+                found.append(Candidate(KernelOptions(local_tile=dataclasses.astuple(tile), reasons=["search: tile"])))
+        found.append(Candidate(KernelOptions(reasons=["search: no local tile"])))
+        return found
 
     def vary(reason: str, local_size=centre.local_size, **changes):
         options = dataclasses.replace(o, reasons=[f"search: {reason}"], **changes)

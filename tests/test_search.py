@@ -233,15 +233,21 @@ def test_a_corrupted_search_record_is_discarded_loudly_and_searched_again(search
     "payload, reason",
     [
         (b"not json", "not JSON"),
-        (b'{"version": 2}', "fields"),
+        (b'{"version": 3}', "fields"),
         # a tile that does not divide its dim (the loops would run past the buffers' ends)
         (
-            b'{"blocking": null, "effort": 1, "group": null, "heuristic": false, "local_size": null, "unroll": null, '
-            b'"upcast": [[0, 3]], "vector": null, "version": 2}',
+            b'{"blocking": null, "effort": 1, "group": null, "heuristic": false, "local_size": null, '
+            b'"local_tile": null, "unroll": null, "upcast": [[0, 3]], "vector": null, "version": 3}',
             r"tile \[\(0, 3\)\] does not divide d0",
         ),
+        # a local-memory tile the lowering does not know
+        (
+            b'{"blocking": null, "effort": 1, "group": null, "heuristic": false, "local_size": null, '
+            b'"local_tile": [96, 96, 8, 6, 6], "unroll": null, "upcast": [], "vector": null, "version": 3}',
+            "local_tile is",
+        ),
     ],
-    ids=["not-json", "missing-fields", "tile-past-the-end"],
+    ids=["not-json", "missing-fields", "tile-past-the-end", "unknown-local-tile"],
 )
 def test_a_search_record_that_does_not_fit_its_kernel_is_refused_loudly(searching, monkeypatch, payload, reason):
     """An entry whose HMAC verifies (written by this user's lazygrad) but that names no valid record."""

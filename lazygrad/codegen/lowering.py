@@ -13,9 +13,10 @@ Steps, in order:
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field
 
 from lazygrad import dtype as dt
+from lazygrad.codegen import tiling
 from lazygrad.codegen.capabilities import SCALAR
 from lazygrad.codegen.ir import Program, UOp
 from lazygrad.codegen.kernel_ast import KernelOp
@@ -35,6 +36,9 @@ class KernelOptions:
     # work-items that share each output's reduce (GPUs): lanes take every `group`-th element of the innermost
     # reduce dim, then combine their partial results in local memory; one work-group per output
     group: int | None = None
+    # (block_m, block_n, block_k, thread_m, thread_n): a matrix product tiled through local memory by work-groups
+    # (codegen/tiling.py); it replaces every other option
+    local_tile: tuple | None = None
     # why each choice was made, in words (printed at LAZYGRAD_DEBUG>=2); not part of what the record means
     reasons: list = field(default_factory=list, compare=False)
 
@@ -47,6 +51,7 @@ class KernelOptions:
                 ("unroll", self.unroll),
                 ("blocking", self.blocking),
                 ("group", self.group),
+                ("local_tile", self.local_tile),
             )
             if value
         ]
@@ -226,6 +231,12 @@ def choose_options(nest: LoopNest, ast: KernelOp, capabilities=None) -> KernelOp
     register tile of output dims, so that each loaded value feeds several accumulators; then a small unroll
     of the innermost reduce."""
     capabilities = capabilities or SCALAR
+    if capabilities.group_reduce:
+        product = tiling.product_shape(nest, ast, _find_reduce(ast))
+        if product is not None:
+            tile, why = tiling.choose_local_tile(nest, product, capabilities)
+            if tile is not None:
+                return KernelOptions(local_tile=astuple(tile), reasons=[why])
     opts = _tiled_options(nest, ast, capabilities.vector_width, capabilities.cache_blocking)
     tile = prod(factor for _, factor in opts.upcast)
     items = group_reduce_items(nest, capabilities, tile)
@@ -549,6 +560,12 @@ class Lowerer:
             raise ValueError(f"kernel {name}: a group reduce of {self.opts.group} items (a power of two)")
         if self.opts.group and _find_reduce(ast) is None:
             raise ValueError(f"kernel {name}: a group reduce needs a reduce")
+        self.product = None
+        if self.opts.local_tile:
+            others = (self.opts.upcast, self.opts.unroll, self.opts.vector, self.opts.blocking, self.opts.group)
+            self.product = tiling.product_shape(self.nest, ast, _find_reduce(ast))
+            if any(others) or self.product is None:
+                raise ValueError(f"kernel {name}: a local tile takes a plain matrix product and no other option")
         holder = partial_sum_store(ast) if self.opts.blocking else None
         if holder is not None and buffer_dtypes[holder.arg[0]] != _compute_dtype(_find_reduce(ast).dtype):
             self.opts.blocking = None  # the partial sums are kept in that output: it must hold them exactly
@@ -710,7 +727,24 @@ class Lowerer:
         return src if src.dtype == cdt else self.alu(Op.CAST, cdt, (src,), src.dtype)
 
     # --- the loop nest ---------------------------------------------------------------------------
+    def store_outputs(self, selected, idx: list, vars_uop: dict, acc_value) -> None:
+        """The stores of one output point (`idx` over the loop nest, reduce dims 0) given the reduce's result."""
+        memo: dict = {}  # shared by the stores: a value one output needs is computed once for all
+        for store in selected:
+            buffer_index = store.arg[0]
+            out_dtype = self.buffer_dtypes[buffer_index]
+            value = self._value(store.srcs[0], idx, vars_uop, memo, acc_value)
+            if value.dtype != out_dtype:
+                value = self.alu(Op.CAST, out_dtype, (value,), value.dtype)
+            index, _ = self._indexes(store, idx)
+            param = self.params[buffer_index]
+            op, _, srcs, vec = self._memory_access(param, index, Num(1), vars_uop, is_store=True)
+            value = self.broadcast(value, vec)
+            self.e.emit(IrOp.STORE if op is IrOp.LOAD else IrOp.SCATTER, None, (*srcs, value), pure=False)
+
     def lower(self) -> Program:
+        if self.product is not None:
+            return tiling.lower_tiled(self, self.product, tiling.LocalTile(*self.opts.local_tile))
         e, nest = self.e, self.nest
         stores = stores_of(self.ast)
         self.params = [
@@ -826,18 +860,7 @@ class Lowerer:
         def emit_stores(selected):
             for combo in out_combos:
                 idx = out_idx(combo) + [Num(0) for _ in nest.reduce_dims]
-                memo: dict = {}  # shared by the stores: a value one output needs is computed once for all
-                for store in selected:
-                    buffer_index = store.arg[0]
-                    out_dtype = self.buffer_dtypes[buffer_index]
-                    value = self._value(store.srcs[0], idx, vars_uop, memo, accs.get(combo))
-                    if value.dtype != out_dtype:
-                        value = self.alu(Op.CAST, out_dtype, (value,), value.dtype)
-                    index, _ = self._indexes(store, idx)
-                    param = self.params[buffer_index]
-                    op, _, srcs, vec = self._memory_access(param, index, Num(1), vars_uop, is_store=True)
-                    value = self.broadcast(value, vec)
-                    e.emit(IrOp.STORE if op is IrOp.LOAD else IrOp.SCATTER, None, (*srcs, value), pure=False)
+                self.store_outputs(selected, idx, vars_uop, accs.get(combo))
 
         if block:  # every chunk stores its partial sum; the other outputs, computed from the sum, after the last
             holder = partial_sum_store(self.ast)

@@ -158,6 +158,8 @@ def _check_arg(op: IrOp | Op, arg, n_buffers: int) -> None:
     elif op is IrOp.HREDUCE:
         if arg not in (Op.ADD, Op.MAX):
             raise ProgramFormatError(f"hreduce arg {arg!r}"[:200])
+    elif op is IrOp.LOCAL:
+        _int_in(arg, 1, _INT_LIMIT, "a local array's size")
     elif op in (IrOp.LOCAL_ID, IrOp.GROUP_REDUCE):
         size = arg if op is IrOp.LOCAL_ID else (arg[1] if isinstance(arg, tuple) and len(arg) == 2 else None)
         if op is IrOp.GROUP_REDUCE and arg[0] not in (Op.ADD, Op.MAX):

@@ -13,7 +13,8 @@ backend may assume of the programs it is given:
 - ranges and ifs nest: each endrange closes the innermost open block, which must be its range, and each endif an
   if; the global ranges are the program's global_size, in order;
 - work-group uops (rows whose `requires` is set) appear only in programs with local_size > 1, and a
-  group_reduce never inside an if (every work-item of the group must reach it);
+  group_reduce or barrier never inside an if (every work-item of the group must reach it); local loads and
+  stores go through a local array, in its dtype, with int32 indexes;
 - only output params are stored to.
 """
 
@@ -47,6 +48,10 @@ _SOURCES = {
     IrOp.HREDUCE: (1, 1),
     IrOp.LOCAL_ID: (0, 0),
     IrOp.GROUP_REDUCE: (1, 1),
+    IrOp.LOCAL: (0, 0),
+    IrOp.LOCAL_LOAD: (2, 2),
+    IrOp.LOCAL_STORE: (3, 3),
+    IrOp.BARRIER: (0, 0),
 }
 _REDUCING = (Op.ADD, Op.MAX)  # what hreduce and group_reduce combine with
 
@@ -269,6 +274,23 @@ class _Verifier:
         if any(block.op is IrOp.IF for block in self.blocks):
             self.fail(u, "group_reduce inside an if: every work-item of the group must reach it")
 
+    def local(self, u: UOp):
+        if not isinstance(u.dtype, dt.DType) or u.vec != 1 or not (isinstance(u.arg, int) and u.arg >= 1):
+            self.fail(u, "a local array has a dtype, one lane and an element count >= 1 as its arg")
+
+    def local_access(self, u: UOp):
+        array, index = u.srcs[0], u.srcs[1]
+        if array.op is not IrOp.LOCAL:
+            self.fail(u, f"{u.op} goes through a local array, not {array.op}")
+        self.expect_dtype(u, index, dt.int32, "an index")
+        data = u.srcs[2] if u.op is IrOp.LOCAL_STORE else u
+        if data.dtype != array.dtype or data.vec != 1 or index.vec != 1:
+            self.fail(u, f"{u.op} moves scalars of the local array's {array.dtype.name}")
+
+    def barrier(self, u: UOp):
+        if any(block.op is IrOp.IF for block in self.blocks):
+            self.fail(u, "barrier inside an if: every work-item of the group must reach it")
+
 
 _CHECKS = {
     IrOp.PARAM: _Verifier.param,
@@ -288,4 +310,8 @@ _CHECKS = {
     IrOp.HREDUCE: _Verifier.hreduce,
     IrOp.LOCAL_ID: _Verifier.local_id,
     IrOp.GROUP_REDUCE: _Verifier.group_reduce,
+    IrOp.LOCAL: _Verifier.local,
+    IrOp.LOCAL_LOAD: _Verifier.local_access,
+    IrOp.LOCAL_STORE: _Verifier.local_access,
+    IrOp.BARRIER: _Verifier.barrier,
 }
