@@ -216,3 +216,27 @@ def _local_store_through_a_param(b, shared, lid):
 def test_the_verifier_refuses_misused_local_memory(body, message):
     with pytest.raises(IRError, match=message):
         verify(_local_program(body))
+
+
+def test_a_weight_gradient_summed_over_slices_of_the_batch_matches_torch(opencl, monkeypatch):
+    """On a device with many compute units, a weight gradient with few outputs is computed as partial sums over
+    slices of the batch (codegen.layout.weight_grad_batch_parts), then summed: same values as one reduce."""
+    from lazygrad.codegen import layout
+
+    profile = dataclasses.replace(
+        opencl.capabilities, vector_width=1, group_reduce=256, max_work_group=256, compute_units=132
+    )
+    monkeypatch.setattr(opencl, "capabilities", profile)
+    monkeypatch.setattr(runtime, "_kernel_cache", {})
+    assert layout.weight_grad_batch_parts("opencl", 8, (6, 45), 8 * 32 * 32) == 4
+    rng = np.random.default_rng(6)
+    image = rng.standard_normal((8, 5, 32, 32)).astype(np.float32)
+    weight = (rng.standard_normal((6, 5, 3, 3)) * 0.3).astype(np.float32)
+
+    def weight_grad(lib, tensor, device):
+        w = tensor(weight, requires_grad=True, **device)
+        lib.nn.functional.conv2d(tensor(image, **device), w, padding=1).square().sum().backward()
+        return w.grad.numpy()
+
+    got = weight_grad(lazygrad, lazygrad.tensor, {"device": "opencl"})
+    np.testing.assert_allclose(got, weight_grad(torch, torch.tensor, {}), rtol=1e-4, atol=1e-3)

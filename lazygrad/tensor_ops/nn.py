@@ -155,15 +155,19 @@ class NNOps:
             grad_x = grad_w = None
             if x_in.requires_grad:
                 grad_x = _conv2d_input_grad(grad, w_in, (h, w), stride, padding, dilation, groups)
+            # partial sums over `parts` slices of the batch, then their sum (codegen.layout says why)
+            parts = layout.weight_grad_batch_parts(grad.device, n, (cout_g * g, cin_g * kh * kw), n * oh * ow)
             if w_in.requires_grad and columns and not autograd.is_grad_enabled():
                 # output lanes along cin_g*kh*kw, contiguous in both (the columns carry no graph: with
                 # create_graph the windows below keep the weight gradient differentiable in x)
-                gg = grad.reshape(n, g, cout_g, oh, ow, 1, 1, 1)
-                grad_w = (gg * columns[0].detach().unsqueeze(2)).sum((0, 3, 4)).reshape(cout, cin_g, kh, kw)
+                gg = grad.reshape(parts, n // parts, g, cout_g, oh, ow, 1, 1, 1)
+                cols = columns[0].detach().reshape(parts, n // parts, *columns[0].shape[1:]).unsqueeze(3)
+                grad_w = (gg * cols).sum((1, 4, 5)).sum(0).reshape(cout, cin_g, kh, kw)
             elif w_in.requires_grad:
                 win = windows_of(x_in).unsqueeze(2)  # (n, g, 1, cin_g, oh, ow, kh, kw)
-                gg = grad.reshape(n, g, cout_g, 1, oh, ow, 1, 1)
-                grad_w = (gg * win).sum((0, 4, 5)).reshape(cout, cin_g, kh, kw)
+                win = win.reshape(parts, n // parts, *win.shape[1:])
+                gg = grad.reshape(parts, n // parts, g, cout_g, 1, oh, ow, 1, 1)
+                grad_w = (gg * win).sum((1, 5, 6)).sum(0).reshape(cout, cin_g, kh, kw)
             return grad_x, grad_w
 
         out = Tensor._composite("conv2d", (x_in, w_in), forward, backward)
