@@ -814,6 +814,30 @@ def test_setitem_with_a_tensor_index_matches_torch():
     assert_same(a, ta)
 
 
+def test_setitem_through_tensor_indices_mixed_with_slices_matches_torch_values_and_gradients():
+    """x[:, idx] = v and its relatives: the positions advanced indexing names, written through in place."""
+    data, rows = rand(3, 4, 5), rand(3, 2, 5, seed=1)
+
+    def run(lib, tensor):
+        v = tensor(rows, requires_grad=True)
+        leaf = tensor(data, requires_grad=True)
+        x = leaf * 1
+        x[:, tensor([0, 2])] = v  # adjacent: the index's dims in place
+        x[tensor([1, 0]), 1:3] = 2.0
+        x[..., tensor([4, 0, 1])] += 1
+        x[0, :, tensor([1, 3])] = tensor(np.arange(8, dtype=np.float32).reshape(4, 2))
+        x[tensor([0, 2]), :, tensor([1, 4])] = -x[tensor([0, 2]), :, tensor([1, 4])]  # separated: dims in front
+        (x * x).sum().backward()
+        return [x.detach().numpy(), leaf.grad.numpy(), v.grad.numpy()]
+
+    got, want = run(lazygrad, lazygrad.tensor), run(torch, torch.tensor)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
+    with pytest.raises(RuntimeError, match=r"shape mismatch: value tensor of shape \(2, 4, 1\)"):
+        x = Tensor(data)
+        x[Tensor(np.array([0, 2])), :, Tensor(np.array([1, 4]))] = Tensor(np.zeros((2, 4, 1), np.float32))
+
+
 def test_inplace_result_shape_mismatch_is_an_error():
     with pytest.raises(RuntimeError):
         Tensor(rand(3)).add_(Tensor(rand(2, 3)))

@@ -276,12 +276,27 @@ class MovementOps:
         return x
 
     def __setitem__(self, index, value) -> None:
-        """x[index] = value: an in-place copy into the view x[index] (basic indexing only)."""
+        """x[index] = value: an in-place copy into the view x[index] (basic indexing), or a write through the
+        positions that advanced indexing names."""
         parts = index if isinstance(index, tuple) else (index,)
         if any(isinstance(i, (Tensor, list, np.ndarray)) for i in parts):
-            if not all(isinstance(i, (Tensor, list, np.ndarray, int, np.integer)) for i in parts):
-                raise NotImplementedError("assignment through tensor indices mixed with slices is not supported")
-            self.index_put_(parts, value)  # index_put_: tensors, lists and bool masks on the leading dims
+            if all(isinstance(i, (Tensor, list, np.ndarray, int, np.integer)) for i in parts):
+                self.index_put_(parts, value)  # index_put_: tensors, lists and bool masks on the leading dims
+                return
+            # tensor indices mixed with slices, None or ...: the flat positions that x[index] reads (advanced
+            # indexing of the positions themselves, so the semantics are getitem's), written through
+            positions = Tensor.arange(self.numel(), dtype=dt.int64, device=self.device).reshape(self.shape)[index]
+            if not isinstance(value, Tensor):
+                value = Tensor.full((), value, self.dtype, self.device)
+            if positions.shape != value.shape and not _broadcasts_to(value.shape, positions.shape):
+                raise RuntimeError(
+                    f"shape mismatch: value tensor of shape {value.shape} cannot be broadcast to indexing result "
+                    f"of shape {positions.shape}"
+                )
+            written = self.reshape(-1)._put(
+                (positions.reshape(-1),), value.cast(self.dtype).broadcast_to(positions.shape).reshape(-1), False
+            )
+            self._inplace(written.reshape(self.shape))
             return
         self[index].copy_(value)
 
@@ -521,3 +536,10 @@ def take_positions(x: Tensor, dim: int, positions: list) -> Tensor:
             piece = piece.flip(dim)
         pieces.append(piece)
     return pieces[0] if len(pieces) == 1 else Tensor.cat(pieces, dim=dim)
+
+
+def _broadcasts_to(shape: tuple, target: tuple) -> bool:
+    """Whether a tensor of `shape` broadcasts to `target` (numpy's rule, aligned at the last dim)."""
+    if len(shape) > len(target):
+        return False
+    return all(s in (1, t) for s, t in zip(shape[::-1], target[::-1]))
