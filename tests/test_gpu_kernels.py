@@ -17,11 +17,11 @@ group-th element of the innermost reduce dim, then the group combines its partia
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import numpy as np
 import pytest
 import torch
+from helpers import opencl_backend_or_skip
 
 import lazygrad
 from lazygrad import Tensor, backends, runtime
@@ -33,12 +33,7 @@ pytestmark = pytest.mark.backend_independent
 
 @pytest.fixture
 def opencl():
-    try:
-        return backends.get("opencl")
-    except backends.BackendUnavailable as e:
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(f"opencl unavailable under CI: {e}")
-        pytest.skip(f"opencl unavailable: {str(e).splitlines()[0]}")
+    return opencl_backend_or_skip()
 
 
 def grouped(items: int):

@@ -17,12 +17,11 @@ forced with `runtime.forced_options`, so the same kernels run on PoCL:
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import numpy as np
 import pytest
 import torch
-from helpers import ProgramBuilder
+from helpers import ProgramBuilder, opencl_backend_or_skip
 
 import lazygrad
 from lazygrad import Tensor, backends, runtime
@@ -41,12 +40,7 @@ TILES = [dataclasses.astuple(t) for t in tiling.TILES]
 
 @pytest.fixture
 def opencl():
-    try:
-        return backends.get("opencl")
-    except backends.BackendUnavailable as e:
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(f"opencl unavailable under CI: {e}")
-        pytest.skip(f"opencl unavailable: {str(e).splitlines()[0]}")
+    return opencl_backend_or_skip()
 
 
 def tiled(tile: tuple):
