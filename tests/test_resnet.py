@@ -209,13 +209,15 @@ def test_batchnorm_running_stats(both_steps):
     assert_all_close(actual["buffers"], expected["buffers"], "buffers after one training forward")
     assert actual["buffers"]["bn1.num_batches_tracked"] == 8
     # the second forward's statistics come from parameters after the SGD step, which carry the gradients'
-    # float32 summation-order differences (see test_every_parameter_gradient); measured 6.6e-5 of the largest
-    # running mean with lazygrad's vectorized reductions, so atol is 1e-4 of each buffer's largest element
+    # float32 summation-order differences (see test_every_parameter_gradient): PyTorch's own float32 buffers differ
+    # from its float64 ones by up to 2.5e-4 of the buffer's largest element (layer4.0.bn1.running_var); measured
+    # 6.6e-5 with lazygrad's vectorized reductions and 1.4e-4 with a GPU's scalar ones (LAZYGRAD_OPENCL_PROFILE=gpu),
+    # so atol is 3e-4 of each buffer's largest element
     assert_all_close(
         actual["buffers_after_second_prediction"],
         expected["buffers_after_second_prediction"],
         "buffers after two",
-        atol_of_largest=1e-4,
+        atol_of_largest=3e-4,
     )
 
 
