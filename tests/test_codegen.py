@@ -5,7 +5,7 @@
   the weight gradient's kernel) are written after the last chunk. Each test also asserts, on LLVM, that
   the kernel it is about was blocked, so that it tests what it says; on OpenCL it checks the values.
 - Products with a full tile of output lanes unroll a long reduce by 4 (LLVM: the loop's trip count says so),
-  and a blocked one keeps its L1-sized chunks.
+  and a blocked one keeps its L1-sized chunks; a transposed copy over long rows takes a scalar tile.
 - Index arithmetic: the simplifier against plain integer arithmetic, and the constant per-lane offsets
   that let an interleave load vectors.
 - Rows that do not fill the vectors, big reductions to one value (split in two kernels), and the
@@ -100,6 +100,17 @@ def test_products_with_output_lanes_unroll_their_long_reduce_and_keep_l1_sized_c
         chunks = next(u.arg[1] for u in blocked_program.uops if u.op is IrOp.RANGE and u.arg[0] == "kc")
         assert (chunks, reduce_steps(blocked_program)) == (2048 // 128, [128 // 4])
         assert reduce_steps(plain) == [256 // 4]
+
+
+def test_a_transposed_copy_with_long_rows_takes_a_tile_along_the_rows_it_reads(lowered_programs, backend):
+    # lanes would gather; scalar code reads 8 neighbours of one source row per iteration (8 stores) instead
+    rng = np.random.default_rng(3)
+    for shape, stores in (((512, 256), 8), ((128, 512), 1)):  # stored rows of 512, then of 128: too short
+        w = rng.standard_normal(shape).astype(np.float32)
+        np.testing.assert_array_equal(Tensor(w).T.contiguous().numpy(), w.T)
+        if backend == "llvm":
+            program = lowered_programs[-1]
+            assert sum(u.op is IrOp.STORE for u in program.uops) == stores, program.name
 
 
 def test_blocked_product_with_lanes_along_the_reduce(lowered_programs, backend):
