@@ -77,6 +77,18 @@ def conv_input_grad_layout(
     return InputGradLayout.TRANSPOSED_CONV
 
 
+# A reduction to one value of this many elements or more runs in two kernels, with this many partial results.
+# The same on every device: on a GPU one output would run on one work-item, on a CPU on one thread, and a float
+# sum of a million values in one running total is several hundred times further from the exact sum.
+_SPLIT_REDUCE_MIN_SIZE = 1 << 16
+_SPLIT_REDUCE_PARTS = 1024
+
+
+def split_reduce_parts(size: int) -> int:
+    """The partial results a reduction of `size` elements to one value is built from (1: not split)."""
+    return _SPLIT_REDUCE_PARTS if size >= _SPLIT_REDUCE_MIN_SIZE else 1
+
+
 # A linear layer's weight is stored (out_features, in_features): read as it is, the product's only contiguous dim is
 # the reduce, so vector lanes run along it and every output ends with a horizontal sum of its lanes, which for a
 # reduce of 256 (a transformer's width) costs a third as much as the multiply-adds. Copied transposed
@@ -91,15 +103,3 @@ def linear_weight_transposed(device: str, rows: int, plain_weight: bool) -> bool
     along the output features (CPUs: devices with vector lanes). `plain_weight`: the weight is a whole
     contiguous buffer (a view may already read transposed)."""
     return vector_width(device) > 1 and plain_weight and rows >= _TRANSPOSED_WEIGHT_MIN_ROWS
-
-
-# A reduction to one value of this many elements or more runs in two kernels, with this many partial results.
-# The same on every device: on a GPU one output would run on one work-item, on a CPU on one thread, and a float
-# sum of a million values in one running total is several hundred times further from the exact sum.
-_SPLIT_REDUCE_MIN_SIZE = 1 << 16
-_SPLIT_REDUCE_PARTS = 1024
-
-
-def split_reduce_parts(size: int) -> int:
-    """The partial results a reduction of `size` elements to one value is built from (1: not split)."""
-    return _SPLIT_REDUCE_PARTS if size >= _SPLIT_REDUCE_MIN_SIZE else 1
