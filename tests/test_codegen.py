@@ -4,6 +4,8 @@
   the output that holds the plain sum; outputs computed from the sum (an optimizer's update fused into
   the weight gradient's kernel) are written after the last chunk. Each test also asserts, on LLVM, that
   the kernel it is about was blocked, so that it tests what it says; on OpenCL it checks the values.
+- Products with a full tile of output lanes unroll a long reduce by 4 (LLVM: the loop's trip count says so),
+  and a blocked one keeps its L1-sized chunks; a transposed copy over long rows takes a scalar tile.
 - Index arithmetic: the simplifier against plain integer arithmetic, and the constant per-lane offsets
   that let an interleave load vectors.
 - Rows that do not fill the vectors, big reductions to one value (split in two kernels), and the
@@ -74,6 +76,41 @@ def test_blocked_weight_gradient_with_fused_sgd_update(lowered_programs, backend
     np.testing.assert_allclose(w.numpy(), want, rtol=1e-4, atol=1e-4)
     if backend == "llvm":
         assert blocked(lowered_programs), "expected the weight gradient to be cache-blocked"
+
+
+def reduce_steps(program) -> list:
+    """The trip counts of a program's reduce loops (the "r..." ranges)."""
+    return [u.arg[1] for u in program.uops if u.op is IrOp.RANGE and u.arg[0].startswith("r")]
+
+
+def test_products_with_output_lanes_unroll_their_long_reduce_and_keep_l1_sized_chunks(lowered_programs, backend):
+    # a weight gradient over 2048 tokens (cache-blocked) and a 256-long product, both with a 4x4 tile of output
+    # lanes: the reduce unrolled by 4; the blocked one still in chunks of 128 (an unrolled step reads 4 elements'
+    # rows, so chunks are not allowed 4x longer)
+    rng = np.random.default_rng(2)
+    grad, x = rng.standard_normal((2048, 512)).astype(np.float32), rng.standard_normal((2048, 256)).astype(np.float32)
+    a, w = rng.standard_normal((512, 256)).astype(np.float32), rng.standard_normal((256, 128)).astype(np.float32)
+    weight_grad = (Tensor(grad).T @ Tensor(x)).numpy()
+    product = (Tensor(a) @ Tensor(w)).numpy()
+    np.testing.assert_allclose(weight_grad, grad.T.astype(np.float64) @ x, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(product, a.astype(np.float64) @ w, rtol=1e-4, atol=1e-4)
+    if backend == "llvm":
+        blocked_program, plain = lowered_programs
+        assert blocked(lowered_programs) == [blocked_program.name]
+        chunks = next(u.arg[1] for u in blocked_program.uops if u.op is IrOp.RANGE and u.arg[0] == "kc")
+        assert (chunks, reduce_steps(blocked_program)) == (2048 // 128, [128 // 4])
+        assert reduce_steps(plain) == [256 // 4]
+
+
+def test_a_transposed_copy_with_long_rows_takes_a_tile_along_the_rows_it_reads(lowered_programs, backend):
+    # lanes would gather; scalar code reads 8 neighbours of one source row per iteration (8 stores) instead
+    rng = np.random.default_rng(3)
+    for shape, stores in (((512, 256), 8), ((128, 512), 1)):  # stored rows of 512, then of 128: too short
+        w = rng.standard_normal(shape).astype(np.float32)
+        np.testing.assert_array_equal(Tensor(w).T.contiguous().numpy(), w.T)
+        if backend == "llvm":
+            program = lowered_programs[-1]
+            assert sum(u.op is IrOp.STORE for u in program.uops) == stores, program.name
 
 
 def test_blocked_product_with_lanes_along_the_reduce(lowered_programs, backend):

@@ -3,6 +3,8 @@
 - Every vector width gets the layouts measured with 16 lanes (a GPU's 1, AVX2's 8, AVX-512's 16).
 - Each conv2d layout, forced, gives PyTorch's output and gradients: the choice is one of speed only.
 - A big reduction to one value, split in two, pads with the reduction's identity (0, or the dtype's least value).
+- A linear layer over many rows copies its weight transposed on a device with vector lanes (only there, only for a
+  whole weight buffer); either way it gives PyTorch's output and gradients, second order included.
 """
 
 import numpy as np
@@ -91,3 +93,44 @@ def test_a_split_max_of_negative_values_pads_with_the_least_value(dtype):
     values = -np.arange(5, 70_006).astype(dtype)
     assert lazygrad.tensor(values).max().item() == -5
     assert lazygrad.tensor(values).sum().item() == pytest.approx(float(values.astype(np.float64).sum()), rel=1e-6)
+
+
+@pytest.mark.backend_independent
+def test_a_linear_weight_is_copied_transposed_only_over_many_rows_with_lanes(monkeypatch):
+    for width, rows, plain, expected in [
+        (16, 1024, True, True),
+        (8, 4096, True, True),
+        (16, 1023, True, False),  # the copy would cost more than the lanes save
+        (16, 4096, False, False),  # a view of a weight may already read transposed
+        (1, 4096, True, False),  # scalar code (a GPU): no lanes to move
+    ]:
+        monkeypatch.setattr(layout, "vector_width", lambda device, width=width: width)
+        assert layout.linear_weight_transposed("llvm", rows, plain) is expected, (width, rows, plain)
+
+
+@pytest.mark.parametrize("transposed", [True, False], ids=["transposed-copy", "as-stored"])
+def test_linear_gives_torch_values_and_gradients_in_either_weight_layout(monkeypatch, transposed):
+    seen = []
+
+    def decide(device, rows, plain):
+        seen.append((rows, plain))
+        return transposed
+
+    monkeypatch.setattr(layout, "linear_weight_transposed", decide)
+    rng = np.random.default_rng(0)
+    x, w, b, projection = (rng.standard_normal(s).astype(np.float32) for s in ((2, 5, 8), (6, 8), (6,), (2, 5, 6)))
+    tx, tw, tb = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
+    expected = torch.nn.functional.linear(tx, tw, tb)
+    loss = (expected * torch.tensor(projection)).sum()
+    (gx,) = torch.autograd.grad(loss, tx, create_graph=True)
+    (loss + (gx * gx).sum()).backward()  # the second term: a second-order gradient in the weight
+    lx, lw, lb = (lazygrad.Tensor(a, requires_grad=True) for a in (x, w, b))
+    out = lazygrad.nn.functional.linear(lx, lw, lb)
+    lloss = (out * lazygrad.Tensor(projection)).sum()
+    (lgx,) = lazygrad.grad(lloss, lx, create_graph=True)
+    (lloss + (lgx * lgx).sum()).backward()
+    assert seen == [(10, True)]
+    np.testing.assert_allclose(out.numpy(), expected.detach().numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(lgx.numpy(), gx.detach().numpy(), rtol=1e-4, atol=1e-5)
+    for mine, theirs in ((lx, tx), (lw, tw), (lb, tb)):
+        np.testing.assert_allclose(mine.grad.numpy(), theirs.grad.numpy(), rtol=1e-4, atol=1e-4)

@@ -115,3 +115,20 @@ _SPLIT_REDUCE_PARTS = 1024
 def split_reduce_parts(size: int) -> int:
     """The partial results a reduction of `size` elements to one value is built from (1: not split)."""
     return _SPLIT_REDUCE_PARTS if size >= _SPLIT_REDUCE_MIN_SIZE else 1
+
+
+# A linear layer's weight is stored (out_features, in_features): read as it is, the product's only contiguous dim is
+# the reduce, so vector lanes run along it and every output ends with a horizontal sum of its lanes, which for a
+# reduce of 256 (a transformer's width) costs a third as much as the multiply-adds. Copied transposed
+# (in_features, out_features), the lanes run along the outputs and need no horizontal sum: GPT's forward products
+# (2048 rows, 256 -> 768, 1024, 256) ran 7-27% faster, single thread. The copy reads the weight once (a 1024x256
+# weight: 0.1 ms alone, 0.26 ms inside GPT's step, with the lowering's tile for transposed copies), so it pays for
+# itself only over many rows.
+_TRANSPOSED_WEIGHT_MIN_ROWS = 1024
+
+
+def linear_weight_transposed(device: str, rows: int, plain_weight: bool) -> bool:
+    """Whether a linear layer over `rows` input rows copies its weight transposed first, so that vector lanes run
+    along the output features (CPUs: devices with vector lanes). `plain_weight`: the weight is a whole
+    contiguous buffer (a view may already read transposed)."""
+    return vector_width(device) > 1 and plain_weight and rows >= _TRANSPOSED_WEIGHT_MIN_ROWS

@@ -75,8 +75,43 @@ class NNOps:
         return (self * other).sum()
 
     def linear(self, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-        out = self.matmul(weight.T) if weight.ndim == 2 else self * weight
+        if weight.ndim != 2:
+            out = self * weight
+        elif self._transposes_weight(weight):
+            out = self._linear_transposed_weight(weight)
+        else:
+            out = self.matmul(weight.T)
         return out + bias if bias is not None else out
+
+    def _transposes_weight(self, weight: Tensor) -> bool:
+        rows = math.prod(self.shape[:-1])
+        return (
+            self.ndim >= 2
+            and self.dtype == weight.dtype
+            and self.dtype.is_float
+            and self.shape[-1] == weight.shape[1]
+            and layout.linear_weight_transposed(self.device, rows, _is_plain_buffer(weight))
+        )
+
+    def _linear_transposed_weight(self, weight: Tensor) -> Tensor:
+        """x @ weight.T through a transposed copy of the weight (in, out), so that the product's vector lanes run
+        along the output features (codegen.layout.linear_weight_transposed). The gradients read the weight and
+        the input as they are: the input's gradient as `grad @ weight`, lanes along the input features of the
+        weight's rows (through the copy it would read the copy transposed, lanes along the reduce again)."""
+        x_in, w_in = self, weight
+
+        def forward() -> Tensor:
+            return x_in.matmul(w_in.T.contiguous())
+
+        def backward(grad: Tensor) -> tuple:
+            grad_x = grad.matmul(w_in) if x_in.requires_grad else None
+            grad_w = None
+            if w_in.requires_grad:
+                rows = grad.reshape(-1, grad.shape[-1])
+                grad_w = rows.T.matmul(x_in.reshape(-1, x_in.shape[-1]))
+            return grad_x, grad_w
+
+        return Tensor._composite("linear", (x_in, w_in), forward, backward)
 
     def _pool(self, kernel: tuple, stride: tuple, dilation: tuple) -> Tensor:
         """Sliding windows as a view: (..., *spatial) -> (..., *out_spatial, *kernel). Never a copy."""
