@@ -656,6 +656,11 @@ def _vector_width(device, is_gpu: bool) -> int:
     return width if width in (2, 4, 8, 16) else 1
 
 
+# what NVIDIA's OpenCL reports for an H200 (and most GPUs allow at least): the GPU profile's limits on a CPU device
+_GPU_MAX_WORK_GROUP = 1024
+_GPU_LOCAL_MEMORY = 48 << 10
+
+
 def _power_of_two_at_most(n: int) -> int:
     return 1 << (max(1, n).bit_length() - 1)
 
@@ -730,13 +735,20 @@ class OpenCLBackend:
         self.is_gpu = bool(self.device.type & cl.device_type.GPU)
         self.device_name = f"{self.device.name.strip()} ({self.platform.name.strip()})"
         self.supports_float64 = "cl_khr_fp64" in self.device.extensions or bool(self.device.double_fp_config)
-        # LAZYGRAD_OPENCL_PROFILE=gpu: the kernels a GPU gets, on any device (to test them on PoCL)
-        gpu_shaped = self.is_gpu or config.OPENCL_PROFILE == "gpu"
+        # LAZYGRAD_OPENCL_PROFILE=gpu: the kernels a GPU gets, on any device (to test them on PoCL), within a GPU's
+        # limits (PoCL allows bigger work-groups and local memory than GPUs do)
+        if config.OPENCL_PROFILE not in ("", "gpu"):
+            raise ValueError(f"LAZYGRAD_OPENCL_PROFILE={config.OPENCL_PROFILE!r}: the one profile is 'gpu' (or unset)")
+        profiled = config.OPENCL_PROFILE == "gpu" and not self.is_gpu
+        gpu_shaped = self.is_gpu or profiled
         max_group = int(self.device.max_work_group_size)
+        local_memory = int(self.device.local_mem_size)
+        if profiled:
+            max_group, local_memory = min(max_group, _GPU_MAX_WORK_GROUP), min(local_memory, _GPU_LOCAL_MEMORY)
         self.capabilities = Capabilities(
             vector_width=_vector_width(self.device, gpu_shaped),
             group_reduce=_power_of_two_at_most(min(256, max_group)) if gpu_shaped else 0,
-            local_memory=int(self.device.local_mem_size),
+            local_memory=local_memory,
             max_work_group=max_group,
             compute_units=int(self.device.max_compute_units),
             is_gpu=self.is_gpu,

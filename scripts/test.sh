@@ -29,6 +29,17 @@ if [ "$status" -eq 5 ]; then
 fi
 [ "$status" -eq 0 ] || failed+=("pytest (exit $status)")
 
+# The kernels a GPU gets (scalar code, work-group reductions, local-memory tiles), run on PoCL: the op, autograd and
+# ResNet suites once more with LAZYGRAD_OPENCL_PROFILE=gpu. Only in a whole run (no pytest arguments) that
+# includes opencl.
+if [ $# -eq 0 ] && [[ -z "${LAZYGRAD_TEST_BACKENDS:-}" || "${LAZYGRAD_TEST_BACKENDS}" == *opencl* ]]; then
+    echo "== pytest: the op, autograd and ResNet suites under a GPU profile (opencl)"
+    status=0
+    LAZYGRAD_OPENCL_PROFILE=gpu "$PYTHON" -m pytest -n auto -q --backend opencl \
+        tests/test_ops.py tests/test_autograd.py tests/test_resnet.py || status=$?
+    [ "$status" -eq 0 ] || failed+=("pytest under a GPU profile (exit $status)")
+fi
+
 if [ ${#failed[@]} -gt 0 ]; then
     printf -v summary '%s, ' "${failed[@]}"
     echo "FAILED: ${summary%, }"

@@ -234,3 +234,16 @@ def test_a_weight_gradient_summed_over_slices_of_the_batch_matches_torch(opencl,
 
     got = weight_grad(lazygrad, lazygrad.tensor, {"device": "opencl"})
     np.testing.assert_allclose(got, weight_grad(torch, torch.tensor, {}), rtol=1e-4, atol=1e-3)
+
+
+def test_the_gpu_profile_declares_a_gpus_limits_and_refuses_other_names(opencl, monkeypatch):
+    from lazygrad import config
+    from lazygrad.backends import opencl as opencl_module
+
+    monkeypatch.setattr(config, "OPENCL_PROFILE", "gpu")
+    caps = opencl_module.OpenCLBackend().capabilities
+    assert (caps.vector_width, caps.group_reduce) == (1, 256)
+    assert caps.max_work_group <= 1024 and caps.local_memory <= 48 << 10
+    monkeypatch.setattr(config, "OPENCL_PROFILE", "gpux")
+    with pytest.raises(ValueError, match="LAZYGRAD_OPENCL_PROFILE='gpux': the one profile is 'gpu'"):
+        opencl_module.OpenCLBackend()
