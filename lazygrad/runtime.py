@@ -342,22 +342,25 @@ def get_kernel(ast, buffer_dtypes: tuple, device: str, sizes: tuple, aliased: fr
     name = kernel_name(ast, nest_shape)
     _check_32_bit_indexes(name, buffer_dtypes, sizes, nest_shape)
 
-    def compile_heuristic(capabilities=backend.capabilities):
-        program = _lowered(ast, buffer_dtypes, name, capabilities)
-        verify(program)  # once per compiled kernel (lowered or read from the disk cache): the IR's rules, checked
-        if config.DEBUG >= 4:
-            print(f"--- linear IR of {name}\n{program.dump()}")
-        try:
-            return backend.compile(dataclasses.replace(program, aliased=aliased) if aliased else program)
-        except backends.WorkGroupTooLarge as e:
-            if _forced(ast, name) is not None or e.allowed >= capabilities.max_work_group:
-                raise  # forced options are the caller's to fix; a device that allows what it declared is a bug
-            if config.DEBUG >= 1:
-                print(f"lazygrad: {e}: lowered again for work-groups of at most {e.allowed}")
-            group = 1 << (max(1, min(capabilities.group_reduce, e.allowed)).bit_length() - 1)
-            return compile_heuristic(
-                dataclasses.replace(capabilities, max_work_group=e.allowed, group_reduce=group if group > 1 else 0)
-            )
+    def compile_heuristic():
+        # a loop, not a recursive closure: a closure that refers to itself is a reference cycle holding the AST
+        capabilities = backend.capabilities
+        while True:
+            program = _lowered(ast, buffer_dtypes, name, capabilities)
+            verify(program)  # once per compiled kernel (lowered or read from the disk cache): the IR's rules
+            if config.DEBUG >= 4:
+                print(f"--- linear IR of {name}\n{program.dump()}")
+            try:
+                return backend.compile(dataclasses.replace(program, aliased=aliased) if aliased else program)
+            except backends.WorkGroupTooLarge as e:
+                if _forced(ast, name) is not None or e.allowed >= capabilities.max_work_group:
+                    raise  # forced options are the caller's to fix; a device that allows what it declared is a bug
+                if config.DEBUG >= 1:
+                    print(f"lazygrad: {e}: lowered again for work-groups of at most {e.allowed}")
+                group = 1 << (max(1, min(capabilities.group_reduce, e.allowed)).bit_length() - 1)
+                capabilities = dataclasses.replace(
+                    capabilities, max_work_group=e.allowed, group_reduce=group if group > 1 else 0
+                )
 
     # LAZYGRAD_SEARCH (lazygrad/search.py); its scratch buffers never alias, so an aliased launch keeps the heuristics'
     if config.SEARCH and config.OPTIMIZE and _forced_options is None and not aliased:
