@@ -335,6 +335,27 @@ class LazyBuffer:
             return base
         return LazyBuffer(self.device, new_st, self.dtype, Op.VIEW, base=base, movement=self.movement + ((op, arg),))
 
+    def moved(self, moves: tuple) -> LazyBuffer:
+        """This node seen through several movement ops `((op, arg), ...)` as one view node, where calling them one
+        by one makes a node per op: the same tracker and the same movement list (a move that changes nothing is
+        left out, a view back to its whole base is the base), so the schedule, its structure key and the kernels
+        cannot tell the difference. For rules that move many pieces (conv2d's input gradient)."""
+        base = self if self._base is None else self._base
+        st, movement = self.st, self.movement
+        for op, arg in moves:
+            new_st = _moved(st, op, arg)
+            if new_st is st:
+                continue
+            if new_st.shape == base.shape and new_st.contiguous_view and base.st.contiguous_view:
+                st, movement = base.st, ()
+            else:
+                st, movement = new_st, movement + ((op, arg),)
+        if st is self.st:
+            return self
+        if not movement:
+            return base
+        return LazyBuffer(self.device, st, self.dtype, Op.VIEW, base=base, movement=movement)
+
     def broadcast(self, padded: tuple, shape: tuple) -> LazyBuffer:
         """reshape(padded).expand(shape) as one node: broadcasting to more dims (`padded` is this shape with ones in
         front) never uses the reshape's own node."""

@@ -601,6 +601,26 @@ def test_second_derivative_of_erf_and_gelu_matches_torch_at_zero_too(name):
     assert_same(x.grad, tx.grad, GRAD_RTOL, GRAD_ATOL)
 
 
+@pytest.mark.parametrize("stride", [1, 2])
+def test_second_derivative_through_conv2d_input_gradient_matches_torch(stride):
+    # conv2d's input gradient is col2im (autograd.window_transpose), one composite op whose own gradient is the
+    # window view of the padded input: a gradient penalty on it differentiates that composite
+    x_data, w_data = rand(1, 2, 5, 5), rand(3, 2, 3, 3)
+    x, w = Tensor(x_data, requires_grad=True), Tensor(w_data, requires_grad=True)
+    tx, tw = torch.tensor(x_data, requires_grad=True), torch.tensor(w_data, requires_grad=True)
+    (g,) = lazygrad.grad(_padded_conv(x, w, stride).pow(2).sum(), x, create_graph=True)
+    (tg,) = torch.autograd.grad(F.conv2d(tx, tw, stride=stride, padding=1).pow(2).sum(), tx, create_graph=True)
+    assert_same(g, tg, GRAD_RTOL, GRAD_ATOL)
+    (g * g).sum().backward()
+    (tg * tg).sum().backward()
+    assert_same(x.grad, tx.grad, GRAD_RTOL, GRAD_ATOL)
+    assert_same(w.grad, tw.grad, GRAD_RTOL, GRAD_ATOL)
+
+
+def _padded_conv(x, w, stride):
+    return lazygrad.nn.functional.conv2d(x, w, stride=stride, padding=1)
+
+
 def test_backward_with_create_graph_gives_differentiable_grad():
     data = rand(3)
     x, tx = Tensor(data, requires_grad=True), torch.tensor(data, requires_grad=True)
