@@ -207,6 +207,8 @@ class profile:
 
 
 def _timing_wanted() -> bool:
+    if not _profiles:  # (every launch asks: no generator when nothing profiles)
+        return config.DEBUG >= 1
     return config.DEBUG >= 1 or any(p.timed for p in _profiles)
 
 
@@ -605,7 +607,12 @@ def realize(lazybuffers: list) -> None:
     scheduler = Scheduler(pending)
     key, externals = scheduler.structure()
     # an observer (lazygrad.viz) is shown the schedule with its graph and reasons, so it is made again
-    steps = _plans.get(key) if key is not None and not OBSERVERS else None
+    try:
+        steps = _plans.get(key)
+    except TypeError:  # an arg that cannot be a key: scheduled every time
+        key = steps = None
+    if OBSERVERS:
+        steps = None
     items = None
     if steps is not None:
         schedule_counts["reused"] += 1

@@ -187,8 +187,8 @@ class Scheduler:
         dtypes and devices. Two graphs with equal keys are the same graph up to which buffers they read and
         which host data they upload, so the schedule made for one, its kernels and launch order, is right for
         the other. What the schedule also depends on outside the graph (which lazy values tensors still hold,
-        `_stale_readers`) is already decided here: it is in the targets. The key is None when an arg is not
-        hashable (nothing is then reused)."""
+        `_stale_readers`) is already decided here: it is in the targets. The key is unhashable when an arg is (nothing
+        is then reused: runtime.realize)."""
         index = {id(n): i for i, n in enumerate(self.nodes)}  # then the externals, as -1 - their position
         externals: list = []
 
@@ -218,12 +218,8 @@ class Scheduler:
                 srcs.append((ref(base) if position is None else position, src.movement))
             parts.append((op, node.shape, node.dtype, node.device, arg, tuple(srcs)))
         targets = tuple(index.get(id(t)) for t in self.targets)
-        key = (tuple(parts), targets, tuple((e.shape, e.dtype, e.device) for e in externals))
-        try:
-            hash(key)
-        except TypeError:
-            return None, externals
-        return key, externals
+        # (not hashed here: a nested tuple's hash is not cached, and the plans' look-up hashes it anyway)
+        return (tuple(parts), targets, tuple((e.shape, e.dtype, e.device) for e in externals)), externals
 
     # --- what gets a buffer ----------------------------------------------------------------------
     def decide(self):

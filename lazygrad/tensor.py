@@ -127,16 +127,24 @@ class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps, MathOps
     # --- the two doors to the graph -----------------------------------------------------------------
     def _primitive(self, op: str, *others: Tensor, arg=None, dtype: DType | None = None) -> Tensor:
         lb = self._lazydata
-        for t in others:
-            if t._lazydata.device != lb.device:
+        # the sources without a comprehension for the common one and two operands (Python 3.11 calls one per op)
+        if not others:
+            srcs = (lb,)
+        elif len(others) == 1:
+            srcs = (lb, others[0]._lazydata)
+        else:
+            srcs = (lb, *[t._lazydata for t in others])
+        device = lb.device
+        for src in srcs:
+            if src.device is not device and src.device != device:
                 devices = sorted({t.device for t in (self, *others)})
                 raise RuntimeError(f"Expected all tensors to be on the same device, but found {devices} ({op})")
         if type(op) is Op and op not in REDUCE:
-            out = LazyBuffer.elementwise(op, (lb, *[t._lazydata for t in others]), arg, dtype)
+            out = LazyBuffer.elementwise(op, srcs, arg, dtype)
         elif op in REDUCE:
             out = lb.reduce(op, arg)
         else:
-            out = lb.alu(op, *(t._lazydata for t in others), arg=arg, dtype=dtype)
+            out = lb.alu(op, *srcs[1:], arg=arg, dtype=dtype)
         return self._record(Tensor._wrap(out), op, (self, *others), arg)
 
     def _movement(self, op: str, arg) -> Tensor:

@@ -109,8 +109,11 @@ class ElementwiseOps:
             if mine.dtype is theirs.dtype and mine.shape == theirs.shape:
                 # the common case of eager steps: nothing to promote or broadcast, so no casts or views to try
                 return (other, self) if reverse else (self, other)
-            d = _result_dtype(self, other)
-            x, y = self.cast(d), other.cast(d)
+            if mine.dtype is theirs.dtype:
+                x, y = self, other  # (only the shapes differ: no casts to try)
+            else:
+                d = _result_dtype(self, other)
+                x, y = self.cast(d), other.cast(d)
         else:
             if isinstance(other, np.ndarray):
                 return self._operand(Tensor(other, device=self.device), reverse)
