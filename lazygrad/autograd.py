@@ -413,9 +413,15 @@ def _topological(root) -> list:
             continue
         seen.add(id(t))
         stack.append((t, True))
-        if t._ctx is not None:
-            _resolve_versions(t._ctx)
-            for inp in t._ctx.inputs:
+        ctx = t._ctx
+        if ctx is not None:
+            if ctx.versions:  # (_resolve_versions only for an input updated in place since: almost never)
+                for inp, version in zip(ctx.inputs, ctx.versions):
+                    if inp._version != version:
+                        _resolve_versions(ctx)
+                        break
+                ctx.versions = ()
+            for inp in ctx.inputs:
                 if inp.requires_grad and id(inp) not in seen:
                     stack.append((inp, False))
     return order

@@ -401,7 +401,7 @@ class LazyBuffer:
 
     def contiguous(self) -> LazyBuffer:
         """A base of its own with this view's values laid out in order."""
-        if not self.is_view and self.op is not Op.CONST:
+        if self._base is None and self.op is not _CONST:
             return self
         return LazyBuffer(self.device, ShapeTracker.contiguous(self.shape), self.dtype, Op.CONTIGUOUS, (self,))
 

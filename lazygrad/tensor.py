@@ -32,6 +32,8 @@ from lazygrad.tensor_ops.reduce import MaxMin, ReduceOps
 
 __all__ = ["MaxMin", "Tensor", "manual_seed", "realize"]
 
+_CAST = Op.CAST  # read once: an Enum class attribute is slow to read in Python 3.11
+
 # the "movement op" of a view made by detach() or .data: the same memory, seen whole, outside autograd
 ALIAS = "alias"
 
@@ -168,6 +170,17 @@ class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps, MathOps
         return out
 
     @staticmethod
+    def _scalar_operand(lb: LazyBuffer) -> Tensor:
+        """_wrap for a Python scalar made a constant operand of one op (`x * 2.0`): not noted among the holders of
+        the constant's node. Holders are asked for views to remake after an in-place update and for lazy values
+        still wanted; this tensor is no view and never updated, and a constant is never stale, while the one
+        shared node of each constant would otherwise collect a weak reference per use."""
+        out = Tensor.__new__(Tensor)
+        out._lazydata = lb
+        out.grad, out._ctx, out._retains_grad, out.requires_grad, out._view_of = None, None, False, False, None
+        return out
+
+    @staticmethod
     def _record(out: Tensor, op: str, inputs: tuple, arg) -> Tensor:
         for t in inputs:
             if t.requires_grad:
@@ -175,9 +188,16 @@ class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps, MathOps
         else:
             return out
         if autograd._grad_enabled[-1] and op in autograd.RULES:  # (is_grad_enabled(), without the call)
-            if op != Op.CAST or out.dtype.is_float:
+            if op is not _CAST or out._lazydata.dtype.is_float:
                 out.requires_grad = True
-                out._ctx = autograd.Context(op, inputs, arg, out._lazydata.shape, tuple([t._version for t in inputs]))
+                # (the versions of one or two inputs without a comprehension: Python 3.11 calls one per op)
+                if len(inputs) == 1:
+                    versions = (inputs[0]._version,)
+                elif len(inputs) == 2:
+                    versions = (inputs[0]._version, inputs[1]._version)
+                else:
+                    versions = tuple([t._version for t in inputs])
+                out._ctx = autograd.Context(op, inputs, arg, out._lazydata.shape, versions)
         return out
 
     # --- properties ---------------------------------------------------------------------------------

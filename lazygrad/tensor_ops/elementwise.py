@@ -123,7 +123,9 @@ class ElementwiseOps:
             x = self.cast(d)
             # the scalar as a constant node already of x's shape (what full(()) then broadcast_to builds), without
             # the two intermediate tensors: a constant needs no gradient and is never written in place
-            y = Tensor._wrap(LazyBuffer.const(other, x.shape, d, x.device))
+            # (the node's device name, not Tensor.device's object: comparing that str subclass to the name is a
+            # Python call on every op that reads the constant)
+            y = Tensor._scalar_operand(LazyBuffer.const(other, x.shape, d, x._lazydata.device))
             return (y, x) if reverse else (x, y)
         if x.shape != y.shape:
             shape = _broadcast_shape(x.shape, y.shape)
