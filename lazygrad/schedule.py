@@ -81,11 +81,14 @@ class Scheduler:
         self.realize: dict = {}  # id(base) -> reason
         self.joined: dict = {}  # id(base) -> why a merge made it an extra output of another base's kernel
         self.nodes: list = []  # unrealized bases, sources first
-        seen: set = set()
+        # id(node) -> its position in self.nodes: what structure() numbers nodes by, and the set of collected ids
+        self._positions: dict = {}
+        seen = self._positions
         new_targets, checked = self.targets, 0
+        assign = Op.ASSIGN  # read once: an Enum class attribute is slow to read in Python 3.11
         while True:
             self._collect(new_targets, self.nodes, seen)
-            if any(n.op is Op.ASSIGN for n in self.nodes[checked:]):
+            if any(n.op is assign for n in self.nodes[checked:]):
                 checked = 0  # a new assign may make nodes checked before read old data: check them all again
             stale = self._stale_readers(checked)
             if not stale or all(id(n) in seen for n in stale):
@@ -118,19 +121,20 @@ class Scheduler:
 
     # --- graph walk -------------------------------------------------------------------------------
     @staticmethod
-    def _collect(targets: list, nodes: list, seen: set) -> None:
+    def _collect(targets: list, nodes: list, seen: dict) -> None:
         """Append to `nodes` the unrealized bases the targets need and `seen` does not hold yet, each after its
-        sources (iterative depth-first)."""
+        sources (iterative depth-first); `seen` maps each id to the node's position in `nodes`."""
         stack = [(t, False) for t in reversed(targets)]
-        pop, push, add = stack.pop, stack.append, seen.add
+        pop, push, append = stack.pop, stack.append, nodes.append
         while stack:
             node, done = pop()
             if done:
-                nodes.append(node)
+                seen[id(node)] = len(nodes)
+                append(node)
                 continue
             if id(node) in seen or node.buffer is not None:
                 continue
-            add(id(node))
+            seen[id(node)] = -1  # (visited; its position once its sources are in)
             push((node, True))
             for src in node.srcs:
                 base = src if src._base is None else src._base
@@ -148,7 +152,7 @@ class Scheduler:
         assigns = [n for n in self.nodes if n.op is assign]
         if not assigns:
             return []
-        collected = {id(n) for n in self.nodes}
+        collected = self._positions  # (the ids of the nodes collected)
         wanted = {id(t) for t in self.targets}
         reads_old, stale = {id(n.arg) for n in assigns}, []
         for index, node in enumerate(self.nodes):
@@ -189,7 +193,7 @@ class Scheduler:
         the other. What the schedule also depends on outside the graph (which lazy values tensors still hold,
         `_stale_readers`) is already decided here: it is in the targets. The key is unhashable when an arg is (nothing
         is then reused: runtime.realize)."""
-        index = {id(n): i for i, n in enumerate(self.nodes)}  # then the externals, as -1 - their position
+        index = self._positions.copy()  # then the externals, as -1 - their position
         externals: list = []
 
         def ref(base) -> int:
