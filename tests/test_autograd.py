@@ -617,6 +617,23 @@ def test_second_derivative_through_conv2d_input_gradient_matches_torch(stride):
     assert_same(w.grad, tw.grad, GRAD_RTOL, GRAD_ATOL)
 
 
+def test_second_derivative_through_training_batch_norm_matches_torch():
+    # training batch_norm is one composite op with the closed-form gradient; under create_graph its backward makes
+    # the batch statistics again from the input, so that the gradient is differentiable in the input and weight
+    x_data, w_data, b_data = rand(4, 3, 2, 2), rand(3), rand(3)
+    x, w, b = (Tensor(v, requires_grad=True) for v in (x_data, w_data, b_data))
+    tx, tw, tb = (torch.tensor(v, requires_grad=True) for v in (x_data, w_data, b_data))
+    out = lazygrad.nn.functional.batch_norm(x, None, None, w, b, training=True)
+    t_out = F.batch_norm(tx, None, None, tw, tb, training=True)
+    (g,) = lazygrad.grad((out * out * out).sum(), x, create_graph=True)
+    (tg,) = torch.autograd.grad((t_out * t_out * t_out).sum(), tx, create_graph=True)
+    assert_same(g, tg, GRAD_RTOL, GRAD_ATOL)
+    (g * g).sum().backward()
+    (tg * tg).sum().backward()
+    assert_same(x.grad, tx.grad, GRAD_RTOL, GRAD_ATOL)
+    assert_same(w.grad, tw.grad, GRAD_RTOL, GRAD_ATOL)
+
+
 def _padded_conv(x, w, stride):
     return lazygrad.nn.functional.conv2d(x, w, stride=stride, padding=1)
 

@@ -98,27 +98,69 @@ def batch_norm(
     """Normalize over every dim but the channel dim 1. In training the batch statistics are used and the running
     statistics (if given) get a lazy in-place update with the unbiased variance, as in PyTorch."""
     channels = input.shape[1]
-    reduce_dims = (0, *range(2, input.ndim))
     channel_shape = (1, channels) + (1,) * (input.ndim - 2)
     if training:
         count = input.numel() // channels
         if count <= 1:
             raise ValueError(f"batch_norm needs more than 1 value per channel when training, got input {input.shape}")
-        mean = input.mean(reduce_dims, keepdim=True)
-        centered = input - mean
-        var = (centered * centered).mean(reduce_dims, keepdim=True)
-        if running_mean is not None and running_var is not None:
-            _update_running_stats(running_mean, running_var, mean, var, momentum, count)
-    else:
-        if running_mean is None or running_var is None:
-            raise ValueError("batch_norm in eval mode needs running_mean and running_var")
-        centered = input - running_mean.reshape(channel_shape)
-        var = running_var.reshape(channel_shape)
-    scale = (var + eps).rsqrt()
+        return _batch_norm_training(input, running_mean, running_var, weight, bias, momentum, eps, count)
+    if running_mean is None or running_var is None:
+        raise ValueError("batch_norm in eval mode needs running_mean and running_var")
+    centered = input - running_mean.reshape(channel_shape)
+    scale = (running_var.reshape(channel_shape) + eps).rsqrt()
     if weight is not None:
         scale = scale * weight.reshape(channel_shape)
     output = centered * scale
     return output if bias is None else output + bias.reshape(channel_shape)
+
+
+def _batch_norm_training(input, running_mean, running_var, weight, bias, momentum, eps: float, count: int) -> Tensor:
+    """batch_norm on the batch's statistics: one composite op with PyTorch's closed-form gradient. Differentiating
+    its ~15 primitives built ~35 tensors of gradient graph per layer in every eager step (a ResNet-18 step has 20
+    layers); this builds ~15."""
+    reduce_dims = (0, *range(2, input.ndim))
+    channel_shape = (1, input.shape[1]) + (1,) * (input.ndim - 2)
+    inputs = tuple(t for t in (input, weight, bias) if t is not None)
+    saved: list = []
+
+    def statistics(x: Tensor, w: Tensor | None) -> tuple:
+        mean = x.mean(reduce_dims, keepdim=True)
+        centered = x - mean
+        var = (centered * centered).mean(reduce_dims, keepdim=True)
+        invstd = (var + eps).rsqrt()
+        scale = invstd if w is None else invstd * w.reshape(channel_shape)
+        return mean, centered, var, invstd, scale
+
+    def forward() -> Tensor:
+        mean, centered, var, invstd, scale = statistics(input, weight)
+        if running_mean is not None and running_var is not None:
+            _update_running_stats(running_mean, running_var, mean, var, momentum, count)
+        saved.extend((centered, invstd, scale))
+        output = centered * scale
+        return output if bias is None else output + bias.reshape(channel_shape)
+
+    def backward(grad: Tensor) -> tuple:
+        # with xhat = centered * invstd: d bias = sum(g), d weight = sum(g * xhat),
+        # d input = scale * (g - sum(g) / count - xhat * sum(g * xhat) / count)
+        if lazygrad.is_grad_enabled():  # create_graph: the saved values carry no graph, so they are made again
+            _, centered, _, invstd, scale = statistics(input, weight)
+        else:
+            centered, invstd, scale = saved
+        grad_sum = grad.sum(reduce_dims, keepdim=True)
+        grad_xhat_sum = (grad * centered).sum(reduce_dims, keepdim=True) * invstd
+        grads = []
+        if input.requires_grad:
+            correction = centered * (invstd * grad_xhat_sum * (1 / count))
+            grads.append((grad - grad_sum * (1 / count) - correction) * scale)
+        else:
+            grads.append(None)
+        if weight is not None:
+            grads.append(grad_xhat_sum.reshape(weight.shape) if weight.requires_grad else None)
+        if bias is not None:
+            grads.append(grad_sum.reshape(bias.shape) if bias.requires_grad else None)
+        return tuple(grads)
+
+    return Tensor._composite("batch_norm", inputs, forward, backward)
 
 
 def _update_running_stats(running_mean, running_var, mean, var, momentum, count: int) -> None:
