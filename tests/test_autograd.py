@@ -634,6 +634,24 @@ def test_second_derivative_through_training_batch_norm_matches_torch():
     assert_same(w.grad, tw.grad, GRAD_RTOL, GRAD_ATOL)
 
 
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_cross_entropy_gradient_and_its_derivative_match_torch_with_an_ignored_target(reduction):
+    # class-index cross_entropy is one composite op with the closed-form gradient (softmax - one_hot, zero where
+    # the target is ignored), and under create_graph that gradient is differentiable in the logits
+    data = rand(4, 5)
+    labels = np.array([1, -100, 4, 1])
+    x, tx = Tensor(data, requires_grad=True), torch.tensor(data, requires_grad=True)
+    loss = lazygrad.nn.functional.cross_entropy(x, Tensor(labels), reduction=reduction)
+    t_loss = F.cross_entropy(tx, torch.tensor(labels), reduction=reduction)
+    weights = np.arange(1, loss.numel() + 1, dtype=np.float32).reshape(loss.shape)  # tells the elements apart
+    (g,) = lazygrad.grad((loss * Tensor(weights)).sum(), x, create_graph=True)
+    (tg,) = torch.autograd.grad((t_loss * torch.tensor(weights)).sum(), tx, create_graph=True)
+    assert_same(g, tg, GRAD_RTOL, GRAD_ATOL)
+    (g * g).sum().backward()
+    (tg * tg).sum().backward()
+    assert_same(x.grad, tx.grad, GRAD_RTOL, GRAD_ATOL)
+
+
 def _padded_conv(x, w, stride):
     return lazygrad.nn.functional.conv2d(x, w, stride=stride, padding=1)
 

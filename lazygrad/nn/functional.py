@@ -242,6 +242,9 @@ def cross_entropy(
     if reduction not in _REDUCTIONS:
         raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
     input, target, unbatched = _batched(input, target)
+    if not target.dtype.is_float and weight is None and label_smoothing <= 0.0:
+        loss = _class_cross_entropy(input, target, ignore_index, reduction)
+        return loss[0] if unbatched and reduction == "none" else loss
     log_probs = input.log_softmax(1)
     num_classes = input.shape[1]
     if target.dtype.is_float:
@@ -249,6 +252,39 @@ def cross_entropy(
     else:
         loss = _class_target_loss(log_probs, target, weight, ignore_index, reduction, label_smoothing, num_classes)
     return loss[0] if unbatched and reduction == "none" else loss
+
+
+def _class_cross_entropy(input: Tensor, target: Tensor, ignore_index: int, reduction: str) -> Tensor:
+    """cross_entropy with class-index targets, no class weights and no smoothing (a classifier's loss): one
+    composite op with the closed-form gradient, (softmax(input) - one_hot(target)) times the loss's gradient, zero
+    where the target is ignored. Differentiating its log_softmax and masked sum built twice the tensors."""
+    _check_class_targets(input, target)
+    saved: list = []
+
+    def forward() -> Tensor:
+        log_probs = input.log_softmax(1)
+        check_indices(target, input.shape[1], "cross_entropy", 1, negative=False, ignore=ignore_index)
+        valid = (target != ignore_index).cast(log_probs.dtype).unsqueeze(1)  # (see _weighted_nll)
+        picked = _class_mask(target, log_probs) * valid
+        weight_sum = picked.sum()
+        saved.extend((log_probs, valid, picked, weight_sum))
+        nll = -(log_probs * picked).sum(1)
+        return nll.sum() / weight_sum if reduction == "mean" else _reduce(nll, reduction)
+
+    def backward(grad: Tensor) -> tuple:
+        log_probs, valid, picked, weight_sum = saved
+        if lazygrad.is_grad_enabled():  # create_graph: the saved log-probabilities carry no graph
+            log_probs = input.log_softmax(1)
+        scale = grad / weight_sum if reduction == "mean" else grad.unsqueeze(1) if reduction == "none" else grad
+        return ((log_probs.exp() * valid - picked) * scale,)
+
+    return Tensor._composite("cross_entropy", (input,), forward, backward)
+
+
+def _check_class_targets(input: Tensor, target: Tensor) -> None:
+    expected = (input.shape[0], *input.shape[2:])
+    if tuple(target.shape) != expected:
+        raise ValueError(f"class-index targets need shape {expected} for input {input.shape}, got {target.shape}")
 
 
 def _probability_target_loss(log_probs, target, weight, reduction, label_smoothing) -> Tensor:
@@ -267,9 +303,7 @@ def _probability_target_loss(log_probs, target, weight, reduction, label_smoothi
 
 
 def _class_target_loss(log_probs, target, weight, ignore_index, reduction, label_smoothing, num_classes) -> Tensor:
-    expected = (log_probs.shape[0], *log_probs.shape[2:])
-    if tuple(target.shape) != expected:
-        raise ValueError(f"class-index targets need shape {expected} for input {log_probs.shape}, got {target.shape}")
+    _check_class_targets(log_probs, target)
     nll, weight_sum = _weighted_nll(log_probs, target, weight, ignore_index, "cross_entropy")
     nll = nll.sum() / weight_sum if reduction == "mean" else _reduce(nll, reduction)
     if label_smoothing <= 0.0:
