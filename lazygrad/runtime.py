@@ -28,9 +28,16 @@ from lazygrad.shape import prod
 
 
 def backend_for(device: str):
-    from lazygrad import backends
+    backend = _BACKENDS.get(device)  # (every buffer's allocation and copy asks: no import statement each time)
+    if backend is None:
+        from lazygrad import backends
 
-    return backends.get(device)
+        backend = _BACKENDS[device] = backends.get(device)
+    return backend
+
+
+# device name -> its backend, once found (backends.get keeps one instance per name: this only skips its look-up)
+_BACKENDS: dict = {}
 
 
 # --- memory --------------------------------------------------------------------------------------
@@ -655,5 +662,6 @@ def to_numpy(lb: LazyBuffer) -> np.ndarray:
         return np.zeros(lb.shape, dtype=lb.dtype.np)
     start = time.perf_counter()
     data = base.buffer.to_numpy()
-    _count_copy(f"copy {base.device} -> host", base.device, base.buffer.nbytes, start)
+    if _profiles:  # (the name is formatted only for a profile: every item() comes here)
+        _count_copy(f"copy {base.device} -> host", base.device, base.buffer.nbytes, start)
     return data.reshape(lb.shape)

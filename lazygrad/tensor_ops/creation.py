@@ -146,6 +146,9 @@ class CreationOps:
         return t.requires_grad_() if requires_grad else t
 
     def full_like(self, fill_value, dtype=None, device=None, requires_grad=False) -> Tensor:
+        if dtype is None and device is None and not requires_grad and type(fill_value) in (int, float, bool):
+            # (relu's and the gradient rules' zeros, backward's ones: full's result, without its argument handling)
+            return Tensor._wrap(LazyBuffer.const(fill_value, self.shape, self._lazydata.dtype, self._lazydata.device))
         return Tensor.full(self.shape, fill_value, dtype or self.dtype, device or self.device, requires_grad)
 
     def zeros_like(self, dtype=None, device=None, requires_grad=False) -> Tensor:

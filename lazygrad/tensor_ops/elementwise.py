@@ -136,7 +136,7 @@ class ElementwiseOps:
         if alpha != 1:
             other = other * alpha
         x, y = self._operand(other)
-        if x.dtype == dt.bool_:
+        if x._lazydata.dtype is dt.bool_:
             return x | y
         return x._primitive(Op.ADD, y)
 
@@ -146,11 +146,13 @@ class ElementwiseOps:
         ):
             raise RuntimeError("Subtraction, the `-` operator, with two bool tensors is not supported")
         x, y = self._operand(other)
-        return x.add(-y if alpha == 1 else -(y * alpha))
+        if alpha == 1:  # (x + -y, as add would build it: one dtype and shape now, and no bool left)
+            return x._primitive(Op.ADD, y._primitive(Op.NEG))
+        return x.add(-(y * alpha))
 
     def mul(self, other) -> Tensor:
         x, y = self._operand(other)
-        if x.dtype == dt.bool_:
+        if x._lazydata.dtype is dt.bool_:
             return x & y
         return x._primitive(Op.MUL, y)
 
