@@ -314,15 +314,26 @@ class LazyBuffer:
         return node
 
     def reduce(self, op: Op | str, axes: tuple) -> LazyBuffer:
-        op = coerce(op)
+        if type(op) is not Op:
+            op = coerce(op)
         if op not in REDUCE:
             raise ValueError(f"reduce: {op} is not a reduce ({op.group.value})")
         if self.dtype.kind not in op.combine.kinds:
             raise TypeError(f"{op} does not compute on {self.dtype.name} ({op.combine} does not)")
-        axes = tuple(sorted(a for a in axes if self.shape[a] != 1))
+        shape = self.shape
+        if type(axes) is not tuple:
+            axes = tuple(axes)
+        try:  # an eager step reduces the same few shapes every step: the axes and result shape are remembered
+            axes, new_shape = _REDUCED[(shape, axes)]
+        except KeyError:
+            key = (shape, axes)
+            axes = tuple(sorted(a for a in axes if shape[a] != 1))
+            new_shape = tuple(1 if i in axes else s for i, s in enumerate(shape))
+            if len(_REDUCED) >= _MAX_REDUCED:
+                _REDUCED.clear()
+            _REDUCED[key] = (axes, new_shape)
         if not axes:
             return self
-        new_shape = tuple(1 if i in axes else s for i, s in enumerate(self.shape))
         return LazyBuffer.new_base(self.device, new_shape, self.dtype, op, (self,), axes)
 
     def _view(self, op: Op, arg) -> LazyBuffer:
@@ -429,6 +440,10 @@ _ZEROS = (0,) * 64  # the starts of a shrink that changes nothing (no tensor has
 # base and two views per op
 _CONST_VIEWS: dict = {}
 _MAX_CONST_VIEWS = 4096
+
+# (shape, axes asked for) -> (the axes reduced, in order, without size-1 dims; the result's shape)
+_REDUCED: dict = {}
+_MAX_REDUCED = 4096
 
 # (tracker, movement op, arg) -> the tracker it gives: a training loop moves the same few views every step
 _MOVES: dict = {}

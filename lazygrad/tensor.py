@@ -32,7 +32,7 @@ from lazygrad.tensor_ops.reduce import MaxMin, ReduceOps
 
 __all__ = ["MaxMin", "Tensor", "manual_seed", "realize"]
 
-_CAST = Op.CAST  # read once: an Enum class attribute is slow to read in Python 3.11
+_CAST, _BUFFER = Op.CAST, Op.BUFFER  # read once: an Enum class attribute is slow to read in Python 3.11
 
 # the "movement op" of a view made by detach() or .data: the same memory, seen whole, outside autograd
 ALIAS = "alias"
@@ -426,8 +426,8 @@ class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps, MathOps
         # a new version without a snapshot: a graph that saved the old value raises at backward, as in PyTorch
         # (a leaf keeps no old values: an optimizer updates parameters every step)
         self._version += 1
-        target = self.lazydata
-        if target.realized and not target.is_view and target.op == Op.BUFFER:
+        target = self._lazydata
+        if target._base is None and target.op is _BUFFER and target.buffer is not None:  # (realized, no view)
             self.lazydata = target.assign(lb.contiguous())
         else:
             if runtime.CAPTURES and target.op is Op.ASSIGN and not target.is_view:
@@ -439,11 +439,12 @@ class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps, MathOps
             self.lazydata = lb.own_copy()
 
     def _inplace(self, result: Tensor) -> Tensor:
-        if self.requires_grad and self.is_leaf and autograd.is_grad_enabled():
+        if self.requires_grad and self._ctx is None and autograd._grad_enabled[-1]:  # (a leaf, under autograd)
             raise RuntimeError("a leaf Variable that requires grad is being used in an in-place operation.")
-        if result.shape != self.shape:
+        if result._lazydata.shape != self._lazydata.shape:
             raise RuntimeError(f"output with shape {self.shape} doesn't match the broadcast shape {result.shape}")
-        result = result.cast(self.dtype)
+        if result._lazydata.dtype is not self._lazydata.dtype:
+            result = result.cast(self.dtype)
         if self._view_of is not None:
             return self._write_through(result)
         before = self._lazydata.base
@@ -453,7 +454,7 @@ class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps, MathOps
 
     def _update(self, result: Tensor, detached: bool = False) -> None:
         """Stores result as this tensor's new value; under autograd it becomes the tensor's graph."""
-        if not detached and autograd.is_grad_enabled() and result.requires_grad:
+        if not detached and autograd._grad_enabled[-1] and result.requires_grad:  # (is_grad_enabled())
             self._snapshot()
             self.lazydata, self._ctx, self.requires_grad = result.lazydata, result._ctx, True
             return
@@ -463,7 +464,7 @@ class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps, MathOps
             self._snapshot()
             self.lazydata = result.lazydata
             return
-        self._store(result.lazydata)
+        self._store(result._lazydata)
 
     def _snapshot(self) -> None:
         """Graphs recorded so far hold this object as an input, meaning its value now: keep that value as a
