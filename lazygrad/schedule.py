@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from lazygrad.codegen.kernel_ast import KernelOp
-from lazygrad.graph import LazyBuffer, any_alive, const_key, refs_of
+from lazygrad.graph import LazyBuffer, const_key, refs_of
 from lazygrad.ops import ELEMENTWISE, REDUCE, AstOp, Op, zero
 from lazygrad.shape import ShapeTracker
 
@@ -85,10 +85,9 @@ class Scheduler:
         self._positions: dict = {}
         seen = self._positions
         new_targets, checked = self.targets, 0
-        assign = Op.ASSIGN  # read once: an Enum class attribute is slow to read in Python 3.11
+        self._assigns: list = []  # the assign nodes among them
         while True:
-            self._collect(new_targets, self.nodes, seen)
-            if any(n.op is assign for n in self.nodes[checked:]):
+            if self._collect(new_targets, self.nodes, seen, self._assigns):
                 checked = 0  # a new assign may make nodes checked before read old data: check them all again
             stale = self._stale_readers(checked)
             if not stale or all(id(n) in seen for n in stale):
@@ -121,16 +120,20 @@ class Scheduler:
 
     # --- graph walk -------------------------------------------------------------------------------
     @staticmethod
-    def _collect(targets: list, nodes: list, seen: dict) -> None:
+    def _collect(targets: list, nodes: list, seen: dict, assigns: list) -> bool:
         """Append to `nodes` the unrealized bases the targets need and `seen` does not hold yet, each after its
-        sources (iterative depth-first); `seen` maps each id to the node's position in `nodes`."""
+        sources (iterative depth-first); `seen` maps each id to the node's position in `nodes`, and the assigns
+        among them are appended to `assigns` too. Whether there were any."""
         stack = [(t, False) for t in reversed(targets)]
         pop, push, append = stack.pop, stack.append, nodes.append
+        assign, before = Op.ASSIGN, len(assigns)  # (an Enum class attribute is slow to read in Python 3.11)
         while stack:
             node, done = pop()
             if done:
                 seen[id(node)] = len(nodes)
                 append(node)
+                if node.op is assign:
+                    assigns.append(node)
                 continue
             if id(node) in seen or node.buffer is not None:
                 continue
@@ -140,6 +143,7 @@ class Scheduler:
                 base = src if src._base is None else src._base
                 if base.buffer is None and id(base) not in seen:
                     push((base, False))
+        return len(assigns) > before
 
     def _stale_readers(self, checked: int = 0) -> list:
         """Lazy values that read a buffer an assign here overwrites, and that will still be wanted after
@@ -149,7 +153,7 @@ class Scheduler:
         nodes collected since (no new assign among them) they are not stale, so only the nodes after are
         checked (Python would otherwise ask every node's holders and readers again)."""
         assign = Op.ASSIGN  # read once: an Enum class attribute is slow to read in Python 3.11
-        assigns = [n for n in self.nodes if n.op is assign]
+        assigns = self._assigns
         if not assigns:
             return []
         collected = self._positions  # (the ids of the nodes collected)
@@ -167,10 +171,16 @@ class Scheduler:
             if index < checked or id(node) in wanted:
                 continue
             holders, readers = node._holders, node._readers
+            # (any_alive inlined for the one-reference case: this runs for every node that reads old data)
             if holders is not None and (holders() is not None if type(holders) is weakref.ref else holders.any_alive()):
-                stale.append(node)  # (any_alive for the one-reference case, without its call)
-            elif readers is not None and any_alive(readers, outside=collected):
                 stale.append(node)
+            elif readers is not None:
+                if type(readers) is weakref.ref:
+                    reader = readers()
+                    if reader is not None and id(reader) not in collected:
+                        stale.append(node)
+                elif readers.any_alive(collected):
+                    stale.append(node)
         for a in assigns:  # readers of the target itself that this schedule does not reach
             target = a.arg
             for ref in refs_of(target._readers):
