@@ -46,8 +46,12 @@ _CONSED_KEYS: dict = {}
 
 def _forget_consed(ref) -> None:
     key = _CONSED_KEYS.pop(ref, None)
-    if key is not None and _CONSED.get(key) is ref:
-        del _CONSED[key]
+    if key is not None:
+        # one look-up of the key (a tuple's hash is not cached): taken out, and put back in the rare case that a
+        # newer node of the same key has replaced this one (every node of every eager step dies through here)
+        current = _CONSED.pop(key, None)
+        if current is not ref and current is not None:
+            _CONSED[key] = current
 
 
 class WeakList:
