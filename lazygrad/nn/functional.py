@@ -188,7 +188,8 @@ def mse_loss(input: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
 
 def _class_mask(target: Tensor, input: Tensor) -> Tensor:
     """float one-hot of class-index targets (N, d...) laid out like input (N, C, d...)."""
-    classes = lazygrad.arange(input.shape[1], device=input.device).reshape((1, -1) + (1,) * (input.ndim - 2))
+    shape = (1, input.shape[1]) + (1,) * (input.ndim - 2)
+    classes = Tensor._index_constant(0, input.shape[1], 1, lazygrad.int64, input.device, shape)
     return (target.unsqueeze(1) == classes).cast(input.dtype)
 
 

@@ -70,6 +70,10 @@ def manual_seed(seed: int) -> None:
     random.manual_seed(seed)  # the device generator (lazygrad/random.py)
 
 
+# (start, end, step, dtype, device, shape) -> a realized arange (Tensor._index_constant)
+_INDEX_CONSTANTS: dict = {}
+
+
 class CreationOps:
     __slots__ = ()
 
@@ -130,6 +134,21 @@ class CreationOps:
             raise RuntimeError(f"arange: step must be nonzero (start {start}, end {end}, dtype {dtype})")
         t = Tensor(np.arange(start, end, step).astype(dtype.np), dtype=dtype, device=device)
         return t.requires_grad_() if requires_grad else t
+
+    @staticmethod
+    def _index_constant(start: int, end: int, step: int, dtype, device, shape: tuple) -> Tensor:
+        """arange(start, end, step) in `shape`, realized once per arguments and shared: the index patterns the
+        library's own rules compare against every step (max_pool2d's window ranks, cross_entropy's classes). An
+        arange is host data, uploaded anew each time; these are never written in place, nor handed to the user."""
+        device = canonical_device(device)
+        key = (start, end, step, dtype, device, shape)
+        found = _INDEX_CONSTANTS.get(key)
+        if found is None:
+            found = Tensor.arange(start, end, step, dtype=dtype, device=device).reshape(shape).realize()
+            if len(_INDEX_CONSTANTS) >= 256:
+                _INDEX_CONSTANTS.clear()
+            _INDEX_CONSTANTS[key] = found
+        return found
 
     @staticmethod
     def linspace(start, end, steps: int, dtype=None, device=None) -> Tensor:

@@ -259,7 +259,7 @@ class NNOps:
             win = windows().detach()
             best = forward().detach().unsqueeze(-1).unsqueeze(-1)
             hit = (win == best) | (win != win)
-            rank = Tensor.arange(k[0] * k[1], 0, -1, dtype=dt.float32, device=self.device).reshape(k)
+            rank = Tensor._index_constant(k[0] * k[1], 0, -1, dt.float32, self.device, k)
             first = hit._select(rank, 0.0).amax((-2, -1), keepdim=True)  # the rank of the first hit
             spread = (rank == first)._select(grad.unsqueeze(-1).unsqueeze(-1), 0.0)
             padded = tuple(size + 2 * pad + e for size, pad, e in zip(x_in.shape[-2:], p, extra))
