@@ -166,8 +166,8 @@ def _batch_norm_training(input, running_mean, running_var, weight, bias, momentu
 def _update_running_stats(running_mean, running_var, mean, var, momentum, count: int) -> None:
     from lazygrad.nn.module import note_buffer_update
 
-    with lazygrad.no_grad():
-        mean, unbiased_var = mean.detach().flatten(), var.detach().flatten() * (count / (count - 1))
+    with lazygrad.no_grad():  # (records no graph, so the statistics need no detach() first)
+        mean, unbiased_var = mean.flatten(), var.flatten() * (count / (count - 1))
         running_mean.assign(running_mean * (1 - momentum) + mean * momentum)
         running_var.assign(running_var * (1 - momentum) + unbiased_var * momentum)
     note_buffer_update(running_mean)
