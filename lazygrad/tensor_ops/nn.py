@@ -250,14 +250,20 @@ class NNOps:
             x = x_in.pad(pads, value=dt.lowest(x_in.dtype)) if any(pads) else x_in
             return x._pool(k, s, d)
 
+        saved = []  # forward's windows and maxima, outside autograd (a tensor of their nodes, not the output itself)
+
         def forward() -> Tensor:
-            return windows().amax((-2, -1))
+            win = windows()
+            out = win.amax((-2, -1))
+            saved.append((win.detach(), out.detach()))
+            return out
 
         def backward(grad: Tensor) -> tuple:
             # as PyTorch: each window's gradient goes to its first maximal element (a NaN counts as one),
-            # found by a reduce over the window; then back to the input positions (col2im)
-            win = windows().detach()
-            best = forward().detach().unsqueeze(-1).unsqueeze(-1)
+            # found by a reduce over the window; then back to the input positions (col2im). The windows and maxima
+            # are forward's (no gradient flows through the choice, under create_graph too)
+            win, best = saved[0]
+            best = best.unsqueeze(-1).unsqueeze(-1)
             hit = (win == best) | (win != win)
             rank = Tensor._index_constant(k[0] * k[1], 0, -1, dt.float32, self.device, k)
             first = hit._select(rank, 0.0).amax((-2, -1), keepdim=True)  # the rank of the first hit
