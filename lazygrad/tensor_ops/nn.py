@@ -250,12 +250,14 @@ class NNOps:
             x = x_in.pad(pads, value=dt.lowest(x_in.dtype)) if any(pads) else x_in
             return x._pool(k, s, d)
 
-        saved = []  # forward's windows and maxima, outside autograd (a tensor of their nodes, not the output itself)
+        # forward's windows and maxima, as tensors of their nodes: not detach(), whose alias refers to its source, and
+        # the output refers to this closure through its autograd record (a reference cycle)
+        saved = []
 
         def forward() -> Tensor:
             win = windows()
             out = win.amax((-2, -1))
-            saved.append((win.detach(), out.detach()))
+            saved.append((Tensor._wrap(win.lazydata), Tensor._wrap(out.lazydata)))
             return out
 
         def backward(grad: Tensor) -> tuple:
