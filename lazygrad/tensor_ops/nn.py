@@ -130,11 +130,9 @@ class NNOps:
             return win.reshape(n, g, cin_g, *win.shape[2:])
 
         columns = []  # the window columns, when forward copies them out; the weight gradient reuses them
-        windows = []  # forward's window view, which the weight gradient reads again (no graph: see backward)
 
         def forward() -> Tensor:
             win = windows_of(x_in)
-            windows.append(win)
             oh, ow = win.shape[3:5]
             chosen = layout.conv_layout(x_in.device, ow, cout_g, _is_plain_buffer(w_in))
             if chosen is layout.ConvLayout.COLUMNS:
@@ -163,9 +161,7 @@ class NNOps:
                 gg = grad.reshape(n, g, cout_g, oh, ow, 1, 1, 1)
                 grad_w = (gg * columns[0].detach().unsqueeze(2)).sum((0, 3, 4)).reshape(cout, cin_g, kh, kw)
             elif w_in.requires_grad:
-                # (n, g, 1, cin_g, oh, ow, kh, kw); forward's view where no gradient of this gradient is wanted (an
-                # eager step builds the window view once, not twice: the same node either way)
-                win = (windows_of(x_in) if autograd.is_grad_enabled() else windows[0]).unsqueeze(2)
+                win = windows_of(x_in).unsqueeze(2)  # (n, g, 1, cin_g, oh, ow, kh, kw)
                 gg = grad.reshape(n, g, cout_g, 1, oh, ow, 1, 1)
                 grad_w = (gg * win).sum((0, 4, 5)).reshape(cout, cin_g, kh, kw)
             return grad_x, grad_w
