@@ -113,7 +113,17 @@ def _add(c, g):
 # otherwise add `g * w` to every step's graph (built in Python, then dropped by backward unrealized).
 def _mul(c, g):
     a, b = c.inputs
-    return (g * b if a.requires_grad else None), (g * a if b.requires_grad else None)
+    return (_product(g, b) if a.requires_grad else None), (_product(g, a) if b.requires_grad else None)
+
+
+def _product(g, x):
+    """g * x for a gradient g of x's shape and dtype. Where no gradient of the gradient is wanted (the usual
+    backward), the node is made directly: the same node `g * x` makes, without the operator's promotion, broadcasting
+    and autograd record between (every eager step's backward multiplies this way, the most frequent rule)."""
+    node, other = g._lazydata, x._lazydata
+    if _grad_enabled[-1] or node.shape != other.shape or node.dtype is not other.dtype or node.dtype.kind == "b":
+        return g * x
+    return type(g)._wrap(LazyBuffer.elementwise(Op.MUL, (node, other)))
 
 
 def _max(c, g):
@@ -167,6 +177,9 @@ def _expand(c, g):
     (x,) = c.inputs
     lead = len(c.out_shape) - len(x.shape)
     axes = tuple(range(lead)) + tuple(lead + i for i, (a, b) in enumerate(zip(x.shape, c.out_shape[lead:])) if a != b)
+    if not _grad_enabled[-1]:  # (no gradient of the gradient: the nodes that the tensor ops below make, directly)
+        node = g._lazydata.reduce(Op.SUM, axes) if axes else g._lazydata
+        return (type(g)._wrap(node.reshape(x.shape)) if lead or axes else g,)
     g = g._primitive(Op.SUM, arg=axes) if axes else g
     return (g._movement(Op.RESHAPE, x.shape) if lead else g,)
 
