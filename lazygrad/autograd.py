@@ -116,6 +116,15 @@ def _mul(c, g):
     return (_product(g, b) if a.requires_grad else None), (_product(g, a) if b.requires_grad else None)
 
 
+def _total(a, b):
+    """a + b for two gradients of one input, made as a node directly where no gradient of the gradient is wanted
+    (see _product)."""
+    node, other = a._lazydata, b._lazydata
+    if _grad_enabled[-1] or node.shape != other.shape or node.dtype is not other.dtype or node.dtype.kind == "b":
+        return a + b
+    return type(a)._wrap(LazyBuffer.elementwise(Op.ADD, (node, other)))
+
+
 def _product(g, x):
     """g * x for a gradient g of x's shape and dtype. Where no gradient of the gradient is wanted (the usual
     backward), the node is made directly: the same node `g * x` makes, without the operator's promotion, broadcasting
@@ -406,7 +415,7 @@ def backward(root, gradient, retain_graph: bool = False, create_graph: bool = Fa
                     continue
                 assert ig._lazydata.shape == inp._lazydata.shape, f"gradient of {ctx.op}: {ig.shape} for {inp.shape}"
                 prev = grads.get(id(inp))
-                grads[id(inp)] = ig if prev is None else prev + ig
+                grads[id(inp)] = ig if prev is None else _total(prev, ig)
             if not retain_graph and t._view_of is None:
                 # (a view keeps its movement: its source is held anyway, and a view held across steps, as torch's,
                 # carries its gradient to the source again)
