@@ -641,7 +641,8 @@ class ElementwiseOps:
 
     def __radd__(self, other):
         x, y = self._operand(other, reverse=True)
-        return x.add(y)
+        # (one dtype and shape now: add's own operand check would find nothing to do)
+        return x | y if x._lazydata.dtype is dt.bool_ else x._primitive(Op.ADD, y)
 
     def __rsub__(self, other):
         x, y = self._operand(other, reverse=True)
@@ -649,7 +650,7 @@ class ElementwiseOps:
 
     def __rmul__(self, other):
         x, y = self._operand(other, reverse=True)
-        return x.mul(y)
+        return x & y if x._lazydata.dtype is dt.bool_ else x._primitive(Op.MUL, y)  # (as __radd__)
 
     def __rtruediv__(self, other):
         x, y = self._operand(other, reverse=True)
