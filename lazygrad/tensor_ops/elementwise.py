@@ -128,8 +128,11 @@ class ElementwiseOps:
             y = Tensor._scalar_operand(LazyBuffer.const(other, x.shape, d, x._lazydata.device))
             return (y, x) if reverse else (x, y)
         if x.shape != y.shape:
-            shape = _broadcast_shape(x.shape, y.shape)
-            x, y = x.broadcast_to(shape), y.broadcast_to(shape)
+            shape = _broadcast_shape(x.shape, y.shape)  # (raises where they do not broadcast)
+            if x._lazydata.shape != shape:
+                x = x._broadcast_valid(shape)
+            if y._lazydata.shape != shape:
+                y = y._broadcast_valid(shape)
         return (y, x) if reverse else (x, y)
 
     def add(self, other, alpha=1) -> Tensor:
