@@ -619,7 +619,11 @@ def _count_copy(name: str = "copy", device: str = "", nbytes: int = 0, start: fl
 
 def realize(lazybuffers: list) -> None:
     # a constant needs no memory (kernels inline it), and its node is shared by every equal constant
-    pending = [lb for lb in lazybuffers if not lb.realized and lb.base.op is not Op.CONST]
+    pending = []
+    for lb in lazybuffers:
+        base = lb if lb._base is None else lb._base
+        if base.buffer is None and base.op is not _CONST:
+            pending.append(lb)
     if not pending:
         return
     start = time.perf_counter()
@@ -654,10 +658,11 @@ def realize(lazybuffers: list) -> None:
 
 def to_numpy(lb: LazyBuffer) -> np.ndarray:
     """The values of a LazyBuffer (any view) as a numpy array; counts as a copy."""
-    if lb.base.op is Op.CONST or (lb.is_view and not (lb.st.contiguous_view and lb.size == lb.base.size)):
+    base = lb if lb._base is None else lb._base
+    if base.op is _CONST or (base is not lb and not (lb.st.contiguous_view and lb.size == base.size)):
         lb = lb.contiguous()
     realize([lb])
-    base = lb.base
+    base = lb if lb._base is None else lb._base
     if base.size == 0:
         return np.zeros(lb.shape, dtype=lb.dtype.np)
     start = time.perf_counter()
