@@ -12,6 +12,7 @@ import itertools
 import math
 from contextlib import ContextDecorator
 
+from lazygrad.graph import LazyBuffer
 from lazygrad.ops import DIFFERENTIABLE, Op
 
 _grad_enabled = [True]
@@ -112,7 +113,26 @@ def _add(c, g):
 # otherwise add `g * w` to every step's graph (built in Python, then dropped by backward unrealized).
 def _mul(c, g):
     a, b = c.inputs
-    return (g * b if a.requires_grad else None), (g * a if b.requires_grad else None)
+    return (_product(g, b) if a.requires_grad else None), (_product(g, a) if b.requires_grad else None)
+
+
+def _total(a, b):
+    """a + b for two gradients of one input, made as a node directly where no gradient of the gradient is wanted
+    (see _product)."""
+    node, other = a._lazydata, b._lazydata
+    if _grad_enabled[-1] or node.shape != other.shape or node.dtype is not other.dtype or node.dtype.kind == "b":
+        return a + b
+    return type(a)._wrap(LazyBuffer.elementwise(Op.ADD, (node, other)))
+
+
+def _product(g, x):
+    """g * x for a gradient g of x's shape and dtype. Where no gradient of the gradient is wanted (the usual
+    backward), the node is made directly: the same node `g * x` makes, without the operator's promotion, broadcasting
+    and autograd record between (every eager step's backward multiplies this way, the most frequent rule)."""
+    node, other = g._lazydata, x._lazydata
+    if _grad_enabled[-1] or node.shape != other.shape or node.dtype is not other.dtype or node.dtype.kind == "b":
+        return g * x
+    return type(g)._wrap(LazyBuffer.elementwise(Op.MUL, (node, other)))
 
 
 def _max(c, g):
@@ -136,6 +156,8 @@ def _where(c, g):
 # reduce
 def _sum(c, g):
     (x,) = c.inputs
+    if not _grad_enabled[-1] and g.ndim == x.ndim:  # (no gradient of the gradient: expand's view node, directly)
+        return (type(g)._wrap(g._lazydata.expand(x.shape)),)
     return (g.expand(x.shape),)
 
 
@@ -166,6 +188,9 @@ def _expand(c, g):
     (x,) = c.inputs
     lead = len(c.out_shape) - len(x.shape)
     axes = tuple(range(lead)) + tuple(lead + i for i, (a, b) in enumerate(zip(x.shape, c.out_shape[lead:])) if a != b)
+    if not _grad_enabled[-1]:  # (no gradient of the gradient: the nodes that the tensor ops below make, directly)
+        node = g._lazydata.reduce(Op.SUM, axes) if axes else g._lazydata
+        return (type(g)._wrap(node.reshape(x.shape)) if lead or axes else g,)
     g = g._primitive(Op.SUM, arg=axes) if axes else g
     return (g._movement(Op.RESHAPE, x.shape) if lead else g,)
 
@@ -198,72 +223,114 @@ def window_transpose(g, input_shape: tuple, kernel: tuple, stride: tuple, dilati
     kernel offset a masked read at every position, which no vector lane can load contiguously.)
     `crop`, per spatial dim (start, length), keeps only those input positions (a padding's gradient is
     dropped): the classes are counted from `start`, so that the result needs no shifted cut at the end.
-    No closures here: a recursive one would keep g alive in a reference cycle until the garbage
-    collector runs, and the scheduler treats a tensor still alive as wanted."""
+
+    One composite op: the pieces are built as graph nodes (`_col2im`), one view node per kernel offset and one
+    add, not as tensors of four recorded movement ops each (a ResNet-18 step built ~600 tensors here), and the
+    gradient is the adjoint's adjoint, the window view of the gradient padded back to the input's positions.
+    No closures over g in the nodes: a reference cycle would keep g alive until the garbage collector runs, and
+    the scheduler treats a tensor still alive as wanted."""
     n = len(kernel)
-    lead = g.ndim - 2 * n
-    crop = crop or tuple((0, size) for size in input_shape[-n:])
-    if tuple(stride) == tuple(kernel) and all(d == 1 for d in dilation):
-        return _tiles_transpose(g, input_shape, kernel, crop)
+    kernel, stride, dilation = tuple(kernel), tuple(stride), tuple(dilation)
+    crop = tuple(crop) or tuple((0, size) for size in input_shape[-n:])
+    tensor = type(g)
+
+    def forward():
+        return tensor._wrap(_col2im(g._lazydata, input_shape[-n:], kernel, stride, dilation, crop))
+
+    def backward(grad):
+        lead = grad.ndim - n
+        around = tuple((start, size - start - length) for (start, length), size in zip(crop, input_shape[-n:]))
+        padded = grad._movement(Op.PAD, ((0, 0),) * lead + around)
+        return (padded._movement(Op.WINDOW, (kernel, stride, dilation)),)
+
+    return tensor._composite("window_transpose", (g,), forward, backward)
+
+
+def _col2im(g, spatial: tuple, kernel: tuple, stride: tuple, dilation: tuple, crop: tuple):
+    """window_transpose's value, on graph nodes (g a LazyBuffer of shape (..., *outs, *kernel), `spatial` the
+    windowed input's last dims)."""
+    n = len(kernel)
+    lead = len(g.shape) - 2 * n
+    if stride == kernel and all(d == 1 for d in dilation):
+        return _tiles_transpose(g, spatial, kernel, crop)
     quotients = tuple(-(-length // s) for (_, length), s in zip(crop, stride))  # class sizes, rounded up
+    starts = tuple(start for start, _ in crop)
     level = {
-        r: _class_sum(g, r, kernel, stride, dilation, quotients, lead, tuple(start for start, _ in crop))
+        r: _class_sum(g, r, kernel, stride, dilation, quotients, lead, starts)
         for r in itertools.product(*[range(s) for s in stride])
     }
     for j in reversed(range(n)):  # interleave the classes of the last dim, then of the one before, ...
         dim, merged, length = lead + j, {}, crop[j][1]
         for prefix in itertools.product(*[range(s) for s in stride[:j]]):
             parts = [level[(*prefix, r)] for r in range(stride[j])]
-            out = parts[0] if stride[j] == 1 else type(g).stack(parts, dim + 1).flatten(dim, dim + 1)
+            out = parts[0] if stride[j] == 1 else _interleave(parts, dim)
             if out.shape[dim] != length:
-                out = out.shrink([(0, m) if i != dim else (0, length) for i, m in enumerate(out.shape)])
+                out = out.shrink(tuple((0, m) if i != dim else (0, length) for i, m in enumerate(out.shape)))
             merged[prefix] = out
         level = merged
     return level[()]
 
 
-def _tiles_transpose(g, input_shape: tuple, kernel: tuple, crop: tuple):
-    """window_transpose when the windows tile the input (stride = kernel, no dilation: non-overlapping pooling, the
+def _interleave(parts: list, dim: int):
+    """Nodes of one shape, interleaved along `dim`: element i of part r goes to i * len(parts) + r (what
+    stack(parts, dim + 1).flatten(dim, dim + 1) builds: each part a new dim padded to its place, summed)."""
+    shape, count = parts[0].shape, len(parts)
+    single = shape[: dim + 1] + (1,) + shape[dim + 1 :]
+    total = None
+    for r, part in enumerate(parts):
+        around = ((0, 0),) * (dim + 1) + ((r, count - r - 1),) + ((0, 0),) * (len(shape) - dim - 1)
+        piece = part.moved(((Op.RESHAPE, single), (Op.PAD, around)))
+        total = piece if total is None else LazyBuffer.elementwise(Op.ADD, (total, piece))
+    return total.reshape(shape[:dim] + (shape[dim] * count,) + shape[dim + 1 :])
+
+
+def _tiles_transpose(g, spatial: tuple, kernel: tuple, crop: tuple):
+    """_col2im when the windows tile the input (stride = kernel, no dilation: non-overlapping pooling, the
     common max_pool2d(2)): each input position is in one window at most, so the gradient is g's windows laid side
     by side again: a permute and a reshape, a pad for the positions no window reaches and a shrink for the crop
-    (four views, where the shifted classes took ~25 for a 2x2 pool)."""
+    (one view node, where the shifted classes took ~25 for a 2x2 pool)."""
     n = len(kernel)
-    lead = g.ndim - 2 * n
+    lead = len(g.shape) - 2 * n
     outs = g.shape[lead : lead + n]
     order = tuple(range(lead)) + tuple(axis for i in range(n) for axis in (lead + i, lead + n + i))
-    tiled = g._movement(Op.PERMUTE, order)._movement(
-        Op.RESHAPE, g.shape[:lead] + tuple(o * k for o, k in zip(outs, kernel))
-    )
-    spatial = input_shape[-n:]
+    tiled = g.shape[:lead] + tuple(o * k for o, k in zip(outs, kernel))
     whole = tuple((0, m) for m in g.shape[:lead])
-    tiled = tiled._movement(Op.PAD, whole + tuple((0, size - o * k) for size, o, k in zip(spatial, outs, kernel)))
-    return tiled._movement(Op.SHRINK, whole + tuple((start, start + length) for start, length in crop))
+    return g.moved(
+        (
+            (Op.PERMUTE, order),
+            (Op.RESHAPE, tiled),
+            (Op.PAD, whole + tuple((0, size - o * k) for size, o, k in zip(spatial, outs, kernel))),
+            (Op.SHRINK, whole + tuple((start, start + length) for start, length in crop)),
+        )
+    )
 
 
 def _class_sum(g, remainders: tuple, kernel, stride, dilation, quotients: tuple, lead: int, starts: tuple):
-    """The positions y = i - start whose remainder mod stride is `remainders` (per spatial dim), as a tensor of
-    shape (..., *quotients): the sum of the kernel offsets that land there, each shifted into place.
-    Each offset's piece is four movement ops whatever the number of dims (a shrink and a reshape take the
-    offset, one pad and one shrink move it into place): a conv2d's input gradient takes K*K of them per class,
-    and the eager step builds them every time."""
+    """The positions y = i - start whose remainder mod stride is `remainders` (per spatial dim), as a node of
+    shape (..., *quotients): the sum of the kernel offsets that land there, each shifted into place: one view
+    node per offset (a shrink and a reshape take the offset, one pad and one shrink move it into place)."""
     n = len(kernel)
     outer = tuple((0, m) for m in g.shape[: lead + n])  # the lead and output-position dims, kept whole
     total = None
     for ks in itertools.product(*[range(k) for k in kernel]):
         if any((k * d - a) % s != r for k, d, s, r, a in zip(ks, dilation, stride, remainders, starts)):
             continue
-        # g[..., *ks], without indexing's parsing of its key
-        piece = g._movement(Op.SHRINK, outer + tuple((k, k + 1) for k in ks))._movement(Op.RESHAPE, g.shape[: lead + n])
-        pads, cuts = [], []
-        for k, d, s, r, q, a, length in zip(ks, dilation, stride, remainders, quotients, starts, piece.shape[lead:]):
+        pads, cuts, outs = [], [], g.shape[lead : lead + n]
+        for k, d, s, r, q, a, length in zip(ks, dilation, stride, remainders, quotients, starts, outs):
             shift = (k * d - a - r) // s  # moved `shift` places up (down if negative), cut or zero-filled to q
             pads.append((max(shift, 0), max(q - shift - length, 0)))
             cuts.append((max(-shift, 0), max(-shift, 0) + q))
-        piece = piece._movement(Op.PAD, ((0, 0),) * lead + tuple(pads))
-        piece = piece._movement(Op.SHRINK, outer[:lead] + tuple(cuts))
-        total = piece if total is None else total + piece
+        piece = g.moved(
+            (
+                (Op.SHRINK, outer + tuple((k, k + 1) for k in ks)),  # g[..., *ks]
+                (Op.RESHAPE, g.shape[: lead + n]),
+                (Op.PAD, ((0, 0),) * lead + tuple(pads)),
+                (Op.SHRINK, outer[:lead] + tuple(cuts)),
+            )
+        )
+        total = piece if total is None else LazyBuffer.elementwise(Op.ADD, (total, piece))
     if total is None:  # no kernel offset reaches this class
-        total = type(g).zeros(*g.shape[:lead], *quotients, dtype=g.dtype, device=g.device)
+        total = LazyBuffer.const(0, g.shape[:lead] + quotients, g.dtype, g.device)
     return total
 
 
@@ -350,7 +417,7 @@ def backward(root, gradient, retain_graph: bool = False, create_graph: bool = Fa
                     continue
                 assert ig._lazydata.shape == inp._lazydata.shape, f"gradient of {ctx.op}: {ig.shape} for {inp.shape}"
                 prev = grads.get(id(inp))
-                grads[id(inp)] = ig if prev is None else prev + ig
+                grads[id(inp)] = ig if prev is None else _total(prev, ig)
             if not retain_graph and t._view_of is None:
                 # (a view keeps its movement: its source is held anyway, and a view held across steps, as torch's,
                 # carries its gradient to the source again)
@@ -370,9 +437,15 @@ def _topological(root) -> list:
             continue
         seen.add(id(t))
         stack.append((t, True))
-        if t._ctx is not None:
-            _resolve_versions(t._ctx)
-            for inp in t._ctx.inputs:
+        ctx = t._ctx
+        if ctx is not None:
+            if ctx.versions:  # (_resolve_versions only for an input updated in place since: almost never)
+                for inp, version in zip(ctx.inputs, ctx.versions):
+                    if inp._version != version:
+                        _resolve_versions(ctx)
+                        break
+                ctx.versions = ()
+            for inp in ctx.inputs:
                 if inp.requires_grad and id(inp) not in seen:
                     stack.append((inp, False))
     return order

@@ -46,8 +46,12 @@ _CONSED_KEYS: dict = {}
 
 def _forget_consed(ref) -> None:
     key = _CONSED_KEYS.pop(ref, None)
-    if key is not None and _CONSED.get(key) is ref:
-        del _CONSED[key]
+    if key is not None:
+        # one look-up of the key (a tuple's hash is not cached): taken out, and put back in the rare case that a
+        # newer node of the same key has replaced this one (every node of every eager step dies through here)
+        current = _CONSED.pop(key, None)
+        if current is not ref and current is not None:
+            _CONSED[key] = current
 
 
 class WeakList:
@@ -314,15 +318,26 @@ class LazyBuffer:
         return node
 
     def reduce(self, op: Op | str, axes: tuple) -> LazyBuffer:
-        op = coerce(op)
+        if type(op) is not Op:
+            op = coerce(op)
         if op not in REDUCE:
             raise ValueError(f"reduce: {op} is not a reduce ({op.group.value})")
         if self.dtype.kind not in op.combine.kinds:
             raise TypeError(f"{op} does not compute on {self.dtype.name} ({op.combine} does not)")
-        axes = tuple(sorted(a for a in axes if self.shape[a] != 1))
+        shape = self.shape
+        if type(axes) is not tuple:
+            axes = tuple(axes)
+        try:  # an eager step reduces the same few shapes every step: the axes and result shape are remembered
+            axes, new_shape = _REDUCED[(shape, axes)]
+        except KeyError:
+            key = (shape, axes)
+            axes = tuple(sorted(a for a in axes if shape[a] != 1))
+            new_shape = tuple(1 if i in axes else s for i, s in enumerate(shape))
+            if len(_REDUCED) >= _MAX_REDUCED:
+                _REDUCED.clear()
+            _REDUCED[key] = (axes, new_shape)
         if not axes:
             return self
-        new_shape = tuple(1 if i in axes else s for i, s in enumerate(self.shape))
         return LazyBuffer.new_base(self.device, new_shape, self.dtype, op, (self,), axes)
 
     def _view(self, op: Op, arg) -> LazyBuffer:
@@ -334,6 +349,27 @@ class LazyBuffer:
         if new_st.shape == base.shape and new_st.contiguous_view and base.st.contiguous_view:
             return base
         return LazyBuffer(self.device, new_st, self.dtype, Op.VIEW, base=base, movement=self.movement + ((op, arg),))
+
+    def moved(self, moves: tuple) -> LazyBuffer:
+        """This node seen through several movement ops `((op, arg), ...)` as one view node, where calling them one
+        by one makes a node per op: the same tracker and the same movement list (a move that changes nothing is
+        left out, a view back to its whole base is the base), so the schedule, its structure key and the kernels
+        cannot tell the difference. For rules that move many pieces (conv2d's input gradient)."""
+        base = self if self._base is None else self._base
+        st, movement = self.st, self.movement
+        for op, arg in moves:
+            new_st = _moved(st, op, arg)
+            if new_st is st:
+                continue
+            if new_st.shape == base.shape and new_st.contiguous_view and base.st.contiguous_view:
+                st, movement = base.st, ()
+            else:
+                st, movement = new_st, movement + ((op, arg),)
+        if st is self.st:
+            return self
+        if not movement:
+            return base
+        return LazyBuffer(self.device, st, self.dtype, Op.VIEW, base=base, movement=movement)
 
     def broadcast(self, padded: tuple, shape: tuple) -> LazyBuffer:
         """reshape(padded).expand(shape) as one node: broadcasting to more dims (`padded` is this shape with ones in
@@ -380,7 +416,7 @@ class LazyBuffer:
 
     def contiguous(self) -> LazyBuffer:
         """A base of its own with this view's values laid out in order."""
-        if not self.is_view and self.op is not Op.CONST:
+        if self._base is None and self.op is not _CONST:
             return self
         return LazyBuffer(self.device, ShapeTracker.contiguous(self.shape), self.dtype, Op.CONTIGUOUS, (self,))
 
@@ -408,6 +444,10 @@ _ZEROS = (0,) * 64  # the starts of a shrink that changes nothing (no tensor has
 # base and two views per op
 _CONST_VIEWS: dict = {}
 _MAX_CONST_VIEWS = 4096
+
+# (shape, axes asked for) -> (the axes reduced, in order, without size-1 dims; the result's shape)
+_REDUCED: dict = {}
+_MAX_REDUCED = 4096
 
 # (tracker, movement op, arg) -> the tracker it gives: a training loop moves the same few views every step
 _MOVES: dict = {}

@@ -28,9 +28,16 @@ from lazygrad.shape import prod
 
 
 def backend_for(device: str):
-    from lazygrad import backends
+    backend = _BACKENDS.get(device)  # (every buffer's allocation and copy asks: no import statement each time)
+    if backend is None:
+        from lazygrad import backends
 
-    return backends.get(device)
+        backend = _BACKENDS[device] = backends.get(device)
+    return backend
+
+
+# device name -> its backend, once found (backends.get keeps one instance per name: this only skips its look-up)
+_BACKENDS: dict = {}
 
 
 # --- memory --------------------------------------------------------------------------------------
@@ -207,6 +214,8 @@ class profile:
 
 
 def _timing_wanted() -> bool:
+    if not _profiles:  # (every launch asks: no generator when nothing profiles)
+        return config.DEBUG >= 1
     return config.DEBUG >= 1 or any(p.timed for p in _profiles)
 
 
@@ -466,6 +475,10 @@ _LOWERING_VERSION = _codegen_digest()
 
 
 # --- running a schedule --------------------------------------------------------------------------
+# read once: Enum class attributes are slow to read in Python 3.11, and these are read for every launch
+_KERNEL_ITEM, _ASSIGN, _CONST = ItemKind.KERNEL, Op.ASSIGN, Op.CONST
+
+
 class PlanStep:
     """One item of a schedule with its nodes named by position (see Scheduler.structure): an index into the
     scheduled nodes, or -1 - an index into the realized bases read. So the step applies to every graph of the
@@ -526,44 +539,38 @@ def run_plan(steps: list, nodes: list, externals: list, items: list | None = Non
         for observer in OBSERVERS:
             observer.schedule(items)
     start = time.perf_counter() if _profiles else 0.0
+    buffer_op = Op.BUFFER  # read once: an Enum class attribute is slow to read in Python 3.11
     for number, step in enumerate(steps):
-        outputs = [nodes[i] for i in step.outputs]
+        positions = step.outputs
+        outputs = [nodes[positions[0]]] if len(positions) == 1 else [nodes[i] for i in positions]
         inputs = [nodes[i] if i >= 0 else externals[-1 - i] for i in step.inputs]
         _run_step(step, outputs, inputs, items[number] if items is not None else None)
-        for out in outputs:
-            _release_graph(out)
+        for out in outputs:  # a realized base no longer needs what it was computed from
+            out.srcs = ()
+            if out.op is not buffer_op:
+                if out.op is not _CONST:
+                    out.arg = None
+                out.op = buffer_op
     if _profiles:
         _note_event("schedule", f"schedule ({len(steps)} items)", "host", start, {"items": len(steps)})
 
 
 def _run_step(step: PlanStep, outputs: list, inputs: list, item: ScheduleItem | None):
     node = outputs[0]
-    if step.kind is ItemKind.HOST:
-        start = time.perf_counter()
-        node.buffer = Buffer(node.device, node.size, node.dtype)
-        node.buffer.copy_in(np.ascontiguousarray(node.arg))
-        _count_copy("copy host -> device", node.device, node.buffer.nbytes, start)
+    kind = step.kind
+    if kind is not _KERNEL_ITEM:
+        _run_transfer(kind, node, inputs)
         return
-    if step.kind is ItemKind.COPY:
-        if CAPTURES:
-            warnings.warn(
-                "lazygrad.jit: a copy between devices inside a jitted function is not replayed",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-        start = time.perf_counter()
-        data = inputs[0].buffer.to_numpy()
-        node.buffer = Buffer(node.device, node.size, node.dtype)
-        node.buffer.copy_in(data)
-        _count_copy(f"copy {inputs[0].device} -> {node.device}", node.device, node.buffer.nbytes, start)
-        return
-    if node.size == 0:
+    if 0 in node.shape:
         for out in outputs:
             out.buffer = Buffer(out.device, 0, out.dtype)
         return
-    assign = Op.ASSIGN
-    buffers = [out.arg.buffer if out.op is assign else Buffer(out.device, out.size, out.dtype) for out in outputs]
-    buffers += [b.buffer for b in inputs]
+    if len(outputs) == 1:  # (most kernels: no comprehensions, each a call in Python 3.11)
+        buffers = [node.arg.buffer if node.op is _ASSIGN else Buffer(node.device, node.size, node.dtype)]
+    else:
+        buffers = [out.arg.buffer if out.op is _ASSIGN else Buffer(out.device, out.size, out.dtype) for out in outputs]
+    for b in inputs:
+        buffers.append(b.buffer)
     entry = step.entry
     if entry is None:
         for b in inputs:
@@ -575,11 +582,14 @@ def _run_step(step: PlanStep, outputs: list, inputs: list, item: ScheduleItem | 
         step.ast = None  # the compiled kernel is all the plan needs now (see PlanStep)
     timed = _timing_wanted()
     start = time.perf_counter() if timed else 0.0
-    seconds = entry.kernel([b.handle for b in buffers], wait=timed)
+    handles = []
+    for b in buffers:
+        handles.append(b.handle)
+    seconds = entry.kernel(handles, wait=timed)
     for out, buffer in zip(outputs, buffers):
         out.buffer = buffer
     for capture in CAPTURES:  # the JIT gives the buffers this launch allocated a fresh one per replay
-        capture.record(entry, buffers, [b for out, b in zip(outputs, buffers) if out.op is not assign])
+        capture.record(entry, buffers, [b for out, b in zip(outputs, buffers) if out.op is not _ASSIGN])
     launch = None
     if timed:
         launch = note_launch(entry, seconds, start)
@@ -591,6 +601,28 @@ def _run_step(step: PlanStep, outputs: list, inputs: list, item: ScheduleItem | 
             observer.kernel(item, entry, launch)
 
 
+def _run_transfer(kind, node: LazyBuffer, inputs: list) -> None:
+    """An upload of host data or a copy between devices."""
+    if kind is ItemKind.HOST:
+        start = time.perf_counter()
+        node.buffer = Buffer(node.device, node.size, node.dtype)
+        node.buffer.copy_in(np.ascontiguousarray(node.arg))
+        _count_copy("copy host -> device", node.device, node.buffer.nbytes, start)
+        return
+    if kind is ItemKind.COPY:
+        if CAPTURES:
+            warnings.warn(
+                "lazygrad.jit: a copy between devices inside a jitted function is not replayed",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+        start = time.perf_counter()
+        data = inputs[0].buffer.to_numpy()
+        node.buffer = Buffer(node.device, node.size, node.dtype)
+        node.buffer.copy_in(data)
+        _count_copy(f"copy {inputs[0].device} -> {node.device}", node.device, node.buffer.nbytes, start)
+
+
 def _count_copy(name: str = "copy", device: str = "", nbytes: int = 0, start: float | None = None):
     for p in _profiles:
         p.copies += 1
@@ -598,17 +630,13 @@ def _count_copy(name: str = "copy", device: str = "", nbytes: int = 0, start: fl
         _note_event("copy", name, f"{device} copies", start, {"bytes": nbytes})
 
 
-def _release_graph(node: LazyBuffer):
-    """A realized base no longer needs what it was computed from."""
-    node.srcs = ()
-    if node.op is not Op.BUFFER:
-        node.arg = None if node.op is not Op.CONST else node.arg
-        node.op = Op.BUFFER
-
-
 def realize(lazybuffers: list) -> None:
     # a constant needs no memory (kernels inline it), and its node is shared by every equal constant
-    pending = [lb for lb in lazybuffers if not lb.realized and lb.base.op is not Op.CONST]
+    pending = []
+    for lb in lazybuffers:
+        base = lb if lb._base is None else lb._base
+        if base.buffer is None and base.op is not _CONST:
+            pending.append(lb)
     if not pending:
         return
     start = time.perf_counter()
@@ -618,7 +646,12 @@ def realize(lazybuffers: list) -> None:
     scheduler = Scheduler(pending)
     key, externals = scheduler.structure()
     # an observer (lazygrad.viz) is shown the schedule with its graph and reasons, so it is made again
-    steps = _plans.get(key) if key is not None and not OBSERVERS else None
+    try:
+        steps = _plans.get(key)
+    except TypeError:  # an arg that cannot be a key: scheduled every time
+        key = steps = None
+    if OBSERVERS:
+        steps = None
     items = None
     if steps is not None:
         schedule_counts["reused"] += 1
@@ -638,13 +671,15 @@ def realize(lazybuffers: list) -> None:
 
 def to_numpy(lb: LazyBuffer) -> np.ndarray:
     """The values of a LazyBuffer (any view) as a numpy array; counts as a copy."""
-    if lb.base.op is Op.CONST or (lb.is_view and not (lb.st.contiguous_view and lb.size == lb.base.size)):
+    base = lb if lb._base is None else lb._base
+    if base.op is _CONST or (base is not lb and not (lb.st.contiguous_view and lb.size == base.size)):
         lb = lb.contiguous()
     realize([lb])
-    base = lb.base
+    base = lb if lb._base is None else lb._base
     if base.size == 0:
         return np.zeros(lb.shape, dtype=lb.dtype.np)
     start = time.perf_counter()
     data = base.buffer.to_numpy()
-    _count_copy(f"copy {base.device} -> host", base.device, base.buffer.nbytes, start)
+    if _profiles:  # (the name is formatted only for a profile: every item() comes here)
+        _count_copy(f"copy {base.device} -> host", base.device, base.buffer.nbytes, start)
     return data.reshape(lb.shape)

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from lazygrad.codegen.kernel_ast import KernelOp
-from lazygrad.graph import LazyBuffer, any_alive, const_key, refs_of
+from lazygrad.graph import LazyBuffer, const_key, refs_of
 from lazygrad.ops import ELEMENTWISE, REDUCE, AstOp, Op, zero
 from lazygrad.shape import ShapeTracker
 
@@ -81,11 +81,13 @@ class Scheduler:
         self.realize: dict = {}  # id(base) -> reason
         self.joined: dict = {}  # id(base) -> why a merge made it an extra output of another base's kernel
         self.nodes: list = []  # unrealized bases, sources first
-        seen: set = set()
+        # id(node) -> its position in self.nodes: what structure() numbers nodes by, and the set of collected ids
+        self._positions: dict = {}
+        seen = self._positions
         new_targets, checked = self.targets, 0
+        self._assigns: list = []  # the assign nodes among them
         while True:
-            self._collect(new_targets, self.nodes, seen)
-            if any(n.op is Op.ASSIGN for n in self.nodes[checked:]):
+            if self._collect(new_targets, self.nodes, seen, self._assigns):
                 checked = 0  # a new assign may make nodes checked before read old data: check them all again
             stale = self._stale_readers(checked)
             if not stale or all(id(n) in seen for n in stale):
@@ -118,24 +120,30 @@ class Scheduler:
 
     # --- graph walk -------------------------------------------------------------------------------
     @staticmethod
-    def _collect(targets: list, nodes: list, seen: set) -> None:
+    def _collect(targets: list, nodes: list, seen: dict, assigns: list) -> bool:
         """Append to `nodes` the unrealized bases the targets need and `seen` does not hold yet, each after its
-        sources (iterative depth-first)."""
+        sources (iterative depth-first); `seen` maps each id to the node's position in `nodes`, and the assigns
+        among them are appended to `assigns` too. Whether there were any."""
         stack = [(t, False) for t in reversed(targets)]
-        pop, push, add = stack.pop, stack.append, seen.add
+        pop, push, append = stack.pop, stack.append, nodes.append
+        assign, before = Op.ASSIGN, len(assigns)  # (an Enum class attribute is slow to read in Python 3.11)
         while stack:
             node, done = pop()
             if done:
-                nodes.append(node)
+                seen[id(node)] = len(nodes)
+                append(node)
+                if node.op is assign:
+                    assigns.append(node)
                 continue
             if id(node) in seen or node.buffer is not None:
                 continue
-            add(id(node))
+            seen[id(node)] = -1  # (visited; its position once its sources are in)
             push((node, True))
             for src in node.srcs:
                 base = src if src._base is None else src._base
                 if base.buffer is None and id(base) not in seen:
                     push((base, False))
+        return len(assigns) > before
 
     def _stale_readers(self, checked: int = 0) -> list:
         """Lazy values that read a buffer an assign here overwrites, and that will still be wanted after
@@ -145,10 +153,10 @@ class Scheduler:
         nodes collected since (no new assign among them) they are not stale, so only the nodes after are
         checked (Python would otherwise ask every node's holders and readers again)."""
         assign = Op.ASSIGN  # read once: an Enum class attribute is slow to read in Python 3.11
-        assigns = [n for n in self.nodes if n.op is assign]
+        assigns = self._assigns
         if not assigns:
             return []
-        collected = {id(n) for n in self.nodes}
+        collected = self._positions  # (the ids of the nodes collected)
         wanted = {id(t) for t in self.targets}
         reads_old, stale = {id(n.arg) for n in assigns}, []
         for index, node in enumerate(self.nodes):
@@ -163,10 +171,16 @@ class Scheduler:
             if index < checked or id(node) in wanted:
                 continue
             holders, readers = node._holders, node._readers
+            # (any_alive inlined for the one-reference case: this runs for every node that reads old data)
             if holders is not None and (holders() is not None if type(holders) is weakref.ref else holders.any_alive()):
-                stale.append(node)  # (any_alive for the one-reference case, without its call)
-            elif readers is not None and any_alive(readers, outside=collected):
                 stale.append(node)
+            elif readers is not None:
+                if type(readers) is weakref.ref:
+                    reader = readers()
+                    if reader is not None and id(reader) not in collected:
+                        stale.append(node)
+                elif readers.any_alive(collected):
+                    stale.append(node)
         for a in assigns:  # readers of the target itself that this schedule does not reach
             target = a.arg
             for ref in refs_of(target._readers):
@@ -187,9 +201,9 @@ class Scheduler:
         dtypes and devices. Two graphs with equal keys are the same graph up to which buffers they read and
         which host data they upload, so the schedule made for one, its kernels and launch order, is right for
         the other. What the schedule also depends on outside the graph (which lazy values tensors still hold,
-        `_stale_readers`) is already decided here: it is in the targets. The key is None when an arg is not
-        hashable (nothing is then reused)."""
-        index = {id(n): i for i, n in enumerate(self.nodes)}  # then the externals, as -1 - their position
+        `_stale_readers`) is already decided here: it is in the targets. The key is unhashable when an arg is (nothing
+        is then reused: runtime.realize)."""
+        index = self._positions.copy()  # then the externals, as -1 - their position
         externals: list = []
 
         def ref(base) -> int:
@@ -218,12 +232,8 @@ class Scheduler:
                 srcs.append((ref(base) if position is None else position, src.movement))
             parts.append((op, node.shape, node.dtype, node.device, arg, tuple(srcs)))
         targets = tuple(index.get(id(t)) for t in self.targets)
-        key = (tuple(parts), targets, tuple((e.shape, e.dtype, e.device) for e in externals))
-        try:
-            hash(key)
-        except TypeError:
-            return None, externals
-        return key, externals
+        # (not hashed here: a nested tuple's hash is not cached, and the plans' look-up hashes it anyway)
+        return (tuple(parts), targets, tuple((e.shape, e.dtype, e.device) for e in externals)), externals
 
     # --- what gets a buffer ----------------------------------------------------------------------
     def decide(self):

@@ -32,6 +32,8 @@ from lazygrad.tensor_ops.reduce import MaxMin, ReduceOps
 
 __all__ = ["MaxMin", "Tensor", "manual_seed", "realize"]
 
+_CAST, _BUFFER = Op.CAST, Op.BUFFER  # read once: an Enum class attribute is slow to read in Python 3.11
+
 # the "movement op" of a view made by detach() or .data: the same memory, seen whole, outside autograd
 ALIAS = "alias"
 
@@ -127,16 +129,24 @@ class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps, MathOps
     # --- the two doors to the graph -----------------------------------------------------------------
     def _primitive(self, op: str, *others: Tensor, arg=None, dtype: DType | None = None) -> Tensor:
         lb = self._lazydata
-        for t in others:
-            if t._lazydata.device != lb.device:
+        # the sources without a comprehension for the common one and two operands (Python 3.11 calls one per op)
+        if not others:
+            srcs = (lb,)
+        elif len(others) == 1:
+            srcs = (lb, others[0]._lazydata)
+        else:
+            srcs = (lb, *[t._lazydata for t in others])
+        device = lb.device
+        for src in srcs:
+            if src.device is not device and src.device != device:
                 devices = sorted({t.device for t in (self, *others)})
                 raise RuntimeError(f"Expected all tensors to be on the same device, but found {devices} ({op})")
         if type(op) is Op and op not in REDUCE:
-            out = LazyBuffer.elementwise(op, (lb, *[t._lazydata for t in others]), arg, dtype)
+            out = LazyBuffer.elementwise(op, srcs, arg, dtype)
         elif op in REDUCE:
             out = lb.reduce(op, arg)
         else:
-            out = lb.alu(op, *(t._lazydata for t in others), arg=arg, dtype=dtype)
+            out = lb.alu(op, *srcs[1:], arg=arg, dtype=dtype)
         return self._record(Tensor._wrap(out), op, (self, *others), arg)
 
     def _movement(self, op: str, arg) -> Tensor:
@@ -160,6 +170,17 @@ class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps, MathOps
         return out
 
     @staticmethod
+    def _scalar_operand(lb: LazyBuffer) -> Tensor:
+        """_wrap for a Python scalar made a constant operand of one op (`x * 2.0`): not noted among the holders of
+        the constant's node. Holders are asked for views to remake after an in-place update and for lazy values
+        still wanted; this tensor is no view and never updated, and a constant is never stale, while the one
+        shared node of each constant would otherwise collect a weak reference per use."""
+        out = Tensor.__new__(Tensor)
+        out._lazydata = lb
+        out.grad, out._ctx, out._retains_grad, out.requires_grad, out._view_of = None, None, False, False, None
+        return out
+
+    @staticmethod
     def _record(out: Tensor, op: str, inputs: tuple, arg) -> Tensor:
         for t in inputs:
             if t.requires_grad:
@@ -167,9 +188,16 @@ class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps, MathOps
         else:
             return out
         if autograd._grad_enabled[-1] and op in autograd.RULES:  # (is_grad_enabled(), without the call)
-            if op != Op.CAST or out.dtype.is_float:
+            if op is not _CAST or out._lazydata.dtype.is_float:
                 out.requires_grad = True
-                out._ctx = autograd.Context(op, inputs, arg, out._lazydata.shape, tuple([t._version for t in inputs]))
+                # (the versions of one or two inputs without a comprehension: Python 3.11 calls one per op)
+                if len(inputs) == 1:
+                    versions = (inputs[0]._version,)
+                elif len(inputs) == 2:
+                    versions = (inputs[0]._version, inputs[1]._version)
+                else:
+                    versions = tuple([t._version for t in inputs])
+                out._ctx = autograd.Context(op, inputs, arg, out._lazydata.shape, versions)
         return out
 
     # --- properties ---------------------------------------------------------------------------------
@@ -398,8 +426,8 @@ class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps, MathOps
         # a new version without a snapshot: a graph that saved the old value raises at backward, as in PyTorch
         # (a leaf keeps no old values: an optimizer updates parameters every step)
         self._version += 1
-        target = self.lazydata
-        if target.realized and not target.is_view and target.op == Op.BUFFER:
+        target = self._lazydata
+        if target._base is None and target.op is _BUFFER and target.buffer is not None:  # (realized, no view)
             self.lazydata = target.assign(lb.contiguous())
         else:
             if runtime.CAPTURES and target.op is Op.ASSIGN and not target.is_view:
@@ -411,11 +439,12 @@ class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps, MathOps
             self.lazydata = lb.own_copy()
 
     def _inplace(self, result: Tensor) -> Tensor:
-        if self.requires_grad and self.is_leaf and autograd.is_grad_enabled():
+        if self.requires_grad and self._ctx is None and autograd._grad_enabled[-1]:  # (a leaf, under autograd)
             raise RuntimeError("a leaf Variable that requires grad is being used in an in-place operation.")
-        if result.shape != self.shape:
+        if result._lazydata.shape != self._lazydata.shape:
             raise RuntimeError(f"output with shape {self.shape} doesn't match the broadcast shape {result.shape}")
-        result = result.cast(self.dtype)
+        if result._lazydata.dtype is not self._lazydata.dtype:
+            result = result.cast(self.dtype)
         if self._view_of is not None:
             return self._write_through(result)
         before = self._lazydata.base
@@ -425,7 +454,7 @@ class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps, MathOps
 
     def _update(self, result: Tensor, detached: bool = False) -> None:
         """Stores result as this tensor's new value; under autograd it becomes the tensor's graph."""
-        if not detached and autograd.is_grad_enabled() and result.requires_grad:
+        if not detached and autograd._grad_enabled[-1] and result.requires_grad:  # (is_grad_enabled())
             self._snapshot()
             self.lazydata, self._ctx, self.requires_grad = result.lazydata, result._ctx, True
             return
@@ -435,7 +464,7 @@ class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps, MathOps
             self._snapshot()
             self.lazydata = result.lazydata
             return
-        self._store(result.lazydata)
+        self._store(result._lazydata)
 
     def _snapshot(self) -> None:
         """Graphs recorded so far hold this object as an input, meaning its value now: keep that value as a

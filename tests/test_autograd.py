@@ -601,6 +601,61 @@ def test_second_derivative_of_erf_and_gelu_matches_torch_at_zero_too(name):
     assert_same(x.grad, tx.grad, GRAD_RTOL, GRAD_ATOL)
 
 
+@pytest.mark.parametrize("stride", [1, 2])
+def test_second_derivative_through_conv2d_input_gradient_matches_torch(stride):
+    # conv2d's input gradient is col2im (autograd.window_transpose), one composite op whose own gradient is the
+    # window view of the padded input: a gradient penalty on it differentiates that composite
+    x_data, w_data = rand(1, 2, 5, 5), rand(3, 2, 3, 3)
+    x, w = Tensor(x_data, requires_grad=True), Tensor(w_data, requires_grad=True)
+    tx, tw = torch.tensor(x_data, requires_grad=True), torch.tensor(w_data, requires_grad=True)
+    (g,) = lazygrad.grad(_padded_conv(x, w, stride).pow(2).sum(), x, create_graph=True)
+    (tg,) = torch.autograd.grad(F.conv2d(tx, tw, stride=stride, padding=1).pow(2).sum(), tx, create_graph=True)
+    assert_same(g, tg, GRAD_RTOL, GRAD_ATOL)
+    (g * g).sum().backward()
+    (tg * tg).sum().backward()
+    assert_same(x.grad, tx.grad, GRAD_RTOL, GRAD_ATOL)
+    assert_same(w.grad, tw.grad, GRAD_RTOL, GRAD_ATOL)
+
+
+def test_second_derivative_through_training_batch_norm_matches_torch():
+    # training batch_norm is one composite op with the closed-form gradient; under create_graph its backward makes
+    # the batch statistics again from the input, so that the gradient is differentiable in the input and weight
+    x_data, w_data, b_data = rand(4, 3, 2, 2), rand(3), rand(3)
+    x, w, b = (Tensor(v, requires_grad=True) for v in (x_data, w_data, b_data))
+    tx, tw, tb = (torch.tensor(v, requires_grad=True) for v in (x_data, w_data, b_data))
+    out = lazygrad.nn.functional.batch_norm(x, None, None, w, b, training=True)
+    t_out = F.batch_norm(tx, None, None, tw, tb, training=True)
+    (g,) = lazygrad.grad((out * out * out).sum(), x, create_graph=True)
+    (tg,) = torch.autograd.grad((t_out * t_out * t_out).sum(), tx, create_graph=True)
+    assert_same(g, tg, GRAD_RTOL, GRAD_ATOL)
+    (g * g).sum().backward()
+    (tg * tg).sum().backward()
+    assert_same(x.grad, tx.grad, GRAD_RTOL, GRAD_ATOL)
+    assert_same(w.grad, tw.grad, GRAD_RTOL, GRAD_ATOL)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_cross_entropy_gradient_and_its_derivative_match_torch_with_an_ignored_target(reduction):
+    # class-index cross_entropy is one composite op with the closed-form gradient (softmax - one_hot, zero where
+    # the target is ignored), and under create_graph that gradient is differentiable in the logits
+    data = rand(4, 5)
+    labels = np.array([1, -100, 4, 1])
+    x, tx = Tensor(data, requires_grad=True), torch.tensor(data, requires_grad=True)
+    loss = lazygrad.nn.functional.cross_entropy(x, Tensor(labels), reduction=reduction)
+    t_loss = F.cross_entropy(tx, torch.tensor(labels), reduction=reduction)
+    weights = np.arange(1, loss.numel() + 1, dtype=np.float32).reshape(loss.shape)  # tells the elements apart
+    (g,) = lazygrad.grad((loss * Tensor(weights)).sum(), x, create_graph=True)
+    (tg,) = torch.autograd.grad((t_loss * torch.tensor(weights)).sum(), tx, create_graph=True)
+    assert_same(g, tg, GRAD_RTOL, GRAD_ATOL)
+    (g * g).sum().backward()
+    (tg * tg).sum().backward()
+    assert_same(x.grad, tx.grad, GRAD_RTOL, GRAD_ATOL)
+
+
+def _padded_conv(x, w, stride):
+    return lazygrad.nn.functional.conv2d(x, w, stride=stride, padding=1)
+
+
 def test_backward_with_create_graph_gives_differentiable_grad():
     data = rand(3)
     x, tx = Tensor(data, requires_grad=True), torch.tensor(data, requires_grad=True)

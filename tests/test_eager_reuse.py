@@ -311,3 +311,23 @@ def test_the_frontends_elementwise_path_builds_the_node_alu_builds_and_refuses_w
         LazyBuffer.elementwise(Op.ADD, (x,))
     with pytest.raises(TypeError, match="does not compute on float32"):
         LazyBuffer.elementwise(Op.XOR, (x, y))
+
+
+@pytest.mark.backend_independent  # builds graphs only: nothing runs
+def test_several_moves_as_one_view_node_are_the_moves_one_by_one():
+    from lazygrad.ops import Op
+
+    x = (lazygrad.Tensor.ones(2, 3, 4) + lazygrad.Tensor.rand(2, 3, 4)).lazydata  # a base
+    chains = [
+        ((Op.SHRINK, ((0, 2), (1, 2), (0, 4))), (Op.RESHAPE, (2, 4)), (Op.PAD, ((0, 0), (1, 2)))),
+        ((Op.PERMUTE, (2, 0, 1)), (Op.PAD, ((0, 0),) * 3), (Op.RESHAPE, (4, 6))),  # a pad that changes nothing
+        ((Op.RESHAPE, (6, 4)), (Op.RESHAPE, (2, 3, 4))),  # back to the whole base
+        ((Op.PAD, ((0, 0), (0, 0), (0, 0))),),  # nothing at all
+    ]
+    for chain in chains:
+        one_by_one = x
+        for op, arg in chain:
+            one_by_one = one_by_one.move(op, arg)
+        together = x.moved(chain)
+        assert together.st == one_by_one.st and together.movement == one_by_one.movement, chain
+        assert together.base is x and (together is x) == (one_by_one is x)

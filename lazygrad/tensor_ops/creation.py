@@ -70,6 +70,10 @@ def manual_seed(seed: int) -> None:
     random.manual_seed(seed)  # the device generator (lazygrad/random.py)
 
 
+# (start, end, step, dtype, device, shape) -> a realized arange (Tensor._index_constant)
+_INDEX_CONSTANTS: dict = {}
+
+
 class CreationOps:
     __slots__ = ()
 
@@ -132,6 +136,21 @@ class CreationOps:
         return t.requires_grad_() if requires_grad else t
 
     @staticmethod
+    def _index_constant(start: int, end: int, step: int, dtype, device, shape: tuple) -> Tensor:
+        """arange(start, end, step) in `shape`, realized once per arguments and shared: the index patterns the
+        library's own rules compare against every step (max_pool2d's window ranks, cross_entropy's classes). An
+        arange is host data, uploaded anew each time; these are never written in place, nor handed to the user."""
+        device = canonical_device(device)
+        key = (start, end, step, dtype, device, shape)
+        found = _INDEX_CONSTANTS.get(key)
+        if found is None:
+            found = Tensor.arange(start, end, step, dtype=dtype, device=device).reshape(shape).realize()
+            if len(_INDEX_CONSTANTS) >= 256:
+                _INDEX_CONSTANTS.clear()
+            _INDEX_CONSTANTS[key] = found
+        return found
+
+    @staticmethod
     def linspace(start, end, steps: int, dtype=None, device=None) -> Tensor:
         dtype = dt.to_dtype(dtype) if dtype is not None else dt.default_float
         if not dtype.is_float:  # torch's integer kernel: truncated bounds, points truncated toward zero
@@ -146,6 +165,9 @@ class CreationOps:
         return t.requires_grad_() if requires_grad else t
 
     def full_like(self, fill_value, dtype=None, device=None, requires_grad=False) -> Tensor:
+        if dtype is None and device is None and not requires_grad and type(fill_value) in (int, float, bool):
+            # (relu's and the gradient rules' zeros, backward's ones: full's result, without its argument handling)
+            return Tensor._wrap(LazyBuffer.const(fill_value, self.shape, self._lazydata.dtype, self._lazydata.device))
         return Tensor.full(self.shape, fill_value, dtype or self.dtype, device or self.device, requires_grad)
 
     def zeros_like(self, dtype=None, device=None, requires_grad=False) -> Tensor:

@@ -109,8 +109,11 @@ class ElementwiseOps:
             if mine.dtype is theirs.dtype and mine.shape == theirs.shape:
                 # the common case of eager steps: nothing to promote or broadcast, so no casts or views to try
                 return (other, self) if reverse else (self, other)
-            d = _result_dtype(self, other)
-            x, y = self.cast(d), other.cast(d)
+            if mine.dtype is theirs.dtype:
+                x, y = self, other  # (only the shapes differ: no casts to try)
+            else:
+                d = _result_dtype(self, other)
+                x, y = self.cast(d), other.cast(d)
         else:
             if isinstance(other, np.ndarray):
                 return self._operand(Tensor(other, device=self.device), reverse)
@@ -120,18 +123,23 @@ class ElementwiseOps:
             x = self.cast(d)
             # the scalar as a constant node already of x's shape (what full(()) then broadcast_to builds), without
             # the two intermediate tensors: a constant needs no gradient and is never written in place
-            y = Tensor._wrap(LazyBuffer.const(other, x.shape, d, x.device))
+            # (the node's device name, not Tensor.device's object: comparing that str subclass to the name is a
+            # Python call on every op that reads the constant)
+            y = Tensor._scalar_operand(LazyBuffer.const(other, x.shape, d, x._lazydata.device))
             return (y, x) if reverse else (x, y)
         if x.shape != y.shape:
-            shape = _broadcast_shape(x.shape, y.shape)
-            x, y = x.broadcast_to(shape), y.broadcast_to(shape)
+            shape = _broadcast_shape(x.shape, y.shape)  # (raises where they do not broadcast)
+            if x._lazydata.shape != shape:
+                x = x._broadcast_valid(shape)
+            if y._lazydata.shape != shape:
+                y = y._broadcast_valid(shape)
         return (y, x) if reverse else (x, y)
 
     def add(self, other, alpha=1) -> Tensor:
         if alpha != 1:
             other = other * alpha
         x, y = self._operand(other)
-        if x.dtype == dt.bool_:
+        if x._lazydata.dtype is dt.bool_:
             return x | y
         return x._primitive(Op.ADD, y)
 
@@ -141,11 +149,13 @@ class ElementwiseOps:
         ):
             raise RuntimeError("Subtraction, the `-` operator, with two bool tensors is not supported")
         x, y = self._operand(other)
-        return x.add(-y if alpha == 1 else -(y * alpha))
+        if alpha == 1:  # (x + -y, as add would build it: one dtype and shape now, and no bool left)
+            return x._primitive(Op.ADD, y._primitive(Op.NEG))
+        return x.add(-(y * alpha))
 
     def mul(self, other) -> Tensor:
         x, y = self._operand(other)
-        if x.dtype == dt.bool_:
+        if x._lazydata.dtype is dt.bool_:
             return x & y
         return x._primitive(Op.MUL, y)
 
@@ -634,7 +644,8 @@ class ElementwiseOps:
 
     def __radd__(self, other):
         x, y = self._operand(other, reverse=True)
-        return x.add(y)
+        # (one dtype and shape now: add's own operand check would find nothing to do)
+        return x | y if x._lazydata.dtype is dt.bool_ else x._primitive(Op.ADD, y)
 
     def __rsub__(self, other):
         x, y = self._operand(other, reverse=True)
@@ -642,7 +653,7 @@ class ElementwiseOps:
 
     def __rmul__(self, other):
         x, y = self._operand(other, reverse=True)
-        return x.mul(y)
+        return x & y if x._lazydata.dtype is dt.bool_ else x._primitive(Op.MUL, y)  # (as __radd__)
 
     def __rtruediv__(self, other):
         x, y = self._operand(other, reverse=True)

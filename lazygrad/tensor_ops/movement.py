@@ -61,8 +61,13 @@ class MovementOps:
                     f"The expanded size of the tensor ({n}) must match the existing size ({s}) at a "
                     f"non-singleton dimension: cannot broadcast {self.shape} to {shape}"
                 )
-        if len(shape) == self.ndim:
+        return self._broadcast_valid(shape)
+
+    def _broadcast_valid(self, shape: tuple) -> Tensor:
+        """broadcast_to a different shape known to be valid (the operand broadcasting of every binary op)."""
+        if len(shape) == len(self._lazydata.shape):
             return self._movement(Op.EXPAND, shape)
+        padded = (1,) * (len(shape) - len(self._lazydata.shape)) + self._lazydata.shape
         # new leading dims: one tensor op, not a reshape's and an expand's (a scalar operand of each eager step takes
         # this path): two views of one node, recorded as an EXPAND whose gradient sums the new dims away
         out = self._record(self._wrap(self._lazydata.broadcast(padded, shape)), Op.EXPAND, (self,), shape)

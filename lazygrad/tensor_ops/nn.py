@@ -285,16 +285,24 @@ class NNOps:
             x = x_in.pad(pads, value=dt.lowest(x_in.dtype)) if any(pads) else x_in
             return x._pool(k, s, d)
 
+        # forward's windows and maxima, as tensors of their nodes: not detach(), whose alias refers to its source, and
+        # the output refers to this closure through its autograd record (a reference cycle)
+        saved = []
+
         def forward() -> Tensor:
-            return windows().amax((-2, -1))
+            win = windows()
+            out = win.amax((-2, -1))
+            saved.append((Tensor._wrap(win.lazydata), Tensor._wrap(out.lazydata)))
+            return out
 
         def backward(grad: Tensor) -> tuple:
             # as PyTorch: each window's gradient goes to its first maximal element (a NaN counts as one),
-            # found by a reduce over the window; then back to the input positions (col2im)
-            win = windows().detach()
-            best = forward().detach().unsqueeze(-1).unsqueeze(-1)
+            # found by a reduce over the window; then back to the input positions (col2im). The windows and maxima
+            # are forward's (no gradient flows through the choice, under create_graph too)
+            win, best = saved[0]
+            best = best.unsqueeze(-1).unsqueeze(-1)
             hit = (win == best) | (win != win)
-            rank = Tensor.arange(k[0] * k[1], 0, -1, dtype=dt.float32, device=self.device).reshape(k)
+            rank = Tensor._index_constant(k[0] * k[1], 0, -1, dt.float32, self.device, k)
             first = hit._select(rank, 0.0).amax((-2, -1), keepdim=True)  # the rank of the first hit
             spread = (rank == first)._select(grad.unsqueeze(-1).unsqueeze(-1), 0.0)
             padded = tuple(size + 2 * pad + e for size, pad, e in zip(x_in.shape[-2:], p, extra))
