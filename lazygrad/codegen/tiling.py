@@ -69,9 +69,9 @@ def _leaf_dims(nest, leaf: KernelOp) -> set:
     st = nest.trackers[id(leaf)]
     idxs = [Num(0) if st.shape[d] == 1 else Var(f"x{d}", 0, max(0, nest.shape[d] - 1)) for d in range(len(st.shape))]
     index, valid = st.index_and_valid(idxs)
-    names = {v.name for v in index.variables()} | {v.name for v in valid.variables()}
-    if leaf.op is not AstOp.LOAD:
-        names = {v.name for v in valid.variables()}
+    names = {v.name for v in valid.variables()}
+    if leaf.op is AstOp.LOAD:  # a constant or a mask reads no memory: only its validity moves with the dims
+        names |= {v.name for v in index.variables()}
     return {int(name[1:]) for name in names}
 
 
