@@ -787,14 +787,18 @@ class Lowerer:
             value = self.broadcast(value, vec)
             self.e.emit(IrOp.STORE if op is IrOp.LOAD else IrOp.SCATTER, None, (*srcs, value), pure=False)
 
+    def emit_params(self, outputs: int) -> None:
+        """A param per buffer (the first `outputs` written), in self.params."""
+        self.params = [
+            self.e.emit(IrOp.PARAM, d, (), (i, i < outputs), pure=False) for i, d in enumerate(self.buffer_dtypes)
+        ]
+
     def lower(self) -> Program:
         if self.product is not None:
             return tiling.lower_tiled(self, self.product, tiling.LocalTile(*self.opts.local_tile))
         e, nest = self.e, self.nest
         stores = stores_of(self.ast)
-        self.params = [
-            e.emit(IrOp.PARAM, d, (), (i, i < len(stores)), pure=False) for i, d in enumerate(self.buffer_dtypes)
-        ]
+        self.emit_params(len(stores))
         upcast = dict(self.opts.upcast)
         unroll_dim, unroll = self.opts.unroll or (None, 1)
         vdim, width = self.opts.vector or (None, 1)

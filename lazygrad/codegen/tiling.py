@@ -162,9 +162,7 @@ def lower_tiled(lowerer, product: ProductShape, tile: LocalTile):
 
     e, nest, i32, f32 = lowerer.e, lowerer.nest, dt.int32, dt.float32
     stores = stores_of(lowerer.ast)
-    lowerer.params = [
-        e.emit(IrOp.PARAM, d, (), (i, i < len(stores)), pure=False) for i, d in enumerate(lowerer.buffer_dtypes)
-    ]
+    lowerer.emit_params(len(stores))
     batch_size, m_size, n_size = product.sizes(nest)
     k_dims = tuple(nest.reduce_dims)
     k_size = prod(nest.shape[d] for d in k_dims)
@@ -175,6 +173,18 @@ def lower_tiled(lowerer, product: ProductShape, tile: LocalTile):
     def bind(name: str, uop, upper: int) -> Var:
         vars_uop[name] = uop
         return Var(name, 0, upper)
+
+    def clamped(uop, size: int):
+        """(uop clamped to size - 1, uop < size): a position past the end reads the last element"""
+        inside = lowerer.alu(Op.CMPLT, dt.bool_, (uop, lowerer.const(size, i32)))
+        return lowerer.alu(Op.WHERE, i32, (inside, uop, lowerer.const(size - 1, i32))), inside
+
+    def nest_index(*parts: dict) -> list:
+        """The index of every loop-nest dim: the parts' dims, the others 0."""
+        index = {d: Num(0) for d in range(len(nest.shape))}
+        for part in parts:
+            index.update(part)
+        return [index[d] for d in range(len(nest.shape))]
 
     # global ranges: the batch dims, then the blocks along M and N (N fastest: neighbouring groups share a's rows)
     global_sizes, outer = [], []
@@ -216,23 +226,16 @@ def lower_tiled(lowerer, product: ProductShape, tile: LocalTile):
             flat = lid + t * threads
             r, c = (flat // bk, flat % bk) if along_k else (flat % block, flat // block)
             position, k = start + r, k0 * bk + c
-            pos_var = f"{name}p{t}"
             position_uop = lowerer._node_uop(position, vars_uop)
             if size % block:  # rows past the end read the last row (their outputs are never stored)
-                inside = lowerer.alu(Op.CMPLT, dt.bool_, (position_uop, lowerer.const(size, i32)))
-                position_uop = lowerer.alu(Op.WHERE, i32, (inside, position_uop, lowerer.const(size - 1, i32)))
-            position = bind(pos_var, position_uop, size - 1)
-            k_uop = lowerer._node_uop(k, vars_uop)
-            k_inside = None
+                position_uop, _ = clamped(position_uop, size)
+            position = bind(f"{name}p{t}", position_uop, size - 1)
+            k_uop, k_inside = lowerer._node_uop(k, vars_uop), None
             if k_size % bk:  # columns past K read the last one and add zero
-                k_inside = lowerer.alu(Op.CMPLT, dt.bool_, (k_uop, lowerer.const(k_size, i32)))
-                k_uop = lowerer.alu(Op.WHERE, i32, (k_inside, k_uop, lowerer.const(k_size - 1, i32)))
+                k_uop, k_inside = clamped(k_uop, k_size)
             k = bind(f"{name}k{t}", k_uop, k_size - 1)
-            index = {d: Num(0) for d in range(len(nest.shape))}
-            index.update(batch_index)
-            index.update(_unravel(position, dims, nest))
-            index.update(_unravel(k, k_dims, nest))
-            value = lowerer._value(node, [index[d] for d in range(len(nest.shape))], vars_uop, {}, None)
+            index = nest_index(batch_index, _unravel(position, dims, nest), _unravel(k, k_dims, nest))
+            value = lowerer._value(node, index, vars_uop, {}, None)
             if k_inside is not None:
                 value = lowerer.alu(Op.WHERE, f32, (k_inside, value, lowerer.const(0.0, f32)))
             where = lowerer._node_uop(c * (block + 1) + r, vars_uop)
@@ -244,22 +247,21 @@ def lower_tiled(lowerer, product: ProductShape, tile: LocalTile):
     kk_uop = e.emit(IrOp.RANGE, i32, (), ("kk", bk, "loop"), pure=False)
     e.open_scope()
     kk = bind("kk", kk_uop, bk - 1)
-    rows, cols_step = threads // cols, cols
-    a_vals = [
-        e.emit(
-            IrOp.LOCAL_LOAD, f32, (shared["a"], lowerer._node_uop(kk * (bm + 1) + row + i * rows, vars_uop)), pure=False
-        )
-        for i in range(tm)
-    ]
-    b_vals = [
-        e.emit(
-            IrOp.LOCAL_LOAD,
-            f32,
-            (shared["b"], lowerer._node_uop(kk * (bn + 1) + col + j * cols_step, vars_uop)),
-            pure=False,
-        )
-        for j in range(tn)
-    ]
+    rows = threads // cols
+
+    def read_local(name: str, width: int, first, step: int, count: int) -> list:
+        """This work-item's `count` values of chunk column kk, `step` apart from `first`."""
+        return [
+            e.emit(
+                IrOp.LOCAL_LOAD,
+                f32,
+                (shared[name], lowerer._node_uop(kk * (width + 1) + first + i * step, vars_uop)),
+                pure=False,
+            )
+            for i in range(count)
+        ]
+
+    a_vals, b_vals = read_local("a", bm, row, rows, tm), read_local("b", bn, col, cols, tn)
     for (i, j), acc in accs.items():
         product_value = e.emit(Op.MUL, f32, (a_vals[i], b_vals[j]), pure=False)
         e.emit(IrOp.ACC_UPDATE, None, (acc, e.emit(Op.ADD, f32, (acc, product_value), pure=False)), pure=False)
@@ -271,21 +273,18 @@ def lower_tiled(lowerer, product: ProductShape, tile: LocalTile):
 
     # the epilogue, per output of the register tile; stores guarded where the block passes the end
     for (i, j), acc in accs.items():
-        m, n = block_m0 + row + i * rows, block_n0 + col + j * cols_step
-        guards = []
-        if m_size % bm:
-            guards.append(lowerer.alu(Op.CMPLT, dt.bool_, (lowerer._node_uop(m, vars_uop), lowerer.const(m_size, i32))))
-        if n_size % bn:
-            guards.append(lowerer.alu(Op.CMPLT, dt.bool_, (lowerer._node_uop(n, vars_uop), lowerer.const(n_size, i32))))
+        m, n = block_m0 + row + i * rows, block_n0 + col + j * cols
+        guards = [
+            lowerer.alu(Op.CMPLT, dt.bool_, (lowerer._node_uop(x, vars_uop), lowerer.const(size, i32)))
+            for x, size, block in ((m, m_size, bm), (n, n_size, bn))
+            if size % block
+        ]
         if guards:
             condition = guards[0] if len(guards) == 1 else lowerer.alu(Op.AND, dt.bool_, tuple(guards))
             e.emit(IrOp.IF, None, (condition,), pure=False)
             e.open_scope()
-        index = {d: Num(0) for d in range(len(nest.shape))}
-        index.update(batch_index)
-        index.update(_unravel(m, product.m_dims, nest))
-        index.update(_unravel(n, product.n_dims, nest))
-        lowerer.store_outputs(stores, [index[d] for d in range(len(nest.shape))], vars_uop, acc)
+        index = nest_index(batch_index, _unravel(m, product.m_dims, nest), _unravel(n, product.n_dims, nest))
+        lowerer.store_outputs(stores, index, vars_uop, acc)
         if guards:
             e.close_scope()
             e.emit(IrOp.ENDIF, None, (), pure=False)
