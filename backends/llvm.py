@@ -14,7 +14,6 @@ import struct
 import threading
 import time
 import weakref
-from concurrent.futures import ThreadPoolExecutor
 
 import llvmlite
 import llvmlite.binding as llvm
@@ -149,8 +148,25 @@ class _Renderer:
                 self.names[u.id] = self.render_alu(u)
         body = "\n".join(self.lines)
         head = f"define void @{p.name}({', '.join(params)}) #0 {{\nentry:\n" + "\n".join(self.entry)
-        attrs = 'attributes #0 = { nounwind "no-trapping-math"="true" }'
-        return "\n".join(sorted(self.declares)) + "\n\n" + head + "\n" + body + "\n  ret void\n}\n" + attrs + "\n"
+        # noinline: the task wrapper calls the kernel, which would otherwise be compiled twice
+        attrs = 'attributes #0 = { nounwind noinline "no-trapping-math"="true" }'
+        kernel = head + "\n" + body + "\n  ret void\n}\n"
+        return "\n".join(sorted(self.declares)) + "\n\n" + kernel + self.render_task() + attrs + "\n"
+
+    def render_task(self) -> str:
+        """`void <name>_task(ptr args, i32 start, i32 end)`: the kernel with its buffers in an array of pointers,
+        the one signature the thread pool calls every kernel by."""
+        p, lines, args = self.p, [], []
+        for i in range(len(p.buffer_dtypes)):
+            lines += [f"  %slot{i} = getelementptr ptr, ptr %args, i64 {i}", f"  %buf{i} = load ptr, ptr %slot{i}"]
+            args.append(f"ptr %buf{i}")
+        args += ["i32 %start", "i32 %end"]
+        lines.append(f"  call void @{p.name}({', '.join(args)})")
+        return (
+            f"define void @{p.name}_task(ptr %args, i32 %start, i32 %end) #0 {{\nentry:\n"
+            + "\n".join(lines)
+            + "\n  ret void\n}\n"
+        )
 
     def render_param(self, u):
         self.names[u.id] = f"%buf{u.arg[0]}"
@@ -680,11 +696,253 @@ class _LLVMCompiler:
         pb.getModulePassManager().run(module, pb)
         return self.machine.emit_object(module)
 
-    def load(self, obj: bytes, name: str) -> int:
+    def load(self, obj: bytes, *names: str) -> list:
+        """Add compiled code to the process; the addresses of `names` in it."""
         with self.lock:
             self.engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
             self.engine.finalize_object()
-            return self.engine.get_function_address(name)
+            return [self.engine.get_function_address(name) for name in names]
+
+
+# --- the thread pool: native workers that spin between launches -------------------------------------------
+# Waking a sleeping thread per launch (a Python pool's submit and result) cost 15-70 us on this 2-vCPU VM, where
+# an idle vCPU halts; PyTorch's OpenMP workers spin between parallel regions instead. These workers run in native
+# code (a ctypes call that never returns while there is work): a launch publishes its task in shared memory, every
+# thread, the caller included, claims pieces of the outer loop until none are left, and the caller waits for the
+# pieces claimed by others. A worker idle for SPIN_SECONDS returns to Python and sleeps on an Event until a launch
+# finds it asleep; that launch runs without it (the caller claims every piece), so a late or descheduled worker
+# never holds a launch up, and a process forked without its workers still runs every launch, alone.
+_POOL_IR = """
+@task_fn = internal global ptr null
+@task_args = internal global ptr null
+@task_outer = internal global i32 0
+@task_pieces = internal global i32 0
+@generation = internal global i32 0
+; (generation << 32) | pieces not yet claimed: a claim is one compare-and-swap, and names its launch
+@claim = internal global i64 0, align 64
+@pending = internal global i32 0, align 64
+@lazygrad_pool_sleepers = global i32 0, align 64
+
+declare i32 @sched_yield()
+{pause_declare}
+
+define internal void @pause() alwaysinline {{
+  {pause_call}
+  ret void
+}}
+
+; run pieces of launch `gen` until none is left to claim
+define internal void @claim_and_run(i32 %gen) {{
+entry:
+  br label %look
+look:
+  %word = load atomic i64, ptr @claim acquire, align 8
+  %word_gen64 = lshr i64 %word, 32
+  %word_gen = trunc i64 %word_gen64 to i32
+  %left = trunc i64 %word to i32
+  %same = icmp eq i32 %word_gen, %gen
+  %some = icmp ne i32 %left, 0
+  %ok = and i1 %same, %some
+  br i1 %ok, label %try, label %done
+try:
+  %taken = sub i64 %word, 1
+  %pair = cmpxchg ptr @claim, i64 %word, i64 %taken acq_rel acquire
+  %won = extractvalue {{ i64, i1 }} %pair, 1
+  br i1 %won, label %run, label %look
+run:
+  ; the task stays as published while a claimed piece is unfinished: the caller waits for it
+  %piece = sub i32 %left, 1
+  %fn = load ptr, ptr @task_fn
+  %args = load ptr, ptr @task_args
+  %outer = load i32, ptr @task_outer
+  %pieces = load i32, ptr @task_pieces
+  %o = zext i32 %outer to i64
+  %p = zext i32 %piece to i64
+  %n = zext i32 %pieces to i64
+  %lo_num = mul i64 %o, %p
+  %lo64 = udiv i64 %lo_num, %n
+  %p1 = add i64 %p, 1
+  %hi_num = mul i64 %o, %p1
+  %hi64 = udiv i64 %hi_num, %n
+  %lo = trunc i64 %lo64 to i32
+  %hi = trunc i64 %hi64 to i32
+  call void %fn(ptr %args, i32 %lo, i32 %hi)
+  %old = atomicrmw sub ptr @pending, i32 1 release
+  br label %look
+done:
+  ret void
+}}
+
+; the caller's side of a launch: publish, work, wait; returns whether a worker was asleep (the caller wakes it)
+define i32 @lazygrad_pool_run(ptr %fn, ptr %args, i32 %outer, i32 %pieces, i64 %spins) {{
+entry:
+  store ptr %fn, ptr @task_fn
+  store ptr %args, ptr @task_args
+  store i32 %outer, ptr @task_outer
+  store i32 %pieces, ptr @task_pieces
+  store atomic i32 %pieces, ptr @pending monotonic, align 4
+  %g0 = load i32, ptr @generation
+  %gen = add i32 %g0, 1
+  store i32 %gen, ptr @generation
+  %gen64 = zext i32 %gen to i64
+  %high = shl i64 %gen64, 32
+  %count = zext i32 %pieces to i64
+  %word = or i64 %high, %count
+  store atomic i64 %word, ptr @claim seq_cst, align 8
+  %asleep = load atomic i32, ptr @lazygrad_pool_sleepers seq_cst, align 4
+  call void @claim_and_run(i32 %gen)
+  br label %wait
+wait:
+  %i = phi i64 [0, %entry], [%i1, %spin], [0, %yield]
+  %left = load atomic i32, ptr @pending acquire, align 4
+  %finished = icmp eq i32 %left, 0
+  br i1 %finished, label %out, label %more
+more:
+  %i1 = add i64 %i, 1
+  %long = icmp ugt i64 %i1, %spins
+  br i1 %long, label %yield, label %spin
+spin:
+  call void @pause()
+  br label %wait
+yield:
+  ; a worker holding a piece was descheduled: give it the CPU
+  %r = call i32 @sched_yield()
+  br label %wait
+out:
+  ret i32 %asleep
+}}
+
+; a worker: run the pieces of every launch it sees; after `spins` idle turns count itself asleep and return the
+; last launch it saw (its Python thread then waits to be woken and calls again with `resumed` set)
+define i32 @lazygrad_pool_worker(i32 %seen_before, i64 %spins, i32 %resumed) {{
+entry:
+  %was_asleep = icmp ne i32 %resumed, 0
+  br i1 %was_asleep, label %wake, label %look
+wake:
+  %w = atomicrmw sub ptr @lazygrad_pool_sleepers, i32 1 seq_cst
+  br label %look
+look:
+  %seen = phi i32 [%seen_before, %entry], [%seen_before, %wake], [%seen, %spin], [%gen, %work], [%gen2, %back]
+  %i = phi i64 [0, %entry], [0, %wake], [%i1, %spin], [0, %work], [0, %back]
+  %word = load atomic i64, ptr @claim acquire, align 8
+  %gen64 = lshr i64 %word, 32
+  %gen = trunc i64 %gen64 to i32
+  %new = icmp ne i32 %gen, %seen
+  br i1 %new, label %work, label %idle
+work:
+  call void @claim_and_run(i32 %gen)
+  br label %look
+idle:
+  %i1 = add i64 %i, 1
+  %long = icmp ugt i64 %i1, %spins
+  br i1 %long, label %sleep, label %spin
+spin:
+  call void @pause()
+  br label %look
+sleep:
+  ; counted asleep first, then one more look: a launch either sees the count or is seen here
+  %s = atomicrmw add ptr @lazygrad_pool_sleepers, i32 1 seq_cst
+  %word2 = load atomic i64, ptr @claim seq_cst, align 8
+  %gen2_64 = lshr i64 %word2, 32
+  %gen2 = trunc i64 %gen2_64 to i32
+  %new2 = icmp ne i32 %gen2, %seen
+  br i1 %new2, label %back, label %out
+back:
+  %s2 = atomicrmw sub ptr @lazygrad_pool_sleepers, i32 1 seq_cst
+  br label %look
+out:
+  ret i32 %seen
+}}
+
+; `spins` idle turns, for calibrating them against the clock
+define void @lazygrad_pool_spin(i64 %spins) {{
+entry:
+  br label %loop
+loop:
+  %i = phi i64 [0, %entry], [%i1, %loop]
+  %word = load atomic i64, ptr @claim acquire, align 8
+  call void @pause()
+  %i1 = add i64 %i, 1
+  %more = icmp ult i64 %i1, %spins
+  br i1 %more, label %loop, label %out
+out:
+  ret void
+}}
+"""
+
+
+class NativePool:
+    """The workers (threads - 1 of them) and the launches they share (_POOL_IR)."""
+
+    def __init__(self, compiler: _LLVMCompiler, threads: int):
+        x86 = llvm.get_default_triple().startswith(("x86_64", "i686", "i386"))
+        source = _POOL_IR.format(
+            pause_declare="declare void @llvm.x86.sse2.pause()" if x86 else "",
+            pause_call="call void @llvm.x86.sse2.pause()" if x86 else "",
+        )
+        key = f"llvm|{compiler.target_id}|{source}"
+        obj = diskcache.get(key)
+        if obj is None:
+            obj = compiler.object_code(source, "lazygrad_pool")
+            diskcache.put(key, obj)
+        run, worker, spin = compiler.load(obj, "lazygrad_pool_run", "lazygrad_pool_worker", "lazygrad_pool_spin")
+        with compiler.lock:
+            sleepers = compiler.engine.get_global_value_address("lazygrad_pool_sleepers")
+        self._run = ctypes.CFUNCTYPE(
+            ctypes.c_int32, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32, ctypes.c_int32, ctypes.c_int64
+        )(run)
+        self._worker = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_int32, ctypes.c_int64, ctypes.c_int32)(worker)
+        self._spin = ctypes.CFUNCTYPE(None, ctypes.c_int64)(spin)
+        self.sleepers = ctypes.c_int32.from_address(sleepers)
+        self.threads = threads
+        self.spins = self._spins_per_second() * SPIN_SECONDS
+        self.lock = threading.Lock()  # one launch at a time shares the workers
+        self.wakeups: list = []  # one Event per worker
+        self.split_launches = 0  # launches shared with the workers (tests count them)
+
+    def _spins_per_second(self) -> float:
+        self._spin(1000)
+        best = math.inf
+        for _ in range(3):
+            t0 = time.perf_counter()
+            self._spin(20_000)
+            best = min(best, time.perf_counter() - t0)
+        return 20_000 / max(best, 1e-9)
+
+    def _start(self) -> None:
+        for index in range(self.threads - 1):
+            wakeup = threading.Event()
+            self.wakeups.append(wakeup)
+            threading.Thread(target=self._work, args=(wakeup,), daemon=True, name=f"lazygrad-llvm-{index}").start()
+
+    def _work(self, wakeup: threading.Event) -> None:
+        seen, resumed, spins = 0, 0, int(self.spins)
+        while True:  # the native call releases the GIL and returns only to sleep
+            seen = self._worker(seen, spins, resumed)
+            wakeup.wait()
+            wakeup.clear()
+            resumed = 1
+
+    def run(self, task: int, args: int, outer: int, pieces: int) -> bool:
+        """Launch `task` over the outer loop [0, outer) in `pieces` shared with the workers; False (nothing run)
+        when another thread's launch holds the workers."""
+        if not self.lock.acquire(blocking=False):
+            return False
+        try:
+            if not self.wakeups:
+                self._start()
+            if self.sleepers.value:  # woken now, a worker may still join this launch
+                self._wake()
+            if self._run(task, args, outer, pieces, int(self.spins)):
+                self._wake()  # fell asleep as this launch began: up for the next
+            self.split_launches += 1
+        finally:
+            self.lock.release()
+        return True
+
+    def _wake(self) -> None:
+        for wakeup in self.wakeups:
+            wakeup.set()
 
 
 # a kernel that executes fewer IR operations than this runs on the calling thread alone, untimed: GPT generation's
@@ -692,12 +950,18 @@ class _LLVMCompiler:
 PARALLEL_MIN_OPERATIONS = 200_000
 # one that does more is timed on one thread over its first launches, and split among the threads from then on if
 # the least of those times reached this: operation counts do not tell a memory-bound kernel's time (a 1M-element
-# LayerNorm step: ~1 ms) from a product's (2.6M operations in ~150 us), and waking a pool thread costs ~15 us on a
-# quiet machine but far more when the other core is busy (a 64x784x128 product, split, took 30 us longer at load
-# 2.5, on the shared 2-core machine)
-PARALLEL_MIN_SECONDS = 300e-6
+# LayerNorm step: ~1 ms) from a product's (2.6M operations in ~150 us). With the Python pool that woke a thread per
+# launch (~15 us quiet, far more on a busy machine) this was 300 us; a launch shared with spinning native workers
+# costs a few microseconds, and one whose worker sleeps runs alone, so kernels from 50 us are split (GPT's LayerNorm
+# and bias-gradient column sums, softmax row reductions: ~10 ms of its step on one thread)
+PARALLEL_MIN_SECONDS = 50e-6
 # the least of these launches counts: the first runs with cold caches, and any may be preempted
 TIMED_LAUNCHES = 3
+# pieces of a split kernel's outer loop per thread, claimed one at a time
+PIECES_PER_THREAD = 4
+# how long an idle worker spins, waiting for the next launch, before it sleeps: longer than most kernels that run
+# on the calling thread alone between two split ones
+SPIN_SECONDS = 100e-6
 
 # uops that are declarations, not work done per iteration
 _NOT_WORK = (IrOp.PARAM, IrOp.CONST, IrOp.RANGE, IrOp.ENDRANGE, IrOp.ENDIF, IrOp.ACC)
@@ -724,10 +988,11 @@ def executed_operations(uops: list) -> int:
 
 
 class LLVMKernel:
-    def __init__(self, backend: LLVMBackend, program: Program, source: str, address: int):
+    def __init__(self, backend: LLVMBackend, program: Program, source: str, address: int, task: int):
         self.name, self.source, self.program = program.name, source, program.summary()  # (the IR is not kept)
         nargs = len(program.buffer_dtypes)
         self.fn = ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * nargs), ctypes.c_int32, ctypes.c_int32)(address)
+        self.task = task  # the same kernel, called as <name>_task(ptr args, start, end) by the pool
         self.backend = backend
         self.outer = program.global_size[0] if program.global_size else 1
         self.work = executed_operations(program.uops)
@@ -749,23 +1014,24 @@ class LLVMKernel:
         """A launcher with the arguments fixed: `launch(wait) -> seconds or None` (JIT replays)."""
         address = self.backend.address
         ptrs = [address(b) for b in buffers]
-        fn, pool, outer = self.fn, self.backend.pool, self.outer
+        fn, outer = self.fn, self.outer
         threads = min(self.backend.threads, outer)
+        args = None  # the buffers' addresses as an array, for the pool's launches
         if threads <= 1 or not self.candidate:
 
             def run():
                 fn(*ptrs, 0, outer)
         else:
-            bounds = [outer * i // threads for i in range(threads + 1)]
-            chunks = [(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
-            first, rest = chunks[0], chunks[1:]
+            # pieces claimed one at a time, several per thread: a thread that starts late or runs slower (another
+            # process on its core) takes fewer
+            args = (ctypes.c_void_p * max(1, len(ptrs)))(*ptrs)
+            task, args_address, pieces = self.task, ctypes.addressof(args), min(outer, threads * PIECES_PER_THREAD)
+            pool = self.backend.native_pool()
 
             def run():
                 if self.splits():
-                    futures = [pool.submit(fn, *ptrs, a, b) for a, b in rest]
-                    fn(*ptrs, *first)  # this thread takes a share too
-                    for f in futures:
-                        f.result()
+                    if not pool.run(task, args_address, outer, pieces):
+                        fn(*ptrs, 0, outer)  # another thread's launch holds the workers
                     return
                 t0 = time.perf_counter()
                 fn(*ptrs, 0, outer)
@@ -777,6 +1043,7 @@ class LLVMKernel:
             run()
             return time.perf_counter() - t0 if wait else None
 
+        launch.args = args  # (the pool reads the array by its address: it lives as long as the launcher)
         return launch
 
     def __call__(self, buffers: list, wait: bool = False):
@@ -801,8 +1068,13 @@ class LLVMBackend(HostMemory):
         # what the code generator may use: float32 lanes per vector register of the target CPU, and cache
         # blocking (big matrix products reduce in cache-sized chunks)
         self.capabilities = Capabilities(vector_width=self.compiler.vector_width(), cache_blocking=True)
-        self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="lazygrad-llvm")
+        self._pool: NativePool | None = None  # built at the first split launch
         self._addresses: dict = {}  # id(handle) -> (weak reference to it, address of its first byte)
+
+    def native_pool(self) -> NativePool:
+        if self._pool is None:
+            self._pool = NativePool(self.compiler, self.threads)
+        return self._pool
 
     # memory is host memory: numpy byte arrays, 64-byte aligned for vector loads
     def allocate(self, nbytes: int):
@@ -832,8 +1104,8 @@ class LLVMBackend(HostMemory):
         if obj is None:
             obj = self.compiler.object_code(source, program.name)
             diskcache.put(key, obj)
-        address = self.compiler.load(obj, program.name)
-        return LLVMKernel(self, program, source, address)
+        address, task = self.compiler.load(obj, program.name, f"{program.name}_task")
+        return LLVMKernel(self, program, source, address, task)
 
 
 def create(name: str = "llvm") -> LLVMBackend:

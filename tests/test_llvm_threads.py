@@ -1,16 +1,19 @@
-"""How the LLVM backend splits a kernel among its threads (backends/llvm.py): the outermost loop in near-equal
-shares, one per thread, when the kernel executes enough operations and, timed alone over its first launches,
-runs long enough to pay for waking a thread.
+"""How the LLVM backend splits a kernel among its threads (backends/llvm.py): the outermost loop in pieces that the
+calling thread and the native pool's workers claim, when the kernel executes enough operations and, timed alone
+over its first launches, runs long enough to pay for sharing it.
 
 - A vectorized, tiled kernel is judged by the operations it executes, not its loop iterations (a 1M-element
   softmax exp has only 16K iterations of 4 rows x 16 lanes); a tiny one is never split; a candidate is split
   only once timed, and only if it ran long enough alone.
-- Split into shares that do not divide the outer loop evenly, a kernel gives the same values, bit for bit, as
-  on one thread.
+- Split into pieces that do not divide the outer loop evenly, claimed by whichever thread is free, a kernel gives
+  the same values, bit for bit, as on one thread; so do two Python threads launching split kernels at once (one
+  shares the workers, the other runs its kernel alone).
 - exp2 under the float range is 0, and its subnormal results are exact.
 """
 
 from __future__ import annotations
+
+import threading
 
 import numpy as np
 import pytest
@@ -30,17 +33,6 @@ def llvm():
         pytest.fail(f"the LLVM backend must run everywhere: {e}")
 
 
-class CountingPool:
-    """The backend's pool, counting the shares handed to other threads."""
-
-    def __init__(self, pool):
-        self.pool, self.submitted = pool, 0
-
-    def submit(self, *args):
-        self.submitted += 1
-        return self.pool.submit(*args)
-
-
 def softmax_exp(values: np.ndarray) -> np.ndarray:
     """exp(x - rowmax): an elementwise kernel (after the max's), vectorized along the rows."""
     x = lazygrad.Tensor(values, device="llvm")
@@ -48,13 +40,13 @@ def softmax_exp(values: np.ndarray) -> np.ndarray:
 
 
 def run_with_threads(llvm, monkeypatch, threads: int, fn, *args):
-    """fn(*args) with the backend running kernels on `threads` threads; (result, shares given to the pool)."""
-    pool = CountingPool(llvm.pool)
+    """fn(*args) with the backend running kernels on `threads` threads; (result, launches shared with the pool)."""
+    pool = llvm.native_pool()
+    before = pool.split_launches
     with monkeypatch.context() as m:
         m.setattr(llvm, "threads", threads)
-        m.setattr(llvm, "pool", pool)
         result = fn(*args)
-    return result, pool.submitted
+    return result, pool.split_launches - before
 
 
 def launches_with_threads(llvm, monkeypatch, threads: int, fn, *args) -> int:
@@ -84,10 +76,31 @@ def test_uneven_shares_give_the_values_of_one_thread(llvm, monkeypatch, threads)
     monkeypatch.setattr(llvm_backend, "PARALLEL_MIN_SECONDS", 0.0)
     launches_with_threads(llvm, monkeypatch, threads, softmax_exp, values)  # timed: split from now on
     split, shares = run_with_threads(llvm, monkeypatch, threads, softmax_exp, values)
-    assert shares >= threads - 1  # every thread got a share of the outer loop
+    assert shares >= 1  # the launch was shared with the pool's workers
     np.testing.assert_array_equal(split, alone)
     expected = np.exp(values.astype(np.float64) - values.max(-1, keepdims=True))
     np.testing.assert_allclose(alone, expected, rtol=1e-5, atol=1e-30)
+
+
+def test_two_python_threads_launching_split_kernels_at_once_get_the_values_of_one(llvm, monkeypatch):
+    rng = np.random.default_rng(2)
+    inputs = [rng.standard_normal((1001 + 16 * i, 160)).astype(np.float32) for i in range(2)]
+    monkeypatch.setattr(llvm_backend, "PARALLEL_MIN_SECONDS", 0.0)
+    monkeypatch.setattr(llvm, "threads", 2)
+    alone = [softmax_exp(values) for values in inputs for _ in range(llvm_backend.TIMED_LAUNCHES + 1)][::4]
+    results: dict = {}
+
+    def launch_many(index: int) -> None:
+        results[index] = [softmax_exp(inputs[index]) for _ in range(20)]
+
+    threads = [threading.Thread(target=launch_many, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for index, expected in enumerate(alone):
+        for result in results[index]:
+            np.testing.assert_array_equal(result, expected)
 
 
 def test_exp2_below_the_float_range_is_zero_and_subnormals_stay_exact(llvm):
