@@ -955,6 +955,10 @@ PARALLEL_MIN_OPERATIONS = 200_000
 # costs a few microseconds, and one whose worker sleeps runs alone, so kernels from 50 us are split (GPT's LayerNorm
 # and bias-gradient column sums, softmax row reductions: ~10 ms of its step on one thread)
 PARALLEL_MIN_SECONDS = 50e-6
+# the same for a launch from an eager step: the Python between its launches outlasts a worker's spin, so a split
+# launch mostly finds the workers asleep and wakes them (~0.1 ms of 16 eager MLP launches, 1.86 -> 1.96-2.03 ms a
+# step, with 50 us here)
+EAGER_PARALLEL_MIN_SECONDS = 300e-6
 # the least of these launches counts: the first runs with cold caches, and any may be preempted
 TIMED_LAUNCHES = 3
 # pieces of a split kernel's outer loop per thread, claimed one at a time
@@ -1001,17 +1005,20 @@ class LLVMKernel:
         self.alone_times: list = []
         self.alone_seconds: float | None = None
 
-    def splits(self) -> bool:
-        """Whether a launch now shares the outer loop among the threads (a candidate, once timed)."""
-        return self.alone_seconds is not None and self.alone_seconds >= PARALLEL_MIN_SECONDS
+    def splits(self, min_seconds: float | None = None) -> bool:
+        """Whether a launch now shares the outer loop among the threads (a candidate, once timed, that ran at least
+        `min_seconds` alone: PARALLEL_MIN_SECONDS unless given)."""
+        min_seconds = PARALLEL_MIN_SECONDS if min_seconds is None else min_seconds
+        return self.alone_seconds is not None and self.alone_seconds >= min_seconds
 
     def _note_alone(self, seconds: float) -> None:
         self.alone_times.append(seconds)
         if len(self.alone_times) >= TIMED_LAUNCHES:
             self.alone_seconds = min(self.alone_times)
 
-    def bind(self, buffers: list):
-        """A launcher with the arguments fixed: `launch(wait) -> seconds or None` (JIT replays)."""
+    def bind(self, buffers: list, min_seconds: float | None = None):
+        """A launcher with the arguments fixed: `launch(wait) -> seconds or None` (JIT replays). `min_seconds`: the
+        least time alone of a kernel it splits (PARALLEL_MIN_SECONDS unless given)."""
         address = self.backend.address
         ptrs = [address(b) for b in buffers]
         fn, outer = self.fn, self.outer
@@ -1029,7 +1036,7 @@ class LLVMKernel:
             pool = self.backend.native_pool()
 
             def run():
-                if self.splits():
+                if self.splits(min_seconds):
                     if not pool.run(task, args_address, outer, pieces):
                         fn(*ptrs, 0, outer)  # another thread's launch holds the workers
                     return
@@ -1049,8 +1056,12 @@ class LLVMKernel:
     def __call__(self, buffers: list, wait: bool = False):
         """One launch (an eager step's): a kernel that runs on the calling thread alone (and is not being timed)
         is called directly, without building a launcher first."""
-        if self.candidate and self.backend.threads > 1 and (self.alone_seconds is None or self.splits()):
-            return self.bind(buffers)(wait)
+        if (
+            self.candidate
+            and self.backend.threads > 1
+            and (self.alone_seconds is None or self.splits(EAGER_PARALLEL_MIN_SECONDS))
+        ):
+            return self.bind(buffers, EAGER_PARALLEL_MIN_SECONDS)(wait)
         address = self.backend.address
         start = time.perf_counter() if wait else 0.0
         self.fn(*[address(b) for b in buffers], 0, self.outer)

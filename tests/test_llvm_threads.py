@@ -56,14 +56,20 @@ def launches_with_threads(llvm, monkeypatch, threads: int, fn, *args) -> int:
     )
 
 
+def split_from(monkeypatch, seconds: float) -> None:
+    """Split every candidate that ran at least `seconds` alone, in eager launches and JIT replays alike."""
+    monkeypatch.setattr(llvm_backend, "PARALLEL_MIN_SECONDS", seconds)
+    monkeypatch.setattr(llvm_backend, "EAGER_PARALLEL_MIN_SECONDS", seconds)
+
+
 def test_a_big_vectorized_kernel_is_split_once_timed_and_a_tiny_one_never(llvm, monkeypatch):
     rng = np.random.default_rng(0)
     big = rng.standard_normal((1001, 160)).astype(np.float32)  # ~10K loop iterations of 16 lanes
-    monkeypatch.setattr(llvm_backend, "PARALLEL_MIN_SECONDS", 0.0)  # any time alone is long enough
+    split_from(monkeypatch, 0.0)  # any time alone is long enough
     assert launches_with_threads(llvm, monkeypatch, 2, softmax_exp, big) >= 1
     tiny = rng.standard_normal((7, 9)).astype(np.float32)
     assert launches_with_threads(llvm, monkeypatch, 2, softmax_exp, tiny) == 0
-    monkeypatch.setattr(llvm_backend, "PARALLEL_MIN_SECONDS", 1e9)  # no kernel runs that long alone
+    split_from(monkeypatch, 1e9)  # no kernel runs that long alone
     assert launches_with_threads(llvm, monkeypatch, 2, softmax_exp, big) == 0
 
 
@@ -73,7 +79,7 @@ def test_uneven_shares_give_the_values_of_one_thread(llvm, monkeypatch, threads)
     values = rng.standard_normal((1001, 160)).astype(np.float32)
     values[::7, 5:] = -np.inf  # masked entries: exp gives exactly 0
     alone, _ = run_with_threads(llvm, monkeypatch, 1, softmax_exp, values)
-    monkeypatch.setattr(llvm_backend, "PARALLEL_MIN_SECONDS", 0.0)
+    split_from(monkeypatch, 0.0)
     launches_with_threads(llvm, monkeypatch, threads, softmax_exp, values)  # timed: split from now on
     split, shares = run_with_threads(llvm, monkeypatch, threads, softmax_exp, values)
     assert shares >= 1  # the launch was shared with the pool's workers
@@ -82,10 +88,22 @@ def test_uneven_shares_give_the_values_of_one_thread(llvm, monkeypatch, threads)
     np.testing.assert_allclose(alone, expected, rtol=1e-5, atol=1e-30)
 
 
+def test_a_jit_replay_splits_kernels_that_an_eager_launch_runs_alone(llvm, monkeypatch):
+    """Between eager launches the workers fall asleep, so an eager launch splits only longer kernels."""
+    values = np.random.default_rng(3).standard_normal((1001, 160)).astype(np.float32)
+    monkeypatch.setattr(llvm_backend, "PARALLEL_MIN_SECONDS", 0.0)
+    monkeypatch.setattr(llvm_backend, "EAGER_PARALLEL_MIN_SECONDS", 1e9)
+    assert launches_with_threads(llvm, monkeypatch, 2, softmax_exp, values) == 0
+    x = lazygrad.Tensor(values, device="llvm")
+    replayed = lazygrad.jit(lambda t: (t - t.max(-1, keepdim=True).values).exp())
+    shared = sum(run_with_threads(llvm, monkeypatch, 2, lambda: replayed(x).numpy())[1] for _ in range(4))
+    assert shared >= 1
+
+
 def test_two_python_threads_launching_split_kernels_at_once_get_the_values_of_one(llvm, monkeypatch):
     rng = np.random.default_rng(2)
     inputs = [rng.standard_normal((1001 + 16 * i, 160)).astype(np.float32) for i in range(2)]
-    monkeypatch.setattr(llvm_backend, "PARALLEL_MIN_SECONDS", 0.0)
+    split_from(monkeypatch, 0.0)
     monkeypatch.setattr(llvm, "threads", 2)
     alone = [softmax_exp(values) for values in inputs for _ in range(llvm_backend.TIMED_LAUNCHES + 1)][::4]
     results: dict = {}
