@@ -1,7 +1,8 @@
 """The CPU backend: linear IR -> LLVM IR text -> machine code through llvmlite, run on all cores.
 
 Each kernel is `void name(ptr buf0, ptr buf1, ..., i32 start, i32 end)`; the outermost global loop
-runs from start to end, so a thread pool splits it (ctypes releases the GIL during the call).
+runs from start to end, so the native thread pool (NativePool) splits it, calling every kernel through its
+`name_task(ptr args, i32 start, i32 end)` wrapper (ctypes releases the GIL during each call).
 Loops are do-while with phi counters; accumulators live in allocas that LLVM promotes to registers.
 """
 
