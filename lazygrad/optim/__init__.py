@@ -29,8 +29,10 @@ from typing import Any
 import numpy as np
 
 import lazygrad
+from lazygrad.graph import LazyBuffer
 from lazygrad.jit import invalidate_captures
 from lazygrad.nn.module import take_pending_buffer_updates, tensor_from_array
+from lazygrad.ops import Op
 from lazygrad.tensor import Tensor
 
 
@@ -46,6 +48,14 @@ def _host_value(value: Any) -> np.ndarray:
     if hasattr(value, "detach"):  # a torch tensor, as torch's own state dicts hold
         return value.detach().cpu().numpy()
     return np.asarray(value)
+
+
+def _gradient_node(param: Tensor) -> LazyBuffer:
+    """param.grad's graph node in param's dtype; a gradient of another shape is refused (torch refuses to set one)."""
+    grad = param.grad._lazydata
+    if grad.shape != param._lazydata.shape:
+        raise RuntimeError(f"parameter of shape {tuple(param.shape)} has a gradient of shape {tuple(grad.shape)}")
+    return grad if grad.dtype is param._lazydata.dtype else grad.alu(Op.CAST, arg=param.dtype, dtype=param.dtype)
 
 
 def _zeros_buffer(like: Tensor) -> Tensor:
@@ -129,6 +139,21 @@ class Optimizer:
             cached = views[name] = (buffer.lazydata, buffer[state["names"].index(name)])
         value = cached[1]
         return value if value.dtype == like.dtype else value.cast(like.dtype)
+
+    def hyperparameter_node(self, group_index: int, name: str, like: Tensor) -> LazyBuffer:
+        """hyperparameter() broadcast to like's shape, as a graph node: the view an operator's broadcasting makes,
+        made once per (name, shape, dtype) and buffer (eager updates build their formulas from nodes)."""
+        state = self.group_state[group_index]
+        node = like._lazydata
+        key = (name, node.shape, node.dtype)
+        broadcasts = state.setdefault("broadcasts", {})
+        cached = broadcasts.get(key)
+        if cached is None or cached[0] is not state["hyperparameters"].lazydata:
+            value = self.hyperparameter(group_index, name, like)._lazydata
+            if node.shape:
+                value = value.broadcast((1,) * len(node.shape), node.shape)
+            cached = broadcasts[key] = (state["hyperparameters"].lazydata, value)
+        return cached[1]
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         group = dict(param_group)
@@ -301,23 +326,42 @@ class SGD(Optimizer):
     def _update(self, index, group, params):
         assigned = []
         for param in params:
-            lr, momentum = self.hyperparameter(index, "lr", param), self.hyperparameter(index, "momentum", param)
-            step = -param.grad if group["maximize"] else param.grad
-            if group["weight_decay"] != 0:
-                step = step + param * self.hyperparameter(index, "weight_decay", param)
-            if group["momentum"] != 0:
-                state = self.state_for(param)
-                if "momentum_buffer" not in state:  # PyTorch starts the buffer at the first gradient, undamped
-                    state["momentum_buffer"] = _zeros_buffer(param).assign(step)
-                else:
-                    buffer = state["momentum_buffer"]
-                    if group["dampening"] != 0:
-                        step = step * self.hyperparameter(index, "1 - dampening", param)
-                    buffer.assign(buffer * momentum + step)
+            assigned += self._update_one(index, group, param)
+        return assigned
+
+    def _update_one(self, index, group, param):
+        # built from graph nodes directly: the nodes that `param - buffer * lr` and the rest make as tensor ops,
+        # without a tensor, promotion and broadcasting for each (an eager step updates every parameter; with tensor
+        # ops SGD with momentum made 7 tensors per parameter)
+        def e(op, *srcs):
+            return LazyBuffer.elementwise(op, srcs)
+
+        def hyper(name):
+            return self.hyperparameter_node(index, name, param)
+
+        step = _gradient_node(param)
+        if group["maximize"]:
+            step = e(Op.NEG, step)
+        if group["weight_decay"] != 0:
+            step = e(Op.ADD, step, e(Op.MUL, param._lazydata, hyper("weight_decay")))
+        assigned = []
+        if group["momentum"] != 0:
+            state = self.state_for(param)
+            if "momentum_buffer" not in state:  # PyTorch starts the buffer at the first gradient, undamped
+                state["momentum_buffer"] = _zeros_buffer(param).assign(Tensor._wrap(step))
+            else:
                 buffer = state["momentum_buffer"]
-                assigned.append(buffer)
-                step = step + buffer * momentum if group["nesterov"] else buffer
-            assigned.append(param.assign(param - step * lr))
+                if group["dampening"] != 0:
+                    step = e(Op.MUL, step, hyper("1 - dampening"))
+                buffer.assign(Tensor._wrap(e(Op.ADD, e(Op.MUL, buffer._lazydata, hyper("momentum")), step)))
+            buffer = state["momentum_buffer"]
+            assigned.append(buffer)
+            if group["nesterov"]:
+                step = e(Op.ADD, step, e(Op.MUL, buffer._lazydata, hyper("momentum")))
+            else:
+                step = buffer._lazydata
+        new = e(Op.ADD, param._lazydata, e(Op.NEG, e(Op.MUL, step, hyper("lr"))))
+        assigned.append(param.assign(Tensor._wrap(new)))
         return assigned
 
 
