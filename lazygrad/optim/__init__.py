@@ -305,7 +305,7 @@ class SGD(Optimizer):
 
     def device_hyperparameters(self, group):
         return {
-            "lr": group["lr"],
+            "-lr": -group["lr"],  # the update adds step * -lr, as torch's `param.add_(step, alpha=-lr)`
             "momentum": group["momentum"],
             "1 - dampening": 1 - group["dampening"],
             "weight_decay": group["weight_decay"],
@@ -360,8 +360,7 @@ class SGD(Optimizer):
                 step = e(Op.ADD, step, e(Op.MUL, buffer._lazydata, hyper("momentum")))
             else:
                 step = buffer._lazydata
-        new = e(Op.ADD, param._lazydata, e(Op.NEG, e(Op.MUL, step, hyper("lr"))))
-        assigned.append(param.assign(Tensor._wrap(new)))
+        assigned.append(param.assign(Tensor._wrap(e(Op.ADD, param._lazydata, e(Op.MUL, step, hyper("-lr"))))))
         return assigned
 
 
