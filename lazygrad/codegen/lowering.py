@@ -214,6 +214,18 @@ def _shuffled(nest: LoopNest, exprs: list, loads: list, lanes: int) -> set:
     return found
 
 
+def _load_weights(nest: LoopNest, ast: KernelOp) -> list:
+    """Per load (in _indexes_of's order): 1 for a load inside the reduce, or in a kernel without one; 1 / the
+    reduce's length for a load outside it, which runs once per output rather than once per reduce step."""
+    nodes = ast.walk()
+    reduces = [n for n in nodes if n.op is AstOp.REDUCE]  # (equal reduces reached twice: the loads of both)
+    if not reduces:
+        return [1] * sum(1 for n in nodes if n.op is AstOp.LOAD)
+    inner = {id(n) for r in reduces for n in r.walk() if n.op is AstOp.LOAD}
+    outside = 1 / prod(nest.shape[nest.n_output :])
+    return [1 if id(n) in inner else outside for n in nodes if n.op is AstOp.LOAD]
+
+
 def _load_lane_cost(stride) -> float:
     if stride == 1:
         return 2  # one vector load
@@ -268,12 +280,17 @@ def _tiled_options(nest: LoopNest, ast: KernelOp, vector_width: int, cache_block
     width = vector_width
     if width > 1:
         exprs = load_exprs if any(None in ld for ld in loads) else []
+        # a load outside the reduce (the epilogue's: an optimizer update fused into a weight gradient) runs once
+        # per output, one inside it once per reduce step: its cost counts once per reduce length
+        per_step = _load_weights(nest, ast)
 
         def lane_score(d):
             """What lanes along d cost per element: a contiguous load is cheap, a gather dear, a broadcast
             free, constant per-lane offsets a wider load and a shuffle; a contiguous store is cheap, a
             scatter dear (once per output); a reduce dim adds a combine of the lanes at the end."""
-            score = sum(-0.5 if (i, d) in shuffled else _load_lane_cost(ld[d]) for i, ld in enumerate(loads))
+            score = sum(
+                per_step[i] * (-0.5 if (i, d) in shuffled else _load_lane_cost(ld[d])) for i, ld in enumerate(loads)
+            )
             if d < nest.n_output:
                 return score + (1 if store[d] == 1 else 0 if store[d] == 0 else -1)
             return score - 0.5
@@ -293,7 +310,8 @@ def _tiled_options(nest: LoopNest, ast: KernelOp, vector_width: int, cache_block
             if candidates:
                 best = max(candidates, key=lambda d: (lane_score(d), d < nest.n_output))
                 gathers = any(
-                    ld[best] not in (0, 1, 2, 3, 4) and (i, best) not in shuffled for i, ld in enumerate(loads)
+                    ld[best] not in (0, 1, 2, 3, 4) and (i, best) not in shuffled and per_step[i] == 1
+                    for i, ld in enumerate(loads)
                 )
                 if lane_score(best) > 0 or not gathers:  # without gathers, lanes beat scalars anyway
                     opts.vector = (best, lanes)

@@ -198,6 +198,14 @@ class NNOps:
                 gg = grad.reshape(parts, n // parts, g, cout_g, oh, ow, 1, 1, 1)
                 cols = columns[0].detach().reshape(parts, n // parts, *columns[0].shape[1:]).unsqueeze(3)
                 grad_w = (gg * cols).sum((1, 4, 5)).sum(0).reshape(cout, cin_g, kh, kw)
+            elif (
+                w_in.requires_grad
+                and g == 1
+                and layout.weight_grad_channel_last(grad.device, stride, cout, grad.numel())
+            ):
+                rows = grad.permute(0, 2, 3, 1).contiguous().reshape(n, oh, ow, cout, 1, 1, 1)
+                win = windows_of(x_in).permute(0, 3, 4, 1, 2, 5, 6)  # (n, oh, ow, 1, cin, kh, kw)
+                grad_w = (rows * win).sum((0, 1, 2)).reshape(cout, cin_g, kh, kw)
             elif w_in.requires_grad:
                 win = windows_of(x_in).unsqueeze(2)  # (n, g, 1, cin_g, oh, ow, kh, kw)
                 win = win.reshape(parts, n // parts, *win.shape[1:])
