@@ -19,11 +19,12 @@ from lazygrad.codegen import layout
 from lazygrad.codegen.layout import ConvLayout, InputGradLayout
 
 
-def layouts_on_16_lanes(out_width, out_channels, plain_weight):
-    """conv2d's choice before it moved to the compiler, when the frontend held the lane counts."""
+def layouts_on_16_lanes(out_width, out_channels, plain_weight, strided=False, width=16):
+    """conv2d's choice before it moved to the compiler, when the frontend held the lane counts (and, since, a
+    strided conv's channel-last weight on a device with vector lanes)."""
     if out_width % 8 and plain_weight:
         return ConvLayout.COLUMNS
-    if out_width % 16 and out_channels % 16 == 0:
+    if (out_width % 16 or (strided and width > 1)) and out_channels % 16 == 0:
         return ConvLayout.CHANNEL_LAST_WEIGHT
     return ConvLayout.WINDOWS
 
@@ -41,9 +42,14 @@ def test_every_vector_width_gets_the_layouts_measured_on_16_lanes(monkeypatch, w
     for out_width in (1, 2, 4, 7, 8, 14, 16, 28, 32, 56):
         for channels in (3, 16, 64):
             for plain in (True, False):
-                assert layout.conv_layout("llvm", out_width, channels, plain) == layouts_on_16_lanes(
-                    out_width, channels, plain
-                ), (out_width, channels, plain)
+                for strided in (False, True):
+                    got = layout.conv_layout("llvm", out_width, channels, plain, strided)
+                    assert got == layouts_on_16_lanes(out_width, channels, plain, strided, width), (
+                        out_width,
+                        channels,
+                        plain,
+                        strided,
+                    )
                 for groups in (1, 2):
                     for pixels in (4, 16, 49, 64):
                         got = layout.conv_input_grad_layout("llvm", groups, out_width, pixels, plain)

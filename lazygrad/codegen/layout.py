@@ -51,14 +51,20 @@ def _lanes(device: str) -> tuple[int, int]:
     return full, full // 2
 
 
-def conv_layout(device: str, out_width: int, out_channels_per_group: int, plain_weight: bool) -> ConvLayout:
+def conv_layout(
+    device: str, out_width: int, out_channels_per_group: int, plain_weight: bool, strided: bool = False
+) -> ConvLayout:
     """`plain_weight`: the weight is a whole contiguous buffer (not a view, such as the flipped weight of an
-    input gradient), so the columns' matrix product reads it as it is."""
+    input gradient), so the columns' matrix product reads it as it is. `strided`: a stride above 1 along the rows."""
     full, half = _lanes(device)
     if out_width % half and plain_weight:
         # output rows that not even a half-width vector divides give lanes no contiguous output row
         return ConvLayout.COLUMNS
-    if out_width % full and out_channels_per_group % full == 0:
+    # lanes along a strided conv's output rows read its windows in wide loads and shuffles: over the output
+    # channels of a channel-last weight each input value is one broadcast scalar (ResNet-18's 7x7 stride-2 stem
+    # at 8x3x224x224, one thread: 42 -> 25 ms)
+    lanes_over_rows_shuffle = strided and vector_width(device) > 1
+    if (out_width % full or lanes_over_rows_shuffle) and out_channels_per_group % full == 0:
         # a weight seen through a view: copied channel-last, lanes go over output channels instead of rows
         return ConvLayout.CHANNEL_LAST_WEIGHT
     return ConvLayout.WINDOWS
