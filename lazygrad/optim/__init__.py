@@ -456,29 +456,60 @@ class Adam(Optimizer):
     def _update(self, index, group, params):
         assigned = self._group_step(index, params[0].device)
         _, bias_correction1, bias_correction2 = assigned
+        # the 0-d factors every parameter of a dtype shares: lr / (1 - beta1**step), sqrt(1 - beta2**step)
+        shared: dict = {}
         for param in params:
+            dtype = param._lazydata.dtype
+            if dtype not in shared:
+                correction1 = bias_correction1.cast(param.dtype)._lazydata
+                correction2 = bias_correction2.cast(param.dtype)._lazydata
+                lr = self.hyperparameter(index, "lr", param)._lazydata
+                shared[dtype] = (
+                    LazyBuffer.elementwise(Op.MUL, (lr, LazyBuffer.elementwise(Op.RECIP, (correction1,)))),
+                    LazyBuffer.elementwise(Op.SQRT, (correction2,)),
+                )
+            assigned += self._update_one(index, group, param, *shared[dtype])
+        return assigned
 
-            def value(name, param=param):
-                return self.hyperparameter(index, name, param)
+    def _update_one(self, index, group, param, step_size, correction2_sqrt):
+        # built from graph nodes directly, as SGD's (see there): torch's formulas, each op one node
+        def e(op, *srcs):
+            return LazyBuffer.elementwise(op, srcs)
 
-            grad = -param.grad if group["maximize"] else param.grad
-            grad = grad + param * value("weight_decay")  # 0 for AdamW, exactly: no branch a replay would keep
-            decayed = param * value("1 - lr * weight_decay")  # 1 for Adam, exactly
-            state = self.state_for(param)
-            if "exp_avg" not in state:
-                state["exp_avg"], state["exp_avg_sq"] = _zeros_buffer(param), _zeros_buffer(param)
-            if group["amsgrad"] and "max_exp_avg_sq" not in state:
-                state["max_exp_avg_sq"] = _zeros_buffer(param)
-            exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-            exp_avg.assign(exp_avg + (grad - exp_avg) * value("1 - beta1"))  # lerp, as PyTorch computes it
-            exp_avg_sq.assign(exp_avg_sq * value("beta2") + grad * grad * value("1 - beta2"))
-            assigned += [exp_avg, exp_avg_sq]
-            if group["amsgrad"]:
-                exp_avg_sq = state["max_exp_avg_sq"].assign(state["max_exp_avg_sq"].maximum(exp_avg_sq))
-                assigned.append(exp_avg_sq)
-            step_size = value("lr") / bias_correction1.cast(param.dtype)
-            denom = exp_avg_sq.sqrt() / bias_correction2.cast(param.dtype).sqrt() + value("eps")
-            assigned.append(param.assign(decayed - (exp_avg / denom) * step_size))
+        def hyper(name):
+            return self.hyperparameter_node(index, name, param)
+
+        def broadcast(node):  # a 0-d factor over the parameter's shape
+            shape = param._lazydata.shape
+            return node.broadcast((1,) * len(shape), shape) if shape else node
+
+        node = param._lazydata
+        grad = _gradient_node(param)
+        if group["maximize"]:
+            grad = e(Op.NEG, grad)
+        grad = e(Op.ADD, grad, e(Op.MUL, node, hyper("weight_decay")))  # 0 for AdamW, exactly: no branch
+        decayed = e(Op.MUL, node, hyper("1 - lr * weight_decay"))  # 1 for Adam, exactly
+        state = self.state_for(param)
+        if "exp_avg" not in state:
+            state["exp_avg"], state["exp_avg_sq"] = _zeros_buffer(param), _zeros_buffer(param)
+        if group["amsgrad"] and "max_exp_avg_sq" not in state:
+            state["max_exp_avg_sq"] = _zeros_buffer(param)
+        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+        m, v = exp_avg._lazydata, exp_avg_sq._lazydata
+        # exp_avg + (grad - exp_avg) * (1 - beta1): a lerp, as PyTorch computes it
+        exp_avg.assign(Tensor._wrap(e(Op.ADD, m, e(Op.MUL, e(Op.ADD, grad, e(Op.NEG, m)), hyper("1 - beta1")))))
+        squared = e(Op.MUL, e(Op.MUL, grad, grad), hyper("1 - beta2"))
+        exp_avg_sq.assign(Tensor._wrap(e(Op.ADD, e(Op.MUL, v, hyper("beta2")), squared)))
+        assigned = [exp_avg, exp_avg_sq]
+        if group["amsgrad"]:
+            largest = state["max_exp_avg_sq"]
+            exp_avg_sq = largest.assign(Tensor._wrap(e(Op.MAX, largest._lazydata, exp_avg_sq._lazydata)))
+            assigned.append(exp_avg_sq)
+        # exp_avg_sq.sqrt() / sqrt(1 - beta2**step) + eps, then param * (1 - lr wd) - exp_avg / denom * step_size
+        denom = e(Op.MUL, e(Op.SQRT, exp_avg_sq._lazydata), e(Op.RECIP, broadcast(correction2_sqrt)))
+        denom = e(Op.ADD, denom, hyper("eps"))
+        update = e(Op.MUL, e(Op.MUL, exp_avg._lazydata, e(Op.RECIP, denom)), broadcast(step_size))
+        assigned.append(param.assign(Tensor._wrap(e(Op.ADD, decayed, e(Op.NEG, update)))))
         return assigned
 
 
