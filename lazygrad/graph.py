@@ -11,6 +11,8 @@ sources, which releases the graph behind them.
 
 from __future__ import annotations
 
+import functools
+import gc
 import math
 import weakref
 
@@ -37,6 +39,31 @@ _HASH_CONSED = ELEMENTWISE | REDUCE | {Op.CONST}
 
 
 _CONST = Op.CONST  # read once: an Enum class attribute is slow to read in Python 3.11
+
+
+def defers_gc(fn):
+    """`fn` runs with Python's cyclic garbage collector paused (and resumed after, as it was): for the calls that
+    build or walk a whole step's graph at once (backward, an optimizer's update, realize).
+
+    The collector runs after every 700 net allocations of container objects. A step's graph is thousands of
+    nodes, views and tensors that all live until the step ends, so every young collection during a backward
+    traverses them again and promotes them, and the oldest generation's collections then walk the whole heap:
+    ~7 ms of a 70 ms eager ResNet-18 step. Paused, the collections wait until the call returns (the next
+    allocation after it collects as usual); what dies by reference counting is freed at once either way. A
+    collector the user paused stays paused."""
+
+    @functools.wraps(fn)
+    def paused(*args, **kwargs):
+        if not gc.isenabled():
+            return fn(*args, **kwargs)
+        gc.disable()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            gc.enable()
+
+    return paused
+
 
 # the hash-consing table: (device, shape, dtype, op, ids of the sources..., arg) -> a weak reference to the node,
 # and back (a WeakValueDictionary, with plain weak references: it costs a third of one per node)

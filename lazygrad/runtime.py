@@ -21,7 +21,7 @@ from lazygrad import backends, config, diskcache
 from lazygrad.codegen.lowering import KernelOptions, build_loop_nest, choose_options, lower
 from lazygrad.codegen.serialize import ProgramFormatError, decode_program, encode_program
 from lazygrad.codegen.verify import verify
-from lazygrad.graph import LazyBuffer
+from lazygrad.graph import LazyBuffer, defers_gc
 from lazygrad.ops import ELEMENTWISE, AstOp, Op
 from lazygrad.schedule import ItemKind, ScheduleItem, Scheduler
 from lazygrad.shape import prod
@@ -630,6 +630,7 @@ def _count_copy(name: str = "copy", device: str = "", nbytes: int = 0, start: fl
         _note_event("copy", name, f"{device} copies", start, {"bytes": nbytes})
 
 
+@defers_gc
 def realize(lazybuffers: list) -> None:
     # a constant needs no memory (kernels inline it), and its node is shared by every equal constant
     pending = []

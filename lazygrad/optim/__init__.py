@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 import lazygrad
-from lazygrad.graph import LazyBuffer
+from lazygrad.graph import LazyBuffer, defers_gc
 from lazygrad.jit import invalidate_captures
 from lazygrad.nn.module import take_pending_buffer_updates, tensor_from_array
 from lazygrad.ops import Op
@@ -193,6 +193,7 @@ class Optimizer:
                 if param.grad is not None:
                     param.grad = None if set_to_none else lazygrad.zeros_like(param.grad)
 
+    @defers_gc
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
         """Update every parameter that has a gradient. A closure (zero_grad, forward, backward, return the loss) is
         called first, and its loss is realized in the same schedule as the update, from the old parameters."""
