@@ -222,7 +222,7 @@ def _load_weights(nest: LoopNest, ast: KernelOp) -> list:
     if not reduces:
         return [1] * sum(1 for n in nodes if n.op is AstOp.LOAD)
     inner = {id(n) for r in reduces for n in r.walk() if n.op is AstOp.LOAD}
-    outside = 1 / prod(nest.shape[nest.n_output :])
+    outside = 1 / max(1, prod(nest.shape[nest.n_output :]))  # (an empty reduce: no step at all)
     return [1 if id(n) in inner else outside for n in nodes if n.op is AstOp.LOAD]
 
 
