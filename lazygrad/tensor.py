@@ -21,7 +21,7 @@ from lazygrad.device import canonical_device, device_of, is_device_name
 from lazygrad.dtype import DType
 from lazygrad.graph import LazyBuffer, WeakList, with_ref
 from lazygrad.ops import REDUCE, Op
-from lazygrad.shape import prod
+from lazygrad.shape import describe_symbolic, prod
 from lazygrad.tensor_ops.arrange import ArrangeOps, IndexingOps
 from lazygrad.tensor_ops.creation import CreationOps, manual_seed
 from lazygrad.tensor_ops.elementwise import ElementwiseOps
@@ -414,12 +414,45 @@ class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps, MathOps
             value = value.cast(self.dtype)
         if value.lazydata is self.lazydata:
             return self
+        if self._lazydata.st.symbolic:
+            return self._assign_symbolic_view(value)
         if self._view_of is not None:
             with autograd.no_grad():  # assign is outside autograd
                 return self._write_through(value)
         before = self._lazydata.base
         self._store(value.lazydata)
         self._refresh_views(before)
+        return self
+
+    def _assign_symbolic_view(self, value: Tensor) -> Tensor:
+        """An assign into a view whose offset or size is a Variable's (`cache[:, :, pos:pos + 1].assign(k)`): the
+        kernel stores through the view into the root's memory, writing only the view's elements (the general
+        write-through of _write_through would place the value into the root's shape, and a symbolic view cannot be
+        padded back to it)."""
+        root = self
+        while root._view_of is not None:
+            source, op, _ = root._view_of
+            if op not in (Op.SHRINK, Op.RESHAPE, Op.PERMUTE):  # views where each element is one place in memory
+                raise NotImplementedError(
+                    f"assign into a symbolic view made by {op}: only slices, reshapes and permutes are written through"
+                )
+            root = source
+        target = root._lazydata
+        if (
+            target._base is not None
+            or target.op is not _BUFFER
+            or target.buffer is None
+            or self._lazydata.base is not target
+        ):
+            raise RuntimeError(
+                f"assign into the symbolic view {describe_symbolic(self.shape)} of a tensor of shape {root.shape}: the "
+                "tensor must be realized, with no update pending (call .realize() on it first)"
+            )
+        if (root.requires_grad or value.requires_grad) and autograd.is_grad_enabled():
+            raise NotImplementedError("assign into a symbolic view under autograd: use lazygrad.no_grad()")
+        root._version += 1
+        root.lazydata = target.assign_view(value._lazydata, self._lazydata.st)
+        root._refresh_views(target)
         return self
 
     def _store(self, lb: LazyBuffer) -> None:

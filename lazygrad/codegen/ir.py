@@ -61,6 +61,8 @@ class Program:
     # buffer indexes that share memory with another argument of the launch (an assign's target that the kernel
     # also reads): renderers must not promise the compiler that they do not alias (no restrict, no noalias)
     aliased: frozenset = frozenset()
+    # the names of the Variables (run-time sizes and offsets) the kernel takes as int32 arguments after its buffers
+    variables: tuple = ()
 
     def dump(self) -> str:
         return "\n".join(repr(u) for u in self.uops)

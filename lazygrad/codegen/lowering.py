@@ -21,8 +21,8 @@ from lazygrad.codegen.capabilities import SCALAR
 from lazygrad.codegen.ir import Program, UOp
 from lazygrad.codegen.kernel_ast import KernelOp
 from lazygrad.ops import AstOp, IrOp, Op, zero
-from lazygrad.shape import ShapeTracker, merge_dims_plan, prod
-from lazygrad.symbolic import AndNode, DivNode, GeNode, LtNode, ModNode, MulNode, Num, SumNode, Var
+from lazygrad.shape import ShapeTracker, max_prod, merge_dims_plan, prod
+from lazygrad.symbolic import AndNode, DivNode, GeNode, LtNode, ModNode, MulNode, Node, Num, SumNode, Var, Variable
 
 
 @dataclass
@@ -97,8 +97,8 @@ _STRIP_ELEMENTS = 1 << 16  # a quarter of that, for what a register tile re-read
 def _elements(st: ShapeTracker) -> int:
     """How many elements a load reads: its buffer's view, not the loop space it is broadcast over."""
     if len(st.views) > 1:
-        return prod(st.views[0].shape)
-    return prod(size for size, stride in zip(st.shape, st.views[0].strides) if stride != 0)
+        return max_prod(st.views[0].shape)
+    return max_prod(size for size, stride in zip(st.shape, st.views[0].strides) if stride != 0)
 
 
 def build_loop_nest(ast: KernelOp) -> LoopNest:
@@ -144,12 +144,32 @@ def build_loop_nest(ast: KernelOp) -> LoopNest:
             and (len(trackers[id(n)].views) > 1 or trackers[id(n)].views[-1].strides[d] != 0)
         )
 
-    out_order = sorted(range(n_output), key=lambda d: -footprint(d))
+    # a symbolic output dim goes after the others: it is a loop inside the kernel (its bound an argument), while the
+    # dims before it can be the launch's global ranges
+    out_order = sorted(range(n_output), key=lambda d: (isinstance(shape[d], Node), -footprint(d)))
     if out_order != list(range(n_output)):
         perm = tuple(out_order) + tuple(range(n_output, len(shape)))
         trackers = {k: st.permute(perm) for k, st in trackers.items()}
         shape = tuple(shape[d] for d in perm)
     return LoopNest(shape, n_output, trackers)
+
+
+def nest_is_symbolic(nest: LoopNest) -> bool:
+    """Whether a loop of the nest runs a number of times known only at launch (a Variable's value)."""
+    return any(isinstance(s, Node) for s in nest.shape)
+
+
+def kernel_variable_nodes(nest: LoopNest) -> list:
+    """The user's Variables the kernel's views read (sizes and offsets), sorted by name: its int arguments."""
+    found = {}
+    for st in nest.trackers.values():
+        for v in st.views:
+            for x in (*v.shape, v.offset):
+                if isinstance(x, Node):
+                    for var in x.variables():
+                        if isinstance(var, Variable):
+                            found[var.name] = var
+    return [found[name] for name in sorted(found)]
 
 
 def _lane_stride(expr, var_name: str):
@@ -231,6 +251,8 @@ def choose_options(nest: LoopNest, ast: KernelOp, capabilities=None) -> KernelOp
     register tile of output dims, so that each loaded value feeds several accumulators; then a small unroll
     of the innermost reduce."""
     capabilities = capabilities or SCALAR
+    if nest_is_symbolic(nest):
+        return KernelOptions(reasons=["the plain loop nest: a size is a run-time Variable (no tiles, lanes or groups)"])
     if capabilities.group_reduce:
         product = tiling.product_shape(nest, ast, _find_reduce(ast))
         if product is not None:
@@ -803,6 +825,9 @@ class Lowerer:
         unroll_dim, unroll = self.opts.unroll or (None, 1)
         vdim, width = self.opts.vector or (None, 1)
         vars_uop = {}
+        variables = kernel_variable_nodes(nest)
+        for var in variables:  # the run-time values, read by loop bounds and index expressions
+            vars_uop[var.name] = e.emit(IrOp.VARIABLE, dt.int32, (), (var.name, var.vmin, var.vmax), pure=False)
         lane = Var("lane", 0, width - 1)
         if width > 1:
             vars_uop["lane"] = e.emit(IrOp.LANES, dt.int32, (), None, vec=width)
@@ -817,6 +842,11 @@ class Lowerer:
             return lambda k: var * factor + k if factor > 1 else var
 
         def open_range(name, size, kind):
+            if isinstance(size, Node):  # a loop of a run-time number of iterations, at most its bound
+                bound = self._node_uop(size, vars_uop)
+                vars_uop[name] = e.emit(IrOp.RANGE, dt.int32, (bound,), (name, size.vmax, "loop"), pure=False)
+                outer_ranges.append(vars_uop[name])
+                return Var(name, 0, size.vmax - 1)
             vars_uop[name] = e.emit(IrOp.RANGE, dt.int32, (), (name, size, kind), pure=False)
             outer_ranges.append(vars_uop[name])
             return Var(name, 0, size - 1)
@@ -836,7 +866,8 @@ class Lowerer:
                 global_sizes.append(size // block)
             else:
                 var = open_range(f"g{d}", size, "global")
-                global_sizes.append(size)
+                if not isinstance(size, Node):  # (a symbolic dim is a loop inside: the launch's size is fixed)
+                    global_sizes.append(size)
             out_index[d] = split(d, var, upcast.get(d, 1))
         tiled = sorted(upcast)
         out_combos = list(itertools.product(*[range(upcast[d]) for d in tiled]))
@@ -861,9 +892,14 @@ class Lowerer:
                 if group and d == innermost:  # each work-item takes every group-th element
                     size = -(-nest.shape[d] // group)
                 e.open_scope()
-                ranges.append(e.emit(IrOp.RANGE, dt.int32, (), (f"r{d}", size, "loop"), pure=False))
+                if isinstance(size, Node):  # a reduce over a run-time number of elements
+                    bound = self._node_uop(size, vars_uop)
+                    ranges.append(e.emit(IrOp.RANGE, dt.int32, (bound,), (f"r{d}", size.vmax, "loop"), pure=False))
+                    var = Var(f"r{d}", 0, size.vmax - 1)
+                else:
+                    ranges.append(e.emit(IrOp.RANGE, dt.int32, (), (f"r{d}", size, "loop"), pure=False))
+                    var = Var(f"r{d}", 0, size - 1)
                 vars_uop[f"r{d}"] = ranges[-1]
-                var = Var(f"r{d}", 0, size - 1)
                 if block and d == nest.n_output:  # within the current chunk
                     var = Var("kc", 0, nest.shape[d] // chunk - 1) * size + var
                 if group and d == innermost:
@@ -935,7 +971,8 @@ class Lowerer:
             emit_stores(stores)
         for u in reversed(outer_ranges):
             e.emit(IrOp.ENDRANGE, None, (u,), pure=False)
-        return Program(self.name, e.uops, self.buffer_dtypes, tuple(global_sizes), group or 1)
+        names = tuple(v.name for v in variables)
+        return Program(self.name, e.uops, self.buffer_dtypes, tuple(global_sizes), group or 1, variables=names)
 
 
 def lower(
