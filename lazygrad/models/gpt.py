@@ -219,24 +219,12 @@ class GPT(nn.Module):
         key = (batch, temperature, top_k, self.training)
         if self._cached_step is not None and self._cached_step[0] == key:
             return self._cached_step[1]
-        config = self.config
-        head_dim = config.n_embd // config.n_head
-        cache_shape = (batch, config.n_head, config.block_size, head_dim)
-        self._cache = [
-            (lazygrad.zeros(*cache_shape).contiguous().realize(), lazygrad.zeros(*cache_shape).contiguous().realize())
-            for _ in range(config.n_layer)
-        ]
+        self.allocate_cache(batch)
 
         @lazygrad.jit
         def jitted(token: Tensor, position) -> Tensor:
             with lazygrad.no_grad():
-                # the position's row of wpe: a view at a symbolic offset (the one-hot product of an embedding
-                # would read all block_size rows)
-                x = self.transformer.wte(token) + self.transformer.wpe.weight[position].reshape(1, 1, -1)
-                for block, cache in zip(self.transformer.h, self._cache):
-                    x = block.forward_cached(x, cache, position)
-                logits = self.lm_head(self.transformer.ln_f(x))
-                return _sample(logits[:, -1, :], temperature, top_k).realize()
+                return _sample(self.forward_cached(token, position)[:, -1, :], temperature, top_k).realize()
 
         def step(token: Tensor, position) -> Tensor:
             if not isinstance(position, BoundVariable):
@@ -246,6 +234,28 @@ class GPT(nn.Module):
         step.jitted = jitted
         self._cached_step = (key, step)
         return step
+
+    def allocate_cache(self, batch: int) -> None:
+        """Fresh key/value buffers (batch, n_head, block_size, head_dim) per layer for forward_cached."""
+        config = self.config
+        shape = (batch, config.n_head, config.block_size, config.n_embd // config.n_head)
+        self._cache = [
+            (lazygrad.zeros(*shape).contiguous().realize(), lazygrad.zeros(*shape).contiguous().realize())
+            for _ in range(config.n_layer)
+        ]
+
+    def forward_cached(self, token: Tensor, position) -> Tensor:
+        """The logits (B, 1, vocab) after token (B, 1) at `position` (a bound `self.position`), given the keys and
+        values of positions 0..position-1 in the cache (allocate_cache), to which this token's are added. Run it
+        under no_grad (a view at a Variable's position has no backward)."""
+        if self._cache is None or self._cache[0][0].shape[0] != token.shape[0]:
+            raise RuntimeError(f"forward_cached: allocate_cache({token.shape[0]}) first (token of shape {token.shape})")
+        # the position's row of wpe: a view at a symbolic offset (an embedding's one-hot product would read all
+        # block_size rows)
+        x = self.transformer.wte(token) + self.transformer.wpe.weight[position].reshape(1, 1, -1)
+        for block, cache in zip(self.transformer.h, self._cache):
+            x = block.forward_cached(x, cache, position)
+        return self.lm_head(self.transformer.ln_f(x))
 
     @property
     def position(self) -> Variable:
