@@ -787,10 +787,10 @@ class LLVMKernel:
             run()
             return time.perf_counter() - t0 if wait else None
 
-        first = len(buffers)
+        at = len(buffers)  # where the values follow the buffers' addresses
 
         def set_values(new_values):  # a JIT replay with other values of the Variables: the same launcher
-            ptrs[first : first + len(new_values)] = new_values
+            ptrs[at : at + len(new_values)] = new_values
 
         launch.set_values = set_values
         return launch

@@ -131,3 +131,5 @@ def test_unsupported_ops_on_symbolic_shapes_raise_naming_the_shape_and_variable(
     leaf = lazygrad.zeros(2, SLOTS, 4, requires_grad=True)
     with pytest.raises(NotImplementedError, match="backward through a view with a Variable"):
         leaf[:, : N.bind(3)]
+    with pytest.raises(NotImplementedError, match="mean over a symbolic size"):
+        keys.mean(1)

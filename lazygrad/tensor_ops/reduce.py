@@ -9,7 +9,8 @@ from lazygrad import autograd
 from lazygrad import dtype as dt
 from lazygrad.codegen import layout
 from lazygrad.ops import Op
-from lazygrad.shape import prod
+from lazygrad.shape import describe_symbolic, prod
+from lazygrad.symbolic import Node
 
 if TYPE_CHECKING:
     from lazygrad.tensor import Tensor
@@ -68,6 +69,11 @@ class ReduceOps:
                 f"mean(): could not infer output dtype. Input dtype must be floating point, got {self.dtype.name}"
             )
         count = prod(self.shape[a] for a in self._axes(dim))
+        if isinstance(count, Node):
+            raise NotImplementedError(
+                f"mean over a symbolic size {count} (shape {describe_symbolic(self.shape)}): the count is known "
+                "only in kernels; divide the sum by it yourself"
+            )
         return self.sum(dim, keepdim) * (1 / count if count else float("nan"))
 
     def _max_reduce(self, dim, keepdim) -> Tensor:
