@@ -252,7 +252,7 @@ def choose_options(nest: LoopNest, ast: KernelOp, capabilities=None) -> KernelOp
     of the innermost reduce."""
     capabilities = capabilities or SCALAR
     if nest_is_symbolic(nest):
-        return KernelOptions(reasons=["the plain loop nest: a size is a run-time Variable (no tiles, lanes or groups)"])
+        return _symbolic_options(nest, ast, capabilities)
     if capabilities.group_reduce:
         product = tiling.product_shape(nest, ast, _find_reduce(ast))
         if product is not None:
@@ -278,6 +278,25 @@ def choose_options(nest: LoopNest, ast: KernelOp, capabilities=None) -> KernelOp
             opts.group = group_reduce_items(nest, capabilities, 1)
             opts.reasons.append(f"no tile: {work_items} tiles are fewer groups than the device has compute units")
     return opts
+
+
+def _symbolic_options(nest: LoopNest, ast: KernelOp, capabilities) -> KernelOptions:
+    """The options of a kernel with a run-time size: the heuristics' choice for the nest at the sizes' bounds, less
+    whatever would split a symbolic dim (lanes, a tile or an unroll along it) and what needs every size known
+    (cache blocking, work-group reduces and local tiles, which also divide their dims into fixed parts). The
+    concrete dims keep their lanes and tiles: attention's scores read keys in vectors along the head dim."""
+    bounded = LoopNest(tuple(s.vmax if isinstance(s, Node) else s for s in nest.shape), nest.n_output, nest.trackers)
+    symbolic = {d for d, s in enumerate(nest.shape) if isinstance(s, Node)}
+    opts = _tiled_options(bounded, ast, capabilities.vector_width, cache_blocking=False)
+    kept = KernelOptions(
+        upcast=[(d, f) for d, f in opts.upcast if d not in symbolic],
+        unroll=opts.unroll if opts.unroll and opts.unroll[0] not in symbolic else None,
+        vector=opts.vector if opts.vector and opts.vector[0] not in symbolic else None,
+        reasons=list(opts.reasons),
+    )
+    dims = ", ".join(f"d{d}" for d in sorted(symbolic))
+    kept.reasons.append(f"{dims}: a run-time size (a Variable): no lanes, tile or unroll along it; no blocking, groups")
+    return kept
 
 
 def _tiled_options(nest: LoopNest, ast: KernelOp, vector_width: int, cache_blocking: bool) -> KernelOptions:
