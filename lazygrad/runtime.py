@@ -606,6 +606,10 @@ def _run_step(step: PlanStep, outputs: list, inputs: list, item: ScheduleItem | 
     for b in buffers:
         handles.append(b.handle)
     if entry.variables:  # the values of the run-time sizes and offsets, as int arguments
+        unbound = [name for name in entry.variables if name not in step.var_vals]
+        if unbound:
+            name = entry.kernel.name
+            raise ValueError(f"Variable {unbound[0]!r} has no value in kernel {name}: slice with var.bind(n)")
         values = tuple(step.var_vals[name] for name in entry.variables)
         seconds = entry.kernel(handles, wait=timed, values=values)
     else:

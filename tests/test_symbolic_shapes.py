@@ -133,3 +133,22 @@ def test_unsupported_ops_on_symbolic_shapes_raise_naming_the_shape_and_variable(
         leaf[:, : N.bind(3)]
     with pytest.raises(NotImplementedError, match="mean over a symbolic size"):
         keys.mean(1)
+
+
+def test_setitem_and_inplace_ops_on_a_symbolic_view_write_through_it():
+    data = _data(5)
+    cache = lazygrad.tensor(data).realize()
+    expected = data.copy()
+    pos = POS.bind(2)
+    cache[:, pos] = lazygrad.tensor(np.full((2, 4), 7.0, np.float32))  # an index: the slot's dim squeezed
+    expected[:, 2] = 7.0
+    cache[:, : N.bind(3)].add_(1.0)  # slots 0..2
+    expected[:, :3] += 1.0
+    np.testing.assert_array_equal(cache.numpy(), expected)
+
+
+@pytest.mark.backend_independent
+def test_an_unbound_variable_in_a_kernel_is_refused():
+    x = lazygrad.zeros(2, SLOTS, 4).realize()
+    with pytest.raises(ValueError, match="'n' has no value"):
+        x[:, :N].sum(1).numpy()
