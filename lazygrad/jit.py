@@ -331,17 +331,7 @@ class JitFunction:
             bound[index] = capture.entries[index].kernel.bind(handles, capture.variables.get(index, ((), ()))[1])
         for index, (names, captured) in capture.variables.items():
             # a Variable passed bound takes this call's value; one bound inside the body keeps the captured value
-            values = tuple(bindings.get(name, value) for name, value in zip(names, captured))
-            set_values = getattr(bound[index], "set_values", None)
-            if set_values is not None:
-                set_values(values)
-            else:
-                handles = capture.templates.get(index)
-                if handles is None:
-                    raise RuntimeError(
-                        f"lazygrad.jit: the launcher of {capture.entries[index].kernel.name} cannot rebind"
-                    )
-                bound[index] = capture.entries[index].kernel.bind(handles, values)
+            bound[index].set_values(tuple(bindings.get(name, value) for name, value in zip(names, captured)))
         # the buffers of this call stay referenced until the next replay: a device may still be running on them
         capture.call_buffers = call_buffers
         if runtime.profiling_active():

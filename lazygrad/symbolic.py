@@ -508,9 +508,6 @@ class Variable(Var):
             )
         return BoundVariable(self.name, self.vmin, self.vmax, int(value))
 
-    def unbind(self) -> tuple:
-        raise ValueError(f"Variable {self.name!r} has no value: bind it (var.bind(n)) before it reaches a kernel")
-
     def __repr__(self):
         return f"Variable({self.name!r}, {self.vmin}, {self.vmax})"
 
@@ -534,10 +531,8 @@ class BoundVariable(Variable):
         return Variable(self.name, self.vmin, self.vmax)
 
     def unbind(self) -> tuple:
+        """(the unbound Variable, the value)."""
         return self.unbound, self.value
-
-    def substitute(self, values):
-        return to_node(values[self.name]) if self.name in values else self
 
     def __repr__(self):
         return f"Variable({self.name!r}, {self.vmin}, {self.vmax}).bind({self.value})"
