@@ -81,7 +81,7 @@ class View:
 
     @staticmethod
     def create(shape, strides=None, offset=0, mask=None) -> View:
-        shape = tuple(_dim_size(s) for s in shape)
+        shape = tuple(s if type(s) is int else _dim_size(s) for s in shape)  # (ints, the common case, as they are)
         strides = (
             contiguous_strides(shape)
             if strides is None
