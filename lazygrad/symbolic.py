@@ -482,6 +482,9 @@ def all_of(nodes: list) -> Node:
 # --- variables of the user's API: run-time sizes ------------------------------------------------
 # The loop variables of a kernel (d0, g0, r0, lane, ...) are Vars too; a user's Variable may not take their names.
 _LOOP_NAME = re.compile(r"^(?:[dgr]\d+|g0i|kc|lane|lid|tile)$")
+# whether a Variable was ever made: until then no view can be symbolic, and the frontend's hot paths (slicing,
+# reshapes, in-place updates) skip their checks for one
+VARIABLES_MADE = [False]
 
 
 class Variable(Var):
@@ -496,6 +499,7 @@ class Variable(Var):
         if int(vmin) < 0 or int(vmax) < int(vmin):
             raise ValueError(f"Variable {name!r}: bounds [{vmin}, {vmax}] must satisfy 0 <= min <= max")
         super().__init__(name, vmin, vmax)
+        VARIABLES_MADE[0] = True
 
     def bind(self, value: int) -> BoundVariable:
         """This variable with a value (checked against its bounds)."""

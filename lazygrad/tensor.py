@@ -22,7 +22,7 @@ from lazygrad.dtype import DType
 from lazygrad.graph import LazyBuffer, WeakList, with_ref
 from lazygrad.ops import REDUCE, Op
 from lazygrad.shape import describe_symbolic, prod
-from lazygrad.symbolic import Node
+from lazygrad.symbolic import VARIABLES_MADE, Node
 from lazygrad.tensor_ops.arrange import ArrangeOps, IndexingOps
 from lazygrad.tensor_ops.creation import CreationOps, manual_seed
 from lazygrad.tensor_ops.elementwise import ElementwiseOps
@@ -415,7 +415,7 @@ class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps, MathOps
             value = value.cast(self.dtype)
         if value.lazydata is self.lazydata:
             return self
-        if _symbolic_view(self):
+        if VARIABLES_MADE[0] and _symbolic_view(self):
             return self._assign_symbolic_view(value)
         if self._view_of is not None:
             with autograd.no_grad():  # assign is outside autograd
@@ -479,7 +479,7 @@ class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps, MathOps
             raise RuntimeError(f"output with shape {self.shape} doesn't match the broadcast shape {result.shape}")
         if result._lazydata.dtype is not self._lazydata.dtype:
             result = result.cast(self.dtype)
-        if _symbolic_view(self):  # (x[:, pos] = v, x[:, :n].add_(1): stored through the view)
+        if VARIABLES_MADE[0] and _symbolic_view(self):  # (x[:, pos] = v, x[:, :n].add_(1): through the view)
             return self._assign_symbolic_view(result)
         if self._view_of is not None:
             return self._write_through(result)

@@ -13,7 +13,7 @@ from lazygrad import dtype as dt
 from lazygrad.dtype import DType
 from lazygrad.ops import Op
 from lazygrad.shape import describe_symbolic, prod, symbolic_dims
-from lazygrad.symbolic import Node, Num, to_node, upper_bound
+from lazygrad.symbolic import VARIABLES_MADE, Node, Num, to_node, upper_bound
 from lazygrad.tensor_ops.bounds import check_indices
 
 if TYPE_CHECKING:
@@ -78,7 +78,7 @@ class MovementOps:
 
     def reshape(self, *shape) -> Tensor:
         shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
-        if symbolic_dims(self.shape) or any(isinstance(s, Node) for s in shape):
+        if VARIABLES_MADE[0] and (symbolic_dims(self.shape) or any(isinstance(s, Node) for s in shape)):
             return self._symbolic_reshape(tuple(shape))
         shape = [int(s) for s in shape]
         if shape.count(-1) > 1:
@@ -240,7 +240,7 @@ class MovementOps:
             index = index[:at] + (slice(None),) * (self.ndim - n_real) + index[at + 1 :]
         else:
             index = index + (slice(None),) * (self.ndim - n_real)
-        if any(_is_symbolic_index(i) for i in index) or symbolic_dims(self.shape):
+        if VARIABLES_MADE[0] and (any(_is_symbolic_index(i) for i in index) or symbolic_dims(self.shape)):
             return self._symbolic_index(index)
         x, dim, new_shape_ops = self, 0, []
         shrink, flips, strides, squeeze, unsqueeze = [], [], [], [], []
