@@ -411,7 +411,8 @@ def get_kernel(ast, buffer_dtypes: tuple, device: str, sizes: tuple, aliased: fr
     if _profiles:
         _note_event("compile", f"compile {name}", "host", t0, {"kernel": name, "device": device})
     flops, nbytes = _estimate_cost(ast, buffer_dtypes, sizes, nest)
-    entry = CompiledEntry(kernel, flops, nbytes, device, kernel_variables(ast))
+    # the int arguments in the order the program takes them (the lowering names them; the AST agrees)
+    entry = CompiledEntry(kernel, flops, nbytes, device, kernel.program.variables)
     _kernel_cache[key] = entry
     return entry
 
