@@ -271,6 +271,13 @@ class JitFunction:
         try:
             result = self.fn(*args, **kwargs)
             returned = _flatten_tensors(result)
+            for t in returned:  # its shape would hold the captured call's value of the Variable on every replay
+                if t.lazydata.st.symbolic:
+                    raise NotImplementedError(
+                        f"a jitted function returned a view made with a Variable (shape {describe_symbolic(t.shape)}):"
+                        " a replay would return the captured call's view; return a tensor of its own (.contiguous(), "
+                        "of fixed shape)"
+                    )
             # a tensor updated twice in the step left its buffer for a new one: its value goes back into the buffer
             # (one more kernel, captured), so that a replay updates the memory the tensor and its views read
             written = tensor_module.write_back_moved()

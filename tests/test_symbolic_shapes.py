@@ -152,3 +152,12 @@ def test_an_unbound_variable_in_a_kernel_is_refused():
     x = lazygrad.zeros(2, SLOTS, 4).realize()
     with pytest.raises(ValueError, match="'n' has no value"):
         x[:, :N].sum(1).numpy()
+
+
+@pytest.mark.backend_independent
+def test_jit_refuses_to_return_a_tensor_of_symbolic_shape():
+    x = lazygrad.zeros(2, SLOTS, 4).realize()
+    step = lazygrad.jit(lambda source, n: source[:, :n] * 2)
+    step(x, N.bind(2))  # the first call runs the function as it is
+    with pytest.raises(NotImplementedError, match="returned a view made with a Variable"):
+        step(x, N.bind(3))  # the capture: a replay would return the captured call's shape
