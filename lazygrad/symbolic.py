@@ -538,8 +538,8 @@ class BoundVariable(Variable):
         """(the unbound Variable, the value)."""
         return self.unbound, self.value
 
-    def __repr__(self):
-        return f"Variable({self.name!r}, {self.vmin}, {self.vmax}).bind({self.value})"
+    def __repr__(self):  # (short: it is what a shape shows for a dim of this size)
+        return f"{self.name}={self.value}"
 
 
 def is_symbolic(x) -> bool:

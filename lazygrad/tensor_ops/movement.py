@@ -98,13 +98,14 @@ class MovementOps:
     def _symbolic_reshape(self, shape: tuple) -> Tensor:
         """A reshape of a tensor with a symbolic size: only dims of size 1 may come or go (-1 stands for the
         symbolic dim)."""
+        requested = shape
         if shape.count(-1) == 1 and len(symbolic_dims(self.shape)) == 1:
             (symbolic,) = [s for s in self.shape if isinstance(s, Node)]
             shape = tuple(symbolic if s == -1 else s for s in shape)
         if [s for s in shape if s != 1] != [s for s in self.shape if s != 1]:
             raise NotImplementedError(
-                f"reshape of shape {describe_symbolic(self.shape)} to {shape}: a tensor with a symbolic size can only "
-                "gain or lose dims of size 1 (merging or splitting a symbolic dim is not supported)"
+                f"reshape of shape {describe_symbolic(self.shape)} to {requested}: a tensor with a symbolic size can "
+                "only gain or lose dims of size 1 (merging or splitting a symbolic dim is not supported)"
             )
         return self._movement(Op.RESHAPE, tuple(shape))
 
