@@ -161,3 +161,13 @@ def test_jit_refuses_to_return_a_tensor_of_symbolic_shape():
     step(x, N.bind(2))  # the first call runs the function as it is
     with pytest.raises(NotImplementedError, match="returned a view made with a Variable"):
         step(x, N.bind(3))  # the capture: a replay would return the captured call's shape
+
+
+@pytest.mark.backend_independent
+def test_the_reference_interpreter_runs_kernels_over_a_symbolic_length():
+    # the IR's specification: a `variable` argument and a loop bounded by it (backends/reference.py)
+    data = _data(6)
+    x = lazygrad.tensor(data, device="reference").realize()
+    for value in (1, 6):
+        n = N.bind(value)
+        np.testing.assert_allclose(x[:, :n].sum(1).numpy(), data[:, :value].sum(1), rtol=1e-5, atol=1e-6)
