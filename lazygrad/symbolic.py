@@ -58,6 +58,11 @@ class Node:
     def __ge__(self, b):
         return 1 - lt(self, b) if isinstance(lt(self, b), Num) else GeNode(self, b)
 
+    def __bool__(self):
+        # a comparison of expressions is an expression (lt, ge): its truth is known only in a kernel. Code that
+        # tests one (`if size > limit` with a symbolic size) would always take one branch: refused instead
+        raise TypeError(f"the truth value of the index expression {self.render()} is known only in a kernel")
+
     # identity: structural equality, so that like terms can be combined
     def key(self) -> tuple:
         raise NotImplementedError
@@ -92,6 +97,9 @@ class Num(Node):
     def __init__(self, value: int):
         self.value = int(value)
         self.vmin = self.vmax = self.value
+
+    def __bool__(self):
+        return self.value != 0
 
     def key(self):
         return ("num", self.value)

@@ -171,3 +171,11 @@ def test_the_reference_interpreter_runs_kernels_over_a_symbolic_length():
     for value in (1, 6):
         n = N.bind(value)
         np.testing.assert_allclose(x[:, :n].sum(1).numpy(), data[:, :value].sum(1), rtol=1e-5, atol=1e-6)
+
+
+def test_indexes_beside_a_variable_and_a_full_reduction_of_a_symbolic_length():
+    data = _data(7)
+    x = lazygrad.tensor(data).realize()
+    n = N.bind(3)
+    np.testing.assert_allclose(x[-1, :n].sum(0).numpy(), data[-1, :3].sum(0), rtol=1e-5)  # a negative int index
+    np.testing.assert_allclose(x[0, :n, -1].sum().numpy(), data[0, :3, -1].sum(), rtol=1e-5)  # all dims reduced

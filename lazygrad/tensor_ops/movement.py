@@ -320,7 +320,8 @@ class MovementOps:
                 start = 0 if i.start is None else i.start
                 stop = size if i.stop is None else i.stop
             elif _is_symbolic_index(i) or (isinstance(i, (int, np.integer)) and not isinstance(i, bool)):
-                start, stop = i, i + 1
+                start = i if isinstance(i, Node) else _symbolic_bound(i, size, dim)  # (-1: the last)
+                stop = start + 1
                 squeeze.append(dim)
             else:
                 raise IndexError(f"unsupported index {i!r} of type {type(i).__name__} beside a Variable")
