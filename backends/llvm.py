@@ -139,6 +139,7 @@ class _Renderer:
         p = self.p
         # noalias on memory another argument shares (an assign's target the kernel reads) would be undefined
         params = [f"ptr{'' if i in p.aliased else ' noalias'} align 16 %buf{i}" for i in range(len(p.buffer_dtypes))]
+        params += [f"i32 %var_{name}" for name in p.variables]  # run-time sizes and offsets (lazygrad.Variable)
         params += ["i32 %start", "i32 %end"]
         self.first_global = True
         for u in p.uops:
@@ -158,9 +159,14 @@ class _Renderer:
     def render_const(self, u):
         pass  # a literal, written where it is used (`val`)
 
+    def render_variable(self, u):
+        self.names[u.id] = f"%var_{u.arg[0]}"
+
     def render_range(self, u):
         name, size, kind = u.arg
         lo, hi = ("%start", "%end") if (kind == "global" and self.first_global) else ("0", str(size))
+        if u.srcs:  # a run-time bound (at least 1: the loop below runs its body before the test)
+            hi = self.val(u.srcs[0])
         if kind == "global":
             self.first_global = False
         pred = self.block
@@ -590,6 +596,7 @@ _ALU = {
 # every other uop: a method of the renderer
 _STRUCTURE = {
     IrOp.PARAM: _Renderer.render_param,
+    IrOp.VARIABLE: _Renderer.render_variable,
     IrOp.CONST: _Renderer.render_const,
     IrOp.RANGE: _Renderer.render_range,
     IrOp.ENDRANGE: _Renderer.render_endrange,
@@ -700,7 +707,7 @@ PARALLEL_MIN_SECONDS = 300e-6
 TIMED_LAUNCHES = 3
 
 # uops that are declarations, not work done per iteration
-_NOT_WORK = (IrOp.PARAM, IrOp.CONST, IrOp.RANGE, IrOp.ENDRANGE, IrOp.ENDIF, IrOp.ACC)
+_NOT_WORK = (IrOp.PARAM, IrOp.VARIABLE, IrOp.CONST, IrOp.RANGE, IrOp.ENDRANGE, IrOp.ENDIF, IrOp.ACC)
 # uops that render to many instructions: exp2 is ~30 inline (_exp2), log2 and sin are calls into libm
 _HEAVY_OPERATIONS = {Op.EXP2: 16, Op.LOG2: 16, Op.SIN: 16}
 
@@ -726,8 +733,10 @@ def executed_operations(uops: list) -> int:
 class LLVMKernel:
     def __init__(self, backend: LLVMBackend, program: Program, source: str, address: int):
         self.name, self.source, self.program = program.name, source, program.summary()  # (the IR is not kept)
-        nargs = len(program.buffer_dtypes)
-        self.fn = ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * nargs), ctypes.c_int32, ctypes.c_int32)(address)
+        nargs, nvars = len(program.buffer_dtypes), len(program.variables)
+        self.fn = ctypes.CFUNCTYPE(
+            None, *([ctypes.c_void_p] * nargs), *([ctypes.c_int32] * nvars), ctypes.c_int32, ctypes.c_int32
+        )(address)
         self.backend = backend
         self.outer = program.global_size[0] if program.global_size else 1
         self.work = executed_operations(program.uops)
@@ -745,10 +754,11 @@ class LLVMKernel:
         if len(self.alone_times) >= TIMED_LAUNCHES:
             self.alone_seconds = min(self.alone_times)
 
-    def bind(self, buffers: list):
-        """A launcher with the arguments fixed: `launch(wait) -> seconds or None` (JIT replays)."""
+    def bind(self, buffers: list, values: tuple = ()):
+        """A launcher with the arguments fixed: `launch(wait) -> seconds or None` (JIT replays). `values`: the
+        Variables' values (program.variables order)."""
         address = self.backend.address
-        ptrs = [address(b) for b in buffers]
+        ptrs = [address(b) for b in buffers] + list(values)
         fn, pool, outer = self.fn, self.backend.pool, self.outer
         threads = min(self.backend.threads, outer)
         if threads <= 1 or not self.candidate:
@@ -777,16 +787,22 @@ class LLVMKernel:
             run()
             return time.perf_counter() - t0 if wait else None
 
+        at = len(buffers)  # where the values follow the buffers' addresses
+
+        def set_values(new_values):  # a JIT replay with other values of the Variables: the same launcher
+            ptrs[at : at + len(new_values)] = new_values
+
+        launch.set_values = set_values
         return launch
 
-    def __call__(self, buffers: list, wait: bool = False):
+    def __call__(self, buffers: list, wait: bool = False, values: tuple = ()):
         """One launch (an eager step's): a kernel that runs on the calling thread alone (and is not being timed)
         is called directly, without building a launcher first."""
         if self.candidate and self.backend.threads > 1 and (self.alone_seconds is None or self.splits()):
-            return self.bind(buffers)(wait)
+            return self.bind(buffers, values)(wait)
         address = self.backend.address
         start = time.perf_counter() if wait else 0.0
-        self.fn(*[address(b) for b in buffers], 0, self.outer)
+        self.fn(*[address(b) for b in buffers], *values, 0, self.outer)
         return time.perf_counter() - start if wait else None
 
 

@@ -32,7 +32,7 @@ from lazygrad.ops import (  # noqa: F401
     Op,
     coerce,
 )
-from lazygrad.shape import _CONTIGUOUS, ShapeTracker, prod
+from lazygrad.shape import _CONTIGUOUS, ShapeTracker, max_prod
 
 # bases built twice from the same op over the same sources are one node
 _HASH_CONSED = ELEMENTWISE | REDUCE | {Op.CONST}
@@ -239,7 +239,8 @@ class LazyBuffer:
 
     @property
     def size(self) -> int:
-        return prod(self.shape)
+        """Elements of memory: a symbolic size counts at its bound (what a buffer of this shape is allocated for)."""
+        return max_prod(self.shape)
 
     @property
     def realized(self) -> bool:
@@ -462,6 +463,15 @@ class LazyBuffer:
         """The result of writing `value` into this (realized) base's memory."""
         assert not self.is_view and value.shape == self.shape and value.dtype == self.dtype
         return LazyBuffer(self.device, ShapeTracker.contiguous(self.shape), self.dtype, Op.ASSIGN, (value,), self)
+
+    def assign_view(self, value: LazyBuffer, st: ShapeTracker) -> LazyBuffer:
+        """The result of writing `value` into the elements of this (realized) base that the view `st` sees, and only
+        those: its kernel stores through the view (`write_view`), so its work is the view's size, not the base's
+        (one slot of a key/value cache, at a position that is a Variable)."""
+        assert not self.is_view and value.shape == st.shape and value.dtype == self.dtype
+        node = LazyBuffer(self.device, ShapeTracker.contiguous(self.shape), self.dtype, Op.ASSIGN, (value,), self)
+        node.write_view = st
+        return node
 
 
 _ZEROS = (0,) * 64  # the starts of a shrink that changes nothing (no tensor has more dims)
