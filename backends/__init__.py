@@ -29,8 +29,13 @@ class CompiledKernel(Protocol):
     name: str
     source: str
 
-    def __call__(self, buffers: list, wait: bool = False) -> float | None:
-        """Launch on device buffers (output first); with wait, return the kernel's seconds."""
+    def __call__(self, buffers: list, wait: bool = False, values: tuple = ()) -> float | None:
+        """Launch on device buffers (output first) and the int values of the program's Variables (in
+        `program.variables` order); with wait, return the kernel's seconds."""
+
+    def bind(self, buffers: list, values: tuple = ()):
+        """A launcher with the arguments fixed: `launch(wait) -> seconds or None`. It may have `set_buffer(slot,
+        handle)` and `set_values(values)` to rebind in place (the step JIT's replays)."""
 
 
 class Backend(Protocol):

@@ -139,6 +139,7 @@ class _Renderer:
         p = self.p
         # noalias on memory another argument shares (an assign's target the kernel reads) would be undefined
         params = [f"ptr{'' if i in p.aliased else ' noalias'} align 16 %buf{i}" for i in range(len(p.buffer_dtypes))]
+        params += [f"i32 %var_{name}" for name in p.variables]  # run-time sizes and offsets (lazygrad.Variable)
         params += ["i32 %start", "i32 %end"]
         self.first_global = True
         for u in p.uops:
@@ -155,12 +156,19 @@ class _Renderer:
         return "\n".join(sorted(self.declares)) + "\n\n" + kernel + self.render_task() + attrs + "\n"
 
     def render_task(self) -> str:
-        """`void <name>_task(ptr args, i32 start, i32 end)`: the kernel with its buffers in an array of pointers,
-        the one signature the thread pool calls every kernel by."""
+        """`void <name>_task(ptr args, i32 start, i32 end)`: the kernel with its buffers' addresses and then its
+        Variables' values in an array of 8-byte slots, the one signature the thread pool calls every kernel by."""
         p, lines, args = self.p, [], []
         for i in range(len(p.buffer_dtypes)):
-            lines += [f"  %slot{i} = getelementptr ptr, ptr %args, i64 {i}", f"  %buf{i} = load ptr, ptr %slot{i}"]
+            lines += [f"  %slot{i} = getelementptr i64, ptr %args, i64 {i}", f"  %buf{i} = load ptr, ptr %slot{i}"]
             args.append(f"ptr %buf{i}")
+        for j, name in enumerate(p.variables, start=len(p.buffer_dtypes)):  # a Variable's value: an int64 slot
+            lines += [
+                f"  %slot{j} = getelementptr i64, ptr %args, i64 {j}",
+                f"  %wide{j} = load i64, ptr %slot{j}",
+                f"  %var_{name} = trunc i64 %wide{j} to i32",
+            ]
+            args.append(f"i32 %var_{name}")
         args += ["i32 %start", "i32 %end"]
         lines.append(f"  call void @{p.name}({', '.join(args)})")
         return (
@@ -175,9 +183,14 @@ class _Renderer:
     def render_const(self, u):
         pass  # a literal, written where it is used (`val`)
 
+    def render_variable(self, u):
+        self.names[u.id] = f"%var_{u.arg[0]}"
+
     def render_range(self, u):
         name, size, kind = u.arg
         lo, hi = ("%start", "%end") if (kind == "global" and self.first_global) else ("0", str(size))
+        if u.srcs:  # a run-time bound (at least 1: the loop below runs its body before the test)
+            hi = self.val(u.srcs[0])
         if kind == "global":
             self.first_global = False
         pred = self.block
@@ -607,6 +620,7 @@ _ALU = {
 # every other uop: a method of the renderer
 _STRUCTURE = {
     IrOp.PARAM: _Renderer.render_param,
+    IrOp.VARIABLE: _Renderer.render_variable,
     IrOp.CONST: _Renderer.render_const,
     IrOp.RANGE: _Renderer.render_range,
     IrOp.ENDRANGE: _Renderer.render_endrange,
@@ -969,7 +983,7 @@ PIECES_PER_THREAD = 4
 SPIN_SECONDS = 100e-6
 
 # uops that are declarations, not work done per iteration
-_NOT_WORK = (IrOp.PARAM, IrOp.CONST, IrOp.RANGE, IrOp.ENDRANGE, IrOp.ENDIF, IrOp.ACC)
+_NOT_WORK = (IrOp.PARAM, IrOp.VARIABLE, IrOp.CONST, IrOp.RANGE, IrOp.ENDRANGE, IrOp.ENDIF, IrOp.ACC)
 # uops that render to many instructions: exp2 is ~30 inline (_exp2), log2 and sin are calls into libm
 _HEAVY_OPERATIONS = {Op.EXP2: 16, Op.LOG2: 16, Op.SIN: 16}
 
@@ -995,8 +1009,10 @@ def executed_operations(uops: list) -> int:
 class LLVMKernel:
     def __init__(self, backend: LLVMBackend, program: Program, source: str, address: int, task: int):
         self.name, self.source, self.program = program.name, source, program.summary()  # (the IR is not kept)
-        nargs = len(program.buffer_dtypes)
-        self.fn = ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * nargs), ctypes.c_int32, ctypes.c_int32)(address)
+        nargs, nvars = len(program.buffer_dtypes), len(program.variables)
+        self.fn = ctypes.CFUNCTYPE(
+            None, *([ctypes.c_void_p] * nargs), *([ctypes.c_int32] * nvars), ctypes.c_int32, ctypes.c_int32
+        )(address)
         self.task = task  # the same kernel, called as <name>_task(ptr args, start, end) by the pool
         self.backend = backend
         self.outer = program.global_size[0] if program.global_size else 1
@@ -1017,14 +1033,15 @@ class LLVMKernel:
         if len(self.alone_times) >= TIMED_LAUNCHES:
             self.alone_seconds = min(self.alone_times)
 
-    def bind(self, buffers: list, min_seconds: float | None = None):
-        """A launcher with the arguments fixed: `launch(wait) -> seconds or None` (JIT replays). `min_seconds`: the
-        least time alone of a kernel it splits (PARALLEL_MIN_SECONDS unless given)."""
+    def bind(self, buffers: list, values: tuple = (), min_seconds: float | None = None):
+        """A launcher with the arguments fixed: `launch(wait) -> seconds or None` (JIT replays). `values`: the
+        Variables' values (program.variables order); `min_seconds`: the least time alone of a kernel it splits
+        (PARALLEL_MIN_SECONDS unless given)."""
         address = self.backend.address
-        ptrs = [address(b) for b in buffers]
+        ptrs = [address(b) for b in buffers] + list(values)
         fn, outer = self.fn, self.outer
         threads = min(self.backend.threads, outer)
-        args = None  # the buffers' addresses as an array, for the pool's launches
+        args = None  # the buffers' addresses and the Variables' values as an array, for the pool's launches
         if threads <= 1 or not self.candidate:
 
             def run():
@@ -1032,7 +1049,7 @@ class LLVMKernel:
         else:
             # pieces claimed one at a time, several per thread: a thread that starts late or runs slower (another
             # process on its core) takes fewer
-            args = (ctypes.c_void_p * max(1, len(ptrs)))(*ptrs)
+            args = (ctypes.c_int64 * max(1, len(ptrs)))(*ptrs)  # 8-byte slots (<name>_task reads them)
             task, args_address, pieces = self.task, ctypes.addressof(args), min(outer, threads * PIECES_PER_THREAD)
             pool = self.backend.native_pool()
 
@@ -1051,10 +1068,18 @@ class LLVMKernel:
             run()
             return time.perf_counter() - t0 if wait else None
 
+        at = len(buffers)  # where the values follow the buffers' addresses
+
+        def set_values(new_values):  # a JIT replay with other values of the Variables: the same launcher
+            ptrs[at : at + len(new_values)] = new_values
+            if args is not None:
+                args[at : at + len(new_values)] = new_values
+
+        launch.set_values = set_values
         launch.args = args  # (the pool reads the array by its address: it lives as long as the launcher)
         return launch
 
-    def __call__(self, buffers: list, wait: bool = False):
+    def __call__(self, buffers: list, wait: bool = False, values: tuple = ()):
         """One launch (an eager step's): a kernel that runs on the calling thread alone (and is not being timed)
         is called directly, without building a launcher first."""
         if (
@@ -1062,10 +1087,10 @@ class LLVMKernel:
             and self.backend.threads > 1
             and (self.alone_seconds is None or self.splits(EAGER_PARALLEL_MIN_SECONDS))
         ):
-            return self.bind(buffers, EAGER_PARALLEL_MIN_SECONDS)(wait)
+            return self.bind(buffers, values, EAGER_PARALLEL_MIN_SECONDS)(wait)
         address = self.backend.address
         start = time.perf_counter() if wait else 0.0
-        self.fn(*[address(b) for b in buffers], 0, self.outer)
+        self.fn(*[address(b) for b in buffers], *values, 0, self.outer)
         return time.perf_counter() - start if wait else None
 
 

@@ -183,6 +183,7 @@ class _Renderer:
             const = "" if i in written else "const "  # read-only buffers may go through a read-only cache
             restrict = "" if i in self.p.aliased else " restrict"  # restrict on aliased memory is undefined
             params.append(f"__global {const}{_MEM_TYPE[d.name]}*{restrict} buf{i}")
+        params += [f"int var_{name}" for name in self.p.variables]  # run-time sizes and offsets (lazygrad.Variable)
         total = math.prod(self.p.global_size)
         if self.p.local_size > 1:  # a work-group per output point, launched exactly: no work-item may leave
             # early, since every one must reach the barriers of the group's reduce
@@ -204,6 +205,9 @@ class _Renderer:
 
     def render_const(self, u: UOp):
         self.names[u.id] = _const(u.arg, u.dtype)
+
+    def render_variable(self, u: UOp):
+        self.names[u.id] = f"var_{u.arg[0]}"
 
     def render_endrange(self, u: UOp):
         if u.srcs[0].id in self.loop_ranges:  # a global range is no loop: nothing to close
@@ -260,7 +264,8 @@ class _Renderer:
             self.emit(f"int {var} = {value};")
         else:
             self.loop_ranges.add(u.id)
-            self.emit(f"for (int {var} = 0; {var} < {size}; {var}++) {{")
+            bound = self.val(u.srcs[0]) if u.srcs else size  # a run-time bound: a Variable's expression
+            self.emit(f"for (int {var} = 0; {var} < {bound}; {var}++) {{")
             self.depth += 1
 
     # --- memory ---------------------------------------------------------------------------------
@@ -522,6 +527,7 @@ _ALU = {
 # every other uop: a method of the renderer
 _STRUCTURE = {
     IrOp.PARAM: _Renderer.render_param,
+    IrOp.VARIABLE: _Renderer.render_variable,
     IrOp.CONST: _Renderer.render_const,
     IrOp.RANGE: _Renderer.render_range,
     IrOp.ENDRANGE: _Renderer.render_endrange,
@@ -702,15 +708,16 @@ class OpenCLKernel:
         event.wait()
         return (event.profile.end - event.profile.start) * 1e-9
 
-    def __call__(self, buffers: list, wait: bool = False) -> float | None:
-        self.kernel.set_args(*buffers)
+    def __call__(self, buffers: list, wait: bool = False, values: tuple = ()) -> float | None:
+        self.kernel.set_args(*buffers, *[np.int32(v) for v in values])
         return self._launch(self.kernel, wait)
 
-    def bind(self, buffers: list):
+    def bind(self, buffers: list, values: tuple = ()):
         """A launcher with the arguments fixed, `launch(wait) -> seconds or None` (JIT replays). It owns a
-        kernel object of its own, so launchers of one kernel with different buffers do not disturb each other."""
+        kernel object of its own, so launchers of one kernel with different buffers do not disturb each other.
+        `values`: the Variables' values (program.variables order)."""
         kernel = self.backend.cl.Kernel(self.built, self.name)
-        kernel.set_args(*buffers)
+        kernel.set_args(*buffers, *[np.int32(v) for v in values])
 
         def launch(wait=False):
             return self._launch(kernel, wait)
@@ -718,6 +725,13 @@ class OpenCLKernel:
         # a JIT replay rebinds its inputs and outputs in place: a new pyopencl Kernel per call would leave garbage
         # in reference cycles
         launch.set_buffer = kernel.set_arg
+        first = len(buffers)
+
+        def set_values(new_values):
+            for i, v in enumerate(new_values):
+                kernel.set_arg(first + i, np.int32(v))
+
+        launch.set_values = set_values
         return launch
 
 

@@ -99,8 +99,9 @@ def _literal(value, d: dt.DType) -> np.ndarray:
 class _Run:
     """One launch of a program: the state of every work-item while the uops are interpreted."""
 
-    def __init__(self, program: Program, memory: list):
+    def __init__(self, program: Program, memory: list, values: tuple = ()):
         self.program = program
+        self.variables = dict(zip(program.variables, values))  # the Variables' values, by name
         self.items = math.prod(program.global_size) * program.local_size
         self.item = np.arange(self.items)
         self.group = self.item // program.local_size  # the point of the global ranges each work-item is at
@@ -134,7 +135,7 @@ class _Run:
             elif op is IrOp.ENDRANGE and u.srcs[0].arg[2] == "loop":
                 r = u.srcs[0]
                 following = self.values[r.id] + 1
-                if following < r.arg[1]:
+                if following < (int(self.values[r.srcs[0].id]) if r.srcs else r.arg[1]):  # (a run-time bound)
                     self.values[r.id] = np.int32(following)
                     pc = loop_start[r.id]
                     continue
@@ -169,6 +170,9 @@ class _Run:
 
     def const(self, u: UOp):
         self.values[u.id] = _literal(u.arg, u.dtype)
+
+    def variable(self, u: UOp):
+        self.values[u.id] = np.int32(self.variables[u.arg[0]])
 
     def global_range(self, u: UOp):
         """A work-item's coordinate along the next global range, outermost first."""
@@ -292,6 +296,7 @@ def _block_ends(uops: list) -> dict:
 
 _STRUCTURE = {
     IrOp.PARAM: _Run.param,
+    IrOp.VARIABLE: _Run.variable,
     IrOp.CONST: _Run.const,
     IrOp.RANGE: _Run.global_range,  # a "loop" range is handled by the interpreter's loop
     IrOp.ENDRANGE: _Run.nothing,
@@ -315,10 +320,11 @@ _STRUCTURE = {
 RENDERED = frozenset(_STRUCTURE) | {IrOp.IF, IrOp.ENDIF}
 
 
-def run(program: Program, memory: list) -> None:
-    """Run `program` on `memory` (one numpy byte array per buffer, outputs first), in place."""
+def run(program: Program, memory: list, values: tuple = ()) -> None:
+    """Run `program` on `memory` (one numpy byte array per buffer, outputs first), in place; `values`: its
+    Variables' values."""
     with np.errstate(all="ignore"):  # integers wrap and floats overflow to inf, silently, as on a device
-        _Run(program, memory).execute()
+        _Run(program, memory, values).execute()
 
 
 class ReferenceKernel:
@@ -326,14 +332,20 @@ class ReferenceKernel:
         verify(program)  # the interpreter assumes a well-formed program, as every backend may
         self.name, self.program, self.source = program.name, program, program.dump()
 
-    def __call__(self, buffers: list, wait: bool = False) -> float | None:
+    def __call__(self, buffers: list, wait: bool = False, values: tuple = ()) -> float | None:
         start = time.perf_counter()
-        run(self.program, buffers)
+        run(self.program, buffers, values)
         return time.perf_counter() - start if wait else None
 
-    def bind(self, buffers: list):
+    def bind(self, buffers: list, values: tuple = ()):
         """A launcher with the buffers fixed: `launch(wait) -> seconds or None` (the step JIT replays these)."""
-        return lambda wait=False: self(buffers, wait)
+        current = list(values)
+
+        def launch(wait=False):
+            return self(buffers, wait, tuple(current))
+
+        launch.set_values = lambda new_values: current.__setitem__(slice(None), list(new_values))
+        return launch
 
 
 class ReferenceBackend(HostMemory):

@@ -25,6 +25,7 @@ from lazygrad.dtype import (
 )
 from lazygrad.jit import jit
 from lazygrad.runtime import profile
+from lazygrad.symbolic import Variable as Variable  # a run-time size or offset: one compiled kernel for every value
 from lazygrad.tensor import Tensor, manual_seed, realize
 from lazygrad.tensor_ops import arrange as _arrange
 from lazygrad.tensor_ops.creation import as_tensor, from_numpy, tensor

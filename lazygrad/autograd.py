@@ -12,7 +12,7 @@ import itertools
 import math
 from contextlib import ContextDecorator
 
-from lazygrad.graph import LazyBuffer
+from lazygrad.graph import LazyBuffer, defers_gc
 from lazygrad.ops import DIFFERENTIABLE, Op
 
 _grad_enabled = [True]
@@ -391,6 +391,7 @@ _check_rules()
 _RULE_KEYS = {key: key for key in RULES}  # Op members hash and compare as their names
 
 
+@defers_gc
 def backward(root, gradient, retain_graph: bool = False, create_graph: bool = False, inputs=None):
     """Accumulate d(root)/d(leaf) into the .grad of leaves (or return them for `inputs`)."""
     order = _topological(root)

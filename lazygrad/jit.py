@@ -40,7 +40,8 @@ from collections import OrderedDict
 from lazygrad import runtime
 from lazygrad import tensor as tensor_module
 from lazygrad.graph import LazyBuffer
-from lazygrad.shape import contiguous_strides
+from lazygrad.shape import contiguous_strides, describe_symbolic
+from lazygrad.symbolic import BoundVariable
 from lazygrad.tensor import Tensor
 
 # a function called with this many different argument structures keeps only the most recent captures (each holds
@@ -63,9 +64,11 @@ class _Recorder:
 
     def __init__(self):
         self.launches: list = []  # (CompiledEntry, [Buffer], ids of the buffers the launch allocated)
+        self.values: list = []  # per launch: the values of its Variables (entry.variables order)
 
-    def record(self, entry, buffers: list, created: list) -> None:
+    def record(self, entry, buffers: list, created: list, values: tuple = ()) -> None:
         self.launches.append((entry, list(buffers), {id(b) for b in created}))
+        self.values.append(values)
 
 
 class _Capture:
@@ -83,17 +86,32 @@ class _Capture:
         self.held: list = []  # the buffers of the non-rebound slots
         self.call_buffers: dict = {}  # the last replay's inputs and outputs
         self.generation = _generation[0]
+        # launch index -> (its Variables' names, their values at capture): replays pass the call's values
+        self.variables: dict = {}
 
 
-def _structure_key(value, tensors: list):
-    """A hashable description of an argument, with its tensors appended to tensors."""
+def _structure_key(value, tensors: list, bindings: dict | None = None):
+    """A hashable description of an argument, with its tensors appended to tensors and the values of its bound
+    Variables put in bindings (by name): a Variable is part of the structure, its value is not."""
     if isinstance(value, Tensor):
+        if value.lazydata.st.symbolic:
+            raise NotImplementedError(
+                f"a jitted function's argument of symbolic shape {describe_symbolic(value.shape)}: pass the "
+                "Variable (bound) and the tensor it indexes instead"
+            )
         tensors.append(value)
         return ("tensor", value.shape, value.dtype, value.device, value.requires_grad)
+    if isinstance(value, BoundVariable):
+        if bindings is not None:
+            if bindings.setdefault(value.name, value.value) != value.value:
+                raise ValueError(
+                    f"Variable {value.name!r} passed bound to two values ({bindings[value.name]}, {value.value})"
+                )
+        return ("variable", value.name, value.vmin, value.vmax)
     if isinstance(value, (tuple, list)):
-        return (type(value).__name__, tuple(_structure_key(v, tensors) for v in value))
+        return (type(value).__name__, tuple(_structure_key(v, tensors, bindings) for v in value))
     if isinstance(value, dict):
-        return ("dict", tuple((k, _structure_key(v, tensors)) for k, v in value.items()))
+        return ("dict", tuple((k, _structure_key(v, tensors, bindings)) for k, v in value.items()))
     try:
         hash(value)
     except TypeError:  # an unhashable object: the same object is the same argument
@@ -203,7 +221,8 @@ class JitFunction:
 
     def __call__(self, *args, **kwargs):
         inputs: list = []
-        key = _structure_key((args, kwargs), inputs)
+        bindings: dict = {}
+        key = _structure_key((args, kwargs), inputs, bindings)
         for t in inputs:
             t.realize()
         capture = self.captures.get(key)
@@ -213,7 +232,7 @@ class JitFunction:
         if capture is not None:
             self.captures.move_to_end(key)
             self.last = capture
-            return self._replay(capture, inputs)
+            return self._replay(capture, inputs, bindings)
         self.calls[key] = self.calls.get(key, 0) + 1
         if self.calls[key] == 1:
             return self.fn(*args, **kwargs)
@@ -252,6 +271,13 @@ class JitFunction:
         try:
             result = self.fn(*args, **kwargs)
             returned = _flatten_tensors(result)
+            for t in returned:  # its shape would hold the captured call's value of the Variable on every replay
+                if t.lazydata.st.symbolic:
+                    raise NotImplementedError(
+                        f"a jitted function returned a view made with a Variable (shape {describe_symbolic(t.shape)}):"
+                        " a replay would return the captured call's view; return a tensor of its own (.contiguous(), "
+                        "of fixed shape)"
+                    )
             # a tensor updated twice in the step left its buffer for a new one: its value goes back into the buffer
             # (one more kernel, captured), so that a replay updates the memory the tensor and its views read
             written = tensor_module.write_back_moved()
@@ -277,15 +303,17 @@ class JitFunction:
                 capture.fresh_outputs.append((buffer.device, buffer.size, buffer.dtype))
             else:  # a parameter, optimizer state, or (with reuse_outputs) a buffer each replay overwrites
                 capture.outputs.append(("same", lb))
-        for index, (entry, buffers, _) in enumerate(recorder.launches):
+        for index, ((entry, buffers, _), values) in enumerate(zip(recorder.launches, recorder.values)):
             capture.entries.append(entry)
+            if values:  # a kernel over a run-time size: each replay passes the call's values of its Variables
+                capture.variables[index] = (entry.variables, values)
             slots = [(slot, rebound[id(b)]) for slot, b in enumerate(buffers) if id(b) in rebound]
             if slots:
                 capture.slots[index] = slots
                 capture.templates[index] = [None if id(b) in rebound else b.handle for b in buffers]
                 capture.bound.append(None)
             else:
-                capture.bound.append(entry.kernel.bind([b.handle for b in buffers]))
+                capture.bound.append(entry.kernel.bind([b.handle for b in buffers], values))
         # the intermediate buffers live as long as the capture (launchers hold bare handles); the captured call's
         # inputs and returned buffers are not held, so they are freed with the caller's tensors
         capture.held = [b for _, buffers, _ in recorder.launches for b in buffers if id(b) not in rebound]
@@ -293,7 +321,7 @@ class JitFunction:
         self.last = capture
         return result
 
-    def _replay(self, capture: _Capture, inputs: list):
+    def _replay(self, capture: _Capture, inputs: list, bindings: dict):
         call_buffers = {("input", k): _dense_buffer(t) for k, t in enumerate(inputs)}
         for j, (device, size, dtype) in enumerate(capture.fresh_outputs):
             call_buffers[("output", j)] = runtime.Buffer(device, size, dtype)
@@ -307,7 +335,10 @@ class JitFunction:
             handles = list(capture.templates[index])
             for slot, name in slots:
                 handles[slot] = call_buffers[name].handle
-            bound[index] = capture.entries[index].kernel.bind(handles)
+            bound[index] = capture.entries[index].kernel.bind(handles, capture.variables.get(index, ((), ()))[1])
+        for index, (names, captured) in capture.variables.items():
+            # a Variable passed bound takes this call's value; one bound inside the body keeps the captured value
+            bound[index].set_values(tuple(bindings.get(name, value) for name, value in zip(names, captured)))
         # the buffers of this call stay referenced until the next replay: a device may still be running on them
         capture.call_buffers = call_buffers
         if runtime.profiling_active():

@@ -219,8 +219,15 @@ class IrOp(_Kind):
     the reference; tests/test_gpu_kernels.py, tests/test_reference.py); the LLVM renderer refuses them clearly."""
 
     PARAM = "param", "-", "(buffer index, is_output)"
+    # a run-time size or offset (a lazygrad.Variable): an int32 argument after the buffers, in Program.variables order
+    VARIABLE = "variable", "-", "(name, min, max): the value of an int32 argument of the kernel"
     CONST = "const", "-", "Python value: a literal"
-    RANGE = "range", "-", '(name, size, "global" or "loop"): a loop, and its variable as a value'
+    RANGE = (
+        "range",
+        "([bound])",
+        '(name, size, "global" or "loop"): a loop, and its variable as a value; with a bound (an int32 value, '
+        "a loop range only), it runs bound times, size being the most",
+    )
     ENDRANGE = "endrange", "(range,)", "-"
     IF = "if", "(condition,)", "-: the uops up to the matching endif run only when the condition holds"
     ENDIF = "endif", "-", "-"

@@ -21,10 +21,11 @@ from lazygrad import backends, config, diskcache
 from lazygrad.codegen.lowering import KernelOptions, build_loop_nest, choose_options, lower
 from lazygrad.codegen.serialize import ProgramFormatError, decode_program, encode_program
 from lazygrad.codegen.verify import verify
-from lazygrad.graph import LazyBuffer
+from lazygrad.graph import LazyBuffer, defers_gc
 from lazygrad.ops import ELEMENTWISE, AstOp, Op
 from lazygrad.schedule import ItemKind, ScheduleItem, Scheduler
-from lazygrad.shape import prod
+from lazygrad.shape import describe_symbolic, max_prod, symbolic_dims
+from lazygrad.symbolic import Node, upper_bound, user_variables
 
 
 def backend_for(device: str):
@@ -283,6 +284,7 @@ class CompiledEntry:
     flops: int
     bytes: int
     device: str = ""
+    variables: tuple = ()  # names of the Variables the kernel takes as int arguments, in argument order
 
 
 _kernel_cache: dict = {}
@@ -291,7 +293,9 @@ _kernel_cache: dict = {}
 def kernel_name(ast, program_shape) -> str:
     digest = hashlib.sha256(ast.structure().encode()).hexdigest()[:10]
     prefix = "r" if any(n.op is AstOp.REDUCE for n in ast.walk()) else "e"
-    return f"{prefix}_{'_'.join(str(s) for s in program_shape) or 'scalar'}_{digest}"
+    # a symbolic size is named by its bound: v128 (up to 128)
+    sizes = [f"v{s.vmax}" if isinstance(s, Node) else str(s) for s in program_shape]
+    return f"{prefix}_{'_'.join(sizes) or 'scalar'}_{digest}"
 
 
 def _estimate_cost(ast, buffer_dtypes, sizes, nest) -> tuple:
@@ -305,8 +309,21 @@ def _estimate_cost(ast, buffer_dtypes, sizes, nest) -> tuple:
     # equal nodes are one computation (the code generator emits them once)
     body = {n for r in ast.walk() if r.op is AstOp.REDUCE for n in r.walk() if is_alu(n)}
     others = {n for n in ast.walk() if is_alu(n)} - body
-    flops = len(body) * prod(nest.shape) + len(others) * prod(nest.shape[: nest.n_output])
+    flops = len(body) * max_prod(nest.shape) + len(others) * max_prod(nest.shape[: nest.n_output])
     return flops, sum(d.itemsize * s for d, s in zip(buffer_dtypes, sizes))
+
+
+def kernel_variables(ast) -> tuple:
+    """The names of the Variables a kernel's views use (sorted: the order of its int arguments)."""
+    names = set()
+    for n in ast.walk():
+        if n.op in (AstOp.LOAD, AstOp.CONST, AstOp.STORE, AstOp.VALID):
+            st = n.arg if n.op is AstOp.VALID else n.arg[1]
+            if st.symbolic:
+                for v in st.views:
+                    for x in (*v.shape, v.offset):
+                        names |= {u.name for u in user_variables(x)}
+    return tuple(sorted(names))
 
 
 def aliased_arguments(buffers: list) -> frozenset:
@@ -329,7 +346,7 @@ def _check_32_bit_indexes(name: str, buffer_dtypes: tuple, sizes: tuple, nest_sh
                 f"kernels index with 32-bit integers, so a buffer may hold at most {_INDEX_LIMIT} elements. "
                 "Split the tensor (e.g. with .chunk) into parts below that"
             )
-    if any(d > _INDEX_LIMIT for d in nest_shape):  # a reduce over a broadcast dim: no buffer that big
+    if any(upper_bound(d) > _INDEX_LIMIT for d in nest_shape):  # a reduce over a broadcast dim: no buffer that big
         raise RuntimeError(
             f"kernel {name}: loops of {nest_shape} iterations; kernels count with 32-bit integers, so a loop may run "
             f"at most {_INDEX_LIMIT} times. Split the tensor into parts below that"
@@ -372,7 +389,8 @@ def get_kernel(ast, buffer_dtypes: tuple, device: str, sizes: tuple, aliased: fr
                 )
 
     # LAZYGRAD_SEARCH (lazygrad/search.py); its scratch buffers never alias, so an aliased launch keeps the heuristics'
-    if config.SEARCH and config.OPTIMIZE and _forced_options is None and not aliased:
+    # (a kernel over a run-time size is lowered plainly: timing one value of it would say little of the others)
+    if config.SEARCH and config.OPTIMIZE and _forced_options is None and not aliased and not kernel_variables(ast):
         from lazygrad import search
 
         kernel = search.tuned_kernel(
@@ -393,7 +411,8 @@ def get_kernel(ast, buffer_dtypes: tuple, device: str, sizes: tuple, aliased: fr
     if _profiles:
         _note_event("compile", f"compile {name}", "host", t0, {"kernel": name, "device": device})
     flops, nbytes = _estimate_cost(ast, buffer_dtypes, sizes, nest)
-    entry = CompiledEntry(kernel, flops, nbytes, device)
+    # the int arguments in the order the program takes them (the lowering names them; the AST agrees)
+    entry = CompiledEntry(kernel, flops, nbytes, device, kernel.program.variables)
     _kernel_cache[key] = entry
     return entry
 
@@ -486,11 +505,12 @@ class PlanStep:
     found (a plan kept its ASTs' KernelOps, views and tuples alive for the garbage collector to walk): when the
     compiled kernels must be looked up again (`forced_options`, a replaced kernel cache), the plans are dropped."""
 
-    __slots__ = ("kind", "outputs", "inputs", "ast", "reason", "entry")
+    __slots__ = ("kind", "outputs", "inputs", "ast", "reason", "entry", "var_vals")
 
-    def __init__(self, kind, outputs: tuple, inputs: tuple, ast, reason: str):
+    def __init__(self, kind, outputs: tuple, inputs: tuple, ast, reason: str, var_vals: dict | None = None):
         self.kind, self.outputs, self.inputs, self.ast, self.reason = kind, outputs, inputs, ast, reason
         self.entry = None
+        self.var_vals = var_vals or {}  # the Variables' values of the graph this plan was made for
 
 
 # The schedules of graphs seen before, by structure (Scheduler.structure's key). A training loop without @jit
@@ -515,6 +535,7 @@ def _plan(items: list, nodes: list, externals: list) -> list:
             tuple(position[id(b)] for b in item.inputs),
             item.ast,
             item.reason,
+            item.var_vals,
         )
         for item in items
     ]
@@ -585,11 +606,20 @@ def _run_step(step: PlanStep, outputs: list, inputs: list, item: ScheduleItem | 
     handles = []
     for b in buffers:
         handles.append(b.handle)
-    seconds = entry.kernel(handles, wait=timed)
+    if entry.variables:  # the values of the run-time sizes and offsets, as int arguments
+        unbound = [name for name in entry.variables if name not in step.var_vals]
+        if unbound:
+            name = entry.kernel.name
+            raise ValueError(f"Variable {unbound[0]!r} has no value in kernel {name}: slice with var.bind(n)")
+        values = tuple(step.var_vals[name] for name in entry.variables)
+        seconds = entry.kernel(handles, wait=timed, values=values)
+    else:
+        values = ()
+        seconds = entry.kernel(handles, wait=timed)
     for out, buffer in zip(outputs, buffers):
         out.buffer = buffer
     for capture in CAPTURES:  # the JIT gives the buffers this launch allocated a fresh one per replay
-        capture.record(entry, buffers, [b for out, b in zip(outputs, buffers) if out.op is not _ASSIGN])
+        capture.record(entry, buffers, [b for out, b in zip(outputs, buffers) if out.op is not _ASSIGN], values)
     launch = None
     if timed:
         launch = note_launch(entry, seconds, start)
@@ -630,6 +660,7 @@ def _count_copy(name: str = "copy", device: str = "", nbytes: int = 0, start: fl
         _note_event("copy", name, f"{device} copies", start, {"bytes": nbytes})
 
 
+@defers_gc
 def realize(lazybuffers: list) -> None:
     # a constant needs no memory (kernels inline it), and its node is shared by every equal constant
     pending = []
@@ -671,6 +702,11 @@ def realize(lazybuffers: list) -> None:
 
 def to_numpy(lb: LazyBuffer) -> np.ndarray:
     """The values of a LazyBuffer (any view) as a numpy array; counts as a copy."""
+    if symbolic_dims(lb.shape):
+        raise NotImplementedError(
+            f"numpy() of a tensor of symbolic shape {describe_symbolic(lb.shape)}: its size is known only in kernels; "
+            "reduce it, or write it into a tensor of fixed shape, first"
+        )
     base = lb if lb._base is None else lb._base
     if base.op is _CONST or (base is not lb and not (lb.st.contiguous_view and lb.size == base.size)):
         lb = lb.contiguous()

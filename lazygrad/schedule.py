@@ -69,6 +69,10 @@ class ScheduleItem:
     reduces: set = field(default_factory=set)  # ids of the reduce nodes among them (at most one)
     # per output: why it has a buffer, and for the outputs after the first, why it is stored by this kernel
     output_reasons: list = field(default_factory=list)
+    # {name: value} of the Variables its views use (the AST holds them unbound: one kernel for every value)
+    var_vals: dict = field(default_factory=dict)
+    # a kernel over a symbolic size or through a symbolic view (write_view): never merged with another
+    symbolic: bool = False
 
     def __post_init__(self):
         if not self.outputs:
@@ -220,7 +224,7 @@ class Scheduler:
             if op is const:
                 arg = const_key(node.arg)
             elif op is assign:
-                arg = ref(node.arg)
+                arg = (ref(node.arg), getattr(node, "write_view", None))
             elif op is host:
                 arg = None  # the data is bound per run, like a buffer
             else:
@@ -344,7 +348,8 @@ class Scheduler:
         inputs: list = []
         self._inline = {id(m) for m in members} | {id(node)}  # a member may read the root: computed, not loaded
         self._n_outputs, self._fused, self._ast_memo = len(outputs), set(), {}
-        values, kernel_shape = [], node.shape
+        write_view = getattr(node, "write_view", None)  # an assign into a view stores through it (members: none)
+        values, kernel_shape = [], node.shape if write_view is None else write_view.shape
         for out in outputs:
             self._reduce_shape = None
             values.append(self._ast(out, (), inputs, out))
@@ -352,21 +357,24 @@ class Scheduler:
                 kernel_shape = self._reduce_shape
         stores = []
         for index, (out, value) in enumerate(zip(outputs, values)):
-            store_st = ShapeTracker.contiguous(out.shape)
-            if out.shape != kernel_shape:  # every output of a kernel is stored from one loop nest
+            store_st = ShapeTracker.contiguous(out.shape) if write_view is None else write_view
+            if store_st.shape != kernel_shape:  # every output of a kernel is stored from one loop nest
                 value = _reshape_epilogue(value, kernel_shape)
                 store_st = store_st.reshape(kernel_shape)
-            if out.op is Op.ASSIGN and self._assign_hazard(value, inputs, out.arg):
+            if out.op is Op.ASSIGN and self._assign_hazard(value, inputs, out.arg, write_view is not None):
                 self.realize[id(out.srcs[0].base)] = "assign-hazard"
                 raise _Reschedule()
             stores.append(KernelOp(AstOp.STORE, (value,), (index, store_st), out.dtype))
         if members and self._overwrites_what_others_read(outputs, values, inputs):
             raise _UnsafeMerge()
-        sink = KernelOp(AstOp.SINK, tuple(stores))
+        sink, var_vals = _unbind_ast(KernelOp(AstOp.SINK, tuple(stores)))
         reduces = {i for i in self._fused if self.by_id[i].op in REDUCE}
         reasons = [self.realize.get(id(node), "")]
         reasons += [f"{self.realize.get(id(m), '')}; {self.joined.get(id(m), 'merged')}" for m in members]
-        return ScheduleItem(ItemKind.KERNEL, node, inputs, sink, reasons[0], outputs, self._fused, reduces, reasons)
+        symbolic = bool(var_vals) or write_view is not None
+        return ScheduleItem(
+            ItemKind.KERNEL, node, inputs, sink, reasons[0], outputs, self._fused, reduces, reasons, var_vals, symbolic
+        )
 
     def _overwrites_what_others_read(self, outputs: list, values: list, inputs: list) -> bool:
         """In a kernel with several outputs, stores run one after another in each iteration: an assign's store
@@ -388,11 +396,15 @@ class Scheduler:
                             return True
         return False
 
-    def _assign_hazard(self, value: KernelOp, inputs: list, target: LazyBuffer) -> bool:
+    def _assign_hazard(self, value: KernelOp, inputs: list, target: LazyBuffer, through_view: bool = False) -> bool:
         if target not in inputs:
             return False
         index = self._n_outputs + inputs.index(target)
-        return any(n.op is AstOp.LOAD and n.arg[0] == index and not n.arg[1].contiguous_view for n in value.walk())
+        # a store through a view writes other positions than a contiguous read of the target would read there
+        return any(
+            n.op is AstOp.LOAD and n.arg[0] == index and (through_view or not n.arg[1].contiguous_view)
+            for n in value.walk()
+        )
 
     def schedule(self) -> list:
         while True:
@@ -454,7 +466,7 @@ class Scheduler:
         by_output = {id(item.output): item for item in items if item.kind is ItemKind.KERNEL and len(item.outputs) == 1}
         merged_away: set = set()
         for item in items:
-            if item.kind is not ItemKind.KERNEL or id(item) in merged_away:
+            if item.kind is not ItemKind.KERNEL or id(item) in merged_away or item.symbolic:
                 continue
             refused: set = set()
             while True:
@@ -490,6 +502,8 @@ class Scheduler:
         for item in items:
             if item.kind is not ItemKind.KERNEL or item.reduces or len(item.outputs) != 1 or id(item) in merged_away:
                 continue
+            if item.symbolic:
+                continue
             producers = {id(producer_of[id(x)]): producer_of[id(x)] for x in item.inputs if id(x) in producer_of}
             out = item.output
             source = next(
@@ -497,6 +511,8 @@ class Scheduler:
                 None,
             )
             if source is None or source is item or source.kind is not ItemKind.KERNEL or id(source) in merged_away:
+                continue
+            if source.symbolic:
                 continue
             if out.size != source.output.size:
                 continue
@@ -538,6 +554,8 @@ class Scheduler:
         for i, item in enumerate(items):
             if i in needed or item.kind is not ItemKind.KERNEL or any(n.op is AstOp.REDUCE for n in item.ast.walk()):
                 continue
+            if item.symbolic:
+                continue
             groups.setdefault((item.output.device, item.output.size), []).append(i)
         merged_away = set()
         for group in groups.values():
@@ -566,6 +584,8 @@ class Scheduler:
         for position, x in enumerate(item.inputs):
             producer = by_output.get(id(x))
             if producer is None or id(producer) in merged_away or id(producer) in refused or producer is item:
+                continue
+            if producer.symbolic:
                 continue
             if x.size != size:
                 continue
@@ -746,3 +766,28 @@ def create_schedule(targets: list) -> list:
 def _alu_count(ast: KernelOp) -> int:
     """Elementwise ops a kernel computes per element (each distinct node once)."""
     return sum(1 for node in ast.walk() if node.op in ELEMENTWISE)
+
+
+def _unbind_ast(ast: KernelOp) -> tuple:
+    """(the AST with every bound Variable in its views unbound, {name: value}): kernels are compiled and cached for
+    the variable, and launched with its value. Two values of one variable in one kernel are refused."""
+    leaves = [n for n in ast.walk() if n.op in _VIEWED]
+    if not any((n.arg if n.op is AstOp.VALID else n.arg[1]).symbolic for n in leaves):
+        return ast, {}
+    values: dict = {}
+    done: dict = {}
+    for node in ast.walk():  # sources before their users
+        arg = node.arg
+        if node.op in _VIEWED:
+            st, found = (arg if node.op is AstOp.VALID else arg[1]).unbind()
+            for name, value in found.items():
+                if values.setdefault(name, value) != value:
+                    raise ValueError(f"Variable {name!r} is bound to both {values[name]} and {value} in one kernel")
+            arg = st if node.op is AstOp.VALID else (arg[0], st)
+        srcs = tuple(done[id(s)] for s in node.srcs)
+        same = arg is node.arg and all(a is b for a, b in zip(srcs, node.srcs))
+        done[id(node)] = node if same else KernelOp(node.op, srcs, arg, node.dtype)
+    return done[id(ast)], values
+
+
+_VIEWED = frozenset({AstOp.LOAD, AstOp.CONST, AstOp.VALID, AstOp.STORE})

@@ -12,29 +12,68 @@ import functools
 import operator
 from dataclasses import dataclass
 
-from lazygrad.symbolic import Node, Num, all_of, ge, lt, sum_of, to_node
+from lazygrad.symbolic import (
+    VARIABLES_MADE,
+    Node,
+    Num,
+    all_of,
+    ge,
+    is_symbolic,
+    lt,
+    sum_of,
+    to_node,
+    unbind_node,
+    upper_bound,
+)
 
 
 def prod(xs) -> int:
+    """The product of sizes; a symbolic size (a Node) makes it an expression."""
     return functools.reduce(operator.mul, xs, 1)
+
+
+def max_prod(xs) -> int:
+    """The product of sizes, each symbolic one at its bound: the elements a buffer of that shape is allocated for."""
+    return functools.reduce(operator.mul, (upper_bound(x) for x in xs), 1)
+
+
+def _dim_size(s):
+    """A dim's size as a View holds it: an int, or an expression of Variables (one that folded to a number is an
+    int)."""
+    if isinstance(s, Node):
+        return s.value if isinstance(s, Num) else s
+    return int(s)
+
+
+def symbolic_dims(shape: tuple) -> list:
+    """The positions of a shape's symbolic sizes."""
+    return [d for d, s in enumerate(shape) if isinstance(s, Node)]
+
+
+def describe_symbolic(shape: tuple) -> str:
+    """A shape with its symbolic sizes and their variables' bounds, for error messages."""
+    names = sorted({f"{v.name} in [{v.vmin}, {v.vmax}]" for s in shape if isinstance(s, Node) for v in s.variables()})
+    return f"{tuple(shape)} (symbolic: {', '.join(names)})" if names else str(tuple(shape))
 
 
 def shape_from_args(shape) -> tuple:
     """A shape given as torch takes it, `f(2, 3)` or `f((2, 3))`, as a tuple of ints; a negative size is refused."""
     if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
         shape = tuple(shape[0])
-    shape = tuple(int(s) for s in shape)
-    if any(s < 0 for s in shape):
+    shape = tuple(_dim_size(s) for s in shape)  # (a Variable's expression stays one: a symbolic size)
+    if any(not isinstance(s, Node) and s < 0 for s in shape):
         raise RuntimeError(f"negative dimension in shape {shape}")
     return shape
 
 
 @functools.lru_cache(maxsize=4096)  # a handful of shapes recur in every step of a training loop
 def contiguous_strides(shape: tuple) -> tuple:
+    # a symbolic size is laid out at its bound: a buffer of symbolic shape is allocated for the largest value, and
+    # its strides stay plain ints
     strides, acc = [], 1
     for s in reversed(shape):
         strides.append(acc if s != 1 else 0)
-        acc *= s
+        acc *= upper_bound(s)
     return tuple(reversed(strides))
 
 
@@ -54,19 +93,21 @@ class View:
 
     @staticmethod
     def create(shape, strides=None, offset=0, mask=None) -> View:
-        shape = tuple(int(s) for s in shape)
+        shape = tuple(s if type(s) is int else _dim_size(s) for s in shape)  # (ints, the common case, as they are)
         strides = (
             contiguous_strides(shape)
             if strides is None
             else tuple(0 if s == 1 else st for s, st in zip(shape, strides))
         )
         if mask is not None:
+            if any(is_symbolic(a) or is_symbolic(b) for a, b in mask):
+                raise NotImplementedError(f"a masked (padded) view with symbolic bounds {mask} of shape {shape}")
             mask = tuple((int(a), int(b)) for a, b in mask)
             if any(b <= a for a, b in mask):  # nothing is real: everything reads 0
                 return View(shape, (0,) * len(shape), 0, tuple((0, 0) for _ in shape))
             if all(m == (0, s) for m, s in zip(mask, shape)):
                 mask = None
-        return View(shape, tuple(strides), int(offset), mask)
+        return View(shape, tuple(strides), _dim_size(offset), mask)
 
     @property
     def contiguous(self) -> bool:
@@ -96,6 +137,8 @@ class View:
         )
 
     def shrink(self, arg) -> View:
+        if self.mask is not None and any(is_symbolic(a) or is_symbolic(b) for a, b in arg):
+            raise NotImplementedError(f"a symbolic slice {arg} of a padded view of shape {self.shape}")
         offset = self.offset + sum(a * st for (a, _), st in zip(arg, self.strides))
         mask = None
         if self.mask is not None:
@@ -106,6 +149,8 @@ class View:
         """arg: ((before, after), ...) per dim; new elements read as 0."""
         if all(a == 0 and b == 0 for a, b in arg):
             return self
+        if VARIABLES_MADE[0] and (symbolic_dims(self.shape) or any(is_symbolic(a) or is_symbolic(b) for a, b in arg)):
+            raise NotImplementedError(f"pad {arg} of a view of symbolic shape {describe_symbolic(self.shape)}")
         old_mask = self.mask or tuple((0, s) for s in self.shape)
         mask = [(ms + a, me + a) for (ms, me), (a, _) in zip(old_mask, arg)]
         offset = self.offset - sum(a * st for (a, _), st in zip(arg, self.strides))
@@ -113,6 +158,8 @@ class View:
 
     def flip(self, axes) -> View:
         strides, offset, mask = list(self.strides), self.offset, list(self.mask) if self.mask else None
+        if any(isinstance(self.shape[ax], Node) for ax in axes):
+            raise NotImplementedError(f"flip of a symbolic dim of shape {describe_symbolic(self.shape)}")
         for ax in axes:
             offset += (self.shape[ax] - 1) * strides[ax]
             strides[ax] = -strides[ax]
@@ -126,6 +173,16 @@ class View:
         new_shape = tuple(new_shape)
         if new_shape == self.shape:
             return self
+        if (
+            VARIABLES_MADE[0]
+            and (symbolic_dims(self.shape) or symbolic_dims(new_shape))
+            and [s for s in self.shape if s != 1] != [s for s in new_shape if s != 1]
+        ):
+            # a symbolic dim's elements are laid out at its bound: merging or splitting it would move them
+            raise NotImplementedError(
+                f"reshape of {describe_symbolic(self.shape)} to {describe_symbolic(new_shape)}: a view with a symbolic "
+                "size can only gain or lose dims of size 1"
+            )
         if self.contiguous:
             return View.create(new_shape)
         if 0 in self.shape or 0 in new_shape:
@@ -223,7 +280,7 @@ class View:
 
     # --- indexing --------------------------------------------------------------------------------
     def index_and_valid(self, idxs: list) -> tuple[Node, Node]:
-        expr = sum_of([to_node(i) * st for i, st in zip(idxs, self.strides) if st != 0] + [Num(self.offset)])
+        expr = sum_of([to_node(i) * st for i, st in zip(idxs, self.strides) if st != 0] + [to_node(self.offset)])
         valid = []
         if self.mask is not None:
             for i, (ms, me), s in zip(idxs, self.mask, self.shape):
@@ -266,6 +323,33 @@ class ShapeTracker:
     @property
     def size(self) -> int:
         return prod(self.shape)
+
+    @property
+    def symbolic(self) -> bool:
+        """Whether a size, offset or index of these views depends on a Variable (cached: asked for every leaf of
+        every kernel)."""
+        cached = self.__dict__.get("_symbolic")
+        if cached is None:
+            cached = any(isinstance(v.offset, Node) or any(isinstance(s, Node) for s in v.shape) for v in self.views)
+            object.__setattr__(self, "_symbolic", cached)
+        return cached
+
+    def unbind(self) -> tuple:
+        """(these views with every bound Variable unbound, {name: value} of the bindings): the tracker a kernel
+        holds, so that the kernel is the same for every value."""
+        if not self.symbolic:
+            return self, {}
+        values, views = {}, []
+        for v in self.views:
+            shape = []
+            for s in v.shape:
+                s, found = unbind_node(s)
+                shape.append(s)
+                values.update(found)
+            offset, found = unbind_node(v.offset)
+            values.update(found)
+            views.append(View(tuple(shape), v.strides, offset, v.mask))
+        return ShapeTracker(tuple(views)), values
 
     @property
     def contiguous_view(self) -> bool:
@@ -346,11 +430,17 @@ def merge_dims_plan(shape: tuple, trackers: list, reduce_axes: set = frozenset()
     groups = [[0]]
     for d in range(1, len(shape)):
         prev = groups[-1][-1]
-        ok = (prev in reduce_axes) == (d in reduce_axes) and all(
-            len(t.views) == 1
-            and t.views[0].mask is None
-            and t.views[0].strides[prev] == t.views[0].strides[d] * shape[d]
-            for t in trackers
+        # a symbolic dim stays a loop of its own: its bound is a kernel argument
+        ok = (prev in reduce_axes) == (d in reduce_axes) and not isinstance(shape[prev], Node)
+        ok = (
+            ok
+            and not isinstance(shape[d], Node)
+            and all(
+                len(t.views) == 1
+                and t.views[0].mask is None
+                and t.views[0].strides[prev] == t.views[0].strides[d] * shape[d]
+                for t in trackers
+            )
         )
         if ok:
             groups[-1].append(d)

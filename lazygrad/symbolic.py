@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import functools
 import math
+import operator
+import re
 
 
 class Node:
@@ -56,6 +58,11 @@ class Node:
     def __ge__(self, b):
         return 1 - lt(self, b) if isinstance(lt(self, b), Num) else GeNode(self, b)
 
+    def __bool__(self):
+        # a comparison of expressions is an expression (lt, ge): its truth is known only in a kernel. Code that
+        # tests one (`if size > limit` with a symbolic size) would always take one branch: refused instead
+        raise TypeError(f"the truth value of the index expression {self.render()} is known only in a kernel")
+
     # identity: structural equality, so that like terms can be combined
     def key(self) -> tuple:
         raise NotImplementedError
@@ -90,6 +97,9 @@ class Num(Node):
     def __init__(self, value: int):
         self.value = int(value)
         self.vmin = self.vmax = self.value
+
+    def __bool__(self):
+        return self.value != 0
 
     def key(self):
         return ("num", self.value)
@@ -475,3 +485,91 @@ def all_of(nodes: list) -> Node:
     if not terms:
         return Num(1)
     return terms[0] if len(terms) == 1 else AndNode(tuple(terms))
+
+
+# --- variables of the user's API: run-time sizes ------------------------------------------------
+# The loop variables of a kernel (d0, g0, r0, lane, ...) are Vars too; a user's Variable may not take their names.
+_LOOP_NAME = re.compile(r"^(?:[dgr]\d+|g0i|kc|lane|lid|tile)$")
+# whether a Variable was ever made: until then no view can be symbolic, and the frontend's hot paths (slicing,
+# reshapes, in-place updates) skip their checks for one
+VARIABLES_MADE = [False]
+
+
+class Variable(Var):
+    """A bounded integer known only at run time: `lazygrad.Variable("pos", 0, 127)`. As a slice start or stop it
+    makes views whose offset or size is symbolic (`cache[:, :, pos:pos + 1]`, `cache[:, :, :pos + 1]`); kernels take
+    its value as an int argument, so one compiled kernel serves every value. `bind(n)` gives the same variable with
+    a value for one graph; kernels, their cache and the JIT know it by (name, bounds) only."""
+
+    def __init__(self, name: str, vmin: int, vmax: int):
+        if not isinstance(name, str) or not name.isidentifier() or _LOOP_NAME.match(name):
+            raise ValueError(f"Variable name {name!r}: an identifier, not one of the kernels' loop names (d0, r0, ...)")
+        if int(vmin) < 0 or int(vmax) < int(vmin):
+            raise ValueError(f"Variable {name!r}: bounds [{vmin}, {vmax}] must satisfy 0 <= min <= max")
+        super().__init__(name, vmin, vmax)
+        VARIABLES_MADE[0] = True
+
+    def bind(self, value: int) -> BoundVariable:
+        """This variable with a value (checked against its bounds)."""
+        if isinstance(value, bool) or not hasattr(value, "__index__"):
+            raise TypeError(f"Variable {self.name!r} binds an int, not {type(value).__name__}")
+        value = operator.index(value)
+        if not self.vmin <= value <= self.vmax:
+            raise ValueError(
+                f"Variable {self.name!r} bound to {int(value)}, outside its bounds [{self.vmin}, {self.vmax}]"
+            )
+        return BoundVariable(self.name, self.vmin, self.vmax, int(value))
+
+    def __repr__(self):
+        return f"Variable({self.name!r}, {self.vmin}, {self.vmax})"
+
+
+class BoundVariable(Variable):
+    """A Variable with a value. In the graph, two bindings of one variable to different values are different nodes
+    (so graphs built for different values are never mistaken for each other); a kernel sees the unbound variable."""
+
+    def __init__(self, name: str, vmin: int, vmax: int, value: int):
+        super().__init__(name, vmin, vmax)
+        self.value = value
+
+    def key(self):
+        return ("bound", self.name, self.vmin, self.vmax, self.value)
+
+    def bind(self, value: int) -> BoundVariable:
+        return self.unbound.bind(value)
+
+    @property
+    def unbound(self) -> Variable:
+        return Variable(self.name, self.vmin, self.vmax)
+
+    def unbind(self) -> tuple:
+        """(the unbound Variable, the value)."""
+        return self.unbound, self.value
+
+    def __repr__(self):  # (short: it is what a shape shows for a dim of this size)
+        return f"{self.name}={self.value}"
+
+
+def is_symbolic(x) -> bool:
+    """Whether a size, offset or index is an expression of variables rather than an int."""
+    return isinstance(x, Node) and not isinstance(x, Num)
+
+
+def upper_bound(x) -> int:
+    """The largest value a size can take: itself for an int, the bound for an expression."""
+    return x.vmax if isinstance(x, Node) else x
+
+
+def user_variables(x) -> set:
+    """The user's Variables (bound or not) inside a node."""
+    return {v for v in x.variables() if isinstance(v, Variable)} if isinstance(x, Node) else set()
+
+
+def unbind_node(x):
+    """(x with every BoundVariable replaced by its unbound Variable, {name: value} of those bindings)."""
+    if not isinstance(x, Node):
+        return x, {}
+    bound = {v for v in x.variables() if isinstance(v, BoundVariable)}
+    if not bound:
+        return x, {}
+    return x.substitute({v.name: v.unbound for v in bound}), {v.name: v.value for v in bound}

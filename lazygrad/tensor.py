@@ -21,7 +21,8 @@ from lazygrad.device import canonical_device, device_of, is_device_name
 from lazygrad.dtype import DType
 from lazygrad.graph import LazyBuffer, WeakList, with_ref
 from lazygrad.ops import REDUCE, Op
-from lazygrad.shape import prod
+from lazygrad.shape import describe_symbolic, prod
+from lazygrad.symbolic import VARIABLES_MADE, Node
 from lazygrad.tensor_ops.arrange import ArrangeOps, IndexingOps
 from lazygrad.tensor_ops.creation import CreationOps, manual_seed
 from lazygrad.tensor_ops.elementwise import ElementwiseOps
@@ -414,12 +415,45 @@ class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps, MathOps
             value = value.cast(self.dtype)
         if value.lazydata is self.lazydata:
             return self
+        if VARIABLES_MADE[0] and _symbolic_view(self):
+            return self._assign_symbolic_view(value)
         if self._view_of is not None:
             with autograd.no_grad():  # assign is outside autograd
                 return self._write_through(value)
         before = self._lazydata.base
         self._store(value.lazydata)
         self._refresh_views(before)
+        return self
+
+    def _assign_symbolic_view(self, value: Tensor) -> Tensor:
+        """An assign into a view whose offset or size is a Variable's (`cache[:, :, pos:pos + 1].assign(k)`): the
+        kernel stores through the view into the root's memory, writing only the view's elements (the general
+        write-through of _write_through would place the value into the root's shape, and a symbolic view cannot be
+        padded back to it)."""
+        root = self
+        while root._view_of is not None:
+            source, op, _ = root._view_of
+            if op not in (Op.SHRINK, Op.RESHAPE, Op.PERMUTE):  # views where each element is one place in memory
+                raise NotImplementedError(
+                    f"assign into a symbolic view made by {op}: only slices, reshapes and permutes are written through"
+                )
+            root = source
+        if (root.requires_grad or value.requires_grad) and autograd.is_grad_enabled():
+            raise NotImplementedError("assign into a symbolic view under autograd: use lazygrad.no_grad()")
+        target = root._lazydata
+        if target._base is not None or target.buffer is None:
+            # lazy, or an update pending (a second write in one graph): the store goes into memory that holds the
+            # tensor's current value, so that value is computed first (a sync, and under the JIT a captured kernel)
+            realize(root)
+            target = root._lazydata
+        if target._base is not None or target.buffer is None or self._lazydata.base is not target:
+            raise RuntimeError(
+                f"assign into the symbolic view {describe_symbolic(self.shape)} of a tensor of shape {root.shape}: the "
+                "tensor is itself a view of another tensor's memory (assign into that tensor's view instead)"
+            )
+        root._version += 1
+        root.lazydata = target.assign_view(value._lazydata, self._lazydata.st)
+        root._refresh_views(target)
         return self
 
     def _store(self, lb: LazyBuffer) -> None:
@@ -445,6 +479,8 @@ class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps, MathOps
             raise RuntimeError(f"output with shape {self.shape} doesn't match the broadcast shape {result.shape}")
         if result._lazydata.dtype is not self._lazydata.dtype:
             result = result.cast(self.dtype)
+        if VARIABLES_MADE[0] and _symbolic_view(self):  # (x[:, pos] = v, x[:, :n].add_(1): through the view)
+            return self._assign_symbolic_view(result)
         if self._view_of is not None:
             return self._write_through(result)
         before = self._lazydata.base
@@ -625,6 +661,20 @@ class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps, MathOps
         dims = dim if isinstance(dim, (tuple, list)) else (dim,)
         axes = tuple(sorted({self._dim(d) for d in dims}))
         return axes if self.ndim else ()  # a 0-d tensor accepts dim 0 or -1, and has nothing to reduce
+
+
+def _symbolic_view(t: Tensor) -> bool:
+    """Whether t is a view made with a Variable (a symbolic offset or size somewhere along its chain of views, even
+    where its own view does not show it: a slice of a broadcast constant has no offset)."""
+    if t._lazydata.st.symbolic:
+        return True
+    while t._view_of is not None:
+        t, op, arg = t._view_of
+        if op == Op.SHRINK and any(isinstance(a, Node) or isinstance(b, Node) for a, b in arg):
+            return True
+        if op == Op.RESHAPE and any(isinstance(s, Node) for s in arg):
+            return True
+    return False
 
 
 def _place_into(source: Tensor, value: Tensor, op, arg) -> Tensor:

@@ -4,6 +4,7 @@
   the output that holds the plain sum; outputs computed from the sum (an optimizer's update fused into
   the weight gradient's kernel) are written after the last chunk. Each test also asserts, on LLVM, that
   the kernel it is about was blocked, so that it tests what it says; on OpenCL it checks the values.
+- An optimizer update fused into a weight gradient does not take its lanes (the update's loads run once per output).
 - Products with a full tile of output lanes unroll a long reduce by 4 (LLVM: the loop's trip count says so),
   and a blocked one keeps its L1-sized chunks; a transposed copy over long rows takes a scalar tile.
 - Index arithmetic: the simplifier against plain integer arithmetic, and the constant per-lane offsets
@@ -23,6 +24,8 @@ import lazygrad
 from lazygrad import Tensor, runtime
 from lazygrad.codegen.lowering import KernelOptions
 from lazygrad.ops import IrOp
+
+torch = pytest.importorskip("torch")
 
 
 @pytest.fixture
@@ -264,3 +267,29 @@ def _only_kernel_ast(a, b):
 
     items = create_schedule([(Tensor(a) @ Tensor(b)).lazydata])
     return next(item.ast for item in items if item.ast is not None)
+
+
+def test_a_fused_optimizer_update_does_not_take_the_lanes_from_its_weight_gradient(lowered_programs, backend):
+    # a strided conv's weight gradient (lanes over its output channels, the output gradient copied channel-last)
+    # with SGD's momentum update fused in: the update's loads of the weight and its momentum, strided along the
+    # channels, run once per output, not per step of the 1024-long reduce, and must not cost the reduce its lanes
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((1, 3, 64, 64)).astype(np.float32)  # rows of 32: the window view, no columns
+    w0 = rng.standard_normal((16, 3, 7, 7)).astype(np.float32)
+    projection = rng.standard_normal((1, 16, 32, 32)).astype(np.float32)
+    results = []
+    for lib in (torch, lazygrad):
+        w = lib.tensor(w0, requires_grad=True)
+        opt = (torch.optim if lib is torch else lazygrad.optim).SGD([w], lr=0.01, momentum=0.9, weight_decay=0.1)
+        for _ in range(2):
+            out = (torch.nn.functional if lib is torch else lazygrad.nn.functional).conv2d(
+                lib.tensor(x), w, stride=2, padding=3
+            )
+            (out * lib.tensor(projection)).sum().backward()
+            opt.step()
+            opt.zero_grad()
+        results.append(w.detach().numpy())
+    np.testing.assert_allclose(results[1], results[0], rtol=1e-4, atol=1e-5 * np.abs(results[0]).max())
+    if backend == "llvm":
+        fused = [p for p in lowered_programs if p.name.startswith("r_16_3_7_7_") and len(p.buffer_dtypes) > 3]
+        assert fused and all(any(u.vec > 1 for u in p.uops) for p in fused), [p.name for p in fused]

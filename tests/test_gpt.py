@@ -120,7 +120,7 @@ def test_cached_generation_compiles_once_for_100_tokens_and_matches_full_forward
     for position in range(len(tokens) + 100 - 1):
         given = lazygrad.tensor(np.array([[tokens[position]]], dtype=np.int64))
         with lazygrad.profile(timed=False) as p:
-            token = step(given, lazygrad.tensor([position], dtype=lazygrad.int64))
+            token = step(given, model.position.bind(position))
             token = int(token.numpy()[0, 0])
         if position > 0:
             compiled_later += p.compiled
@@ -133,3 +133,31 @@ def test_cached_generation_compiles_once_for_100_tokens_and_matches_full_forward
     sequence = np.array([tokens[:8]], dtype=np.int64)
     logits, _ = model(lazygrad.tensor(sequence), lazygrad.tensor(sequence))  # with targets: logits at every position
     np.testing.assert_array_equal(logits.numpy()[0, 3:7].argmax(-1), sequence[0, 4:8])
+
+
+def test_cached_forward_matches_torch_and_the_uncached_forward_at_the_first_middle_and_last_slot():
+    # the cached path with the position a Variable: one slot written per layer, attention over pos+1 slots; its
+    # logits at each position are the full causal forward's at that position (torch's, and lazygrad's own)
+    torch.manual_seed(0)
+    reference = TorchGPT(**GENERATION_CONFIG, test_init=True)
+    model = GPT(GPTConfig(**GENERATION_CONFIG)).eval()
+    model.load_state_dict({k: v.detach().numpy() for k, v in reference.state_dict().items()})
+    block = GENERATION_CONFIG["block_size"]
+    sequence = np.random.default_rng(1).integers(0, GENERATION_CONFIG["vocab_size"], (1, block))
+    with torch.no_grad():
+        expected = reference(torch.tensor(sequence), torch.tensor(sequence))[0].numpy()[0]
+    full, _ = model(lazygrad.tensor(sequence), lazygrad.tensor(sequence))
+    full = full.numpy()[0]
+    np.testing.assert_allclose(full, expected, rtol=1e-4, atol=1e-5)  # the concrete path agrees with torch
+    model.allocate_cache(1)
+    step = lazygrad.jit(lambda token, position: model.forward_cached(token, position).realize())
+    checked = {0: None, block // 2: None, block - 1: None}  # the first, a middle and the last slot
+    with lazygrad.no_grad():
+        for position in range(block):
+            logits = step(lazygrad.tensor(sequence[:, position : position + 1]), model.position.bind(position))
+            if position in checked:
+                checked[position] = logits.numpy()[0, 0]
+    assert step.replays == block - 2  # captured once, replayed for every later position
+    for position, logits in checked.items():
+        np.testing.assert_allclose(logits, expected[position], rtol=1e-4, atol=1e-5, err_msg=f"position {position}")
+        np.testing.assert_allclose(logits, full[position], rtol=1e-4, atol=1e-5, err_msg=f"position {position}")

@@ -2,6 +2,9 @@
 
 - Every vector width gets the layouts measured with 16 lanes (a GPU's 1, AVX2's 8, AVX-512's 16).
 - Each conv2d layout, forced, gives PyTorch's output and gradients: the choice is one of speed only.
+- A strided conv2d's weight gradient reads a channel-last copy of the output gradient only on a device with vector
+  lanes, for output channels that fill them and an output gradient that stays in the cache; either way it gives
+  PyTorch's gradients, second order included.
 - A big reduction to one value, split in two, pads with the reduction's identity (0, or the dtype's least value).
 - A linear layer over many rows copies its weight transposed on a device with vector lanes (only there, only for a
   whole weight buffer); either way it gives PyTorch's output and gradients, second order included.
@@ -16,11 +19,12 @@ from lazygrad.codegen import layout
 from lazygrad.codegen.layout import ConvLayout, InputGradLayout
 
 
-def layouts_on_16_lanes(out_width, out_channels, plain_weight):
-    """conv2d's choice before it moved to the compiler, when the frontend held the lane counts."""
+def layouts_on_16_lanes(out_width, out_channels, plain_weight, strided=False, width=16):
+    """conv2d's choice before it moved to the compiler, when the frontend held the lane counts (and, since, a
+    strided conv's channel-last weight on a device with vector lanes)."""
     if out_width % 8 and plain_weight:
         return ConvLayout.COLUMNS
-    if out_width % 16 and out_channels % 16 == 0:
+    if (out_width % 16 or (strided and width > 1)) and out_channels % 16 == 0:
         return ConvLayout.CHANNEL_LAST_WEIGHT
     return ConvLayout.WINDOWS
 
@@ -38,9 +42,14 @@ def test_every_vector_width_gets_the_layouts_measured_on_16_lanes(monkeypatch, w
     for out_width in (1, 2, 4, 7, 8, 14, 16, 28, 32, 56):
         for channels in (3, 16, 64):
             for plain in (True, False):
-                assert layout.conv_layout("llvm", out_width, channels, plain) == layouts_on_16_lanes(
-                    out_width, channels, plain
-                ), (out_width, channels, plain)
+                for strided in (False, True):
+                    got = layout.conv_layout("llvm", out_width, channels, plain, strided)
+                    assert got == layouts_on_16_lanes(out_width, channels, plain, strided, width), (
+                        out_width,
+                        channels,
+                        plain,
+                        strided,
+                    )
                 for groups in (1, 2):
                     for pixels in (4, 16, 49, 64):
                         got = layout.conv_input_grad_layout("llvm", groups, out_width, pixels, plain)
@@ -79,6 +88,38 @@ def test_each_conv_layout_gives_torch_values_and_gradients(monkeypatch, forward_
     np.testing.assert_allclose(out.numpy(), expected.detach().numpy(), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(lx.grad.numpy(), tx.grad.numpy(), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(lw.grad.numpy(), tw.grad.numpy(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.backend_independent
+def test_a_channel_last_weight_gradient_only_for_strided_convs_with_lanes_over_output_channels(monkeypatch):
+    for width in (1, 8, 16):
+        monkeypatch.setattr(layout, "vector_width", lambda device, width=width: width)
+        for stride in ((1, 1), (2, 2), (1, 2)):
+            for channels in (3, 16, 64):
+                for elements in (1 << 12, 1 << 18, (1 << 18) + 1):
+                    expected = width > 1 and stride != (1, 1) and channels % 16 == 0 and elements <= 1 << 18
+                    got = layout.weight_grad_channel_last("llvm", stride, channels, elements)
+                    assert got == expected, (width, stride, channels, elements)
+
+
+@pytest.mark.parametrize("channel_last", [False, True], ids=["as-stored", "channel-last"])
+def test_a_strided_weight_gradient_gives_torch_values_in_either_layout(monkeypatch, channel_last):
+    """A small ResNet stem (7x7, stride 2, padding 3) read through the window view (not the columns)."""
+    monkeypatch.setattr(layout, "conv_layout", lambda *args: ConvLayout.WINDOWS)
+    monkeypatch.setattr(layout, "weight_grad_channel_last", lambda *args: channel_last)
+    rng = np.random.default_rng(1)
+    x, w = rng.standard_normal((2, 3, 13, 11)).astype(np.float32), rng.standard_normal((16, 3, 7, 7)).astype(np.float32)
+    tx, tw = torch.tensor(x, requires_grad=True), torch.tensor(w, requires_grad=True)
+    expected = torch.nn.functional.conv2d(tx, tw, stride=2, padding=3)
+    projection = rng.standard_normal(tuple(expected.shape)).astype(np.float32)
+    (tgw,) = torch.autograd.grad((expected * torch.tensor(projection)).sum(), tw, create_graph=True)
+    (tgw * tgw).sum().backward()  # second order: through the weight gradient into the input
+    lx, lw = lazygrad.Tensor(x, requires_grad=True), lazygrad.Tensor(w, requires_grad=True)
+    out = lx.conv2d(lw, stride=2, padding=3)
+    (lgw,) = lazygrad.grad((out * lazygrad.Tensor(projection)).sum(), lw, create_graph=True)
+    (lgw * lgw).sum().backward()
+    np.testing.assert_allclose(lgw.numpy(), tgw.detach().numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(lx.grad.numpy(), tx.grad.numpy(), rtol=1e-4, atol=1e-3)
 
 
 @pytest.mark.backend_independent

@@ -131,3 +131,26 @@ def test_exp2_below_the_float_range_is_zero_and_subnormals_stay_exact(llvm):
     ours = lazygrad.Tensor(values, device="llvm").exp2().numpy()
     expected = np.exp2(values.astype(np.float64)).astype(np.float32)
     np.testing.assert_array_equal(ours, expected)
+
+
+def test_a_split_kernel_reads_its_variables_values_from_the_pools_arguments(llvm, monkeypatch):
+    """A kernel with a run-time size (lazygrad.Variable) gets the value in the pool's argument array too, and a JIT
+    replay with another value updates it there (a stale value would sum the wrong number of columns)."""
+    values = np.random.default_rng(4).standard_normal((1024, 64)).astype(np.float32)
+    x = lazygrad.Tensor(values, device="llvm").realize()
+    length = lazygrad.Variable("columns", 1, 64)
+    split_from(monkeypatch, 0.0)
+    monkeypatch.setattr(llvm, "threads", 2)
+
+    def sum_columns(t, n):
+        return t[:, :n].sum(1).numpy()
+
+    for columns in (64, 40):  # eager: timed alone, then split
+        for _ in range(llvm_backend.TIMED_LAUNCHES + 1):
+            total, shares = run_with_threads(llvm, monkeypatch, 2, sum_columns, x, length.bind(columns))
+        np.testing.assert_allclose(total, values[:, :columns].sum(1), rtol=1e-5, atol=1e-5)
+    assert shares >= 1
+    summed = lazygrad.jit(lambda t, n: t[:, :n].sum(1))
+    for columns in (64, 33, 64, 17, 5):
+        total = summed(x, length.bind(columns)).numpy()
+        np.testing.assert_allclose(total, values[:, :columns].sum(1), rtol=1e-5, atol=1e-5)

@@ -247,3 +247,55 @@ def describe(obj) -> str:
     if isinstance(obj, dict):
         return f"dict with keys {list(obj)[:5]}"
     return type(obj).__qualname__
+
+
+# --- the cyclic garbage collector is paused while a step's graph is built or walked at once ----------------------
+
+
+def _gc_probe(seen: list) -> lazygrad.Tensor:
+    """x * 2 whose gradient rule notes whether the collector runs."""
+    x = lazygrad.ones(3, requires_grad=True)
+
+    def backward(grad):
+        seen.append(gc.isenabled())
+        if len(seen) > 1:
+            raise ValueError("a rule that fails")
+        return (grad * 2,)
+
+    return lazygrad.Tensor._composite("probe", (x,), lambda: x * 2, backward)
+
+
+def test_backward_step_and_realize_pause_the_collector_and_resume_it(monkeypatch):
+    seen: list = []
+    _gc_probe(seen).sum().backward()
+    assert seen == [False] and gc.isenabled()
+    param = nn.Parameter(lazygrad.ones(2))
+    optimizer = optim.SGD([param], lr=0.1)
+
+    def closure():
+        seen.append(gc.isenabled())
+        loss = (param * param).sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    assert seen == [False, False] and gc.isenabled()
+    run_plan = runtime.run_plan
+    monkeypatch.setattr(runtime, "run_plan", lambda *a: (seen.append(gc.isenabled()), run_plan(*a))[1])
+    (param + 1).realize()
+    assert seen == [False, False, False] and gc.isenabled()
+
+
+def test_the_collector_resumes_after_a_failing_backward_and_stays_paused_if_the_user_paused_it():
+    seen: list = []
+    out = _gc_probe(seen)
+    out.sum().backward(retain_graph=True)
+    with pytest.raises(ValueError, match="a rule that fails"):
+        out.sum().backward()
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        _gc_probe([]).sum().backward()
+        assert not gc.isenabled()
+    finally:
+        gc.enable()

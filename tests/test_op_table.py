@@ -227,19 +227,21 @@ REFERENCE = {
 }
 
 
-def _run(backend: str, name: str, build, outputs: list, inputs: list, global_size: tuple) -> list:
+def _run(backend: str, name: str, build, outputs: list, inputs: list, global_size: tuple, variables=None) -> list:
     """Compile and run a hand-written program: `build(b, params)` emits its body. Outputs hold N elements, each
-    starting as all-ones bytes; inputs are (dtype, values)."""
+    starting as all-ones bytes; inputs are (dtype, values); variables: {name: value} of its int arguments."""
     b, device = _Builder(), backends.get(backend)
     params = [b(IrOp.PARAM, d, (), (i, i < len(outputs))) for i, (d, _) in enumerate(outputs + inputs)]
     build(b, params)
-    kernel = device.compile(Program(name, b.uops, tuple(d for d, _ in outputs + inputs), global_size))
+    variables = variables or {}
+    program = Program(name, b.uops, tuple(d for d, _ in outputs + inputs), global_size, variables=tuple(variables))
+    kernel = device.compile(program)
     arrays = [np.full(N * d.itemsize, 255, np.uint8) for d, _ in outputs]
     arrays += [np.ascontiguousarray(values, dtype=d.np) for d, values in inputs]
     handles = [device.allocate(a.nbytes) for a in arrays]
     for handle, array in zip(handles, arrays):
         device.copy_in(handle, array)
-    kernel(handles, wait=True)
+    kernel(handles, wait=True, values=tuple(variables.values()))
     results = []
     for (d, _), handle in zip(outputs, handles):
         results.append(np.empty(N, dtype=d.np))
@@ -373,7 +375,8 @@ def test_both_renderers_render_every_ir_op(backend):
         backwards = lanewise(Op.ADD, i32, base, lanewise(Op.ADD, i32, const(7), lanewise(Op.NEG, i32, lanes)))
         gathered = b(IrOp.GATHER, f32, (data, backwards), None, 4)  # data[base + 7 - i]
         acc = b(IrOp.ACC, f32, (), 0.0, 4)
-        loop = b(IrOp.RANGE, i32, (), ("r0", 3, "loop"))
+        trips = b(IrOp.VARIABLE, i32, (), ("trips", 1, 5))  # a run-time loop bound: 3 at this launch
+        loop = b(IrOp.RANGE, i32, (trips,), ("r0", 5, "loop"))
         b(IrOp.ACC_UPDATE, None, (acc, lanewise(Op.ADD, f32, acc, contiguous)))
         b(IrOp.ENDRANGE, None, (loop,))
         total = lanewise(Op.ADD, f32, lanewise(Op.ADD, f32, acc, strided), lanewise(Op.ADD, f32, shuffled, gathered))
@@ -389,7 +392,8 @@ def test_both_renderers_render_every_ir_op(backend):
         # a new IR op needs a place here (those that need work-groups: tests/test_gpu_kernels.py)
         assert {u.op for u in b.uops if isinstance(u.op, IrOp)} == {op for op in IrOp if op.requires is None}
 
-    vectors, scattered, sums = _run(backend, "op_table_ir_ops", build, outputs, [(dt.float32, source)], (2,))
+    inputs = [(dt.float32, source)]
+    vectors, scattered, sums = _run(backend, "op_table_ir_ops", build, outputs, inputs, (2,), {"trips": 3})
     base = np.repeat([0, 4], 4)
     lane = np.tile(np.arange(4), 2)
     expected = (

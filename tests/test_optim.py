@@ -102,6 +102,35 @@ def test_param_groups_with_their_own_hyperparameters_match_torch():
     assert_same_history(actual, expected)
 
 
+def test_sgd_on_float32_and_float64_parameters_of_one_group_matches_torch():
+    """One group's hyperparameters are float64 when any parameter is; the float32 ones read them cast."""
+    arrays, target_arrays = initial_arrays()
+    kwargs = dict(lr=0.05, momentum=0.8, nesterov=True, weight_decay=0.1)
+    results = []
+    for lib, make in ((torch, torch.optim.SGD), (lazygrad, optim.SGD)):
+        params = [
+            lib.tensor(arrays[0], requires_grad=True),
+            lib.tensor(arrays[1].astype(np.float64), requires_grad=True),
+        ]
+        targets = [lib.tensor(target_arrays[0]), lib.tensor(target_arrays[1].astype(np.float64))]
+        optimizer = make(params, **kwargs)
+        for _ in range(3):
+            optimizer.zero_grad()
+            loss_of(params, targets).backward()
+            optimizer.step()
+        results.append([p.detach().numpy() for p in params])
+    for expected, actual in zip(*results):
+        assert actual.dtype == expected.dtype
+        np.testing.assert_allclose(actual, expected, rtol=1e-6 if actual.dtype == np.float64 else RTOL, atol=ATOL)
+
+
+def test_a_gradient_of_another_shape_is_refused_with_both_shapes():
+    param = nn.Parameter(lazygrad.ones(3))
+    param.grad = lazygrad.ones(2)
+    with pytest.raises(RuntimeError, match=r"parameter of shape \(3,\) has a gradient of shape \(2,\)"):
+        optim.SGD([param], lr=0.1, momentum=0.9).step()
+
+
 def test_parameters_without_gradient_are_left_alone():
     used, unused = nn.Parameter(lazygrad.ones(3)), nn.Parameter(lazygrad.ones(3))
     optimizer = optim.Adam([used, unused], lr=0.1)

@@ -361,6 +361,15 @@ def _scatter_with_a_scalar_index(b, out, data, g):
     b(IrOp.SCATTER, None, (out, g, b(IrOp.BROADCAST, dt.float32, (_load(b, data, g),), None, 4)))
 
 
+def _variable_the_program_does_not_take(b, out, data, g):
+    b(IrOp.VARIABLE, dt.int32, (), ("n", 1, 4))  # the program's `variables` is empty
+
+
+def _loop_bound_of_a_float(b, out, data, g):
+    loop = b(IrOp.RANGE, dt.int32, (_load(b, data, g),), ("r0", 4, "loop"))
+    b(IrOp.ENDRANGE, None, (loop,))
+
+
 def _group_reduce_of_another_size(b, out, data, g):
     b(IrOp.LOCAL_ID, dt.int32, (), 4)
     return b(IrOp.GROUP_REDUCE, dt.float32, (_load(b, data, g),), (Op.ADD, 8))
@@ -395,6 +404,8 @@ BAD = [
     (_param_of_no_buffer, {}, "buffer 2 does not exist"),
     (_scatter_with_a_scalar_index, {}, "scatter's index has 4 lane"),
     (_group_reduce_of_another_size, {"local_size": 4}, "group_reduce over 8 items in work-groups of 4"),
+    (_variable_the_program_does_not_take, {}, r"a variable's arg is \(name, min, max\)"),
+    (_loop_bound_of_a_float, {}, "a range's bound must be int32, not float32"),
     (lambda b, out, data, g: _load(b, data, g), {"global_size": (5,)}, "global_size is \\(5,\\)"),
 ]
 

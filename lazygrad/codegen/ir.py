@@ -4,7 +4,7 @@ A kernel becomes a flat list of `UOp`s in program order. Loops are explicit (`ra
 `endrange`), and so are conditional blocks (`if` ... `endif`); accumulators are mutable variables (`acc`,
 `acc_update`); everything else is SSA: each UOp's `srcs` refer to earlier UOps. Indexes are int32.
 
-A UOp's `op` is an `IrOp` (param, const, range, endrange, if, endif, acc, acc_update, load, store, gather,
+A UOp's `op` is an `IrOp` (param, variable, const, range, endrange, if, endif, acc, acc_update, load, store, gather,
 scatter, lanes, broadcast, hreduce: the table in lazygrad/ops.py gives each one's srcs and arg) or an
 elementwise `Op`, an ALU op whose operands are its srcs (cast and bitcast: arg the source dtype).
 
@@ -61,6 +61,8 @@ class Program:
     # buffer indexes that share memory with another argument of the launch (an assign's target that the kernel
     # also reads): renderers must not promise the compiler that they do not alias (no restrict, no noalias)
     aliased: frozenset = frozenset()
+    # the names of the Variables (run-time sizes and offsets) the kernel takes as int32 arguments after its buffers
+    variables: tuple = ()
 
     def dump(self) -> str:
         return "\n".join(repr(u) for u in self.uops)

@@ -51,14 +51,20 @@ def _lanes(device: str) -> tuple[int, int]:
     return full, full // 2
 
 
-def conv_layout(device: str, out_width: int, out_channels_per_group: int, plain_weight: bool) -> ConvLayout:
+def conv_layout(
+    device: str, out_width: int, out_channels_per_group: int, plain_weight: bool, strided: bool = False
+) -> ConvLayout:
     """`plain_weight`: the weight is a whole contiguous buffer (not a view, such as the flipped weight of an
-    input gradient), so the columns' matrix product reads it as it is."""
+    input gradient), so the columns' matrix product reads it as it is. `strided`: a stride above 1 along the rows."""
     full, half = _lanes(device)
     if out_width % half and plain_weight:
         # output rows that not even a half-width vector divides give lanes no contiguous output row
         return ConvLayout.COLUMNS
-    if out_width % full and out_channels_per_group % full == 0:
+    # lanes along a strided conv's output rows read its windows in wide loads and shuffles: over the output
+    # channels of a channel-last weight each input value is one broadcast scalar (ResNet-18's 7x7 stride-2 stem
+    # at 8x3x224x224, one thread: 42 -> 25 ms)
+    lanes_over_rows_shuffle = strided and vector_width(device) > 1
+    if (out_width % full or lanes_over_rows_shuffle) and out_channels_per_group % full == 0:
         # a weight seen through a view: copied channel-last, lanes go over output channels instead of rows
         return ConvLayout.CHANNEL_LAST_WEIGHT
     return ConvLayout.WINDOWS
@@ -101,6 +107,28 @@ def weight_grad_batch_parts(device: str, batch: int, outputs: tuple, reduce_leng
     ):
         parts *= 2
     return parts
+
+
+def weight_grad_channel_last(device: str, stride: tuple, out_channels: int, grad_elements: int) -> bool:
+    """Whether a (single-group) conv2d's weight gradient reads the output gradient (`grad_elements` of it) from a
+    channel-last copy (n, oh, ow, cout), so that vector lanes run over output channels.
+
+    Read as it is, the output gradient's contiguous dim is the output row, a reduce dim: lanes along it read the
+    input's windows with the stride in between (gathers where the stride is above 1). Channel-last, the lanes run
+    along the output channels and each input value is one broadcast scalar: ResNet-18's 7x7 stride-2 stem at
+    1x3x64x64, 0.64 -> 0.23 ms (the copy is written by the kernel that makes the gradient). Each block of
+    output channels reads the whole copy again, though, so a copy beyond the cache costs more than the lanes buy:
+    at 8x3x224x224 (a 25 MB copy) the stem's weight gradient inside the step took longer than read as it is."""
+    full, _ = _lanes(device)
+    return (
+        vector_width(device) > 1
+        and any(s > 1 for s in stride)
+        and out_channels % full == 0
+        and grad_elements <= _CHANNEL_LAST_GRAD_MAX_ELEMENTS
+    )
+
+
+_CHANNEL_LAST_GRAD_MAX_ELEMENTS = 1 << 18  # 1 MiB of float32: a copy that stays in a core's L2
 
 
 _MIN_PART_LENGTH = 2048  # a slice shorter than this is not worth its partial results' memory traffic

@@ -21,8 +21,8 @@ from lazygrad.codegen.capabilities import SCALAR
 from lazygrad.codegen.ir import Program, UOp
 from lazygrad.codegen.kernel_ast import KernelOp
 from lazygrad.ops import AstOp, IrOp, Op, zero
-from lazygrad.shape import ShapeTracker, merge_dims_plan, prod
-from lazygrad.symbolic import AndNode, DivNode, GeNode, LtNode, ModNode, MulNode, Num, SumNode, Var
+from lazygrad.shape import ShapeTracker, max_prod, merge_dims_plan, prod
+from lazygrad.symbolic import AndNode, DivNode, GeNode, LtNode, ModNode, MulNode, Node, Num, SumNode, Var, Variable
 
 
 @dataclass
@@ -97,8 +97,8 @@ _STRIP_ELEMENTS = 1 << 16  # a quarter of that, for what a register tile re-read
 def _elements(st: ShapeTracker) -> int:
     """How many elements a load reads: its buffer's view, not the loop space it is broadcast over."""
     if len(st.views) > 1:
-        return prod(st.views[0].shape)
-    return prod(size for size, stride in zip(st.shape, st.views[0].strides) if stride != 0)
+        return max_prod(st.views[0].shape)
+    return max_prod(size for size, stride in zip(st.shape, st.views[0].strides) if stride != 0)
 
 
 def build_loop_nest(ast: KernelOp) -> LoopNest:
@@ -144,12 +144,32 @@ def build_loop_nest(ast: KernelOp) -> LoopNest:
             and (len(trackers[id(n)].views) > 1 or trackers[id(n)].views[-1].strides[d] != 0)
         )
 
-    out_order = sorted(range(n_output), key=lambda d: -footprint(d))
+    # a symbolic output dim goes after the others: it is a loop inside the kernel (its bound an argument), while the
+    # dims before it can be the launch's global ranges
+    out_order = sorted(range(n_output), key=lambda d: (isinstance(shape[d], Node), -footprint(d)))
     if out_order != list(range(n_output)):
         perm = tuple(out_order) + tuple(range(n_output, len(shape)))
         trackers = {k: st.permute(perm) for k, st in trackers.items()}
         shape = tuple(shape[d] for d in perm)
     return LoopNest(shape, n_output, trackers)
+
+
+def nest_is_symbolic(nest: LoopNest) -> bool:
+    """Whether a loop of the nest runs a number of times known only at launch (a Variable's value)."""
+    return any(isinstance(s, Node) for s in nest.shape)
+
+
+def kernel_variable_nodes(nest: LoopNest) -> list:
+    """The user's Variables the kernel's views read (sizes and offsets), sorted by name: its int arguments."""
+    found = {}
+    for st in nest.trackers.values():
+        for v in st.views:
+            for x in (*v.shape, v.offset):
+                if isinstance(x, Node):
+                    for var in x.variables():
+                        if isinstance(var, Variable):
+                            found[var.name] = var
+    return [found[name] for name in sorted(found)]
 
 
 def _lane_stride(expr, var_name: str):
@@ -214,6 +234,18 @@ def _shuffled(nest: LoopNest, exprs: list, loads: list, lanes: int) -> set:
     return found
 
 
+def _load_weights(nest: LoopNest, ast: KernelOp) -> list:
+    """Per load (in _indexes_of's order): 1 for a load inside the reduce, or in a kernel without one; 1 / the
+    reduce's length for a load outside it, which runs once per output rather than once per reduce step."""
+    nodes = ast.walk()
+    reduces = [n for n in nodes if n.op is AstOp.REDUCE]  # (equal reduces reached twice: the loads of both)
+    if not reduces:
+        return [1] * sum(1 for n in nodes if n.op is AstOp.LOAD)
+    inner = {id(n) for r in reduces for n in r.walk() if n.op is AstOp.LOAD}
+    outside = 1 / max(1, prod(nest.shape[nest.n_output :]))  # (an empty reduce: no step at all)
+    return [1 if id(n) in inner else outside for n in nodes if n.op is AstOp.LOAD]
+
+
 def _load_lane_cost(stride) -> float:
     if stride == 1:
         return 2  # one vector load
@@ -231,6 +263,8 @@ def choose_options(nest: LoopNest, ast: KernelOp, capabilities=None) -> KernelOp
     register tile of output dims, so that each loaded value feeds several accumulators; then a small unroll
     of the innermost reduce."""
     capabilities = capabilities or SCALAR
+    if nest_is_symbolic(nest):
+        return _symbolic_options(nest, ast, capabilities)
     if capabilities.group_reduce:
         product = tiling.product_shape(nest, ast, _find_reduce(ast))
         if product is not None:
@@ -258,6 +292,25 @@ def choose_options(nest: LoopNest, ast: KernelOp, capabilities=None) -> KernelOp
     return opts
 
 
+def _symbolic_options(nest: LoopNest, ast: KernelOp, capabilities) -> KernelOptions:
+    """The options of a kernel with a run-time size: the heuristics' choice for the nest at the sizes' bounds, less
+    whatever would split a symbolic dim (lanes, a tile or an unroll along it) and what needs every size known
+    (cache blocking, work-group reduces and local tiles, which also divide their dims into fixed parts). The
+    concrete dims keep their lanes and tiles: attention's scores read keys in vectors along the head dim."""
+    bounded = LoopNest(tuple(s.vmax if isinstance(s, Node) else s for s in nest.shape), nest.n_output, nest.trackers)
+    symbolic = {d for d, s in enumerate(nest.shape) if isinstance(s, Node)}
+    opts = _tiled_options(bounded, ast, capabilities.vector_width, cache_blocking=False)
+    kept = KernelOptions(
+        upcast=[(d, f) for d, f in opts.upcast if d not in symbolic],
+        unroll=opts.unroll if opts.unroll and opts.unroll[0] not in symbolic else None,
+        vector=opts.vector if opts.vector and opts.vector[0] not in symbolic else None,
+        reasons=list(opts.reasons),
+    )
+    dims = ", ".join(f"d{d}" for d in sorted(symbolic))
+    kept.reasons.append(f"{dims}: a run-time size (a Variable): no lanes, tile or unroll along it; no blocking, groups")
+    return kept
+
+
 def _tiled_options(nest: LoopNest, ast: KernelOp, vector_width: int, cache_blocking: bool) -> KernelOptions:
     """Lanes, register tile, unroll and cache blocking, as a CPU wants them."""
     opts = KernelOptions()
@@ -268,12 +321,17 @@ def _tiled_options(nest: LoopNest, ast: KernelOp, vector_width: int, cache_block
     width = vector_width
     if width > 1:
         exprs = load_exprs if any(None in ld for ld in loads) else []
+        # a load outside the reduce (the epilogue's: an optimizer update fused into a weight gradient) runs once
+        # per output, one inside it once per reduce step: its cost counts once per reduce length
+        per_step = _load_weights(nest, ast)
 
         def lane_score(d):
             """What lanes along d cost per element: a contiguous load is cheap, a gather dear, a broadcast
             free, constant per-lane offsets a wider load and a shuffle; a contiguous store is cheap, a
             scatter dear (once per output); a reduce dim adds a combine of the lanes at the end."""
-            score = sum(-0.5 if (i, d) in shuffled else _load_lane_cost(ld[d]) for i, ld in enumerate(loads))
+            score = sum(
+                per_step[i] * (-0.5 if (i, d) in shuffled else _load_lane_cost(ld[d])) for i, ld in enumerate(loads)
+            )
             if d < nest.n_output:
                 return score + (1 if store[d] == 1 else 0 if store[d] == 0 else -1)
             return score - 0.5
@@ -293,7 +351,8 @@ def _tiled_options(nest: LoopNest, ast: KernelOp, vector_width: int, cache_block
             if candidates:
                 best = max(candidates, key=lambda d: (lane_score(d), d < nest.n_output))
                 gathers = any(
-                    ld[best] not in (0, 1, 2, 3, 4) and (i, best) not in shuffled for i, ld in enumerate(loads)
+                    ld[best] not in (0, 1, 2, 3, 4) and (i, best) not in shuffled and per_step[i] == 1
+                    for i, ld in enumerate(loads)
                 )
                 if lane_score(best) > 0 or not gathers:  # without gathers, lanes beat scalars anyway
                     opts.vector = (best, lanes)
@@ -803,6 +862,9 @@ class Lowerer:
         unroll_dim, unroll = self.opts.unroll or (None, 1)
         vdim, width = self.opts.vector or (None, 1)
         vars_uop = {}
+        variables = kernel_variable_nodes(nest)
+        for var in variables:  # the run-time values, read by loop bounds and index expressions
+            vars_uop[var.name] = e.emit(IrOp.VARIABLE, dt.int32, (), (var.name, var.vmin, var.vmax), pure=False)
         lane = Var("lane", 0, width - 1)
         if width > 1:
             vars_uop["lane"] = e.emit(IrOp.LANES, dt.int32, (), None, vec=width)
@@ -817,6 +879,11 @@ class Lowerer:
             return lambda k: var * factor + k if factor > 1 else var
 
         def open_range(name, size, kind):
+            if isinstance(size, Node):  # a loop of a run-time number of iterations, at most its bound
+                bound = self._node_uop(size, vars_uop)
+                vars_uop[name] = e.emit(IrOp.RANGE, dt.int32, (bound,), (name, size.vmax, "loop"), pure=False)
+                outer_ranges.append(vars_uop[name])
+                return Var(name, 0, size.vmax - 1)
             vars_uop[name] = e.emit(IrOp.RANGE, dt.int32, (), (name, size, kind), pure=False)
             outer_ranges.append(vars_uop[name])
             return Var(name, 0, size - 1)
@@ -836,7 +903,8 @@ class Lowerer:
                 global_sizes.append(size // block)
             else:
                 var = open_range(f"g{d}", size, "global")
-                global_sizes.append(size)
+                if not isinstance(size, Node):  # (a symbolic dim is a loop inside: the launch's size is fixed)
+                    global_sizes.append(size)
             out_index[d] = split(d, var, upcast.get(d, 1))
         tiled = sorted(upcast)
         out_combos = list(itertools.product(*[range(upcast[d]) for d in tiled]))
@@ -861,9 +929,14 @@ class Lowerer:
                 if group and d == innermost:  # each work-item takes every group-th element
                     size = -(-nest.shape[d] // group)
                 e.open_scope()
-                ranges.append(e.emit(IrOp.RANGE, dt.int32, (), (f"r{d}", size, "loop"), pure=False))
+                if isinstance(size, Node):  # a reduce over a run-time number of elements
+                    bound = self._node_uop(size, vars_uop)
+                    ranges.append(e.emit(IrOp.RANGE, dt.int32, (bound,), (f"r{d}", size.vmax, "loop"), pure=False))
+                    var = Var(f"r{d}", 0, size.vmax - 1)
+                else:
+                    ranges.append(e.emit(IrOp.RANGE, dt.int32, (), (f"r{d}", size, "loop"), pure=False))
+                    var = Var(f"r{d}", 0, size - 1)
                 vars_uop[f"r{d}"] = ranges[-1]
-                var = Var(f"r{d}", 0, size - 1)
                 if block and d == nest.n_output:  # within the current chunk
                     var = Var("kc", 0, nest.shape[d] // chunk - 1) * size + var
                 if group and d == innermost:
@@ -935,7 +1008,8 @@ class Lowerer:
             emit_stores(stores)
         for u in reversed(outer_ranges):
             e.emit(IrOp.ENDRANGE, None, (u,), pure=False)
-        return Program(self.name, e.uops, self.buffer_dtypes, tuple(global_sizes), group or 1)
+        names = tuple(v.name for v in variables)
+        return Program(self.name, e.uops, self.buffer_dtypes, tuple(global_sizes), group or 1, variables=names)
 
 
 def lower(

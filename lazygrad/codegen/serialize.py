@@ -107,6 +107,8 @@ def _int_in(data, low: int, high: int, what: str) -> int:
 
 def encode_program(program: Program) -> bytes:
     """The program as compact JSON bytes; ProgramFormatError if it holds something the format cannot express."""
+    if program.variables:  # kernels over run-time sizes are few and small: lowered again in each process
+        raise ProgramFormatError(f"a program with Variables {program.variables} is not written to the disk cache")
     uops = []
     for index, u in enumerate(program.uops):
         if u.id != index:

@@ -32,8 +32,9 @@ class IRError(ValueError):
 # how many sources each IR op takes (a range: load and gather take an optional valid)
 _SOURCES = {
     IrOp.PARAM: (0, 0),
+    IrOp.VARIABLE: (0, 0),
     IrOp.CONST: (0, 0),
-    IrOp.RANGE: (0, 0),
+    IrOp.RANGE: (0, 1),
     IrOp.ENDRANGE: (1, 1),
     IrOp.IF: (1, 1),
     IrOp.ENDIF: (0, 0),
@@ -146,6 +147,14 @@ class _Verifier:
         if u.dtype != self.program.buffer_dtypes[arg[0]] or u.vec != 1:
             self.fail(u, f"a param has its buffer's dtype {self.program.buffer_dtypes[arg[0]].name}, one lane")
 
+    def variable(self, u: UOp):
+        arg = u.arg
+        if not (isinstance(arg, tuple) and len(arg) == 3 and arg[0] in self.program.variables):
+            self.fail(
+                u, f"a variable's arg is (name, min, max), its name one of the program's {self.program.variables}"
+            )
+        self.expect_dtype(u, u, dt.int32, "a variable")
+
     def const(self, u: UOp):
         if not isinstance(u.dtype, dt.DType) or u.vec != 1:
             self.fail(u, "a const is a scalar with a dtype (broadcast makes a vector of it)")
@@ -157,6 +166,10 @@ class _Verifier:
         if not isinstance(arg[1], int) or arg[1] < 1:
             self.fail(u, f"a range's size must be a positive int (loops run at least once), not {arg[1]!r}")
         self.expect_dtype(u, u, dt.int32, "a range's variable")
+        if u.srcs:
+            if arg[2] != "loop":
+                self.fail(u, "only a loop range takes a run-time bound (global ranges are the launch's size)")
+            self.expect_dtype(u, u.srcs[0], dt.int32, "a range's bound")
         if arg[2] == "global":
             self.global_sizes.append(arg[1])
         self.open(u)
@@ -294,6 +307,7 @@ class _Verifier:
 
 _CHECKS = {
     IrOp.PARAM: _Verifier.param,
+    IrOp.VARIABLE: _Verifier.variable,
     IrOp.CONST: _Verifier.const,
     IrOp.RANGE: _Verifier.range,
     IrOp.ENDRANGE: _Verifier.endrange,

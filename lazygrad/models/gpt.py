@@ -8,11 +8,12 @@ non-flash attention registers are ignored). As there, `lm_head.weight` and `tran
 Parameter: the state dict lists it under both names, and its gradient is the sum of both uses.
 
 Generation with a key/value cache (`generate(..., use_cache=True)`): each layer keeps its keys and values for the
-whole context in fixed-size buffers (batch, heads, block_size, head_dim). One step reads one token and its position,
-writes the new key and value at that position (a `where` against the position, so the kernels do not depend on it)
-and attends over the cache with every later position masked out. The position is a device tensor, not a shape, so
-the step is the same graph at every position: under `lazygrad.jit` it is compiled and captured once and replayed for
-every token, including the prompt, which is fed through the same step one token at a time.
+whole context in buffers (batch, heads, block_size, head_dim). One step reads one token and its position, a
+`lazygrad.Variable` in [0, block_size - 1]: it writes the new key and value into the one slot `cache[:, :, pos:pos+1]`
+and attends over the view `cache[:, :, :pos+1]`, whose length is symbolic. The kernels take the position as an int
+argument (loop bounds and offsets use it), so the step is one graph at every position: under `lazygrad.jit` it is
+compiled and captured once and replayed for every token, including the prompt, which is fed through the same step
+one token at a time, and its attention reads pos+1 slots, not the whole cache.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import numpy as np
 import lazygrad
 from lazygrad import nn
 from lazygrad.nn import functional as F
+from lazygrad.symbolic import BoundVariable, Variable
 from lazygrad.tensor import Tensor
 
 
@@ -68,15 +70,15 @@ class CausalSelfAttention(nn.Module):
         dropout = self.dropout if self.training else 0.0
         return self._merge(F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True))
 
-    def forward_cached(self, x: Tensor, cache: tuple[Tensor, Tensor], at_position: Tensor, visible: Tensor) -> Tensor:
-        """One token x (B, 1, C) at a position: write its key and value into the cache (B, H, block_size, D) where
-        at_position (block_size, 1) is True, attend to the positions where visible (block_size,) is True."""
+    def forward_cached(self, x: Tensor, cache: tuple[Tensor, Tensor], position) -> Tensor:
+        """One token x (B, 1, C) at `position` (a bound lazygrad.Variable): write its key and value into slot
+        `position` of the cache (B, H, block_size, D), attend to slots 0..position (a view of symbolic length)."""
         q, k, v = self._heads(x)
         cache_k, cache_v = cache
-        cache_k.assign(at_position._select(k, cache_k))
-        cache_v.assign(at_position._select(v, cache_v))
-        mask = visible.reshape(1, 1, 1, -1)
-        return self._merge(F.scaled_dot_product_attention(q, cache_k, cache_v, attn_mask=mask))
+        cache_k[:, :, position : position + 1].assign(k)  # one slot written, not the whole cache
+        cache_v[:, :, position : position + 1].assign(v)
+        keys, values = cache_k[:, :, : position + 1], cache_v[:, :, : position + 1]
+        return self._merge(F.scaled_dot_product_attention(q, keys, values))
 
 
 class MLP(nn.Module):
@@ -103,8 +105,8 @@ class Block(nn.Module):
         x = x + self.attn(self.ln_1(x))
         return x + self.mlp(self.ln_2(x))
 
-    def forward_cached(self, x: Tensor, cache, at_position: Tensor, visible: Tensor) -> Tensor:
-        x = x + self.attn.forward_cached(self.ln_1(x), cache, at_position, visible)
+    def forward_cached(self, x: Tensor, cache, position) -> Tensor:
+        x = x + self.attn.forward_cached(self.ln_1(x), cache, position)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -204,41 +206,61 @@ class GPT(nn.Module):
         for position in range(prompt_length + max_new_tokens - 1):
             # the prompt goes through the same step one token at a time; its samples are not used
             current = lazygrad.tensor(tokens[:, position : position + 1]) if position < prompt_length else token
-            token = step(current, lazygrad.tensor([position], dtype=lazygrad.int64))
+            token = step(current, position)
             if position >= prompt_length - 1:
                 out.append(token.numpy())
         return lazygrad.tensor(np.concatenate(out, axis=1))
 
     def cached_step(self, batch: int, temperature: float = 1.0, top_k: int | None = None):
-        """A jitted function (token (B, 1) int64, position (1,) int64) -> the next token (B, 1), reading and writing
-        this model's key/value cache. Built once per (batch, temperature, top_k, training mode: dropout is captured
-        with the step); the cache is cleared by generate's first step writing position 0 (later positions are masked
-        until they are written)."""
+        """A function (token (B, 1) int64, position: an int or a bound `self.position`) -> the next token (B, 1),
+        reading and writing this model's key/value cache; a jitted step with the position a Variable inside. Built
+        once per (batch, temperature, top_k, training mode: dropout is captured with the step). A step at position p
+        reads slots 0..p only, so what earlier generations left in later slots is never seen."""
         key = (batch, temperature, top_k, self.training)
         if self._cached_step is not None and self._cached_step[0] == key:
             return self._cached_step[1]
-        config = self.config
-        head_dim = config.n_embd // config.n_head
-        cache_shape = (batch, config.n_head, config.block_size, head_dim)
-        self._cache = [
-            (lazygrad.zeros(*cache_shape).contiguous().realize(), lazygrad.zeros(*cache_shape).contiguous().realize())
-            for _ in range(config.n_layer)
-        ]
-        slots = lazygrad.arange(config.block_size, dtype=lazygrad.int64)
+        self.allocate_cache(batch)
 
         @lazygrad.jit
-        def step(token: Tensor, position: Tensor) -> Tensor:
+        def jitted(token: Tensor, position) -> Tensor:
             with lazygrad.no_grad():
-                at_position = (slots == position).reshape(-1, 1)
-                visible = slots <= position
-                x = self.transformer.wte(token) + self.transformer.wpe(position).unsqueeze(0)
-                for block, cache in zip(self.transformer.h, self._cache):
-                    x = block.forward_cached(x, cache, at_position, visible)
-                logits = self.lm_head(self.transformer.ln_f(x))
-                return _sample(logits[:, -1, :], temperature, top_k).realize()
+                return _sample(self.forward_cached(token, position)[:, -1, :], temperature, top_k).realize()
 
+        def step(token: Tensor, position) -> Tensor:
+            if not isinstance(position, BoundVariable):
+                position = self.position.bind(int(position))
+            return jitted(token, position)
+
+        step.jitted = jitted
         self._cached_step = (key, step)
         return step
+
+    def allocate_cache(self, batch: int) -> None:
+        """Fresh key/value buffers (batch, n_head, block_size, head_dim) per layer for forward_cached."""
+        config = self.config
+        shape = (batch, config.n_head, config.block_size, config.n_embd // config.n_head)
+        self._cache = [
+            (lazygrad.zeros(*shape).contiguous().realize(), lazygrad.zeros(*shape).contiguous().realize())
+            for _ in range(config.n_layer)
+        ]
+
+    def forward_cached(self, token: Tensor, position) -> Tensor:
+        """The logits (B, 1, vocab) after token (B, 1) at `position` (a bound `self.position`), given the keys and
+        values of positions 0..position-1 in the cache (allocate_cache), to which this token's are added. Run it
+        under no_grad (a view at a Variable's position has no backward)."""
+        if self._cache is None or self._cache[0][0].shape[0] != token.shape[0]:
+            raise RuntimeError(f"forward_cached: allocate_cache({token.shape[0]}) first (token of shape {token.shape})")
+        # the position's row of wpe: a view at a symbolic offset (an embedding's one-hot product would read all
+        # block_size rows)
+        x = self.transformer.wte(token) + self.transformer.wpe.weight[position].reshape(1, 1, -1)
+        for block, cache in zip(self.transformer.h, self._cache):
+            x = block.forward_cached(x, cache, position)
+        return self.lm_head(self.transformer.ln_f(x))
+
+    @property
+    def position(self) -> Variable:
+        """The position of a cached generation step: a Variable in [0, block_size - 1]."""
+        return Variable("position", 0, self.config.block_size - 1)
 
 
 def _sample(logits: Tensor, temperature: float, top_k: int | None) -> Tensor:

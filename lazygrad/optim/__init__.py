@@ -29,8 +29,10 @@ from typing import Any
 import numpy as np
 
 import lazygrad
+from lazygrad.graph import LazyBuffer, defers_gc
 from lazygrad.jit import invalidate_captures
 from lazygrad.nn.module import take_pending_buffer_updates, tensor_from_array
+from lazygrad.ops import Op
 from lazygrad.tensor import Tensor
 
 
@@ -46,6 +48,14 @@ def _host_value(value: Any) -> np.ndarray:
     if hasattr(value, "detach"):  # a torch tensor, as torch's own state dicts hold
         return value.detach().cpu().numpy()
     return np.asarray(value)
+
+
+def _gradient_node(param: Tensor) -> LazyBuffer:
+    """param.grad's graph node in param's dtype; a gradient of another shape is refused (torch refuses to set one)."""
+    grad = param.grad._lazydata
+    if grad.shape != param._lazydata.shape:
+        raise RuntimeError(f"parameter of shape {tuple(param.shape)} has a gradient of shape {tuple(grad.shape)}")
+    return grad if grad.dtype is param._lazydata.dtype else grad.alu(Op.CAST, arg=param.dtype, dtype=param.dtype)
 
 
 def _zeros_buffer(like: Tensor) -> Tensor:
@@ -130,6 +140,21 @@ class Optimizer:
         value = cached[1]
         return value if value.dtype == like.dtype else value.cast(like.dtype)
 
+    def hyperparameter_node(self, group_index: int, name: str, like: Tensor) -> LazyBuffer:
+        """hyperparameter() broadcast to like's shape, as a graph node: the view an operator's broadcasting makes,
+        made once per (name, shape, dtype) and buffer (eager updates build their formulas from nodes)."""
+        state = self.group_state[group_index]
+        node = like._lazydata
+        key = (name, node.shape, node.dtype)
+        broadcasts = state.setdefault("broadcasts", {})
+        cached = broadcasts.get(key)
+        if cached is None or cached[0] is not state["hyperparameters"].lazydata:
+            value = self.hyperparameter(group_index, name, like)._lazydata
+            if node.shape:
+                value = value.broadcast((1,) * len(node.shape), node.shape)
+            cached = broadcasts[key] = (state["hyperparameters"].lazydata, value)
+        return cached[1]
+
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         group = dict(param_group)
         params = group["params"]
@@ -168,6 +193,7 @@ class Optimizer:
                 if param.grad is not None:
                     param.grad = None if set_to_none else lazygrad.zeros_like(param.grad)
 
+    @defers_gc
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
         """Update every parameter that has a gradient. A closure (zero_grad, forward, backward, return the loss) is
         called first, and its loss is realized in the same schedule as the update, from the old parameters."""
@@ -280,7 +306,7 @@ class SGD(Optimizer):
 
     def device_hyperparameters(self, group):
         return {
-            "lr": group["lr"],
+            "-lr": -group["lr"],  # the update adds step * -lr, as torch's `param.add_(step, alpha=-lr)`
             "momentum": group["momentum"],
             "1 - dampening": 1 - group["dampening"],
             "weight_decay": group["weight_decay"],
@@ -301,23 +327,41 @@ class SGD(Optimizer):
     def _update(self, index, group, params):
         assigned = []
         for param in params:
-            lr, momentum = self.hyperparameter(index, "lr", param), self.hyperparameter(index, "momentum", param)
-            step = -param.grad if group["maximize"] else param.grad
-            if group["weight_decay"] != 0:
-                step = step + param * self.hyperparameter(index, "weight_decay", param)
-            if group["momentum"] != 0:
-                state = self.state_for(param)
-                if "momentum_buffer" not in state:  # PyTorch starts the buffer at the first gradient, undamped
-                    state["momentum_buffer"] = _zeros_buffer(param).assign(step)
-                else:
-                    buffer = state["momentum_buffer"]
-                    if group["dampening"] != 0:
-                        step = step * self.hyperparameter(index, "1 - dampening", param)
-                    buffer.assign(buffer * momentum + step)
+            assigned += self._update_one(index, group, param)
+        return assigned
+
+    def _update_one(self, index, group, param):
+        # built from graph nodes directly: the nodes that `param - buffer * lr` and the rest make as tensor ops,
+        # without a tensor, promotion and broadcasting for each (an eager step updates every parameter; with tensor
+        # ops SGD with momentum made 7 tensors per parameter)
+        def e(op, *srcs):
+            return LazyBuffer.elementwise(op, srcs)
+
+        def hyper(name):
+            return self.hyperparameter_node(index, name, param)
+
+        step = _gradient_node(param)
+        if group["maximize"]:
+            step = e(Op.NEG, step)
+        if group["weight_decay"] != 0:
+            step = e(Op.ADD, step, e(Op.MUL, param._lazydata, hyper("weight_decay")))
+        assigned = []
+        if group["momentum"] != 0:
+            state = self.state_for(param)
+            if "momentum_buffer" not in state:  # PyTorch starts the buffer at the first gradient, undamped
+                state["momentum_buffer"] = _zeros_buffer(param).assign(Tensor._wrap(step))
+            else:
                 buffer = state["momentum_buffer"]
-                assigned.append(buffer)
-                step = step + buffer * momentum if group["nesterov"] else buffer
-            assigned.append(param.assign(param - step * lr))
+                if group["dampening"] != 0:
+                    step = e(Op.MUL, step, hyper("1 - dampening"))
+                buffer.assign(Tensor._wrap(e(Op.ADD, e(Op.MUL, buffer._lazydata, hyper("momentum")), step)))
+            buffer = state["momentum_buffer"]
+            assigned.append(buffer)
+            if group["nesterov"]:
+                step = e(Op.ADD, step, e(Op.MUL, buffer._lazydata, hyper("momentum")))
+            else:
+                step = buffer._lazydata
+        assigned.append(param.assign(Tensor._wrap(e(Op.ADD, param._lazydata, e(Op.MUL, step, hyper("-lr"))))))
         return assigned
 
 
@@ -413,29 +457,60 @@ class Adam(Optimizer):
     def _update(self, index, group, params):
         assigned = self._group_step(index, params[0].device)
         _, bias_correction1, bias_correction2 = assigned
+        # the 0-d factors every parameter of a dtype shares: lr / (1 - beta1**step), sqrt(1 - beta2**step)
+        shared: dict = {}
         for param in params:
+            dtype = param._lazydata.dtype
+            if dtype not in shared:
+                correction1 = bias_correction1.cast(param.dtype)._lazydata
+                correction2 = bias_correction2.cast(param.dtype)._lazydata
+                lr = self.hyperparameter(index, "lr", param)._lazydata
+                shared[dtype] = (
+                    LazyBuffer.elementwise(Op.MUL, (lr, LazyBuffer.elementwise(Op.RECIP, (correction1,)))),
+                    LazyBuffer.elementwise(Op.SQRT, (correction2,)),
+                )
+            assigned += self._update_one(index, group, param, *shared[dtype])
+        return assigned
 
-            def value(name, param=param):
-                return self.hyperparameter(index, name, param)
+    def _update_one(self, index, group, param, step_size, correction2_sqrt):
+        # built from graph nodes directly, as SGD's (see there): torch's formulas, each op one node
+        def e(op, *srcs):
+            return LazyBuffer.elementwise(op, srcs)
 
-            grad = -param.grad if group["maximize"] else param.grad
-            grad = grad + param * value("weight_decay")  # 0 for AdamW, exactly: no branch a replay would keep
-            decayed = param * value("1 - lr * weight_decay")  # 1 for Adam, exactly
-            state = self.state_for(param)
-            if "exp_avg" not in state:
-                state["exp_avg"], state["exp_avg_sq"] = _zeros_buffer(param), _zeros_buffer(param)
-            if group["amsgrad"] and "max_exp_avg_sq" not in state:
-                state["max_exp_avg_sq"] = _zeros_buffer(param)
-            exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-            exp_avg.assign(exp_avg + (grad - exp_avg) * value("1 - beta1"))  # lerp, as PyTorch computes it
-            exp_avg_sq.assign(exp_avg_sq * value("beta2") + grad * grad * value("1 - beta2"))
-            assigned += [exp_avg, exp_avg_sq]
-            if group["amsgrad"]:
-                exp_avg_sq = state["max_exp_avg_sq"].assign(state["max_exp_avg_sq"].maximum(exp_avg_sq))
-                assigned.append(exp_avg_sq)
-            step_size = value("lr") / bias_correction1.cast(param.dtype)
-            denom = exp_avg_sq.sqrt() / bias_correction2.cast(param.dtype).sqrt() + value("eps")
-            assigned.append(param.assign(decayed - (exp_avg / denom) * step_size))
+        def hyper(name):
+            return self.hyperparameter_node(index, name, param)
+
+        def broadcast(node):  # a 0-d factor over the parameter's shape
+            shape = param._lazydata.shape
+            return node.broadcast((1,) * len(shape), shape) if shape else node
+
+        node = param._lazydata
+        grad = _gradient_node(param)
+        if group["maximize"]:
+            grad = e(Op.NEG, grad)
+        grad = e(Op.ADD, grad, e(Op.MUL, node, hyper("weight_decay")))  # 0 for AdamW, exactly: no branch
+        decayed = e(Op.MUL, node, hyper("1 - lr * weight_decay"))  # 1 for Adam, exactly
+        state = self.state_for(param)
+        if "exp_avg" not in state:
+            state["exp_avg"], state["exp_avg_sq"] = _zeros_buffer(param), _zeros_buffer(param)
+        if group["amsgrad"] and "max_exp_avg_sq" not in state:
+            state["max_exp_avg_sq"] = _zeros_buffer(param)
+        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+        m, v = exp_avg._lazydata, exp_avg_sq._lazydata
+        # exp_avg + (grad - exp_avg) * (1 - beta1): a lerp, as PyTorch computes it
+        exp_avg.assign(Tensor._wrap(e(Op.ADD, m, e(Op.MUL, e(Op.ADD, grad, e(Op.NEG, m)), hyper("1 - beta1")))))
+        squared = e(Op.MUL, e(Op.MUL, grad, grad), hyper("1 - beta2"))
+        exp_avg_sq.assign(Tensor._wrap(e(Op.ADD, e(Op.MUL, v, hyper("beta2")), squared)))
+        assigned = [exp_avg, exp_avg_sq]
+        if group["amsgrad"]:
+            largest = state["max_exp_avg_sq"]
+            exp_avg_sq = largest.assign(Tensor._wrap(e(Op.MAX, largest._lazydata, exp_avg_sq._lazydata)))
+            assigned.append(exp_avg_sq)
+        # exp_avg_sq.sqrt() / sqrt(1 - beta2**step) + eps, then param * (1 - lr wd) - exp_avg / denom * step_size
+        denom = e(Op.MUL, e(Op.SQRT, exp_avg_sq._lazydata), e(Op.RECIP, broadcast(correction2_sqrt)))
+        denom = e(Op.ADD, denom, hyper("eps"))
+        update = e(Op.MUL, e(Op.MUL, exp_avg._lazydata, e(Op.RECIP, denom)), broadcast(step_size))
+        assigned.append(param.assign(Tensor._wrap(e(Op.ADD, decayed, e(Op.NEG, update)))))
         return assigned
 
 

@@ -11,6 +11,7 @@ from lazygrad import random
 from lazygrad.device import canonical_device
 from lazygrad.graph import LazyBuffer
 from lazygrad.shape import shape_from_args
+from lazygrad.symbolic import Node
 
 if TYPE_CHECKING:
     from lazygrad.tensor import Tensor
@@ -126,6 +127,11 @@ class CreationOps:
     def arange(start, end=None, step=1, dtype=None, device=None, requires_grad=False) -> Tensor:
         if end is None:
             start, end = 0, start
+        if any(isinstance(v, Node) for v in (start, end, step)):  # (argmax, cumsum... of a symbolic dim come here)
+            raise NotImplementedError(
+                f"arange({start}, {end}, {step}) with a Variable: its values are uploaded from the host, so its size "
+                "must be known there (argmax, cumsum, topk and sorting over a symbolic dim are not supported)"
+            )
         is_float = any(isinstance(v, float) for v in (start, end, step))
         dtype = dt.to_dtype(dtype) if dtype is not None else (dt.default_float if is_float else dt.int64)
         if not dtype.is_float:  # torch casts the bounds and the step to an integer dtype first

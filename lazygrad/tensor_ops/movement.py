@@ -8,10 +8,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from lazygrad import autograd
 from lazygrad import dtype as dt
 from lazygrad.dtype import DType
 from lazygrad.ops import Op
-from lazygrad.shape import prod
+from lazygrad.shape import describe_symbolic, prod, symbolic_dims
+from lazygrad.symbolic import VARIABLES_MADE, Node, Num, to_node, upper_bound
 from lazygrad.tensor_ops.bounds import check_indices
 
 if TYPE_CHECKING:
@@ -76,6 +78,8 @@ class MovementOps:
 
     def reshape(self, *shape) -> Tensor:
         shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
+        if VARIABLES_MADE[0] and (symbolic_dims(self.shape) or any(isinstance(s, Node) for s in shape)):
+            return self._symbolic_reshape(tuple(shape))
         shape = [int(s) for s in shape]
         if shape.count(-1) > 1:
             raise RuntimeError("only one dimension can be inferred")
@@ -90,6 +94,20 @@ class MovementOps:
         if out is not self and len(out.lazydata.st.views) > len(self.lazydata.st.views):
             out._view_of = None  # not expressible with strides: PyTorch copies, so an update does not write back
         return out
+
+    def _symbolic_reshape(self, shape: tuple) -> Tensor:
+        """A reshape of a tensor with a symbolic size: only dims of size 1 may come or go (-1 stands for the
+        symbolic dim)."""
+        requested = shape
+        if shape.count(-1) == 1 and len(symbolic_dims(self.shape)) == 1:
+            (symbolic,) = [s for s in self.shape if isinstance(s, Node)]
+            shape = tuple(symbolic if s == -1 else s for s in shape)
+        if [s for s in shape if s != 1] != [s for s in self.shape if s != 1]:
+            raise NotImplementedError(
+                f"reshape of shape {describe_symbolic(self.shape)} to {requested}: a tensor with a symbolic size can "
+                "only gain or lose dims of size 1 (merging or splitting a symbolic dim is not supported)"
+            )
+        return self._movement(Op.RESHAPE, tuple(shape))
 
     def view(self, *shape) -> Tensor:
         if (
@@ -223,6 +241,8 @@ class MovementOps:
             index = index[:at] + (slice(None),) * (self.ndim - n_real) + index[at + 1 :]
         else:
             index = index + (slice(None),) * (self.ndim - n_real)
+        if VARIABLES_MADE[0] and (any(_is_symbolic_index(i) for i in index) or symbolic_dims(self.shape)):
+            return self._symbolic_index(index)
         x, dim, new_shape_ops = self, 0, []
         shrink, flips, strides, squeeze, unsqueeze = [], [], [], [], []
         out_dim = 0
@@ -278,6 +298,52 @@ class MovementOps:
             x = x._movement(Op.RESHAPE, tuple(s for d, s in enumerate(x.shape) if d not in squeeze))
         for d in unsqueeze:
             x = x._movement(Op.RESHAPE, x.shape[:d] + (1,) + x.shape[d:])
+        return x
+
+    def _symbolic_index(self, index: tuple) -> Tensor:
+        """Basic indexing where a start, stop or index is a Variable's expression (or a dim is symbolic): a view
+        with a symbolic offset or size. Steps, None and negative indexes are not taken with Variables; a slice of
+        a symbolic dim must take all of it."""
+        if self.requires_grad and autograd.is_grad_enabled():
+            raise NotImplementedError(
+                f"backward through a view with a Variable (index {index} of shape {describe_symbolic(self.shape)}) "
+                "is not supported: index it under lazygrad.no_grad() or detach() it"
+            )
+        shrink, squeeze, dim = [], [], 0
+        for i in index:
+            if i is None:
+                raise NotImplementedError(f"None in an index with Variables ({index}) of shape {self.shape}")
+            size = self.shape[dim]
+            if isinstance(i, slice):
+                if i.step not in (None, 1):
+                    raise NotImplementedError(f"a step {i.step} in an index with Variables ({index})")
+                start = 0 if i.start is None else i.start
+                stop = size if i.stop is None else i.stop
+            elif _is_symbolic_index(i) or (isinstance(i, (int, np.integer)) and not isinstance(i, bool)):
+                start = i if isinstance(i, Node) else _symbolic_bound(i, size, dim)  # (-1: the last)
+                stop = start + 1
+                squeeze.append(dim)
+            else:
+                raise IndexError(f"unsupported index {i!r} of type {type(i).__name__} beside a Variable")
+            if isinstance(size, Node) and (start, stop) != (0, size):
+                raise NotImplementedError(
+                    f"index {i!r} of the symbolic dim {dim} of shape {describe_symbolic(self.shape)}: only a whole "
+                    "symbolic dim (:) is taken"
+                )
+            start, stop = _symbolic_bound(start, size, dim), _symbolic_bound(stop, size, dim)
+            extent = to_node(stop) - to_node(start)
+            if extent.vmin < 1 or to_node(start).vmin < 0 or to_node(stop).vmax > upper_bound(size):
+                raise IndexError(
+                    f"index {i!r} of dim {dim} (size {size}) of shape {describe_symbolic(self.shape)}: for every value "
+                    f"of its Variables the slice must lie within the dim and hold at least one element "
+                    f"(start in [{to_node(start).vmin}, {to_node(start).vmax}], stop in [{to_node(stop).vmin}, "
+                    f"{to_node(stop).vmax}])"
+                )
+            shrink.append((start, stop))
+            dim += 1
+        x = self._movement(Op.SHRINK, tuple(shrink))
+        if squeeze:
+            x = x._movement(Op.RESHAPE, tuple(s for d, s in enumerate(x.shape) if d not in squeeze))
         return x
 
     def __setitem__(self, index, value) -> None:
@@ -541,6 +607,24 @@ def take_positions(x: Tensor, dim: int, positions: list) -> Tensor:
             piece = piece.flip(dim)
         pieces.append(piece)
     return pieces[0] if len(pieces) == 1 else Tensor.cat(pieces, dim=dim)
+
+
+def _is_symbolic_index(i) -> bool:
+    return isinstance(i, Node) or (
+        isinstance(i, slice) and (isinstance(i.start, Node) or isinstance(i.stop, Node) or isinstance(i.step, Node))
+    )
+
+
+def _symbolic_bound(value, size, dim: int):
+    """A slice bound beside a Variable: a Variable's expression as it is, an int (negative from the end) as an int."""
+    if isinstance(value, Node):
+        return value.value if isinstance(value, Num) else value
+    value = int(value)
+    if value < 0:
+        if isinstance(size, Node):
+            raise NotImplementedError(f"a negative index {value} of the symbolic dim {dim}")
+        value += size
+    return value
 
 
 def _broadcasts_to(shape: tuple, target: tuple) -> bool:

@@ -169,14 +169,15 @@ class NNOps:
         def forward() -> Tensor:
             win = windows_of(x_in)
             oh, ow = win.shape[3:5]
-            chosen = layout.conv_layout(x_in.device, ow, cout_g, _is_plain_buffer(w_in))
+            chosen = layout.conv_layout(x_in.device, ow, cout_g, _is_plain_buffer(w_in), stride[1] > 1)
             if chosen is layout.ConvLayout.COLUMNS:
                 # the windows copied out as columns (n, g, oh, ow, cin_g*kh*kw), small where this is chosen
                 cols = win.permute(0, 1, 3, 4, 2, 5, 6).contiguous()
                 columns.append(cols)
                 out = (cols.unsqueeze(2) * w_in.reshape(1, g, cout_g, 1, 1, cin_g, kh, kw)).sum((5, 6, 7))
             elif chosen is layout.ConvLayout.CHANNEL_LAST_WEIGHT:
-                # a weight seen through a view (the flipped one of the input gradient), copied channel-last
+                # copied channel-last (a weight seen through a view, such as the input gradient's flipped one, or a
+                # strided conv's), so that lanes run over the output channels
                 wt = w_in.permute(1, 2, 3, 0).contiguous().permute(3, 0, 1, 2)
                 out = (win.unsqueeze(2) * wt.reshape(1, g, cout_g, cin_g, 1, 1, kh, kw)).sum((3, 6, 7))
             else:
@@ -198,6 +199,14 @@ class NNOps:
                 gg = grad.reshape(parts, n // parts, g, cout_g, oh, ow, 1, 1, 1)
                 cols = columns[0].detach().reshape(parts, n // parts, *columns[0].shape[1:]).unsqueeze(3)
                 grad_w = (gg * cols).sum((1, 4, 5)).sum(0).reshape(cout, cin_g, kh, kw)
+            elif (
+                w_in.requires_grad
+                and g == 1
+                and layout.weight_grad_channel_last(grad.device, stride, cout, grad.numel())
+            ):
+                rows = grad.permute(0, 2, 3, 1).contiguous().reshape(n, oh, ow, cout, 1, 1, 1)
+                win = windows_of(x_in).permute(0, 3, 4, 1, 2, 5, 6)  # (n, oh, ow, 1, cin, kh, kw)
+                grad_w = (rows * win).sum((0, 1, 2)).reshape(cout, cin_g, kh, kw)
             elif w_in.requires_grad:
                 win = windows_of(x_in).unsqueeze(2)  # (n, g, 1, cin_g, oh, ow, kh, kw)
                 win = win.reshape(parts, n // parts, *win.shape[1:])

@@ -9,7 +9,8 @@ from lazygrad import autograd
 from lazygrad import dtype as dt
 from lazygrad.codegen import layout
 from lazygrad.ops import Op
-from lazygrad.shape import prod
+from lazygrad.shape import describe_symbolic, prod, symbolic_dims
+from lazygrad.symbolic import Node
 
 if TYPE_CHECKING:
     from lazygrad.tensor import Tensor
@@ -32,7 +33,8 @@ class ReduceOps:
             if op == Op.SUM and any(shape[a] == 0 for a in axes):
                 # a sum over nothing is 0: pad each empty axis with one zero, so no kernel reduces an empty range
                 x = x._movement(Op.PAD, tuple((0, 1 if i in axes and s == 0 else 0) for i, s in enumerate(shape)))
-        parts = layout.split_reduce_parts(x.numel()) if len(axes) == len(shape) else 1
+        # (a symbolic size is not split: its parts would have symbolic sizes of their own)
+        parts = layout.split_reduce_parts(x.numel()) if len(axes) == len(shape) and not symbolic_dims(shape) else 1
         if parts > 1:
             out = x._split_reduce(op, parts).reshape((1,) * len(shape))
         else:
@@ -68,6 +70,11 @@ class ReduceOps:
                 f"mean(): could not infer output dtype. Input dtype must be floating point, got {self.dtype.name}"
             )
         count = prod(self.shape[a] for a in self._axes(dim))
+        if isinstance(count, Node):
+            raise NotImplementedError(
+                f"mean over a symbolic size {count} (shape {describe_symbolic(self.shape)}): the count is known "
+                "only in kernels; divide the sum by it yourself"
+            )
         return self.sum(dim, keepdim) * (1 / count if count else float("nan"))
 
     def _max_reduce(self, dim, keepdim) -> Tensor:

@@ -204,8 +204,9 @@ TEMPLATE = """<!DOCTYPE html>
 
 
 def _embedded_json(value) -> str:
-    # inside <script>: "</" would end the element and "<!--" would change how the parser reads it
-    return json.dumps(value, separators=(",", ":")).replace("</", "<\\/").replace("<!--", "\\u003c!--")
+    # inside <script>: "</" would end the element and "<!--" would change how the parser reads it; a symbolic size
+    # (a lazygrad.Variable's expression) is shown as its text
+    return json.dumps(value, separators=(",", ":"), default=str).replace("</", "<\\/").replace("<!--", "\\u003c!--")
 
 
 def render_page(data: dict, title: str = "lazygrad: what the compiler did") -> str:
