@@ -75,8 +75,9 @@ def _const(value, d: dt.DType) -> str:
 
 
 class _Renderer:
-    def __init__(self, program: Program):
+    def __init__(self, program: Program, task: bool = True):
         self.p = program
+        self.task = task  # also render the thread pool's wrapper (render_task)
         self.lines: list = []
         self.entry: list = []
         self.names: dict = {}  # UOp id -> SSA value text
@@ -150,9 +151,12 @@ class _Renderer:
                 self.names[u.id] = self.render_alu(u)
         body = "\n".join(self.lines)
         head = f"define void @{p.name}({', '.join(params)}) #0 {{\nentry:\n" + "\n".join(self.entry)
+        kernel = head + "\n" + body + "\n  ret void\n}\n"
+        if not self.task:
+            attrs = 'attributes #0 = { nounwind "no-trapping-math"="true" }'
+            return "\n".join(sorted(self.declares)) + "\n\n" + kernel + attrs + "\n"
         # noinline: the task wrapper calls the kernel, which would otherwise be compiled twice
         attrs = 'attributes #0 = { nounwind noinline "no-trapping-math"="true" }'
-        kernel = head + "\n" + body + "\n  ret void\n}\n"
         return "\n".join(sorted(self.declares)) + "\n\n" + kernel + self.render_task() + attrs + "\n"
 
     def render_task(self) -> str:
@@ -661,8 +665,10 @@ def _cast_instruction(src: dt.DType, dst: dt.DType, value: str, vec: int = 1) ->
     return f"trunc {s} {value} to {d}"
 
 
-def render_llvm(program: Program) -> str:
-    return _Renderer(program).render()
+def render_llvm(program: Program, task: bool = True) -> str:
+    """The kernel's LLVM IR; with `task`, also the wrapper the thread pool calls it by (`<name>_task`), which only a
+    kernel the pool may split needs (its compile costs ~6% more: the kernel is then not inlined into it)."""
+    return _Renderer(program, task).render()
 
 
 # --- compiling and running ----------------------------------------------------------------------
@@ -1006,19 +1012,25 @@ def executed_operations(uops: list) -> int:
     return total
 
 
+def _splittable(program: Program, work: int) -> bool:
+    """Whether the pool may split the kernel's outer loop among threads: more than one outer iteration and at least
+    PARALLEL_MIN_OPERATIONS of work (`work`: executed_operations)."""
+    return bool(program.global_size) and program.global_size[0] > 1 and work >= PARALLEL_MIN_OPERATIONS
+
+
 class LLVMKernel:
-    def __init__(self, backend: LLVMBackend, program: Program, source: str, address: int, task: int):
+    def __init__(self, backend: LLVMBackend, program: Program, source: str, address: int, task, work: int):
         self.name, self.source, self.program = program.name, source, program.summary()  # (the IR is not kept)
         nargs, nvars = len(program.buffer_dtypes), len(program.variables)
         self.fn = ctypes.CFUNCTYPE(
             None, *([ctypes.c_void_p] * nargs), *([ctypes.c_int32] * nvars), ctypes.c_int32, ctypes.c_int32
         )(address)
-        self.task = task  # the same kernel, called as <name>_task(ptr args, start, end) by the pool
+        self.task = task  # the same kernel, called as <name>_task(ptr args, start, end) by the pool (or None)
         self.backend = backend
         self.outer = program.global_size[0] if program.global_size else 1
-        self.work = executed_operations(program.uops)
+        self.work = work
         # a kernel worth splitting: its first launches time it alone (alone_times), then alone_seconds decides
-        self.candidate = self.outer > 1 and self.work >= PARALLEL_MIN_OPERATIONS
+        self.candidate = task is not None
         self.alone_times: list = []
         self.alone_seconds: float | None = None
 
@@ -1135,14 +1147,19 @@ class LLVMBackend(HostMemory):
         self._addresses.pop(id(handle), None)
 
     def compile(self, program: Program) -> LLVMKernel:
-        source = render_llvm(program)
+        work = executed_operations(program.uops)
+        splittable = _splittable(program, work)
+        source = render_llvm(program, task=splittable)
         key = f"llvm|{self.compiler.target_id}|{source}"
         obj = diskcache.get(key)
         if obj is None:
             obj = self.compiler.object_code(source, program.name)
             diskcache.put(key, obj)
-        address, task = self.compiler.load(obj, program.name, f"{program.name}_task")
-        return LLVMKernel(self, program, source, address, task)
+        if splittable:
+            address, task = self.compiler.load(obj, program.name, f"{program.name}_task")
+        else:
+            (address,), task = self.compiler.load(obj, program.name), None
+        return LLVMKernel(self, program, source, address, task, work)
 
 
 def create(name: str = "llvm") -> LLVMBackend:
