@@ -70,7 +70,9 @@ def test_a_compile_error_quotes_the_compiler(backend):
 def test_a_compile_failure_during_realize_reaches_the_user_and_lazygrad_recovers(backend, monkeypatch):
     module = importlib.import_module(f"lazygrad.backends.{backend}")
     render = getattr(module, f"render_{backend}")
-    monkeypatch.setattr(module, f"render_{backend}", lambda program: render(program) + "\nnot a valid line\n")
+    monkeypatch.setattr(
+        module, f"render_{backend}", lambda program, **options: render(program, **options) + "\nnot a valid line\n"
+    )
     monkeypatch.setattr(runtime, "_kernel_cache", {})
     x = lazygrad.tensor(np.arange(6, dtype=np.float32))
     y = x * 7 + 0.25
