@@ -58,6 +58,16 @@ def _gradient_node(param: Tensor) -> LazyBuffer:
     return grad if grad.dtype is param._lazydata.dtype else grad.alu(Op.CAST, arg=param.dtype, dtype=param.dtype)
 
 
+def _node(op: Op, *srcs: LazyBuffer) -> LazyBuffer:
+    """One elementwise graph node: the updates are built from nodes, not tensor ops (see SGD._update_one)."""
+    return LazyBuffer.elementwise(op, srcs)
+
+
+def _over(node: LazyBuffer, shape: tuple) -> LazyBuffer:
+    """A 0-d node broadcast over `shape` (the view an operator's broadcasting makes)."""
+    return node.broadcast((1,) * len(shape), shape) if shape else node
+
+
 def _zeros_buffer(like: Tensor) -> Tensor:
     return lazygrad.zeros(like.shape, dtype=like.dtype, device=like.device).contiguous()
 
@@ -149,9 +159,7 @@ class Optimizer:
         broadcasts = state.setdefault("broadcasts", {})
         cached = broadcasts.get(key)
         if cached is None or cached[0] is not state["hyperparameters"].lazydata:
-            value = self.hyperparameter(group_index, name, like)._lazydata
-            if node.shape:
-                value = value.broadcast((1,) * len(node.shape), node.shape)
+            value = _over(self.hyperparameter(group_index, name, like)._lazydata, node.shape)
             cached = broadcasts[key] = (state["hyperparameters"].lazydata, value)
         return cached[1]
 
@@ -334,8 +342,7 @@ class SGD(Optimizer):
         # built from graph nodes directly: the nodes that `param - buffer * lr` and the rest make as tensor ops,
         # without a tensor, promotion and broadcasting for each (an eager step updates every parameter; with tensor
         # ops SGD with momentum made 7 tensors per parameter)
-        def e(op, *srcs):
-            return LazyBuffer.elementwise(op, srcs)
+        e = _node
 
         def hyper(name):
             return self.hyperparameter_node(index, name, param)
@@ -465,24 +472,16 @@ class Adam(Optimizer):
                 correction1 = bias_correction1.cast(param.dtype)._lazydata
                 correction2 = bias_correction2.cast(param.dtype)._lazydata
                 lr = self.hyperparameter(index, "lr", param)._lazydata
-                shared[dtype] = (
-                    LazyBuffer.elementwise(Op.MUL, (lr, LazyBuffer.elementwise(Op.RECIP, (correction1,)))),
-                    LazyBuffer.elementwise(Op.SQRT, (correction2,)),
-                )
+                shared[dtype] = (_node(Op.MUL, lr, _node(Op.RECIP, correction1)), _node(Op.SQRT, correction2))
             assigned += self._update_one(index, group, param, *shared[dtype])
         return assigned
 
     def _update_one(self, index, group, param, step_size, correction2_sqrt):
         # built from graph nodes directly, as SGD's (see there): torch's formulas, each op one node
-        def e(op, *srcs):
-            return LazyBuffer.elementwise(op, srcs)
+        e = _node
 
         def hyper(name):
             return self.hyperparameter_node(index, name, param)
-
-        def broadcast(node):  # a 0-d factor over the parameter's shape
-            shape = param._lazydata.shape
-            return node.broadcast((1,) * len(shape), shape) if shape else node
 
         node = param._lazydata
         grad = _gradient_node(param)
@@ -507,9 +506,9 @@ class Adam(Optimizer):
             exp_avg_sq = largest.assign(Tensor._wrap(e(Op.MAX, largest._lazydata, exp_avg_sq._lazydata)))
             assigned.append(exp_avg_sq)
         # exp_avg_sq.sqrt() / sqrt(1 - beta2**step) + eps, then param * (1 - lr wd) - exp_avg / denom * step_size
-        denom = e(Op.MUL, e(Op.SQRT, exp_avg_sq._lazydata), e(Op.RECIP, broadcast(correction2_sqrt)))
+        denom = e(Op.MUL, e(Op.SQRT, exp_avg_sq._lazydata), e(Op.RECIP, _over(correction2_sqrt, node.shape)))
         denom = e(Op.ADD, denom, hyper("eps"))
-        update = e(Op.MUL, e(Op.MUL, exp_avg._lazydata, e(Op.RECIP, denom)), broadcast(step_size))
+        update = e(Op.MUL, e(Op.MUL, exp_avg._lazydata, e(Op.RECIP, denom)), _over(step_size, node.shape))
         assigned.append(param.assign(Tensor._wrap(e(Op.ADD, decayed, e(Op.NEG, update)))))
         return assigned
 
