@@ -1012,14 +1012,16 @@ def executed_operations(uops: list) -> int:
     return total
 
 
-def _splittable(program: Program, work: int) -> bool:
+def _splittable(program: Program) -> bool:
     """Whether the pool may split the kernel's outer loop among threads: more than one outer iteration and at least
-    PARALLEL_MIN_OPERATIONS of work (`work`: executed_operations)."""
-    return bool(program.global_size) and program.global_size[0] > 1 and work >= PARALLEL_MIN_OPERATIONS
+    PARALLEL_MIN_OPERATIONS of work (executed_operations)."""
+    if not program.global_size or program.global_size[0] <= 1:
+        return False
+    return executed_operations(program.uops) >= PARALLEL_MIN_OPERATIONS
 
 
 class LLVMKernel:
-    def __init__(self, backend: LLVMBackend, program: Program, source: str, address: int, task, work: int):
+    def __init__(self, backend: LLVMBackend, program: Program, source: str, address: int, task):
         self.name, self.source, self.program = program.name, source, program.summary()  # (the IR is not kept)
         nargs, nvars = len(program.buffer_dtypes), len(program.variables)
         self.fn = ctypes.CFUNCTYPE(
@@ -1028,7 +1030,6 @@ class LLVMKernel:
         self.task = task  # the same kernel, called as <name>_task(ptr args, start, end) by the pool (or None)
         self.backend = backend
         self.outer = program.global_size[0] if program.global_size else 1
-        self.work = work
         # a kernel worth splitting: its first launches time it alone (alone_times), then alone_seconds decides
         self.candidate = task is not None
         self.alone_times: list = []
@@ -1147,8 +1148,7 @@ class LLVMBackend(HostMemory):
         self._addresses.pop(id(handle), None)
 
     def compile(self, program: Program) -> LLVMKernel:
-        work = executed_operations(program.uops)
-        splittable = _splittable(program, work)
+        splittable = _splittable(program)
         source = render_llvm(program, task=splittable)
         key = f"llvm|{self.compiler.target_id}|{source}"
         obj = diskcache.get(key)
@@ -1159,7 +1159,7 @@ class LLVMBackend(HostMemory):
             address, task = self.compiler.load(obj, program.name, f"{program.name}_task")
         else:
             (address,), task = self.compiler.load(obj, program.name), None
-        return LLVMKernel(self, program, source, address, task, work)
+        return LLVMKernel(self, program, source, address, task)
 
 
 def create(name: str = "llvm") -> LLVMBackend:
