@@ -57,6 +57,10 @@ class Backend(Protocol):
 
     def compile(self, program) -> CompiledKernel: ...
 
+    def compile_ahead(self, programs: list) -> None:
+        """The programs `compile` is about to get, one by one, in launch order: a backend that can compile several
+        at once starts on them here (LLVM's worker processes); one that cannot does nothing."""
+
     def synchronize(self) -> None: ...
 
 

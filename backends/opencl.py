@@ -802,6 +802,9 @@ class OpenCLBackend:
     def synchronize(self) -> None:
         self.queue.finish()
 
+    def compile_ahead(self, programs: list) -> None:
+        pass  # each program is built when `compile` gets it
+
     def compile(self, program: Program) -> OpenCLKernel:
         if uses_float64(program) and not self.supports_float64:
             # the ops that need doubles, so the message points at the user's computation, not only a kernel name

@@ -363,6 +363,9 @@ class ReferenceBackend(HostMemory):
     def allocate(self, nbytes: int):
         return np.zeros(max(nbytes, 1), dtype=np.uint8)
 
+    def compile_ahead(self, programs: list) -> None:
+        pass  # each program is built when `compile` gets it
+
     def compile(self, program: Program) -> ReferenceKernel:
         return ReferenceKernel(program)
 

@@ -363,16 +363,19 @@ def get_kernel(ast, buffer_dtypes: tuple, device: str, sizes: tuple, aliased: fr
         return entry
     backend = backend_for(device)
     t0 = time.perf_counter()
-    nest = build_loop_nest(ast)
+    ahead = _lowered_ahead.pop(key, None)  # (nest, name, program) when _compile_ahead lowered it already
+    nest = build_loop_nest(ast) if ahead is None else ahead[0]
     nest_shape = nest.shape
-    name = kernel_name(ast, nest_shape)
+    name = kernel_name(ast, nest_shape) if ahead is None else ahead[1]
     _check_32_bit_indexes(name, buffer_dtypes, sizes, nest_shape)
 
     def compile_heuristic():
         # a loop, not a recursive closure: a closure that refers to itself is a reference cycle holding the AST
         capabilities = backend.capabilities
+        lowered = ahead[2] if ahead is not None else None
         while True:
-            program = _lowered(ast, buffer_dtypes, name, capabilities)
+            program = lowered or _lowered(ast, buffer_dtypes, name, capabilities)
+            lowered = None
             verify(program)  # once per compiled kernel (lowered or read from the disk cache): the IR's rules
             if config.DEBUG >= 4:
                 print(f"--- linear IR of {name}\n{program.dump()}")
@@ -415,6 +418,52 @@ def get_kernel(ast, buffer_dtypes: tuple, device: str, sizes: tuple, aliased: fr
     entry = CompiledEntry(kernel, flops, nbytes, device, kernel.program.variables)
     _kernel_cache[key] = entry
     return entry
+
+
+# --- compiling a plan's new kernels together ------------------------------------------------------
+# A backend that compiles several kernels at once (LLVM's worker processes) gets a plan's new kernels before the
+# first is launched; get_kernel then takes the programs lowered here (by its own cache key) instead of lowering them
+# again, and the backend the object code its workers made.
+_lowered_ahead: dict = {}  # get_kernel's key -> (loop nest, kernel name, program), for the plan being run
+
+
+def _compile_ahead(steps: list, nodes: list, externals: list) -> None:
+    """Lower the kernels of `steps` not compiled yet and hand them to their backend's `compile_ahead` at once.
+    The buffers each launch will get are foreseen from the nodes (a node's buffer has its dtype and size; an
+    assign writes its target's). A guess that misses costs a wasted compile, never a wrong kernel: get_kernel
+    looks everything up by its own key and the backend by the source. A kernel that cannot be lowered is left to
+    get_kernel, which raises its error in launch order."""
+    if config.SEARCH or _forced_options is not None:
+        return
+    batches: dict = {}  # device -> programs
+    _lowered_ahead.clear()
+    for step in steps:
+        if step.entry is not None or step.kind is not _KERNEL_ITEM:
+            continue
+        outputs = [nodes[i] for i in step.outputs]
+        device = outputs[0].device
+        backend = backend_for(device)
+        if 0 in outputs[0].shape:
+            continue
+        inputs = [nodes[i] if i >= 0 else externals[-1 - i] for i in step.inputs]
+        targets = [out.arg if out.op is _ASSIGN else out for out in outputs]
+        # what each launch slot will hold: a realized node's buffer, else the buffer the node will get
+        buffers = [n if n.buffer is None else n.buffer for n in (*targets, *inputs)]
+        dtypes = tuple(n.dtype for n in (*targets, *inputs))
+        key = (step.ast.structure(), dtypes, device, aliased_arguments(buffers))
+        if key in _kernel_cache or key in _lowered_ahead:
+            continue
+        try:
+            nest = build_loop_nest(step.ast)
+            name = kernel_name(step.ast, nest.shape)
+            _check_32_bit_indexes(name, dtypes, tuple(n.size for n in (*targets, *inputs)), nest.shape)
+            program = _lowered(step.ast, dtypes, name, backend.capabilities)
+        except Exception:  # noqa: BLE001 (get_kernel lowers it again and raises the error at its launch)
+            continue
+        _lowered_ahead[key] = (nest, name, program)
+        batches.setdefault(device, []).append(dataclasses.replace(program, aliased=key[3]) if key[3] else program)
+    for device, programs in batches.items():
+        backend_for(device).compile_ahead(programs)
 
 
 # while set (by `forced_options`): (kernel name, LoopNest) -> KernelOptions that replace the heuristics' choice,
@@ -560,6 +609,9 @@ def run_plan(steps: list, nodes: list, externals: list, items: list | None = Non
         for observer in OBSERVERS:
             observer.schedule(items)
     start = time.perf_counter() if _profiles else 0.0
+    ahead = any(step.entry is None for step in steps)
+    if ahead:
+        _compile_ahead(steps, nodes, externals)
     buffer_op = Op.BUFFER  # read once: an Enum class attribute is slow to read in Python 3.11
     for number, step in enumerate(steps):
         positions = step.outputs
@@ -572,6 +624,8 @@ def run_plan(steps: list, nodes: list, externals: list, items: list | None = Non
                 if out.op is not _CONST:
                     out.arg = None
                 out.op = buffer_op
+    if ahead:
+        _lowered_ahead.clear()  # a guess no launch took (its nest and program are not kept)
     if _profiles:
         _note_event("schedule", f"schedule ({len(steps)} items)", "host", start, {"items": len(steps)})
 
