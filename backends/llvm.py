@@ -861,6 +861,8 @@ class CompilePool:
         return reply[1] if reply is not None and reply[0] == 0 else None
 
     def close(self):
+        if os.getpid() != self.pid:
+            return  # a forked child exiting: the workers are its parent's
         for w in self.workers:
             w.close()
         for w in self.workers:

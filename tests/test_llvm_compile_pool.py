@@ -101,9 +101,22 @@ def test_a_dead_worker_costs_a_warning_not_a_kernel(llvm, pool):
     assert pool.result(source) is None
 
 
-def test_a_forked_child_does_not_use_its_parents_workers(pool, monkeypatch):
-    monkeypatch.setattr(pool, "pid", os.getpid() + 1)  # as seen from a child forked after the pool started
-    assert not pool.usable(100)
+def test_a_forked_child_neither_uses_nor_stops_its_parents_workers(pool):
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # the child: report what it sees, close the pool as its exit would, and leave at once
+        usable = pool.usable(100)
+        pool.close()
+        os.write(write, b"1" if usable else b"0")
+        os._exit(0)
+    os.close(write)
+    assert os.read(read, 1) == b"0", "a forked child would write into its parent's pipes"
+    os.waitpid(child, 0)
+    os.close(read)
+    assert all(w.process.poll() is None for w in pool.workers), "the child's exit stopped its parent's workers"
+    source = compiled_sources(1)[0]
+    pool.submit(source)
+    assert pool.result(source) is not None
 
 
 def test_replies_nobody_asks_for_are_dropped(pool):
