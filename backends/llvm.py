@@ -1093,17 +1093,26 @@ class LLVMKernel:
         return launch
 
     def __call__(self, buffers: list, wait: bool = False, values: tuple = ()):
-        """One launch (an eager step's): a kernel that runs on the calling thread alone (and is not being timed)
-        is called directly, without building a launcher first."""
-        if (
-            self.candidate
-            and self.backend.threads > 1
-            and (self.alone_seconds is None or self.splits(EAGER_PARALLEL_MIN_SECONDS))
-        ):
-            return self.bind(buffers, values, EAGER_PARALLEL_MIN_SECONDS)(wait)
+        """One launch (an eager step's), without building a launcher (`bind`'s closures cost more than a small
+        kernel): called directly on the calling thread, timed alone over a candidate's first launches, or shared
+        with the pool's workers once timed long enough (EAGER_PARALLEL_MIN_SECONDS)."""
         address = self.backend.address
-        start = time.perf_counter() if wait else 0.0
-        self.fn(*[address(b) for b in buffers], *values, 0, self.outer)
+        ptrs = [address(b) for b in buffers]
+        if values:
+            ptrs += values
+        start = time.perf_counter()
+        if self.candidate and self.backend.threads > 1 and self.outer > 1:
+            alone = self.alone_seconds
+            if alone is None:
+                self.fn(*ptrs, 0, self.outer)
+                self._note_alone(time.perf_counter() - start)
+                return time.perf_counter() - start if wait else None
+            if alone >= EAGER_PARALLEL_MIN_SECONDS:
+                args = (ctypes.c_int64 * max(1, len(ptrs)))(*ptrs)  # 8-byte slots (<name>_task reads them)
+                pieces = min(self.outer, min(self.backend.threads, self.outer) * PIECES_PER_THREAD)
+                if self.backend.native_pool().run(self.task, ctypes.addressof(args), self.outer, pieces):
+                    return time.perf_counter() - start if wait else None
+        self.fn(*ptrs, 0, self.outer)
         return time.perf_counter() - start if wait else None
 
 
