@@ -505,12 +505,17 @@ class PlanStep:
     found (a plan kept its ASTs' KernelOps, views and tuples alive for the garbage collector to walk): when the
     compiled kernels must be looked up again (`forced_options`, a replaced kernel cache), the plans are dropped."""
 
-    __slots__ = ("kind", "outputs", "inputs", "ast", "reason", "entry", "var_vals")
+    __slots__ = ("kind", "outputs", "inputs", "ast", "reason", "entry", "var_vals", "sizes", "empty")
 
-    def __init__(self, kind, outputs: tuple, inputs: tuple, ast, reason: str, var_vals: dict | None = None):
+    def __init__(
+        self, kind, outputs: tuple, inputs: tuple, ast, reason: str, var_vals: dict | None = None, sizes: tuple = ()
+    ):
         self.kind, self.outputs, self.inputs, self.ast, self.reason = kind, outputs, inputs, ast, reason
         self.entry = None
         self.var_vals = var_vals or {}  # the Variables' values of the graph this plan was made for
+        # the outputs' element counts: the structure fixes every shape, so they are counted once, not per launch
+        self.sizes = sizes
+        self.empty = 0 in sizes  # a kernel with no elements to compute (launched as zero-size buffers only)
 
 
 # The schedules of graphs seen before, by structure (Scheduler.structure's key). A training loop without @jit
@@ -536,6 +541,7 @@ def _plan(items: list, nodes: list, externals: list) -> list:
             item.ast,
             item.reason,
             item.var_vals,
+            tuple(o.size for o in item.outputs),
         )
         for item in items
     ]
@@ -582,14 +588,18 @@ def _run_step(step: PlanStep, outputs: list, inputs: list, item: ScheduleItem | 
     if kind is not _KERNEL_ITEM:
         _run_transfer(kind, node, inputs)
         return
-    if 0 in node.shape:
+    sizes = step.sizes
+    if step.empty:
         for out in outputs:
             out.buffer = Buffer(out.device, 0, out.dtype)
         return
     if len(outputs) == 1:  # (most kernels: no comprehensions, each a call in Python 3.11)
-        buffers = [node.arg.buffer if node.op is _ASSIGN else Buffer(node.device, node.size, node.dtype)]
+        buffers = [node.arg.buffer if node.op is _ASSIGN else Buffer(node.device, sizes[0], node.dtype)]
     else:
-        buffers = [out.arg.buffer if out.op is _ASSIGN else Buffer(out.device, out.size, out.dtype) for out in outputs]
+        buffers = [
+            out.arg.buffer if out.op is _ASSIGN else Buffer(out.device, size, out.dtype)
+            for out, size in zip(outputs, sizes)
+        ]
     for b in inputs:
         buffers.append(b.buffer)
     entry = step.entry
