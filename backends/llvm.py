@@ -1123,8 +1123,11 @@ PARALLEL_MIN_OPERATIONS = 200_000
 PARALLEL_MIN_SECONDS = 50e-6
 # the same for a launch from an eager step: the Python between its launches outlasts a worker's spin, so a split
 # launch mostly finds the workers asleep and wakes them (~0.1 ms of 16 eager MLP launches, 1.86 -> 1.96-2.03 ms a
-# step, with 50 us here)
+# step, with 50 us here; measured again with the native pool: the MLP's kernels 0.28 -> 0.80 ms a step)
 EAGER_PARALLEL_MIN_SECONDS = 300e-6
+# ... unless the workers are spinning (a split launch just before left them awake): then an eager launch costs what a
+# replayed one does, and splits from the JIT's threshold (a ResNet-18 eager step runs ~24 kernels of 50-300 us)
+EAGER_SPINNING_PARALLEL_MIN_SECONDS = PARALLEL_MIN_SECONDS
 # the least of these launches counts: the first runs with cold caches, and any may be preempted
 TIMED_LAUNCHES = 3
 # pieces of a split kernel's outer loop per thread, claimed one at a time
@@ -1238,17 +1241,31 @@ class LLVMKernel:
         return launch
 
     def __call__(self, buffers: list, wait: bool = False, values: tuple = ()):
-        """One launch (an eager step's): a kernel that runs on the calling thread alone (and is not being timed)
-        is called directly, without building a launcher first."""
-        if (
-            self.candidate
-            and self.backend.threads > 1
-            and (self.alone_seconds is None or self.splits(EAGER_PARALLEL_MIN_SECONDS))
-        ):
-            return self.bind(buffers, values, EAGER_PARALLEL_MIN_SECONDS)(wait)
+        """One launch (an eager step's), without building a launcher (`bind`'s closures cost more than a small
+        kernel): called directly on the calling thread, timed alone over a candidate's first launches, or shared
+        with the pool's workers once timed long enough (EAGER_PARALLEL_MIN_SECONDS)."""
         address = self.backend.address
-        start = time.perf_counter() if wait else 0.0
-        self.fn(*[address(b) for b in buffers], *values, 0, self.outer)
+        ptrs = [address(b) for b in buffers]
+        if values:
+            ptrs += values
+        if not (self.candidate or wait):  # (most launches: a small kernel, untimed)
+            self.fn(*ptrs, 0, self.outer)
+            return None
+        start = time.perf_counter()
+        if self.candidate and self.backend.threads > 1 and self.outer > 1:
+            alone = self.alone_seconds
+            if alone is None:
+                self.fn(*ptrs, 0, self.outer)
+                self._note_alone(time.perf_counter() - start)
+                return time.perf_counter() - start if wait else None
+            if alone >= EAGER_PARALLEL_MIN_SECONDS or (
+                alone >= EAGER_SPINNING_PARALLEL_MIN_SECONDS and self.backend.workers_spinning()
+            ):
+                args = (ctypes.c_int64 * max(1, len(ptrs)))(*ptrs)  # 8-byte slots (<name>_task reads them)
+                pieces = min(self.outer, min(self.backend.threads, self.outer) * PIECES_PER_THREAD)
+                if self.backend.native_pool().run(self.task, ctypes.addressof(args), self.outer, pieces):
+                    return time.perf_counter() - start if wait else None
+        self.fn(*ptrs, 0, self.outer)
         return time.perf_counter() - start if wait else None
 
 
@@ -1268,6 +1285,12 @@ class LLVMBackend(HostMemory):
         self._compile_pool = CompilePool(self.compiler.cpu, self.compiler.features, config.COMPILE_WORKERS)
         self._found_ahead: dict = {}
         self._addresses: dict = {}  # id(handle) -> (weak reference to it, address of its first byte)
+
+    def workers_spinning(self) -> bool:
+        """Whether the pool's workers are spinning (started, none asleep): a launch shared with them now costs a few
+        microseconds, where one that must wake them costs more than a short kernel gains."""
+        pool = self._pool
+        return pool is not None and bool(pool.wakeups) and not pool.sleepers.value
 
     def native_pool(self) -> NativePool:
         if self._pool is None:

@@ -709,7 +709,10 @@ class OpenCLKernel:
         return (event.profile.end - event.profile.start) * 1e-9
 
     def __call__(self, buffers: list, wait: bool = False, values: tuple = ()) -> float | None:
-        self.kernel.set_args(*buffers, *[np.int32(v) for v in values])
+        if values:
+            self.kernel.set_args(*buffers, *[np.int32(v) for v in values])
+        else:  # (most launches: no list of values built and unpacked)
+            self.kernel.set_args(*buffers)
         return self._launch(self.kernel, wait)
 
     def bind(self, buffers: list, values: tuple = ()):

@@ -554,12 +554,17 @@ class PlanStep:
     found (a plan kept its ASTs' KernelOps, views and tuples alive for the garbage collector to walk): when the
     compiled kernels must be looked up again (`forced_options`, a replaced kernel cache), the plans are dropped."""
 
-    __slots__ = ("kind", "outputs", "inputs", "ast", "reason", "entry", "var_vals")
+    __slots__ = ("kind", "outputs", "inputs", "ast", "reason", "entry", "var_vals", "sizes", "empty")
 
-    def __init__(self, kind, outputs: tuple, inputs: tuple, ast, reason: str, var_vals: dict | None = None):
+    def __init__(
+        self, kind, outputs: tuple, inputs: tuple, ast, reason: str, var_vals: dict | None = None, sizes: tuple = ()
+    ):
         self.kind, self.outputs, self.inputs, self.ast, self.reason = kind, outputs, inputs, ast, reason
         self.entry = None
         self.var_vals = var_vals or {}  # the Variables' values of the graph this plan was made for
+        # the outputs' element counts: the structure fixes every shape, so they are counted once, not per launch
+        self.sizes = sizes
+        self.empty = 0 in sizes  # a kernel with no elements to compute (launched as zero-size buffers only)
 
 
 # The schedules of graphs seen before, by structure (Scheduler.structure's key). A training loop without @jit
@@ -585,6 +590,7 @@ def _plan(items: list, nodes: list, externals: list) -> list:
             item.ast,
             item.reason,
             item.var_vals,
+            tuple(o.size for o in item.outputs),
         )
         for item in items
     ]
@@ -613,7 +619,27 @@ def run_plan(steps: list, nodes: list, externals: list, items: list | None = Non
     if ahead:
         _compile_ahead(steps, nodes, externals)
     buffer_op = Op.BUFFER  # read once: an Enum class attribute is slow to read in Python 3.11
+    # nothing watches (no profile, capture, observer or DEBUG): a kernel of one output, already compiled, without
+    # run-time sizes, launches here directly (most launches of a reused plan), without _run_step's checks and lists
+    plain = not (_profiles or CAPTURES or OBSERVERS or config.DEBUG >= 1)
+    kernel_item = _KERNEL_ITEM
     for number, step in enumerate(steps):
+        entry = step.entry
+        if plain and entry is not None and step.kind is kernel_item and len(step.outputs) == 1:
+            if not (entry.variables or step.empty):
+                node = nodes[step.outputs[0]]
+                buffer = node.arg.buffer if node.op is _ASSIGN else Buffer(node.device, step.sizes[0], node.dtype)
+                handles = [buffer.handle]
+                for i in step.inputs:
+                    handles.append((nodes[i] if i >= 0 else externals[-1 - i]).buffer.handle)
+                entry.kernel(handles)
+                node.buffer = buffer
+                node.srcs = ()  # a realized base no longer needs what it was computed from
+                if node.op is not buffer_op:
+                    if node.op is not _CONST:
+                        node.arg = None
+                    node.op = buffer_op
+                continue
         positions = step.outputs
         outputs = [nodes[positions[0]]] if len(positions) == 1 else [nodes[i] for i in positions]
         inputs = [nodes[i] if i >= 0 else externals[-1 - i] for i in step.inputs]
@@ -636,14 +662,18 @@ def _run_step(step: PlanStep, outputs: list, inputs: list, item: ScheduleItem | 
     if kind is not _KERNEL_ITEM:
         _run_transfer(kind, node, inputs)
         return
-    if 0 in node.shape:
+    sizes = step.sizes
+    if step.empty:
         for out in outputs:
             out.buffer = Buffer(out.device, 0, out.dtype)
         return
     if len(outputs) == 1:  # (most kernels: no comprehensions, each a call in Python 3.11)
-        buffers = [node.arg.buffer if node.op is _ASSIGN else Buffer(node.device, node.size, node.dtype)]
+        buffers = [node.arg.buffer if node.op is _ASSIGN else Buffer(node.device, sizes[0], node.dtype)]
     else:
-        buffers = [out.arg.buffer if out.op is _ASSIGN else Buffer(out.device, out.size, out.dtype) for out in outputs]
+        buffers = [
+            out.arg.buffer if out.op is _ASSIGN else Buffer(out.device, size, out.dtype)
+            for out, size in zip(outputs, sizes)
+        ]
     for b in inputs:
         buffers.append(b.buffer)
     entry = step.entry

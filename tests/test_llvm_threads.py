@@ -60,6 +60,7 @@ def split_from(monkeypatch, seconds: float) -> None:
     """Split every candidate that ran at least `seconds` alone, in eager launches and JIT replays alike."""
     monkeypatch.setattr(llvm_backend, "PARALLEL_MIN_SECONDS", seconds)
     monkeypatch.setattr(llvm_backend, "EAGER_PARALLEL_MIN_SECONDS", seconds)
+    monkeypatch.setattr(llvm_backend, "EAGER_SPINNING_PARALLEL_MIN_SECONDS", seconds)
 
 
 def test_a_big_vectorized_kernel_is_split_once_timed_and_a_tiny_one_never(llvm, monkeypatch):
@@ -93,11 +94,25 @@ def test_a_jit_replay_splits_kernels_that_an_eager_launch_runs_alone(llvm, monke
     values = np.random.default_rng(3).standard_normal((1001, 160)).astype(np.float32)
     monkeypatch.setattr(llvm_backend, "PARALLEL_MIN_SECONDS", 0.0)
     monkeypatch.setattr(llvm_backend, "EAGER_PARALLEL_MIN_SECONDS", 1e9)
+    monkeypatch.setattr(llvm, "workers_spinning", lambda: False)
     assert launches_with_threads(llvm, monkeypatch, 2, softmax_exp, values) == 0
     x = lazygrad.Tensor(values, device="llvm")
     replayed = lazygrad.jit(lambda t: (t - t.max(-1, keepdim=True).values).exp())
     shared = sum(run_with_threads(llvm, monkeypatch, 2, lambda: replayed(x).numpy())[1] for _ in range(4))
     assert shared >= 1
+
+
+def test_an_eager_launch_splits_a_shorter_kernel_only_while_the_workers_spin(llvm, monkeypatch):
+    """Waking sleeping workers costs more than a short kernel gains; sharing it with spinning ones does not."""
+    values = np.random.default_rng(4).standard_normal((1001, 160)).astype(np.float32)
+    monkeypatch.setattr(llvm_backend, "EAGER_PARALLEL_MIN_SECONDS", 1e9)  # no kernel is long enough to wake them
+    monkeypatch.setattr(llvm_backend, "EAGER_SPINNING_PARALLEL_MIN_SECONDS", 0.0)
+    monkeypatch.setattr(llvm, "workers_spinning", lambda: False)
+    alone = launches_with_threads(llvm, monkeypatch, 2, softmax_exp, values)
+    monkeypatch.setattr(llvm, "workers_spinning", lambda: True)
+    result, shared = run_with_threads(llvm, monkeypatch, 2, softmax_exp, values)
+    assert (alone, shared >= 1) == (0, True)
+    np.testing.assert_array_equal(result, run_with_threads(llvm, monkeypatch, 1, softmax_exp, values)[0])
 
 
 def test_two_python_threads_launching_split_kernels_at_once_get_the_values_of_one(llvm, monkeypatch):
