@@ -340,6 +340,45 @@ def _composite(c, g):
     return backward(g)
 
 
+# matmul of one dtype and the same batch dims (tensor_ops.nn._matmul_same_batch): recorded as one op, its gradient
+# the nodes that differentiating its primitives one by one makes (reshape, sum, mul, expand, reshape, permute)
+MATMUL = "matmul"
+
+
+def matmul_nodes(x: LazyBuffer, y: LazyBuffer) -> tuple:
+    """The product of x (..., n, k) @ y (..., k, m) before its reduce: x as (..., n, 1, k) and y transposed as
+    (..., 1, m, k), each expanded to (..., n, m, k), and their elementwise product (the nodes of matmul's general
+    path: unsqueeze, transpose, unsqueeze and a broadcasting mul)."""
+    nd = len(x.shape)
+    swap = tuple(range(nd - 2)) + (nd - 1, nd - 2)
+    left = x.reshape(x.shape[:-1] + (1,) + x.shape[-1:])
+    right = y.permute(swap)
+    right = right.reshape(right.shape[:-2] + (1,) + right.shape[-2:])
+    full = x.shape[:-1] + (y.shape[-1], x.shape[-1])
+    left, right = left.expand(full), right.expand(full)
+    return left, right, LazyBuffer.elementwise(Op.MUL, (left, right))
+
+
+def _matmul(c, g):
+    a, b = c.inputs
+    if _grad_enabled[-1]:  # create_graph: the gradient as differentiable matmuls
+        return (g.matmul(b.mT) if a.requires_grad else None), (a.mT.matmul(g) if b.requires_grad else None)
+    x, y = a._lazydata, b._lazydata
+    nd = len(x.shape)
+    left, right, _ = matmul_nodes(x, y)
+    spread = g._lazydata.reshape(g.shape + (1,)).expand(left.shape)  # the gradient of the reduce over k
+    tensor = type(g)
+    grad_a = grad_b = None
+    if a.requires_grad:  # summed over the m copies of x, back to x's shape
+        node = LazyBuffer.elementwise(Op.MUL, (spread, right))
+        grad_a = tensor._wrap(node.reduce(Op.SUM, (nd - 1,)).reshape(x.shape))
+    if b.requires_grad:  # summed over the n copies of y's transpose, back to y's shape
+        node = LazyBuffer.elementwise(Op.MUL, (spread, left)).reduce(Op.SUM, (nd - 2,))
+        transposed = node.reshape(node.shape[:-3] + node.shape[-2:])
+        grad_b = tensor._wrap(transposed.permute(tuple(range(nd - 2)) + (nd - 1, nd - 2)))
+    return grad_a, grad_b
+
+
 # effects
 def _identity(c, g):
     return (g,)
@@ -376,6 +415,7 @@ RULES = {
     Op.CONTIGUOUS: _identity,
     Op.COPY: _copy,
     COMPOSITE: _composite,
+    MATMUL: _matmul,
 }
 
 

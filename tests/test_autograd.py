@@ -171,11 +171,54 @@ def test_movement_gradients(op):
 
 @pytest.mark.parametrize(
     "shapes",
-    [((4,), (4,)), ((3, 4), (4,)), ((4,), (4, 5)), ((3, 4), (4, 5)), ((2, 3, 4), (4, 5)), ((2, 1, 3, 4), (5, 4, 2))],
+    [
+        ((4,), (4,)),
+        ((3, 4), (4,)),
+        ((4,), (4, 5)),
+        ((3, 4), (4, 5)),
+        ((2, 3, 4), (4, 5)),
+        ((2, 1, 3, 4), (5, 4, 2)),
+        ((2, 3, 4), (2, 4, 5)),  # the same batch dims: recorded as one op (tensor_ops.nn._matmul_same_batch)
+        ((3, 1), (1, 5)),
+    ],
     ids=str,
 )
 def test_matmul_gradients(shapes):
     check_grad(lambda a, b: a @ b, rand(*shapes[0], seed=1), rand(*shapes[1], seed=2))
+
+
+def test_matmul_of_one_batch_is_one_recorded_op_with_the_general_paths_kernels(monkeypatch):
+    # the same-batch path builds the nodes of the general path (unsqueeze, transpose, broadcasting mul, sum) itself
+    # and differentiates them in one rule: the same kernels, values and gradients as the general path
+    def run():
+        a, b = Tensor(rand(2, 3, 4, seed=1), requires_grad=True), Tensor(rand(2, 4, 5, seed=2), requires_grad=True)
+        out = a @ b
+        op = out._ctx.op
+        out.pow(2).sum().backward()
+        with lazygrad.profile() as p:
+            lazygrad.realize(out, a.grad, b.grad)
+        return op, sorted(k.name for k in p.launches), [t.numpy() for t in (out, a.grad, b.grad)]
+
+    op, kernels, values = run()
+    monkeypatch.setattr(Tensor, "_matmul_same_batch", lambda self, other: None)
+    general_op, general_kernels, general_values = run()
+    assert op == "matmul" and general_op != "matmul"
+    assert kernels == general_kernels
+    for ours, general in zip(values, general_values):
+        np.testing.assert_allclose(ours, general, rtol=1e-6, atol=1e-6)
+
+
+def test_second_derivative_through_matmul_matches_torch():
+    a_data, b_data = rand(3, 4, seed=1), rand(4, 2, seed=2)
+    a, b = Tensor(a_data, requires_grad=True), Tensor(b_data, requires_grad=True)
+    ta, tb = torch.tensor(a_data, requires_grad=True), torch.tensor(b_data, requires_grad=True)
+    (g,) = lazygrad.grad((a @ b).pow(2).sum(), a, create_graph=True)
+    (tg,) = torch.autograd.grad((ta @ tb).pow(2).sum(), ta, create_graph=True)
+    assert_same(g, tg, GRAD_RTOL, GRAD_ATOL)
+    (g * g).sum().backward()
+    (tg * tg).sum().backward()
+    assert_same(a.grad, ta.grad, GRAD_RTOL, GRAD_ATOL)
+    assert_same(b.grad, tb.grad, GRAD_RTOL, GRAD_ATOL)
 
 
 def test_matmul_gradients_of_views():

@@ -9,6 +9,8 @@ from lazygrad import autograd
 from lazygrad import dtype as dt
 from lazygrad.codegen import layout
 from lazygrad.ops import Op
+from lazygrad.shape import symbolic_dims
+from lazygrad.symbolic import VARIABLES_MADE
 
 if TYPE_CHECKING:
     from lazygrad.tensor import Tensor
@@ -46,6 +48,9 @@ class NNOps:
 
     def matmul(self, other: Tensor) -> Tensor:
         a, b = self, other if isinstance(other, Tensor) else Tensor(other, device=self.device)
+        out = a._matmul_same_batch(b)
+        if out is not None:
+            return out
         if a.ndim == 0 or b.ndim == 0:
             raise RuntimeError(f"both arguments to matmul need to be at least 1D, but they are {a.ndim}D and {b.ndim}D")
         a2 = a.unsqueeze(0) if a.ndim == 1 else a
@@ -67,6 +72,29 @@ class NNOps:
         if b.ndim == 1:
             out = out.squeeze(-1)
         return out
+
+    def _matmul_same_batch(self, other: Tensor) -> Tensor | None:
+        """matmul of two float tensors of one dtype, >= 2 dims and the same batch dims (a layer's product, and each
+        product of its gradient): the very nodes the general path below makes (the same kernels), built on graph
+        nodes and recorded as one op (autograd.matmul_grads), where the general path makes eight tensors, each with
+        its promotion, broadcasting and autograd record. None where it does not apply (the general path then)."""
+        x, y = self._lazydata, other._lazydata
+        shape_x, shape_y = x.shape, y.shape
+        nd = len(shape_x)
+        if (
+            nd < 2
+            or len(shape_y) != nd
+            or x.dtype is not y.dtype
+            or not x.dtype.is_float
+            or shape_x[-1] != shape_y[-2]
+            or shape_x[:-2] != shape_y[:-2]
+            or (x.device is not y.device and x.device != y.device)
+            or (VARIABLES_MADE[0] and (symbolic_dims(shape_x) or symbolic_dims(shape_y)))
+        ):
+            return None
+        _, _, product = autograd.matmul_nodes(x, y)
+        out = Tensor._wrap(product.reduce(Op.SUM, (nd,)).reshape(shape_x[:-1] + shape_y[-1:]))
+        return Tensor._record(out, autograd.MATMUL, (self, other), None)
 
     def mm(self, other):
         return self.matmul(other)
