@@ -365,7 +365,9 @@ def _matmul(c, g):
         return (g.matmul(b.mT) if a.requires_grad else None), (a.mT.matmul(g) if b.requires_grad else None)
     x, y = a._lazydata, b._lazydata
     nd = len(x.shape)
-    left, right, _ = matmul_nodes(x, y)
+    # the expanded operands of the forward product (c.arg), made again only if an input's node is another now
+    # (an input updated in place since: c.inputs is then its value as it was, see _resolve_versions)
+    left, right = c.arg[2:] if c.arg[0] is x and c.arg[1] is y else matmul_nodes(x, y)[:2]
     spread = g._lazydata.reshape(g.shape + (1,)).expand(left.shape)  # the gradient of the reduce over k
     tensor = type(g)
     grad_a = grad_b = None

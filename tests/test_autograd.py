@@ -380,6 +380,27 @@ def test_relu_gradient_at_zero_is_zero():
     check_grad(lambda a: a.relu(), np.array([-1.0, 0.0, 1.0], dtype=np.float32))
 
 
+def test_relu_builds_the_nodes_of_its_composition():
+    # relu builds where(x <= 0, 0, x)'s nodes itself (no tensor per step of the composition): the same kernels,
+    # values and gradients as the composition it stands for, NaN and the kink included
+    data = np.array([-1.0, 0.0, -0.0, 2.0, np.nan, np.inf, -np.inf], dtype=np.float32)
+
+    def run(fn):
+        x = Tensor(data, requires_grad=True)
+        out = fn(x)
+        (out * Tensor(np.arange(7, dtype=np.float32))).sum().backward()
+        with lazygrad.profile() as p:
+            lazygrad.realize(out, x.grad)
+        return sorted(k.name for k in p.launches), out.numpy(), x.grad.numpy()
+
+    kernels, out, grad = run(lambda x: x.relu())
+    composed_kernels, composed_out, composed_grad = run(lambda x: x.le(0)._select(x.zeros_like(), x))
+    assert kernels == composed_kernels
+    np.testing.assert_array_equal(out, composed_out)
+    np.testing.assert_array_equal(grad, composed_grad)
+    np.testing.assert_array_equal(grad, [0, 0, 0, 3, 4, 5, 0])  # torch's: 0 at the kink, passed through NaN
+
+
 def test_abs_and_clamp_gradients_at_the_kinks():
     data = np.array([-1.0, 0.0, 1.0, 0.5], dtype=np.float32)
     check_grad(lambda a: a.abs(), data)

@@ -92,9 +92,9 @@ class NNOps:
             or (VARIABLES_MADE[0] and (symbolic_dims(shape_x) or symbolic_dims(shape_y)))
         ):
             return None
-        _, _, product = autograd.matmul_nodes(x, y)
+        left, right, product = autograd.matmul_nodes(x, y)
         out = Tensor._wrap(product.reduce(Op.SUM, (nd,)).reshape(shape_x[:-1] + shape_y[-1:]))
-        return Tensor._record(out, autograd.MATMUL, (self, other), None)
+        return Tensor._record(out, autograd.MATMUL, (self, other), (x, y, left, right))
 
     def mm(self, other):
         return self.matmul(other)
