@@ -246,6 +246,13 @@ def window_transpose(g, input_shape: tuple, kernel: tuple, stride: tuple, dilati
     return tensor._composite("window_transpose", (g,), forward, backward)
 
 
+def col2im(g: LazyBuffer, spatial: tuple, kernel: tuple, stride: tuple, dilation: tuple, crop: tuple = ()):
+    """window_transpose's value as a graph node, where no gradient of it is wanted: g a node of shape
+    (..., *outs, *kernel), `spatial` the windowed input's last dims."""
+    crop = tuple(crop) or tuple((0, size) for size in spatial)
+    return _col2im(g, tuple(spatial), tuple(kernel), tuple(stride), tuple(dilation), crop)
+
+
 def _col2im(g, spatial: tuple, kernel: tuple, stride: tuple, dilation: tuple, crop: tuple):
     """window_transpose's value, on graph nodes (g a LazyBuffer of shape (..., *outs, *kernel), `spatial` the
     windowed input's last dims)."""

@@ -289,6 +289,27 @@ def test_max_pool2d_gradient_with_ties_goes_to_the_first_maximum_as_in_torch(cas
     check_grad(lambda x: x.max_pool2d(**case) if isinstance(x, Tensor) else F.max_pool2d(x, **case), x)
 
 
+@pytest.mark.parametrize("case", [dict(kernel_size=3, stride=2, padding=1), dict(kernel_size=2)], ids=str)
+def test_max_pool2d_gradient_on_nodes_is_the_tensor_ops_gradient(case):
+    # without create_graph, max_pool2d's backward builds its nodes directly (tensor_ops.nn._max_pool_spread); with
+    # it, the same formula runs as tensor ops: the same kernels and values, ties and NaN included
+    data = np.maximum(rand(1, 2, 7, 6, seed=5), 0).round(1)
+    data[0, 1, 1, 2] = np.nan
+
+    def gradient(create_graph):
+        x = Tensor(data, requires_grad=True)
+        weights = Tensor(rand(*x.max_pool2d(**case).shape, seed=6))
+        (g,) = lazygrad.grad((x.max_pool2d(**case) * weights).sum(), x, create_graph=create_graph)
+        with lazygrad.profile() as p:
+            g.realize()
+        return sorted(k.name for k in p.launches), g.numpy()
+
+    kernels, grad = gradient(False)
+    tensor_kernels, tensor_grad = gradient(True)
+    assert kernels == tensor_kernels
+    np.testing.assert_array_equal(grad, tensor_grad)
+
+
 def test_gradient_of_a_small_mlp():
     def mlp(x, w1, b1, w2):
         h = (x @ w1 + b1).relu()

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from lazygrad import autograd
 from lazygrad import dtype as dt
 from lazygrad.codegen import layout
+from lazygrad.graph import LazyBuffer
 from lazygrad.ops import Op
 from lazygrad.shape import symbolic_dims
 from lazygrad.symbolic import VARIABLES_MADE
@@ -337,13 +338,17 @@ class NNOps:
             # found by a reduce over the window; then back to the input positions (col2im). The windows and maxima
             # are forward's (no gradient flows through the choice, under create_graph too)
             win, best = saved[0]
-            best = best.unsqueeze(-1).unsqueeze(-1)
-            hit = (win == best) | (win != win)
             rank = Tensor._index_constant(k[0] * k[1], 0, -1, dt.float32, self.device, k)
-            first = hit._select(rank, 0.0).amax((-2, -1), keepdim=True)  # the rank of the first hit
-            spread = (rank == first)._select(grad.unsqueeze(-1).unsqueeze(-1), 0.0)
             padded = tuple(size + 2 * pad + e for size, pad, e in zip(x_in.shape[-2:], p, extra))
             crop = tuple(zip(p, x_in.shape[-2:]))  # the padding's positions get no gradient
+            if not autograd.is_grad_enabled():  # (no gradient of the gradient: the same nodes, without tensors)
+                spread = _max_pool_spread(win._lazydata, best._lazydata, rank._lazydata, grad._lazydata)
+                input_hw = (*x_in.shape[:-2], *padded)[-2:]
+                return (Tensor._wrap(autograd.col2im(spread, input_hw, k, s, d, crop)),)
+            best = best.unsqueeze(-1).unsqueeze(-1)
+            hit = (win == best) | (win != win)
+            first = hit._select(rank, 0.0).amax((-2, -1), keepdim=True)  # the rank of the first hit
+            spread = (rank == first)._select(grad.unsqueeze(-1).unsqueeze(-1), 0.0)
             return (autograd.window_transpose(spread, (*x_in.shape[:-2], *padded), k, s, d, crop),)
 
         out = Tensor._composite("max_pool2d", (x_in,), forward, backward)
@@ -488,6 +493,28 @@ class NNOps:
         # output projection after it is an ordinary product (reading through the transpose, it ran 4x slower)
         merged = (weights.permute(0, 2, 1, 3).unsqueeze(-1) * value.unsqueeze(1)).sum(3)
         return merged.permute(0, 2, 1, 3)
+
+
+def _max_pool_spread(win, best, rank, grad):
+    """max_pool2d's gradient before col2im, on graph nodes: each window's gradient at its first maximal element (a
+    NaN counts as one), zero elsewhere. The very nodes that the tensor ops of max_pool2d's backward make
+    (`(win == best) | (win != win)`, the first hit's rank by a where and a max, then a where of the gradient), call
+    for call, so that the kernels are the same; without a tensor, promotion and broadcasting per op (a pooling
+    layer's backward made ~19 tensors every step)."""
+    full = win.shape
+    lead = (1,) * (len(full) - len(rank.shape))
+    best = best.reshape(best.shape + (1,)).reshape(best.shape + (1, 1))
+    true = LazyBuffer.const(True, full, dt.bool_, win.device)
+    equal = LazyBuffer.elementwise(Op.XOR, (LazyBuffer.elementwise(Op.CMPNE, (win, best.expand(full))), true))
+    hit = LazyBuffer.elementwise(Op.OR, (equal, LazyBuffer.elementwise(Op.CMPNE, (win, win))))
+    zero_ranks = LazyBuffer.const(0.0, rank.shape, rank.dtype, rank.device).broadcast(lead + rank.shape, full)
+    ranks = LazyBuffer.elementwise(Op.WHERE, (hit, rank.broadcast(lead + rank.shape, full), zero_ranks))
+    first = ranks.reduce(Op.RMAX, (len(full) - 2, len(full) - 1))  # the rank of the first hit
+    chosen = LazyBuffer.elementwise(Op.CMPNE, (rank.broadcast(lead + rank.shape, full), first.expand(full)))
+    chosen = LazyBuffer.elementwise(Op.XOR, (chosen, true))
+    grad = grad.reshape(grad.shape + (1,)).reshape(grad.shape + (1, 1))
+    zero = LazyBuffer.const(0.0, grad.shape, grad.dtype, grad.device).expand(full)
+    return LazyBuffer.elementwise(Op.WHERE, (chosen, grad.expand(full), zero))
 
 
 def _conv2d_input_grad(grad: Tensor, weight: Tensor, input_hw: tuple, stride, padding, dilation, groups) -> Tensor:
