@@ -737,6 +737,44 @@ def test_cross_entropy_gradient_and_its_derivative_match_torch_with_an_ignored_t
     assert_same(x.grad, tx.grad, GRAD_RTOL, GRAD_ATOL)
 
 
+def test_mean_cross_entropy_on_nodes_is_its_tensor_ops(monkeypatch):
+    # the averaged class cross-entropy of (N, C) logits builds its forward and gradient nodes directly
+    # (nn.functional._mean_class_nll_nodes): the same kernels, loss and gradient as its tensor ops
+    data, labels = rand(4, 5, seed=3), np.array([1, -100, 4, 1])
+
+    def run():
+        x = Tensor(data, requires_grad=True)
+        loss = lazygrad.nn.functional.cross_entropy(x, Tensor(labels))
+        loss.backward()
+        with lazygrad.profile() as p:
+            lazygrad.realize(loss, x.grad)
+        return sorted(k.name for k in p.launches), loss.numpy(), x.grad.numpy()
+
+    kernels, loss, grad = run()
+    monkeypatch.setattr(lazygrad.nn.functional, "_class_nll_on_nodes", lambda *args: False)
+    tensor_kernels, tensor_loss, tensor_grad = run()
+    assert kernels == tensor_kernels
+    np.testing.assert_array_equal(loss, tensor_loss)
+    np.testing.assert_array_equal(grad, tensor_grad)
+
+
+def test_log_softmax_without_a_record_is_the_recorded_ones_nodes():
+    # log_softmax that records no gradient builds its nodes directly (tensor_ops.reduce.log_softmax_nodes): the
+    # same kernels and values as the recorded tensor ops
+    data = rand(3, 6, seed=7)
+
+    def run(requires_grad):
+        out = Tensor(data, requires_grad=requires_grad).log_softmax(-1)
+        with lazygrad.profile() as p:
+            out.realize()
+        return sorted(k.name for k in p.launches), out.numpy()
+
+    kernels, values = run(False)
+    recorded_kernels, recorded_values = run(True)
+    assert kernels == recorded_kernels
+    np.testing.assert_array_equal(values, recorded_values)
+
+
 def _padded_conv(x, w, stride):
     return lazygrad.nn.functional.conv2d(x, w, stride=stride, padding=1)
 

@@ -3,9 +3,12 @@ implementation of each op, in lazygrad.tensor_ops); batch norm and the losses ar
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 import lazygrad
+from lazygrad.graph import LazyBuffer
 from lazygrad.nn.losses import (  # noqa: F401
     _REDUCTIONS,
     _reduce,
@@ -32,6 +35,7 @@ from lazygrad.nn.resample import (  # noqa: F401
     upsample_bilinear,
     upsample_nearest,
 )
+from lazygrad.ops import Op
 from lazygrad.tensor import Tensor
 from lazygrad.tensor_ops.bounds import check_indices
 
@@ -261,10 +265,13 @@ def _class_cross_entropy(input: Tensor, target: Tensor, ignore_index: int, reduc
     where the target is ignored. Differentiating its log_softmax and masked sum built twice the tensors."""
     _check_class_targets(input, target)
     saved: list = []
+    on_nodes = _class_nll_on_nodes(input, target, reduction)
 
     def forward() -> Tensor:
         log_probs = input.log_softmax(1)
         check_indices(target, input.shape[1], "cross_entropy", 1, negative=False, ignore=ignore_index)
+        if on_nodes:
+            return _mean_class_nll_nodes(log_probs, target, ignore_index, saved)
         valid = (target != ignore_index).cast(log_probs.dtype).unsqueeze(1)  # (see _weighted_nll)
         picked = _class_mask(target, log_probs) * valid
         weight_sum = picked.sum()
@@ -276,10 +283,51 @@ def _class_cross_entropy(input: Tensor, target: Tensor, ignore_index: int, reduc
         log_probs, valid, picked, weight_sum = saved
         if lazygrad.is_grad_enabled():  # create_graph: the saved log-probabilities carry no graph
             log_probs = input.log_softmax(1)
+        elif on_nodes and grad.dtype is weight_sum.dtype:
+            return (_mean_class_nll_grad_nodes(grad, log_probs, valid, picked, weight_sum),)
         scale = grad / weight_sum if reduction == "mean" else grad.unsqueeze(1) if reduction == "none" else grad
         return ((log_probs.exp() * valid - picked) * scale,)
 
     return Tensor._composite("cross_entropy", (input,), forward, backward)
+
+
+def _class_nll_on_nodes(input: Tensor, target: Tensor, reduction: str) -> bool:
+    """Whether _class_cross_entropy builds its nodes directly (_mean_class_nll_nodes): a classifier's loss, (N, C)
+    logits and int64 classes, averaged."""
+    return reduction == "mean" and input.ndim == 2 and input.dtype.is_float and target.dtype is lazygrad.int64
+
+
+def _mean_class_nll_nodes(log_probs: Tensor, target: Tensor, ignore_index: int, saved: list) -> Tensor:
+    """_class_cross_entropy's forward after log_softmax, for (N, C) log-probabilities, int64 targets and the mean:
+    the nodes its tensor ops make, call for call (the valid rows, the one-hot mask, the picked log-probabilities),
+    without a tensor, promotion and broadcasting per op; saves what backward reads, as the tensor ops do."""
+    node, labels = log_probs._lazydata, target._lazydata
+    (n, classes), dtype, device = node.shape, node.dtype, node.device
+    listed = LazyBuffer.elementwise(Op.CMPNE, (labels, LazyBuffer.const(ignore_index, (n,), labels.dtype, device)))
+    valid = LazyBuffer.elementwise(Op.CAST, (listed,), dtype, dtype).reshape((n, 1))
+    class_index = Tensor._index_constant(0, classes, 1, labels.dtype, device, (1, classes))._lazydata
+    other = LazyBuffer.elementwise(
+        Op.CMPNE, (labels.reshape((n, 1)).expand((n, classes)), class_index.expand((n, classes)))
+    )
+    one_hot = LazyBuffer.elementwise(Op.XOR, (other, LazyBuffer.const(True, (n, classes), lazygrad.bool, device)))
+    one_hot = LazyBuffer.elementwise(Op.CAST, (one_hot,), dtype, dtype)
+    picked = Tensor._wrap(LazyBuffer.elementwise(Op.MUL, (one_hot, valid.expand((n, classes)))))
+    weight_sum = picked.sum()
+    saved.extend((log_probs, Tensor._wrap(valid), picked, weight_sum))
+    nll = LazyBuffer.elementwise(Op.MUL, (node, picked._lazydata)).reduce(Op.SUM, (1,)).reshape((n,))
+    return Tensor._wrap(LazyBuffer.elementwise(Op.NEG, (nll,))).sum() / weight_sum
+
+
+def _mean_class_nll_grad_nodes(grad: Tensor, log_probs: Tensor, valid: Tensor, picked: Tensor, weight_sum: Tensor):
+    """(softmax - one_hot) * valid * grad / weight_sum, the mean class cross-entropy's input gradient, on nodes:
+    the nodes of `(log_probs.exp() * valid - picked) * (grad / weight_sum)`, call for call."""
+    node = log_probs._lazydata
+    shape, dtype, device = node.shape, node.dtype, node.device
+    scale = LazyBuffer.elementwise(Op.MUL, (grad._lazydata, LazyBuffer.elementwise(Op.RECIP, (weight_sum._lazydata,))))
+    scaled = LazyBuffer.elementwise(Op.MUL, (node, LazyBuffer.const(1 / math.log(2), shape, dtype, device)))
+    probs = LazyBuffer.elementwise(Op.MUL, (LazyBuffer.elementwise(Op.EXP2, (scaled,)), valid._lazydata.expand(shape)))
+    diff = LazyBuffer.elementwise(Op.ADD, (probs, LazyBuffer.elementwise(Op.NEG, (picked._lazydata,))))
+    return Tensor._wrap(LazyBuffer.elementwise(Op.MUL, (diff, scale.broadcast((1,) * len(shape), shape))))
 
 
 def _check_class_targets(input: Tensor, target: Tensor) -> None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from collections import namedtuple
 from typing import TYPE_CHECKING
 
 from lazygrad import autograd
 from lazygrad import dtype as dt
 from lazygrad.codegen import layout
+from lazygrad.graph import LazyBuffer
 from lazygrad.ops import Op
 from lazygrad.shape import describe_symbolic, prod, symbolic_dims
 from lazygrad.symbolic import Node
@@ -17,6 +19,21 @@ if TYPE_CHECKING:
 # at run time `Tensor` is the finished class, bound in by lazygrad.tensor (tensor_ops.bind_tensor_class)
 
 MaxMin = namedtuple("MaxMin", ["values", "indices"])
+
+
+def log_softmax_nodes(x: LazyBuffer, axis: int) -> LazyBuffer:
+    """log_softmax of a float node over one of its several axes, on graph nodes: the nodes that ReduceOps.log_softmax
+    makes with tensor ops, call for call (x - max, then minus log(sum(exp))), for callers that record no gradient."""
+    shape, axes = x.shape, (axis,)
+    peak = x.reduce(Op.RMAX, axes).expand(shape)
+    shifted = LazyBuffer.elementwise(Op.ADD, (x, LazyBuffer.elementwise(Op.NEG, (peak,))))
+    scaled = LazyBuffer.elementwise(Op.MUL, (shifted, LazyBuffer.const(1 / math.log(2), shape, x.dtype, x.device)))
+    total = LazyBuffer.elementwise(Op.EXP2, (scaled,)).reduce(Op.SUM, axes)
+    log_total = LazyBuffer.elementwise(Op.LOG2, (total,))
+    log_total = LazyBuffer.elementwise(
+        Op.MUL, (log_total, LazyBuffer.const(math.log(2), total.shape, x.dtype, x.device))
+    )
+    return LazyBuffer.elementwise(Op.ADD, (shifted, LazyBuffer.elementwise(Op.NEG, (log_total.expand(shape),))))
 
 
 class ReduceOps:
@@ -204,6 +221,9 @@ class ReduceOps:
         x = self.cast(dtype) if dtype is not None else self._float()
         if x.numel() == 0:  # nothing to normalize (amax of an empty dim would raise): the empty result
             return x * 1
+        if x.ndim > 1 and not (x.requires_grad and autograd.is_grad_enabled()) and not symbolic_dims(x.shape):
+            # nothing recorded (a composite's forward, no_grad): the same nodes, without a tensor per op
+            return Tensor._wrap(log_softmax_nodes(x._lazydata, x._dim(dim)))
         shifted = x - x.amax(dim, keepdim=True).detach()
         return shifted - shifted.exp().sum(dim, keepdim=True).log()
 
