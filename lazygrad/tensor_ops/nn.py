@@ -12,6 +12,7 @@ from lazygrad.graph import LazyBuffer
 from lazygrad.ops import Op
 from lazygrad.shape import symbolic_dims
 from lazygrad.symbolic import VARIABLES_MADE
+from lazygrad.tensor_ops.elementwise import _broadcast_shape
 
 if TYPE_CHECKING:
     from lazygrad.tensor import Tensor
@@ -144,11 +145,7 @@ class NNOps:
 
     def _pool(self, kernel: tuple, stride: tuple, dilation: tuple) -> Tensor:
         """Sliding windows as a view: (..., *spatial) -> (..., *out_spatial, *kernel). Never a copy."""
-        n_sp = len(kernel)
-        spatial = self.shape[-n_sp:]
-        out = [(i - d * (k - 1) - 1) // s + 1 for i, k, s, d in zip(spatial, kernel, stride, dilation)]
-        if any(o <= 0 for o in out):
-            raise RuntimeError(f"kernel {kernel} with dilation {dilation} is larger than the input {spatial}")
+        _check_windows(self.shape[-len(kernel) :], kernel, stride, dilation)
         return self._movement(Op.WINDOW, (tuple(kernel), tuple(stride), tuple(dilation)))
 
     def conv2d(
@@ -196,6 +193,8 @@ class NNOps:
         columns = []  # the window columns, when forward copies them out; the weight gradient reuses them
 
         def forward() -> Tensor:
+            if _conv_forward_on_nodes(x_in, w_in):
+                return Tensor._wrap(forward_nodes())
             win = windows_of(x_in)
             oh, ow = win.shape[3:5]
             chosen = layout.conv_layout(x_in.device, ow, cout_g, _is_plain_buffer(w_in), stride[1] > 1)
@@ -212,6 +211,27 @@ class NNOps:
             else:
                 out = (win.unsqueeze(2) * w_in.reshape(1, g, cout_g, cin_g, 1, 1, kh, kw)).sum((3, 6, 7))
             return out.reshape(n, cout, oh, ow)
+
+        def forward_nodes() -> LazyBuffer:
+            # forward's nodes, call for call as its tensor ops make them, without a tensor per op (never recorded)
+            win = x_in._lazydata.pad(((0, 0), (0, 0), (padding[0], padding[0]), (padding[1], padding[1])))
+            _check_windows(win.shape[2:], (kh, kw), stride, dilation)
+            win = win.window(((kh, kw), stride, dilation))
+            win = win.reshape((n, g, cin_g, *win.shape[2:]))
+            oh, ow = win.shape[3:5]
+            weight = w_in._lazydata
+            chosen = layout.conv_layout(x_in.device, ow, cout_g, _is_plain_buffer(w_in), stride[1] > 1)
+            if chosen is layout.ConvLayout.COLUMNS:
+                cols = win.permute((0, 1, 3, 4, 2, 5, 6)).contiguous()
+                columns.append(Tensor._wrap(cols))
+                cols = cols.reshape(cols.shape[:2] + (1,) + cols.shape[2:])
+                out = _product_sum(cols, weight.reshape((1, g, cout_g, 1, 1, cin_g, kh, kw)), (5, 6, 7))
+            else:
+                if chosen is layout.ConvLayout.CHANNEL_LAST_WEIGHT:
+                    weight = weight.permute((1, 2, 3, 0)).contiguous().permute((3, 0, 1, 2))
+                win = win.reshape(win.shape[:2] + (1,) + win.shape[2:])
+                out = _product_sum(win, weight.reshape((1, g, cout_g, cin_g, 1, 1, kh, kw)), (3, 6, 7))
+            return out.reshape((n, cout, oh, ow))
 
         def backward(grad: Tensor) -> tuple:
             # the gradient as two convolutions (what PyTorch does too), rather than the autograd of the
@@ -493,6 +513,26 @@ class NNOps:
         # output projection after it is an ordinary product (reading through the transpose, it ran 4x slower)
         merged = (weights.permute(0, 2, 1, 3).unsqueeze(-1) * value.unsqueeze(1)).sum(3)
         return merged.permute(0, 2, 1, 3)
+
+
+def _conv_forward_on_nodes(x: Tensor, weight: Tensor) -> bool:
+    """Whether conv2d's forward builds its nodes directly (one float dtype, no symbolic size)."""
+    return x.dtype is weight.dtype and x.dtype.is_float and not symbolic_dims(x.shape)
+
+
+def _check_windows(spatial: tuple, kernel: tuple, stride: tuple, dilation: tuple) -> None:
+    """Sliding windows of `kernel` fit at least once into `spatial`."""
+    out = [(i - d * (k - 1) - 1) // s + 1 for i, k, s, d in zip(spatial, kernel, stride, dilation)]
+    if any(o <= 0 for o in out):
+        raise RuntimeError(f"kernel {kernel} with dilation {dilation} is larger than the input {spatial}")
+
+
+def _product_sum(x: LazyBuffer, y: LazyBuffer, axes: tuple) -> LazyBuffer:
+    """(x * y).sum(axes) for two float nodes of one dtype and rank that broadcast against each other: the nodes the
+    tensor ops make (each operand expanded, their product, the reduce, the reduced dims dropped)."""
+    shape = _broadcast_shape(x.shape, y.shape)
+    product = LazyBuffer.elementwise(Op.MUL, (x.expand(shape), y.expand(shape)))
+    return product.reduce(Op.SUM, axes).reshape(tuple(size for i, size in enumerate(shape) if i not in axes))
 
 
 def _max_pool_spread(win, best, rank, grad):
