@@ -775,32 +775,36 @@ def test_log_softmax_without_a_record_is_the_recorded_ones_nodes():
     np.testing.assert_array_equal(values, recorded_values)
 
 
-def test_conv2d_forward_on_nodes_is_its_tensor_ops_in_every_layout(monkeypatch):
-    # conv2d's forward builds its nodes directly (tensor_ops.nn: forward_nodes), in each of codegen.layout's three
-    # layouts: the same kernels and values as its tensor ops
+def test_conv2d_on_nodes_is_its_tensor_ops_in_every_layout(monkeypatch):
+    # conv2d's forward and (without create_graph) its gradients build their nodes directly (tensor_ops.nn), in each
+    # of codegen.layout's layouts: the same kernels, values and gradients as its tensor ops
     from lazygrad.codegen import layout
     from lazygrad.tensor_ops import nn as nn_ops
 
     full, _ = layout._lanes(Tensor([1.0]).lazydata.device)  # (float32 lanes, and half of them)
     # columns (output rows no half-vector divides), a channel-last weight (strided, output channels a whole
-    # vector), windows (output rows whole vectors)
+    # vector), windows (output rows whole vectors); input gradients over channels, over pixels and transposed
     cases = [
         ((1, 2, 5, 5), (3, 2, 3, 3), 1, 0),
         ((1, 2, 2 * full, 2 * full), (full, 2, 3, 3), 2, 1),
         ((1, 2, full, full), (3, 2, 3, 3), 1, 1),
+        ((1, 2, 2, max(full // 2, 1)), (3, 2, 3, 3), 1, 1),
     ]
     chosen = []
-    choose = layout.conv_layout
-    monkeypatch.setattr(layout, "conv_layout", lambda *args: chosen.append(choose(*args)) or chosen[-1])
+    for name in ("conv_layout", "conv_input_grad_layout"):
+        choose = getattr(layout, name)
+        monkeypatch.setattr(layout, name, lambda *args, choose=choose: chosen.append(choose(*args)) or chosen[-1])
 
     def run():
         outputs = []
         for x_shape, w_shape, stride, padding in cases:
-            x, w = Tensor(rand(*x_shape, seed=1)), Tensor(rand(*w_shape, seed=2))
+            x = Tensor(rand(*x_shape, seed=1), requires_grad=True)
+            w = Tensor(rand(*w_shape, seed=2), requires_grad=True)
             out = lazygrad.nn.functional.conv2d(x, w, stride=stride, padding=padding)
+            (out * Tensor(rand(*out.shape, seed=3))).sum().backward()
             with lazygrad.profile() as p:
-                out.realize()
-            outputs.append((sorted(k.name for k in p.launches), out.numpy()))
+                lazygrad.realize(out, x.grad, w.grad)
+            outputs.append((sorted(k.name for k in p.launches), [t.numpy() for t in (out, x.grad, w.grad)]))
         return outputs
 
     on_nodes = run()
@@ -808,9 +812,10 @@ def test_conv2d_forward_on_nodes_is_its_tensor_ops_in_every_layout(monkeypatch):
     monkeypatch.setattr(nn_ops, "_conv_forward_on_nodes", lambda *args: False)
     for (kernels, values), (tensor_kernels, tensor_values) in zip(on_nodes, run()):
         assert kernels == tensor_kernels
-        np.testing.assert_array_equal(values, tensor_values)
+        for ours, theirs in zip(values, tensor_values):
+            np.testing.assert_array_equal(ours, theirs)
     if layout.vector_width(Tensor([1.0]).lazydata.device) > 1:  # (a device without lanes has one layout)
-        assert layouts == set(layout.ConvLayout)
+        assert layouts == set(layout.ConvLayout) | set(layout.InputGradLayout)
 
 
 def _padded_conv(x, w, stride):

@@ -10,7 +10,7 @@ from lazygrad import dtype as dt
 from lazygrad.codegen import layout
 from lazygrad.graph import LazyBuffer
 from lazygrad.ops import Op
-from lazygrad.shape import symbolic_dims
+from lazygrad.shape import max_prod, symbolic_dims
 from lazygrad.symbolic import VARIABLES_MADE
 from lazygrad.tensor_ops.elementwise import _broadcast_shape
 
@@ -190,6 +190,12 @@ class NNOps:
             win = x._pool((kh, kw), stride, dilation)
             return win.reshape(n, g, cin_g, *win.shape[2:])
 
+        def window_nodes() -> LazyBuffer:  # windows_of(x_in), on nodes
+            win = x_in._lazydata.pad(((0, 0), (0, 0), (padding[0], padding[0]), (padding[1], padding[1])))
+            _check_windows(win.shape[2:], (kh, kw), stride, dilation)
+            win = win.window(((kh, kw), stride, dilation))
+            return win.reshape((n, g, cin_g, *win.shape[2:]))
+
         columns = []  # the window columns, when forward copies them out; the weight gradient reuses them
 
         def forward() -> Tensor:
@@ -214,10 +220,7 @@ class NNOps:
 
         def forward_nodes() -> LazyBuffer:
             # forward's nodes, call for call as its tensor ops make them, without a tensor per op (never recorded)
-            win = x_in._lazydata.pad(((0, 0), (0, 0), (padding[0], padding[0]), (padding[1], padding[1])))
-            _check_windows(win.shape[2:], (kh, kw), stride, dilation)
-            win = win.window(((kh, kw), stride, dilation))
-            win = win.reshape((n, g, cin_g, *win.shape[2:]))
+            win = window_nodes()
             oh, ow = win.shape[3:5]
             weight = w_in._lazydata
             chosen = layout.conv_layout(x_in.device, ow, cout_g, _is_plain_buffer(w_in), stride[1] > 1)
@@ -242,6 +245,9 @@ class NNOps:
                 grad_x = _conv2d_input_grad(grad, w_in, (h, w), stride, padding, dilation, groups)
             # partial sums over `parts` slices of the batch, then their sum (codegen.layout says why)
             parts = layout.weight_grad_batch_parts(grad.device, n, (cout_g * g, cin_g * kh * kw), n * oh * ow)
+            if w_in.requires_grad and not autograd.is_grad_enabled() and _conv_forward_on_nodes(x_in, w_in):
+                if grad.dtype is x_in.dtype:
+                    return grad_x, Tensor._wrap(weight_grad_nodes(grad._lazydata, parts))
             if w_in.requires_grad and columns and not autograd.is_grad_enabled():
                 # output lanes along cin_g*kh*kw, contiguous in both (the columns carry no graph: with
                 # create_graph the windows below keep the weight gradient differentiable in x)
@@ -262,6 +268,26 @@ class NNOps:
                 gg = grad.reshape(parts, n // parts, g, cout_g, 1, oh, ow, 1, 1)
                 grad_w = (gg * win).sum((1, 5, 6)).sum(0).reshape(cout, cin_g, kh, kw)
             return grad_x, grad_w
+
+        def weight_grad_nodes(grad: LazyBuffer, parts: int) -> LazyBuffer:
+            # backward's weight gradient on nodes, call for call as its tensor ops below make them (each branch)
+            oh, ow = grad.shape[2:]
+            if columns:
+                gg = grad.reshape((parts, n // parts, g, cout_g, oh, ow, 1, 1, 1))
+                cols = columns[0]._lazydata
+                cols = cols.reshape((parts, n // parts, *cols.shape[1:]))
+                cols = cols.reshape(cols.shape[:3] + (1,) + cols.shape[3:])
+                out = _sum_nodes(_product_sum(gg, cols, (1, 4, 5)), (0,))
+            elif g == 1 and layout.weight_grad_channel_last(x_in.device, stride, cout, max_prod(grad.shape)):
+                rows = grad.permute((0, 2, 3, 1)).contiguous().reshape((n, oh, ow, cout, 1, 1, 1))
+                out = _product_sum(rows, window_nodes().permute((0, 3, 4, 1, 2, 5, 6)), (0, 1, 2))
+            else:
+                win = window_nodes()
+                win = win.reshape(win.shape[:2] + (1,) + win.shape[2:])
+                win = win.reshape((parts, n // parts, *win.shape[1:]))
+                gg = grad.reshape((parts, n // parts, g, cout_g, 1, oh, ow, 1, 1))
+                out = _sum_nodes(_product_sum(gg, win, (1, 5, 6)), (0,))
+            return out.reshape((cout, cin_g, kh, kw))
 
         out = Tensor._composite("conv2d", (x_in, w_in), forward, backward)
         return out + bias.reshape(1, -1, 1, 1) if bias is not None else out
@@ -527,6 +553,11 @@ def _check_windows(spatial: tuple, kernel: tuple, stride: tuple, dilation: tuple
         raise RuntimeError(f"kernel {kernel} with dilation {dilation} is larger than the input {spatial}")
 
 
+def _sum_nodes(x: LazyBuffer, axes: tuple) -> LazyBuffer:
+    """x.sum(axes) of a float node over some (not all) of its axes: the reduce, the reduced dims dropped."""
+    return x.reduce(Op.SUM, axes).reshape(tuple(size for i, size in enumerate(x.shape) if i not in axes))
+
+
 def _product_sum(x: LazyBuffer, y: LazyBuffer, axes: tuple) -> LazyBuffer:
     """(x * y).sum(axes) for two float nodes of one dtype and rank that broadcast against each other: the nodes the
     tensor ops make (each operand expanded, their product, the reduce, the reduced dims dropped)."""
@@ -564,6 +595,24 @@ def _conv2d_input_grad(grad: Tensor, weight: Tensor, input_hw: tuple, stride, pa
     g = groups
     n, _, oh, ow = grad.shape
     chosen = layout.conv_input_grad_layout(grad.device, groups, input_hw[1], oh * ow, _is_plain_buffer(weight))
+    if (
+        chosen is not layout.InputGradLayout.TRANSPOSED_CONV
+        and not autograd.is_grad_enabled()
+        and grad.dtype is weight.dtype
+        and _conv_forward_on_nodes(grad, weight)
+    ):
+        # (no gradient of the gradient: the nodes of the tensor ops below, call for call, without tensors)
+        node, kernel = grad._lazydata, weight._lazydata
+        if chosen is layout.InputGradLayout.COLUMNS_OVER_PIXELS:
+            per_pixel = node.reshape((n, cout, 1, 1, 1, oh, ow))
+            cols = _product_sum(per_pixel, kernel.reshape((1, cout, cin_g, kh, kw, 1, 1)), (1,))
+            cols = cols.permute((0, 1, 4, 5, 2, 3))
+        else:
+            per_pixel = node.permute((0, 2, 3, 1)).reshape((n, oh, ow, cout, 1, 1, 1))
+            cols = _product_sum(per_pixel, kernel.reshape((1, 1, 1, cout, cin_g, kh, kw)), (3,))
+            cols = cols.permute((0, 3, 1, 2, 4, 5))
+        padded_hw = tuple(size + 2 * p for size, p in zip(input_hw, padding))
+        return Tensor._wrap(autograd.col2im(cols, padded_hw, (kh, kw), stride, dilation, tuple(zip(padding, input_hw))))
     if chosen is not layout.InputGradLayout.TRANSPOSED_CONV:
         # the gradient of the window columns is a matrix product along memory the weight holds contiguously,
         # then the columns go back to their input positions (col2im, one elementwise kernel)
