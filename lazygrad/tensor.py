@@ -425,6 +425,24 @@ class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps, MathOps
         self._refresh_views(before)
         return self
 
+    def _assign_node(self, lb: LazyBuffer) -> Tensor:
+        """assign() of a graph node already of this tensor's shape, dtype and device (an optimizer's update, built on
+        nodes), without assign()'s conversions of a value, which cost more than the rest for each parameter."""
+        target = self._lazydata
+        if (
+            lb.shape != target.shape
+            or lb.dtype is not target.dtype
+            or lb.device != target.device
+            or self._view_of is not None
+            or VARIABLES_MADE[0]
+        ):
+            return self.assign(Tensor._wrap(lb))
+        if lb is not target:
+            before = target if target._base is None else target._base
+            self._store(lb)
+            self._refresh_views(before)
+        return self
+
     def _assign_symbolic_view(self, value: Tensor) -> Tensor:
         """An assign into a view whose offset or size is a Variable's (`cache[:, :, pos:pos + 1].assign(k)`): the
         kernel stores through the view into the root's memory, writing only the view's elements (the general
