@@ -368,13 +368,21 @@ def matmul_nodes(x: LazyBuffer, y: LazyBuffer) -> tuple:
 
 def _matmul(c, g):
     a, b = c.inputs
+    transposed = c.arg[4]  # the product was with b's transpose (linear's x @ weight.T)
     if _grad_enabled[-1]:  # create_graph: the gradient as differentiable matmuls
-        return (g.matmul(b.mT) if a.requires_grad else None), (a.mT.matmul(g) if b.requires_grad else None)
-    x, y = a._lazydata, b._lazydata
+        right = b.mT if transposed else b
+        grad_a = g.matmul(right.mT) if a.requires_grad else None
+        grad_b = (g.mT.matmul(a) if transposed else a.mT.matmul(g)) if b.requires_grad else None
+        return grad_a, grad_b
+    x, w = a._lazydata, b._lazydata
     nd = len(x.shape)
+    swap = tuple(range(nd - 2)) + (nd - 1, nd - 2)
     # the expanded operands of the forward product (c.arg), made again only if an input's node is another now
     # (an input updated in place since: c.inputs is then its value as it was, see _resolve_versions)
-    left, right = c.arg[2:] if c.arg[0] is x and c.arg[1] is y else matmul_nodes(x, y)[:2]
+    if c.arg[0] is x and c.arg[1] is w:
+        left, right = c.arg[2:4]
+    else:
+        left, right = matmul_nodes(x, w.permute(swap) if transposed else w)[:2]
     spread = g._lazydata.reshape(g.shape + (1,)).expand(left.shape)  # the gradient of the reduce over k
     tensor = type(g)
     grad_a = grad_b = None
@@ -383,8 +391,8 @@ def _matmul(c, g):
         grad_a = tensor._wrap(node.reduce(Op.SUM, (nd - 1,)).reshape(x.shape))
     if b.requires_grad:  # summed over the n copies of y's transpose, back to y's shape
         node = LazyBuffer.elementwise(Op.MUL, (spread, left)).reduce(Op.SUM, (nd - 2,))
-        transposed = node.reshape(node.shape[:-3] + node.shape[-2:])
-        grad_b = tensor._wrap(transposed.permute(tuple(range(nd - 2)) + (nd - 1, nd - 2)))
+        node = node.reshape(node.shape[:-3] + node.shape[-2:]).permute(swap)
+        grad_b = tensor._wrap(node.permute(swap) if transposed else node)  # (as .T's own rule would turn it back)
     return grad_a, grad_b
 
 

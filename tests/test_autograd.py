@@ -208,15 +208,40 @@ def test_matmul_of_one_batch_is_one_recorded_op_with_the_general_paths_kernels(m
         np.testing.assert_allclose(ours, general, rtol=1e-6, atol=1e-6)
 
 
-def test_second_derivative_through_matmul_matches_torch():
-    a_data, b_data = rand(3, 4, seed=1), rand(4, 2, seed=2)
-    a, b = Tensor(a_data, requires_grad=True), Tensor(b_data, requires_grad=True)
-    ta, tb = torch.tensor(a_data, requires_grad=True), torch.tensor(b_data, requires_grad=True)
-    (g,) = lazygrad.grad((a @ b).pow(2).sum(), a, create_graph=True)
-    (tg,) = torch.autograd.grad((ta @ tb).pow(2).sum(), ta, create_graph=True)
+def test_linear_of_a_matrix_makes_the_kernels_of_its_product_with_the_transpose():
+    # linear over a matrix records x @ weight.T as one op without a tensor for the transpose: the same kernels,
+    # values and gradients as writing the product out
+    def run(fn):
+        x, w = Tensor(rand(3, 5, seed=1), requires_grad=True), Tensor(rand(4, 5, seed=2), requires_grad=True)
+        out = fn(x, w)
+        out.pow(2).sum().backward()
+        with lazygrad.profile() as p:
+            lazygrad.realize(out, x.grad, w.grad)
+        return sorted(k.name for k in p.launches), [t.numpy() for t in (out, x.grad, w.grad)]
+
+    kernels, values = run(lambda x, w: x.linear(w))
+    written_kernels, written_values = run(lambda x, w: x @ w.T)
+    assert kernels == written_kernels
+    for ours, written in zip(values, written_values):
+        np.testing.assert_array_equal(ours, written)
+
+
+@pytest.mark.parametrize("op", ["matmul", "linear"])
+def test_second_derivative_through_matmul_matches_torch(op):
+    if op == "linear":
+        data_a, data_b = rand(3, 4, seed=1), rand(2, 4, seed=2)
+        ours, theirs = (lambda a, b: a.linear(b)), F.linear
+    else:
+        data_a, data_b = rand(3, 4, seed=1), rand(4, 2, seed=2)
+        ours = theirs = lambda a, b: a @ b
+    a, b = Tensor(data_a, requires_grad=True), Tensor(data_b, requires_grad=True)
+    ta, tb = torch.tensor(data_a, requires_grad=True), torch.tensor(data_b, requires_grad=True)
+    g, h = lazygrad.grad(ours(a, b).pow(2).sum(), [a, b], create_graph=True)
+    tg, th = torch.autograd.grad(theirs(ta, tb).pow(2).sum(), [ta, tb], create_graph=True)
     assert_same(g, tg, GRAD_RTOL, GRAD_ATOL)
-    (g * g).sum().backward()
-    (tg * tg).sum().backward()
+    assert_same(h, th, GRAD_RTOL, GRAD_ATOL)
+    (g * g + (h * h).sum()).sum().backward()
+    (tg * tg + (th * th).sum()).sum().backward()
     assert_same(a.grad, ta.grad, GRAD_RTOL, GRAD_ATOL)
     assert_same(b.grad, tb.grad, GRAD_RTOL, GRAD_ATOL)
 
@@ -225,9 +250,10 @@ def test_matmul_gradients_of_views():
     check_grad(lambda a, b: a.T @ b[:, ::2], rand(4, 3, seed=1), rand(4, 6, seed=2))
 
 
+@pytest.mark.parametrize("input_shape", [(2, 3, 5), (3, 5)], ids=str)
 @pytest.mark.parametrize("bias", [True, False])
-def test_linear_gradients(bias):
-    arrays = [rand(2, 3, 5, seed=1), rand(4, 5, seed=2)] + ([rand(4, seed=3)] if bias else [])
+def test_linear_gradients(bias, input_shape):
+    arrays = [rand(*input_shape, seed=1), rand(4, 5, seed=2)] + ([rand(4, seed=3)] if bias else [])
     check_grad(lambda x, w, *b: x.linear(w, *b) if isinstance(x, Tensor) else F.linear(x, w, *b), *arrays)
 
 

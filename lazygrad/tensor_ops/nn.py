@@ -75,12 +75,18 @@ class NNOps:
             out = out.squeeze(-1)
         return out
 
-    def _matmul_same_batch(self, other: Tensor) -> Tensor | None:
+    def _matmul_same_batch(self, other: Tensor, transposed: bool = False) -> Tensor | None:
         """matmul of two float tensors of one dtype, >= 2 dims and the same batch dims (a layer's product, and each
         product of its gradient): the very nodes the general path below makes (the same kernels), built on graph
-        nodes and recorded as one op (autograd.matmul_grads), where the general path makes eight tensors, each with
-        its promotion, broadcasting and autograd record. None where it does not apply (the general path then)."""
+        nodes and recorded as one op (autograd.MATMUL), where the general path makes eight tensors, each with its
+        promotion, broadcasting and autograd record. `transposed`: the product with other's transpose, of two
+        matrices (linear's `x @ weight.T`: the transpose's node as `.T` makes it, without a tensor of its own). None
+        where it does not apply (the general path then)."""
         x, y = self._lazydata, other._lazydata
+        if transposed:
+            if len(x.shape) != 2 or len(y.shape) != 2:
+                return None
+            y = y.permute((1, 0))
         shape_x, shape_y = x.shape, y.shape
         nd = len(shape_x)
         if (
@@ -96,7 +102,7 @@ class NNOps:
             return None
         left, right, product = autograd.matmul_nodes(x, y)
         out = Tensor._wrap(product.reduce(Op.SUM, (nd,)).reshape(shape_x[:-1] + shape_y[-1:]))
-        return Tensor._record(out, autograd.MATMUL, (self, other), (x, y, left, right))
+        return Tensor._record(out, autograd.MATMUL, (self, other), (x, other._lazydata, left, right, transposed))
 
     def mm(self, other):
         return self.matmul(other)
@@ -110,7 +116,9 @@ class NNOps:
         elif self._transposes_weight(weight):
             out = self._linear_transposed_weight(weight)
         else:
-            out = self.matmul(weight.T)
+            out = self._matmul_same_batch(weight, transposed=True)
+            if out is None:
+                out = self.matmul(weight.T)
         return out + bias if bias is not None else out
 
     def _transposes_weight(self, weight: Tensor) -> bool:
