@@ -486,26 +486,29 @@ _MAX_CONST_VIEWS = 4096
 _REDUCED: dict = {}
 _MAX_REDUCED = 4096
 
-# (tracker, movement op, arg) -> the tracker it gives: a training loop moves the same few views every step
+# (id of a tracker, movement op, arg) -> (the tracker, the tracker the move gives): a training loop moves the same
+# few views every step. Keyed by id (a tracker's own hash is a Python call on every move); the entry holds the tracker,
+# so that its id is not reused while the entry exists
 _MOVES: dict = {}
 _MAX_MOVES = 65536
 
 
 def _moved(st: ShapeTracker, op: Op, arg) -> ShapeTracker:
-    key = (st, op, arg)
+    key = (id(st), op, arg)
     try:
-        moved = _MOVES.get(key)
+        entry = _MOVES.get(key)
     except TypeError:  # an arg that cannot be a key (a list inside): computed each time
         moved = getattr(st, op.value)(arg)
         return st if moved == st else moved
-    if moved is None:
+    if entry is None:
         moved = getattr(st, op.value)(arg)
         if moved == st:
             moved = st  # so that callers tell "no change" by identity
         if len(_MOVES) >= _MAX_MOVES:
             _MOVES.clear()
-        _MOVES[key] = moved
-    return moved
+        _MOVES[key] = (st, moved)
+        return moved
+    return entry[1]
 
 
 def const_key(value):
