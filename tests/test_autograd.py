@@ -844,6 +844,28 @@ def test_conv2d_on_nodes_is_its_tensor_ops_in_every_layout(monkeypatch):
         assert layouts == set(layout.ConvLayout) | set(layout.InputGradLayout)
 
 
+@pytest.mark.parametrize("shape", [(2, 3, 4, 4), (5, 3)], ids=str)
+def test_training_batch_norm_on_nodes_is_its_tensor_ops(monkeypatch, shape):
+    # training batch_norm builds its forward, running statistics and gradients as nodes directly
+    # (nn.functional._batch_norm_nodes): the same kernels, outputs, gradients and running statistics as its tensor ops
+    def run():
+        x = Tensor(rand(*shape, seed=1), requires_grad=True)
+        w, b = Tensor(rand(3, seed=2), requires_grad=True), Tensor(rand(3, seed=3), requires_grad=True)
+        mean, var = Tensor(rand(3, seed=4)).realize(), Tensor(rand(3, seed=5) + 3).realize()
+        out = lazygrad.nn.functional.batch_norm(x, mean, var, w, b, training=True, momentum=0.2)
+        (out * Tensor(rand(*shape, seed=6))).sum().backward()
+        with lazygrad.profile() as p:
+            lazygrad.realize(out, x.grad, w.grad, b.grad, mean, var)
+        return sorted(k.name for k in p.launches), [t.numpy() for t in (out, x.grad, w.grad, b.grad, mean, var)]
+
+    kernels, values = run()
+    monkeypatch.setattr(lazygrad.nn.functional, "_batch_norm_on_nodes", lambda *args: False)
+    tensor_kernels, tensor_values = run()
+    assert kernels == tensor_kernels
+    for ours, theirs in zip(values, tensor_values):
+        np.testing.assert_array_equal(ours, theirs)
+
+
 def _padded_conv(x, w, stride):
     return lazygrad.nn.functional.conv2d(x, w, stride=stride, padding=1)
 

@@ -36,6 +36,7 @@ from lazygrad.nn.resample import (  # noqa: F401
     upsample_nearest,
 )
 from lazygrad.ops import Op
+from lazygrad.shape import symbolic_dims
 from lazygrad.tensor import Tensor
 from lazygrad.tensor_ops.bounds import check_indices
 
@@ -126,6 +127,7 @@ def _batch_norm_training(input, running_mean, running_var, weight, bias, momentu
     channel_shape = (1, input.shape[1]) + (1,) * (input.ndim - 2)
     inputs = tuple(t for t in (input, weight, bias) if t is not None)
     saved: list = []
+    on_nodes = _batch_norm_on_nodes(input, running_mean, running_var, weight, bias, momentum)
 
     def statistics(x: Tensor, w: Tensor | None) -> tuple:
         mean = x.mean(reduce_dims, keepdim=True)
@@ -136,6 +138,8 @@ def _batch_norm_training(input, running_mean, running_var, weight, bias, momentu
         return mean, centered, var, invstd, scale
 
     def forward() -> Tensor:
+        if on_nodes:
+            return _batch_norm_nodes(input, running_mean, running_var, weight, bias, momentum, eps, count, saved)
         mean, centered, var, invstd, scale = statistics(input, weight)
         if running_mean is not None and running_var is not None:
             _update_running_stats(running_mean, running_var, mean, var, momentum, count)
@@ -148,6 +152,8 @@ def _batch_norm_training(input, running_mean, running_var, weight, bias, momentu
         # d input = scale * (g - sum(g) / count - xhat * sum(g * xhat) / count)
         if lazygrad.is_grad_enabled():  # create_graph: the saved values carry no graph, so they are made again
             _, centered, _, invstd, scale = statistics(input, weight)
+        elif on_nodes and grad.dtype is input.dtype:
+            return _batch_norm_grad_nodes(grad, input, weight, bias, count, *saved)
         else:
             centered, invstd, scale = saved
         grad_sum = grad.sum(reduce_dims, keepdim=True)
@@ -165,6 +171,81 @@ def _batch_norm_training(input, running_mean, running_var, weight, bias, momentu
         return tuple(grads)
 
     return Tensor._composite("batch_norm", inputs, forward, backward)
+
+
+def _batch_norm_on_nodes(input, running_mean, running_var, weight, bias, momentum) -> bool:
+    """Whether training batch_norm builds its nodes directly (_batch_norm_nodes): one float dtype for the input and
+    every tensor beside it, a Python number for the momentum."""
+    dtype = input.dtype
+    if not dtype.is_float or type(momentum) not in (int, float) or symbolic_dims(input.shape):
+        return False
+    return all(t is None or t.dtype is dtype for t in (running_mean, running_var, weight, bias))
+
+
+def _batch_norm_nodes(input, running_mean, running_var, weight, bias, momentum, eps, count: int, saved: list):
+    """Training batch_norm's forward (statistics, running statistics, output) on graph nodes: the nodes that its
+    tensor ops make, call for call (mean() as a sum times 1/count, x - mean as x + -mean, rsqrt as sqrt then
+    reciprocal), without a tensor, promotion and broadcasting per op (~40 tensors per layer and step otherwise).
+    Saves (centered, invstd, scale) as the tensor ops do."""
+    x = input._lazydata
+    shape, dtype, device = x.shape, x.dtype, x.device
+    axes, channels = (0, *range(2, len(shape))), shape[1]
+    channel_shape = (1, channels) + (1,) * (len(shape) - 2)
+
+    def times(node, number):  # node * number, the scalar a constant of node's shape
+        return LazyBuffer.elementwise(Op.MUL, (node, LazyBuffer.const(number, node.shape, dtype, device)))
+
+    mean = times(x.reduce(Op.SUM, axes), 1 / count)
+    centered = LazyBuffer.elementwise(Op.ADD, (x, LazyBuffer.elementwise(Op.NEG, (mean.expand(shape),))))
+    var = times(LazyBuffer.elementwise(Op.MUL, (centered, centered)).reduce(Op.SUM, axes), 1 / count)
+    shifted = LazyBuffer.elementwise(Op.ADD, (var, LazyBuffer.const(eps, var.shape, dtype, device)))
+    invstd = LazyBuffer.elementwise(Op.RECIP, (LazyBuffer.elementwise(Op.SQRT, (shifted,)),))
+    scale = invstd
+    if weight is not None:
+        scale = LazyBuffer.elementwise(Op.MUL, (invstd, weight._lazydata.reshape(channel_shape)))
+    if running_mean is not None and running_var is not None:  # as _update_running_stats
+        from lazygrad.nn.module import note_buffer_update
+
+        unbiased = times(var.reshape((channels,)), count / (count - 1))
+        for running, batch in ((running_mean, mean.reshape((channels,))), (running_var, unbiased)):
+            kept = times(running._lazydata, 1 - momentum)
+            running._assign_node(LazyBuffer.elementwise(Op.ADD, (kept, times(batch, momentum))))
+            note_buffer_update(running)
+    saved.extend(Tensor._wrap(node) for node in (centered, invstd, scale))
+    output = LazyBuffer.elementwise(Op.MUL, (centered, scale.expand(shape)))
+    if bias is not None:
+        output = LazyBuffer.elementwise(Op.ADD, (output, bias._lazydata.reshape(channel_shape).expand(shape)))
+    return Tensor._wrap(output)
+
+
+def _batch_norm_grad_nodes(grad, input, weight, bias, count: int, centered, invstd, scale) -> tuple:
+    """Training batch_norm's gradients on nodes (no gradient of the gradient wanted): the nodes of the composite's
+    backward tensor ops, call for call."""
+    g, centered, invstd, scale = grad._lazydata, centered._lazydata, invstd._lazydata, scale._lazydata
+    shape, dtype, device = g.shape, g.dtype, g.device
+    axes = (0, *range(2, len(shape)))
+
+    def times(node, number):
+        return LazyBuffer.elementwise(Op.MUL, (node, LazyBuffer.const(number, node.shape, dtype, device)))
+
+    grad_sum = g.reduce(Op.SUM, axes)
+    grad_xhat_sum = LazyBuffer.elementwise(Op.MUL, (g, centered)).reduce(Op.SUM, axes)
+    grad_xhat_sum = LazyBuffer.elementwise(Op.MUL, (grad_xhat_sum, invstd))
+    grads = []
+    if input.requires_grad:
+        inner = times(LazyBuffer.elementwise(Op.MUL, (invstd, grad_xhat_sum)), 1 / count)
+        correction = LazyBuffer.elementwise(Op.MUL, (centered, inner.expand(shape)))
+        mean_grad = times(grad_sum, 1 / count).expand(shape)
+        out = LazyBuffer.elementwise(Op.ADD, (g, LazyBuffer.elementwise(Op.NEG, (mean_grad,))))
+        out = LazyBuffer.elementwise(Op.ADD, (out, LazyBuffer.elementwise(Op.NEG, (correction,))))
+        grads.append(Tensor._wrap(LazyBuffer.elementwise(Op.MUL, (out, scale.expand(shape)))))
+    else:
+        grads.append(None)
+    if weight is not None:
+        grads.append(Tensor._wrap(grad_xhat_sum.reshape(weight.shape)) if weight.requires_grad else None)
+    if bias is not None:
+        grads.append(Tensor._wrap(grad_sum.reshape(bias.shape)) if bias.requires_grad else None)
+    return tuple(grads)
 
 
 def _update_running_stats(running_mean, running_var, mean, var, momentum, count: int) -> None:
