@@ -321,15 +321,16 @@ class LazyBuffer:
         frontend bug); only the calls between them go. Every tensor op of an eager step comes through here."""
         first, last = srcs[0], srcs[-1]
         shape = first.shape
-        if op.arity != len(srcs) or op not in ELEMENTWISE:
+        row = _ELEMENTWISE_ROWS.get(op)  # (arity, kinds, dtype rule): the op table's row, read once
+        if row is None or row[0] != len(srcs) or last.dtype.kind not in row[1]:
             return first.alu(op, *srcs[1:], arg=arg, dtype=dtype)  # (for its error)
         for s in srcs:
             if s.shape != shape:
                 return first.alu(op, *srcs[1:], arg=arg, dtype=dtype)
-        if last.dtype.kind not in op.kinds:
-            return first.alu(op, *srcs[1:], arg=arg, dtype=dtype)
         if dtype is None:
-            dtype = op.result_dtype(first.dtype, last.dtype, arg)
+            if row[2] is None:
+                return first.alu(op, *srcs[1:], arg=arg, dtype=dtype)  # (for its error)
+            dtype = row[2](first.dtype, last.dtype, arg)
         device = first.device
         key = (device, shape, dtype, op, tuple(map(id, srcs)), arg)
         try:
@@ -473,6 +474,9 @@ class LazyBuffer:
         node.write_view = st
         return node
 
+
+# an elementwise op's row of the op table as LazyBuffer.elementwise reads it: (arity, dtype kinds, result dtype rule)
+_ELEMENTWISE_ROWS = {op: (op.arity, op.kinds, op.dtype_rule.rule) for op in ELEMENTWISE}
 
 _ZEROS = (0,) * 64  # the starts of a shrink that changes nothing (no tensor has more dims)
 
