@@ -145,6 +145,16 @@ def _max(c, g):
 # ternary
 def _where(c, g):
     cond, x, y = c.inputs
+    node, condition = g._lazydata, cond._lazydata
+    if not _grad_enabled[-1] and condition.shape == node.shape:
+        # (no gradient of the gradient: the nodes of the selects below, directly; relu's gradient in every step)
+        zero = LazyBuffer.const(0, node.shape, node.dtype, node.device)
+        tensor = type(g)
+        return (
+            None,
+            (tensor._wrap(LazyBuffer.elementwise(Op.WHERE, (condition, node, zero))) if x.requires_grad else None),
+            (tensor._wrap(LazyBuffer.elementwise(Op.WHERE, (condition, zero, node))) if y.requires_grad else None),
+        )
     zero = g.zeros_like()
     return (
         None,
