@@ -145,6 +145,16 @@ def _max(c, g):
 # ternary
 def _where(c, g):
     cond, x, y = c.inputs
+    node, condition = g._lazydata, cond._lazydata
+    if not _grad_enabled[-1] and condition.shape == node.shape:
+        # (no gradient of the gradient: the nodes of the selects below, directly; relu's gradient in every step)
+        zero = LazyBuffer.const(0, node.shape, node.dtype, node.device)
+        tensor = type(g)
+        return (
+            None,
+            (tensor._wrap(LazyBuffer.elementwise(Op.WHERE, (condition, node, zero))) if x.requires_grad else None),
+            (tensor._wrap(LazyBuffer.elementwise(Op.WHERE, (condition, zero, node))) if y.requires_grad else None),
+        )
     zero = g.zeros_like()
     return (
         None,
@@ -246,6 +256,13 @@ def window_transpose(g, input_shape: tuple, kernel: tuple, stride: tuple, dilati
     return tensor._composite("window_transpose", (g,), forward, backward)
 
 
+def col2im(g: LazyBuffer, spatial: tuple, kernel: tuple, stride: tuple, dilation: tuple, crop: tuple = ()):
+    """window_transpose's value as a graph node, where no gradient of it is wanted: g a node of shape
+    (..., *outs, *kernel), `spatial` the windowed input's last dims."""
+    crop = tuple(crop) or tuple((0, size) for size in spatial)
+    return _col2im(g, tuple(spatial), tuple(kernel), tuple(stride), tuple(dilation), crop)
+
+
 def _col2im(g, spatial: tuple, kernel: tuple, stride: tuple, dilation: tuple, crop: tuple):
     """window_transpose's value, on graph nodes (g a LazyBuffer of shape (..., *outs, *kernel), `spatial` the
     windowed input's last dims)."""
@@ -340,6 +357,55 @@ def _composite(c, g):
     return backward(g)
 
 
+# matmul of one dtype and the same batch dims (tensor_ops.nn._matmul_same_batch): recorded as one op, its gradient
+# the nodes that differentiating its primitives one by one makes (reshape, sum, mul, expand, reshape, permute)
+MATMUL = "matmul"
+
+
+def matmul_nodes(x: LazyBuffer, y: LazyBuffer) -> tuple:
+    """The product of x (..., n, k) @ y (..., k, m) before its reduce: x as (..., n, 1, k) and y transposed as
+    (..., 1, m, k), each expanded to (..., n, m, k), and their elementwise product (the nodes of matmul's general
+    path: unsqueeze, transpose, unsqueeze and a broadcasting mul)."""
+    nd = len(x.shape)
+    swap = tuple(range(nd - 2)) + (nd - 1, nd - 2)
+    left = x.reshape(x.shape[:-1] + (1,) + x.shape[-1:])
+    right = y.permute(swap)
+    right = right.reshape(right.shape[:-2] + (1,) + right.shape[-2:])
+    full = x.shape[:-1] + (y.shape[-1], x.shape[-1])
+    left, right = left.expand(full), right.expand(full)
+    return left, right, LazyBuffer.elementwise(Op.MUL, (left, right))
+
+
+def _matmul(c, g):
+    a, b = c.inputs
+    transposed = c.arg[4]  # the product was with b's transpose (linear's x @ weight.T)
+    if _grad_enabled[-1]:  # create_graph: the gradient as differentiable matmuls
+        right = b.mT if transposed else b
+        grad_a = g.matmul(right.mT) if a.requires_grad else None
+        grad_b = (g.mT.matmul(a) if transposed else a.mT.matmul(g)) if b.requires_grad else None
+        return grad_a, grad_b
+    x, w = a._lazydata, b._lazydata
+    nd = len(x.shape)
+    swap = tuple(range(nd - 2)) + (nd - 1, nd - 2)
+    # the expanded operands of the forward product (c.arg), made again only if an input's node is another now
+    # (an input updated in place since: c.inputs is then its value as it was, see _resolve_versions)
+    if c.arg[0] is x and c.arg[1] is w:
+        left, right = c.arg[2:4]
+    else:
+        left, right = matmul_nodes(x, w.permute(swap) if transposed else w)[:2]
+    spread = g._lazydata.reshape(g.shape + (1,)).expand(left.shape)  # the gradient of the reduce over k
+    tensor = type(g)
+    grad_a = grad_b = None
+    if a.requires_grad:  # summed over the m copies of x, back to x's shape
+        node = LazyBuffer.elementwise(Op.MUL, (spread, right))
+        grad_a = tensor._wrap(node.reduce(Op.SUM, (nd - 1,)).reshape(x.shape))
+    if b.requires_grad:  # summed over the n copies of y's transpose, back to y's shape
+        node = LazyBuffer.elementwise(Op.MUL, (spread, left)).reduce(Op.SUM, (nd - 2,))
+        node = node.reshape(node.shape[:-3] + node.shape[-2:]).permute(swap)
+        grad_b = tensor._wrap(node.permute(swap) if transposed else node)  # (as .T's own rule would turn it back)
+    return grad_a, grad_b
+
+
 # effects
 def _identity(c, g):
     return (g,)
@@ -376,6 +442,7 @@ RULES = {
     Op.CONTIGUOUS: _identity,
     Op.COPY: _copy,
     COMPOSITE: _composite,
+    MATMUL: _matmul,
 }
 
 

@@ -111,7 +111,14 @@ def to_dtype(x) -> DType:
 
 
 def from_numpy_dtype(npd: np.dtype) -> DType:
-    return to_dtype(np.dtype(npd).name)
+    # remembered per numpy dtype: every upload asks (numpy's dtype name is computed in Python each time)
+    found = _FROM_NUMPY.get(npd)
+    if found is None:
+        found = _FROM_NUMPY[npd] = to_dtype(np.dtype(npd).name)
+    return found
+
+
+_FROM_NUMPY: dict = {}
 
 
 def promote(a: DType, b: DType) -> DType:

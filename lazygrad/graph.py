@@ -321,15 +321,16 @@ class LazyBuffer:
         frontend bug); only the calls between them go. Every tensor op of an eager step comes through here."""
         first, last = srcs[0], srcs[-1]
         shape = first.shape
-        if op.arity != len(srcs) or op not in ELEMENTWISE:
+        row = _ELEMENTWISE_ROWS.get(op)  # (arity, kinds, dtype rule): the op table's row, read once
+        if row is None or row[0] != len(srcs) or last.dtype.kind not in row[1]:
             return first.alu(op, *srcs[1:], arg=arg, dtype=dtype)  # (for its error)
         for s in srcs:
             if s.shape != shape:
                 return first.alu(op, *srcs[1:], arg=arg, dtype=dtype)
-        if last.dtype.kind not in op.kinds:
-            return first.alu(op, *srcs[1:], arg=arg, dtype=dtype)
         if dtype is None:
-            dtype = op.result_dtype(first.dtype, last.dtype, arg)
+            if row[2] is None:
+                return first.alu(op, *srcs[1:], arg=arg, dtype=dtype)  # (for its error)
+            dtype = row[2](first.dtype, last.dtype, arg)
         device = first.device
         key = (device, shape, dtype, op, tuple(map(id, srcs)), arg)
         try:
@@ -474,6 +475,9 @@ class LazyBuffer:
         return node
 
 
+# an elementwise op's row of the op table as LazyBuffer.elementwise reads it: (arity, dtype kinds, result dtype rule)
+_ELEMENTWISE_ROWS = {op: (op.arity, op.kinds, op.dtype_rule.rule) for op in ELEMENTWISE}
+
 _ZEROS = (0,) * 64  # the starts of a shrink that changes nothing (no tensor has more dims)
 
 # (constant, shape, dtype, device) -> the constant's node seen in that shape. Nodes are immutable and a constant
@@ -486,26 +490,29 @@ _MAX_CONST_VIEWS = 4096
 _REDUCED: dict = {}
 _MAX_REDUCED = 4096
 
-# (tracker, movement op, arg) -> the tracker it gives: a training loop moves the same few views every step
+# (id of a tracker, movement op, arg) -> (the tracker, the tracker the move gives): a training loop moves the same
+# few views every step. Keyed by id (a tracker's own hash is a Python call on every move); the entry holds the tracker,
+# so that its id is not reused while the entry exists
 _MOVES: dict = {}
 _MAX_MOVES = 65536
 
 
 def _moved(st: ShapeTracker, op: Op, arg) -> ShapeTracker:
-    key = (st, op, arg)
+    key = (id(st), op, arg)
     try:
-        moved = _MOVES.get(key)
+        entry = _MOVES.get(key)
     except TypeError:  # an arg that cannot be a key (a list inside): computed each time
         moved = getattr(st, op.value)(arg)
         return st if moved == st else moved
-    if moved is None:
+    if entry is None:
         moved = getattr(st, op.value)(arg)
         if moved == st:
             moved = st  # so that callers tell "no change" by identity
         if len(_MOVES) >= _MAX_MOVES:
             _MOVES.clear()
-        _MOVES[key] = moved
-    return moved
+        _MOVES[key] = (st, moved)
+        return moved
+    return entry[1]
 
 
 def const_key(value):

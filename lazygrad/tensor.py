@@ -109,14 +109,16 @@ class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps, MathOps
                 if not isinstance(data, np.ndarray):
                     data = _to_numpy_nested(data, dtype)
                 if dtype is not None:
-                    data = data.astype(dtype.np)
+                    target = dtype.np
                 elif data.dtype == np.float64:
                     # the default float, as torch.Tensor (the legacy constructor) does; lazygrad.tensor, from_numpy
                     # and as_tensor keep float64 (they pass the array's dtype)
-                    data = data.astype(dt.default_float.np)
-                # a copy (as torch.tensor): the upload is lazy, so later writes to `data` must not show through;
-                # np.array also keeps 0-d arrays 0-d, where np.ascontiguousarray would make them 1-d
-                data = np.array(data, copy=True, order="C")
+                    target = dt.default_float.np
+                else:
+                    target = None
+                # one copy (as torch.tensor), converted on the way: the upload is lazy, so later writes to `data` must
+                # not show through; np.array also keeps 0-d arrays 0-d, where np.ascontiguousarray would make them 1-d
+                data = np.array(data, dtype=target, copy=True, order="C")
                 lb = LazyBuffer.from_host(data, device)
         self.lazydata = lb
         self.grad: Tensor | None = None
@@ -423,6 +425,24 @@ class Tensor(ElementwiseOps, ReduceOps, MovementOps, CreationOps, NNOps, MathOps
         before = self._lazydata.base
         self._store(value.lazydata)
         self._refresh_views(before)
+        return self
+
+    def _assign_node(self, lb: LazyBuffer) -> Tensor:
+        """assign() of a graph node already of this tensor's shape, dtype and device (an optimizer's update, built on
+        nodes), without assign()'s conversions of a value, which cost more than the rest for each parameter."""
+        target = self._lazydata
+        if (
+            lb.shape != target.shape
+            or lb.dtype is not target.dtype
+            or lb.device != target.device
+            or self._view_of is not None
+            or VARIABLES_MADE[0]
+        ):
+            return self.assign(Tensor._wrap(lb))
+        if lb is not target:
+            before = target if target._base is None else target._base
+            self._store(lb)
+            self._refresh_views(before)
         return self
 
     def _assign_symbolic_view(self, value: Tensor) -> Tensor:

@@ -171,20 +171,89 @@ def test_movement_gradients(op):
 
 @pytest.mark.parametrize(
     "shapes",
-    [((4,), (4,)), ((3, 4), (4,)), ((4,), (4, 5)), ((3, 4), (4, 5)), ((2, 3, 4), (4, 5)), ((2, 1, 3, 4), (5, 4, 2))],
+    [
+        ((4,), (4,)),
+        ((3, 4), (4,)),
+        ((4,), (4, 5)),
+        ((3, 4), (4, 5)),
+        ((2, 3, 4), (4, 5)),
+        ((2, 1, 3, 4), (5, 4, 2)),
+        ((2, 3, 4), (2, 4, 5)),  # the same batch dims: recorded as one op (tensor_ops.nn._matmul_same_batch)
+        ((3, 1), (1, 5)),
+    ],
     ids=str,
 )
 def test_matmul_gradients(shapes):
     check_grad(lambda a, b: a @ b, rand(*shapes[0], seed=1), rand(*shapes[1], seed=2))
 
 
+def test_matmul_of_one_batch_is_one_recorded_op_with_the_general_paths_kernels(monkeypatch):
+    # the same-batch path builds the nodes of the general path (unsqueeze, transpose, broadcasting mul, sum) itself
+    # and differentiates them in one rule: the same kernels, values and gradients as the general path
+    def run():
+        a, b = Tensor(rand(2, 3, 4, seed=1), requires_grad=True), Tensor(rand(2, 4, 5, seed=2), requires_grad=True)
+        out = a @ b
+        op = out._ctx.op
+        out.pow(2).sum().backward()
+        with lazygrad.profile() as p:
+            lazygrad.realize(out, a.grad, b.grad)
+        return op, sorted(k.name for k in p.launches), [t.numpy() for t in (out, a.grad, b.grad)]
+
+    op, kernels, values = run()
+    monkeypatch.setattr(Tensor, "_matmul_same_batch", lambda self, other: None)
+    general_op, general_kernels, general_values = run()
+    assert op == "matmul" and general_op != "matmul"
+    assert kernels == general_kernels
+    for ours, general in zip(values, general_values):
+        np.testing.assert_allclose(ours, general, rtol=1e-6, atol=1e-6)
+
+
+def test_linear_of_a_matrix_makes_the_kernels_of_its_product_with_the_transpose():
+    # linear over a matrix records x @ weight.T as one op without a tensor for the transpose: the same kernels,
+    # values and gradients as writing the product out
+    def run(fn):
+        x, w = Tensor(rand(3, 5, seed=1), requires_grad=True), Tensor(rand(4, 5, seed=2), requires_grad=True)
+        out = fn(x, w)
+        out.pow(2).sum().backward()
+        with lazygrad.profile() as p:
+            lazygrad.realize(out, x.grad, w.grad)
+        return sorted(k.name for k in p.launches), [t.numpy() for t in (out, x.grad, w.grad)]
+
+    kernels, values = run(lambda x, w: x.linear(w))
+    written_kernels, written_values = run(lambda x, w: x @ w.T)
+    assert kernels == written_kernels
+    for ours, written in zip(values, written_values):
+        np.testing.assert_array_equal(ours, written)
+
+
+@pytest.mark.parametrize("op", ["matmul", "linear"])
+def test_second_derivative_through_matmul_matches_torch(op):
+    if op == "linear":
+        data_a, data_b = rand(3, 4, seed=1), rand(2, 4, seed=2)
+        ours, theirs = (lambda a, b: a.linear(b)), F.linear
+    else:
+        data_a, data_b = rand(3, 4, seed=1), rand(4, 2, seed=2)
+        ours = theirs = lambda a, b: a @ b
+    a, b = Tensor(data_a, requires_grad=True), Tensor(data_b, requires_grad=True)
+    ta, tb = torch.tensor(data_a, requires_grad=True), torch.tensor(data_b, requires_grad=True)
+    g, h = lazygrad.grad(ours(a, b).pow(2).sum(), [a, b], create_graph=True)
+    tg, th = torch.autograd.grad(theirs(ta, tb).pow(2).sum(), [ta, tb], create_graph=True)
+    assert_same(g, tg, GRAD_RTOL, GRAD_ATOL)
+    assert_same(h, th, GRAD_RTOL, GRAD_ATOL)
+    (g * g + (h * h).sum()).sum().backward()
+    (tg * tg + (th * th).sum()).sum().backward()
+    assert_same(a.grad, ta.grad, GRAD_RTOL, GRAD_ATOL)
+    assert_same(b.grad, tb.grad, GRAD_RTOL, GRAD_ATOL)
+
+
 def test_matmul_gradients_of_views():
     check_grad(lambda a, b: a.T @ b[:, ::2], rand(4, 3, seed=1), rand(4, 6, seed=2))
 
 
+@pytest.mark.parametrize("input_shape", [(2, 3, 5), (3, 5)], ids=str)
 @pytest.mark.parametrize("bias", [True, False])
-def test_linear_gradients(bias):
-    arrays = [rand(2, 3, 5, seed=1), rand(4, 5, seed=2)] + ([rand(4, seed=3)] if bias else [])
+def test_linear_gradients(bias, input_shape):
+    arrays = [rand(*input_shape, seed=1), rand(4, 5, seed=2)] + ([rand(4, seed=3)] if bias else [])
     check_grad(lambda x, w, *b: x.linear(w, *b) if isinstance(x, Tensor) else F.linear(x, w, *b), *arrays)
 
 
@@ -244,6 +313,27 @@ def test_max_pool2d_gradient_with_ties_goes_to_the_first_maximum_as_in_torch(cas
     x[0, 0, :4, :4] = 0.0
     x[1, 2, 2:6, 3:7] = 0.5
     check_grad(lambda x: x.max_pool2d(**case) if isinstance(x, Tensor) else F.max_pool2d(x, **case), x)
+
+
+@pytest.mark.parametrize("case", [dict(kernel_size=3, stride=2, padding=1), dict(kernel_size=2)], ids=str)
+def test_max_pool2d_gradient_on_nodes_is_the_tensor_ops_gradient(case):
+    # without create_graph, max_pool2d's backward builds its nodes directly (tensor_ops.nn._max_pool_spread); with
+    # it, the same formula runs as tensor ops: the same kernels and values, ties and NaN included
+    data = np.maximum(rand(1, 2, 7, 6, seed=5), 0).round(1)
+    data[0, 1, 1, 2] = np.nan
+
+    def gradient(create_graph):
+        x = Tensor(data, requires_grad=True)
+        weights = Tensor(rand(*x.max_pool2d(**case).shape, seed=6))
+        (g,) = lazygrad.grad((x.max_pool2d(**case) * weights).sum(), x, create_graph=create_graph)
+        with lazygrad.profile() as p:
+            g.realize()
+        return sorted(k.name for k in p.launches), g.numpy()
+
+    kernels, grad = gradient(False)
+    tensor_kernels, tensor_grad = gradient(True)
+    assert kernels == tensor_kernels
+    np.testing.assert_array_equal(grad, tensor_grad)
 
 
 def test_gradient_of_a_small_mlp():
@@ -335,6 +425,27 @@ def test_max_with_dim_sends_gradient_to_the_returned_index():
 
 def test_relu_gradient_at_zero_is_zero():
     check_grad(lambda a: a.relu(), np.array([-1.0, 0.0, 1.0], dtype=np.float32))
+
+
+def test_relu_builds_the_nodes_of_its_composition():
+    # relu builds where(x <= 0, 0, x)'s nodes itself (no tensor per step of the composition): the same kernels,
+    # values and gradients as the composition it stands for, NaN and the kink included
+    data = np.array([-1.0, 0.0, -0.0, 2.0, np.nan, np.inf, -np.inf], dtype=np.float32)
+
+    def run(fn):
+        x = Tensor(data, requires_grad=True)
+        out = fn(x)
+        (out * Tensor(np.arange(7, dtype=np.float32))).sum().backward()
+        with lazygrad.profile() as p:
+            lazygrad.realize(out, x.grad)
+        return sorted(k.name for k in p.launches), out.numpy(), x.grad.numpy()
+
+    kernels, out, grad = run(lambda x: x.relu())
+    composed_kernels, composed_out, composed_grad = run(lambda x: x.le(0)._select(x.zeros_like(), x))
+    assert kernels == composed_kernels
+    np.testing.assert_array_equal(out, composed_out)
+    np.testing.assert_array_equal(grad, composed_grad)
+    np.testing.assert_array_equal(grad, [0, 0, 0, 3, 4, 5, 0])  # torch's: 0 at the kink, passed through NaN
 
 
 def test_abs_and_clamp_gradients_at_the_kinks():
@@ -650,6 +761,109 @@ def test_cross_entropy_gradient_and_its_derivative_match_torch_with_an_ignored_t
     (g * g).sum().backward()
     (tg * tg).sum().backward()
     assert_same(x.grad, tx.grad, GRAD_RTOL, GRAD_ATOL)
+
+
+def test_mean_cross_entropy_on_nodes_is_its_tensor_ops(monkeypatch):
+    # the averaged class cross-entropy of (N, C) logits builds its forward and gradient nodes directly
+    # (nn.functional._mean_class_nll_nodes): the same kernels, loss and gradient as its tensor ops
+    data, labels = rand(4, 5, seed=3), np.array([1, -100, 4, 1])
+
+    def run():
+        x = Tensor(data, requires_grad=True)
+        loss = lazygrad.nn.functional.cross_entropy(x, Tensor(labels))
+        loss.backward()
+        with lazygrad.profile() as p:
+            lazygrad.realize(loss, x.grad)
+        return sorted(k.name for k in p.launches), loss.numpy(), x.grad.numpy()
+
+    kernels, loss, grad = run()
+    monkeypatch.setattr(lazygrad.nn.functional, "_class_nll_on_nodes", lambda *args: False)
+    tensor_kernels, tensor_loss, tensor_grad = run()
+    assert kernels == tensor_kernels
+    np.testing.assert_array_equal(loss, tensor_loss)
+    np.testing.assert_array_equal(grad, tensor_grad)
+
+
+def test_log_softmax_without_a_record_is_the_recorded_ones_nodes():
+    # log_softmax that records no gradient builds its nodes directly (tensor_ops.reduce.log_softmax_nodes): the
+    # same kernels and values as the recorded tensor ops
+    data = rand(3, 6, seed=7)
+
+    def run(requires_grad):
+        out = Tensor(data, requires_grad=requires_grad).log_softmax(-1)
+        with lazygrad.profile() as p:
+            out.realize()
+        return sorted(k.name for k in p.launches), out.numpy()
+
+    kernels, values = run(False)
+    recorded_kernels, recorded_values = run(True)
+    assert kernels == recorded_kernels
+    np.testing.assert_array_equal(values, recorded_values)
+
+
+def test_conv2d_on_nodes_is_its_tensor_ops_in_every_layout(monkeypatch):
+    # conv2d's forward and (without create_graph) its gradients build their nodes directly (tensor_ops.nn), in each
+    # of codegen.layout's layouts: the same kernels, values and gradients as its tensor ops
+    from lazygrad.codegen import layout
+    from lazygrad.tensor_ops import nn as nn_ops
+
+    full, _ = layout._lanes(Tensor([1.0]).lazydata.device)  # (float32 lanes, and half of them)
+    # columns (output rows no half-vector divides), a channel-last weight (strided, output channels a whole
+    # vector), windows (output rows whole vectors); input gradients over channels, over pixels and transposed
+    cases = [
+        ((1, 2, 5, 5), (3, 2, 3, 3), 1, 0),
+        ((1, 2, 2 * full, 2 * full), (full, 2, 3, 3), 2, 1),
+        ((1, 2, full, full), (3, 2, 3, 3), 1, 1),
+        ((1, 2, 2, max(full // 2, 1)), (3, 2, 3, 3), 1, 1),
+    ]
+    chosen = []
+    for name in ("conv_layout", "conv_input_grad_layout"):
+        choose = getattr(layout, name)
+        monkeypatch.setattr(layout, name, lambda *args, choose=choose: chosen.append(choose(*args)) or chosen[-1])
+
+    def run():
+        outputs = []
+        for x_shape, w_shape, stride, padding in cases:
+            x = Tensor(rand(*x_shape, seed=1), requires_grad=True)
+            w = Tensor(rand(*w_shape, seed=2), requires_grad=True)
+            out = lazygrad.nn.functional.conv2d(x, w, stride=stride, padding=padding)
+            (out * Tensor(rand(*out.shape, seed=3))).sum().backward()
+            with lazygrad.profile() as p:
+                lazygrad.realize(out, x.grad, w.grad)
+            outputs.append((sorted(k.name for k in p.launches), [t.numpy() for t in (out, x.grad, w.grad)]))
+        return outputs
+
+    on_nodes = run()
+    layouts = set(chosen)
+    monkeypatch.setattr(nn_ops, "_conv_forward_on_nodes", lambda *args: False)
+    for (kernels, values), (tensor_kernels, tensor_values) in zip(on_nodes, run()):
+        assert kernels == tensor_kernels
+        for ours, theirs in zip(values, tensor_values):
+            np.testing.assert_array_equal(ours, theirs)
+    if layout.vector_width(Tensor([1.0]).lazydata.device) > 1:  # (a device without lanes has one layout)
+        assert layouts == set(layout.ConvLayout) | set(layout.InputGradLayout)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 4, 4), (5, 3)], ids=str)
+def test_training_batch_norm_on_nodes_is_its_tensor_ops(monkeypatch, shape):
+    # training batch_norm builds its forward, running statistics and gradients as nodes directly
+    # (nn.functional._batch_norm_nodes): the same kernels, outputs, gradients and running statistics as its tensor ops
+    def run():
+        x = Tensor(rand(*shape, seed=1), requires_grad=True)
+        w, b = Tensor(rand(3, seed=2), requires_grad=True), Tensor(rand(3, seed=3), requires_grad=True)
+        mean, var = Tensor(rand(3, seed=4)).realize(), Tensor(rand(3, seed=5) + 3).realize()
+        out = lazygrad.nn.functional.batch_norm(x, mean, var, w, b, training=True, momentum=0.2)
+        (out * Tensor(rand(*shape, seed=6))).sum().backward()
+        with lazygrad.profile() as p:
+            lazygrad.realize(out, x.grad, w.grad, b.grad, mean, var)
+        return sorted(k.name for k in p.launches), [t.numpy() for t in (out, x.grad, w.grad, b.grad, mean, var)]
+
+    kernels, values = run()
+    monkeypatch.setattr(lazygrad.nn.functional, "_batch_norm_on_nodes", lambda *args: False)
+    tensor_kernels, tensor_values = run()
+    assert kernels == tensor_kernels
+    for ours, theirs in zip(values, tensor_values):
+        np.testing.assert_array_equal(ours, theirs)
 
 
 def _padded_conv(x, w, stride):

@@ -3,9 +3,12 @@ implementation of each op, in lazygrad.tensor_ops); batch norm and the losses ar
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 import lazygrad
+from lazygrad.graph import LazyBuffer
 from lazygrad.nn.losses import (  # noqa: F401
     _REDUCTIONS,
     _reduce,
@@ -32,6 +35,8 @@ from lazygrad.nn.resample import (  # noqa: F401
     upsample_bilinear,
     upsample_nearest,
 )
+from lazygrad.ops import Op
+from lazygrad.shape import symbolic_dims
 from lazygrad.tensor import Tensor
 from lazygrad.tensor_ops.bounds import check_indices
 
@@ -122,6 +127,7 @@ def _batch_norm_training(input, running_mean, running_var, weight, bias, momentu
     channel_shape = (1, input.shape[1]) + (1,) * (input.ndim - 2)
     inputs = tuple(t for t in (input, weight, bias) if t is not None)
     saved: list = []
+    on_nodes = _batch_norm_on_nodes(input, running_mean, running_var, weight, bias, momentum)
 
     def statistics(x: Tensor, w: Tensor | None) -> tuple:
         mean = x.mean(reduce_dims, keepdim=True)
@@ -132,6 +138,8 @@ def _batch_norm_training(input, running_mean, running_var, weight, bias, momentu
         return mean, centered, var, invstd, scale
 
     def forward() -> Tensor:
+        if on_nodes:
+            return _batch_norm_nodes(input, running_mean, running_var, weight, bias, momentum, eps, count, saved)
         mean, centered, var, invstd, scale = statistics(input, weight)
         if running_mean is not None and running_var is not None:
             _update_running_stats(running_mean, running_var, mean, var, momentum, count)
@@ -144,6 +152,8 @@ def _batch_norm_training(input, running_mean, running_var, weight, bias, momentu
         # d input = scale * (g - sum(g) / count - xhat * sum(g * xhat) / count)
         if lazygrad.is_grad_enabled():  # create_graph: the saved values carry no graph, so they are made again
             _, centered, _, invstd, scale = statistics(input, weight)
+        elif on_nodes and grad.dtype is input.dtype:
+            return _batch_norm_grad_nodes(grad, input, weight, bias, count, *saved)
         else:
             centered, invstd, scale = saved
         grad_sum = grad.sum(reduce_dims, keepdim=True)
@@ -161,6 +171,81 @@ def _batch_norm_training(input, running_mean, running_var, weight, bias, momentu
         return tuple(grads)
 
     return Tensor._composite("batch_norm", inputs, forward, backward)
+
+
+def _batch_norm_on_nodes(input, running_mean, running_var, weight, bias, momentum) -> bool:
+    """Whether training batch_norm builds its nodes directly (_batch_norm_nodes): one float dtype for the input and
+    every tensor beside it, a Python number for the momentum."""
+    dtype = input.dtype
+    if not dtype.is_float or type(momentum) not in (int, float) or symbolic_dims(input.shape):
+        return False
+    return all(t is None or t.dtype is dtype for t in (running_mean, running_var, weight, bias))
+
+
+def _batch_norm_nodes(input, running_mean, running_var, weight, bias, momentum, eps, count: int, saved: list):
+    """Training batch_norm's forward (statistics, running statistics, output) on graph nodes: the nodes that its
+    tensor ops make, call for call (mean() as a sum times 1/count, x - mean as x + -mean, rsqrt as sqrt then
+    reciprocal), without a tensor, promotion and broadcasting per op (~40 tensors per layer and step otherwise).
+    Saves (centered, invstd, scale) as the tensor ops do."""
+    x = input._lazydata
+    shape, dtype, device = x.shape, x.dtype, x.device
+    axes, channels = (0, *range(2, len(shape))), shape[1]
+    channel_shape = (1, channels) + (1,) * (len(shape) - 2)
+
+    def times(node, number):  # node * number, the scalar a constant of node's shape
+        return LazyBuffer.elementwise(Op.MUL, (node, LazyBuffer.const(number, node.shape, dtype, device)))
+
+    mean = times(x.reduce(Op.SUM, axes), 1 / count)
+    centered = LazyBuffer.elementwise(Op.ADD, (x, LazyBuffer.elementwise(Op.NEG, (mean.expand(shape),))))
+    var = times(LazyBuffer.elementwise(Op.MUL, (centered, centered)).reduce(Op.SUM, axes), 1 / count)
+    shifted = LazyBuffer.elementwise(Op.ADD, (var, LazyBuffer.const(eps, var.shape, dtype, device)))
+    invstd = LazyBuffer.elementwise(Op.RECIP, (LazyBuffer.elementwise(Op.SQRT, (shifted,)),))
+    scale = invstd
+    if weight is not None:
+        scale = LazyBuffer.elementwise(Op.MUL, (invstd, weight._lazydata.reshape(channel_shape)))
+    if running_mean is not None and running_var is not None:  # as _update_running_stats
+        from lazygrad.nn.module import note_buffer_update
+
+        unbiased = times(var.reshape((channels,)), count / (count - 1))
+        for running, batch in ((running_mean, mean.reshape((channels,))), (running_var, unbiased)):
+            kept = times(running._lazydata, 1 - momentum)
+            running._assign_node(LazyBuffer.elementwise(Op.ADD, (kept, times(batch, momentum))))
+            note_buffer_update(running)
+    saved.extend(Tensor._wrap(node) for node in (centered, invstd, scale))
+    output = LazyBuffer.elementwise(Op.MUL, (centered, scale.expand(shape)))
+    if bias is not None:
+        output = LazyBuffer.elementwise(Op.ADD, (output, bias._lazydata.reshape(channel_shape).expand(shape)))
+    return Tensor._wrap(output)
+
+
+def _batch_norm_grad_nodes(grad, input, weight, bias, count: int, centered, invstd, scale) -> tuple:
+    """Training batch_norm's gradients on nodes (no gradient of the gradient wanted): the nodes of the composite's
+    backward tensor ops, call for call."""
+    g, centered, invstd, scale = grad._lazydata, centered._lazydata, invstd._lazydata, scale._lazydata
+    shape, dtype, device = g.shape, g.dtype, g.device
+    axes = (0, *range(2, len(shape)))
+
+    def times(node, number):
+        return LazyBuffer.elementwise(Op.MUL, (node, LazyBuffer.const(number, node.shape, dtype, device)))
+
+    grad_sum = g.reduce(Op.SUM, axes)
+    grad_xhat_sum = LazyBuffer.elementwise(Op.MUL, (g, centered)).reduce(Op.SUM, axes)
+    grad_xhat_sum = LazyBuffer.elementwise(Op.MUL, (grad_xhat_sum, invstd))
+    grads = []
+    if input.requires_grad:
+        inner = times(LazyBuffer.elementwise(Op.MUL, (invstd, grad_xhat_sum)), 1 / count)
+        correction = LazyBuffer.elementwise(Op.MUL, (centered, inner.expand(shape)))
+        mean_grad = times(grad_sum, 1 / count).expand(shape)
+        out = LazyBuffer.elementwise(Op.ADD, (g, LazyBuffer.elementwise(Op.NEG, (mean_grad,))))
+        out = LazyBuffer.elementwise(Op.ADD, (out, LazyBuffer.elementwise(Op.NEG, (correction,))))
+        grads.append(Tensor._wrap(LazyBuffer.elementwise(Op.MUL, (out, scale.expand(shape)))))
+    else:
+        grads.append(None)
+    if weight is not None:
+        grads.append(Tensor._wrap(grad_xhat_sum.reshape(weight.shape)) if weight.requires_grad else None)
+    if bias is not None:
+        grads.append(Tensor._wrap(grad_sum.reshape(bias.shape)) if bias.requires_grad else None)
+    return tuple(grads)
 
 
 def _update_running_stats(running_mean, running_var, mean, var, momentum, count: int) -> None:
@@ -261,10 +346,13 @@ def _class_cross_entropy(input: Tensor, target: Tensor, ignore_index: int, reduc
     where the target is ignored. Differentiating its log_softmax and masked sum built twice the tensors."""
     _check_class_targets(input, target)
     saved: list = []
+    on_nodes = _class_nll_on_nodes(input, target, reduction)
 
     def forward() -> Tensor:
         log_probs = input.log_softmax(1)
         check_indices(target, input.shape[1], "cross_entropy", 1, negative=False, ignore=ignore_index)
+        if on_nodes:
+            return _mean_class_nll_nodes(log_probs, target, ignore_index, saved)
         valid = (target != ignore_index).cast(log_probs.dtype).unsqueeze(1)  # (see _weighted_nll)
         picked = _class_mask(target, log_probs) * valid
         weight_sum = picked.sum()
@@ -276,10 +364,51 @@ def _class_cross_entropy(input: Tensor, target: Tensor, ignore_index: int, reduc
         log_probs, valid, picked, weight_sum = saved
         if lazygrad.is_grad_enabled():  # create_graph: the saved log-probabilities carry no graph
             log_probs = input.log_softmax(1)
+        elif on_nodes and grad.dtype is weight_sum.dtype:
+            return (_mean_class_nll_grad_nodes(grad, log_probs, valid, picked, weight_sum),)
         scale = grad / weight_sum if reduction == "mean" else grad.unsqueeze(1) if reduction == "none" else grad
         return ((log_probs.exp() * valid - picked) * scale,)
 
     return Tensor._composite("cross_entropy", (input,), forward, backward)
+
+
+def _class_nll_on_nodes(input: Tensor, target: Tensor, reduction: str) -> bool:
+    """Whether _class_cross_entropy builds its nodes directly (_mean_class_nll_nodes): a classifier's loss, (N, C)
+    logits and int64 classes, averaged."""
+    return reduction == "mean" and input.ndim == 2 and input.dtype.is_float and target.dtype is lazygrad.int64
+
+
+def _mean_class_nll_nodes(log_probs: Tensor, target: Tensor, ignore_index: int, saved: list) -> Tensor:
+    """_class_cross_entropy's forward after log_softmax, for (N, C) log-probabilities, int64 targets and the mean:
+    the nodes its tensor ops make, call for call (the valid rows, the one-hot mask, the picked log-probabilities),
+    without a tensor, promotion and broadcasting per op; saves what backward reads, as the tensor ops do."""
+    node, labels = log_probs._lazydata, target._lazydata
+    (n, classes), dtype, device = node.shape, node.dtype, node.device
+    listed = LazyBuffer.elementwise(Op.CMPNE, (labels, LazyBuffer.const(ignore_index, (n,), labels.dtype, device)))
+    valid = LazyBuffer.elementwise(Op.CAST, (listed,), dtype, dtype).reshape((n, 1))
+    class_index = Tensor._index_constant(0, classes, 1, labels.dtype, device, (1, classes))._lazydata
+    other = LazyBuffer.elementwise(
+        Op.CMPNE, (labels.reshape((n, 1)).expand((n, classes)), class_index.expand((n, classes)))
+    )
+    one_hot = LazyBuffer.elementwise(Op.XOR, (other, LazyBuffer.const(True, (n, classes), lazygrad.bool, device)))
+    one_hot = LazyBuffer.elementwise(Op.CAST, (one_hot,), dtype, dtype)
+    picked = Tensor._wrap(LazyBuffer.elementwise(Op.MUL, (one_hot, valid.expand((n, classes)))))
+    weight_sum = picked.sum()
+    saved.extend((log_probs, Tensor._wrap(valid), picked, weight_sum))
+    nll = LazyBuffer.elementwise(Op.MUL, (node, picked._lazydata)).reduce(Op.SUM, (1,)).reshape((n,))
+    return Tensor._wrap(LazyBuffer.elementwise(Op.NEG, (nll,))).sum() / weight_sum
+
+
+def _mean_class_nll_grad_nodes(grad: Tensor, log_probs: Tensor, valid: Tensor, picked: Tensor, weight_sum: Tensor):
+    """(softmax - one_hot) * valid * grad / weight_sum, the mean class cross-entropy's input gradient, on nodes:
+    the nodes of `(log_probs.exp() * valid - picked) * (grad / weight_sum)`, call for call."""
+    node = log_probs._lazydata
+    shape, dtype, device = node.shape, node.dtype, node.device
+    scale = LazyBuffer.elementwise(Op.MUL, (grad._lazydata, LazyBuffer.elementwise(Op.RECIP, (weight_sum._lazydata,))))
+    scaled = LazyBuffer.elementwise(Op.MUL, (node, LazyBuffer.const(1 / math.log(2), shape, dtype, device)))
+    probs = LazyBuffer.elementwise(Op.MUL, (LazyBuffer.elementwise(Op.EXP2, (scaled,)), valid._lazydata.expand(shape)))
+    diff = LazyBuffer.elementwise(Op.ADD, (probs, LazyBuffer.elementwise(Op.NEG, (picked._lazydata,))))
+    return Tensor._wrap(LazyBuffer.elementwise(Op.MUL, (diff, scale.broadcast((1,) * len(shape), shape))))
 
 
 def _check_class_targets(input: Tensor, target: Tensor) -> None:

@@ -361,14 +361,14 @@ class SGD(Optimizer):
                 buffer = state["momentum_buffer"]
                 if group["dampening"] != 0:
                     step = e(Op.MUL, step, hyper("1 - dampening"))
-                buffer.assign(Tensor._wrap(e(Op.ADD, e(Op.MUL, buffer._lazydata, hyper("momentum")), step)))
+                buffer._assign_node(e(Op.ADD, e(Op.MUL, buffer._lazydata, hyper("momentum")), step))
             buffer = state["momentum_buffer"]
             assigned.append(buffer)
             if group["nesterov"]:
                 step = e(Op.ADD, step, e(Op.MUL, buffer._lazydata, hyper("momentum")))
             else:
                 step = buffer._lazydata
-        assigned.append(param.assign(Tensor._wrap(e(Op.ADD, param._lazydata, e(Op.MUL, step, hyper("-lr"))))))
+        assigned.append(param._assign_node(e(Op.ADD, param._lazydata, e(Op.MUL, step, hyper("-lr")))))
         return assigned
 
 
@@ -497,19 +497,19 @@ class Adam(Optimizer):
         exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
         m, v = exp_avg._lazydata, exp_avg_sq._lazydata
         # exp_avg + (grad - exp_avg) * (1 - beta1): a lerp, as PyTorch computes it
-        exp_avg.assign(Tensor._wrap(e(Op.ADD, m, e(Op.MUL, e(Op.ADD, grad, e(Op.NEG, m)), hyper("1 - beta1")))))
+        exp_avg._assign_node(e(Op.ADD, m, e(Op.MUL, e(Op.ADD, grad, e(Op.NEG, m)), hyper("1 - beta1"))))
         squared = e(Op.MUL, e(Op.MUL, grad, grad), hyper("1 - beta2"))
-        exp_avg_sq.assign(Tensor._wrap(e(Op.ADD, e(Op.MUL, v, hyper("beta2")), squared)))
+        exp_avg_sq._assign_node(e(Op.ADD, e(Op.MUL, v, hyper("beta2")), squared))
         assigned = [exp_avg, exp_avg_sq]
         if group["amsgrad"]:
             largest = state["max_exp_avg_sq"]
-            exp_avg_sq = largest.assign(Tensor._wrap(e(Op.MAX, largest._lazydata, exp_avg_sq._lazydata)))
+            exp_avg_sq = largest._assign_node(e(Op.MAX, largest._lazydata, exp_avg_sq._lazydata))
             assigned.append(exp_avg_sq)
         # exp_avg_sq.sqrt() / sqrt(1 - beta2**step) + eps, then param * (1 - lr wd) - exp_avg / denom * step_size
         denom = e(Op.MUL, e(Op.SQRT, exp_avg_sq._lazydata), e(Op.RECIP, _over(correction2_sqrt, node.shape)))
         denom = e(Op.ADD, denom, hyper("eps"))
         update = e(Op.MUL, e(Op.MUL, exp_avg._lazydata, e(Op.RECIP, denom)), _over(step_size, node.shape))
-        assigned.append(param.assign(Tensor._wrap(e(Op.ADD, decayed, e(Op.NEG, update)))))
+        assigned.append(param._assign_node(e(Op.ADD, decayed, e(Op.NEG, update))))
         return assigned
 
 

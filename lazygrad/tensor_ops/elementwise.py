@@ -333,7 +333,21 @@ class ElementwiseOps:
 
     def relu(self) -> Tensor:
         # where(x <= 0, 0, x) keeps NaN and gives gradient 0 at 0, as PyTorch does
-        return self.le(0)._select(self.zeros_like(), self)
+        x = self._lazydata
+        if not x.dtype.is_float:
+            return self.le(0)._select(self.zeros_like(), self)
+        # the nodes that le(0), zeros_like() and _select make (x < 0 | !(x != 0), then the where), built directly: a
+        # layer's activation in every eager step, seven tensors through promotion and broadcasting otherwise
+        zero = LazyBuffer.const(0, x.shape, x.dtype, x.device)
+        true = LazyBuffer.const(True, x.shape, dt.bool_, x.device)
+        below = LazyBuffer.elementwise(Op.CMPLT, (x, zero))
+        equal = LazyBuffer.elementwise(Op.XOR, (LazyBuffer.elementwise(Op.CMPNE, (x, zero)), true))
+        condition = LazyBuffer.elementwise(Op.OR, (below, equal))
+        out = Tensor._wrap(LazyBuffer.elementwise(Op.WHERE, (condition, zero, x)))
+        if self.requires_grad:  # recorded as _select records it: where's rule reads the condition
+            inputs = (Tensor._wrap(condition), Tensor._scalar_operand(zero), self)
+            return Tensor._record(out, Op.WHERE, inputs, None)
+        return out
 
     def relu6(self) -> Tensor:
         return self.clamp(0, 6)
@@ -588,7 +602,10 @@ class ElementwiseOps:
         return self._bitwise(Op.SHR, other)
 
     def logical_not(self) -> Tensor:
-        return self.bool()._primitive(Op.XOR, Tensor.full(self.shape, True, dt.bool_, self.device))
+        x = self.bool()
+        # (the constant's node as full() makes it, without full()'s argument handling: eq() and le() come here)
+        true = Tensor._scalar_operand(LazyBuffer.const(True, x.shape, dt.bool_, x._lazydata.device))
+        return x._primitive(Op.XOR, true)
 
     def logical_and(self, other) -> Tensor:
         return self.bool() & (other.bool() if isinstance(other, Tensor) else bool(other))

@@ -29,6 +29,10 @@ def _not_a_view(source: Tensor, out: Tensor) -> Tensor:
     return out
 
 
+# (shape, the shape asked for, as given: ints, -1 for one) -> the checked shape (MovementOps.reshape)
+_RESHAPES: dict = {}
+
+
 class MovementOps:
     __slots__ = ()
 
@@ -80,6 +84,13 @@ class MovementOps:
         shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
         if VARIABLES_MADE[0] and (symbolic_dims(self.shape) or any(isinstance(s, Node) for s in shape)):
             return self._symbolic_reshape(tuple(shape))
+        try:  # an eager step asks for the same few reshapes every step: the checked shape is remembered
+            known = _RESHAPES.get((self._lazydata.shape, shape))
+        except TypeError:  # (a list: not remembered)
+            known = None
+        if known is not None:
+            return self._reshaped(known)
+        asked = (self._lazydata.shape, shape)
         shape = [int(s) for s in shape]
         if shape.count(-1) > 1:
             raise RuntimeError("only one dimension can be inferred")
@@ -90,8 +101,17 @@ class MovementOps:
             shape[shape.index(-1)] = self.numel() // known
         if prod(shape) != self.numel() or any(s < 0 for s in shape):
             raise RuntimeError(f"shape '{list(shape)}' is invalid for input of size {self.numel()}")
-        out = self._movement(Op.RESHAPE, tuple(shape))
-        if out is not self and len(out.lazydata.st.views) > len(self.lazydata.st.views):
+        shape = tuple(shape)
+        if type(asked[1]) is tuple and all(type(s) is int for s in asked[1]):
+            if len(_RESHAPES) >= 4096:
+                _RESHAPES.clear()
+            _RESHAPES[asked] = shape
+        return self._reshaped(shape)
+
+    def _reshaped(self, shape: tuple) -> Tensor:
+        """reshape to a checked shape of ints."""
+        out = self._movement(Op.RESHAPE, shape)
+        if out is not self and len(out._lazydata.st.views) > len(self._lazydata.st.views):
             out._view_of = None  # not expressible with strides: PyTorch copies, so an update does not write back
         return out
 

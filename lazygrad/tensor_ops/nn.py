@@ -8,7 +8,11 @@ from typing import TYPE_CHECKING
 from lazygrad import autograd
 from lazygrad import dtype as dt
 from lazygrad.codegen import layout
+from lazygrad.graph import LazyBuffer
 from lazygrad.ops import Op
+from lazygrad.shape import max_prod, symbolic_dims
+from lazygrad.symbolic import VARIABLES_MADE
+from lazygrad.tensor_ops.elementwise import _broadcast_shape
 
 if TYPE_CHECKING:
     from lazygrad.tensor import Tensor
@@ -46,6 +50,9 @@ class NNOps:
 
     def matmul(self, other: Tensor) -> Tensor:
         a, b = self, other if isinstance(other, Tensor) else Tensor(other, device=self.device)
+        out = a._matmul_same_batch(b)
+        if out is not None:
+            return out
         if a.ndim == 0 or b.ndim == 0:
             raise RuntimeError(f"both arguments to matmul need to be at least 1D, but they are {a.ndim}D and {b.ndim}D")
         a2 = a.unsqueeze(0) if a.ndim == 1 else a
@@ -68,6 +75,35 @@ class NNOps:
             out = out.squeeze(-1)
         return out
 
+    def _matmul_same_batch(self, other: Tensor, transposed: bool = False) -> Tensor | None:
+        """matmul of two float tensors of one dtype, >= 2 dims and the same batch dims (a layer's product, and each
+        product of its gradient): the very nodes the general path below makes (the same kernels), built on graph
+        nodes and recorded as one op (autograd.MATMUL), where the general path makes eight tensors, each with its
+        promotion, broadcasting and autograd record. `transposed`: the product with other's transpose, of two
+        matrices (linear's `x @ weight.T`: the transpose's node as `.T` makes it, without a tensor of its own). None
+        where it does not apply (the general path then)."""
+        x, y = self._lazydata, other._lazydata
+        if transposed:
+            if len(x.shape) != 2 or len(y.shape) != 2:
+                return None
+            y = y.permute((1, 0))
+        shape_x, shape_y = x.shape, y.shape
+        nd = len(shape_x)
+        if (
+            nd < 2
+            or len(shape_y) != nd
+            or x.dtype is not y.dtype
+            or not x.dtype.is_float
+            or shape_x[-1] != shape_y[-2]
+            or shape_x[:-2] != shape_y[:-2]
+            or (x.device is not y.device and x.device != y.device)
+            or (VARIABLES_MADE[0] and (symbolic_dims(shape_x) or symbolic_dims(shape_y)))
+        ):
+            return None
+        left, right, product = autograd.matmul_nodes(x, y)
+        out = Tensor._wrap(product.reduce(Op.SUM, (nd,)).reshape(shape_x[:-1] + shape_y[-1:]))
+        return Tensor._record(out, autograd.MATMUL, (self, other), (x, other._lazydata, left, right, transposed))
+
     def mm(self, other):
         return self.matmul(other)
 
@@ -80,7 +116,9 @@ class NNOps:
         elif self._transposes_weight(weight):
             out = self._linear_transposed_weight(weight)
         else:
-            out = self.matmul(weight.T)
+            out = self._matmul_same_batch(weight, transposed=True)
+            if out is None:
+                out = self.matmul(weight.T)
         return out + bias if bias is not None else out
 
     def _transposes_weight(self, weight: Tensor) -> bool:
@@ -115,11 +153,7 @@ class NNOps:
 
     def _pool(self, kernel: tuple, stride: tuple, dilation: tuple) -> Tensor:
         """Sliding windows as a view: (..., *spatial) -> (..., *out_spatial, *kernel). Never a copy."""
-        n_sp = len(kernel)
-        spatial = self.shape[-n_sp:]
-        out = [(i - d * (k - 1) - 1) // s + 1 for i, k, s, d in zip(spatial, kernel, stride, dilation)]
-        if any(o <= 0 for o in out):
-            raise RuntimeError(f"kernel {kernel} with dilation {dilation} is larger than the input {spatial}")
+        _check_windows(self.shape[-len(kernel) :], kernel, stride, dilation)
         return self._movement(Op.WINDOW, (tuple(kernel), tuple(stride), tuple(dilation)))
 
     def conv2d(
@@ -164,9 +198,17 @@ class NNOps:
             win = x._pool((kh, kw), stride, dilation)
             return win.reshape(n, g, cin_g, *win.shape[2:])
 
+        def window_nodes() -> LazyBuffer:  # windows_of(x_in), on nodes
+            win = x_in._lazydata.pad(((0, 0), (0, 0), (padding[0], padding[0]), (padding[1], padding[1])))
+            _check_windows(win.shape[2:], (kh, kw), stride, dilation)
+            win = win.window(((kh, kw), stride, dilation))
+            return win.reshape((n, g, cin_g, *win.shape[2:]))
+
         columns = []  # the window columns, when forward copies them out; the weight gradient reuses them
 
         def forward() -> Tensor:
+            if _conv_forward_on_nodes(x_in, w_in):
+                return Tensor._wrap(forward_nodes())
             win = windows_of(x_in)
             oh, ow = win.shape[3:5]
             chosen = layout.conv_layout(x_in.device, ow, cout_g, _is_plain_buffer(w_in), stride[1] > 1)
@@ -184,6 +226,24 @@ class NNOps:
                 out = (win.unsqueeze(2) * w_in.reshape(1, g, cout_g, cin_g, 1, 1, kh, kw)).sum((3, 6, 7))
             return out.reshape(n, cout, oh, ow)
 
+        def forward_nodes() -> LazyBuffer:
+            # forward's nodes, call for call as its tensor ops make them, without a tensor per op (never recorded)
+            win = window_nodes()
+            oh, ow = win.shape[3:5]
+            weight = w_in._lazydata
+            chosen = layout.conv_layout(x_in.device, ow, cout_g, _is_plain_buffer(w_in), stride[1] > 1)
+            if chosen is layout.ConvLayout.COLUMNS:
+                cols = win.permute((0, 1, 3, 4, 2, 5, 6)).contiguous()
+                columns.append(Tensor._wrap(cols))
+                cols = cols.reshape(cols.shape[:2] + (1,) + cols.shape[2:])
+                out = _product_sum(cols, weight.reshape((1, g, cout_g, 1, 1, cin_g, kh, kw)), (5, 6, 7))
+            else:
+                if chosen is layout.ConvLayout.CHANNEL_LAST_WEIGHT:
+                    weight = weight.permute((1, 2, 3, 0)).contiguous().permute((3, 0, 1, 2))
+                win = win.reshape(win.shape[:2] + (1,) + win.shape[2:])
+                out = _product_sum(win, weight.reshape((1, g, cout_g, cin_g, 1, 1, kh, kw)), (3, 6, 7))
+            return out.reshape((n, cout, oh, ow))
+
         def backward(grad: Tensor) -> tuple:
             # the gradient as two convolutions (what PyTorch does too), rather than the autograd of the
             # window view: both are ordinary reduce kernels that the code generator vectorizes
@@ -193,6 +253,9 @@ class NNOps:
                 grad_x = _conv2d_input_grad(grad, w_in, (h, w), stride, padding, dilation, groups)
             # partial sums over `parts` slices of the batch, then their sum (codegen.layout says why)
             parts = layout.weight_grad_batch_parts(grad.device, n, (cout_g * g, cin_g * kh * kw), n * oh * ow)
+            if w_in.requires_grad and not autograd.is_grad_enabled() and _conv_forward_on_nodes(x_in, w_in):
+                if grad.dtype is x_in.dtype:
+                    return grad_x, Tensor._wrap(weight_grad_nodes(grad._lazydata, parts))
             if w_in.requires_grad and columns and not autograd.is_grad_enabled():
                 # output lanes along cin_g*kh*kw, contiguous in both (the columns carry no graph: with
                 # create_graph the windows below keep the weight gradient differentiable in x)
@@ -213,6 +276,26 @@ class NNOps:
                 gg = grad.reshape(parts, n // parts, g, cout_g, 1, oh, ow, 1, 1)
                 grad_w = (gg * win).sum((1, 5, 6)).sum(0).reshape(cout, cin_g, kh, kw)
             return grad_x, grad_w
+
+        def weight_grad_nodes(grad: LazyBuffer, parts: int) -> LazyBuffer:
+            # backward's weight gradient on nodes, call for call as its tensor ops below make them (each branch)
+            oh, ow = grad.shape[2:]
+            if columns:
+                gg = grad.reshape((parts, n // parts, g, cout_g, oh, ow, 1, 1, 1))
+                cols = columns[0]._lazydata
+                cols = cols.reshape((parts, n // parts, *cols.shape[1:]))
+                cols = cols.reshape(cols.shape[:3] + (1,) + cols.shape[3:])
+                out = _sum_nodes(_product_sum(gg, cols, (1, 4, 5)), (0,))
+            elif g == 1 and layout.weight_grad_channel_last(x_in.device, stride, cout, max_prod(grad.shape)):
+                rows = grad.permute((0, 2, 3, 1)).contiguous().reshape((n, oh, ow, cout, 1, 1, 1))
+                out = _product_sum(rows, window_nodes().permute((0, 3, 4, 1, 2, 5, 6)), (0, 1, 2))
+            else:
+                win = window_nodes()
+                win = win.reshape(win.shape[:2] + (1,) + win.shape[2:])
+                win = win.reshape((parts, n // parts, *win.shape[1:]))
+                gg = grad.reshape((parts, n // parts, g, cout_g, 1, oh, ow, 1, 1))
+                out = _sum_nodes(_product_sum(gg, win, (1, 5, 6)), (0,))
+            return out.reshape((cout, cin_g, kh, kw))
 
         out = Tensor._composite("conv2d", (x_in, w_in), forward, backward)
         return out + bias.reshape(1, -1, 1, 1) if bias is not None else out
@@ -309,13 +392,17 @@ class NNOps:
             # found by a reduce over the window; then back to the input positions (col2im). The windows and maxima
             # are forward's (no gradient flows through the choice, under create_graph too)
             win, best = saved[0]
-            best = best.unsqueeze(-1).unsqueeze(-1)
-            hit = (win == best) | (win != win)
             rank = Tensor._index_constant(k[0] * k[1], 0, -1, dt.float32, self.device, k)
-            first = hit._select(rank, 0.0).amax((-2, -1), keepdim=True)  # the rank of the first hit
-            spread = (rank == first)._select(grad.unsqueeze(-1).unsqueeze(-1), 0.0)
             padded = tuple(size + 2 * pad + e for size, pad, e in zip(x_in.shape[-2:], p, extra))
             crop = tuple(zip(p, x_in.shape[-2:]))  # the padding's positions get no gradient
+            if not autograd.is_grad_enabled():  # (no gradient of the gradient: the same nodes, without tensors)
+                spread = _max_pool_spread(win._lazydata, best._lazydata, rank._lazydata, grad._lazydata)
+                input_hw = (*x_in.shape[:-2], *padded)[-2:]
+                return (Tensor._wrap(autograd.col2im(spread, input_hw, k, s, d, crop)),)
+            best = best.unsqueeze(-1).unsqueeze(-1)
+            hit = (win == best) | (win != win)
+            first = hit._select(rank, 0.0).amax((-2, -1), keepdim=True)  # the rank of the first hit
+            spread = (rank == first)._select(grad.unsqueeze(-1).unsqueeze(-1), 0.0)
             return (autograd.window_transpose(spread, (*x_in.shape[:-2], *padded), k, s, d, crop),)
 
         out = Tensor._composite("max_pool2d", (x_in,), forward, backward)
@@ -462,6 +549,53 @@ class NNOps:
         return merged.permute(0, 2, 1, 3)
 
 
+def _conv_forward_on_nodes(x: Tensor, weight: Tensor) -> bool:
+    """Whether conv2d's forward builds its nodes directly (one float dtype, no symbolic size)."""
+    return x.dtype is weight.dtype and x.dtype.is_float and not symbolic_dims(x.shape)
+
+
+def _check_windows(spatial: tuple, kernel: tuple, stride: tuple, dilation: tuple) -> None:
+    """Sliding windows of `kernel` fit at least once into `spatial`."""
+    out = [(i - d * (k - 1) - 1) // s + 1 for i, k, s, d in zip(spatial, kernel, stride, dilation)]
+    if any(o <= 0 for o in out):
+        raise RuntimeError(f"kernel {kernel} with dilation {dilation} is larger than the input {spatial}")
+
+
+def _sum_nodes(x: LazyBuffer, axes: tuple) -> LazyBuffer:
+    """x.sum(axes) of a float node over some (not all) of its axes: the reduce, the reduced dims dropped."""
+    return x.reduce(Op.SUM, axes).reshape(tuple(size for i, size in enumerate(x.shape) if i not in axes))
+
+
+def _product_sum(x: LazyBuffer, y: LazyBuffer, axes: tuple) -> LazyBuffer:
+    """(x * y).sum(axes) for two float nodes of one dtype and rank that broadcast against each other: the nodes the
+    tensor ops make (each operand expanded, their product, the reduce, the reduced dims dropped)."""
+    shape = _broadcast_shape(x.shape, y.shape)
+    product = LazyBuffer.elementwise(Op.MUL, (x.expand(shape), y.expand(shape)))
+    return product.reduce(Op.SUM, axes).reshape(tuple(size for i, size in enumerate(shape) if i not in axes))
+
+
+def _max_pool_spread(win, best, rank, grad):
+    """max_pool2d's gradient before col2im, on graph nodes: each window's gradient at its first maximal element (a
+    NaN counts as one), zero elsewhere. The very nodes that the tensor ops of max_pool2d's backward make
+    (`(win == best) | (win != win)`, the first hit's rank by a where and a max, then a where of the gradient), call
+    for call, so that the kernels are the same; without a tensor, promotion and broadcasting per op (a pooling
+    layer's backward made ~19 tensors every step)."""
+    full = win.shape
+    lead = (1,) * (len(full) - len(rank.shape))
+    best = best.reshape(best.shape + (1,)).reshape(best.shape + (1, 1))
+    true = LazyBuffer.const(True, full, dt.bool_, win.device)
+    equal = LazyBuffer.elementwise(Op.XOR, (LazyBuffer.elementwise(Op.CMPNE, (win, best.expand(full))), true))
+    hit = LazyBuffer.elementwise(Op.OR, (equal, LazyBuffer.elementwise(Op.CMPNE, (win, win))))
+    zero_ranks = LazyBuffer.const(0.0, rank.shape, rank.dtype, rank.device).broadcast(lead + rank.shape, full)
+    ranks = LazyBuffer.elementwise(Op.WHERE, (hit, rank.broadcast(lead + rank.shape, full), zero_ranks))
+    first = ranks.reduce(Op.RMAX, (len(full) - 2, len(full) - 1))  # the rank of the first hit
+    chosen = LazyBuffer.elementwise(Op.CMPNE, (rank.broadcast(lead + rank.shape, full), first.expand(full)))
+    chosen = LazyBuffer.elementwise(Op.XOR, (chosen, true))
+    grad = grad.reshape(grad.shape + (1,)).reshape(grad.shape + (1, 1))
+    zero = LazyBuffer.const(0.0, grad.shape, grad.dtype, grad.device).expand(full)
+    return LazyBuffer.elementwise(Op.WHERE, (chosen, grad.expand(full), zero))
+
+
 def _conv2d_input_grad(grad: Tensor, weight: Tensor, input_hw: tuple, stride, padding, dilation, groups) -> Tensor:
     """d(conv2d)/d(input): the output gradient, spread out by the stride and fully padded, convolved
     with the spatially flipped weight whose in/out channels are swapped per group."""
@@ -469,6 +603,24 @@ def _conv2d_input_grad(grad: Tensor, weight: Tensor, input_hw: tuple, stride, pa
     g = groups
     n, _, oh, ow = grad.shape
     chosen = layout.conv_input_grad_layout(grad.device, groups, input_hw[1], oh * ow, _is_plain_buffer(weight))
+    if (
+        chosen is not layout.InputGradLayout.TRANSPOSED_CONV
+        and not autograd.is_grad_enabled()
+        and grad.dtype is weight.dtype
+        and _conv_forward_on_nodes(grad, weight)
+    ):
+        # (no gradient of the gradient: the nodes of the tensor ops below, call for call, without tensors)
+        node, kernel = grad._lazydata, weight._lazydata
+        if chosen is layout.InputGradLayout.COLUMNS_OVER_PIXELS:
+            per_pixel = node.reshape((n, cout, 1, 1, 1, oh, ow))
+            cols = _product_sum(per_pixel, kernel.reshape((1, cout, cin_g, kh, kw, 1, 1)), (1,))
+            cols = cols.permute((0, 1, 4, 5, 2, 3))
+        else:
+            per_pixel = node.permute((0, 2, 3, 1)).reshape((n, oh, ow, cout, 1, 1, 1))
+            cols = _product_sum(per_pixel, kernel.reshape((1, 1, 1, cout, cin_g, kh, kw)), (3,))
+            cols = cols.permute((0, 3, 1, 2, 4, 5))
+        padded_hw = tuple(size + 2 * p for size, p in zip(input_hw, padding))
+        return Tensor._wrap(autograd.col2im(cols, padded_hw, (kh, kw), stride, dilation, tuple(zip(padding, input_hw))))
     if chosen is not layout.InputGradLayout.TRANSPOSED_CONV:
         # the gradient of the window columns is a matrix product along memory the weight holds contiguously,
         # then the columns go back to their input positions (col2im, one elementwise kernel)

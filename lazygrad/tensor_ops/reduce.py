@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from collections import namedtuple
 from typing import TYPE_CHECKING
 
 from lazygrad import autograd
 from lazygrad import dtype as dt
 from lazygrad.codegen import layout
+from lazygrad.graph import LazyBuffer
 from lazygrad.ops import Op
 from lazygrad.shape import describe_symbolic, prod, symbolic_dims
 from lazygrad.symbolic import Node
@@ -19,12 +21,47 @@ if TYPE_CHECKING:
 MaxMin = namedtuple("MaxMin", ["values", "indices"])
 
 
+# (shape, dim as given, keepdim) -> (the axes reduced, whether any is longer than 1, the shape kept or None):
+# ReduceOps._reduce's checked plan for a reduction that is not split and has no empty or symbolic dim
+_REDUCE_PLANS: dict = {}
+
+
+def _plain_dims(dim) -> bool:
+    """Whether `dim` (as a reduction is given it) is None, an int or a tuple of ints: a key that means what it says."""
+    if dim is None or type(dim) is int:
+        return True
+    return type(dim) is tuple and all(type(d) is int for d in dim)
+
+
+def log_softmax_nodes(x: LazyBuffer, axis: int) -> LazyBuffer:
+    """log_softmax of a float node over one of its several axes, on graph nodes: the nodes that ReduceOps.log_softmax
+    makes with tensor ops, call for call (x - max, then minus log(sum(exp))), for callers that record no gradient."""
+    shape, axes = x.shape, (axis,)
+    peak = x.reduce(Op.RMAX, axes).expand(shape)
+    shifted = LazyBuffer.elementwise(Op.ADD, (x, LazyBuffer.elementwise(Op.NEG, (peak,))))
+    scaled = LazyBuffer.elementwise(Op.MUL, (shifted, LazyBuffer.const(1 / math.log(2), shape, x.dtype, x.device)))
+    total = LazyBuffer.elementwise(Op.EXP2, (scaled,)).reduce(Op.SUM, axes)
+    log_total = LazyBuffer.elementwise(Op.LOG2, (total,))
+    log_total = LazyBuffer.elementwise(
+        Op.MUL, (log_total, LazyBuffer.const(math.log(2), total.shape, x.dtype, x.device))
+    )
+    return LazyBuffer.elementwise(Op.ADD, (shifted, LazyBuffer.elementwise(Op.NEG, (log_total.expand(shape),))))
+
+
 class ReduceOps:
     __slots__ = ()
 
     def _reduce(self, op: str, dim, keepdim: bool) -> Tensor:
+        shape = self._lazydata.shape
+        try:  # an eager step makes the same few reductions every step: their checked axes are remembered
+            plan = _REDUCE_PLANS.get((shape, dim, keepdim))
+        except TypeError:  # (a list of dims)
+            plan = None
+        if plan is not None:
+            axes, reduces, kept = plan
+            out = self._primitive(op, arg=axes) if reduces else self
+            return out if kept is None else out._movement(Op.RESHAPE, kept)
         axes = self._axes(dim)
-        shape = self.shape
         x = self
         if 0 in shape:  # (checked only then: every eager step reduces)
             for a in axes:
@@ -39,10 +76,13 @@ class ReduceOps:
             out = x._split_reduce(op, parts).reshape((1,) * len(shape))
         else:
             out = x._primitive(op, arg=axes) if any(x.shape[a] != 1 for a in axes) else x
-        if keepdim or not shape:
-            return out
         # dropping the reduced ones: a valid reshape of a dense result, without reshape()'s checks
-        return out._movement(Op.RESHAPE, tuple(s for i, s in enumerate(shape) if i not in axes))
+        kept = None if keepdim or not shape else tuple(s for i, s in enumerate(shape) if i not in axes)
+        if parts == 1 and 0 not in shape and not symbolic_dims(shape) and _plain_dims(dim):
+            if len(_REDUCE_PLANS) >= 4096:
+                _REDUCE_PLANS.clear()
+            _REDUCE_PLANS[(shape, dim, keepdim)] = (axes, any(shape[a] != 1 for a in axes), kept)
+        return out if kept is None else out._movement(Op.RESHAPE, kept)
 
     def _split_reduce(self, op: str, parts: int) -> Tensor:
         """A big reduction to one value in two: `parts` partial results, then their reduction; the input is
@@ -204,6 +244,9 @@ class ReduceOps:
         x = self.cast(dtype) if dtype is not None else self._float()
         if x.numel() == 0:  # nothing to normalize (amax of an empty dim would raise): the empty result
             return x * 1
+        if x.ndim > 1 and not (x.requires_grad and autograd.is_grad_enabled()) and not symbolic_dims(x.shape):
+            # nothing recorded (a composite's forward, no_grad): the same nodes, without a tensor per op
+            return Tensor._wrap(log_softmax_nodes(x._lazydata, x._dim(dim)))
         shifted = x - x.amax(dim, keepdim=True).detach()
         return shifted - shifted.exp().sum(dim, keepdim=True).log()
 
