@@ -84,6 +84,15 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("backend", names, indirect=True)
 
 
+@pytest.fixture
+def llvm():
+    """The LLVM backend object, for tests of its threads and compile workers: it must run everywhere."""
+    try:
+        return backends.get("llvm")
+    except backends.BackendUnavailable as e:
+        pytest.fail(f"the LLVM backend must run everywhere: {e}")
+
+
 @pytest.fixture(autouse=True)
 def backend(request) -> str | None:
     """The backend this test runs on (None for backend-independent tests); it is Device.DEFAULT meanwhile."""

@@ -18,6 +18,14 @@ import lazygrad
 from lazygrad import Tensor
 
 
+def kernels_and_values(*tensors) -> tuple:
+    """The sorted names of the kernels that realize `tensors`, and their values: a graph built on nodes directly
+    and the tensor ops it stands for must agree on both."""
+    with lazygrad.profile() as p:
+        lazygrad.realize(*tensors)
+    return sorted(k.name for k in p.launches), [t.numpy() for t in tensors]
+
+
 def lib(t):
     """The module of a tensor's library: lazygrad or torch (for cat, stack, where)."""
     return lazygrad if isinstance(t, Tensor) else torch
@@ -195,9 +203,7 @@ def test_matmul_of_one_batch_is_one_recorded_op_with_the_general_paths_kernels(m
         out = a @ b
         op = out._ctx.op
         out.pow(2).sum().backward()
-        with lazygrad.profile() as p:
-            lazygrad.realize(out, a.grad, b.grad)
-        return op, sorted(k.name for k in p.launches), [t.numpy() for t in (out, a.grad, b.grad)]
+        return (op, *kernels_and_values(out, a.grad, b.grad))
 
     op, kernels, values = run()
     monkeypatch.setattr(Tensor, "_matmul_same_batch", lambda self, other: None)
@@ -215,9 +221,7 @@ def test_linear_of_a_matrix_makes_the_kernels_of_its_product_with_the_transpose(
         x, w = Tensor(rand(3, 5, seed=1), requires_grad=True), Tensor(rand(4, 5, seed=2), requires_grad=True)
         out = fn(x, w)
         out.pow(2).sum().backward()
-        with lazygrad.profile() as p:
-            lazygrad.realize(out, x.grad, w.grad)
-        return sorted(k.name for k in p.launches), [t.numpy() for t in (out, x.grad, w.grad)]
+        return kernels_and_values(out, x.grad, w.grad)
 
     kernels, values = run(lambda x, w: x.linear(w))
     written_kernels, written_values = run(lambda x, w: x @ w.T)
@@ -326,12 +330,10 @@ def test_max_pool2d_gradient_on_nodes_is_the_tensor_ops_gradient(case):
         x = Tensor(data, requires_grad=True)
         weights = Tensor(rand(*x.max_pool2d(**case).shape, seed=6))
         (g,) = lazygrad.grad((x.max_pool2d(**case) * weights).sum(), x, create_graph=create_graph)
-        with lazygrad.profile() as p:
-            g.realize()
-        return sorted(k.name for k in p.launches), g.numpy()
+        return kernels_and_values(g)
 
-    kernels, grad = gradient(False)
-    tensor_kernels, tensor_grad = gradient(True)
+    kernels, (grad,) = gradient(False)
+    tensor_kernels, (tensor_grad,) = gradient(True)
     assert kernels == tensor_kernels
     np.testing.assert_array_equal(grad, tensor_grad)
 
@@ -436,12 +438,10 @@ def test_relu_builds_the_nodes_of_its_composition():
         x = Tensor(data, requires_grad=True)
         out = fn(x)
         (out * Tensor(np.arange(7, dtype=np.float32))).sum().backward()
-        with lazygrad.profile() as p:
-            lazygrad.realize(out, x.grad)
-        return sorted(k.name for k in p.launches), out.numpy(), x.grad.numpy()
+        return kernels_and_values(out, x.grad)
 
-    kernels, out, grad = run(lambda x: x.relu())
-    composed_kernels, composed_out, composed_grad = run(lambda x: x.le(0)._select(x.zeros_like(), x))
+    kernels, (out, grad) = run(lambda x: x.relu())
+    composed_kernels, (composed_out, composed_grad) = run(lambda x: x.le(0)._select(x.zeros_like(), x))
     assert kernels == composed_kernels
     np.testing.assert_array_equal(out, composed_out)
     np.testing.assert_array_equal(grad, composed_grad)
@@ -772,13 +772,11 @@ def test_mean_cross_entropy_on_nodes_is_its_tensor_ops(monkeypatch):
         x = Tensor(data, requires_grad=True)
         loss = lazygrad.nn.functional.cross_entropy(x, Tensor(labels))
         loss.backward()
-        with lazygrad.profile() as p:
-            lazygrad.realize(loss, x.grad)
-        return sorted(k.name for k in p.launches), loss.numpy(), x.grad.numpy()
+        return kernels_and_values(loss, x.grad)
 
-    kernels, loss, grad = run()
+    kernels, (loss, grad) = run()
     monkeypatch.setattr(lazygrad.nn.functional, "_class_nll_on_nodes", lambda *args: False)
-    tensor_kernels, tensor_loss, tensor_grad = run()
+    tensor_kernels, (tensor_loss, tensor_grad) = run()
     assert kernels == tensor_kernels
     np.testing.assert_array_equal(loss, tensor_loss)
     np.testing.assert_array_equal(grad, tensor_grad)
@@ -791,12 +789,10 @@ def test_log_softmax_without_a_record_is_the_recorded_ones_nodes():
 
     def run(requires_grad):
         out = Tensor(data, requires_grad=requires_grad).log_softmax(-1)
-        with lazygrad.profile() as p:
-            out.realize()
-        return sorted(k.name for k in p.launches), out.numpy()
+        return kernels_and_values(out)
 
-    kernels, values = run(False)
-    recorded_kernels, recorded_values = run(True)
+    kernels, (values,) = run(False)
+    recorded_kernels, (recorded_values,) = run(True)
     assert kernels == recorded_kernels
     np.testing.assert_array_equal(values, recorded_values)
 
@@ -828,9 +824,7 @@ def test_conv2d_on_nodes_is_its_tensor_ops_in_every_layout(monkeypatch):
             w = Tensor(rand(*w_shape, seed=2), requires_grad=True)
             out = lazygrad.nn.functional.conv2d(x, w, stride=stride, padding=padding)
             (out * Tensor(rand(*out.shape, seed=3))).sum().backward()
-            with lazygrad.profile() as p:
-                lazygrad.realize(out, x.grad, w.grad)
-            outputs.append((sorted(k.name for k in p.launches), [t.numpy() for t in (out, x.grad, w.grad)]))
+            outputs.append(kernels_and_values(out, x.grad, w.grad))
         return outputs
 
     on_nodes = run()
@@ -854,9 +848,7 @@ def test_training_batch_norm_on_nodes_is_its_tensor_ops(monkeypatch, shape):
         mean, var = Tensor(rand(3, seed=4)).realize(), Tensor(rand(3, seed=5) + 3).realize()
         out = lazygrad.nn.functional.batch_norm(x, mean, var, w, b, training=True, momentum=0.2)
         (out * Tensor(rand(*shape, seed=6))).sum().backward()
-        with lazygrad.profile() as p:
-            lazygrad.realize(out, x.grad, w.grad, b.grad, mean, var)
-        return sorted(k.name for k in p.launches), [t.numpy() for t in (out, x.grad, w.grad, b.grad, mean, var)]
+        return kernels_and_values(out, x.grad, w.grad, b.grad, mean, var)
 
     kernels, values = run()
     monkeypatch.setattr(lazygrad.nn.functional, "_batch_norm_on_nodes", lambda *args: False)

@@ -23,14 +23,6 @@ from lazygrad.backends import llvm as llvm_backend
 pytestmark = pytest.mark.backend_independent
 
 
-@pytest.fixture
-def llvm():
-    try:
-        return backends.get("llvm")
-    except backends.BackendUnavailable as e:
-        pytest.fail(f"the LLVM backend must run everywhere: {e}")
-
-
 def new_kernels(count: int):
     """`count` reductions no process compiled before (constants drawn now), and their values computed by numpy."""
     data = np.random.default_rng().standard_normal((8, 16)).astype(np.float32)
