@@ -160,3 +160,18 @@ def linear_weight_transposed(device: str, rows: int, plain_weight: bool) -> bool
     along the output features (CPUs: devices with vector lanes). `plain_weight`: the weight is a whole
     contiguous buffer (a view may already read transposed)."""
     return vector_width(device) > 1 and plain_weight and rows >= _TRANSPOSED_WEIGHT_MIN_ROWS
+
+
+# Causal attention over this many positions or more computes its queries in blocks, each against the keys it can
+# see, so that the products skip most of the masked triangle (codegen-independent work saved; more, smaller kernels).
+_CAUSAL_BLOCKS_MIN_LENGTH = 128
+_CAUSAL_BLOCKS = 2
+
+
+def causal_query_blocks(device: str, query_shape: tuple, key_shape: tuple) -> int:
+    """Blocks of queries a causal attention is computed in (1: one product over all keys). Only where queries and
+    keys are the same positions (4-d: batch, heads, length, dim), and the length divides into the blocks."""
+    blocks, length = _CAUSAL_BLOCKS, query_shape[-2]
+    if len(query_shape) != 4 or len(key_shape) != 4 or key_shape[-2] != length or not isinstance(length, int):
+        return 1
+    return blocks if length >= _CAUSAL_BLOCKS_MIN_LENGTH and length % blocks == 0 else 1
