@@ -113,9 +113,18 @@ def test_attention_dropout_zeroes_weights_with_probability_p_and_rescales_the_re
 LONG = 128  # causal attention over this many positions runs in blocks of queries (codegen.layout.causal_query_blocks)
 
 
+@pytest.mark.backend_independent
+def test_causal_attention_runs_in_query_blocks_on_cpus_from_128_positions():
+    # the LLVM backend has 16-lane vectors (a CPU); a length the blocks do not divide, a short one, keys of another
+    # length (a key/value cache) or a 3-d input keep one block
+    assert layout.causal_query_blocks("llvm", (1, HEADS, LONG, WIDTH), (1, HEADS, LONG, WIDTH)) == 2
+    for query, key in [((1, 2, 127, 8),) * 2, ((1, 2, 64, 8),) * 2, ((1, 2, LONG, 8), (1, 2, 2 * LONG, 8))]:
+        assert layout.causal_query_blocks("llvm", query, key) == 1, (query, key)
+    assert layout.causal_query_blocks("llvm", (2, LONG, 8), (2, LONG, 8)) == 1
+
+
 def test_long_causal_attention_runs_in_query_blocks_and_matches_torch_forward_and_backward():
-    shape = (1, HEADS, LONG, WIDTH)
-    assert layout.causal_query_blocks(lazygrad.Device.DEFAULT, shape, shape) > 1
+    shape = (1, HEADS, LONG, WIDTH)  # in blocks where the device has vector lanes (CPUs: both test backends)
     (tq, q), (tk, k), (tv, v) = [pair(*shape, seed=s) for s in (3, 4, 5)]
     check_same_output_and_grads(
         TF.scaled_dot_product_attention(tq, tk, tv, is_causal=True),
