@@ -342,3 +342,23 @@ def test_llvm_renders_a_tile_of_lane_sums_as_one_tree():
     # one tree for the 16 sums: 8 + 4 + 2 + 1 pairs, each one add, and no reduction intrinsic per accumulator
     assert "llvm.vector.reduce" not in source
     assert source.count("fadd reassoc <16 x float>") == 15 and source.count("extractelement") >= 16
+
+
+@pytest.mark.backend_independent
+def test_a_register_tile_counts_an_epilogue_load_once_per_output_not_per_reduce_step():
+    # attention's scores over heads, then a (queries, keys) mask read after the reduce. Counted once per reduce step,
+    # the mask's loads outweighed the inputs' and the tile went along batch and heads, where neither input is reused
+    from lazygrad import backends
+    from lazygrad.codegen.lowering import build_loop_nest, choose_options
+    from lazygrad.schedule import create_schedule
+
+    rng = np.random.default_rng(12)
+    q, k = (Tensor(rng.standard_normal((2, 4, 64, 64)).astype(np.float32)) for _ in range(2))
+    hidden = Tensor(np.triu(np.ones((64, 64), dtype=bool), 1))
+    scores = (q @ k.transpose(-2, -1)).masked_fill(hidden, float("-inf"))
+    (ast,) = [item.ast for item in create_schedule([scores.lazydata]) if item.ast is not None]
+    nest = build_loop_nest(ast)
+    options = choose_options(nest, ast, backends.get("llvm").capabilities)
+    # (batch and heads merge into one dim: the inputs and the mask read them as one)
+    assert nest.shape == (8, 64, 64, 64) and options.vector == (3, 16), options.describe()  # lanes along the reduce
+    assert options.upcast == [(1, 4), (2, 4)], options.describe()  # 4 queries x 4 keys: each load feeds 4 sums
