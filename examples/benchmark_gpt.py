@@ -47,13 +47,16 @@ def time_interleaved(steps: dict, batches: dict, warmup: int, count: int, clock=
     return times
 
 
-def print_kernel_times(step, batch, count: int, repeats: int = 3) -> None:
+def print_kernel_times(step, batch, count: int, repeats: int = 3, least: bool = False) -> None:
     """The `count` kernels that cost the step most, grouped by name (one compiled program, e.g. the same product in
-    every layer): launches per step, median milliseconds per step over `repeats` timed steps, share of the step."""
-    per_step = []
+    every layer): launches per step, median milliseconds per step over `repeats` timed steps, share of the step.
+    `least`: each launch's least time over the steps instead, summed per name (on a shared machine, a view of the
+    work that other processes disturb far less than a median)."""
+    per_step, launches = [], []
     for _ in range(repeats):
         with lazygrad.profile() as p:
             step(*batch).item()
+        launches.append(p.launches)
         totals: dict[str, list] = {}
         for launch in p.launches:
             entry = totals.setdefault(launch.name, [0, 0.0, 0.0])
@@ -63,13 +66,18 @@ def print_kernel_times(step, batch, count: int, repeats: int = 3) -> None:
         per_step.append(totals)
     names = per_step[0].keys()
     median_ms = {name: statistics.median(t[name][1] for t in per_step) * 1e3 for name in names}
+    if least:  # the replayed step launches the same kernels in the same order every time
+        median_ms = dict.fromkeys(names, 0.0)
+        for i, launch in enumerate(launches[0]):
+            median_ms[launch.name] += min(step_launches[i].seconds for step_launches in launches) * 1e3
     total = sum(median_ms.values())
     print(f"{'kernel':<40} {'launches':>8} {'ms/step':>9} {'share':>6} {'GFLOP/s':>8}")
     for name in sorted(names, key=lambda n: -median_ms[n])[:count]:
         launches, _, flops = per_step[0][name]
         gflops = flops / (median_ms[name] / 1e3) / 1e9 if median_ms[name] else 0.0
         print(f"{name:<40} {launches:>8} {median_ms[name]:9.2f} {median_ms[name] / total:6.1%} {gflops:8.1f}")
-    print(f"{sum(t[0] for t in per_step[0].values())} kernels, {total:.1f} ms summed (median per kernel)")
+    how = "each launch's least time" if least else "median per kernel"
+    print(f"{sum(t[0] for t in per_step[0].values())} kernels, {total:.1f} ms summed ({how})")
 
 
 def main() -> None:
@@ -84,6 +92,12 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=100)
     parser.add_argument(
         "--profile", type=int, default=0, help="print the N kernels (grouped by name) that cost a lazygrad step most"
+    )
+    parser.add_argument("--profile-steps", type=int, default=3, help="steps --profile times (default 3)")
+    parser.add_argument(
+        "--profile-least",
+        action="store_true",
+        help="--profile sums each launch's least time over the steps instead of taking medians (a shared machine)",
     )
     parser.add_argument("--torch-threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument(
@@ -153,7 +167,7 @@ def main() -> None:
     )
     ours, theirs = times["lazygrad"], times["torch"]
     if args.profile:
-        print_kernel_times(jitted_step, ours_batches[-1], args.profile)
+        print_kernel_times(jitted_step, ours_batches[-1], args.profile, args.profile_steps, args.profile_least)
     ours_ms, theirs_ms = statistics.median(ours) * 1e3, statistics.median(theirs) * 1e3
     unit = "CPU ms" if args.cpu_time else "ms"
     print(f"training step, median of {args.steps}: lazygrad {ours_ms:.1f} {unit}, PyTorch eager {theirs_ms:.1f} {unit}")

@@ -293,3 +293,72 @@ def test_a_fused_optimizer_update_does_not_take_the_lanes_from_its_weight_gradie
     if backend == "llvm":
         fused = [p for p in lowered_programs if p.name.startswith("r_16_3_7_7_") and len(p.buffer_dtypes) > 3]
         assert fused and all(any(u.vec > 1 for u in p.uops) for p in fused), [p.name for p in fused]
+
+
+# --- a register tile's sums across lanes, combined as one tree (backends/llvm.py) ------------------------------------
+
+
+@pytest.mark.parametrize("tile", [[(0, 4), (1, 4)], [(0, 3)]], ids=["16_accumulators", "3_accumulators"])
+def test_a_tile_of_sums_and_maxima_along_lanes_matches_numpy(lowered_programs, backend, tile):
+    # lanes along a reduce of 64 (attention's scores): each of the tile's accumulators is combined across its lanes
+    # at the end; the LLVM renderer combines runs of them as one tree (16: one run; 3: a run of 2, then 1 alone)
+    rng = np.random.default_rng(11)
+    a = rng.standard_normal((12, 64)).astype(np.float32)
+    b = rng.standard_normal((8, 64)).astype(np.float32)
+    a[1, 5], a[2, :] = np.nan, -np.inf  # a NaN propagates through a maximum; a row of -inf stays -inf
+    options = KernelOptions(vector=(2, 16), upcast=list(tile), reasons=["a tile of lane reductions"])
+    chosen = []
+
+    def choose(name, nest):
+        if nest.shape != (12, 8, 64):
+            return None
+        chosen.append(name)
+        return options
+
+    with runtime.forced_options(choose):
+        products = Tensor(a).reshape(12, 1, 64) * Tensor(b).reshape(1, 8, 64)
+        sums, maxima = products.sum(2).numpy(), products.amax(2).numpy()
+    assert len(set(chosen)) == 2, chosen  # the sum's kernel and the maximum's, both with the tile
+    want = a.astype(np.float64)[:, None, :] * b.astype(np.float64)[None, :, :]
+    finite = np.isfinite(want).all(axis=2)
+    np.testing.assert_allclose(sums[finite], want.sum(2)[finite], rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(np.isnan(maxima), np.isnan(want.max(2)))
+    np.testing.assert_allclose(maxima, want.max(2).astype(np.float32), rtol=1e-6)  # NaN where NaN, -inf rows too
+
+
+@pytest.mark.backend_independent
+def test_llvm_renders_a_tile_of_lane_sums_as_one_tree():
+    from lazygrad import dtype as dt
+    from lazygrad.backends.llvm import render_llvm
+    from lazygrad.codegen.lowering import build_loop_nest, lower
+
+    a, b = np.ones((16, 64), np.float32), np.ones((16, 64), np.float32)
+    ast = _only_kernel_ast(a, b.T)  # lanes along the 64-long reduce: both rows contiguous there
+    nest = build_loop_nest(ast)
+    options = KernelOptions(vector=(2, 16), upcast=[(0, 4), (1, 4)])
+    program = lower(ast, (dt.float32,) * 3, "r_tile_of_lane_sums", options)
+    assert nest.shape == (16, 16, 64) and sum(u.op is IrOp.HREDUCE for u in program.uops) == 16
+    source = render_llvm(program, task=False)
+    # one tree for the 16 sums: 8 + 4 + 2 + 1 pairs, each one add, and no reduction intrinsic per accumulator
+    assert "llvm.vector.reduce" not in source
+    assert source.count("fadd reassoc <16 x float>") == 15 and source.count("extractelement") >= 16
+
+
+@pytest.mark.backend_independent
+def test_a_register_tile_counts_an_epilogue_load_once_per_output_not_per_reduce_step():
+    # attention's scores over heads, then a (queries, keys) mask read after the reduce. Counted once per reduce step,
+    # the mask's loads outweighed the inputs' and the tile went along batch and heads, where neither input is reused
+    from lazygrad import backends
+    from lazygrad.codegen.lowering import build_loop_nest, choose_options
+    from lazygrad.schedule import create_schedule
+
+    rng = np.random.default_rng(12)
+    q, k = (Tensor(rng.standard_normal((2, 4, 64, 64)).astype(np.float32)) for _ in range(2))
+    hidden = Tensor(np.triu(np.ones((64, 64), dtype=bool), 1))
+    scores = (q @ k.transpose(-2, -1)).masked_fill(hidden, float("-inf"))
+    (ast,) = [item.ast for item in create_schedule([scores.lazydata]) if item.ast is not None]
+    nest = build_loop_nest(ast)
+    options = choose_options(nest, ast, backends.get("llvm").capabilities)
+    # (batch and heads merge into one dim: the inputs and the mask read them as one)
+    assert nest.shape == (8, 64, 64, 64) and options.vector == (3, 16), options.describe()  # lanes along the reduce
+    assert options.upcast == [(1, 4), (2, 4)], options.describe()  # 4 queries x 4 keys: each load feeds 4 sums

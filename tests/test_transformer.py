@@ -9,6 +9,7 @@ import pytest
 import lazygrad
 import lazygrad.nn.functional as F
 from lazygrad import nn
+from lazygrad.codegen import layout
 
 torch = pytest.importorskip("torch")
 TF = torch.nn.functional
@@ -107,6 +108,46 @@ def test_attention_dropout_zeroes_weights_with_probability_p_and_rescales_the_re
     kept = weights != 0
     np.testing.assert_allclose(weights[kept], 1 / LENGTH / (1 - p), rtol=1e-6)
     assert abs(kept.mean() - (1 - p)) < 0.06, kept.mean()  # 1600 draws: 5 standard deviations is 0.0625
+
+
+LONG = 128  # causal attention over this many positions runs in blocks of queries (codegen.layout.causal_query_blocks)
+
+
+@pytest.mark.backend_independent
+def test_causal_attention_runs_in_query_blocks_on_cpus_from_128_positions():
+    # the LLVM backend has 16-lane vectors (a CPU); a length the blocks do not divide, a short one, keys of another
+    # length (a key/value cache) or a 3-d input keep one block
+    assert layout.causal_query_blocks("llvm", (1, HEADS, LONG, WIDTH), (1, HEADS, LONG, WIDTH)) == 2
+    for query, key in [((1, 2, 127, 8),) * 2, ((1, 2, 64, 8),) * 2, ((1, 2, LONG, 8), (1, 2, 2 * LONG, 8))]:
+        assert layout.causal_query_blocks("llvm", query, key) == 1, (query, key)
+    assert layout.causal_query_blocks("llvm", (2, LONG, 8), (2, LONG, 8)) == 1
+
+
+def test_long_causal_attention_runs_in_query_blocks_and_matches_torch_forward_and_backward():
+    shape = (1, HEADS, LONG, WIDTH)  # in blocks where the device has vector lanes (CPUs: both test backends)
+    (tq, q), (tk, k), (tv, v) = [pair(*shape, seed=s) for s in (3, 4, 5)]
+    check_same_output_and_grads(
+        TF.scaled_dot_product_attention(tq, tk, tv, is_causal=True),
+        F.scaled_dot_product_attention(q, k, v, is_causal=True),
+        (tq, tk, tv),
+        (q, k, v),
+    )
+
+
+def test_long_causal_attention_dropout_in_query_blocks_keeps_future_keys_out():
+    # the identity as values makes the output the weights; equal queries and keys give row i the weight 1/(i+1) on
+    # keys 0..i before dropout, and nothing on the keys after it in whichever block the row falls
+    p = 0.5
+    q = lazygrad.zeros(1, HEADS, LONG, WIDTH)
+    values = lazygrad.eye(LONG).reshape(1, 1, LONG, LONG).expand(1, HEADS, LONG, LONG)
+    weights = F.scaled_dot_product_attention(q, q, values, dropout_p=p, is_causal=True).numpy()
+    rows, cols = np.indices((LONG, LONG))
+    assert np.all(weights[:, :, cols > rows] == 0)
+    seen = weights[:, :, cols <= rows]
+    kept = seen != 0
+    expected = np.broadcast_to(1 / (rows[cols <= rows] + 1) / (1 - p), seen.shape)
+    np.testing.assert_allclose(seen[kept], expected[kept], rtol=1e-5)
+    assert abs(kept.mean() - (1 - p)) < 0.02, kept.mean()  # 16512 draws: 5 standard deviations is 0.019
 
 
 @pytest.mark.parametrize("batch_first", [True, False])

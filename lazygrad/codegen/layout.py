@@ -160,3 +160,23 @@ def linear_weight_transposed(device: str, rows: int, plain_weight: bool) -> bool
     along the output features (CPUs: devices with vector lanes). `plain_weight`: the weight is a whole
     contiguous buffer (a view may already read transposed)."""
     return vector_width(device) > 1 and plain_weight and rows >= _TRANSPOSED_WEIGHT_MIN_ROWS
+
+
+# Causal attention over this many positions or more computes its queries in blocks, each against the keys it can
+# see, so that the products skip part of the masked triangle: GPT's attention at (16, 4, 128, 64), forward and
+# backward, 11.1-12.3 -> 8.5-9.6 ms on one thread with 2 blocks (a quarter of the products' work skipped); 4 blocks
+# (5/8 of the work, 112 more kernels per step) made the step slower than 2. Measured on CPUs (16-lane vectors, LLVM);
+# on a GPU the extra, smaller kernels were not measured, so it keeps one block.
+_CAUSAL_BLOCKS_MIN_LENGTH = 128
+_CAUSAL_BLOCKS = 2
+
+
+def causal_query_blocks(device: str, query_shape: tuple, key_shape: tuple) -> int:
+    """Blocks of queries a causal attention is computed in (1: one product over all keys). Only where queries and
+    keys are the same positions (4-d: batch, heads, length, dim) and the length divides into the blocks."""
+    blocks, length = _CAUSAL_BLOCKS, query_shape[-2]
+    if len(query_shape) != 4 or len(key_shape) != 4 or key_shape[-2] != length or not isinstance(length, int):
+        return 1
+    if vector_width(device) == 1 or length < _CAUSAL_BLOCKS_MIN_LENGTH or length % blocks:
+        return 1
+    return blocks

@@ -376,7 +376,7 @@ def _tiled_options(nest: LoopNest, ast: KernelOp, vector_width: int, cache_block
     vdim = opts.vector[0] if opts.vector else None
     reducing = nest.n_output < len(nest.shape)
     if reducing:
-        opts.upcast = _register_tile(nest, loads, vdim, width)
+        opts.upcast = _register_tile(nest, loads, vdim, width, weights=_load_weights(nest, ast))
         if opts.upcast:
             opts.reasons.append(f"tile {opts.upcast}: the most multiply-adds per load that stays in the cache")
     else:
@@ -428,7 +428,7 @@ def _tiled_options(nest: LoopNest, ast: KernelOp, vector_width: int, cache_block
             )
             # a tile reads a chunk's strip now, not the whole reduce's: a wider tile may fit the cache
             chunked = nest.shape[nest.n_output] // opts.blocking[1]
-            wider = _register_tile(nest, loads, vdim, width, chunks=chunked)
+            wider = _register_tile(nest, loads, vdim, width, chunks=chunked, weights=_load_weights(nest, ast))
             if wider != opts.upcast:
                 trial = KernelOptions(wider, opts.unroll, opts.vector, reasons=list(opts.reasons))
                 trial.blocking = _cache_blocking(nest, ast, loads, trial)
@@ -555,7 +555,9 @@ def _tile_lines_per_reduce_step(nest: LoopNest, loads: list, opts: KernelOptions
     return lines
 
 
-def _register_tile(nest: LoopNest, loads: list, vdim: int | None, width: int, chunks: int = 1) -> list:
+def _register_tile(
+    nest: LoopNest, loads: list, vdim: int | None, width: int, chunks: int = 1, weights: list | None = None
+) -> list:
     """The register tile of a reduce: up to three output dims and their factors (along the lane dim, in
     vectors), at most 16 accumulators, for the most multiply-adds per load. Per reduce step the tile
     does one multiply-add per accumulator and loads, of each input, one value (or vector) per tile
@@ -593,9 +595,12 @@ def _register_tile(nest: LoopNest, loads: list, vdim: int | None, width: int, ch
         inner = ld[innermost]
         return count if inner is None or abs(inner) >= 16 else count / 16
 
+    # a load of the epilogue (after the reduce: attention's mask, a bias) runs once per output, not per reduce step
+    weights = weights or [1] * len(loads)
+
     def per_load(tile) -> float:
         accumulators = prod(f for _, f in tile)
-        loaded = sum(prod(f for d, f in tile if ld[d] != 0) + lines(ld, tile) for ld in loads)
+        loaded = sum(w * (prod(f for d, f in tile if ld[d] != 0) + lines(ld, tile)) for w, ld in zip(weights, loads))
         return accumulators / max(loaded, 1)
 
     def spread(tile) -> int:  # ties go to tiles whose loads stay close in memory (few cache lines)
