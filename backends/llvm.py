@@ -811,6 +811,7 @@ class _LLVMCompiler:
 # process lowers the next ones. Their object code is byte for byte the in-process compiler's (same LLVM, CPU,
 # features and passes), so the disk cache and the results cannot tell which compiled a kernel.
 COMPILE_POOL_MIN_BATCH = 8  # kernels to compile at once before worker processes are started (then kept)
+COMPILE_WORKER_TIMEOUT = 120.0  # seconds a worker may go without answering any job (one module takes ~30 ms)
 
 
 class _CompileWorker:
@@ -863,10 +864,20 @@ class _CompileWorker:
                 self.changed.notify_all()
 
     def reply(self, job: int):
-        """(status, payload) of a job, waiting for it; None when the worker ended without answering it."""
+        """(status, payload) of a job, waiting for it; None when the worker ended without answering it, or when it
+        answered nothing for COMPILE_WORKER_TIMEOUT seconds (then it is stopped: a process that is not the worker,
+        or a hung one, must not hang the launch)."""
         with self.changed:
+            progress, deadline = self.answered, time.monotonic() + COMPILE_WORKER_TIMEOUT
             while job not in self.replies and self.alive:
-                self.changed.wait()
+                if self.answered != progress:  # it answers earlier jobs: alive, and busy
+                    progress, deadline = self.answered, time.monotonic() + COMPILE_WORKER_TIMEOUT
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    self.alive = False
+                    self.process.kill()
+                    break
+                self.changed.wait(timeout=remaining)
             return self.replies.pop(job, None)
 
     def forget(self, job: int):
@@ -933,7 +944,8 @@ class CompilePool:
         if reply is None and not self.warned:
             self.warned = True
             warnings.warn(
-                "lazygrad: an LLVM compile worker ended early; its kernels are compiled in this process", stacklevel=2
+                "lazygrad: an LLVM compile worker ended or stopped answering; its kernels are compiled in this process",
+                stacklevel=2,
             )
         return reply[1] if reply is not None and reply[0] == 0 else None
 

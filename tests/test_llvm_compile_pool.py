@@ -86,11 +86,23 @@ def test_a_dead_worker_costs_a_warning_not_a_kernel(llvm, pool):
     os.kill(worker.process.pid, signal.SIGSTOP)  # it cannot answer what it is given now
     pool.submit(source)
     os.kill(worker.process.pid, signal.SIGKILL)
-    with pytest.warns(UserWarning, match="compile worker ended early"):
+    with pytest.warns(UserWarning, match="compile worker ended or stopped answering"):
         assert pool.result(source) is None
     assert not pool.usable(100)  # no worker left: kernels compile one by one
     pool.submit(source)
     assert pool.result(source) is None
+
+
+def test_a_worker_that_answers_nothing_is_stopped_not_waited_for(llvm, pool, monkeypatch):
+    monkeypatch.setattr(llvm_backend, "COMPILE_WORKER_TIMEOUT", 0.5)
+    (source,) = compiled_sources(1)
+    worker = pool.workers[0]
+    os.kill(worker.process.pid, signal.SIGSTOP)  # alive, and silent
+    pool.submit(source)
+    with pytest.warns(UserWarning, match="compile worker ended or stopped answering"):
+        assert pool.result(source) is None
+    assert worker.process.wait(timeout=10) == -signal.SIGKILL
+    assert not pool.usable(100)
 
 
 def test_a_forked_child_neither_uses_nor_stops_its_parents_workers(pool):
