@@ -615,7 +615,8 @@ def run_plan(steps: list, nodes: list, externals: list, items: list | None = Non
         for observer in OBSERVERS:
             observer.schedule(items)
     start = time.perf_counter() if _profiles else 0.0
-    ahead = any(step.entry is None for step in steps)
+    # (a copy's step never gets an entry: only kernels not compiled yet call for the look ahead)
+    ahead = any(step.entry is None and step.kind is _KERNEL_ITEM for step in steps)
     if ahead:
         _compile_ahead(steps, nodes, externals)
     buffer_op = Op.BUFFER  # read once: an Enum class attribute is slow to read in Python 3.11
