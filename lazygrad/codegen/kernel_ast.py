@@ -67,13 +67,19 @@ class KernelOp:
 
     def structure(self) -> str:
         """A canonical text of the kernel, one line per distinct node (linear in the DAG's size): the key of
-        its compiled program in memory and on disk."""
+        its compiled program in memory and on disk. Cached on the node (nodes are immutable): a new kernel's key
+        is asked for by its lowering, its name, the disk cache and the kernel cache."""
+        cached = self.__dict__.get("_structure")
+        if cached is not None:
+            return cached
         number, lines = {}, []
         for node in self.walk():
             number[id(node)] = len(lines)
             srcs = ",".join(str(number[id(s)]) for s in node.srcs)
             lines.append(f"{node.op}|{node.dtype.name if node.dtype else ''}|{node.arg!r}|{srcs}")
-        return "\n".join(lines)
+        text = "\n".join(lines)
+        object.__setattr__(self, "_structure", text)
+        return text
 
     def describe(self, depth=0) -> str:
         pad = "  " * depth
