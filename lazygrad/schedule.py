@@ -90,6 +90,7 @@ class Scheduler:
         seen = self._positions
         new_targets, checked = self.targets, 0
         self._assigns: list = []  # the assign nodes among them
+        self._reads_old: set | None = None  # ids of the nodes that read data an assign overwrites (_stale_readers)
         while True:
             if self._collect(new_targets, self.nodes, seen, self._assigns):
                 checked = 0  # a new assign may make nodes checked before read old data: check them all again
@@ -162,8 +163,15 @@ class Scheduler:
             return []
         collected = self._positions  # (the ids of the nodes collected)
         wanted = {id(t) for t in self.targets}
-        reads_old, stale = {id(n.arg) for n in assigns}, []
-        for index, node in enumerate(self.nodes):
+        stale, nodes = [], self.nodes
+        if checked and self._reads_old is not None:
+            # the first `checked` nodes are as the call before found them (no new assign since): which of them read
+            # old data is known, so only the nodes collected since are walked (a ResNet-18 step: ~1,500 nodes)
+            reads_old, nodes = self._reads_old, nodes[checked:]
+        else:
+            reads_old = {id(n.arg) for n in assigns}
+        self._reads_old = reads_old
+        for node in nodes:
             if node.op is assign:
                 continue
             for src in node.srcs:
@@ -172,7 +180,7 @@ class Scheduler:
             else:
                 continue
             reads_old.add(id(node))
-            if index < checked or id(node) in wanted:
+            if id(node) in wanted:
                 continue
             holders, readers = node._holders, node._readers
             # (any_alive inlined for the one-reference case: this runs for every node that reads old data)
