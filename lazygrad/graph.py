@@ -65,29 +65,20 @@ def defers_gc(fn):
     return paused
 
 
-# the hash-consing table: (device, shape, dtype, op, ids of the sources..., arg) -> a weak reference to the node.
-# A node's entry is not taken out when the node dies: a callback per node (weakref.ref(node, forget)) ran for every
-# node of every eager step, all of which die (~10 us of a ~430 us polynomial-fit step). A look-up finds a dead entry
-# dead (its reference answers None) and the new node takes the key over; the dead entries are swept out when the
-# table reaches _CONSED_SWEEP_AT[0] entries, which is then set to four times the live ones (at least
-# _CONSED_MIN_SWEEP), so a sweep's cost is spread over as many new nodes as it keeps and the table stays bounded.
+# the hash-consing table: (device, shape, dtype, op, ids of the sources..., arg) -> a weak reference to the node,
+# and back (a WeakValueDictionary, with plain weak references: it costs a third of one per node)
 _CONSED: dict = {}
-_CONSED_MIN_SWEEP = 16384
-_CONSED_SWEEP_AT = [_CONSED_MIN_SWEEP]
+_CONSED_KEYS: dict = {}
 
 
-def _sweep_consed() -> None:
-    """Drop the entries of dead nodes from the hash-consing table."""
-    live = {key: ref for key, ref in _CONSED.items() if ref() is not None}
-    _CONSED.clear()
-    _CONSED.update(live)
-    _CONSED_SWEEP_AT[0] = max(_CONSED_MIN_SWEEP, 4 * len(live))
-
-
-def _note_consed(key, node) -> None:
-    _CONSED[key] = _REF(node)  # (the node's one plain weak reference, shared with its sources' reader lists)
-    if len(_CONSED) >= _CONSED_SWEEP_AT[0]:
-        _sweep_consed()
+def _forget_consed(ref) -> None:
+    key = _CONSED_KEYS.pop(ref, None)
+    if key is not None:
+        # one look-up of the key (a tuple's hash is not cached): taken out, and put back in the rare case that a
+        # newer node of the same key has replaced this one (every node of every eager step dies through here)
+        current = _CONSED.pop(key, None)
+        if current is not ref and current is not None:
+            _CONSED[key] = current
 
 
 class WeakList:
@@ -274,7 +265,9 @@ class LazyBuffer:
                 return hit
         node = LazyBuffer(device, ShapeTracker.contiguous(shape), dtype, op, srcs, arg)
         if key is not None:
-            _note_consed(key, node)
+            ref = weakref.ref(node, _forget_consed)
+            _CONSED[key] = ref
+            _CONSED_KEYS[ref] = key
         return node
 
     @staticmethod
@@ -348,9 +341,9 @@ class LazyBuffer:
             return hit
         st = _CONTIGUOUS.get(shape)
         node = LazyBuffer(device, st if st is not None else ShapeTracker.contiguous(shape), dtype, op, srcs, arg)
-        _CONSED[key] = _REF(node)  # (_note_consed inlined: every elementwise op of an eager step comes here)
-        if len(_CONSED) >= _CONSED_SWEEP_AT[0]:
-            _sweep_consed()
+        ref = weakref.ref(node, _forget_consed)
+        _CONSED[key] = ref
+        _CONSED_KEYS[ref] = key
         return node
 
     def reduce(self, op: Op | str, axes: tuple) -> LazyBuffer:

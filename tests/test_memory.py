@@ -124,7 +124,6 @@ def resident_bytes() -> int:
 
 def snapshot() -> dict:
     gc.collect()
-    lazygrad.graph._sweep_consed()  # the node cache's entries of dead nodes wait for a sweep (graph._CONSED)
     # objects counted before resident memory is read: the list gc.get_objects() builds (8 bytes an object,
     # ~4 MiB in a process that ran the whole suite) would otherwise show up as growth in the next snapshot
     objects = len(gc.get_objects())
