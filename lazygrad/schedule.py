@@ -156,7 +156,7 @@ class Scheduler:
         now, from the old data. (PyTorch: `before = a + 0; a.add_(1)` leaves `before` as it was.)
         `checked`: the first nodes were checked by the call before, whose stale values are targets now; with the
         nodes collected since (no new assign among them) they are not stale, so only the nodes after are
-        checked (Python would otherwise ask every node's holders and readers again)."""
+        walked, with the call before's set of the nodes that read old data (`_reads_old`)."""
         assign = Op.ASSIGN  # read once: an Enum class attribute is slow to read in Python 3.11
         assigns = self._assigns
         if not assigns:
