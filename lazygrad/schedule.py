@@ -90,6 +90,7 @@ class Scheduler:
         seen = self._positions
         new_targets, checked = self.targets, 0
         self._assigns: list = []  # the assign nodes among them
+        self._reads_old: set | None = None  # ids of the nodes that read data an assign overwrites (_stale_readers)
         while True:
             if self._collect(new_targets, self.nodes, seen, self._assigns):
                 checked = 0  # a new assign may make nodes checked before read old data: check them all again
@@ -155,15 +156,22 @@ class Scheduler:
         now, from the old data. (PyTorch: `before = a + 0; a.add_(1)` leaves `before` as it was.)
         `checked`: the first nodes were checked by the call before, whose stale values are targets now; with the
         nodes collected since (no new assign among them) they are not stale, so only the nodes after are
-        checked (Python would otherwise ask every node's holders and readers again)."""
+        walked, with the call before's set of the nodes that read old data (`_reads_old`)."""
         assign = Op.ASSIGN  # read once: an Enum class attribute is slow to read in Python 3.11
         assigns = self._assigns
         if not assigns:
             return []
         collected = self._positions  # (the ids of the nodes collected)
         wanted = {id(t) for t in self.targets}
-        reads_old, stale = {id(n.arg) for n in assigns}, []
-        for index, node in enumerate(self.nodes):
+        stale, nodes = [], self.nodes
+        if checked and self._reads_old is not None:
+            # the first `checked` nodes are as the call before found them (no new assign since): which of them read
+            # old data is known, so only the nodes collected since are walked (a ResNet-18 step: ~1,500 nodes)
+            reads_old, nodes = self._reads_old, nodes[checked:]
+        else:
+            reads_old = {id(n.arg) for n in assigns}
+        self._reads_old = reads_old
+        for node in nodes:
             if node.op is assign:
                 continue
             for src in node.srcs:
@@ -172,7 +180,7 @@ class Scheduler:
             else:
                 continue
             reads_old.add(id(node))
-            if index < checked or id(node) in wanted:
+            if id(node) in wanted:
                 continue
             holders, readers = node._holders, node._readers
             # (any_alive inlined for the one-reference case: this runs for every node that reads old data)

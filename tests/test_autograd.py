@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from helpers import GRAD_ATOL, GRAD_RTOL, assert_same, check_grad, positive, rand
 
 import lazygrad
-from lazygrad import Tensor
+from lazygrad import Tensor, autograd
 
 
 def kernels_and_values(*tensors) -> tuple:
@@ -317,6 +317,30 @@ def test_max_pool2d_gradient_with_ties_goes_to_the_first_maximum_as_in_torch(cas
     x[0, 0, :4, :4] = 0.0
     x[1, 2, 2:6, 3:7] = 0.5
     check_grad(lambda x: x.max_pool2d(**case) if isinstance(x, Tensor) else F.max_pool2d(x, **case), x)
+
+
+def _col2im_reference(g: np.ndarray, size: int, kernel: int, stride: int, crop: tuple) -> np.ndarray:
+    """col2im by its definition, on (outs, outs, kernel, kernel) windows of one (size, size) map: each window
+    position sends its value back to x[o * stride + k], then the crop (start, length) per dim."""
+    out = np.zeros((size, size), np.float32)
+    outs = g.shape[0]
+    for oy in range(outs):
+        for ox in range(outs):
+            for ky in range(kernel):
+                for kx in range(kernel):
+                    out[oy * stride + ky, ox * stride + kx] += g[oy, ox, ky, kx]
+    (y0, ylen), (x0, xlen) = crop
+    return out[y0 : y0 + ylen, x0 : x0 + xlen]
+
+
+def test_col2im_of_two_crops_with_the_same_class_sizes_matches_its_definition():
+    """autograd.col2im remembers how it takes each class of positions apart per shape, kernel, stride and crop
+    (_class_pieces): two crops whose classes have the same sizes but start elsewhere must each get their own."""
+    g = rand(3, 3, 3, 3, seed=11)
+    node = Tensor(g)._lazydata
+    for crop in (((0, 6), (0, 6)), ((1, 6), (1, 6)), ((0, 6), (0, 6))):  # the last one again, from the cache
+        got = Tensor._wrap(autograd.col2im(node, (7, 7), (3, 3), (2, 2), (1, 1), crop)).numpy()
+        np.testing.assert_allclose(got, _col2im_reference(g, 7, 3, 2, crop), rtol=1e-6, err_msg=str(crop))
 
 
 @pytest.mark.parametrize("case", [dict(kernel_size=3, stride=2, padding=1), dict(kernel_size=2)], ids=str)

@@ -98,6 +98,26 @@ def test_a_kernel_reading_one_buffer_both_before_and_after_its_update_is_a_clear
         (alias + x).numpy()
 
 
+def test_a_value_reading_old_data_through_a_node_of_the_first_pass_is_kept_from_before_the_update():
+    """Scheduler finds stale values in passes: `old_sum` reads w's buffer directly, so the first pass makes it a
+    target; the second pass collects its sources, among them `tripled`, which reads w's old data only through
+    `doubled`, a node the first pass collected (as a source of the update). `tripled` is held by a tensor, so it
+    must be computed now, from the old data: the second pass must know that `doubled` reads old data."""
+    (wn,) = _values(4, 1)
+    (w,) = _start([wn], True)
+    doubled = w * 2.0
+    tripled = doubled * 3.0
+    old_sum = w + tripled
+    w.assign(doubled + 10.0)
+    del doubled  # held only through the graph: not a target of its own
+    scheduler = Scheduler([w.lazydata])
+    assert any(n is tripled.lazydata.base for n in scheduler.targets), "tripled was not made a target"
+    w.realize()
+    np.testing.assert_allclose(w.numpy(), wn * 2 + 10, rtol=1e-6)
+    np.testing.assert_allclose(tripled.numpy(), wn * 6, rtol=1e-6)
+    np.testing.assert_allclose(old_sum.numpy(), wn + wn * 6, rtol=1e-6)
+
+
 # --- a fuzzer: random in-place sequences against numpy ---------------------------------------------------
 N_TENSORS = 3
 

@@ -286,6 +286,25 @@ def test_backward_step_and_realize_pause_the_collector_and_resume_it(monkeypatch
     assert seen == [False, False, False] and gc.isenabled()
 
 
+def test_a_modules_forward_pauses_the_collector_and_resumes_it_after_the_outermost_call():
+    seen: list = []
+
+    class Probe(nn.Module):
+        def forward(self, x):
+            seen.append(gc.isenabled())
+            return x * 2
+
+    model = nn.Sequential(Probe(), nn.Sequential(Probe()))
+    model(lazygrad.ones(2))
+    assert seen == [False, False] and gc.isenabled()
+    gc.disable()  # a collector the user paused stays paused
+    try:
+        model(lazygrad.ones(2))
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
 def test_the_collector_resumes_after_a_failing_backward_and_stays_paused_if_the_user_paused_it():
     seen: list = []
     out = _gc_probe(seen)

@@ -9,6 +9,7 @@ import numpy as np
 
 import lazygrad
 from lazygrad.device import canonical_device
+from lazygrad.graph import defers_gc
 from lazygrad.tensor import Tensor
 
 
@@ -88,6 +89,10 @@ class Module:
     def forward(self, *args, **kwargs):
         raise NotImplementedError(f"{type(self).__name__} does not define forward()")
 
+    # a model's forward builds a whole step's forward graph at once, like backward() and step(): with the collector
+    # paused (and resumed after the outermost module's call) an eager ResNet-18 step's young collections fall from
+    # ~4.6 to ~0.9 a step
+    @defers_gc
     def __call__(self, *args, **kwargs):
         return self.forward(*args, **kwargs)
 
