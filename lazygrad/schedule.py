@@ -46,6 +46,10 @@ _KEEPS_ARG = frozenset({Op.CAST, Op.BITCAST})
 # far more than the one extra read of the product's output that a separate, vectorized kernel costs
 _HEAVY_EPILOGUE_OPS = 16
 _HEAVY_EPILOGUE_SIZE = 65536
+# _merge_outputs folds at most this many outputs into one kernel (the most any ResNet-18 or GPT kernel has is 8): a
+# long chain of in-place updates that nothing realizes in between (`x.mul_(0.5).add_(1)` in a loop) would otherwise
+# fold into one kernel, each fold building the grown kernel again (a 400-update chain took 100 s to schedule)
+_MAX_KERNEL_OUTPUTS = 16
 
 
 class ItemKind(Enum):
@@ -312,13 +316,42 @@ class Scheduler:
     # --- kernel ASTs -----------------------------------------------------------------------------
     def _ast(self, node: LazyBuffer, movement: tuple, inputs: list, root: LazyBuffer) -> KernelOp:
         """The AST computing `node` (a base) seen through `movement` ops; a node reached again by another
-        path is the same KernelOp object (so a DAG is not unfolded into a tree, here or in lowering)."""
-        key = (id(node), movement, node is root)
-        if key not in self._ast_memo:
-            self._ast_memo[key] = self._build_ast(node, movement, inputs, root)
-        return self._ast_memo[key]
+        path is the same KernelOp object (so a DAG is not unfolded into a tree, here or in lowering).
 
-    def _build_ast(self, node: LazyBuffer, movement: tuple, inputs: list, root: LazyBuffer) -> KernelOp:
+        Iterative, depth first and sources in order (the order in which loads are met is the kernel's buffer
+        order): a fused chain may be thousands of ops deep (`y = y * 0.5 + 1` in a loop), past Python's
+        recursion limit."""
+        memo = self._ast_memo
+        top = (id(node), movement, node is root)
+        # each entry: (base, movement, root, the sources' keys once its sources were pushed, else None)
+        stack: list = [(node, movement, root, None)]
+        while stack:
+            node, movement, root, pending = stack.pop()
+            key = (id(node), movement, node is root)
+            if pending is not None:  # its sources are built: combine them
+                memo[key] = self._node_ast(node, movement, [memo[k] for k in pending])
+                continue
+            if key in memo:
+                continue
+            leaf = self._leaf_ast(node, movement, inputs, root)
+            if leaf is not None:
+                memo[key] = leaf
+                continue
+            self._fused.add(id(node))
+            if node.op in _STORES_ITS_SOURCE:  # its value is its source's
+                sources = ((node.srcs[0].base, node.srcs[0].movement + movement),)
+            elif node.op in REDUCE:
+                # the consumer reads the reduce through a plain reshape at most (see decide); the
+                # epilogue trackers are moved into the reduce's output shape in _kernel
+                sources = tuple((s.base, s.movement) for s in node.srcs)
+            else:
+                sources = tuple((s.base, s.movement + movement) for s in node.srcs)
+            stack.append((node, movement, root, [(id(b), m, False) for b, m in sources]))
+            stack.extend((b, m, None, None) for b, m in reversed(sources))
+        return memo[top]
+
+    def _leaf_ast(self, node: LazyBuffer, movement: tuple, inputs: list, root: LazyBuffer) -> KernelOp | None:
+        """A constant, or a load of a buffer (added to `inputs` when first met); None for a node computed here."""
         if node.op is Op.CONST:
             st = ShapeTracker.contiguous(node.shape).apply(movement)
             return KernelOp(AstOp.CONST, (), (node.arg, st), node.dtype)
@@ -329,19 +362,16 @@ class Scheduler:
                 inputs.append(node)
             st = ShapeTracker.contiguous(node.shape).apply(movement)
             return KernelOp(AstOp.LOAD, (), (self._n_outputs + inputs.index(node), st), node.dtype)
-        self._fused.add(id(node))
+        return None
+
+    def _node_ast(self, node: LazyBuffer, movement: tuple, srcs: list) -> KernelOp:
+        """The AST of a node computed in the kernel, from its sources' ASTs."""
         if node.op in _STORES_ITS_SOURCE:
-            src = node.srcs[0]
-            return self._ast(src.base, src.movement + movement, inputs, None)
-        if node.op not in REDUCE:
-            srcs = tuple(self._ast(s.base, s.movement + movement, inputs, None) for s in node.srcs)
+            return srcs[0]
         if node.op in REDUCE:
-            # the consumer reads the reduce through a plain reshape at most (see decide); the
-            # epilogue trackers are moved into the reduce's output shape in _kernel
-            srcs = tuple(self._ast(s.base, s.movement, inputs, None) for s in node.srcs)
             self._reduce_shape = node.shape
-            return KernelOp(AstOp.REDUCE, srcs, (node.op, node.arg), node.dtype)
-        out = KernelOp(node.op, srcs, node.arg if node.op in _KEEPS_ARG else None, node.dtype)
+            return KernelOp(AstOp.REDUCE, tuple(srcs), (node.op, node.arg), node.dtype)
+        out = KernelOp(node.op, tuple(srcs), node.arg if node.op in _KEEPS_ARG else None, node.dtype)
         # a pad of a fused value must read 0 outside, whatever the math gives there
         st = ShapeTracker.contiguous(node.shape).apply(movement)
         if any(v.mask is not None for v in st.views):
@@ -480,6 +510,8 @@ class Scheduler:
             while True:
                 candidate = self._mergeable_input(item, by_output, merged_away, items, refused)
                 if candidate is None:
+                    break
+                if len(item.outputs) + len(candidate.outputs) > _MAX_KERNEL_OUTPUTS:
                     break
                 if _fold_closes_cycle(items, merged_away, candidate, item):
                     refused.add(id(candidate))  # it reads an old target whose assign waits, through others, on item

@@ -5,13 +5,14 @@ is one). Each test states the kernel budget of one pattern and checks the values
 """
 
 import math
+import sys
 
 import numpy as np
 import pytest
 from helpers import rand
 
 import lazygrad
-from lazygrad import Tensor
+from lazygrad import Tensor, schedule
 
 
 def realized(*arrays):
@@ -70,6 +71,47 @@ def test_chain_of_ten_elementwise_ops_is_one_kernel():
     x = rand(3, 7)
     expected = -np.log(np.maximum(np.sin(np.maximum(np.sqrt(np.exp(x * 1.5 + 0.25)) - 1, 0)), 0.1))
     np.testing.assert_allclose(values, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_chain_deeper_than_pythons_recursion_limit_is_one_kernel_with_its_gradient():
+    # `y = y * a + b` in a loop: 3,000 fused ops, three times Python's default recursion limit, which the scheduler
+    # and the code generator once reached (RecursionError) by walking the kernel recursively
+    steps = sys.getrecursionlimit() + 500
+    data = rand(5, seed=4)
+    (x,) = realized(data)
+    x.requires_grad = True
+
+    def chain():
+        y = x
+        for _ in range(steps):
+            y = y * 1.0005 + 0.001
+        return y
+
+    values, p = run_counted(chain)
+    assert p.kernels == 1
+    expected = data.astype(np.float64)
+    for _ in range(steps):
+        expected = expected * 1.0005 + 0.001
+    # float32 rounding of 3,000 ops (and OpenCL's contraction of each multiply-add into one fma) adds up to ~2e-4
+    np.testing.assert_allclose(values, expected, rtol=2e-3)
+    chain().sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), np.full(5, 1.0005**steps), rtol=1e-4)
+
+
+def test_a_long_chain_of_in_place_updates_is_split_into_kernels_of_bounded_size():
+    # each fold of an update into the kernel reading it built the grown kernel again: 400 updates took 100 s
+    data = rand(6, seed=5)
+    (x,) = realized(data)
+    updates = 800
+    with lazygrad.profile() as p:
+        for _ in range(updates // 2):
+            x.mul_(0.75).add_(1.0)
+        values = x.numpy()
+    expected = data.astype(np.float64)
+    for _ in range(updates // 2):
+        expected = expected * 0.75 + 1.0
+    np.testing.assert_allclose(values, expected, rtol=1e-5)
+    assert updates / schedule._MAX_KERNEL_OUTPUTS <= p.kernels < updates / 4
 
 
 @pytest.mark.parametrize(
@@ -155,7 +197,6 @@ def test_shared_subexpressions_are_scheduled_and_lowered_once():
     y, expected = x, np.array([0.1, 0.2], dtype=np.float32)
     for _ in range(9):
         y, expected = y * y + y, expected * expected + expected
-    from lazygrad import schedule
     from lazygrad.codegen import lowering
 
     visits = {"ast": 0, "lowering": 0}
@@ -170,8 +211,9 @@ def test_shared_subexpressions_are_scheduled_and_lowered_once():
         return wrapper
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(schedule.Scheduler, "_build_ast", counted(schedule.Scheduler, "_build_ast", "ast"))
-        mp.setattr(lowering.Lowerer, "_value", counted(lowering.Lowerer, "_value", "lowering"))
+        # each node met is asked once whether it is a leaf, and computed once
+        mp.setattr(schedule.Scheduler, "_leaf_ast", counted(schedule.Scheduler, "_leaf_ast", "ast"))
+        mp.setattr(lowering.Lowerer, "_node_value", counted(lowering.Lowerer, "_node_value", "lowering"))
         values, p = run_counted(lambda: y)
     assert p.kernels == 1
     np.testing.assert_allclose(values, expected, rtol=1e-4)

@@ -772,9 +772,22 @@ class Lowerer:
         return st.index_and_valid(idxs)
 
     def _value(self, node: KernelOp, idx_nodes: list, vars_uop: dict, memo: dict, acc_value: UOp | None) -> UOp:
-        key = id(node)
-        if key in memo:
-            return memo[key]
+        """The value of `node` at one output point. Its sources are computed first, depth first and in order
+        (iteratively: a fused chain may be thousands of ops deep, past Python's recursion limit)."""
+        stack = [(node, False)]
+        while stack:
+            current, sources_done = stack.pop()
+            if id(current) in memo:
+                continue
+            if sources_done or current.op is AstOp.REDUCE or not current.srcs:
+                memo[id(current)] = self._node_value(current, idx_nodes, vars_uop, memo, acc_value)
+                continue
+            stack.append((current, True))
+            stack.extend((s, False) for s in reversed(current.srcs) if id(s) not in memo)
+        return memo[id(node)]
+
+    def _node_value(self, node: KernelOp, idx_nodes: list, vars_uop: dict, memo: dict, acc_value) -> UOp:
+        """The value of one node at one output point, its sources' values in `memo` (a reduce's is `acc_value`)."""
         e = self.e
         cdt = _compute_dtype(node.dtype) if node.dtype is not None else None
         if node.op is AstOp.REDUCE:
@@ -807,7 +820,7 @@ class Lowerer:
                 else self._as_bool(self._node_uop(valid, vars_uop))
             )
         else:
-            srcs = tuple(self._value(s, idx_nodes, vars_uop, memo, acc_value) for s in node.srcs)
+            srcs = tuple(memo[id(s)] for s in node.srcs)
             if node.op is Op.CAST or node.op is Op.BITCAST:
                 out = self._convert(node, srcs[0])
             else:
@@ -816,7 +829,6 @@ class Lowerer:
                     out = self.alu(
                         Op.CAST, dt.float32, (self.alu(Op.CAST, dt.float16, (out,), dt.float32),), dt.float16
                     )
-        memo[key] = out
         return out
 
     def _convert(self, node: KernelOp, src: UOp) -> UOp:
