@@ -66,6 +66,35 @@ def test_gelu_forward_and_backward(approximate):
     check_same_output_and_grads(torch.nn.GELU(approximate)(tx), nn.GELU(approximate)(x), (tx,), (x,))
 
 
+def float_range():
+    """float32 inputs over the whole range: tiny and subnormal magnitudes, the region where erf bends, the tails
+    where it is 1 in float32, and the non-finite values."""
+    positive = np.concatenate([np.logspace(-45, 1.6, 600), np.linspace(0, 14, 701), [3.4e38]]).astype(np.float32)
+    return np.concatenate([positive, -positive, [np.inf, -np.inf, np.nan]]).astype(np.float32)
+
+
+def test_erf_is_float32_accurate_over_the_whole_float_range():
+    # against float64: within a few float32 ulp everywhere (erf(x) ~ 2x/sqrt(pi) near 0 included, where the erfc
+    # form 1 - erfc(|x|) had no relative accuracy left: erf(1e-6) was 24% off)
+    x = float_range()
+    expected = torch.erf(torch.tensor(x, dtype=torch.float64)).numpy()
+    np.testing.assert_allclose(lazygrad.tensor(x).erf().numpy(), expected, rtol=3e-7, atol=1e-44)
+
+
+def test_gelu_is_accurate_over_the_whole_float_range_and_in_its_negative_tail():
+    # GELU(x) = x Phi(x): below 0 from erfc(|x / sqrt 2|) directly, not as 1 + erf, which cancels (6% off at a
+    # value of 1e-6, x ~ -4.9, and 0 from x ~ -5.6 on)
+    x = float_range()
+    expected = TF.gelu(torch.tensor(x, dtype=torch.float64)).numpy()
+    ours = lazygrad.tensor(x).gelu().numpy()
+    np.testing.assert_array_equal(np.isnan(ours), np.isnan(expected))
+    finite = np.isfinite(expected)
+    assert np.array_equal(ours[~finite & ~np.isnan(expected)], expected[~finite & ~np.isnan(expected)])
+    np.testing.assert_allclose(ours[finite], expected[finite], rtol=1e-6, atol=5e-7)
+    tail = np.abs(expected) >= 1e-6
+    np.testing.assert_allclose(ours[tail], expected[tail], rtol=4e-3)
+
+
 def test_embedding_with_padding_idx_sums_row_gradients_and_skips_the_padding_row():
     reference = torch.nn.Embedding(7, WIDTH, padding_idx=2)
     ours = copy_module(reference, nn.Embedding(7, WIDTH, padding_idx=2))
