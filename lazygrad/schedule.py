@@ -16,6 +16,7 @@ realized are recorded, and LAZYGRAD_DEBUG=2 prints them:
 - "assign-hazard": an assign would overwrite memory that this value reads through another view
 - "assign-order": it reads a buffer's old value, and the kernel it was fused into must wait (through others) for
   the assign that overwrites the buffer (`_break_cycle`)
+- "deep-chain": its fused ops nest `_MAX_FUSED_DEPTH` deep (a chain built in a loop): the next ops start a kernel
 
 Everything else is fused: an elementwise chain is one kernel, elementwise work before a reduce
 joins its loop, and elementwise work after a reduce on the reduced shape joins as its epilogue.
@@ -46,10 +47,15 @@ _KEEPS_ARG = frozenset({Op.CAST, Op.BITCAST})
 # far more than the one extra read of the product's output that a separate, vectorized kernel costs
 _HEAVY_EPILOGUE_OPS = 16
 _HEAVY_EPILOGUE_SIZE = 65536
-# _merge_outputs folds at most this many outputs into one kernel (the most any ResNet-18 or GPT kernel has is 8): a
-# long chain of in-place updates that nothing realizes in between (`x.mul_(0.5).add_(1)` in a loop) would otherwise
-# fold into one kernel, each fold building the grown kernel again (a 400-update chain took 100 s to schedule)
+# _merge_outputs folds at most this many outputs into one kernel (a ResNet-18 or GPT kernel folds at most 4): a long
+# chain of in-place updates that nothing realizes in between (`x.mul_(0.5).add_(1)` in a loop) would otherwise fold
+# into one kernel, each fold building the grown kernel again (a 400-update chain took 100 s to schedule)
 _MAX_KERNEL_OUTPUTS = 16
+# a fused value at most this many ops deep (the deepest ResNet-18 or GPT kernel, a random-number kernel, is 109): a
+# longer chain (`y = y * 0.5 + 1` in a loop) is cut into kernels of this depth (reason "deep-chain"), and kernels are
+# not merged past it. LLVM's time grows faster than the code: 2,048 chained ops compiled in ~2 s, 8,000 in 25 s,
+# while a chain cut into kernels of one depth compiles one program, launched again for each piece
+_MAX_FUSED_DEPTH = 256
 
 
 class ItemKind(Enum):
@@ -257,6 +263,7 @@ class Scheduler:
             if t.buffer is None:
                 self.realize[id(t)] = "output"
         holds_reduce: dict = {}
+        fused_depth: dict = {}  # id -> how deeply its fused ops nest
         self._holds_reduce, self._inline_cost, self._op_cost = holds_reduce, {}, {}
         copy, const = Op.COPY, Op.CONST  # read once: an Enum class attribute is slow to read in Python 3.11
         for node in self.nodes:
@@ -287,12 +294,19 @@ class Scheduler:
             if node.op in REDUCE:
                 reduces = {id(node)}
             holds_reduce[id(node)] = reduces if node.op in ELEMENTWISE | REDUCE else set()
-            if node.op in ELEMENTWISE:  # ops computed per element when fused (realized sources count as loads)
-                self._op_cost[id(node)] = 1 + sum(
-                    self._op_cost.get(id(s.base), 0)
-                    for s in node.srcs
-                    if s.base.buffer is None and id(s.base) not in self.realize
-                )
+            if node.op in ELEMENTWISE or node.op in REDUCE:
+                # ops computed per element when fused, and how deep they nest (realized sources count as loads)
+                cost, depth = 1, 0
+                for s in node.srcs:
+                    b = s.base
+                    if b.buffer is None and id(b) not in self.realize:
+                        cost += self._op_cost.get(id(b), 0)
+                        depth = max(depth, fused_depth.get(id(b), 0))
+                if depth >= _MAX_FUSED_DEPTH:
+                    self.realize.setdefault(id(node), "deep-chain")
+                if node.op in ELEMENTWISE:
+                    self._op_cost[id(node)] = cost
+                fused_depth[id(node)] = depth + 1
             if len(self.consumers.get(id(node), ())) > 1 and not self._cheap_to_repeat(node):
                 self.realize.setdefault(id(node), "shared")
 
@@ -403,7 +417,10 @@ class Scheduler:
                 self.realize[id(out.srcs[0].base)] = "assign-hazard"
                 raise _Reschedule()
             stores.append(KernelOp(AstOp.STORE, (value,), (index, store_st), out.dtype))
-        if members and self._overwrites_what_others_read(outputs, values, inputs):
+        if members and (
+            _depth(values) > _MAX_FUSED_DEPTH + 8  # (a few more for the loads, masks and stores around the ops)
+            or self._overwrites_what_others_read(outputs, values, inputs)
+        ):
             raise _UnsafeMerge()
         sink, var_vals = _unbind_ast(KernelOp(AstOp.SINK, tuple(stores)))
         reduces = {i for i in self._fused if self.by_id[i].op in REDUCE}
@@ -503,12 +520,16 @@ class Scheduler:
         it element for element: one loop then computes and stores both (fewer launches, one pass)."""
         by_output = {id(item.output): item for item in items if item.kind is ItemKind.KERNEL and len(item.outputs) == 1}
         merged_away: set = set()
+        readers: dict = {}  # id of a realized base -> how many of the items left read it
+        for item in items:
+            for x in item.inputs:
+                readers[id(x)] = readers.get(id(x), 0) + 1
         for item in items:
             if item.kind is not ItemKind.KERNEL or id(item) in merged_away or item.symbolic:
                 continue
             refused: set = set()
             while True:
-                candidate = self._mergeable_input(item, by_output, merged_away, items, refused)
+                candidate = self._mergeable_input(item, by_output, merged_away, readers, refused)
                 if candidate is None:
                     break
                 if len(item.outputs) + len(candidate.outputs) > _MAX_KERNEL_OUTPUTS:
@@ -528,7 +549,11 @@ class Scheduler:
                     refused.add(id(candidate))
                     continue
                 merged_away.add(id(candidate))
+                for x in (*item.inputs, *candidate.inputs):
+                    readers[id(x)] -= 1
                 item.__dict__.update(new.__dict__)
+                for x in item.inputs:
+                    readers[id(x)] = readers.get(id(x), 0) + 1
         return [item for item in items if id(item) not in merged_away]
 
     def _merge_readers(self, items: list) -> list:
@@ -616,7 +641,7 @@ class Scheduler:
             merged_away.update(group[1:])
         return [item for i, item in enumerate(items) if i not in merged_away]
 
-    def _mergeable_input(self, item: ScheduleItem, by_output: dict, merged_away: set, items: list, refused: set):
+    def _mergeable_input(self, item: ScheduleItem, by_output: dict, merged_away: set, readers: dict, refused: set):
         size = item.output.size
         group = {id(o) for o in item.outputs}
         reduces = item.reduces  # a kernel holds at most one
@@ -636,7 +661,7 @@ class Scheduler:
                 continue
             if not self.consumers.get(id(x), set()) <= item.fused | group:
                 continue
-            if any(other is not item and id(other) not in merged_away and x in other.inputs for other in items):
+            if readers[id(x)] > 1:
                 continue  # another kernel reads it too (a value fused into both): folding could close a cycle
             if x.op in _STORES_ITS_SOURCE and x.srcs[0].is_view:
                 continue
@@ -801,6 +826,15 @@ def _reshape_epilogue(node: KernelOp, shape: tuple, done: dict | None = None) ->
 
 def create_schedule(targets: list) -> list:
     return Scheduler(targets).schedule()
+
+
+def _depth(values: list) -> int:
+    """How deeply the nodes of kernel ASTs nest (a leaf is 1)."""
+    depth: dict = {}
+    for value in values:
+        for node in value.walk():
+            depth[id(node)] = 1 + max((depth[id(s)] for s in node.srcs), default=0)
+    return max(depth[id(v)] for v in values)
 
 
 def _alu_count(ast: KernelOp) -> int:

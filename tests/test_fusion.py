@@ -12,7 +12,7 @@ import pytest
 from helpers import rand
 
 import lazygrad
-from lazygrad import Tensor, schedule
+from lazygrad import Tensor, runtime, schedule
 
 
 def realized(*arrays):
@@ -73,9 +73,10 @@ def test_chain_of_ten_elementwise_ops_is_one_kernel():
     np.testing.assert_allclose(values, expected, rtol=1e-5, atol=1e-6)
 
 
-def test_a_chain_deeper_than_pythons_recursion_limit_is_one_kernel_with_its_gradient():
-    # `y = y * a + b` in a loop: 3,000 fused ops, three times Python's default recursion limit, which the scheduler
-    # and the code generator once reached (RecursionError) by walking the kernel recursively
+def test_a_chain_deeper_than_pythons_recursion_limit_is_cut_into_kernels_of_one_program():
+    # `y = y * a + b` in a loop: 3,000 chained ops, past Python's default recursion limit, which the scheduler and
+    # the code generator once reached (RecursionError) by walking a kernel recursively; and a kernel that deep took
+    # LLVM many seconds to compile: the chain is cut into kernels _MAX_FUSED_DEPTH deep, all one program
     steps = sys.getrecursionlimit() + 500
     data = rand(5, seed=4)
     (x,) = realized(data)
@@ -87,8 +88,10 @@ def test_a_chain_deeper_than_pythons_recursion_limit_is_one_kernel_with_its_grad
             y = y * 1.0005 + 0.001
         return y
 
+    compiled = len(runtime._kernel_cache)
     values, p = run_counted(chain)
-    assert p.kernels == 1
+    assert p.kernels == math.ceil(2 * steps / schedule._MAX_FUSED_DEPTH)
+    assert len(runtime._kernel_cache) - compiled <= 3  # the first piece, the pieces in between, the last
     expected = data.astype(np.float64)
     for _ in range(steps):
         expected = expected * 1.0005 + 0.001
