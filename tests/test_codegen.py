@@ -81,6 +81,25 @@ def test_blocked_weight_gradient_with_fused_sgd_update(lowered_programs, backend
         assert blocked(lowered_programs), "expected the weight gradient to be cache-blocked"
 
 
+def test_strided_conv_weight_gradient_blocked_one_image_at_a_time(lowered_programs, backend):
+    # a stem-like 7x7 stride-2 conv: the input (2 x 150K floats) is read again by every output-channel tile, and
+    # one image's share (150K) is more than the usual chunk allows but fits the cache: chunks of one image
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((2, 3, 224, 224)).astype(np.float32)
+    gy = rng.standard_normal((2, 16, 112, 112)).astype(np.float32)
+    w = Tensor(rng.standard_normal((16, 3, 7, 7)).astype(np.float32), requires_grad=True)
+    Tensor(x).conv2d(w, stride=2, padding=3).backward(Tensor(gy))
+    tw = torch.tensor(w.numpy(), dtype=torch.float64, requires_grad=True)
+    torch.nn.functional.conv2d(torch.tensor(x, dtype=torch.float64), tw, stride=2, padding=3).backward(
+        torch.tensor(gy, dtype=torch.float64)
+    )
+    np.testing.assert_allclose(w.grad.numpy(), tw.grad.numpy(), rtol=1e-4, atol=2e-3)
+    if backend == "llvm":
+        program = next(p for p in lowered_programs if p.name.startswith("r_16_3_7_7_2_112_112"))
+        chunks = next(u.arg[1] for u in program.uops if u.op is IrOp.RANGE and u.arg[0] == "kc")
+        assert chunks == 2, "expected the weight gradient blocked in chunks of one image"
+
+
 def reduce_steps(program) -> list:
     """The trip counts of a program's reduce loops (the "r..." ranges)."""
     return [u.arg[1] for u in program.uops if u.op is IrOp.RANGE and u.arg[0].startswith("r")]
