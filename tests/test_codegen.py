@@ -103,6 +103,23 @@ def test_strided_conv_weight_gradient_blocked_one_image_at_a_time_with_a_wide_ti
         assert sum(u.op is IrOp.ACC for u in program.uops) == 24
 
 
+def test_col2im_over_channel_last_columns_runs_along_the_channels(lowered_programs, backend):
+    # a 14x14 conv's input gradient: columns (n, oh, ow, cin, kh, kw) put back by col2im, whose nine loads would
+    # each jump a whole pixel of columns per output column: its loop runs innermost along the channels instead
+    rng = np.random.default_rng(5)
+    x = Tensor(rng.standard_normal((2, 32, 14, 14)).astype(np.float32), requires_grad=True)
+    w = rng.standard_normal((32, 32, 3, 3)).astype(np.float32)
+    gy = rng.standard_normal((2, 32, 14, 14)).astype(np.float32)
+    x.conv2d(Tensor(w), padding=1).backward(Tensor(gy))
+    tx = torch.tensor(x.numpy(), dtype=torch.float64, requires_grad=True)
+    torch.nn.functional.conv2d(tx, torch.tensor(w, dtype=torch.float64), padding=1).backward(
+        torch.tensor(gy, dtype=torch.float64)
+    )
+    np.testing.assert_allclose(x.grad.numpy(), tx.grad.numpy(), rtol=1e-4, atol=1e-3)
+    names = [p.name for p in lowered_programs]
+    assert any(name.startswith("e_2_14_14_32_") for name in names), names
+
+
 def reduce_steps(program) -> list:
     """The trip counts of a program's reduce loops (the "r..." ranges)."""
     return [u.arg[1] for u in program.uops if u.op is IrOp.RANGE and u.arg[0].startswith("r")]

@@ -151,7 +151,39 @@ def build_loop_nest(ast: KernelOp) -> LoopNest:
         perm = tuple(out_order) + tuple(range(n_output, len(shape)))
         trackers = {k: st.permute(perm) for k, st in trackers.items()}
         shape = tuple(shape[d] for d in perm)
-    return LoopNest(shape, n_output, trackers)
+    nest = LoopNest(shape, n_output, trackers)
+    return _innermost_by_cache_lines(nest, ast) if reduce is None else nest
+
+
+def _cache_lines_per_step(strides) -> float:
+    """Cache lines (16 float32) that accesses with these strides bring in per step of a loop: a stride of 16 or
+    more (or an index that is not affine) a new line each step, a smaller one that fraction of a line."""
+    return sum(1.0 if s is None else min(abs(s), 16) / 16 for s in strides)
+
+
+def _innermost_by_cache_lines(nest: LoopNest, ast: KernelOp) -> LoopNest:
+    """An elementwise kernel that no dim gives vector lanes (no dim its store writes contiguously in vectors) runs
+    innermost along the dim where its accesses bring in the fewest new cache lines per step, when that saves a
+    line or more: col2im over channel-last columns (n, oh, ow, cin, kh, kw), whose nine loads jump a whole pixel
+    of columns per output column, runs along the channels (ResNet-18's layer3 at 8x256x14x14, one thread: 6.2 ->
+    2.3 ms). Otherwise the order stays the store's."""
+    if nest.n_output < 2 or nest_is_symbolic(nest):
+        return nest
+    loads, store = dim_strides(nest, ast)
+    if any(store[d] == 1 and nest.shape[d] % 8 == 0 for d in range(nest.n_output)):
+        return nest
+
+    def lines(d):
+        return _cache_lines_per_step([ld[d] for ld in loads] + [store[d]])
+
+    last = nest.n_output - 1
+    best = min(range(nest.n_output), key=lambda d: (lines(d), d != last))
+    if lines(best) > lines(last) - 1:
+        return nest
+    perm = tuple(d for d in range(nest.n_output) if d != best) + (best,)
+    return LoopNest(
+        tuple(nest.shape[d] for d in perm), nest.n_output, {k: st.permute(perm) for k, st in nest.trackers.items()}
+    )
 
 
 def nest_is_symbolic(nest: LoopNest) -> bool:
