@@ -29,8 +29,11 @@ def layouts_on_16_lanes(out_width, out_channels, plain_weight, strided=False, wi
     return ConvLayout.WINDOWS
 
 
-def input_grad_layouts_on_16_lanes(groups, input_width, out_pixels, plain_weight):
+def input_grad_layouts_on_16_lanes(groups, input_width, out_pixels, plain_weight, strided=False, width=16):
+    """(and, since, the transposed convolution for stride 1 over rows of 28 or more on a device with lanes)"""
     if groups == 1 and input_width % 16 and plain_weight:
+        if not strided and input_width >= 28 and width > 1:
+            return InputGradLayout.TRANSPOSED_CONV
         return InputGradLayout.COLUMNS_OVER_PIXELS if out_pixels % 16 == 0 else InputGradLayout.COLUMNS_OVER_CHANNELS
     return InputGradLayout.TRANSPOSED_CONV
 
@@ -52,8 +55,10 @@ def test_every_vector_width_gets_the_layouts_measured_on_16_lanes(monkeypatch, w
                     )
                 for groups in (1, 2):
                     for pixels in (4, 16, 49, 64):
-                        got = layout.conv_input_grad_layout("llvm", groups, out_width, pixels, plain)
-                        assert got == input_grad_layouts_on_16_lanes(groups, out_width, pixels, plain)
+                        for strided in (False, True):
+                            got = layout.conv_input_grad_layout("llvm", groups, out_width, pixels, plain, strided)
+                            want = input_grad_layouts_on_16_lanes(groups, out_width, pixels, plain, strided, width)
+                            assert got == want, (groups, out_width, pixels, plain, strided)
 
 
 CONVS = {

@@ -71,16 +71,26 @@ def conv_layout(
 
 
 def conv_input_grad_layout(
-    device: str, groups: int, input_width: int, out_pixels: int, plain_weight: bool
+    device: str, groups: int, input_width: int, out_pixels: int, plain_weight: bool, strided: bool = False
 ) -> InputGradLayout:
-    """`out_pixels`: oh * ow of the output gradient; `plain_weight` as for conv_layout."""
+    """`out_pixels`: oh * ow of the output gradient; `plain_weight` as for conv_layout; `strided`: a stride above 1."""
     full, _ = _lanes(device)
     if groups == 1 and input_width % full and plain_weight:
+        if not strided and input_width >= _TRANSPOSED_MIN_WIDTH and vector_width(device) > 1:
+            # rows of 28 or more: the transposed convolution, its flipped weight copied channel-last (lanes over the
+            # input channels, as conv_layout gives it) costs less than columns 9x the input written, read and put
+            # back (ResNet-18 at 8x3x224x224, one thread, in the step: layer1's four input gradients 81 -> 69 ms,
+            # layer2's three 63 -> 58 ms; at 14x14 the transposed convolution was slower, 63 -> 81 ms)
+            return InputGradLayout.TRANSPOSED_CONV
         # narrow feature maps: the transposed convolution's rows would not fill the vectors
         if out_pixels % full == 0:
             return InputGradLayout.COLUMNS_OVER_PIXELS
         return InputGradLayout.COLUMNS_OVER_CHANNELS
     return InputGradLayout.TRANSPOSED_CONV
+
+
+# a stride-1 conv's input gradient over input rows this wide or wider is the transposed convolution on a CPU
+_TRANSPOSED_MIN_WIDTH = 28
 
 
 def weight_grad_batch_parts(device: str, batch: int, outputs: tuple, reduce_length: int) -> int:

@@ -628,7 +628,8 @@ def _conv2d_input_grad(grad: Tensor, weight: Tensor, input_hw: tuple, stride, pa
     cout, cin_g, kh, kw = weight.shape
     g = groups
     n, _, oh, ow = grad.shape
-    chosen = layout.conv_input_grad_layout(grad.device, groups, input_hw[1], oh * ow, _is_plain_buffer(weight))
+    strided = any(s > 1 for s in stride)
+    chosen = layout.conv_input_grad_layout(grad.device, groups, input_hw[1], oh * ow, _is_plain_buffer(weight), strided)
     if (
         chosen is not layout.InputGradLayout.TRANSPOSED_CONV
         and not autograd.is_grad_enabled()
