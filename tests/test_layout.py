@@ -128,6 +128,43 @@ def test_a_strided_weight_gradient_gives_torch_values_in_either_layout(monkeypat
 
 
 @pytest.mark.backend_independent
+def test_a_channel_last_input_only_for_long_stride_1_weight_gradients_over_whole_vectors_of_channels(monkeypatch):
+    for width in (1, 8, 16):
+        monkeypatch.setattr(layout, "vector_width", lambda device, width=width: width)
+        for stride in ((1, 1), (2, 2)):
+            for channels in (3, 16, 64):
+                for out_width in (16, 56):
+                    for length in (4095, 4096):
+                        expected = (
+                            width > 1 and stride == (1, 1) and channels % 16 == 0 and out_width == 56 and length == 4096
+                        )
+                        got = layout.weight_grad_input_channel_last("llvm", stride, 1, channels, out_width, length)
+                        assert got == expected, (width, stride, channels, out_width, length)
+                        assert not layout.weight_grad_input_channel_last("llvm", stride, 2, channels, out_width, length)
+
+
+@pytest.mark.parametrize("channel_last", [False, True], ids=["as-stored", "channel-last"])
+def test_a_weight_gradient_over_windows_gives_torch_values_with_its_input_in_either_layout(monkeypatch, channel_last):
+    """A stride-1 3x3 conv whose weight gradient reads the window view of its input, as stored or channel-last;
+    second order too (through the weight gradient into the input)."""
+    monkeypatch.setattr(layout, "conv_layout", lambda *args: ConvLayout.WINDOWS)
+    monkeypatch.setattr(layout, "weight_grad_input_channel_last", lambda *args: channel_last)
+    rng = np.random.default_rng(2)
+    x, w = rng.standard_normal((2, 16, 9, 7)).astype(np.float32), rng.standard_normal((4, 16, 3, 3)).astype(np.float32)
+    tx, tw = torch.tensor(x, requires_grad=True), torch.tensor(w, requires_grad=True)
+    expected = torch.nn.functional.conv2d(tx, tw, padding=1)
+    projection = rng.standard_normal(tuple(expected.shape)).astype(np.float32)
+    (tgw,) = torch.autograd.grad((expected * torch.tensor(projection)).sum(), tw, create_graph=True)
+    (tgw * tgw).sum().backward()
+    lx, lw = lazygrad.Tensor(x, requires_grad=True), lazygrad.Tensor(w, requires_grad=True)
+    out = lx.conv2d(lw, padding=1)
+    (lgw,) = lazygrad.grad((out * lazygrad.Tensor(projection)).sum(), lw, create_graph=True)
+    (lgw * lgw).sum().backward()
+    np.testing.assert_allclose(lgw.numpy(), tgw.detach().numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(lx.grad.numpy(), tx.grad.numpy(), rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.backend_independent
 def test_a_reduction_to_one_value_splits_from_65536_elements():
     assert layout.split_reduce_parts(65535) == 1
     assert layout.split_reduce_parts(65536) == 1024

@@ -141,6 +141,31 @@ def weight_grad_channel_last(device: str, stride: tuple, out_channels: int, grad
 _CHANNEL_LAST_GRAD_MAX_ELEMENTS = 1 << 18  # 1 MiB of float32: a copy that stays in a core's L2
 
 
+def weight_grad_input_channel_last(
+    device: str, stride: tuple, groups: int, in_channels: int, out_width: int, reduce_length: int
+) -> bool:
+    """Whether a conv2d's weight gradient over windows reads its input from a channel-last copy (n, h, w, cin), so
+    that vector lanes run over the input channels, each output-gradient value a broadcast scalar.
+
+    Read as it is, the lanes run along the output rows, which a stride-1 conv's windows read contiguously; but rows
+    that do not fill a full vector (56 on 16 lanes) get half-width ones. Over input channels that fill the vectors,
+    the copy (one read and write of the input) buys full-width lanes: ResNet-18's layer1 at 8x3x224x224, one thread,
+    alone: 22 -> 15 ms plus a 0.8 ms copy. Only for long reduces (batch x pixels of 4,096 or more): at 1x3x64x64 the
+    kernels are short and were not measured."""
+    full, _ = _lanes(device)
+    return (
+        vector_width(device) > 1
+        and all(s == 1 for s in stride)
+        and groups == 1
+        and in_channels % full == 0
+        and out_width % full != 0
+        and reduce_length >= _CHANNEL_LAST_INPUT_MIN_REDUCE
+    )
+
+
+_CHANNEL_LAST_INPUT_MIN_REDUCE = 4096
+
+
 _MIN_PART_LENGTH = 2048  # a slice shorter than this is not worth its partial results' memory traffic
 
 # A reduction to one value of this many elements or more runs in two kernels, with this many partial results.
