@@ -161,13 +161,17 @@ def _cache_lines_per_step(strides) -> float:
     return sum(1.0 if s is None else min(abs(s), 16) / 16 for s in strides)
 
 
+_REORDER_MIN_OUTPUTS = 1 << 16
+
+
 def _innermost_by_cache_lines(nest: LoopNest, ast: KernelOp) -> LoopNest:
     """An elementwise kernel that no dim gives vector lanes (no dim its store writes contiguously in vectors) runs
     innermost along the dim where its accesses bring in the fewest new cache lines per step, when that saves a
     line or more: col2im over channel-last columns (n, oh, ow, cin, kh, kw), whose nine loads jump a whole pixel
     of columns per output column, runs along the channels (ResNet-18's layer3 at 8x256x14x14, one thread: 6.2 ->
-    2.3 ms). Otherwise the order stays the store's."""
-    if nest.n_output < 2 or nest_is_symbolic(nest):
+    2.3 ms). Otherwise the order stays the store's, and for small kernels (under 65,536 outputs: 1x3x64x64's col2im
+    kernels, all in the cache anyway) too."""
+    if nest.n_output < 2 or nest_is_symbolic(nest) or prod(nest.shape) < _REORDER_MIN_OUTPUTS:
         return nest
     loads, store = dim_strides(nest, ast)
     if any(store[d] == 1 and nest.shape[d] % 8 == 0 for d in range(nest.n_output)):
