@@ -5,6 +5,7 @@
     python examples/benchmark.py --first-step             # cold and warm-cache first steps, in new processes
     python examples/benchmark.py --json
     python examples/benchmark.py --no-jit --no-torch      # lazygrad's step without @lazygrad.jit
+    LAZYGRAD_THREADS=1 python examples/benchmark.py --torch-threads 1 --cpu-time   # one thread each, CPU time
 
 A step is the PyTorch autograd tutorial's: forward, loss = (prediction - labels).sum(), backward,
 SGD(lr=1e-2, momentum=0.9).step(). lazygrad runs it under @lazygrad.jit (eagerly with --no-jit); PyTorch runs
@@ -121,7 +122,7 @@ def measure(args) -> dict:
     try:
         import torch
 
-        torch.set_num_threads(os.cpu_count() or 1)
+        torch.set_num_threads(args.torch_threads or os.cpu_count() or 1)
     except ImportError:
         torch = None
     if args.no_torch:
@@ -144,19 +145,21 @@ def measure(args) -> dict:
         print(str(timed).splitlines()[-1])
     th_step = torch_step_fn(args.batch_size, args.image_size, torch, args.torch_device) if torch else None
     result["torch_device"] = args.torch_device
+    result["clock"] = "cpu" if args.cpu_time else "wall"
     for _ in range(args.warmup):
         lg_step()
         if th_step:
             th_step()
     lg_times, th_times = [], []
+    clock = time.process_time if args.cpu_time else time.perf_counter
     for _ in range(args.steps):
-        t = time.perf_counter()
+        t = clock()
         lg_step()
-        lg_times.append(time.perf_counter() - t)
+        lg_times.append(clock() - t)
         if th_step:
-            t = time.perf_counter()
+            t = clock()
             th_step()
-            th_times.append(time.perf_counter() - t)
+            th_times.append(clock() - t)
     flops = resnet18_step_flops(args.batch_size, args.image_size)
     result["lazygrad_ms"] = _summary(lg_times)
     result["lazygrad_gflops"] = flops / statistics.median(lg_times) / 1e9
@@ -205,6 +208,13 @@ def main():
     parser.add_argument("--torch-device", default="cpu", help="where PyTorch runs (cpu, or cuda on a GPU machine)")
     parser.add_argument("--profile", type=int, default=0, metavar="N", help="print the N slowest kernels of a step")
     parser.add_argument("--no-jit", action="store_true", help="run lazygrad's step eagerly, without @lazygrad.jit")
+    parser.add_argument("--torch-threads", type=int, default=None, help="torch.set_num_threads (default: all cores)")
+    parser.add_argument(
+        "--cpu-time",
+        action="store_true",
+        help="time steps in CPU seconds of the process (time.process_time) instead of wall time: with "
+        "LAZYGRAD_THREADS=1 and --torch-threads 1, the work each step does, little disturbed by other processes",
+    )
     args = parser.parse_args()
     result = measure(args)
     if args.first_step:
@@ -213,19 +223,20 @@ def main():
         print(json.dumps(result, indent=2))
         return
     lg_ms = result["lazygrad_ms"]
+    unit = "ms CPU" if args.cpu_time else "ms"
     print(
         f"ResNet-18 training step, {args.batch_size}x3x{args.image_size}x{args.image_size}, "
         f"lazygrad on {result['backend']}"
     )
     print(
-        f"  lazygrad ({'eager' if args.no_jit else 'jit'})  median {lg_ms['median']:8.1f} ms  "
+        f"  lazygrad ({'eager' if args.no_jit else 'jit'})  median {lg_ms['median']:8.1f} {unit}  "
         f"(min {lg_ms['min']:.1f}, max {lg_ms['max']:.1f}, "
         f"n={lg_ms['n']})  {result['lazygrad_gflops']:.1f} GFLOP/s"
     )
     if "torch_ms" in result:
         th = result["torch_ms"]
         print(
-            f"  PyTorch (eager, {result['torch_device']}) median {th['median']:8.1f} ms  "
+            f"  PyTorch (eager, {result['torch_device']}) median {th['median']:8.1f} {unit}  "
             f"(min {th['min']:.1f}, max {th['max']:.1f})"
         )
         print(f"  ratio lazygrad/PyTorch: {result['ratio']:.2f}")

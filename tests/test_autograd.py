@@ -835,11 +835,19 @@ def test_conv2d_on_nodes_is_its_tensor_ops_in_every_layout(monkeypatch):
         ((1, 2, 2 * full, 2 * full), (full, 2, 3, 3), 2, 1),
         ((1, 2, full, full), (3, 2, 3, 3), 1, 1),
         ((1, 2, 2, max(full // 2, 1)), (3, 2, 3, 3), 1, 1),
+        # a long weight gradient over input channels that fill the vectors: its input read from a channel-last copy
+        ((1, full, 4 * full + full // 2, 4 * full + full // 2), (3, full, 3, 3), 1, 1),
     ]
-    chosen = []
+    chosen, input_channel_last = [], []
     for name in ("conv_layout", "conv_input_grad_layout"):
         choose = getattr(layout, name)
         monkeypatch.setattr(layout, name, lambda *args, choose=choose: chosen.append(choose(*args)) or chosen[-1])
+    channel_last = layout.weight_grad_input_channel_last
+    monkeypatch.setattr(
+        layout,
+        "weight_grad_input_channel_last",
+        lambda *args: input_channel_last.append(channel_last(*args)) or input_channel_last[-1],
+    )
 
     def run():
         outputs = []
@@ -860,6 +868,7 @@ def test_conv2d_on_nodes_is_its_tensor_ops_in_every_layout(monkeypatch):
             np.testing.assert_array_equal(ours, theirs)
     if layout.vector_width(Tensor([1.0]).lazydata.device) > 1:  # (a device without lanes has one layout)
         assert layouts == set(layout.ConvLayout) | set(layout.InputGradLayout)
+        assert any(input_channel_last)
 
 
 @pytest.mark.parametrize("shape", [(2, 3, 4, 4), (5, 3)], ids=str)

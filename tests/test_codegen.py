@@ -22,6 +22,7 @@ import pytest
 
 import lazygrad
 from lazygrad import Tensor, runtime
+from lazygrad.codegen import layout
 from lazygrad.codegen.lowering import KernelOptions
 from lazygrad.ops import IrOp
 
@@ -79,6 +80,44 @@ def test_blocked_weight_gradient_with_fused_sgd_update(lowered_programs, backend
     np.testing.assert_allclose(w.numpy(), want, rtol=1e-4, atol=1e-4)
     if backend == "llvm":
         assert blocked(lowered_programs), "expected the weight gradient to be cache-blocked"
+
+
+def test_strided_conv_weight_gradient_blocked_one_image_at_a_time_with_a_wide_tile(lowered_programs, backend):
+    # a stem-like 7x7 stride-2 conv: the input (2 x 150K floats) is read again by every output-channel tile, and
+    # one image's share (150K) is more than the usual chunk allows but fits the cache: chunks of one image; and a
+    # long reduce over batch and pixels (a conv's weight gradient) takes a 24-accumulator tile on 16-lane vectors
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((2, 3, 224, 224)).astype(np.float32)
+    gy = rng.standard_normal((2, 32, 112, 112)).astype(np.float32)
+    w = Tensor(rng.standard_normal((32, 3, 7, 7)).astype(np.float32), requires_grad=True)
+    Tensor(x).conv2d(w, stride=2, padding=3).backward(Tensor(gy))
+    tw = torch.tensor(w.numpy(), dtype=torch.float64, requires_grad=True)
+    torch.nn.functional.conv2d(torch.tensor(x, dtype=torch.float64), tw, stride=2, padding=3).backward(
+        torch.tensor(gy, dtype=torch.float64)
+    )
+    np.testing.assert_allclose(w.grad.numpy(), tw.grad.numpy(), rtol=1e-4, atol=2e-3)
+    if backend == "llvm" and layout.vector_width("llvm") >= 16:
+        program = next(p for p in lowered_programs if p.name.startswith("r_32_3_7_7_2_112_112"))
+        chunks = next(u.arg[1] for u in program.uops if u.op is IrOp.RANGE and u.arg[0] == "kc")
+        assert chunks == 2, "expected the weight gradient blocked in chunks of one image"
+        assert sum(u.op is IrOp.ACC for u in program.uops) == 24
+
+
+def test_col2im_over_channel_last_columns_runs_along_the_channels(lowered_programs, backend):
+    # a 14x14 conv's input gradient: columns (n, oh, ow, cin, kh, kw) put back by col2im, whose nine loads would
+    # each jump a whole pixel of columns per output column: its loop runs innermost along the channels instead
+    rng = np.random.default_rng(5)
+    x = Tensor(rng.standard_normal((4, 128, 14, 14)).astype(np.float32), requires_grad=True)
+    w = rng.standard_normal((16, 128, 3, 3)).astype(np.float32)
+    gy = rng.standard_normal((4, 16, 14, 14)).astype(np.float32)
+    x.conv2d(Tensor(w), padding=1).backward(Tensor(gy))
+    tx = torch.tensor(x.numpy(), dtype=torch.float64, requires_grad=True)
+    torch.nn.functional.conv2d(tx, torch.tensor(w, dtype=torch.float64), padding=1).backward(
+        torch.tensor(gy, dtype=torch.float64)
+    )
+    np.testing.assert_allclose(x.grad.numpy(), tx.grad.numpy(), rtol=1e-4, atol=1e-3)
+    names = [p.name for p in lowered_programs]
+    assert any(name.startswith("e_4_14_14_128_") for name in names), names
 
 
 def reduce_steps(program) -> list:

@@ -29,8 +29,11 @@ def layouts_on_16_lanes(out_width, out_channels, plain_weight, strided=False, wi
     return ConvLayout.WINDOWS
 
 
-def input_grad_layouts_on_16_lanes(groups, input_width, out_pixels, plain_weight):
+def input_grad_layouts_on_16_lanes(groups, input_width, out_pixels, plain_weight, strided=False, width=16):
+    """(and, since, the transposed convolution for stride 1 over rows of 28 or more on a device with lanes)"""
     if groups == 1 and input_width % 16 and plain_weight:
+        if not strided and input_width >= 28 and width > 1:
+            return InputGradLayout.TRANSPOSED_CONV
         return InputGradLayout.COLUMNS_OVER_PIXELS if out_pixels % 16 == 0 else InputGradLayout.COLUMNS_OVER_CHANNELS
     return InputGradLayout.TRANSPOSED_CONV
 
@@ -52,8 +55,10 @@ def test_every_vector_width_gets_the_layouts_measured_on_16_lanes(monkeypatch, w
                     )
                 for groups in (1, 2):
                     for pixels in (4, 16, 49, 64):
-                        got = layout.conv_input_grad_layout("llvm", groups, out_width, pixels, plain)
-                        assert got == input_grad_layouts_on_16_lanes(groups, out_width, pixels, plain)
+                        for strided in (False, True):
+                            got = layout.conv_input_grad_layout("llvm", groups, out_width, pixels, plain, strided)
+                            want = input_grad_layouts_on_16_lanes(groups, out_width, pixels, plain, strided, width)
+                            assert got == want, (groups, out_width, pixels, plain, strided)
 
 
 CONVS = {
@@ -116,6 +121,43 @@ def test_a_strided_weight_gradient_gives_torch_values_in_either_layout(monkeypat
     (tgw * tgw).sum().backward()  # second order: through the weight gradient into the input
     lx, lw = lazygrad.Tensor(x, requires_grad=True), lazygrad.Tensor(w, requires_grad=True)
     out = lx.conv2d(lw, stride=2, padding=3)
+    (lgw,) = lazygrad.grad((out * lazygrad.Tensor(projection)).sum(), lw, create_graph=True)
+    (lgw * lgw).sum().backward()
+    np.testing.assert_allclose(lgw.numpy(), tgw.detach().numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(lx.grad.numpy(), tx.grad.numpy(), rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.backend_independent
+def test_a_channel_last_input_only_for_long_stride_1_weight_gradients_over_whole_vectors_of_channels(monkeypatch):
+    for width in (1, 8, 16):
+        monkeypatch.setattr(layout, "vector_width", lambda device, width=width: width)
+        for stride in ((1, 1), (2, 2)):
+            for channels in (3, 16, 64):
+                for out_width in (16, 56):
+                    for length in (4095, 4096):
+                        expected = (
+                            width > 1 and stride == (1, 1) and channels % 16 == 0 and out_width == 56 and length == 4096
+                        )
+                        got = layout.weight_grad_input_channel_last("llvm", stride, 1, channels, out_width, length)
+                        assert got == expected, (width, stride, channels, out_width, length)
+                        assert not layout.weight_grad_input_channel_last("llvm", stride, 2, channels, out_width, length)
+
+
+@pytest.mark.parametrize("channel_last", [False, True], ids=["as-stored", "channel-last"])
+def test_a_weight_gradient_over_windows_gives_torch_values_with_its_input_in_either_layout(monkeypatch, channel_last):
+    """A stride-1 3x3 conv whose weight gradient reads the window view of its input, as stored or channel-last;
+    second order too (through the weight gradient into the input)."""
+    monkeypatch.setattr(layout, "conv_layout", lambda *args: ConvLayout.WINDOWS)
+    monkeypatch.setattr(layout, "weight_grad_input_channel_last", lambda *args: channel_last)
+    rng = np.random.default_rng(2)
+    x, w = rng.standard_normal((2, 16, 9, 7)).astype(np.float32), rng.standard_normal((4, 16, 3, 3)).astype(np.float32)
+    tx, tw = torch.tensor(x, requires_grad=True), torch.tensor(w, requires_grad=True)
+    expected = torch.nn.functional.conv2d(tx, tw, padding=1)
+    projection = rng.standard_normal(tuple(expected.shape)).astype(np.float32)
+    (tgw,) = torch.autograd.grad((expected * torch.tensor(projection)).sum(), tw, create_graph=True)
+    (tgw * tgw).sum().backward()
+    lx, lw = lazygrad.Tensor(x, requires_grad=True), lazygrad.Tensor(w, requires_grad=True)
+    out = lx.conv2d(lw, padding=1)
     (lgw,) = lazygrad.grad((out * lazygrad.Tensor(projection)).sum(), lw, create_graph=True)
     (lgw * lgw).sum().backward()
     np.testing.assert_allclose(lgw.numpy(), tgw.detach().numpy(), rtol=1e-4, atol=1e-4)

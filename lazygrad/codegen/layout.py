@@ -71,16 +71,26 @@ def conv_layout(
 
 
 def conv_input_grad_layout(
-    device: str, groups: int, input_width: int, out_pixels: int, plain_weight: bool
+    device: str, groups: int, input_width: int, out_pixels: int, plain_weight: bool, strided: bool = False
 ) -> InputGradLayout:
-    """`out_pixels`: oh * ow of the output gradient; `plain_weight` as for conv_layout."""
+    """`out_pixels`: oh * ow of the output gradient; `plain_weight` as for conv_layout; `strided`: a stride above 1."""
     full, _ = _lanes(device)
     if groups == 1 and input_width % full and plain_weight:
+        if not strided and input_width >= _TRANSPOSED_MIN_WIDTH and vector_width(device) > 1:
+            # rows of 28 or more: the transposed convolution, its flipped weight copied channel-last (lanes over the
+            # input channels, as conv_layout gives it) costs less than columns 9x the input written, read and put
+            # back (ResNet-18 at 8x3x224x224, one thread, in the step: layer1's four input gradients 81 -> 69 ms,
+            # layer2's three 63 -> 58 ms; at 14x14 the transposed convolution was slower, 63 -> 81 ms)
+            return InputGradLayout.TRANSPOSED_CONV
         # narrow feature maps: the transposed convolution's rows would not fill the vectors
         if out_pixels % full == 0:
             return InputGradLayout.COLUMNS_OVER_PIXELS
         return InputGradLayout.COLUMNS_OVER_CHANNELS
     return InputGradLayout.TRANSPOSED_CONV
+
+
+# a stride-1 conv's input gradient over input rows this wide or wider is the transposed convolution on a CPU
+_TRANSPOSED_MIN_WIDTH = 28
 
 
 def weight_grad_batch_parts(device: str, batch: int, outputs: tuple, reduce_length: int) -> int:
@@ -129,6 +139,31 @@ def weight_grad_channel_last(device: str, stride: tuple, out_channels: int, grad
 
 
 _CHANNEL_LAST_GRAD_MAX_ELEMENTS = 1 << 18  # 1 MiB of float32: a copy that stays in a core's L2
+
+
+def weight_grad_input_channel_last(
+    device: str, stride: tuple, groups: int, in_channels: int, out_width: int, reduce_length: int
+) -> bool:
+    """Whether a conv2d's weight gradient over windows reads its input from a channel-last copy (n, h, w, cin), so
+    that vector lanes run over the input channels, each output-gradient value a broadcast scalar.
+
+    Read as it is, the lanes run along the output rows, which a stride-1 conv's windows read contiguously; but rows
+    that do not fill a full vector (56 on 16 lanes) get half-width ones. Over input channels that fill the vectors,
+    the copy (one read and write of the input) buys full-width lanes: ResNet-18's layer1 at 8x3x224x224, one thread,
+    alone: 22 -> 15 ms plus a 0.8 ms copy. Only for long reduces (batch x pixels of 4,096 or more): at 1x3x64x64 the
+    kernels are short and were not measured."""
+    full, _ = _lanes(device)
+    return (
+        vector_width(device) > 1
+        and all(s == 1 for s in stride)
+        and groups == 1
+        and in_channels % full == 0
+        and out_width % full != 0
+        and reduce_length >= _CHANNEL_LAST_INPUT_MIN_REDUCE
+    )
+
+
+_CHANNEL_LAST_INPUT_MIN_REDUCE = 4096
 
 
 _MIN_PART_LENGTH = 2048  # a slice shorter than this is not worth its partial results' memory traffic

@@ -198,8 +198,9 @@ class NNOps:
             win = x._pool((kh, kw), stride, dilation)
             return win.reshape(n, g, cin_g, *win.shape[2:])
 
-        def window_nodes() -> LazyBuffer:  # windows_of(x_in), on nodes
-            win = x_in._lazydata.pad(((0, 0), (0, 0), (padding[0], padding[0]), (padding[1], padding[1])))
+        def window_nodes(source: LazyBuffer | None = None) -> LazyBuffer:  # windows_of(x_in), on nodes
+            source = x_in._lazydata if source is None else source
+            win = source.pad(((0, 0), (0, 0), (padding[0], padding[0]), (padding[1], padding[1])))
             _check_windows(win.shape[2:], (kh, kw), stride, dilation)
             win = win.window(((kh, kw), stride, dilation))
             return win.reshape((n, g, cin_g, *win.shape[2:]))
@@ -271,7 +272,10 @@ class NNOps:
                 win = windows_of(x_in).permute(0, 3, 4, 1, 2, 5, 6)  # (n, oh, ow, 1, cin, kh, kw)
                 grad_w = (rows * win).sum((0, 1, 2)).reshape(cout, cin_g, kh, kw)
             elif w_in.requires_grad:
-                win = windows_of(x_in).unsqueeze(2)  # (n, g, 1, cin_g, oh, ow, kh, kw)
+                source = x_in
+                if layout.weight_grad_input_channel_last(grad.device, stride, g, cin, ow, n * oh * ow):
+                    source = x_in.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)  # stored (n, h, w, cin)
+                win = windows_of(source).unsqueeze(2)  # (n, g, 1, cin_g, oh, ow, kh, kw)
                 win = win.reshape(parts, n // parts, *win.shape[1:])
                 gg = grad.reshape(parts, n // parts, g, cout_g, 1, oh, ow, 1, 1)
                 grad_w = (gg * win).sum((1, 5, 6)).sum(0).reshape(cout, cin_g, kh, kw)
@@ -290,7 +294,10 @@ class NNOps:
                 rows = grad.permute((0, 2, 3, 1)).contiguous().reshape((n, oh, ow, cout, 1, 1, 1))
                 out = _product_sum(rows, window_nodes().permute((0, 3, 4, 1, 2, 5, 6)), (0, 1, 2))
             else:
-                win = window_nodes()
+                source = None
+                if layout.weight_grad_input_channel_last(x_in.device, stride, g, cin, ow, n * oh * ow):
+                    source = x_in._lazydata.permute((0, 2, 3, 1)).contiguous().permute((0, 3, 1, 2))
+                win = window_nodes(source)
                 win = win.reshape(win.shape[:2] + (1,) + win.shape[2:])
                 win = win.reshape((parts, n // parts, *win.shape[1:]))
                 gg = grad.reshape((parts, n // parts, g, cout_g, 1, oh, ow, 1, 1))
@@ -628,7 +635,8 @@ def _conv2d_input_grad(grad: Tensor, weight: Tensor, input_hw: tuple, stride, pa
     cout, cin_g, kh, kw = weight.shape
     g = groups
     n, _, oh, ow = grad.shape
-    chosen = layout.conv_input_grad_layout(grad.device, groups, input_hw[1], oh * ow, _is_plain_buffer(weight))
+    strided = any(s > 1 for s in stride)
+    chosen = layout.conv_input_grad_layout(grad.device, groups, input_hw[1], oh * ow, _is_plain_buffer(weight), strided)
     if (
         chosen is not layout.InputGradLayout.TRANSPOSED_CONV
         and not autograd.is_grad_enabled()
