@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from lazygrad import backends, config, diskcache
-from lazygrad.codegen.lowering import KernelOptions, build_loop_nest, choose_options, lower
+from lazygrad.codegen.lowering import KernelOptions, build_loop_nest, choose_options, lower, options_problem
 from lazygrad.codegen.serialize import ProgramFormatError, decode_program, encode_program
 from lazygrad.codegen.verify import verify
 from lazygrad.graph import LazyBuffer, defers_gc
@@ -491,7 +491,13 @@ def forced_options(choose):
 
 
 def _forced(ast, name: str):
-    return None if _forced_options is None else _forced_options(name, build_loop_nest(ast))
+    if _forced_options is None:
+        return None
+    nest = build_loop_nest(ast)
+    options = _forced_options(name, nest)
+    if options is not None:
+        _check_options(options, nest, name, "forced options")
+    return options
 
 
 def kernel_options(ast, name: str, capabilities) -> KernelOptions:
@@ -502,7 +508,18 @@ def kernel_options(ast, name: str, capabilities) -> KernelOptions:
         return forced
     if not config.OPTIMIZE:
         return KernelOptions(reasons=["LAZYGRAD_OPTIMIZE=0: the plain loop nest"])
-    return choose_options(build_loop_nest(ast), ast, capabilities)
+    nest = build_loop_nest(ast)
+    options = choose_options(nest, ast, capabilities)
+    _check_options(options, nest, name, "the heuristics' options")
+    return options
+
+
+def _check_options(options: KernelOptions, nest, name: str, whose: str) -> None:
+    """Options that do not fit the loop nest (a factor that does not divide its dim) would compute wrong values:
+    refused, naming the kernel."""
+    problem = options_problem(options, nest)
+    if problem is not None:
+        raise ValueError(f"{whose} for kernel {name} ({options.describe()}) do not fit its loops: {problem}")
 
 
 def _lowered(ast, buffer_dtypes: tuple, name: str, capabilities):

@@ -33,7 +33,7 @@ import numpy as np
 from lazygrad import config, diskcache
 from lazygrad.codegen import tiling
 from lazygrad.codegen.kernel_ast import KernelOp
-from lazygrad.codegen.lowering import KernelOptions, LoopNest, choose_options, lower, stores_of
+from lazygrad.codegen.lowering import KernelOptions, LoopNest, choose_options, lower, options_problem, stores_of
 from lazygrad.codegen.serialize import ProgramFormatError, decode_program, encode_program
 from lazygrad.codegen.verify import verify
 from lazygrad.ops import AstOp, Op
@@ -186,37 +186,14 @@ def decode_record(payload: bytes, nest: LoopNest) -> Candidate:
 
 # --- candidates ----------------------------------------------------------------------------------------------
 def _invalid(candidate: Candidate, nest: LoopNest) -> str | None:
-    """Why the lowering cannot run this record on this loop nest (None: it can): every factor must divide its
-    dim, or the loops would read past the buffers' ends."""
-    o, shape = candidate.options, nest.shape
-    vdim, width = o.vector or (None, 1)
-    if vdim is not None and (width < 2 or shape[vdim] % width):
-        return f"vector {o.vector} does not divide d{vdim} of {shape}"
-    dims = [d for d, _ in o.upcast]
-    if len(set(dims)) != len(dims) or any(d >= nest.n_output for d in dims):
-        return f"tile {o.upcast}: dims repeat or are not output dims of {shape}"
-    for d, f in o.upcast:
-        if f < 2 or shape[d] % (f * (width if d == vdim else 1)):
-            return f"tile {o.upcast} does not divide d{d} of {shape}"
-    innermost = len(shape) - 1
-    if o.unroll:
-        d, f = o.unroll
-        if d < nest.n_output or d == vdim or f < 2 or shape[d] % f or (o.group and d == innermost):
-            return f"unroll {o.unroll} does not fit {shape}"
-    if o.group and (nest.n_output == len(shape) or o.vector or o.blocking):
-        return f"group {o.group}: needs a reduce, and no lanes or blocking"
-    if o.blocking:
-        block, chunk = o.blocking
-        rdim = nest.n_output
-        if rdim >= len(shape):
-            return "blocking without a reduce"
-        step = (width if vdim == rdim else 1) * (o.unroll[1] if o.unroll and o.unroll[0] == rdim else 1)
-        outer = shape[0] // ((width if vdim == 0 else 1) * dict(o.upcast).get(0, 1))
-        if chunk < 1 or shape[rdim] % chunk or chunk % step or block < 1 or outer % block:
-            return f"blocking {o.blocking} does not divide {shape}"
-    if candidate.local_size is not None and o.group:
+    """Why the lowering cannot run this record on this loop nest (None: it can): its options must fit the nest
+    (`options_problem`), and a work-group size goes with neither shared reduces nor local tiles."""
+    problem = options_problem(candidate.options, nest)
+    if problem is not None:
+        return problem
+    if candidate.local_size is not None and candidate.options.group:
         return "a work-group size for a kernel whose groups share a reduce"
-    if o.local_tile and (o.upcast or o.unroll or o.vector or o.blocking or o.group or candidate.local_size):
+    if candidate.local_size is not None and candidate.options.local_tile:
         return "a local tile takes no other option"
     return None
 

@@ -276,6 +276,25 @@ def test_debug_prints_each_kernels_option_record_with_reasons(backend):
     assert float(done.stdout.strip().splitlines()[-1]) == 64 * 48 * 96
 
 
+@pytest.mark.parametrize(
+    "options",
+    [
+        KernelOptions(upcast=[(0, 6)]),  # 6 does not divide 20
+        KernelOptions(unroll=(2, 7)),  # nor 7 the reduce of 30
+        KernelOptions(vector=(1, 4)),  # nor 4 the 14 columns
+    ],
+    ids=["tile", "unroll", "lanes"],
+)
+def test_options_that_do_not_fit_a_kernels_loops_are_refused(options):
+    # a factor that does not divide its dim once lowered and ran, reading past the loops' ends: wrong values
+    rng = np.random.default_rng(8)
+    a, b = rng.standard_normal((20, 30)).astype(np.float32), rng.standard_normal((30, 14)).astype(np.float32)
+    ta, tb = Tensor(a).realize(), Tensor(b).realize()
+    with runtime.forced_options(lambda name, nest: options if nest.shape == (20, 14, 30) else None):
+        with pytest.raises(ValueError, match=r"r_20_14_30\w* .* do not fit its loops: .* (divide|fit)"):
+            (ta @ tb).numpy()
+
+
 def test_a_kernel_replays_with_options_written_by_hand(lowered_programs, backend):
     rng = np.random.default_rng(7)
     a, b = rng.standard_normal((32, 200)).astype(np.float32), rng.standard_normal((200, 24)).astype(np.float32)

@@ -190,6 +190,41 @@ def _innermost_by_cache_lines(nest: LoopNest, ast: KernelOp) -> LoopNest:
     )
 
 
+def options_problem(o: KernelOptions, nest: LoopNest) -> str | None:
+    """Why the lowering cannot run these options on this loop nest (None: it can): every factor must divide its
+    dim, or the loops would read past the buffers' ends and compute wrong values. The heuristics' choices fit by
+    construction; options from elsewhere (the kernel search's records, `runtime.forced_options`) are checked."""
+    shape = nest.shape
+    vdim, width = o.vector or (None, 1)
+    if vdim is not None and (width < 2 or shape[vdim] % width):
+        return f"vector {o.vector} does not divide d{vdim} of {shape}"
+    dims = [d for d, _ in o.upcast]
+    if len(set(dims)) != len(dims) or any(d >= nest.n_output for d in dims):
+        return f"tile {o.upcast}: dims repeat or are not output dims of {shape}"
+    for d, f in o.upcast:
+        if f < 2 or shape[d] % (f * (width if d == vdim else 1)):
+            return f"tile {o.upcast} does not divide d{d} of {shape}"
+    innermost = len(shape) - 1
+    if o.unroll:
+        d, f = o.unroll
+        if d < nest.n_output or d == vdim or f < 2 or shape[d] % f or (o.group and d == innermost):
+            return f"unroll {o.unroll} does not fit {shape}"
+    if o.group and (nest.n_output == len(shape) or o.vector or o.blocking):
+        return f"group {o.group}: needs a reduce, and no lanes or blocking"
+    if o.blocking:
+        block, chunk = o.blocking
+        rdim = nest.n_output
+        if rdim >= len(shape):
+            return "blocking without a reduce"
+        step = (width if vdim == rdim else 1) * (o.unroll[1] if o.unroll and o.unroll[0] == rdim else 1)
+        outer = shape[0] // ((width if vdim == 0 else 1) * dict(o.upcast).get(0, 1))
+        if chunk < 1 or shape[rdim] % chunk or chunk % step or block < 1 or outer % block:
+            return f"blocking {o.blocking} does not divide {shape}"
+    if o.local_tile and (o.upcast or o.unroll or o.vector or o.blocking or o.group):
+        return "a local tile takes no other option"
+    return None
+
+
 def nest_is_symbolic(nest: LoopNest) -> bool:
     """Whether a loop of the nest runs a number of times known only at launch (a Variable's value)."""
     return any(isinstance(s, Node) for s in nest.shape)
