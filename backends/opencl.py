@@ -782,7 +782,6 @@ class OpenCLBackend:
             [self.device.name, self.device.driver_version, self.platform.version, cl.VERSION_TEXT, *self.build_options]
         )
         self.source_builds = 0  # programs that went through the driver's compiler (not the disk cache)
-        self._built_ahead: dict = {}  # source -> program built by `compile_ahead`, for `compile` to take
 
     def allocate(self, nbytes: int):
         return self.cl.Buffer(self.context, self.cl.mem_flags.READ_WRITE, size=max(nbytes, 1))
@@ -807,33 +806,7 @@ class OpenCLBackend:
         self.queue.finish()
 
     def compile_ahead(self, programs: list) -> None:
-        """Build, in threads, the programs about to be compiled one by one (`compile`) that the disk cache lacks:
-        the driver's compiler runs without Python's lock (pyopencl releases it), so a plan's new kernels build
-        side by side (PoCL: ~1 s each). Waits for all of them; `compile` then takes each built program."""
-        self._built_ahead = {}  # a batch's builds that `compile` never asked for are dropped with the next batch
-        workers = config.COMPILE_WORKERS
-        sources = {}
-        for program in programs:
-            if uses_float64(program) and not self.supports_float64:
-                continue  # `compile` raises the error, naming the computation
-            source = render_opencl(program)
-            if diskcache.get(self._cache_key(source)) is None:
-                sources[source] = program.name
-        if workers < 2 or len(sources) < 2:
-            return
-        from concurrent.futures import ThreadPoolExecutor
-
-        # one filter for the whole batch, set and restored on this thread: `catch_warnings` in each build thread
-        # would race on the process-wide filter list
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", self.cl.CompilerWarning)
-            with ThreadPoolExecutor(min(workers, len(sources))) as pool:
-                futures = {s: pool.submit(self._driver_build, self._new_program(s)) for s in sources}
-        for source, future in futures.items():
-            if future.exception() is None:  # a failed build is built again by `compile`, which reports its log
-                built = future.result()
-                diskcache.put(self._cache_key(source), built.get_info(self.cl.program_info.BINARIES)[0])
-                self._built_ahead[source] = built
+        pass  # each program is built when `compile` gets it
 
     def compile(self, program: Program) -> OpenCLKernel:
         if uses_float64(program) and not self.supports_float64:
@@ -845,18 +818,13 @@ class OpenCLBackend:
                 "(no cl_khr_fp64); use float32 tensors on this device"
             )
         source = render_opencl(program)
-        built = self._built_ahead.pop(source, None)
+        key = f"opencl|{self.target_id}|{source}"
+        binary = diskcache.get(key)
+        built = self._load_binary(binary) if binary is not None else None
         if built is None:
-            key = self._cache_key(source)
-            binary = diskcache.get(key)
-            built = self._load_binary(binary) if binary is not None else None
-            if built is None:
-                built = self._build(source, program.name)
-                diskcache.put(key, built.get_info(self.cl.program_info.BINARIES)[0])
+            built = self._build(source, program.name)
+            diskcache.put(key, built.get_info(self.cl.program_info.BINARIES)[0])
         return OpenCLKernel(self, program, source, built)
-
-    def _cache_key(self, source: str) -> str:
-        return f"opencl|{self.target_id}|{source}"
 
     def _load_binary(self, binary: bytes):
         try:
@@ -866,20 +834,13 @@ class OpenCLBackend:
         except self.cl.Error:  # a binary the driver no longer accepts: rebuild from source
             return None
 
-    def _new_program(self, source: str):
-        self.source_builds += 1
-        return self.cl.Program(self.context, source)
-
-    def _driver_build(self, program):
-        """The driver's compiler on `program`; pyopencl warns on any compiler output, which callers silence."""
-        return program.build(options=self.build_options, devices=[self.device], cache_dir=False)
-
     def _build(self, source: str, name: str):
-        program = self._new_program(source)
+        self.source_builds += 1
+        program = self.cl.Program(self.context, source)
         try:
-            with warnings.catch_warnings():  # errors are reported below
+            with warnings.catch_warnings():  # pyopencl warns on any compiler output; errors are reported below
                 warnings.simplefilter("ignore", self.cl.CompilerWarning)
-                return self._driver_build(program)
+                return program.build(options=self.build_options, devices=[self.device], cache_dir=False)
         except self.cl.Error as e:
             try:
                 log = program.get_build_info(self.device, self.cl.program_build_info.LOG)

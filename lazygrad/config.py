@@ -26,8 +26,8 @@ CACHE_DIR = os.environ.get("LAZYGRAD_CACHE_DIR") or str(
 CONFIG_DIR = str(Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "lazygrad")
 # threads for LLVM kernels (default: all cores)
 THREADS = _int("LAZYGRAD_THREADS", os.cpu_count() or 1)
-# processes that compile a batch of new LLVM kernels in parallel, threads that build a batch of OpenCL programs
-# (0: compile one by one in this process); default: one per core when there are several
+# processes that compile a batch of new LLVM kernels in parallel (0: compile one by one in this process); default:
+# one per core when there are several
 _CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 COMPILE_WORKERS = _int("LAZYGRAD_COMPILE_WORKERS", min(8, _CORES) if _CORES > 1 else 0)
 # OpenCL device: an index into the list of devices, or a substring of the device name

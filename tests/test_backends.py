@@ -403,49 +403,6 @@ def test_built_binaries_are_cached_on_disk(tmp_path):
     assert "source builds 0" in second.stdout
 
 
-def test_opencl_builds_a_plans_new_kernels_in_threads(monkeypatch):
-    """`compile_ahead` builds a realization's new programs side by side (the driver's compiler runs without
-    Python's lock); `compile` takes them, and the values are right. A build that fails there is built again by
-    `compile`, which raises the driver's log with the kernel's name."""
-    import threading
-
-    backend = require("opencl")
-    monkeypatch.setattr(lazygrad.config, "COMPILE_WORKERS", 2)
-    threads = []
-    build = backend._driver_build
-
-    def recording_build(program):
-        threads.append(threading.current_thread() is threading.main_thread())
-        return build(program)
-
-    monkeypatch.setattr(backend, "_driver_build", recording_build)
-    data = np.random.default_rng().standard_normal((8, 16)).astype(np.float32)
-    scales = np.random.default_rng().uniform(1.0, 2.0, 3).astype(np.float32)  # new constants: programs not built yet
-    x = lazygrad.Tensor(data, device="opencl")
-    outs = [(x * float(s) + 1.0).sum(i % 2) for i, s in enumerate(scales)]
-    lazygrad.realize(*outs)
-    for i, (out, s) in enumerate(zip(outs, scales)):
-        np.testing.assert_allclose(out.numpy(), (data * s + np.float32(1.0)).sum(i % 2), rtol=1e-5, atol=1e-5)
-    assert threads.count(False) == len(outs), f"built on the main thread: {threads}"
-    assert not backend._built_ahead  # every build was taken
-
-    opencl = sys.modules[type(backend).__module__]
-    render = opencl.render_opencl
-    broken = "e_broken_ahead_" + str(np.random.default_rng().integers(1 << 30))  # a name no cache has seen
-    monkeypatch.setattr(
-        opencl, "render_opencl", lambda p: render(p) + ("\n#error no_such kernel\n" if p.name == broken else "")
-    )
-    good = _bitcast_program("e_good_ahead_" + broken[15:], dt.float32, dt.int32)
-    bad = _bitcast_program(broken, dt.float32, dt.int32)
-    threads.clear()
-    monkeypatch.setattr(backend, "_driver_build", recording_build)
-    backend.compile_ahead([good, bad])
-    assert threads == [False, False] and len(backend._built_ahead) == 1  # both tried in threads, one built
-    backend.compile(good)
-    with pytest.raises(backends.CompileError, match=broken):  # built again here, failing with its log
-        backend.compile(bad)
-
-
 def test_local_size_rounds_the_launch_up_and_the_guard_covers_the_rest():
     require("opencl")
     n = 1000 + 3  # not a multiple of any work-group size
