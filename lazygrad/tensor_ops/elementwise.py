@@ -65,13 +65,26 @@ def _result_dtype(a: Tensor, b: Tensor) -> DType:
     return dim
 
 
+def _erfc_tail(x: Tensor) -> tuple:
+    """(x < 0, erfc(|x|)) of a float tensor, by Abramowitz & Stegun 7.1.26 refined (|error| < 1.5e-7):
+    erfc(|x|) = poly(1 / (1 + p|x|)) * exp(-x*x). The normal cdf takes its sign from the comparison, in a select,
+    instead of sign() and |x| as a maximum: those were 11 of the ~55 vector operations of GELU's kernel (sign as two
+    compares, two conversions and a subtraction; a float maximum, which LLVM gives NaN and signed-zero fix-ups), and
+    GELU's forward over (2048, 1024) took 1.46 -> 1.31 ms (one thread)."""
+    negative = x < 0
+    magnitude = (-x).where(negative, x)  # |x|: -0 stays -0, which the polynomial reads as 0
+    t = 1 / (1 + 0.3275911 * magnitude)
+    poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
+    return negative, poly * (-x * x).exp()
+
+
 def _normal_cdf(x: Tensor) -> Tensor:
     """Phi(x) = (1 + erf(x / sqrt 2)) / 2, as erfc(|z|) / 2 below 0 and 1 - erfc(|z|) / 2 above (z = x / sqrt 2): the
     same value without erf's sign. A composite with the exact derivative, the density exp(-z * z) / sqrt(2 pi), whose
     exponential is the same node as the one inside (GELU's gradient computes it once for both)."""
 
     def forward() -> Tensor:
-        negative, tail, _ = (x * (1 / math.sqrt(2)))._erfc_tail()
+        negative, tail = _erfc_tail(x * (1 / math.sqrt(2)))
         half_tail = 0.5 * tail
         return half_tail.where(negative, 1 - half_tail)
 
@@ -374,20 +387,6 @@ class ElementwiseOps:
 
     def elu(self, alpha: float = 1.0) -> Tensor:
         return (self > 0)._select(self, alpha * self.expm1())
-
-    def _erfc_tail(self) -> tuple:
-        """(x < 0, erfc(|x|), exp(-x*x)) of a float tensor, by Abramowitz & Stegun 7.1.26 refined (|error| < 1.5e-7):
-        erfc(|x|) = poly(1 / (1 + p|x|)) * exp(-x*x). erf and GELU take their sign from the comparison, in a select,
-        instead of sign() and |x| as a maximum: those were 11 of the ~55 vector operations of GELU's kernel (sign as
-        two compares, two conversions and a subtraction; a float maximum, which LLVM gives NaN and signed-zero
-        fix-ups), and GELU's forward over (2048, 1024) took 1.46 -> 1.31 ms (one thread)."""
-        x = self
-        negative = x < 0
-        magnitude = (-x).where(negative, x)  # |x|: -0 stays -0, which the polynomial reads as 0
-        t = 1 / (1 + 0.3275911 * magnitude)
-        poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
-        gauss = (-x * x).exp()
-        return negative, poly * gauss, gauss
 
     def erf(self) -> Tensor:
         x = self._float()
