@@ -192,8 +192,9 @@ def _innermost_by_cache_lines(nest: LoopNest, ast: KernelOp) -> LoopNest:
 
 def options_problem(o: KernelOptions, nest: LoopNest) -> str | None:
     """Why the lowering cannot run these options on this loop nest (None: it can): every factor must divide its
-    dim, or the loops would read past the buffers' ends and compute wrong values. The heuristics' choices fit by
-    construction; options from elsewhere (the kernel search's records, `runtime.forced_options`) are checked."""
+    dim, or the loops would read past the buffers' ends and compute wrong values. Asked of every record before it
+    is lowered (`runtime.kernel_options`: the heuristics', and those of `runtime.forced_options`) and of every
+    kernel search record (`search._invalid`)."""
     shape = nest.shape
     vdim, width = o.vector or (None, 1)
     if vdim is not None and (width < 2 or shape[vdim] % width):
