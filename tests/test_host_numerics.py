@@ -1,9 +1,10 @@
 """Results do not depend on the CPU that runs them.
 
 The machines this suite runs on differ (an AMD Zen 5; an Intel Xeon with AVX512-FP16, native half
-arithmetic). LLVM is free to use what a CPU offers, so the LLVM backend must not leave it choices that
-change a result: on a CPU with half arithmetic, `fmul contract` and `fadd contract` around a float16
-rounding point became one half FMA (one rounding where PyTorch rounds twice; 27% of `a*b+c` differed).
+arithmetic; an AMD Zen 3 with AVX2 and no AVX-512). LLVM is free to use what a CPU offers, so the LLVM
+backend must not leave it choices that change a result: on a CPU with half arithmetic, `fmul contract`
+and `fadd contract` around a float16 rounding point became one half FMA (one rounding where PyTorch
+rounds twice; 27% of `a*b+c` differed).
 
 - The same programs, compiled for several CPU targets this host can run (LAZYGRAD_LLVM_CPU), give
   identical float16 results and float32 results within rounding.
