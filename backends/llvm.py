@@ -14,6 +14,7 @@ import ctypes.util
 import math
 import os
 import queue
+import re
 import struct
 import subprocess
 import sys
@@ -21,6 +22,7 @@ import threading
 import time
 import warnings
 import weakref
+from pathlib import Path
 
 import llvmlite
 import llvmlite.binding as llvm
@@ -769,7 +771,8 @@ class _LLVMCompiler:
             if path:
                 llvm.load_library_permanently(path)
         target = llvm.Target.from_default_triple()
-        if cpu in ("", "host"):
+        self.is_host = cpu in ("", "host")
+        if self.is_host:
             self.cpu, self.features = llvm.get_host_cpu_name(), llvm.get_host_cpu_features().flatten()
         else:
             self.cpu, self.features = cpu, ""
@@ -789,6 +792,22 @@ class _LLVMCompiler:
         )
         assembly = self.machine.emit_assembly(probe)
         return 16 if "zmm" in assembly else 8 if "ymm" in assembly else 4
+
+    def vector_registers(self) -> int:
+        """Vector registers of the target CPU: 32 with AVX-512, 16 with AVX2 or SSE (x86-64)."""
+        if self.features:
+            return 32 if "+avx512f" in self.features else 16
+        return 32 if self.vector_width() == 16 else 16
+
+    def caches(self) -> tuple[int, int]:
+        """(L1d, L2) bytes per core that register tiles and cache blocking are sized for: this machine's (read from
+        Linux's sysfs), capped at the sizes the heuristics were measured with (larger caches are untested); those
+        sizes for a named CPU or where the host does not say."""
+        default = Capabilities()
+        if not self.is_host:
+            return default.l1_bytes, default.l2_bytes
+        host = host_cache_sizes()
+        return tuple(min(host.get(level, size), size) for level, size in ((1, default.l1_bytes), (2, default.l2_bytes)))
 
     def object_code(self, source: str, name: str) -> bytes:
         try:
@@ -1358,6 +1377,26 @@ class LLVMKernel:
         return time.perf_counter() - start if wait else None
 
 
+def host_cache_sizes(root: str = "/sys/devices/system/cpu/cpu0/cache") -> dict:
+    """{level: bytes} of the data (or unified) caches of this machine's first core, from Linux's sysfs; the levels it
+    does not state, or states in a form not understood, are left out (then the defaults hold)."""
+    sizes = {}
+    for index in sorted(Path(root).glob("index[0-9]*")):
+        try:
+            level = int((index / "level").read_text())
+            kind = (index / "type").read_text().strip()
+            text = (index / "size").read_text().strip()
+        except (OSError, ValueError):
+            continue
+        match = re.fullmatch(r"(\d+)([KMG]?)", text)
+        if kind not in ("Data", "Unified") or match is None:
+            continue
+        size = int(match[1]) << {"": 0, "K": 10, "M": 20, "G": 30}[match[2]]
+        if size > 0:
+            sizes[level] = size
+    return sizes
+
+
 class LLVMBackend(HostMemory):
     name = "llvm"
     is_gpu = False
@@ -1368,7 +1407,14 @@ class LLVMBackend(HostMemory):
         self.threads = max(1, config.THREADS)
         # what the code generator may use: float32 lanes per vector register of the target CPU, and cache
         # blocking (big matrix products reduce in cache-sized chunks)
-        self.capabilities = Capabilities(vector_width=self.compiler.vector_width(), cache_blocking=True)
+        l1_bytes, l2_bytes = self.compiler.caches()
+        self.capabilities = Capabilities(
+            vector_width=self.compiler.vector_width(),
+            cache_blocking=True,
+            vector_registers=self.compiler.vector_registers(),
+            l1_bytes=l1_bytes,
+            l2_bytes=l2_bytes,
+        )
         self._pool: NativePool | None = None  # built at the first split launch
         # worker processes for batches of new kernels (started at the first big batch)
         self._compile_pool = CompilePool(self.compiler.cpu, self.compiler.features, config.COMPILE_WORKERS)

@@ -13,7 +13,6 @@
   profiler's FLOP count.
 """
 
-import dataclasses
 import os
 import subprocess
 import sys
@@ -126,10 +125,18 @@ def reduce_steps(program) -> list:
     return [u.arg[1] for u in program.uops if u.op is IrOp.RANGE and u.arg[0].startswith("r")]
 
 
-def test_products_with_output_lanes_unroll_their_long_reduce_and_keep_l1_sized_chunks(lowered_programs, backend):
+def test_products_with_output_lanes_unroll_their_long_reduce_and_keep_l1_sized_chunks(
+    lowered_programs, backend, monkeypatch
+):
     # a weight gradient over 2048 tokens (cache-blocked) and a 256-long product, both with a 4x4 tile of output
     # lanes: the reduce unrolled by 4; the blocked one still in chunks of 128 (an unrolled step reads 4 elements'
-    # rows, so chunks are not allowed 4x longer)
+    # rows, so chunks are not allowed 4x longer). On an AVX-512 CPU whatever this host is (AVX2's 16 registers take
+    # 8-accumulator tiles, which are not unrolled: test_register_tiles_and_cache_blocks_are_sized_for_the_cpu)
+    from lazygrad import backends
+    from lazygrad.codegen.capabilities import Capabilities
+
+    if backend == "llvm":
+        monkeypatch.setattr(backends.get("llvm"), "capabilities", Capabilities(vector_width=16, cache_blocking=True))
     rng = np.random.default_rng(2)
     grad, x = rng.standard_normal((2048, 512)).astype(np.float32), rng.standard_normal((2048, 256)).astype(np.float32)
     a, w = rng.standard_normal((512, 256)).astype(np.float32), rng.standard_normal((256, 128)).astype(np.float32)
@@ -407,7 +414,7 @@ def test_llvm_renders_a_tile_of_lane_sums_as_one_tree():
 def test_a_register_tile_counts_an_epilogue_load_once_per_output_not_per_reduce_step():
     # attention's scores over heads, then a (queries, keys) mask read after the reduce. Counted once per reduce step,
     # the mask's loads outweighed the inputs' and the tile went along batch and heads, where neither input is reused
-    from lazygrad import backends
+    from lazygrad.codegen.capabilities import Capabilities
     from lazygrad.codegen.lowering import build_loop_nest, choose_options
     from lazygrad.schedule import create_schedule
 
@@ -417,9 +424,87 @@ def test_a_register_tile_counts_an_epilogue_load_once_per_output_not_per_reduce_
     scores = (q @ k.transpose(-2, -1)).masked_fill(hidden, float("-inf"))
     (ast,) = [item.ast for item in create_schedule([scores.lazydata]) if item.ast is not None]
     nest = build_loop_nest(ast)
-    # a 16-lane CPU whatever this machine's lanes are (the answer would otherwise depend on the host: 8 on AVX2)
-    sixteen_lanes = dataclasses.replace(backends.get("llvm").capabilities, vector_width=16)
+    # an AVX-512 CPU (16 lanes, 32 registers, its caches) whatever this machine is (the answer would otherwise depend
+    # on the host: 8 lanes and 16 registers on AVX2)
+    sixteen_lanes = Capabilities(vector_width=16, cache_blocking=True)
     options = choose_options(nest, ast, sixteen_lanes)
     # (batch and heads merge into one dim: the inputs and the mask read them as one)
     assert nest.shape == (8, 64, 64, 64) and options.vector == (3, 16), options.describe()  # lanes along the reduce
     assert options.upcast == [(1, 4), (2, 4)], options.describe()  # 4 queries x 4 keys: each load feeds 4 sums
+
+
+def _product_options(capabilities, m: int = 2048, k: int = 256, n: int = 1024):
+    """The heuristics' options for an (m, k) @ (k, n) float32 product (GPT's MLP at batch 16 x 128) on a CPU with
+    these capabilities."""
+    from lazygrad.codegen.lowering import build_loop_nest, choose_options
+    from lazygrad.schedule import create_schedule
+
+    a, b = Tensor(np.ones((m, k), np.float32)), Tensor(np.ones((k, n), np.float32))
+    (ast,) = [item.ast for item in create_schedule([(a @ b).lazydata]) if item.ast is not None]
+    nest = build_loop_nest(ast)
+    assert nest.shape == (m, n, k)
+    return choose_options(nest, ast, capabilities)
+
+
+@pytest.mark.backend_independent
+def test_register_tiles_and_cache_blocks_are_sized_for_the_cpu():
+    from lazygrad.codegen.capabilities import Capabilities
+
+    # AVX-512 (32 vector registers, 1 MiB L2): 16 accumulators; B (1 MiB) fits L2, so no blocking
+    avx512 = _product_options(Capabilities(vector_width=16, cache_blocking=True))
+    assert avx512.vector == (1, 16) and avx512.upcast == [(0, 4), (1, 4)] and avx512.blocking is None, avx512.describe()
+    # AVX2 (16 registers, Zen 3's 512 KiB L2): 16 accumulators spill to the stack, so 8; B no longer fits L2, so
+    # the reduce goes in chunks; the tile takes one line of B per reduce step (4 rows x 2 vectors), not two
+    avx2 = Capabilities(vector_width=8, cache_blocking=True, vector_registers=16, l1_bytes=32 << 10, l2_bytes=512 << 10)
+    options = _product_options(avx2)
+    assert options.vector == (1, 8) and options.upcast == [(0, 4), (1, 2)], options.describe()
+    assert options.blocking is not None and 256 % options.blocking[1] == 0, options.describe()
+    # and the values are right with those options, on this host
+    rng = np.random.default_rng(3)
+    a, b = rng.standard_normal((2048, 256), dtype=np.float32), rng.standard_normal((256, 1024), dtype=np.float32)
+    with runtime.forced_options(lambda name, nest: options if nest.shape == (2048, 1024, 256) else None):
+        got = (Tensor(a, device="llvm") @ Tensor(b, device="llvm")).numpy()
+    np.testing.assert_allclose(got, a @ b, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.backend_independent
+def test_host_cache_sizes_reads_linux_sysfs_and_skips_what_it_does_not_understand(tmp_path):
+    from lazygrad.backends.llvm import host_cache_sizes
+
+    def index(n, level, kind, size):
+        folder = tmp_path / f"index{n}"
+        folder.mkdir()
+        for name, text in (("level", level), ("type", kind), ("size", size)):
+            if text is not None:
+                (folder / name).write_text(f"{text}\n")
+
+    index(0, "1", "Data", "32K")
+    index(1, "1", "Instruction", "64K")  # not data: left out
+    index(2, "2", "Unified", "512K")
+    index(3, "3", "Unified", "32M")
+    index(4, "x", "Data", "48K")  # garbage level
+    index(5, "4", "Unified", "12Q")  # unknown unit
+    index(6, "5", "Unified", None)  # no size file
+    index(7, "6", "Unified", "0K")  # nothing
+    assert host_cache_sizes(str(tmp_path)) == {1: 32 << 10, 2: 512 << 10, 3: 32 << 20}
+    assert host_cache_sizes(str(tmp_path / "missing")) == {}
+
+
+@pytest.mark.backend_independent
+def test_llvm_capabilities_cap_the_host_caches_and_count_registers(monkeypatch):
+    from lazygrad.backends import llvm
+    from lazygrad.codegen.capabilities import Capabilities
+
+    default = Capabilities()
+    host = llvm._LLVMCompiler("host")
+    # a host with bigger caches than the heuristics were measured with gets the measured sizes; a smaller one its own
+    monkeypatch.setattr(llvm, "host_cache_sizes", lambda: {1: 1 << 20, 2: 8 << 20})
+    assert host.caches() == (default.l1_bytes, default.l2_bytes)
+    monkeypatch.setattr(llvm, "host_cache_sizes", lambda: {1: 32 << 10, 2: 512 << 10})
+    assert host.caches() == (32 << 10, 512 << 10)
+    monkeypatch.setattr(llvm, "host_cache_sizes", lambda: {})  # sysfs silent: the defaults
+    assert host.caches() == (default.l1_bytes, default.l2_bytes)
+    # a named CPU (LAZYGRAD_LLVM_CPU) is not this machine: its caches are unknown, so the defaults
+    named = llvm._LLVMCompiler("haswell")
+    assert named.caches() == (default.l1_bytes, default.l2_bytes)
+    assert named.vector_registers() == 16 and llvm._LLVMCompiler("skylake-avx512").vector_registers() == 32

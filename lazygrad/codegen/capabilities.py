@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Capabilities:
-    """What a backend's device offers the code generator, declared by the backend (never probed).
+    """What a backend's device offers the code generator, declared by the backend (the lowering probes nothing).
 
     The lowering reads only this record: two backends with equal records get the same kernels."""
 
@@ -24,6 +24,11 @@ class Capabilities:
     max_work_group: int = 1  # work-items per work-group
     compute_units: int = 1  # multiprocessors or cores: how many work-groups run at once, roughly
     is_gpu: bool = False
+    # a CPU's register file and per-core caches, which register tiles and cache blocking are sized for. The defaults
+    # are the CPUs the heuristics were measured on (AVX-512: 32 vector registers; 1 MiB of L2 and 48 KiB of L1d)
+    vector_registers: int = 32
+    l1_bytes: int = 48 << 10
+    l2_bytes: int = 1 << 20
 
 
 # a device that declares nothing: scalar code, no shared reduces

@@ -343,7 +343,7 @@ def choose_options(nest: LoopNest, ast: KernelOp, capabilities=None) -> KernelOp
             tile, why = tiling.choose_local_tile(nest, product, capabilities)
             if tile is not None:
                 return KernelOptions(local_tile=astuple(tile), reasons=[why])
-    opts = _tiled_options(nest, ast, capabilities.vector_width, capabilities.cache_blocking)
+    opts = _tiled_options(nest, ast, capabilities, capabilities.cache_blocking)
     tile = prod(factor for _, factor in opts.upcast)
     items = group_reduce_items(nest, capabilities, tile)
     if items:
@@ -371,7 +371,7 @@ def _symbolic_options(nest: LoopNest, ast: KernelOp, capabilities) -> KernelOpti
     concrete dims keep their lanes and tiles: attention's scores read keys in vectors along the head dim."""
     bounded = LoopNest(tuple(s.vmax if isinstance(s, Node) else s for s in nest.shape), nest.n_output, nest.trackers)
     symbolic = {d for d, s in enumerate(nest.shape) if isinstance(s, Node)}
-    opts = _tiled_options(bounded, ast, capabilities.vector_width, cache_blocking=False)
+    opts = _tiled_options(bounded, ast, capabilities, cache_blocking=False)
     kept = KernelOptions(
         upcast=[(d, f) for d, f in opts.upcast if d not in symbolic],
         unroll=opts.unroll if opts.unroll and opts.unroll[0] not in symbolic else None,
@@ -383,8 +383,9 @@ def _symbolic_options(nest: LoopNest, ast: KernelOp, capabilities) -> KernelOpti
     return kept
 
 
-def _tiled_options(nest: LoopNest, ast: KernelOp, vector_width: int, cache_blocking: bool) -> KernelOptions:
-    """Lanes, register tile, unroll and cache blocking, as a CPU wants them."""
+def _tiled_options(nest: LoopNest, ast: KernelOp, capabilities, cache_blocking: bool) -> KernelOptions:
+    """Lanes, register tile, unroll and cache blocking, as a CPU wants them (sized for its registers and caches)."""
+    vector_width = capabilities.vector_width
     opts = KernelOptions()
     if not nest.shape:
         return opts
@@ -447,9 +448,16 @@ def _tiled_options(nest: LoopNest, ast: KernelOp, vector_width: int, cache_block
         return opts
     vdim = opts.vector[0] if opts.vector else None
     reducing = nest.n_output < len(nest.shape)
-    most = _most_accumulators(nest, vector_width)
+    most = _most_accumulators(nest, capabilities)
+    # what the register tile is sized for: registers, a quarter of L2 (float32 elements) for the strip a tile re-reads,
+    # and whether L2's bandwidth limits the tile (AVX2)
+    sizing = {
+        "most_accumulators": most,
+        "strip_elements": capabilities.l2_bytes // 16,
+        "l2_streams": capabilities.vector_registers < 32,
+    }
     if reducing:
-        opts.upcast = _register_tile(nest, loads, vdim, width, weights=_load_weights(nest, ast), most_accumulators=most)
+        opts.upcast = _register_tile(nest, loads, vdim, width, weights=_load_weights(nest, ast), **sizing)
         if opts.upcast:
             opts.reasons.append(
                 f"tile {opts.upcast}: the most multiply-adds per load that stays in the cache (at most {most} "
@@ -496,7 +504,7 @@ def _tiled_options(nest: LoopNest, ast: KernelOp, vector_width: int, cache_block
             + ("lanes along an output dim" if output_lanes else "with fewer than two tiled dims")
         )
     if reducing and cache_blocking:
-        opts.blocking = _cache_blocking(nest, ast, loads, opts)
+        opts.blocking = _cache_blocking(nest, ast, loads, opts, capabilities)
         if opts.blocking:
             opts.reasons.append(
                 f"blocking {opts.blocking}: the reduce in chunks of {opts.blocking[1]} for blocks of "
@@ -504,12 +512,10 @@ def _tiled_options(nest: LoopNest, ast: KernelOp, vector_width: int, cache_block
             )
             # a tile reads a chunk's strip now, not the whole reduce's: a wider tile may fit the cache
             chunked = nest.shape[nest.n_output] // opts.blocking[1]
-            wider = _register_tile(
-                nest, loads, vdim, width, chunks=chunked, weights=_load_weights(nest, ast), most_accumulators=most
-            )
+            wider = _register_tile(nest, loads, vdim, width, chunks=chunked, weights=_load_weights(nest, ast), **sizing)
             if wider != opts.upcast:
                 trial = KernelOptions(wider, opts.unroll, opts.vector, reasons=list(opts.reasons))
-                trial.blocking = _cache_blocking(nest, ast, loads, trial)
+                trial.blocking = _cache_blocking(nest, ast, loads, trial, capabilities)
                 if trial.blocking:
                     trial.reasons.append(f"tile {wider}: wider, since a chunk's strip is what the tile re-reads")
                     return trial
@@ -558,8 +564,10 @@ def group_reduce_items(nest: LoopNest, capabilities, tile: int = 1) -> int | Non
     return lanes
 
 
-_CHUNK_ELEMENTS = 1 << 17  # what the inner loops re-read per chunk: half of a 1 MiB L2 in float32
-_L1_TILE_BYTES = 40 << 10  # a register tile's rows of one chunk: most of a 48 KiB L1 (32 KiB on older cores)
+# Cache blocking's sizes, as shares of the CPU's caches (Capabilities.l1_bytes, l2_bytes): what the inner loops
+# re-read per chunk, half of L2; a register tile's rows of one chunk, most of L1 (40 of 48 KiB)
+_CHUNK_SHARE_OF_L2 = 2
+_L1_TILE_SHARE = 5 / 6
 
 
 def partial_sum_store(ast: KernelOp) -> KernelOp | None:
@@ -573,26 +581,29 @@ def partial_sum_store(ast: KernelOp) -> KernelOp | None:
     return holder
 
 
-def _cache_blocking(nest: LoopNest, ast: KernelOp, loads: list, opts: KernelOptions) -> tuple | None:
+def _cache_blocking(nest: LoopNest, ast: KernelOp, loads: list, opts: KernelOptions, capabilities) -> tuple | None:
     """(block, chunk) when the inputs that every iteration of the outermost output loop reads again are
     too big for the cache (a matrix product's second operand): then the reduce goes in chunks small
     enough that those inputs' chunk stays in the cache while a block of outer iterations reuses it.
     The partial sums live in the output that holds the plain sum; other outputs are written at the end."""
     if partial_sum_store(ast) is None:
         return None
+    cached = capabilities.l2_bytes // 4  # float32 elements
+    chunk_elements = cached // _CHUNK_SHARE_OF_L2
+    l1_tile_bytes = int(capabilities.l1_bytes * _L1_TILE_SHARE)
     sizes = [_elements(nest.trackers[id(n)]) for n in ast.walk() if n.op is AstOp.LOAD]
     reread = sum(n for ld, n in zip(loads, sizes) if ld[0] == 0)  # inputs the outer loop does not move
-    if reread <= _CACHED_ELEMENTS:
+    if reread <= cached:
         return None
     vdim, width = opts.vector or (None, 1)
     rdim = nest.n_output
     step = (width if vdim == rdim else 1) * (opts.unroll[1] if opts.unroll and opts.unroll[0] == rdim else 1)
     size = nest.shape[rdim]
     chunk = next(
-        (c for c in range(size - step, 0, -step) if size % c == 0 and reread * c // size <= _CHUNK_ELEMENTS),
+        (c for c in range(size - step, 0, -step) if size % c == 0 and reread * c // size <= chunk_elements),
         None,
     )
-    if chunk is None and size > step and size % step == 0 and reread * step // size <= _CACHED_ELEMENTS:
+    if chunk is None and size > step and size % step == 0 and reread * step // size <= cached:
         # a coarse first reduce dim (a batch of 8 images) whose one step's share fills more than half of L2 but fits
         # it: still far better than re-reading all of it from memory (ResNet-18's stem weight gradient at
         # 8x3x224x224, one thread: 140 -> 37 ms, chunks of one image)
@@ -604,7 +615,7 @@ def _cache_blocking(nest: LoopNest, ast: KernelOp, loads: list, opts: KernelOpti
     # (per element of the reduce: an unrolled loop step reads `unroll` elements' lines)
     per_element = _tile_lines_per_reduce_step(nest, loads, opts) * 64
     if per_element:
-        chunk = next((c for c in range(chunk, 0, -step) if size % c == 0 and c * per_element <= _L1_TILE_BYTES), chunk)
+        chunk = next((c for c in range(chunk, 0, -step) if size % c == 0 and c * per_element <= l1_tile_bytes), chunk)
     # a block of outer iterations shares one read of that chunk, and the block's partial sums stay in the
     # cache too; an even number of blocks, at least four, for the threads to share
     outer = nest.shape[0] // ((width if vdim == 0 else 1) * dict(opts.upcast).get(0, 1))
@@ -612,7 +623,7 @@ def _cache_blocking(nest: LoopNest, ast: KernelOp, loads: list, opts: KernelOpti
     blocks = [
         b
         for b in range(1, outer // 4 + 1)
-        if outer % b == 0 and (outer // b) % 2 == 0 and outputs_per_outer * b <= _CHUNK_ELEMENTS // 2
+        if outer % b == 0 and (outer // b) % 2 == 0 and outputs_per_outer * b <= chunk_elements // 2
     ]
     return (max(blocks), chunk) if blocks else None
 
@@ -649,10 +660,13 @@ _MOST_ACCUMULATORS_WINDOWS = 24
 _WINDOWS_MIN_REDUCE = 4096
 
 
-def _most_accumulators(nest: LoopNest, vector_width: int) -> int:
+def _most_accumulators(nest: LoopNest, capabilities) -> int:
+    """At most this many accumulators in a register tile: the numbers above for a CPU with 32 vector registers, in
+    proportion for fewer (AVX2's 16: 8 and 12, where 16 accumulators spill to the stack in the inner loop)."""
     reduce_dims = nest.shape[nest.n_output :]
     windows = len(reduce_dims) >= 2 and prod(reduce_dims) >= _WINDOWS_MIN_REDUCE
-    return _MOST_ACCUMULATORS_WINDOWS if windows and vector_width >= 16 else _MOST_ACCUMULATORS
+    most = _MOST_ACCUMULATORS_WINDOWS if windows and capabilities.vector_width >= 16 else _MOST_ACCUMULATORS
+    return most * min(capabilities.vector_registers, 32) // 32
 
 
 def _register_tile(
@@ -663,6 +677,8 @@ def _register_tile(
     chunks: int = 1,
     weights: list | None = None,
     most_accumulators: int = _MOST_ACCUMULATORS,
+    strip_elements: int = _STRIP_ELEMENTS,
+    l2_streams: bool = False,
 ) -> list:
     """The register tile of a reduce: up to three output dims and their factors (along the lane dim, in
     vectors), at most `most_accumulators` accumulators, for the most multiply-adds per load. Per reduce step the tile
@@ -675,7 +691,7 @@ def _register_tile(
     choices = []
     for d in range(nest.n_output):
         if d == vdim:
-            most = 4 if reduce_size * width * 4 <= _STRIP_ELEMENTS else 2
+            most = 4 if reduce_size * width * 4 <= strip_elements else 2
             factors = [f for f in (4, 2) if f <= most and nest.shape[d] % (width * f) == 0]
         else:
             size = nest.shape[d]
@@ -691,14 +707,22 @@ def _register_tile(
         """Cache lines a load brings in per reduce step: per tile position along dims with a stride of 16
         floats or more, fewer where positions share a line; new ones each step only if the load moves
         16 floats or more per reduce step (else a line serves 16 steps)."""
+        inner = ld[innermost]
         if vdim is not None and ld[vdim] != 0:
-            return 0.0  # vector loads use all of their lines
+            # vector loads use all of their lines, but a strip that moves a row or more per reduce step comes from
+            # L2 (a product's second operand: its rows are 4 KiB apart, one L1 set), a line per 16 lanes. On an
+            # AVX2 CPU that is the limit: Zen 3's L2 serves 32 bytes a cycle, and its 8 accumulators do 8 vector
+            # multiply-adds a step in 4 cycles. GPT's 2048x1024x256, one thread: a 2x4 tile (2 lines a step) ran at
+            # 33 GFLOP/s, a 4x2 tile (1 line) at 47. Not counted with 32 registers (AVX-512: the 4x4 tiles were
+            # measured best there, with an L2 of 64 bytes a cycle)
+            if not l2_streams or ld[vdim] != 1 or (inner is not None and abs(inner) < 16):
+                return 0.0
+            return prod(f for d, f in tile if ld[d] != 0) * width / 16
         count = 1.0
         for d, f in tile:
             stride = abs(ld[d]) if ld[d] is not None else 1 << 30
             if stride:
                 count *= f if stride >= 16 else -(-f * stride // 16)
-        inner = ld[innermost]
         return count if inner is None or abs(inner) >= 16 else count / 16
 
     # a load of the epilogue (after the reduce: attention's mask, a bias) runs once per output, not per reduce step
