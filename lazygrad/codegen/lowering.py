@@ -13,11 +13,11 @@ Steps, in order:
 from __future__ import annotations
 
 import itertools
-from dataclasses import astuple, dataclass, field
+from dataclasses import astuple, dataclass, field, replace
 
 from lazygrad import dtype as dt
 from lazygrad.codegen import tiling
-from lazygrad.codegen.capabilities import SCALAR
+from lazygrad.codegen.capabilities import SCALAR, Capabilities
 from lazygrad.codegen.ir import Program, UOp
 from lazygrad.codegen.kernel_ast import KernelOp
 from lazygrad.ops import AstOp, IrOp, Op, zero
@@ -385,6 +385,18 @@ def _symbolic_options(nest: LoopNest, ast: KernelOp, capabilities) -> KernelOpti
 
 def _tiled_options(nest: LoopNest, ast: KernelOp, capabilities, cache_blocking: bool) -> KernelOptions:
     """Lanes, register tile, unroll and cache blocking, as a CPU wants them (sized for its registers and caches)."""
+    if len(nest.shape) != nest.n_output + 1:
+        # this CPU's registers and caches size only plain products (one reduce dim), where that was measured; the
+        # rest (convolutions: several reduce dims) keep the sizes of the AVX-512 machines, which measured faster on an
+        # AVX2 Zen 3 too (ResNet-18 at 8x224, one thread: layer2's input gradient 103 ms a step with them, 285 ms
+        # with Zen 3's 512 KiB L2 narrowing its tile; layer1's weight gradient 276 ms, 517 ms with 8x2 tiles)
+        default = Capabilities()
+        capabilities = replace(
+            capabilities,
+            vector_registers=default.vector_registers,
+            l1_bytes=default.l1_bytes,
+            l2_bytes=default.l2_bytes,
+        )
     vector_width = capabilities.vector_width
     opts = KernelOptions()
     if not nest.shape:
@@ -661,12 +673,14 @@ _WINDOWS_MIN_REDUCE = 4096
 
 
 def _most_accumulators(nest: LoopNest, capabilities) -> int:
-    """At most this many accumulators in a register tile: the numbers above for a CPU with 32 vector registers, in
-    proportion for fewer (AVX2's 16: 8 and 12, where 16 accumulators spill to the stack in the inner loop)."""
+    """At most this many accumulators in a register tile. With AVX2's 16 vector registers (declared for plain products
+    only, _tiled_options), 8: a product's 4x4 tile spills to the stack in the unrolled inner loop (GPT's 2048x1024x256,
+    one thread, Zen 3: 4x2 tile 24.4-24.9 ms, 4x4 25.0-36.7, 4x4 unrolled 30.7-37.5)."""
     reduce_dims = nest.shape[nest.n_output :]
+    if capabilities.vector_registers < 32:
+        return _MOST_ACCUMULATORS // 2
     windows = len(reduce_dims) >= 2 and prod(reduce_dims) >= _WINDOWS_MIN_REDUCE
-    most = _MOST_ACCUMULATORS_WINDOWS if windows and capabilities.vector_width >= 16 else _MOST_ACCUMULATORS
-    return most * min(capabilities.vector_registers, 32) // 32
+    return _MOST_ACCUMULATORS_WINDOWS if windows and capabilities.vector_width >= 16 else _MOST_ACCUMULATORS
 
 
 def _register_tile(
