@@ -91,7 +91,6 @@ def stores_of(ast: KernelOp) -> tuple:
 
 
 _CACHED_ELEMENTS = 1 << 18  # 1 MiB of float32: about what one core's L2 holds
-_STRIP_ELEMENTS = 1 << 16  # a quarter of that, for what a register tile re-reads
 
 
 def _elements(st: ShapeTracker) -> int:
@@ -676,9 +675,9 @@ def _most_accumulators(nest: LoopNest, capabilities) -> int:
     """At most this many accumulators in a register tile. With AVX2's 16 vector registers (declared for plain products
     only, _tiled_options), 8: a product's 4x4 tile spills to the stack in the unrolled inner loop (GPT's 2048x1024x256,
     one thread, Zen 3: 4x2 tile 24.4-24.9 ms, 4x4 25.0-36.7, 4x4 unrolled 30.7-37.5)."""
-    reduce_dims = nest.shape[nest.n_output :]
     if capabilities.vector_registers < 32:
         return _MOST_ACCUMULATORS // 2
+    reduce_dims = nest.shape[nest.n_output :]
     windows = len(reduce_dims) >= 2 and prod(reduce_dims) >= _WINDOWS_MIN_REDUCE
     return _MOST_ACCUMULATORS_WINDOWS if windows and capabilities.vector_width >= 16 else _MOST_ACCUMULATORS
 
@@ -690,9 +689,10 @@ def _register_tile(
     width: int,
     chunks: int = 1,
     weights: list | None = None,
-    most_accumulators: int = _MOST_ACCUMULATORS,
-    strip_elements: int = _STRIP_ELEMENTS,
-    l2_streams: bool = False,
+    *,
+    most_accumulators: int,
+    strip_elements: int,
+    l2_streams: bool,
 ) -> list:
     """The register tile of a reduce: up to three output dims and their factors (along the lane dim, in
     vectors), at most `most_accumulators` accumulators, for the most multiply-adds per load. Per reduce step the tile
