@@ -32,7 +32,7 @@ from lazygrad import config, diskcache
 from lazygrad import dtype as dt
 from lazygrad.backends import Capabilities, CompileError, HostMemory, compile_failure
 from lazygrad.backends.llvm_worker import compile_to_object
-from lazygrad.codegen.ir import Program
+from lazygrad.codegen.ir import INDEX_ARITHMETIC, Program
 from lazygrad.ops import IrOp, Op
 
 # --- rendering --------------------------------------------------------------------------------
@@ -559,6 +559,8 @@ def _arithmetic(signed: str, unsigned: str | None = None, float_op: str | None =
             name = float_op + r.contract(u)
         else:
             name = unsigned if kind in "ub" and unsigned else signed
+            if u.arg == INDEX_ARITHMETIC:  # an index: never overflows, so LLVM may widen it and fold its offsets
+                name += " nsw"
         return f"{name} {_ty(u.dtype, u.vec)} {a[0]}, {a[1]}"
 
     return render

@@ -523,3 +523,58 @@ def test_llvm_capabilities_cap_the_host_caches_and_count_registers(monkeypatch):
     named = llvm._LLVMCompiler("haswell")
     assert named.caches() == (default.l1_bytes, default.l2_bytes)
     assert named.vector_registers() == 16 and llvm._LLVMCompiler("skylake-avx512").vector_registers() == 32
+
+
+def test_index_arithmetic_is_marked_and_rendered_nsw_while_int32_values_wrap(lowered_programs, backend):
+    """An address's adds and multiplies carry INDEX_ARITHMETIC (LLVM: `nsw`, so it widens indexes once per loop and
+    folds constant offsets into addressing); arithmetic on int32 values stays plain, and wraps as PyTorch's does."""
+    from lazygrad import dtype as dt
+    from lazygrad.backends.llvm import render_llvm
+    from lazygrad.codegen.ir import INDEX_ARITHMETIC
+    from lazygrad.ops import Op
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(-(2**31), 2**31, (6, 40), dtype=np.int64).astype(np.int32)
+    y = rng.integers(-(2**31), 2**31, (40, 6), dtype=np.int64).astype(np.int32)
+    got = (Tensor(x)[::2, 1:] * 3 + Tensor(y).T[1::2, :-1] + (2**31 - 1)).numpy()
+    want = (torch.tensor(x)[::2, 1:] * 3 + torch.tensor(y).T[1::2, :-1] + (2**31 - 1)).numpy()
+    np.testing.assert_array_equal(got, want)  # it overflows: wrapped, as in torch
+    (program,) = [p for p in lowered_programs if p.buffer_dtypes[0] == dt.int32]
+
+    def reads_memory(u) -> bool:
+        return u.op in (IrOp.LOAD, IrOp.GATHER) or any(reads_memory(s) for s in u.srcs if s.op is not IrOp.PARAM)
+
+    arithmetic = [u for u in program.uops if u.op in (Op.ADD, Op.MUL)]
+    marked = [u for u in arithmetic if u.arg == INDEX_ARITHMETIC]
+    assert marked and all(u.dtype == dt.int32 and not reads_memory(u) for u in marked)
+    assert all(reads_memory(u) for u in arithmetic if u.arg != INDEX_ARITHMETIC)  # the values' adds and multiplies
+    assert any(u.arg != INDEX_ARITHMETIC for u in arithmetic)
+    source = render_llvm(program, task=False)
+    assert source.count(" nsw ") >= len(marked)  # (and the loop counters')
+    assert "add i32" in source or "add <" in source  # the values' add, without nsw
+
+
+@pytest.mark.backend_independent
+def test_the_index_mark_survives_the_program_cache_and_is_checked():
+    from lazygrad import dtype as dt
+    from lazygrad.codegen import serialize, verify
+    from lazygrad.codegen.ir import INDEX_ARITHMETIC, Program, UOp
+    from lazygrad.ops import Op
+
+    def program(arg, dtype=dt.int32):
+        param = UOp(IrOp.PARAM, dt.float32, (), (0, True), 0)
+        g0 = UOp(IrOp.RANGE, dt.int32, (), ("g0", 4, "global"), 1)
+        two = UOp(IrOp.CONST, dtype, (), 2, 2)
+        index = UOp(Op.MUL, dtype, (g0 if dtype == dt.int32 else two, two), arg, 3)
+        one = UOp(IrOp.CONST, dt.float32, (), 1.0, 4)
+        uops = [param, g0, two, index, one, UOp(IrOp.STORE, None, (param, index, one), None, 5)]
+        uops.append(UOp(IrOp.ENDRANGE, None, (g0,), None, 6))
+        return Program("k", uops, (dt.float32,), (4,))
+
+    back = serialize.decode_program(serialize.encode_program(program(INDEX_ARITHMETIC)))
+    assert back.uops[3].arg == INDEX_ARITHMETIC
+    verify.verify(program(INDEX_ARITHMETIC))
+    with pytest.raises(serialize.ProgramFormatError):  # an add or mul takes no other arg
+        serialize.decode_program(serialize.encode_program(program("wrap")))
+    with pytest.raises(verify.IRError, match="only an int32 add or mul computes an index"):
+        verify.verify(program(INDEX_ARITHMETIC, dt.float32))

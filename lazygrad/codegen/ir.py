@@ -6,7 +6,8 @@ A kernel becomes a flat list of `UOp`s in program order. Loops are explicit (`ra
 
 A UOp's `op` is an `IrOp` (param, variable, const, range, endrange, if, endif, acc, acc_update, load, store, gather,
 scatter, lanes, broadcast, hreduce: the table in lazygrad/ops.py gives each one's srcs and arg) or an
-elementwise `Op`, an ALU op whose operands are its srcs (cast and bitcast: arg the source dtype).
+elementwise `Op`, an ALU op whose operands are its srcs (cast and bitcast: arg the source dtype; an int32 add or
+mul of an index expression: arg INDEX_ARITHMETIC, see below).
 
 "global" ranges are parallel (the first is split across threads or work-items); "loop" ranges run in order.
 A `range` UOp is also the loop variable's value; an `acc` UOp read as an operand is the accumulator's
@@ -32,6 +33,13 @@ from dataclasses import dataclass, field
 
 from lazygrad.dtype import DType
 from lazygrad.ops import IrOp, Op
+
+# The arg of an int32 add or mul that computes an index (a load's or store's address, a valid mask's operand): such
+# arithmetic never overflows, since the runtime refuses buffers and loops beyond 2**31 - 1 elements
+# (runtime._check_32_bit_indexes), so a backend may say so (LLVM's `nsw`: it then widens the index to 64 bits once per
+# loop and folds constant offsets into addressing, instead of sign-extending each index). Arithmetic on int32 tensor
+# values has no arg: it wraps, as PyTorch's does.
+INDEX_ARITHMETIC = "index"
 
 
 @dataclass(eq=False)

@@ -18,7 +18,7 @@ from dataclasses import astuple, dataclass, field, replace
 from lazygrad import dtype as dt
 from lazygrad.codegen import tiling
 from lazygrad.codegen.capabilities import SCALAR, Capabilities
-from lazygrad.codegen.ir import Program, UOp
+from lazygrad.codegen.ir import INDEX_ARITHMETIC, Program, UOp
 from lazygrad.codegen.kernel_ast import KernelOp
 from lazygrad.ops import AstOp, IrOp, Op, zero
 from lazygrad.shape import ShapeTracker, max_prod, merge_dims_plan, prod
@@ -853,7 +853,7 @@ class Lowerer:
         if isinstance(node, Var):
             return vars_uop[node.name]
         if isinstance(node, MulNode):
-            return self.alu(Op.MUL, i32, (self._node_uop(node.a, vars_uop), self.const(node.b, i32)))
+            return self.alu(Op.MUL, i32, (self._node_uop(node.a, vars_uop), self.const(node.b, i32)), INDEX_ARITHMETIC)
         if isinstance(node, DivNode):
             return self.alu(Op.IDIV, i32, (self._node_uop(node.a, vars_uop), self.const(node.b, i32)))
         if isinstance(node, ModNode):
@@ -863,7 +863,7 @@ class Lowerer:
             terms = sorted(node.terms, key=lambda t: "lane" in {v.name for v in t.variables()})
             out = self._node_uop(terms[0], vars_uop)
             for t in terms[1:]:
-                out = self.alu(Op.ADD, i32, (out, self._node_uop(t, vars_uop)))
+                out = self.alu(Op.ADD, i32, (out, self._node_uop(t, vars_uop)), INDEX_ARITHMETIC)
             return out
         if isinstance(node, LtNode):
             return self.alu(Op.CMPLT, dt.bool_, (self._node_uop(node.a, vars_uop), self.const(node.b, i32)))

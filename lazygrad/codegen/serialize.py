@@ -16,7 +16,7 @@ import json
 from enum import Enum
 
 from lazygrad import dtype as dt
-from lazygrad.codegen.ir import Program, UOp
+from lazygrad.codegen.ir import INDEX_ARITHMETIC, Program, UOp
 from lazygrad.ops import ELEMENTWISE, IrOp, Op
 
 FORMAT = "lazygrad-program-2"
@@ -156,6 +156,9 @@ def _check_arg(op: IrOp | Op, arg, n_buffers: int) -> None:
             raise ProgramFormatError(f"{op} arg {arg!r}"[:200])
     elif op in (Op.CAST, Op.BITCAST):
         if not isinstance(arg, dt.DType):
+            raise ProgramFormatError(f"{op} arg {arg!r}"[:200])
+    elif op in (Op.ADD, Op.MUL):
+        if arg not in (None, INDEX_ARITHMETIC):
             raise ProgramFormatError(f"{op} arg {arg!r}"[:200])
     elif op is IrOp.HREDUCE:
         if arg not in (Op.ADD, Op.MAX):

@@ -6,7 +6,8 @@ backend may assume of the programs it is given:
 - each uop's op is an `IrOp` or an elementwise `Op` (an ALU op), with the number of sources its row says;
 - every source is a uop defined earlier, in a block (range or if) that is still open;
 - dtypes: an ALU result follows its row's dtype rule, on operands of a dtype kind the row accepts; comparisons
-  give bool; cast and bitcast name the source dtype in their arg (bitcast between dtypes of one size); loads and
+  give bool; cast and bitcast name the source dtype in their arg (bitcast between dtypes of one size); only an
+  int32 add or mul carries INDEX_ARITHMETIC (codegen/ir.py: index arithmetic that never overflows); loads and
   stores go through a param, with int32 indexes and bool valids, in the param's dtype;
 - vectors: the operands of an ALU op have the vec of its result; broadcast, hreduce, gather and scatter change
   lanes as their rows say;
@@ -21,7 +22,7 @@ backend may assume of the programs it is given:
 from __future__ import annotations
 
 from lazygrad import dtype as dt
-from lazygrad.codegen.ir import Program, UOp
+from lazygrad.codegen.ir import INDEX_ARITHMETIC, Program, UOp
 from lazygrad.ops import ELEMENTWISE, DtypeRule, IrOp, Op
 
 
@@ -125,6 +126,8 @@ class _Verifier:
             if op is Op.BITCAST and u.dtype.itemsize != srcs[0].dtype.itemsize:
                 self.fail(u, f"bitcast between dtypes of different sizes ({srcs[0].dtype.name} -> {u.dtype.name})")
             return
+        if u.arg == INDEX_ARITHMETIC and not (op in (Op.ADD, Op.MUL) and u.dtype == dt.int32):
+            self.fail(u, f"only an int32 add or mul computes an index, not {op} on {u.dtype.name}")
         if op is Op.WHERE and srcs[0].dtype != dt.bool_:
             self.fail(u, f"where's condition must be bool, not {srcs[0].dtype.name}")
         if any(s.dtype != values[0].dtype for s in values):
