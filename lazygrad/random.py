@@ -7,8 +7,12 @@ from them), `manual_seed` makes it reproducible, and a JIT replay advances it: e
 with a small kernel, which the capture records like any other.
 
 Threefry-2x32 (Salmon et al., "Parallel random numbers: as easy as 1, 2, 3", SC 2011; as JAX's PRNG) needs only
-32-bit additions, rotations and xors. lazygrad has no unsigned 32-bit type, so the words are held in int64 and masked
-to 32 bits after each addition: sums stay below 2**33 and shifted words below 2**61, never overflowing.
+32-bit additions, rotations and xors. lazygrad has no unsigned 32-bit type, so on the device the rounds run in int32,
+whose additions and left shifts wrap like uint32's (two's complement), with each right shift masked to its logical
+result; words go in and come out as int64 values in [0, 2**32). On the host (numpy, the tests' reference) the same
+function holds the words in int64 masked to 32 bits after each addition: sums stay below 2**33 and shifted words
+below 2**61, never overflowing. (The device ran the int64 form until 2026-12-02: twice the vector width and
+three times the instructions, 18 ms of a ResNet-18 8x224 step's random batch on one thread.)
 
 Per draw of n numbers: a kernel advances the counter by n and snapshots its old value into a buffer of its own (so
 the lazy draw reads memory no later draw overwrites); the numbers themselves stay lazy.
@@ -70,10 +74,38 @@ def _state(device: str) -> _DeviceState:
     return _states[device]
 
 
-def threefry2x32(key0, key1, count0, count1, constant=lambda value: value):
+def threefry2x32(key0, key1, count0, count1, constant=lambda value, dtype=None: value):
     """The two 32-bit output words of Threefry-2x32-20 for each counter pair (count0, count1): int64 tensors (or
-    numpy arrays) of 32-bit values, all of one shape. constant(value) gives an integer in the operands' form (a
-    tensor of their shape saves the broadcasting of a Python number at each of the ~250 ops)."""
+    numpy arrays) of 32-bit values, all of one shape. constant(value, dtype) gives an integer in the operands' form (a
+    tensor of their shape saves the broadcasting of a Python number at each of the ~150 ops); dtype is int32 on the
+    device path, None (the operands' int64) on the host's."""
+    if isinstance(key0, (np.ndarray, np.integer, int)):
+        return _threefry2x32_masked(key0, key1, count0, count1)
+    return _threefry2x32_wrapping(key0, key1, count0, count1, constant)
+
+
+def _threefry2x32_wrapping(key0, key1, count0, count1, constant):
+    """Tensors: the rounds in int32 arithmetic, which wraps as uint32's does; a rotation's right shift is arithmetic in
+    int32, so its sign copies are masked off (LLVM turns the pattern into one rotate instruction)."""
+    i32 = dt.int32
+
+    def rotate_left(x, bits: int):
+        return (x << constant(bits, i32)) | ((x >> constant(32 - bits, i32)) & constant((1 << bits) - 1, i32))
+
+    key0, key1, count0, count1 = (v.cast(i32) for v in (key0, key1, count0, count1))  # int64 -> int32 wraps
+    keys = (key0, key1, key0 ^ key1 ^ constant(PARITY, i32))
+    x0, x1 = count0 + keys[0], count1 + keys[1]
+    for block in range(5):
+        for bits in ROTATIONS[block % 2]:
+            x0 = x0 + x1
+            x1 = rotate_left(x1, bits) ^ x0
+        x0 = x0 + keys[(block + 1) % 3]
+        x1 = x1 + (keys[(block + 2) % 3] + constant(block + 1, i32))
+    return tuple(x.cast(dt.int64) & constant(MASK) for x in (x0, x1))
+
+
+def _threefry2x32_masked(key0, key1, count0, count1, constant=lambda value: value):
+    """numpy: the words in int64, masked to 32 bits after each addition."""
     mask = constant(MASK)
 
     def rotate_left(x, bits: int):
@@ -109,10 +141,11 @@ def random_words(n: int, device: str):
     counter = start.expand(n) + index
     constants: dict = {}
 
-    def constant(value: int):
-        if value not in constants:
-            constants[value] = Tensor.full((n,), value, dtype=dt.int64, device=device)
-        return constants[value]
+    def constant(value: int, dtype=None):
+        dtype = dtype or dt.int64
+        if (value, dtype) not in constants:
+            constants[value, dtype] = Tensor.full((n,), value, dtype=dtype, device=device)
+        return constants[value, dtype]
 
     key0, key1 = (state.key[i].reshape(1).expand(n) for i in range(2))
     return threefry2x32(key0, key1, counter & constant(MASK), counter >> constant(32), constant)
