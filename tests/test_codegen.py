@@ -578,3 +578,27 @@ def test_the_index_mark_survives_the_program_cache_and_is_checked():
         serialize.decode_program(serialize.encode_program(program("wrap")))
     with pytest.raises(verify.IRError, match="only an int32 add or mul computes an index"):
         verify.verify(program(INDEX_ARITHMETIC, dt.float32))
+
+
+@pytest.mark.backend_independent
+def test_a_sum_over_rows_reads_four_lines_of_each_row_per_step():
+    """Nothing re-reads a column sum's strip, so its tile takes 4 vectors (4 cache lines of each row a step) however
+    long the reduce; a product's B strip, re-read by the next row tile, keeps the cache's limit."""
+    from lazygrad.codegen.capabilities import Capabilities
+    from lazygrad.codegen.lowering import build_loop_nest, choose_options
+    from lazygrad.schedule import create_schedule
+
+    avx512 = Capabilities(vector_width=16, cache_blocking=True)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2048, 1024), dtype=np.float32)
+    (ast,) = [item.ast for item in create_schedule([Tensor(x).sum(0).lazydata]) if item.ast is not None]
+    nest = build_loop_nest(ast)
+    assert nest.shape == (1024, 2048)
+    options = choose_options(nest, ast, avx512)
+    assert options.vector == (0, 16) and options.upcast == [(0, 4)], options.describe()
+    with runtime.forced_options(lambda name, n: options if n.shape == (1024, 2048) else None):
+        got = Tensor(x, device="llvm").sum(0).numpy()
+    np.testing.assert_allclose(got, x.astype(np.float64).sum(0), rtol=1e-4, atol=1e-3)
+    # a product whose B strip (4 vectors x a 16384-long reduce) outgrows the cache keeps at most 2 vectors
+    product = _product_options(Capabilities(vector_width=16), m=512, k=16384, n=256)
+    assert dict(product.upcast).get(1, 1) <= 2, product.describe()

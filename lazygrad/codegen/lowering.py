@@ -700,12 +700,18 @@ def _register_tile(
     position along the dims that input moves with; a scalar load also counts the cache lines it brings
     in that serve it alone (a broadcast operand read across its rows). The strip of the vector input
     that one tile reads (reduce size x tile width) is read again by the next tile of the inner output
-    loop: where 4 vectors of it would not stay in the cache, at most 2 (8 x 2 rather than 4 x 4)."""
+    loop: where 4 vectors of it would not stay in the cache, at most 2 (8 x 2 rather than 4 x 4). A strip
+    that no other output loop re-reads (a sum over the rows of a matrix: each load is used once) takes 4
+    vectors: 4 cache lines of each row per step rather than 2 (GPT's bias gradients, sums of 2048 rows of
+    1024, 768 and 256 floats, one thread: 480 -> 340, 370 -> 265, 81 -> 73 us)."""
     reduce_size = prod(nest.shape[nest.n_output :]) // chunks
+    reread = vdim is not None and any(
+        ld[vdim] != 0 and any(ld[d] == 0 for d in range(nest.n_output) if d != vdim) for ld in loads
+    )
     choices = []
     for d in range(nest.n_output):
         if d == vdim:
-            most = 4 if reduce_size * width * 4 <= strip_elements else 2
+            most = 4 if reduce_size * width * 4 <= strip_elements or not reread else 2
             factors = [f for f in (4, 2) if f <= most and nest.shape[d] % (width * f) == 0]
         else:
             size = nest.shape[d]
