@@ -1224,6 +1224,10 @@ class NativePool:
 # a kernel that executes fewer IR operations than this runs on the calling thread alone, untimed: GPT generation's
 # 1024x256 matrix-vector product (141K operations) split made generation slower (1150 -> 970 tokens/s)
 PARALLEL_MIN_OPERATIONS = 200_000
+# ... or that reads this many bytes: a memory-bound kernel of few vector operations (GPT's bias gradients, column sums
+# of 2048 x 256-1024 floats: 65-260K operations, 0.07-0.35 ms) is timed too; generation's products (1 MiB of weights)
+# stay below it
+PARALLEL_MIN_BYTES = 2 << 20
 # one that does more is timed on one thread over its first launches, and split among the threads from then on if
 # the least of those times reached this: operation counts do not tell a memory-bound kernel's time (a 1M-element
 # LayerNorm step: ~1 ms) from a product's (2.6M operations in ~150 us). With the Python pool that woke a thread per
@@ -1270,12 +1274,28 @@ def executed_operations(uops: list) -> int:
     return total
 
 
+def loaded_bytes(uops: list) -> int:
+    """The bytes a kernel's loads read (each load counted once per iteration of the loops around it, all its lanes)."""
+    total, trips, depth = 0, 1, []
+    for u in uops:
+        if u.op is IrOp.RANGE:
+            depth.append(trips)
+            trips *= u.arg[1]
+        elif u.op is IrOp.ENDRANGE:
+            trips = depth.pop()
+        elif u.op in (IrOp.LOAD, IrOp.GATHER):
+            total += trips * u.vec * u.dtype.itemsize
+    return total
+
+
 def _splittable(program: Program) -> bool:
     """Whether the pool may split the kernel's outer loop among threads: more than one outer iteration and at least
-    PARALLEL_MIN_OPERATIONS of work (executed_operations)."""
+    PARALLEL_MIN_OPERATIONS of work (executed_operations), or PARALLEL_MIN_BYTES read (loaded_bytes)."""
     if not program.global_size or program.global_size[0] <= 1:
         return False
-    return executed_operations(program.uops) >= PARALLEL_MIN_OPERATIONS
+    return (
+        executed_operations(program.uops) >= PARALLEL_MIN_OPERATIONS or loaded_bytes(program.uops) >= PARALLEL_MIN_BYTES
+    )
 
 
 class LLVMKernel:

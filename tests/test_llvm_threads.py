@@ -65,6 +65,31 @@ def test_a_big_vectorized_kernel_is_split_once_timed_and_a_tiny_one_never(llvm, 
     assert launches_with_threads(llvm, monkeypatch, 2, softmax_exp, big) == 0
 
 
+def column_sums(values: np.ndarray) -> np.ndarray:
+    return lazygrad.Tensor(values, device="llvm").sum(0).numpy()
+
+
+def test_a_memory_bound_kernel_of_few_operations_is_split_by_the_bytes_it_reads(llvm, monkeypatch):
+    """A sum over 2048 rows of 256 floats executes ~65K vector operations, under PARALLEL_MIN_OPERATIONS, but reads
+    2 MiB: a candidate by its bytes, split once timed, with the values of one thread. A matrix-vector product over 1
+    MiB of weights (GPT's generation: splitting those made it slower) is not."""
+    rng = np.random.default_rng(2)
+    rows = rng.standard_normal((2048, 256)).astype(np.float32)
+    alone, _ = run_with_threads(llvm, monkeypatch, 1, column_sums, rows)
+    split_from(monkeypatch, 0.0)
+    assert launches_with_threads(llvm, monkeypatch, 2, column_sums, rows) >= 1
+    split, shares = run_with_threads(llvm, monkeypatch, 2, column_sums, rows)
+    assert shares == 1
+    np.testing.assert_array_equal(split, alone)
+    np.testing.assert_allclose(alone, rows.astype(np.float64).sum(0), rtol=1e-4, atol=1e-3)
+    weights, vector = rng.standard_normal((1024, 256)).astype(np.float32), rng.standard_normal(256).astype(np.float32)
+
+    def matvec(w, v):
+        return (lazygrad.Tensor(w, device="llvm") @ lazygrad.Tensor(v, device="llvm")).numpy()
+
+    assert launches_with_threads(llvm, monkeypatch, 2, matvec, weights, vector) == 0
+
+
 @pytest.mark.parametrize("threads", [2, 3])
 def test_uneven_shares_give_the_values_of_one_thread(llvm, monkeypatch, threads):
     rng = np.random.default_rng(1)
