@@ -1256,36 +1256,32 @@ _NOT_WORK = (IrOp.PARAM, IrOp.VARIABLE, IrOp.CONST, IrOp.RANGE, IrOp.ENDRANGE, I
 _HEAVY_OPERATIONS = {Op.EXP2: 16, Op.LOG2: 16, Op.SIN: 16}
 
 
+def _with_trips(uops: list):
+    """(uop, how many times it runs: the product of the sizes of the ranges around it) for each uop but the ranges'
+    own begin and end."""
+    trips, depth = 1, []
+    for u in uops:
+        if u.op is IrOp.RANGE:
+            depth.append(trips)
+            trips *= u.arg[1]
+        elif u.op is IrOp.ENDRANGE:
+            trips = depth.pop()
+        else:
+            yield u, trips
+
+
 def executed_operations(uops: list) -> int:
     """The IR operations a kernel executes: each uop counted once per iteration of the loops around it (a
     transcendental as several). A vector operation counts as one, like a scalar one (it costs about as much), so a
     kernel's count does not shrink when it is vectorized or tiled: counting loop iterations instead took a
     1M-element softmax exp (2048 x 8 iterations of 4 rows of 16 lanes) for a small kernel and ran it on one
     thread."""
-    total, trips, depth = 0, 1, []
-    for u in uops:
-        if u.op is IrOp.RANGE:
-            depth.append(trips)
-            trips *= u.arg[1]
-        elif u.op is IrOp.ENDRANGE:
-            trips = depth.pop()
-        elif u.op not in _NOT_WORK:
-            total += trips * _HEAVY_OPERATIONS.get(u.op, 1)
-    return total
+    return sum(trips * _HEAVY_OPERATIONS.get(u.op, 1) for u, trips in _with_trips(uops) if u.op not in _NOT_WORK)
 
 
 def loaded_bytes(uops: list) -> int:
     """The bytes a kernel's loads read (each load counted once per iteration of the loops around it, all its lanes)."""
-    total, trips, depth = 0, 1, []
-    for u in uops:
-        if u.op is IrOp.RANGE:
-            depth.append(trips)
-            trips *= u.arg[1]
-        elif u.op is IrOp.ENDRANGE:
-            trips = depth.pop()
-        elif u.op in (IrOp.LOAD, IrOp.GATHER):
-            total += trips * u.vec * u.dtype.itemsize
-    return total
+    return sum(trips * u.vec * u.dtype.itemsize for u, trips in _with_trips(uops) if u.op in (IrOp.LOAD, IrOp.GATHER))
 
 
 def _splittable(program: Program) -> bool:
