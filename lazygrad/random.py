@@ -21,6 +21,7 @@ the lazy draw reads memory no later draw overwrites); the numbers themselves sta
 from __future__ import annotations
 
 import math
+import operator
 
 import numpy as np
 
@@ -92,33 +93,31 @@ def _threefry2x32_wrapping(key0, key1, count0, count1, constant):
     def rotate_left(x, bits: int):
         return (x << constant(bits, i32)) | ((x >> constant(32 - bits, i32)) & constant((1 << bits) - 1, i32))
 
-    key0, key1, count0, count1 = (v.cast(i32) for v in (key0, key1, count0, count1))  # int64 -> int32 wraps
-    keys = (key0, key1, key0 ^ key1 ^ constant(PARITY, i32))
-    x0, x1 = count0 + keys[0], count1 + keys[1]
-    for block in range(5):
-        for bits in ROTATIONS[block % 2]:
-            x0 = x0 + x1
-            x1 = rotate_left(x1, bits) ^ x0
-        x0 = x0 + keys[(block + 1) % 3]
-        x1 = x1 + (keys[(block + 2) % 3] + constant(block + 1, i32))
+    words = (v.cast(i32) for v in (key0, key1, count0, count1))  # int64 -> int32 wraps
+    x0, x1 = _threefry_rounds(*words, operator.add, rotate_left, lambda value: constant(value, i32))
     return tuple(x.cast(dt.int64) & constant(MASK) for x in (x0, x1))
 
 
-def _threefry2x32_masked(key0, key1, count0, count1, constant=lambda value: value):
+def _threefry2x32_masked(key0, key1, count0, count1):
     """numpy: the words in int64, masked to 32 bits after each addition."""
-    mask = constant(MASK)
 
     def rotate_left(x, bits: int):
-        return ((x << constant(bits)) | (x >> constant(32 - bits))) & mask
+        return ((x << bits) | (x >> (32 - bits))) & MASK
 
-    keys = (key0, key1, key0 ^ key1 ^ constant(PARITY))
-    x0, x1 = (count0 + keys[0]) & mask, (count1 + keys[1]) & mask
+    return _threefry_rounds(key0, key1, count0, count1, lambda a, b: (a + b) & MASK, rotate_left, lambda value: value)
+
+
+def _threefry_rounds(key0, key1, count0, count1, add, rotate_left, number):
+    """Threefry-2x32-20's key schedule and rounds, in whatever arithmetic `add` (32-bit, wrapping), `rotate_left` and
+    `number` (a constant in the operands' form) give."""
+    keys = (key0, key1, key0 ^ key1 ^ number(PARITY))
+    x0, x1 = add(count0, keys[0]), add(count1, keys[1])
     for block in range(5):
         for bits in ROTATIONS[block % 2]:
-            x0 = (x0 + x1) & mask
+            x0 = add(x0, x1)
             x1 = rotate_left(x1, bits) ^ x0
-        x0 = (x0 + keys[(block + 1) % 3]) & mask
-        x1 = (x1 + (keys[(block + 2) % 3] + constant(block + 1))) & mask
+        x0 = add(x0, keys[(block + 1) % 3])
+        x1 = add(x1, keys[(block + 2) % 3] + number(block + 1))
     return x0, x1
 
 
