@@ -11,8 +11,8 @@ Threefry-2x32 (Salmon et al., "Parallel random numbers: as easy as 1, 2, 3", SC 
 whose additions and left shifts wrap like uint32's (two's complement), with each right shift masked to its logical
 result; words go in and come out as int64 values in [0, 2**32). On the host (numpy, the tests' reference) the same
 function holds the words in int64 masked to 32 bits after each addition: sums stay below 2**33 and shifted words
-below 2**61, never overflowing. (The device ran the int64 form until 2026-12-02: twice the vector width and
-three times the instructions, 18 ms of a ResNet-18 8x224 step's random batch on one thread.)
+below 2**61, never overflowing. (The device ran the int64 form until 2026-12-02: half the lanes a vector and three
+times the instructions; rand(8, 3, 224, 224) on one thread took 3.02 ms, against 1.29 ms in int32.)
 
 Per draw of n numbers: a kernel advances the counter by n and snapshots its old value into a buffer of its own (so
 the lazy draw reads memory no later draw overwrites); the numbers themselves stay lazy.
