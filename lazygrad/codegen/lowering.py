@@ -624,7 +624,7 @@ def _cache_blocking(nest: LoopNest, ast: KernelOp, loads: list, opts: KernelOpti
     # and short enough that the rows one register tile reads in a chunk stay in L1 for the tiles beside it, which
     # read the same rows of the operand they share (a weight gradient over 2048 tokens: chunks of 512 -> 128, 2x)
     # (per element of the reduce: an unrolled loop step reads `unroll` elements' lines)
-    per_element = _tile_lines_per_reduce_step(nest, loads, opts) * 64
+    per_element = int(_tile_lines_per_reduce_step(nest, loads, opts) * 64)
     if per_element:
         chunk = next((c for c in range(chunk, 0, -step) if size % c == 0 and c * per_element <= l1_tile_bytes), chunk)
     # a block of outer iterations shares one read of that chunk, and the block's partial sums stay in the
@@ -639,9 +639,11 @@ def _cache_blocking(nest: LoopNest, ast: KernelOp, loads: list, opts: KernelOpti
     return (max(blocks), chunk) if blocks else None
 
 
-def _tile_lines_per_reduce_step(nest: LoopNest, loads: list, opts: KernelOptions) -> int:
+def _tile_lines_per_reduce_step(nest: LoopNest, loads: list, opts: KernelOptions) -> float:
     """Cache lines (16 float32) that one step of the reduce loop reads for a register tile, over the loads that move
-    with the reduce; 0 when lanes run along the reduce (the rows are then read contiguously anyway)."""
+    with the reduce; 0 when lanes run along the reduce (the rows are then read contiguously anyway). A load
+    contiguous along the reduce (a product's broadcast operand, its rows read along k) reads a new line every 16
+    steps, so its lines count a sixteenth each."""
     vdim, width = opts.vector or (None, 1)
     rdim = nest.n_output
     if vdim is not None and vdim >= rdim:
@@ -656,7 +658,7 @@ def _tile_lines_per_reduce_step(nest: LoopNest, loads: list, opts: KernelOptions
             factor = tile.get(d, 1) * (width if d == vdim else 1)
             if ld[d] and factor > 1:
                 count *= -(-factor // 16) if ld[d] == 1 else factor
-        lines += count
+        lines += count / 16 if ld[rdim] == 1 else count
     return lines
 
 
