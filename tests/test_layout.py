@@ -217,3 +217,70 @@ def test_linear_gives_torch_values_and_gradients_in_either_weight_layout(monkeyp
     np.testing.assert_allclose(lgx.numpy(), gx.detach().numpy(), rtol=1e-4, atol=1e-5)
     for mine, theirs in ((lx, tx), (lw, tw), (lb, tb)):
         np.testing.assert_allclose(mine.grad.numpy(), theirs.grad.numpy(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.backend_independent
+def test_a_product_operand_is_copied_into_panels_only_for_long_rows_on_16_lanes(monkeypatch):
+    for width, columns, itemsize, expected in [
+        (16, 512, 4, 64),  # rows of 2 KiB: panels of 4 vectors
+        (16, 1024, 4, 64),
+        (16, 256, 4, 0),  # rows of 1 KiB spread over L1's sets: nothing to gain (measured)
+        (16, 1024, 2, 64),  # float16 rows of 2 KiB
+        (16, 520, 4, 0),  # no whole number of panels
+        (8, 1024, 4, 0),  # 8 lanes: not measured
+        (1, 4096, 4, 0),  # scalar code (a GPU)
+    ]:
+        monkeypatch.setattr(layout, "vector_width", lambda device, width=width: width)
+        assert layout.product_panel_width("llvm", columns, itemsize) == expected, (width, columns, itemsize)
+
+
+def _linear_against_torch(x, w, b, projection, second_order: bool):
+    tx, tw, tb = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
+    expected = torch.nn.functional.linear(tx, tw, tb)
+    loss = (expected * torch.tensor(projection)).sum()
+    lx, lw, lb = (lazygrad.Tensor(a, requires_grad=True) for a in (x, w, b))
+    out = lazygrad.nn.functional.linear(lx, lw, lb)
+    lloss = (out * lazygrad.Tensor(projection)).sum()
+    if second_order:
+        (gx,) = torch.autograd.grad(loss, tx, create_graph=True)
+        (loss + (gx * gx).sum()).backward()
+        (lgx,) = lazygrad.grad(lloss, lx, create_graph=True)
+        (lloss + (lgx * lgx).sum()).backward()
+        np.testing.assert_allclose(lgx.numpy(), gx.detach().numpy(), rtol=1e-4, atol=1e-4)
+    else:
+        loss.backward()
+        lloss.backward()
+    np.testing.assert_allclose(out.numpy(), expected.detach().numpy(), rtol=1e-4, atol=1e-4)
+    for mine, theirs in ((lx, tx), (lw, tw), (lb, tb)):
+        np.testing.assert_allclose(mine.grad.numpy(), theirs.grad.numpy(), rtol=1e-4, atol=1e-3)
+
+
+def test_linear_through_panels_gives_torch_values_and_gradients_second_order_included(monkeypatch):
+    # panels of 4 columns forced on small shapes: the forward's weight (8, 12) and the input gradient's (12, 8)
+    seen = []
+
+    def panels(device, columns, itemsize):
+        seen.append(columns)
+        return 4
+
+    monkeypatch.setattr(layout, "linear_weight_transposed", lambda device, rows, plain: True)
+    monkeypatch.setattr(layout, "product_panel_width", panels)
+    rng = np.random.default_rng(4)
+    x, w, b, projection = (rng.standard_normal(s).astype(np.float32) for s in ((2, 5, 8), (12, 8), (12,), (2, 5, 12)))
+    _linear_against_torch(x, w, b, projection, second_order=True)
+    assert seen[:2] == [12, 8], seen  # the forward's panels of the weight's transpose, then the input gradient's
+
+
+def test_a_wide_linear_layer_runs_its_products_through_panels(backend):
+    # 1024 rows, 512 -> 512: the forward and the input gradient each read a (512, 512) operand in panels of 64
+    # columns where the device's vectors have 16 lanes, and the same values either way
+    rng = np.random.default_rng(5)
+    shapes = ((1024, 512), (512, 512), (512,), (1024, 512))
+    x, w, b, projection = ((rng.standard_normal(s) / np.sqrt(s[-1])).astype(np.float32) for s in shapes)
+    with lazygrad.profile() as p:
+        _linear_against_torch(x, w, b, projection, second_order=False)
+    products = [launch.name for launch in p.launches if launch.name.startswith("r_1024_")]
+    if layout.product_panel_width(lazygrad.Device.DEFAULT, 512, 4):
+        assert sum(name.startswith("r_1024_8_64_512_") for name in products) == 2, products
+    else:
+        assert not any(name.startswith("r_1024_8_64_") for name in products), products

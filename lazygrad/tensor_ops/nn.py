@@ -139,10 +139,10 @@ class NNOps:
         x_in, w_in = self, weight
 
         def forward() -> Tensor:
-            return x_in.matmul(w_in.T.contiguous())
+            return _product_through_panels(x_in, w_in.T)
 
         def backward(grad: Tensor) -> tuple:
-            grad_x = grad.matmul(w_in) if x_in.requires_grad else None
+            grad_x = _product_through_panels(grad, w_in) if x_in.requires_grad else None
             grad_w = None
             if w_in.requires_grad:
                 rows = grad.reshape(-1, grad.shape[-1])
@@ -685,6 +685,19 @@ def _conv2d_input_grad(grad: Tensor, weight: Tensor, input_hw: tuple, stride, pa
     grad = grad.pad(pads)
     flipped = weight.reshape(g, cout // g, cin_g, kh, kw).transpose(1, 2).reshape(g * cin_g, cout // g, kh, kw)
     return grad.conv2d(flipped.flip(2, 3), dilation=dilation, groups=g)
+
+
+def _product_through_panels(a: Tensor, b: Tensor) -> Tensor:
+    """a (..., k) @ b (k, n) for a linear layer's products, b made contiguous first: as it is, or, where
+    codegen.layout.product_panel_width says so, copied into panels (n / width, k, width), each the strip of
+    columns one register tile reads along the reduce, contiguous (the same values, summed in the same order)."""
+    k, n = b.shape
+    width = layout.product_panel_width(a.device, n, a.dtype.itemsize)
+    if not width:
+        return a.matmul(b.contiguous())
+    panels = b.reshape(k, n // width, width).permute(1, 0, 2).contiguous()  # stored (n / width, k, width)
+    products = a.reshape(-1, 1, 1, k) * panels.permute(0, 2, 1).unsqueeze(0)  # (rows, n / width, width, k)
+    return products.sum(-1).reshape(*a.shape[:-1], n)
 
 
 def _is_plain_buffer(t: Tensor) -> bool:
