@@ -203,21 +203,21 @@ def linear_weight_transposed(device: str, rows: int, plain_weight: bool) -> bool
 # (n / width, k, width), one tile's strip is contiguous. Alone, one thread, 2048 rows (products of 16-lane vectors,
 # 4x4 tiles; /tmp script): 256 -> 1024 148 -> 167 GFLOP/s, 256 -> 768 153 -> 166, 512 -> 512 142 -> 169, 256 -> 512
 # 157 -> 167; rows of 1 KiB (256 -> 256, 1024 -> 256) gained nothing; panels 32 wide lost (148 -> 141), 128 wide
-# matched 64. Only where the rows are at least n: with the operand the bigger of the two, the lowering puts its
-# panel loops outermost (`build_loop_nest`, inputs by size) and may tile across panels (1024 rows, 2048 -> 3072:
-# 145 -> 314 ms); with rows >= n no product measured slower (4096 rows: 768 -> 1024 51-53 ms both ways, 768 ->
-# 3072 218-223 -> 195-204 ms). Measured on 16-lane vectors only, so narrower ones keep the plain operand.
+# matched 64. Fewer rows than columns too, since the lowering keeps a register tile inside one panel
+# (`_register_tile`): 1024 rows, 256 -> 3072 24.1-24.6 -> 12.1-12.5 ms, 2048 -> 3072 155-158 -> 121-123; 2048 rows,
+# 768 -> 3072 260-269 -> 67 ms (rows of 12 KiB also collide in L2). Measured on 16-lane vectors only, so
+# narrower ones keep the plain operand.
 _PANEL_VECTORS = 4
 _PANEL_MIN_ROW_BYTES = 2048
 
 
-def product_panel_width(device: str, rows: int, columns: int, itemsize: int) -> int:
-    """The width of the panels the second operand (k, `columns`) of a product over `rows` rows is copied into
-    first, or 0 to read it as stored. Tensor.linear asks, for its weight's two products (a layer over many rows,
-    where the forward's transposed copy happens anyway and the input gradient's copy is small beside its product)."""
+def product_panel_width(device: str, columns: int, itemsize: int) -> int:
+    """The width of the panels a product's second operand (k, `columns`) is copied into first, or 0 to read it as
+    stored. Tensor.linear asks, for its weight's two products (a layer over many rows, where the forward's
+    transposed copy happens anyway and the input gradient's copy is small beside its product)."""
     lanes = vector_width(device)
     width = _PANEL_VECTORS * lanes
-    if lanes < _MEASURED_LANES or columns * itemsize < _PANEL_MIN_ROW_BYTES or columns % width or rows < columns:
+    if lanes < _MEASURED_LANES or columns * itemsize < _PANEL_MIN_ROW_BYTES or columns % width:
         return 0
     return width
 

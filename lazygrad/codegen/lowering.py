@@ -711,9 +711,29 @@ def _register_tile(
         ld[vdim] != 0 and any(ld[d] == 0 for d in range(nest.n_output) if d != vdim) for ld in loads
     )
     choices = []
+    most_strip = 4 if reduce_size * width * 4 <= strip_elements or not reread else 2
+    # output dims along which only the vector input moves, past the whole of what its reduce walks (a product's
+    # operand copied into panels side by side): a tile along them reads a strip per position, as more vectors along
+    # the lanes do. (A step smaller than the walk, such as a window's next column, reads the same strip shifted.)
+    widening = set()
+    if vdim is not None and vdim < nest.n_output and reread:
+        reduce_dims = range(nest.n_output, len(nest.shape))
+
+        def walk(ld) -> int:
+            return sum(abs(ld[r]) * (nest.shape[r] - 1) if ld[r] is not None else 1 << 30 for r in reduce_dims) + 1
+
+        for d in range(nest.n_output):
+            moving = [ld for ld in loads if ld[d] != 0]
+            if (
+                d != vdim
+                and moving
+                and len(moving) < len(loads)
+                and all(ld[vdim] != 0 and (ld[d] is None or abs(ld[d]) >= walk(ld)) for ld in moving)
+            ):
+                widening.add(d)
     for d in range(nest.n_output):
         if d == vdim:
-            most = 4 if reduce_size * width * 4 <= strip_elements or not reread else 2
+            most = most_strip
             factors = [f for f in (4, 2) if f <= most and nest.shape[d] % (width * f) == 0]
         else:
             size = nest.shape[d]
@@ -763,6 +783,9 @@ def _register_tile(
         for tile in itertools.combinations(choices, n):
             dims = [d for d, _ in tile]
             if len(set(dims)) < n or prod(f for _, f in tile) > most_accumulators:
+                continue
+            strips = prod(f for d, f in tile if d in widening or d == vdim)
+            if widening and strips > 2 and reduce_size * width * strips > strip_elements:
                 continue
             key = (per_load(tile), prod(f for _, f in tile), -spread(tile))
             if key > best_key:

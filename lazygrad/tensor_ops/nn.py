@@ -692,7 +692,7 @@ def _product_through_panels(a: Tensor, b: Tensor) -> Tensor:
     codegen.layout.product_panel_width says so, copied into panels (n / width, k, width), each the strip of
     columns one register tile reads along the reduce, contiguous (the same values, summed in the same order)."""
     k, n = b.shape
-    width = layout.product_panel_width(a.device, math.prod(a.shape[:-1]), n, a.dtype.itemsize)
+    width = layout.product_panel_width(a.device, n, a.dtype.itemsize)
     if not width:
         return a.matmul(b.contiguous())
     panels = b.reshape(k, n // width, width).permute(1, 0, 2).contiguous()  # stored (n / width, k, width)
