@@ -95,6 +95,50 @@ def test_each_conv_layout_gives_torch_values_and_gradients(monkeypatch, forward_
     np.testing.assert_allclose(lw.grad.numpy(), tw.grad.numpy(), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("panels", [0, 2], ids=["transposed", "panels"])
+@pytest.mark.parametrize("name", sorted(CONVS))
+def test_columns_times_the_transposed_weight_give_torch_values_and_gradients(monkeypatch, name, panels):
+    # forced on small convs: the columns' product with the weight transposed (or in panels of 2 output channels,
+    # where they divide), lanes along the output channels; a grouped conv keeps the plain product
+    seen = []
+
+    def decide(device, rows, groups):
+        seen.append((rows, groups))
+        return groups == 1
+
+    monkeypatch.setattr(layout, "conv_layout", lambda *args: ConvLayout.COLUMNS)
+    monkeypatch.setattr(layout, "columns_weight_transposed", decide)
+    monkeypatch.setattr(layout, "product_panel_width", lambda device, columns, itemsize: panels * (columns % 2 == 0))
+    case = dict(CONVS[name])
+    rng = np.random.default_rng(1)
+    x, w = (rng.standard_normal(case.pop(k)).astype(np.float32) for k in ("x", "w"))
+    tx, tw = torch.tensor(x, requires_grad=True), torch.tensor(w, requires_grad=True)
+    expected = torch.nn.functional.conv2d(tx, tw, **case)
+    projection = rng.standard_normal(tuple(expected.shape)).astype(np.float32)
+    (expected * torch.tensor(projection)).sum().backward()
+    lx, lw = lazygrad.Tensor(x, requires_grad=True), lazygrad.Tensor(w, requires_grad=True)
+    out = lx.conv2d(lw, **case)
+    (out * lazygrad.Tensor(projection)).sum().backward()
+    assert seen and seen[0][0] == expected.shape[0] * expected.shape[2] * expected.shape[3], seen
+    np.testing.assert_allclose(out.numpy(), expected.detach().numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(lx.grad.numpy(), tx.grad.numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(lw.grad.numpy(), tw.grad.numpy(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.backend_independent
+def test_columns_take_a_transposed_weight_only_over_many_rows_of_one_group_with_16_lanes(monkeypatch):
+    for width, rows, groups, expected in [
+        (16, 256, 1, True),
+        (16, 6272, 1, True),
+        (16, 255, 1, False),  # the weight's copy would cost more than the lanes save (1x3x64x64's layer 4)
+        (16, 6272, 2, False),  # grouped: the plain product
+        (8, 6272, 1, False),  # 8 lanes: not measured
+        (1, 6272, 1, False),  # scalar code (a GPU)
+    ]:
+        monkeypatch.setattr(layout, "vector_width", lambda device, width=width: width)
+        assert layout.columns_weight_transposed("llvm", rows, groups) is expected, (width, rows, groups)
+
+
 @pytest.mark.backend_independent
 def test_a_channel_last_weight_gradient_only_for_strided_convs_with_lanes_over_output_channels(monkeypatch):
     for width in (1, 8, 16):

@@ -197,6 +197,27 @@ def linear_weight_transposed(device: str, rows: int, plain_weight: bool) -> bool
     return vector_width(device) > 1 and plain_weight and rows >= _TRANSPOSED_WEIGHT_MIN_ROWS
 
 
+# A convolution through columns (n, oh, ow, cin*kh*kw) multiplies with lanes along the reduce, which both operands
+# hold contiguously, and ends each chunk in horizontal sums. With a transposed copy of the weight (or its panels,
+# below) the lanes run along the output channels and the output is moved back to (n, cout, oh, ow), a small copy.
+# ResNet-18 at 8x3x224x224, one thread, alone, kernels summed (/tmp script): 512 -> 512 at 7x7 19.7 -> 15.5 ms
+# (panels), 256 -> 256 at 14x14 20.5 -> 15.7, 128 -> 128 at 28x28 22.3 -> 17.6, 256 -> 512 stride 2 10.1 -> 7.9,
+# 64 -> 128 stride 2 11.4 -> 10.3 (the weight's copy included). Over few rows the copy costs more than it saves (at
+# 1x3x64x64, layer 4's 4 rows: 0.45 -> 2.1 ms), so only from this many rows (n * oh * ow):
+_COLUMNS_TRANSPOSED_MIN_ROWS = 256
+
+
+def columns_weight_transposed(device: str, rows: int, groups: int) -> bool:
+    """Whether a single-group conv through columns multiplies them with its weight transposed, lanes along the
+    output channels (16-lane devices, where it was measured). Not over a run-time (symbolic) number of rows."""
+    return (
+        vector_width(device) >= _MEASURED_LANES
+        and groups == 1
+        and isinstance(rows, int)
+        and rows >= _COLUMNS_TRANSPOSED_MIN_ROWS
+    )
+
+
 # A product whose second operand (k, n) is read in vector lanes along its rows: with rows of 2 KiB or more, the
 # rows of a register tile's strip (4 vectors wide) lie a multiple of 2 KiB apart, so the k rows one output tile
 # walks fall into a few of L1's sets and evict each other, and every load comes from L2. Copied into panels

@@ -217,6 +217,8 @@ class NNOps:
                 # the windows copied out as columns (n, g, oh, ow, cin_g*kh*kw), small where this is chosen
                 cols = win.permute(0, 1, 3, 4, 2, 5, 6).contiguous()
                 columns.append(cols)
+                if layout.columns_weight_transposed(x_in.device, n * oh * ow, g):
+                    return _columns_times_transposed_weight(cols, w_in)
                 out = (cols.unsqueeze(2) * w_in.reshape(1, g, cout_g, 1, 1, cin_g, kh, kw)).sum((5, 6, 7))
             elif chosen is layout.ConvLayout.CHANNEL_LAST_WEIGHT:
                 # copied channel-last (a weight seen through a view, such as the input gradient's flipped one, or a
@@ -236,6 +238,8 @@ class NNOps:
             if chosen is layout.ConvLayout.COLUMNS:
                 cols = win.permute((0, 1, 3, 4, 2, 5, 6)).contiguous()
                 columns.append(Tensor._wrap(cols))
+                if layout.columns_weight_transposed(x_in.device, n * oh * ow, g):
+                    return _columns_times_transposed_weight(columns[-1], Tensor._wrap(weight))._lazydata
                 cols = cols.reshape(cols.shape[:2] + (1,) + cols.shape[2:])
                 out = _product_sum(cols, weight.reshape((1, g, cout_g, 1, 1, cin_g, kh, kw)), (5, 6, 7))
             else:
@@ -698,6 +702,16 @@ def _product_through_panels(a: Tensor, b: Tensor) -> Tensor:
     panels = b.reshape(k, n // width, width).permute(1, 0, 2).contiguous()  # stored (n / width, k, width)
     products = a.reshape(-1, 1, 1, k) * panels.permute(0, 2, 1).unsqueeze(0)  # (rows, n / width, width, k)
     return products.sum(-1).reshape(*a.shape[:-1], n)
+
+
+def _columns_times_transposed_weight(cols: Tensor, weight: Tensor) -> Tensor:
+    """A single-group conv's output from its columns (n, 1, oh, ow, cin, kh, kw): their product with the weight
+    transposed (or in panels), lanes along the output channels (codegen.layout.columns_weight_transposed), then
+    moved back to (n, cout, oh, ow)."""
+    n, _, oh, ow = cols.shape[:4]
+    k, cout = math.prod(cols.shape[4:]), weight.shape[0]
+    out = _product_through_panels(cols.reshape(n * oh * ow, k), weight.reshape(cout, k).T)
+    return out.reshape(n, oh, ow, cout).permute(0, 3, 1, 2).contiguous()
 
 
 def _is_plain_buffer(t: Tensor) -> bool:
