@@ -98,15 +98,20 @@ def test_each_conv_layout_gives_torch_values_and_gradients(monkeypatch, forward_
 @pytest.mark.parametrize("panels", [0, 2], ids=["transposed", "panels"])
 @pytest.mark.parametrize("name", sorted(CONVS))
 def test_columns_times_the_transposed_weight_give_torch_values_and_gradients(monkeypatch, name, panels):
-    # forced on small convs: the columns' product with the weight transposed (or in panels of 2 output channels,
-    # where they divide), lanes along the output channels; a grouped conv keeps the plain product
-    seen = []
+    # forced on small convs: the columns' product with the weight transposed (or in panels of 2 columns, where they
+    # divide), lanes along the output channels, and the input gradient through the weight's panels (where they
+    # divide cin*kh*kw); a grouped conv keeps the plain products. Second order included (the tensor path).
+    seen, grad_conv = [], InputGradLayout.TRANSPOSED_CONV
 
     def decide(device, rows, groups):
         seen.append((rows, groups))
         return groups == 1
 
     monkeypatch.setattr(layout, "conv_layout", lambda *args: ConvLayout.COLUMNS)
+    columns_for_one_group = {1: InputGradLayout.COLUMNS_OVER_PIXELS}  # (built for one group only)
+    monkeypatch.setattr(
+        layout, "conv_input_grad_layout", lambda device, groups, *rest: columns_for_one_group.get(groups, grad_conv)
+    )
     monkeypatch.setattr(layout, "columns_weight_transposed", decide)
     monkeypatch.setattr(layout, "product_panel_width", lambda device, columns, itemsize: panels * (columns % 2 == 0))
     case = dict(CONVS[name])
@@ -115,12 +120,35 @@ def test_columns_times_the_transposed_weight_give_torch_values_and_gradients(mon
     tx, tw = torch.tensor(x, requires_grad=True), torch.tensor(w, requires_grad=True)
     expected = torch.nn.functional.conv2d(tx, tw, **case)
     projection = rng.standard_normal(tuple(expected.shape)).astype(np.float32)
-    (expected * torch.tensor(projection)).sum().backward()
+    loss = (expected * torch.tensor(projection)).sum()
+    (gx,) = torch.autograd.grad(loss, tx, create_graph=True)
+    (loss + (gx * gx).sum()).backward()
     lx, lw = lazygrad.Tensor(x, requires_grad=True), lazygrad.Tensor(w, requires_grad=True)
     out = lx.conv2d(lw, **case)
-    (out * lazygrad.Tensor(projection)).sum().backward()
+    lloss = (out * lazygrad.Tensor(projection)).sum()
+    (lgx,) = lazygrad.grad(lloss, lx, create_graph=True)
+    (lloss + (lgx * lgx).sum()).backward()
     assert seen and seen[0][0] == expected.shape[0] * expected.shape[2] * expected.shape[3], seen
     np.testing.assert_allclose(out.numpy(), expected.detach().numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(lgx.numpy(), gx.detach().numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(lx.grad.numpy(), tx.grad.numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(lw.grad.numpy(), tw.grad.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_a_conv_input_gradient_through_panels_gives_torch_values(monkeypatch):
+    # first order (the graph-node path): a 1x1 conv, so that cin*kh*kw = 4 divides into panels of 2
+    monkeypatch.setattr(layout, "conv_layout", lambda *args: ConvLayout.COLUMNS)
+    monkeypatch.setattr(layout, "conv_input_grad_layout", lambda *args: InputGradLayout.COLUMNS_OVER_CHANNELS)
+    monkeypatch.setattr(layout, "columns_weight_transposed", lambda device, rows, groups: True)
+    monkeypatch.setattr(layout, "product_panel_width", lambda device, columns, itemsize: 2 * (columns % 2 == 0))
+    rng = np.random.default_rng(2)
+    x, w = rng.standard_normal((2, 4, 5, 7)).astype(np.float32), rng.standard_normal((6, 4, 1, 1)).astype(np.float32)
+    tx, tw = torch.tensor(x, requires_grad=True), torch.tensor(w, requires_grad=True)
+    expected = torch.nn.functional.conv2d(tx, tw, stride=2)
+    projection = rng.standard_normal(tuple(expected.shape)).astype(np.float32)
+    (expected * torch.tensor(projection)).sum().backward()
+    lx, lw = lazygrad.Tensor(x, requires_grad=True), lazygrad.Tensor(w, requires_grad=True)
+    (lx.conv2d(lw, stride=2) * lazygrad.Tensor(projection)).sum().backward()
     np.testing.assert_allclose(lx.grad.numpy(), tx.grad.numpy(), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(lw.grad.numpy(), tw.grad.numpy(), rtol=1e-4, atol=1e-4)
 
