@@ -719,9 +719,10 @@ def _input_grad_columns_through_panels(grad: Tensor, weight: Tensor) -> Tensor:
 
 
 def _product_through_panels(a: Tensor, b: Tensor) -> Tensor:
-    """a (..., k) @ b (k, n) for a linear layer's products, b made contiguous first: as it is, or, where
-    codegen.layout.product_panel_width says so, copied into panels (n / width, k, width), each the strip of
-    columns one register tile reads along the reduce, contiguous (the same values, summed in the same order)."""
+    """a (..., k) @ b (k, n) for a linear layer's products and a conv's through columns, b made contiguous first:
+    as it is, or, where codegen.layout.product_panel_width says so, copied into panels (n / width, k, width), each
+    the strip of columns one register tile reads along the reduce, contiguous (the same values, summed in the same
+    order)."""
     k, n = b.shape
     width = layout.product_panel_width(a.device, n, a.dtype.itemsize)
     if not width:
