@@ -234,8 +234,9 @@ _PANEL_MIN_ROW_BYTES = 2048
 
 def product_panel_width(device: str, columns: int, itemsize: int) -> int:
     """The width of the panels a product's second operand (k, `columns`) is copied into first, or 0 to read it as
-    stored. Tensor.linear asks, for its weight's two products (a layer over many rows, where the forward's
-    transposed copy happens anyway and the input gradient's copy is small beside its product)."""
+    stored. Asked only where that copy is small beside the product: a linear layer over many rows, for its
+    weight's two products (the forward's transposed copy happens anyway), and a conv through columns that takes
+    its weight transposed (columns_weight_transposed), for its weight in the forward and the input gradient."""
     lanes = vector_width(device)
     width = _PANEL_VECTORS * lanes
     if lanes < _MEASURED_LANES or columns * itemsize < _PANEL_MIN_ROW_BYTES or columns % width:

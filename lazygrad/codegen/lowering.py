@@ -733,8 +733,7 @@ def _register_tile(
                 widening.add(d)
     for d in range(nest.n_output):
         if d == vdim:
-            most = most_strip
-            factors = [f for f in (4, 2) if f <= most and nest.shape[d] % (width * f) == 0]
+            factors = [f for f in (4, 2) if f <= most_strip and nest.shape[d] % (width * f) == 0]
         else:
             size = nest.shape[d]
             factors = [f for f in (8, 4, 2) if size % f == 0 and size > f]
