@@ -8,6 +8,8 @@
 - A big reduction to one value, split in two, pads with the reduction's identity (0, or the dtype's least value).
 - A linear layer over many rows copies its weight transposed on a device with vector lanes (only there, only for a
   whole weight buffer); either way it gives PyTorch's output and gradients, second order included.
+- Its input, where an elementwise kernel computes it, is stored in padded rows (rows of 2 KiB or more, 16 lanes):
+  the same values and gradients, second order included; a realized input is read as it is.
 """
 
 import numpy as np
@@ -325,6 +327,53 @@ def _linear_against_torch(x, w, b, projection, second_order: bool):
     np.testing.assert_allclose(out.numpy(), expected.detach().numpy(), rtol=1e-4, atol=1e-4)
     for mine, theirs in ((lx, tx), (lw, tw), (lb, tb)):
         np.testing.assert_allclose(mine.grad.numpy(), theirs.grad.numpy(), rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.backend_independent
+def test_rows_are_padded_only_from_2_kib_on_16_lanes(monkeypatch):
+    for width, columns, itemsize, expected in [
+        (16, 1024, 4, 1040),  # rows of 4 KiB: one cache line more
+        (16, 512, 4, 528),
+        (16, 256, 4, 256),  # rows of 1 KiB: nothing to gain (measured)
+        (16, 1024, 2, 1056),  # float16 rows of 2 KiB
+        (8, 1024, 4, 1024),  # 8 lanes: not measured
+        (1, 4096, 4, 4096),  # scalar code (a GPU)
+    ]:
+        monkeypatch.setattr(layout, "vector_width", lambda device, width=width: width)
+        assert layout.padded_row_length("llvm", columns, itemsize) == expected, (width, columns, itemsize)
+
+
+@pytest.mark.parametrize("second_order", [False, True], ids=["first-order", "second-order"])
+def test_a_linear_input_computed_elementwise_is_stored_in_padded_rows(monkeypatch, second_order):
+    # rows of 8 stored 11 apart (forced): the kernel computing tanh(x) writes them (rows, 11), the products read
+    # them through the view; a realized input is read as it is. Torch's values and gradients either way.
+    monkeypatch.setattr(layout, "linear_weight_transposed", lambda device, rows, plain: True)
+    monkeypatch.setattr(layout, "padded_row_length", lambda device, columns, itemsize: columns + 3)
+    rng = np.random.default_rng(6)
+    x, w, b, projection = (rng.standard_normal(s).astype(np.float32) for s in ((2, 5, 8), (12, 8), (12,), (2, 5, 12)))
+    for elementwise in (True, False):
+        tx, tw, tb = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
+        lx, lw, lb = (lazygrad.Tensor(a, requires_grad=True) for a in (x, w, b))
+        tin, lin = (torch.tanh(tx), lx.tanh()) if elementwise else (tx, lx)
+        with lazygrad.profile() as p:
+            out = lazygrad.nn.functional.linear(lin, lw, lb)
+            lloss = (out * lazygrad.Tensor(projection)).sum()
+            expected = torch.nn.functional.linear(tin, tw, tb)
+            loss = (expected * torch.tensor(projection)).sum()
+            if second_order:
+                (gx,) = torch.autograd.grad(loss, tx, create_graph=True)
+                (loss + (gx * gx).sum()).backward()
+                (lgx,) = lazygrad.grad(lloss, lx, create_graph=True)
+                (lloss + (lgx * lgx).sum()).backward()
+                np.testing.assert_allclose(lgx.numpy(), gx.detach().numpy(), rtol=1e-4, atol=1e-4)
+            else:
+                loss.backward()
+                lloss.backward()
+            np.testing.assert_allclose(out.numpy(), expected.detach().numpy(), rtol=1e-4, atol=1e-4)
+            for mine, theirs in ((lx, tx), (lw, tw), (lb, tb)):
+                np.testing.assert_allclose(mine.grad.numpy(), theirs.grad.numpy(), rtol=1e-4, atol=1e-3)
+        padded = [launch.name for launch in p.launches if launch.name.startswith("e_10_11_")]
+        assert bool(padded) == elementwise, [launch.name for launch in p.launches]
 
 
 def test_linear_through_panels_gives_torch_values_and_gradients_second_order_included(monkeypatch):

@@ -9,7 +9,7 @@ from lazygrad import autograd
 from lazygrad import dtype as dt
 from lazygrad.codegen import layout
 from lazygrad.graph import LazyBuffer
-from lazygrad.ops import Op
+from lazygrad.ops import ELEMENTWISE, Op
 from lazygrad.shape import max_prod, symbolic_dims
 from lazygrad.symbolic import VARIABLES_MADE
 from lazygrad.tensor_ops.elementwise import _broadcast_shape
@@ -137,16 +137,21 @@ class NNOps:
         the input as they are: the input's gradient as `grad @ weight`, lanes along the input features of the
         weight's rows (through the copy it would read the copy transposed, lanes along the reduce again)."""
         x_in, w_in = self, weight
+        stored = []  # x_in as the products read it (rows padded where that is free), for the weight gradient
 
         def forward() -> Tensor:
-            return _product_through_panels(x_in, w_in.T)
+            x = _rows_padded_where_free(x_in)
+            stored.append(x)
+            return _product_through_panels(x, w_in.T).reshape(*x_in.shape[:-1], w_in.shape[0])
 
         def backward(grad: Tensor) -> tuple:
             grad_x = _product_through_panels(grad, w_in) if x_in.requires_grad else None
             grad_w = None
             if w_in.requires_grad:
                 rows = grad.reshape(-1, grad.shape[-1])
-                grad_w = rows.T.matmul(x_in.reshape(-1, x_in.shape[-1]))
+                # (with create_graph, x_in itself: the stored rows carry no graph)
+                x = stored[0].detach() if stored and not autograd.is_grad_enabled() else x_in
+                grad_w = rows.T.matmul(x.reshape(-1, x.shape[-1]))
             return grad_x, grad_w
 
         return Tensor._composite("linear", (x_in, w_in), forward, backward)
@@ -730,6 +735,18 @@ def _product_through_panels(a: Tensor, b: Tensor) -> Tensor:
     panels = b.reshape(k, n // width, width).permute(1, 0, 2).contiguous()  # stored (n / width, k, width)
     products = a.reshape(-1, 1, 1, k) * panels.permute(0, 2, 1).unsqueeze(0)  # (rows, n / width, width, k)
     return products.sum(-1).reshape(*a.shape[:-1], n)
+
+
+def _rows_padded_where_free(x: Tensor) -> Tensor:
+    """x (..., n) as (rows, n), stored with padded rows (codegen.layout.padded_row_length) where an elementwise
+    kernel is still to compute it, so that it writes the padding too; else x's rows as they are."""
+    n = x.shape[-1]
+    flat = x.reshape(-1, n)
+    stride = layout.padded_row_length(x.device, n, x.dtype.itemsize)
+    node = x._lazydata
+    if stride == n or node.realized or node.is_view or node.op not in ELEMENTWISE or symbolic_dims(flat.shape):
+        return flat
+    return flat.pad((0, stride - n)).contiguous()[:, :n]
 
 
 def _columns_times_transposed_weight(cols: Tensor, weight: Tensor) -> Tensor:
