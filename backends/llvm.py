@@ -454,6 +454,17 @@ class _Renderer:
             "declare group_reduce=0, so the heuristics never ask for them; forced KernelOptions did)"
         )
 
+    def render_prefetch(self, u):
+        """The cache line of element index + offset fetched into every cache level (a read, kept). The index's
+        address is the load's (LLVM shares it), the offset a constant that folds into the prefetch's addressing.
+        Neither is `inbounds`: the element may lie past the buffer's end, which a prefetch may (it never faults)."""
+        buf, index = u.srcs
+        ty, at, ahead = _mem_ty(buf.dtype), self.fresh("p"), self.fresh("p")
+        self.emit(f"{at} = getelementptr {ty}, ptr {self.names[buf.id]}, i32 {self.val(index)}")
+        self.emit(f"{ahead} = getelementptr {ty}, ptr {at}, i64 {u.arg}")
+        self.declare("declare void @llvm.prefetch.p0(ptr, i32, i32, i32)")
+        self.emit(f"call void @llvm.prefetch.p0(ptr {ahead}, i32 0, i32 3, i32 1)")
+
     def render_hreduce(self, u):
         (src,) = u.srcs
         d, vec, out = u.dtype, src.vec, self.fresh("h")
@@ -727,6 +738,7 @@ _STRUCTURE = {
     IrOp.LANES: _Renderer.render_lanes,
     IrOp.BROADCAST: _Renderer.render_broadcast,
     IrOp.HREDUCE: _Renderer.render_hreduce,
+    IrOp.PREFETCH: _Renderer.render_prefetch,
     IrOp.LOCAL_ID: _Renderer.refuse_work_groups,
     IrOp.GROUP_REDUCE: _Renderer.refuse_work_groups,
     IrOp.LOCAL: _Renderer.refuse_work_groups,

@@ -346,6 +346,9 @@ class _Renderer:
         else:
             self.emit(f"{name}[{index}] = {value};")
 
+    def render_prefetch(self, u: UOp):
+        pass  # a hint left out: OpenCL C's prefetch() takes a pointer, which must stay inside its buffer
+
     def render_hreduce(self, u: UOp):
         (src,) = u.srcs
         v, name = self.val(src), f"v{u.id}"
@@ -542,6 +545,7 @@ _STRUCTURE = {
     IrOp.LANES: _Renderer.render_lanes,
     IrOp.BROADCAST: _Renderer.render_broadcast,
     IrOp.HREDUCE: _Renderer.render_hreduce,
+    IrOp.PREFETCH: _Renderer.render_prefetch,
     IrOp.LOCAL_ID: _Renderer.render_local_id,
     IrOp.GROUP_REDUCE: _Renderer.render_group_reduce,
     IrOp.LOCAL: _Renderer.render_local,

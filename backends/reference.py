@@ -203,6 +203,9 @@ class _Run:
     def hreduce(self, u: UOp):
         self.values[u.id] = _combine(u.arg, np.asarray(self.values[u.srcs[0].id]), axis=-1)
 
+    def prefetch(self, u: UOp):
+        pass  # a hint: nothing to compute
+
     def local_id(self, u: UOp):
         self.values[u.id] = (self.item % self.program.local_size).astype(np.int32)
 
@@ -309,6 +312,7 @@ _STRUCTURE = {
     IrOp.LANES: _Run.lanes,
     IrOp.BROADCAST: _Run.broadcast,
     IrOp.HREDUCE: _Run.hreduce,
+    IrOp.PREFETCH: _Run.prefetch,
     IrOp.LOCAL_ID: _Run.local_id,
     IrOp.GROUP_REDUCE: _Run.group_reduce,
     IrOp.LOCAL: _Run.local,

@@ -240,6 +240,8 @@ class IrOp(_Kind):
     LANES = "lanes", "-", "-: the int32 vector 0, 1, ..., vec-1"
     BROADCAST = "broadcast", "(scalar,)", "-: the scalar in every lane"
     HREDUCE = "hreduce", "(vector,)", "Op.ADD or Op.MAX: the lanes combined into a scalar"
+    # a hint, no access: the element's cache line is fetched ahead of its load; it may lie outside the buffer
+    PREFETCH = "prefetch", "(param, index)", "int offset: a hint that element index + offset will be read soon"
     # work-groups (programs with local_size > 1, devices that declare group_reduce)
     LOCAL_ID = "local_id", "-", "group size: the work-item's index in its work-group", "group_reduce"
     GROUP_REDUCE = (

@@ -39,7 +39,7 @@ from lazygrad.codegen.verify import verify
 from lazygrad.ops import AstOp, Op
 from lazygrad.shape import prod
 
-_RECORD_VERSION = 3  # bumped when a record's fields change meaning
+_RECORD_VERSION = 4  # bumped when a record's fields change meaning
 RUNS = 3  # launches timed per candidate (the minimum counts)
 SLOWER = 1.5  # a first launch this much slower than the best so far ends a candidate's timing
 MARGIN = 0.03  # a candidate replaces the heuristics' record only when it is this much faster (timing noise)
@@ -65,7 +65,8 @@ class Candidate:
 
     def key(self) -> tuple:
         o = self.options
-        return (tuple(map(tuple, o.upcast)), o.unroll, o.vector, o.blocking, o.group, o.local_tile, self.local_size)
+        upcast = tuple(map(tuple, o.upcast))
+        return (upcast, o.unroll, o.vector, o.blocking, o.group, o.local_tile, o.prefetch, self.local_size)
 
     def describe(self) -> str:
         head = self.options.describe().splitlines()[0]
@@ -105,6 +106,7 @@ def encode_record(candidate: Candidate) -> bytes:
         "blocking": list(o.blocking) if o.blocking else None,
         "group": o.group,
         "local_tile": list(o.local_tile) if o.local_tile else None,
+        "prefetch": o.prefetch,
         "local_size": candidate.local_size,
         "heuristic": candidate.heuristic,
         "effort": candidate.effort,
@@ -146,7 +148,7 @@ def decode_record(payload: bytes, nest: LoopNest) -> Candidate:
         fields = json.loads(payload.decode())
     except (UnicodeDecodeError, ValueError) as e:
         raise SearchRecordError(f"not JSON: {e}") from e
-    expected = {"version", "upcast", "unroll", "vector", "blocking", "group", "local_tile", "local_size"}
+    expected = {"version", "upcast", "unroll", "vector", "blocking", "group", "local_tile", "prefetch", "local_size"}
     expected |= {"heuristic", "effort"}
     if not isinstance(fields, dict) or set(fields) != expected:
         raise SearchRecordError(
@@ -170,6 +172,7 @@ def decode_record(payload: bytes, nest: LoopNest) -> Candidate:
         blocking=blocking,
         group=None if fields["group"] is None else _integer(fields["group"], 2, 1024, "group"),
         local_tile=_local_tile(fields["local_tile"]),
+        prefetch=None if fields["prefetch"] is None else _integer(fields["prefetch"], 64, 1 << 30, "prefetch"),
         reasons=["search: the winner of an earlier search on this device (disk cache)"],
     )
     local = fields["local_size"]
@@ -238,6 +241,10 @@ def neighbours(centre: Candidate, nest: LoopNest, capabilities, launch_sizes: bo
                     vary(f"unroll d{d} by {f}", unroll=(d, f))
         if o.blocking:
             vary("no cache blocking", blocking=None)
+        if o.prefetch:  # prefetches off, or twice or half as far ahead
+            vary("no prefetch", prefetch=None)
+            for ahead in (o.prefetch * 2, o.prefetch // 2):
+                vary(f"prefetch {ahead} bytes ahead", prefetch=ahead)
         # a work-group reduction on or off, and twice or half as wide
         if o.group:
             vary("no work-group reduction", group=None)
@@ -247,10 +254,10 @@ def neighbours(centre: Candidate, nest: LoopNest, capabilities, launch_sizes: bo
             widths = [o.group // 2, o.group * 2] if o.group else [min(most, 256), 64]
             for g in widths:
                 if 2 <= g <= most and g * tile_size * 4 <= capabilities.local_memory // 2:
-                    vary(f"group {g}", group=g, vector=None, blocking=None, local_size=None)
+                    vary(f"group {g}", group=g, vector=None, blocking=None, prefetch=None, local_size=None)
     if o.vector:
         d, width = o.vector
-        vary("scalar code", vector=None, blocking=None)
+        vary("scalar code", vector=None, blocking=None, prefetch=None)
         if width >= 4 and shape[d] % (width // 2) == 0:
             vary(f"lanes of {width // 2}", vector=(d, width // 2))
     if launch_sizes and not o.group:

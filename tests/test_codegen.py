@@ -633,3 +633,85 @@ def test_a_sum_over_rows_reads_four_lines_of_each_row_per_step():
     # a product whose B strip (4 vectors x a 16384-long reduce) outgrows the cache keeps at most 2 vectors
     product = _product_options(Capabilities(vector_width=16), m=512, k=16384, n=256)
     assert dict(product.upcast).get(1, 1) <= 2, product.describe()
+
+
+# --- prefetches ---------------------------------------------------------------------------------------------------
+def _weight_gradient(rows: int, columns: int, channels: int = 64):
+    """dW (channels, columns) of a conv's weight gradient over its columns (8 images of rows / 8 pixels each), as
+    ResNet-18 builds it: tensors of ones (its nodes and kernels are what is checked)."""
+    grad = Tensor(np.ones((8, channels, rows // 8), np.float32))
+    cols = Tensor(np.ones((8, rows // 8, columns), np.float32))
+    return (grad.reshape(8, channels, rows // 8, 1) * cols.reshape(8, 1, rows // 8, columns)).sum((0, 2))
+
+
+def _heuristic_options(t: Tensor):
+    from lazygrad.codegen.capabilities import Capabilities
+    from lazygrad.codegen.lowering import build_loop_nest, choose_options
+    from lazygrad.schedule import create_schedule
+
+    (ast,) = [item.ast for item in create_schedule([t.lazydata]) if item.ast is not None]
+    return choose_options(build_loop_nest(ast), ast, Capabilities(vector_width=16, cache_blocking=True))
+
+
+@pytest.mark.backend_independent
+def test_a_tile_walking_rows_far_apart_beyond_l1_prefetches_them():
+    # ResNet-18's layer-4 weight gradient: the tile's 4 vectors read down 392 rows 18 KiB apart, each vector feeding
+    # 4 accumulators: prefetched 128 KiB ahead
+    options = _heuristic_options(_weight_gradient(392, 4608))
+    assert options.vector == (0, 16) and options.prefetch == 128 << 10, options.describe()
+    # rows 1 KiB apart: the CPU's own prefetchers follow them
+    assert _heuristic_options(_weight_gradient(392, 256)).prefetch is None
+    # a column sum over rows 4 KiB apart: each vector feeds one accumulator (prefetches would double the loop)
+    assert _heuristic_options(Tensor(np.ones((2048, 1024), np.float32)).sum(0)).prefetch is None
+    # a blocked product whose chunk of rows fits L1 (GPT's weight gradients over 2048 tokens, rows 4 KiB apart)
+    x, dy = Tensor(np.ones((2048, 1024), np.float32)), Tensor(np.ones((2048, 256), np.float32))
+    blocked_product = _heuristic_options(dy.T @ x)
+    assert blocked_product.blocking and blocked_product.prefetch is None, blocked_product.describe()
+
+
+def test_prefetched_loads_give_the_same_values(lowered_programs, backend):
+    # forced: prefetches one line and 1 MiB ahead (far past the end of the columns) for a weight gradient with an
+    # optimizer-style epilogue, in the loop order of ResNet-18's (columns outermost)
+    rng = np.random.default_rng(5)
+    g, cols, w = (rng.standard_normal(s).astype(np.float32) for s in ((8, 64, 49), (8, 49, 4608), (64, 4608)))
+    want = np.einsum("ncp,npk->ck", g.astype(np.float64), cols.astype(np.float64)) * 0.5 + w
+    for ahead in (64, 1 << 20):
+        options = KernelOptions(upcast=[(0, 4), (1, 4)], vector=(0, 16), prefetch=ahead)
+        lowered_programs.clear()
+        with runtime.forced_options(lambda name, nest, o=options: o if nest.shape == (4608, 64, 8, 49) else None):
+            grad = Tensor(g).reshape(8, 64, 49, 1) * Tensor(cols).reshape(8, 1, 49, 4608)
+            got = (grad.sum((0, 2)) * 0.5 + Tensor(w)).numpy()
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)
+        prefetches = [u for p in lowered_programs for u in p.uops if u.op is IrOp.PREFETCH]
+        # in the reduce, the tile's 4 vectors of a row of columns (rows 18 KiB apart); after it, w's 4 x 4 vectors,
+        # whose rows the output loop moves 4 at a time (72 KiB): whole steps of each loop, ahead by `ahead` or more
+        reduce_step, output_step = 4608, 4 * 4608
+        want_offsets = {-(-ahead // (reduce_step * 4)) * reduce_step, -(-ahead // (output_step * 4)) * output_step}
+        assert len(prefetches) == 4 + 16, [p.dump() for p in lowered_programs]
+        assert {u.arg for u in prefetches} == want_offsets, {u.arg for u in prefetches}
+
+
+@pytest.mark.backend_independent
+def test_a_prefetch_is_checked_and_stored_like_the_other_uops():
+    from lazygrad import dtype as dt
+    from lazygrad.codegen import serialize, verify
+    from lazygrad.codegen.ir import Program, UOp
+
+    def program(arg, through_param=True):
+        param = UOp(IrOp.PARAM, dt.float32, (), (0, True), 0)
+        g0 = UOp(IrOp.RANGE, dt.int32, (), ("g0", 4, "global"), 1)
+        target = param if through_param else g0
+        uops = [param, g0, UOp(IrOp.PREFETCH, None, (target, g0), arg, 2)]
+        uops += [UOp(IrOp.STORE, None, (param, g0, UOp(IrOp.CONST, dt.float32, (), 1.0, 3)), None, 4)]
+        uops.insert(3, uops[3].srcs[2])
+        uops.append(UOp(IrOp.ENDRANGE, None, (g0,), None, 5))
+        for i, u in enumerate(uops):
+            u.id = i
+        return Program("k", uops, (dt.float32,), (4,))
+
+    verify.verify(program(1 << 40))  # an offset past anything: a hint
+    assert serialize.decode_program(serialize.encode_program(program(4096))).uops[2].arg == 4096
+    with pytest.raises(verify.IRError, match="an int offset"):
+        verify.verify(program(None))
+    with pytest.raises(verify.IRError, match="through a param"):
+        verify.verify(program(16, through_param=False))

@@ -351,7 +351,7 @@ def test_both_renderers_bitcast_between_dtypes_of_one_size(backend, vec):
 def test_both_renderers_render_every_ir_op(backend):
     """One program that uses each IrOp: two global iterations of 4 lanes; a loop accumulating a vector; a
     horizontal sum stored under an `if`; contiguous, strided, shuffled and gathered vector loads; a masked scalar
-    load; a vector store and a scatter."""
+    load; a vector store and a scatter; a prefetch far past the buffer's end (a hint: no fault, no value)."""
     source = np.arange(1, 17, dtype=np.float32) * 1.5  # 16 elements
     outputs = [(dt.float32, None), (dt.int32, None), (dt.float32, None)]
     f32, i32 = dt.float32, dt.int32
@@ -378,6 +378,7 @@ def test_both_renderers_render_every_ir_op(backend):
         trips = b(IrOp.VARIABLE, i32, (), ("trips", 1, 5))  # a run-time loop bound: 3 at this launch
         loop = b(IrOp.RANGE, i32, (trips,), ("r0", 5, "loop"))
         b(IrOp.ACC_UPDATE, None, (acc, lanewise(Op.ADD, f32, acc, contiguous)))
+        b(IrOp.PREFETCH, None, (data, base), 1 << 20)  # far past the end: a hint only
         b(IrOp.ENDRANGE, None, (loop,))
         total = lanewise(Op.ADD, f32, lanewise(Op.ADD, f32, acc, strided), lanewise(Op.ADD, f32, shuffled, gathered))
         b(IrOp.STORE, None, (vectors, base, total))

@@ -233,17 +233,18 @@ def test_a_corrupted_search_record_is_discarded_loudly_and_searched_again(search
     "payload, reason",
     [
         (b"not json", "not JSON"),
-        (b'{"version": 3}', "fields"),
+        (b'{"version": 4}', "fields"),
         # a tile that does not divide its dim (the loops would run past the buffers' ends)
         (
             b'{"blocking": null, "effort": 1, "group": null, "heuristic": false, "local_size": null, '
-            b'"local_tile": null, "unroll": null, "upcast": [[0, 3]], "vector": null, "version": 3}',
+            b'"local_tile": null, "prefetch": null, "unroll": null, "upcast": [[0, 3]], "vector": null, "version": 4}',
             r"tile \[\(0, 3\)\] does not divide d0",
         ),
         # a local-memory tile the lowering does not know
         (
             b'{"blocking": null, "effort": 1, "group": null, "heuristic": false, "local_size": null, '
-            b'"local_tile": [96, 96, 8, 6, 6], "unroll": null, "upcast": [], "vector": null, "version": 3}',
+            b'"local_tile": [96, 96, 8, 6, 6], "prefetch": null, "unroll": null, "upcast": [], "vector": null, '
+            b'"version": 4}',
             "local_tile is",
         ),
     ],

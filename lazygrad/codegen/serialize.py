@@ -160,6 +160,8 @@ def _check_arg(op: IrOp | Op, arg, n_buffers: int) -> None:
     elif op in (Op.ADD, Op.MUL):
         if arg not in (None, INDEX_ARITHMETIC):
             raise ProgramFormatError(f"{op} arg {arg!r}"[:200])
+    elif op is IrOp.PREFETCH:
+        _int_in(arg, -_INT_LIMIT, _INT_LIMIT, "a prefetch's offset")
     elif op is IrOp.HREDUCE:
         if arg not in (Op.ADD, Op.MAX):
             raise ProgramFormatError(f"hreduce arg {arg!r}"[:200])

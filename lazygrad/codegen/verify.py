@@ -48,6 +48,7 @@ _SOURCES = {
     IrOp.LANES: (0, 0),
     IrOp.BROADCAST: (1, 1),
     IrOp.HREDUCE: (1, 1),
+    IrOp.PREFETCH: (2, 2),
     IrOp.LOCAL_ID: (0, 0),
     IrOp.GROUP_REDUCE: (1, 1),
     IrOp.LOCAL: (0, 0),
@@ -259,6 +260,16 @@ class _Verifier:
             self.fail(u, "a scatter stores a vector")
         self.memory(u, value.vec, value)
 
+    def prefetch(self, u: UOp):
+        param, index = u.srcs
+        if param.op is not IrOp.PARAM:
+            self.fail(u, f"prefetch goes through a param, not {param.op}")
+        self.expect_dtype(u, index, dt.int32, "an index")
+        if index.vec != 1 or u.dtype is not None or u.vec != 1:
+            self.fail(u, "prefetch takes a scalar index and has no value or lanes")
+        if type(u.arg) is not int:
+            self.fail(u, f"prefetch's arg is an int offset, not {u.arg!r}")
+
     def lanes(self, u: UOp):
         if u.vec < 2 or u.dtype != dt.int32:
             self.fail(u, "lanes is an int32 vector")
@@ -325,6 +336,7 @@ _CHECKS = {
     IrOp.LANES: _Verifier.lanes,
     IrOp.BROADCAST: _Verifier.broadcast,
     IrOp.HREDUCE: _Verifier.hreduce,
+    IrOp.PREFETCH: _Verifier.prefetch,
     IrOp.LOCAL_ID: _Verifier.local_id,
     IrOp.GROUP_REDUCE: _Verifier.group_reduce,
     IrOp.LOCAL: _Verifier.local,
