@@ -587,7 +587,7 @@ def _prefetch_bytes(nest: LoopNest, ast: KernelOp, loads: list, opts: KernelOpti
     steps = prod(nest.shape[nest.n_output :])  # the reduce steps one tile takes, or a chunk's
     if opts.blocking:
         steps = steps // nest.shape[nest.n_output] * opts.blocking[1]
-    if steps * int(_tile_lines_per_reduce_step(nest, loads, opts) * 64) <= int(capabilities.l1_bytes * _L1_TILE_SHARE):
+    if steps * _tile_bytes_per_reduce_step(nest, loads, opts) <= _l1_tile_bytes(capabilities):
         return None
     return _PREFETCH_AHEAD_BYTES
 
@@ -660,7 +660,7 @@ def _cache_blocking(nest: LoopNest, ast: KernelOp, loads: list, opts: KernelOpti
         return None
     cached = capabilities.l2_bytes // 4  # float32 elements
     chunk_elements = cached // _CHUNK_SHARE_OF_L2
-    l1_tile_bytes = int(capabilities.l1_bytes * _L1_TILE_SHARE)
+    l1_tile_bytes = _l1_tile_bytes(capabilities)
     sizes = [_elements(nest.trackers[id(n)]) for n in ast.walk() if n.op is AstOp.LOAD]
     reread = sum(n for ld, n in zip(loads, sizes) if ld[0] == 0)  # inputs the outer loop does not move
     if reread <= cached:
@@ -683,7 +683,7 @@ def _cache_blocking(nest: LoopNest, ast: KernelOp, loads: list, opts: KernelOpti
     # and short enough that the rows one register tile reads in a chunk stay in L1 for the tiles beside it, which
     # read the same rows of the operand they share (a weight gradient over 2048 tokens: chunks of 512 -> 128, 2x)
     # (per element of the reduce: an unrolled loop step reads `unroll` elements' lines)
-    per_element = int(_tile_lines_per_reduce_step(nest, loads, opts) * 64)
+    per_element = _tile_bytes_per_reduce_step(nest, loads, opts)
     if per_element:
         chunk = next((c for c in range(chunk, 0, -step) if size % c == 0 and c * per_element <= l1_tile_bytes), chunk)
     # a block of outer iterations shares one read of that chunk, and the block's partial sums stay in the
@@ -696,6 +696,16 @@ def _cache_blocking(nest: LoopNest, ast: KernelOp, loads: list, opts: KernelOpti
         if outer % b == 0 and (outer // b) % 2 == 0 and outputs_per_outer * b <= chunk_elements // 2
     ]
     return (max(blocks), chunk) if blocks else None
+
+
+def _l1_tile_bytes(capabilities) -> int:
+    """What a register tile's rows of one chunk may take of L1 (cache blocking's and the prefetches' measure)."""
+    return int(capabilities.l1_bytes * _L1_TILE_SHARE)
+
+
+def _tile_bytes_per_reduce_step(nest: LoopNest, loads: list, opts: KernelOptions) -> int:
+    """The bytes of cache lines one reduce step of a register tile reads (_tile_lines_per_reduce_step)."""
+    return int(_tile_lines_per_reduce_step(nest, loads, opts) * 64)
 
 
 def _tile_lines_per_reduce_step(nest: LoopNest, loads: list, opts: KernelOptions) -> float:
@@ -1032,8 +1042,7 @@ class Lowerer:
                 out = self.const(zero(cdt), cdt)
             else:
                 op, arg, srcs, vec = self._memory_access(self.params[node.arg[0]], index, valid, vars_uop)
-                if self.prefetching is not None and op is IrOp.LOAD and vec > 1 and arg is None and len(srcs) == 2:
-                    self._prefetch(srcs, index, node.dtype)
+                self._prefetch(self.prefetching, op, arg, srcs, vec, index, node.dtype)
                 out = e.emit(op, node.dtype, srcs, arg, vec=vec)
                 if cdt != node.dtype:
                     out = self.alu(Op.CAST, cdt, (out,), node.dtype)
@@ -1067,11 +1076,14 @@ class Lowerer:
                     )
         return out
 
-    def _prefetch(self, srcs: tuple, index, dtype) -> None:
-        """A vector load's element opts.prefetch bytes ahead (whole iterations of the loop `self.prefetching`),
-        prefetched where that loop moves it PREFETCH_MIN_STRIDE_BYTES or more a step: the load's index, and the
-        offset as the prefetch's arg (no index arithmetic: past the buffer's end the sum may leave int32's range)."""
-        step = _lane_stride(index, self.prefetching)
+    def _prefetch(self, loop: str | None, op, arg, srcs: tuple, vec: int, index, dtype) -> None:
+        """Before a contiguous vector load (op, arg, srcs, vec as _memory_access gives them): its element opts.prefetch
+        bytes ahead (whole iterations of `loop`; None: no prefetch), prefetched where that loop moves it
+        PREFETCH_MIN_STRIDE_BYTES or more a step: the load's index, and the offset as the prefetch's arg (no index
+        arithmetic: past the buffer's end the sum may leave int32's range)."""
+        if loop is None or op is not IrOp.LOAD or vec == 1 or arg is not None or len(srcs) != 2:
+            return
+        step = _lane_stride(index, loop)
         if step and step * dtype.itemsize >= PREFETCH_MIN_STRIDE_BYTES:
             ahead = -(-self.opts.prefetch // (step * dtype.itemsize))
             self.e.emit(IrOp.PREFETCH, None, srcs, ahead * step)  # (pure: loads the tile shares share one)
@@ -1242,10 +1254,7 @@ class Lowerer:
                 for combo in out_combos:
                     index, _ = self._indexes(store, out_idx(combo) + [Num(0) for _ in nest.reduce_dims])
                     op, arg, srcs, vec = self._memory_access(self.params[store.arg[0]], index, Num(1), vars_uop)
-                    if epilogue_prefetch is not None and op is IrOp.LOAD and vec > 1 and arg is None and len(srcs) == 2:
-                        self.prefetching = epilogue_prefetch
-                        self._prefetch(srcs, index, acc_dtype)
-                        self.prefetching = None
+                    self._prefetch(epilogue_prefetch, op, arg, srcs, vec, index, acc_dtype)
                     before = e.emit(op, acc_dtype, srcs, arg, vec=vec, pure=False)
                     before = self.alu(Op.WHERE, acc_dtype, (first, self.const(0.0, acc_dtype), before))
                     accs[combo] = self.alu(Op.ADD, acc_dtype, (accs[combo], before))
