@@ -33,13 +33,21 @@ import numpy as np
 from lazygrad import config, diskcache
 from lazygrad.codegen import tiling
 from lazygrad.codegen.kernel_ast import KernelOp
-from lazygrad.codegen.lowering import KernelOptions, LoopNest, choose_options, lower, options_problem, stores_of
+from lazygrad.codegen.lowering import (
+    KernelOptions,
+    LoopNest,
+    choose_options,
+    interior_bounds,
+    lower,
+    options_problem,
+    stores_of,
+)
 from lazygrad.codegen.serialize import ProgramFormatError, decode_program, encode_program
 from lazygrad.codegen.verify import verify
 from lazygrad.ops import AstOp, Op
 from lazygrad.shape import prod
 
-_RECORD_VERSION = 4  # bumped when a record's fields change meaning
+_RECORD_VERSION = 5  # bumped when a record's fields change meaning
 RUNS = 3  # launches timed per candidate (the minimum counts)
 SLOWER = 1.5  # a first launch this much slower than the best so far ends a candidate's timing
 MARGIN = 0.03  # a candidate replaces the heuristics' record only when it is this much faster (timing noise)
@@ -66,7 +74,7 @@ class Candidate:
     def key(self) -> tuple:
         o = self.options
         upcast = tuple(map(tuple, o.upcast))
-        return (upcast, o.unroll, o.vector, o.blocking, o.group, o.local_tile, o.prefetch, self.local_size)
+        return (upcast, o.unroll, o.vector, o.blocking, o.group, o.local_tile, o.prefetch, o.interior, self.local_size)
 
     def describe(self) -> str:
         head = self.options.describe().splitlines()[0]
@@ -107,6 +115,7 @@ def encode_record(candidate: Candidate) -> bytes:
         "group": o.group,
         "local_tile": list(o.local_tile) if o.local_tile else None,
         "prefetch": o.prefetch,
+        "interior": [list(entry) for entry in o.interior] if o.interior else None,
         "local_size": candidate.local_size,
         "heuristic": candidate.heuristic,
         "effort": candidate.effort,
@@ -141,6 +150,22 @@ def _local_tile(value) -> tuple | None:
     return tuple(value)
 
 
+def _interior(value, nest: LoopNest) -> tuple | None:
+    """A record's interior: (dim, lo, hi) triples of integers (`options_problem` checks them against the loops)."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(entry, list) and len(entry) == 3 for entry in value):
+        raise SearchRecordError(f"interior is {value!r}, not a list of (dim, lo, hi) triples")
+    return tuple(
+        (
+            _integer(d, 0, len(nest.shape) - 1, "interior's dim"),
+            _integer(lo, 0, 1 << 31, "interior's lo"),
+            _integer(hi, 0, 1 << 31, "interior's hi"),
+        )
+        for d, lo, hi in value
+    )
+
+
 def decode_record(payload: bytes, nest: LoopNest) -> Candidate:
     """The candidate a record names, parsed strictly (known fields, integers within the kernel's loop nest);
     anything else raises SearchRecordError."""
@@ -149,6 +174,7 @@ def decode_record(payload: bytes, nest: LoopNest) -> Candidate:
     except (UnicodeDecodeError, ValueError) as e:
         raise SearchRecordError(f"not JSON: {e}") from e
     expected = {"version", "upcast", "unroll", "vector", "blocking", "group", "local_tile", "prefetch", "local_size"}
+    expected |= {"interior"}
     expected |= {"heuristic", "effort"}
     if not isinstance(fields, dict) or set(fields) != expected:
         raise SearchRecordError(
@@ -173,6 +199,7 @@ def decode_record(payload: bytes, nest: LoopNest) -> Candidate:
         group=None if fields["group"] is None else _integer(fields["group"], 2, 1024, "group"),
         local_tile=_local_tile(fields["local_tile"]),
         prefetch=None if fields["prefetch"] is None else _integer(fields["prefetch"], 64, 1 << 30, "prefetch"),
+        interior=_interior(fields["interior"], nest),
         reasons=["search: the winner of an earlier search on this device (disk cache)"],
     )
     local = fields["local_size"]
@@ -205,8 +232,12 @@ def _tile_factors(size: int) -> list:
     return [f for f in (2, 3, 4, 7, 8) if size % f == 0 and size >= f]
 
 
-def neighbours(centre: Candidate, nest: LoopNest, capabilities, launch_sizes: bool) -> list:
-    """Records one step away from `centre`: one knob changed (and whatever that change forces)."""
+def neighbours(
+    centre: Candidate, nest: LoopNest, capabilities, launch_sizes: bool, ast: KernelOp | None = None
+) -> list:
+    """Records one step away from `centre`: one knob changed (and whatever that change forces). Where the centre
+    versions its loops' interiors, a changed tile or lanes move them (`interior_bounds` of the kernel's `ast`; without
+    it, the changed records keep none)."""
     o, shape = centre.options, nest.shape
     reducing = nest.n_output < len(shape)
     found = []
@@ -220,6 +251,8 @@ def neighbours(centre: Candidate, nest: LoopNest, capabilities, launch_sizes: bo
 
     def vary(reason: str, local_size=centre.local_size, **changes):
         options = dataclasses.replace(o, reasons=[f"search: {reason}"], **changes)
+        if o.interior and "interior" not in changes:
+            options.interior = interior_bounds(nest, ast, options) if ast is not None else None
         found.append(Candidate(options, local_size if not options.group else None))
 
     # the register tile: one dim's factor changed, added or dropped (at most 3 dims and 32 accumulators)
@@ -241,6 +274,8 @@ def neighbours(centre: Candidate, nest: LoopNest, capabilities, launch_sizes: bo
                     vary(f"unroll d{d} by {f}", unroll=(d, f))
         if o.blocking:
             vary("no cache blocking", blocking=None)
+        if o.interior:
+            vary("no interior copy", interior=None)
         if o.prefetch:  # prefetches off, or twice or half as far ahead
             vary("no prefetch", prefetch=None)
             for ahead in (o.prefetch * 2, o.prefetch // 2):
@@ -479,7 +514,7 @@ def _search(ast, nest, buffer_dtypes, sizes, name, backend, heuristic: Candidate
         seen = {heuristic.key()}
         for _ in range(effort):
             centre = best
-            for candidate in neighbours(centre, nest, backend.capabilities, launch_sizes):
+            for candidate in neighbours(centre, nest, backend.capabilities, launch_sizes, ast):
                 if candidate.key() in seen:
                     continue
                 if time.perf_counter() - candidates_start > budget:

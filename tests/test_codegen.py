@@ -717,6 +717,138 @@ def test_a_prefetch_is_checked_and_stored_like_the_other_uops():
         verify.verify(program(16, through_param=False))
 
 
+# --- interior copies: a padded loop's iterations that read no padding run without validity masks ------------------
+def _kernel_options(t: Tensor, capabilities=None) -> list:
+    """[(loop nest, the heuristics' options)] of the kernels that realize `t` (its nodes only: nothing runs), on a
+    16-lane CPU unless `capabilities` say otherwise."""
+    from lazygrad.codegen.capabilities import Capabilities
+    from lazygrad.codegen.lowering import build_loop_nest, choose_options
+    from lazygrad.schedule import create_schedule
+
+    capabilities = capabilities or Capabilities(vector_width=16, cache_blocking=True)
+    nests = [(build_loop_nest(item.ast), item.ast) for item in create_schedule([t.lazydata]) if item.ast is not None]
+    return [(nest, choose_options(nest, ast, capabilities)) for nest, ast in nests]
+
+
+def _padded_convolution(batch=8, channels=64, size=56):
+    """ResNet-18's layer-1 convolution (3x3, padding 1) and its weight's gradient, of tensors of ones."""
+    import lazygrad.nn.functional as F
+
+    x = Tensor(np.ones((batch, channels, size, size), np.float32))
+    w = Tensor(np.ones((channels, channels, 3, 3), np.float32), requires_grad=True)
+    out = F.conv2d(x, w, padding=1)
+    out.sum().backward()
+    return out, w.grad
+
+
+@pytest.mark.backend_independent
+def test_a_padded_convolution_runs_its_interior_without_masks():
+    from lazygrad.codegen.capabilities import Capabilities
+
+    out, grad = _padded_convolution()
+    # the forward: rows 1..54 of 56 and column tiles 1..12 of 14 (4 columns a tile) read no padding
+    ((nest, options),) = [(n, o) for n, o in _kernel_options(out) if len(n.shape) > n.n_output]
+    assert options.interior == ((2, 1, 54), (3, 1, 12)), (nest.shape, options.describe())
+    # the weight's gradient: its innermost reduce loop (the image's columns) split in three, the middle 1..54 unmasked
+    reduces = [(n, o) for n, o in _kernel_options(grad) if n.shape[n.n_output :] == (8, 56, 56)]
+    assert [o.interior for _, o in reduces] == [((6, 1, 54),)], [(n.shape, o.describe()) for n, o in reduces]
+    # no padding, nothing to version; a GPU (no lanes: work-items would diverge at the borders) does not either
+    import lazygrad.nn.functional as F
+
+    unpadded = F.conv2d(Tensor(np.ones((8, 64, 58, 58), np.float32)), Tensor(np.ones((64, 64, 3, 3), np.float32)))
+    assert all(o.interior is None for _, o in _kernel_options(unpadded))
+    gpu = Capabilities(vector_width=1, group_reduce=256, compute_units=132)
+    assert all(o.interior is None for _, o in _kernel_options(out, gpu))
+    # an elementwise kernel (the padded copy of an input) keeps its masks: a copy of a one-element body costs more
+    padded = Tensor(np.ones((8, 64, 56, 56), np.float32)).pad((1, 1, 1, 1)) * 2
+    assert all(o.interior is None for _, o in _kernel_options(padded))
+
+
+@pytest.mark.parametrize(
+    "stride, padding, dilation, size",
+    [(1, 1, 1, 24), (2, 3, 1, 28), (1, 2, 2, 24), (2, 1, 1, 32)],
+    ids=["pad1", "stride2-pad3", "dilation2-pad2", "stride2-pad1"],
+)
+def test_padded_convolutions_with_interior_copies_match_torch(
+    lowered_programs, backend, stride, padding, dilation, size
+):
+    # sizes whose output rows (16 or 24) take the windows' direct convolution (conv_layout), not columns
+    import lazygrad.nn.functional as F
+
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((2, 16, size, size)).astype(np.float32)
+    w = rng.standard_normal((16, 16, 3, 3)).astype(np.float32)
+    tx, tw = Tensor(x, requires_grad=True), Tensor(w, requires_grad=True)
+    out = F.conv2d(tx, tw, stride=stride, padding=padding, dilation=dilation)
+    (out * out).sum().backward()
+    xt, wt = torch.tensor(x, requires_grad=True), torch.tensor(w, requires_grad=True)
+    want = torch.nn.functional.conv2d(xt, wt, stride=stride, padding=padding, dilation=dilation)
+    (want * want).sum().backward()
+    np.testing.assert_allclose(out.numpy(), want.detach().numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(tx.grad.numpy(), xt.grad.numpy(), rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(tw.grad.numpy(), wt.grad.numpy(), rtol=1e-4, atol=1e-3)
+    if backend in ("llvm", "opencl"):  # CPUs with lanes: some kernel took an interior copy, so that it is tested
+        versioned = [p.name for p in lowered_programs if any(u.op is IrOp.IF for u in p.uops)]
+        peeled = [p.name for p in lowered_programs if any(u.op is IrOp.RANGE and "_head" in u.arg[0] for u in p.uops)]
+        assert versioned or peeled, [p.name for p in lowered_programs]
+
+
+def test_any_interior_bounds_give_the_same_values(backend):
+    # forced: interiors that are too wide (iterations that do read padding, so their masks must stay), too narrow,
+    # one iteration, and a peel whose head or tail is empty, all on one padded convolution (rows of 16: the windows'
+    # direct convolution) and its weight's gradient
+    import lazygrad.nn.functional as F
+
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((2, 16, 16, 16)).astype(np.float32)
+    w = rng.standard_normal((16, 16, 3, 3)).astype(np.float32)
+    xt, wt = torch.tensor(x), torch.tensor(w, requires_grad=True)
+    want = torch.nn.functional.conv2d(xt, wt, padding=1)
+    want.backward(torch.ones_like(want))
+    for lo, hi in [(0, 15), (2, 8), (5, 5), (0, 14), (1, 15)]:
+        forced = []
+
+        def choose(name, nest, lo=lo, hi=hi):
+            if nest.shape == (2, 16, 16, 16, 16, 3, 3):  # the forward, no tile or lanes: rows and columns narrowed
+                forced.append("forward")
+                return KernelOptions(interior=((2, lo, hi), (3, lo, hi)))
+            if nest.shape[nest.n_output :] == (2, 16, 16):  # the weight's gradient: its innermost loop peeled
+                forced.append("weight gradient")
+                return KernelOptions(interior=((len(nest.shape) - 1, lo, hi),))
+            return None
+
+        with runtime.forced_options(choose):
+            tw = Tensor(w, requires_grad=True)
+            out = F.conv2d(Tensor(x), tw, padding=1)
+            out.sum().backward()
+            np.testing.assert_allclose(out.numpy(), want.detach().numpy(), rtol=1e-4, atol=1e-4, err_msg=f"{lo}..{hi}")
+            np.testing.assert_allclose(tw.grad.numpy(), wt.grad.numpy(), rtol=1e-4, atol=1e-3, err_msg=f"{lo}..{hi}")
+        assert sorted(forced) == ["forward", "weight gradient"], forced
+
+
+@pytest.mark.backend_independent
+def test_interior_options_that_do_not_fit_their_loops_are_refused():
+    from lazygrad.codegen.lowering import LoopNest, options_problem
+
+    nest = LoopNest((8, 56, 56, 64, 3, 9), 4, {})
+    assert options_problem(KernelOptions(interior=((1, 1, 54), (2, 0, 55))), nest) is None
+    assert options_problem(KernelOptions(interior=((5, 1, 7),)), nest) is None  # the innermost reduce loop, peeled
+    assert "not inside" in options_problem(KernelOptions(interior=((1, 1, 56),)), nest)
+    assert "not inside" in options_problem(KernelOptions(interior=((1, 5, 4),)), nest)
+    # with 16 lanes along d3, its loop has 4 iterations
+    assert "not inside" in options_problem(KernelOptions(vector=(3, 16), interior=((3, 1, 4),)), nest)
+    for wrong in [
+        KernelOptions(interior=((4, 1, 1),)),  # a reduce loop, not the innermost
+        KernelOptions(interior=((6, 1, 5),)),  # past the loops
+        KernelOptions(interior=((1, 1, 5), (1, 1, 5))),  # repeated
+        KernelOptions(interior=((5, 1, 7),), unroll=(5, 3)),  # the innermost reduce loop, unrolled
+        KernelOptions(interior=((0, 1, 5),), blocking=(2, 3)),  # blocking's outer loop
+        KernelOptions(interior=((1, 1, 5),), group=64),
+        KernelOptions(interior=()),
+    ]:
+        assert options_problem(wrong, nest) is not None, wrong
+
+
 @pytest.mark.backend_independent
 def test_a_convolution_reads_4_vectors_of_its_weight_where_their_strip_fits_half_of_l2():
     # ResNet-18's layer-2 input gradients at 8x3x224x224 (a 128 -> 128 3x3 convolution at 28x28 over the flipped

@@ -35,8 +35,8 @@ def searching(tmp_path, monkeypatch):
     monkeypatch.setattr(search, "stats", dict.fromkeys(search.stats, 0))
     monkeypatch.setattr(search, "SECONDS_PER_EFFORT", 600.0)  # the candidate list, not the clock, ends the search
 
-    def three_neighbours(centre, nest, capabilities, launch_sizes):
-        return EVERY_NEIGHBOUR(centre, nest, capabilities, False)[:3]
+    def three_neighbours(centre, nest, capabilities, launch_sizes, ast=None):
+        return EVERY_NEIGHBOUR(centre, nest, capabilities, False, ast)[:3]
 
     monkeypatch.setattr(search, "neighbours", three_neighbours)
     # compiled kernels keep no IR (Program.summary) and the kernel cache is keyed by the AST's text: remember the
@@ -84,8 +84,8 @@ def favour_the_second_neighbour(monkeypatch) -> list:
     second = []
     original = search.neighbours
 
-    def remember_second(centre, nest, capabilities, launch_sizes):
-        found = original(centre, nest, capabilities, launch_sizes)
+    def remember_second(centre, nest, capabilities, launch_sizes, ast=None):
+        found = original(centre, nest, capabilities, launch_sizes, ast)
         second[:] = [found[1].key()]
         return found
 
@@ -233,22 +233,37 @@ def test_a_corrupted_search_record_is_discarded_loudly_and_searched_again(search
     "payload, reason",
     [
         (b"not json", "not JSON"),
-        (b'{"version": 4}', "fields"),
+        (b'{"version": 5}', "fields"),
         # a tile that does not divide its dim (the loops would run past the buffers' ends)
         (
-            b'{"blocking": null, "effort": 1, "group": null, "heuristic": false, "local_size": null, '
-            b'"local_tile": null, "prefetch": null, "unroll": null, "upcast": [[0, 3]], "vector": null, "version": 4}',
+            b'{"blocking": null, "effort": 1, "group": null, "heuristic": false, "interior": null, '
+            b'"local_size": null, "local_tile": null, "prefetch": null, "unroll": null, "upcast": [[0, 3]], '
+            b'"vector": null, "version": 5}',
             r"tile \[\(0, 3\)\] does not divide d0",
+        ),
+        # an interior copy of the loop body for iterations the loop does not have
+        (
+            b'{"blocking": null, "effort": 1, "group": null, "heuristic": false, "interior": [[0, 1, 8]], '
+            b'"local_size": null, "local_tile": null, "prefetch": null, "unroll": null, "upcast": [], '
+            b'"vector": null, "version": 5}',
+            "1..8 is not inside d0's 8 iterations",
+        ),
+        # an interior that is not (dim, lo, hi) triples
+        (
+            b'{"blocking": null, "effort": 1, "group": null, "heuristic": false, "interior": [[0, 1]], '
+            b'"local_size": null, "local_tile": null, "prefetch": null, "unroll": null, "upcast": [], '
+            b'"vector": null, "version": 5}',
+            "not a list of",
         ),
         # a local-memory tile the lowering does not know
         (
-            b'{"blocking": null, "effort": 1, "group": null, "heuristic": false, "local_size": null, '
-            b'"local_tile": [96, 96, 8, 6, 6], "prefetch": null, "unroll": null, "upcast": [], "vector": null, '
-            b'"version": 4}',
+            b'{"blocking": null, "effort": 1, "group": null, "heuristic": false, "interior": null, '
+            b'"local_size": null, "local_tile": [96, 96, 8, 6, 6], "prefetch": null, "unroll": null, "upcast": [], '
+            b'"vector": null, "version": 5}',
             "local_tile is",
         ),
     ],
-    ids=["not-json", "missing-fields", "tile-past-the-end", "unknown-local-tile"],
+    ids=["not-json", "missing-fields", "tile-past-the-end", "interior-past-the-end", "interior-not-triples", "unknown-local-tile"],
 )
 def test_a_search_record_that_does_not_fit_its_kernel_is_refused_loudly(searching, monkeypatch, payload, reason):
     """An entry whose HMAC verifies (written by this user's lazygrad) but that names no valid record."""
@@ -304,8 +319,8 @@ def test_an_opencl_work_group_size_can_win_and_is_reused(searching, monkeypatch,
     if backend != "opencl":
         pytest.skip("the work-group size of a launch is OpenCL's to choose; other backends have none")
 
-    def launch_sizes_only(centre, nest, capabilities, launch_sizes):
-        return [c for c in EVERY_NEIGHBOUR(centre, nest, capabilities, True) if c.local_size][:2]
+    def launch_sizes_only(centre, nest, capabilities, launch_sizes, ast=None):
+        return [c for c in EVERY_NEIGHBOUR(centre, nest, capabilities, True, ast) if c.local_size][:2]
 
     monkeypatch.setattr(search, "neighbours", launch_sizes_only)
     monkeypatch.setattr(search, "launch_timer", timer_favouring(lambda c: c.local_size == 4))
