@@ -824,6 +824,21 @@ def test_any_interior_bounds_give_the_same_values(backend):
             np.testing.assert_allclose(out.numpy(), want.detach().numpy(), rtol=1e-4, atol=1e-4, err_msg=f"{lo}..{hi}")
             np.testing.assert_allclose(tw.grad.numpy(), wt.grad.numpy(), rtol=1e-4, atol=1e-3, err_msg=f"{lo}..{hi}")
         assert sorted(forced) == ["forward", "weight gradient"], forced
+    # the weight gradient's peel in steps of an unroll by 4 (4 iterations) and of lanes of 8 (2 iterations)
+    for extra, lo, hi in [({"unroll": (6, 4)}, 1, 2), ({"unroll": (6, 4)}, 0, 3), ({"vector": (6, 8)}, 1, 1)]:
+        peeled = []
+
+        def choose_peel(name, nest, extra=extra, lo=lo, hi=hi):
+            if nest.shape[nest.n_output :] == (2, 16, 16):
+                peeled.append(name)
+                return KernelOptions(interior=((6, lo, hi),), **extra)
+            return None
+
+        with runtime.forced_options(choose_peel):
+            tw = Tensor(w, requires_grad=True)
+            F.conv2d(Tensor(x), tw, padding=1).sum().backward()
+            np.testing.assert_allclose(tw.grad.numpy(), wt.grad.numpy(), rtol=1e-4, atol=1e-3, err_msg=str(extra))
+        assert peeled, "the weight gradient's kernel was not forced"
 
 
 @pytest.mark.backend_independent
@@ -833,6 +848,9 @@ def test_interior_options_that_do_not_fit_their_loops_are_refused():
     nest = LoopNest((8, 56, 56, 64, 3, 9), 4, {})
     assert options_problem(KernelOptions(interior=((1, 1, 54), (2, 0, 55))), nest) is None
     assert options_problem(KernelOptions(interior=((5, 1, 7),)), nest) is None  # the innermost reduce loop, peeled
+    # unrolled by 3, or in lanes of 3: 3 iterations
+    assert options_problem(KernelOptions(interior=((5, 1, 1),), unroll=(5, 3)), nest) is None
+    assert "not inside" in options_problem(KernelOptions(interior=((5, 1, 3),), vector=(5, 3)), nest)
     assert "not inside" in options_problem(KernelOptions(interior=((1, 1, 56),)), nest)
     assert "not inside" in options_problem(KernelOptions(interior=((1, 5, 4),)), nest)
     # with 16 lanes along d3, its loop has 4 iterations
@@ -841,7 +859,6 @@ def test_interior_options_that_do_not_fit_their_loops_are_refused():
         KernelOptions(interior=((4, 1, 1),)),  # a reduce loop, not the innermost
         KernelOptions(interior=((6, 1, 5),)),  # past the loops
         KernelOptions(interior=((1, 1, 5), (1, 1, 5))),  # repeated
-        KernelOptions(interior=((5, 1, 7),), unroll=(5, 3)),  # the innermost reduce loop, unrolled
         KernelOptions(interior=((0, 1, 5),), blocking=(2, 3)),  # blocking's outer loop
         KernelOptions(interior=((1, 1, 5),), group=64),
         KernelOptions(interior=()),

@@ -238,17 +238,17 @@ def options_problem(o: KernelOptions, nest: LoopNest) -> str | None:
         seen = set()
         last = len(shape) - 1
         for d, lo, hi in o.interior:
-            peeled = d == last and d >= nest.n_output  # the innermost reduce loop: split in three, no lanes or unroll
+            peeled = d == last and d >= nest.n_output  # the innermost reduce loop: split in three
             if (
                 d in seen
                 or not (0 <= d < nest.n_output or peeled)
                 or (d == 0 and o.blocking)
                 or isinstance(shape[d], Node)
-                or (peeled and (d == vdim or (o.unroll and o.unroll[0] == d) or (o.blocking and d == nest.n_output)))
+                or (peeled and (o.group or (o.blocking and d == nest.n_output)))
             ):
                 return (
                     f"interior {o.interior}: d{d} repeats, is neither an output dim nor the innermost reduce dim of "
-                    f"{shape}, is blocked or symbolic, or a reduce dim with lanes or unrolled"
+                    f"{shape}, or is blocked or symbolic"
                 )
             seen.add(d)
             loops = _loop_count(d, nest, o)
@@ -658,19 +658,20 @@ def _loop_var(d: int, nest: LoopNest) -> str:
 
 
 def _loop_count(d: int, nest: LoopNest, opts: KernelOptions) -> int:
-    """Iterations of dim d's loop under `opts`' tile and lanes."""
+    """Iterations of dim d's loop under `opts`' tile, lanes and unroll."""
     vdim, width = opts.vector or (None, 1)
-    return nest.shape[d] // ((width if d == vdim else 1) * dict(opts.upcast).get(d, 1))
+    unrolled = opts.unroll[1] if opts.unroll and opts.unroll[0] == d else 1
+    return nest.shape[d] // ((width if d == vdim else 1) * dict(opts.upcast).get(d, 1) * unrolled)
 
 
 def _validity_terms(nest: LoopNest, leaves: list, bounds: dict, opts: KernelOptions, dim: int) -> int:
     """How many validity conditions of the reads in `leaves` mention dim's loop variable, the loops taking the
-    iterations in `bounds` ({dim: (lo, hi)}, else all of them) and every tile offset, lane and reduce step."""
-    upcast, (vdim, width) = dict(opts.upcast), (opts.vector or (None, 1))
+    iterations in `bounds` ({dim: (lo, hi)}, else all of them) and every tile offset, lane and unrolled step."""
     idx = []
     for d in range(len(nest.shape)):
-        factor = (width if d == vdim else 1) * upcast.get(d, 1)
-        lo, hi = bounds.get(d, (0, _loop_count(d, nest, opts) - 1))
+        loops = _loop_count(d, nest, opts)
+        factor = nest.shape[d] // loops
+        lo, hi = bounds.get(d, (0, loops - 1))
         var = Var(_loop_var(d, nest), lo, hi)
         idx.append(var * factor + Var(f"t{d}", 0, factor - 1) if factor > 1 else var)
     name, count = _loop_var(dim, nest), 0
@@ -694,15 +695,13 @@ def interior_bounds(nest: LoopNest, ast: KernelOp, opts: KernelOptions) -> tuple
     if reduce is None or opts.group or opts.local_tile or nest_is_symbolic(nest):
         return None
     leaves = [n for n in reduce.srcs[0].walk() if n.op in (AstOp.LOAD, AstOp.CONST, AstOp.VALID)]
-    innermost, vdim = len(nest.shape) - 1, opts.vector[0] if opts.vector else None
+    innermost = len(nest.shape) - 1
     found, share = [], 1.0
     for d in [*range(nest.n_output), innermost]:
         loops = _loop_count(d, nest, opts)
         if loops < 3 or (d == 0 and opts.blocking):
             continue
-        if d == innermost and (
-            d == vdim or (opts.unroll and opts.unroll[0] == d) or (opts.blocking and d == nest.n_output)
-        ):
+        if d == innermost and opts.blocking and d == nest.n_output:
             continue
         full = _validity_terms(nest, leaves, {}, opts, d)
         if not full:
@@ -1356,14 +1355,15 @@ class Lowerer:
                     pieces = (
                         (f"{name}_head", 0, lo),
                         (name, lo, hi - lo + 1),
-                        (f"{name}_tail", hi + 1, nest.shape[-1] - 1 - hi),
+                        (f"{name}_tail", hi + 1, _loop_count(innermost, nest, self.opts) - 1 - hi),
                     )
                     for piece, start, count in pieces:
                         if count == 0:
                             continue
                         e.open_scope()
                         vars_uop[piece] = e.emit(IrOp.RANGE, dt.int32, (), (piece, count, "loop"), pure=False)
-                        red_index[innermost] = split(innermost, Var(piece, 0, count - 1) + start, 1)
+                        var = Var(piece, 0, count - 1) + start
+                        red_index[innermost] = split(innermost, var, unroll if innermost == unroll_dim else 1)
                         self.prefetching = name if self.opts.prefetch and piece == name else None
                         reduce_steps()
                         e.emit(IrOp.ENDRANGE, None, (vars_uop[piece],), pure=False)
