@@ -42,8 +42,9 @@ class KernelOptions:
     # bytes ahead that vector loads prefetch where the loop around them walks rows far apart (the innermost reduce
     # loop, or the innermost output loop for the loads after the reduce): `_prefetch_bytes`, CPU only
     prefetch: int | None = None
-    # ((dim, lo, hi), ...): output loops whose iterations lo..hi read no padding (a convolution's interior): the body
-    # is emitted twice, for those iterations without the validity masks and for the rest with them (`interior_bounds`)
+    # ((dim, lo, hi), ...): loops whose iterations lo..hi read no padding (a convolution's interior): an output loop's
+    # body is emitted twice, for those iterations without the validity masks and for the rest with them; the innermost
+    # reduce loop is split in three, its middle without them (`interior_bounds`); CPU only
     interior: tuple | None = None
     # why each choice was made, in words (printed at LAZYGRAD_DEBUG>=2); not part of what the record means
     reasons: list = field(default_factory=list, compare=False)
@@ -244,7 +245,7 @@ def options_problem(o: KernelOptions, nest: LoopNest) -> str | None:
                 or not (0 <= d < nest.n_output or peeled)
                 or (d == 0 and o.blocking)
                 or isinstance(shape[d], Node)
-                or (peeled and (o.group or (o.blocking and d == nest.n_output)))
+                or (peeled and o.blocking and d == nest.n_output)
             ):
                 return (
                     f"interior {o.interior}: d{d} repeats, is neither an output dim nor the innermost reduce dim of "
