@@ -808,7 +808,7 @@ def test_any_interior_bounds_give_the_same_values(backend):
     for lo, hi in [(0, 15), (2, 8), (5, 5), (0, 14), (1, 15)]:
         forced = []
 
-        def choose(name, nest, lo=lo, hi=hi):
+        def choose(name, nest, lo=lo, hi=hi, forced=forced):
             if nest.shape == (2, 16, 16, 16, 16, 3, 3):  # the forward, no tile or lanes: rows and columns narrowed
                 forced.append("forward")
                 return KernelOptions(interior=((2, lo, hi), (3, lo, hi)))
@@ -828,7 +828,7 @@ def test_any_interior_bounds_give_the_same_values(backend):
     for extra, lo, hi in [({"unroll": (6, 4)}, 1, 2), ({"unroll": (6, 4)}, 0, 3), ({"vector": (6, 8)}, 1, 1)]:
         peeled = []
 
-        def choose_peel(name, nest, extra=extra, lo=lo, hi=hi):
+        def choose_peel(name, nest, extra=extra, lo=lo, hi=hi, peeled=peeled):
             if nest.shape[nest.n_output :] == (2, 16, 16):
                 peeled.append(name)
                 return KernelOptions(interior=((6, lo, hi),), **extra)

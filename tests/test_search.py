@@ -263,7 +263,14 @@ def test_a_corrupted_search_record_is_discarded_loudly_and_searched_again(search
             "local_tile is",
         ),
     ],
-    ids=["not-json", "missing-fields", "tile-past-the-end", "interior-past-the-end", "interior-not-triples", "unknown-local-tile"],
+    ids=[
+        "not-json",
+        "missing-fields",
+        "tile-past-the-end",
+        "interior-past-the-end",
+        "interior-not-triples",
+        "unknown-local-tile",
+    ],
 )
 def test_a_search_record_that_does_not_fit_its_kernel_is_refused_loudly(searching, monkeypatch, payload, reason):
     """An entry whose HMAC verifies (written by this user's lazygrad) but that names no valid record."""

@@ -693,7 +693,7 @@ def interior_bounds(nest: LoopNest, ast: KernelOp, opts: KernelOptions) -> tuple
     iterations; None where no mask goes away, and for kernels without a reduce: a copy of an elementwise body, one
     element, costs its branch per element (ResNet-18's fused elementwise kernels at 8x224 ran up to 80% slower)."""
     reduce = _find_reduce(ast)
-    if reduce is None or opts.group or opts.local_tile or nest_is_symbolic(nest):
+    if reduce is None or opts.group or opts.local_tile or nest_is_symbolic(nest) or 0 in nest.shape:
         return None
     leaves = [n for n in reduce.srcs[0].walk() if n.op in (AstOp.LOAD, AstOp.CONST, AstOp.VALID)]
     innermost = len(nest.shape) - 1
